@@ -1,0 +1,258 @@
+"""CIFAR-10 from disk to uint8 tensors, once; then batches cut by index, on the device.
+
+Data flows one way: files -> ``Dataset`` (uint8 N x 3 x 32 x 32 tensors and int64 labels)
+-> ``batch_order`` (which images make each batch) -> ``prepare_batch`` (float, normalised,
+on the training device). Augmentation, when added, belongs in ``prepare_batch``.
+"""
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+           "dog", "frog", "horse", "ship", "truck")
+DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+DEFAULT_ROOT = "./data"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# (mean, std) per channel. The tutorial's maps [0, 1] to [-1, 1]; the other is CIFAR-10's own.
+TUTORIAL_NORMALIZATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+CIFAR10_NORMALIZATION = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+
+HOW_TO_PROVIDE = (
+    "Provide CIFAR-10 in one of these ways:\n"
+    f"  - let torchvision download it (needs the network): {DOWNLOAD_URL}\n"
+    "  - pass --data-dir DIR, where DIR holds one of:\n"
+    "      DIR/cifar-10-batches-py/   (torchvision's unpacked batches)\n"
+    "      DIR/cifar-10-python.tar.gz (the archive from the URL above)\n"
+    "      DIR/train/<class>/*.png|jpg and DIR/test/<class>/*.png|jpg, with the ten class\n"
+    f"      folders {', '.join(CLASSES)}"
+)
+
+
+class DataError(UserError):
+    """The data set cannot be found or read; the message says where and why."""
+
+
+@dataclass
+class Dataset:
+    train_images: torch.Tensor  # uint8, N x 3 x 32 x 32
+    train_labels: torch.Tensor  # int64, N
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    source: str                 # where the images came from, for the results JSON
+
+
+def load_cifar10(data_dir=None, subset=None, seed=0, download_root=DEFAULT_ROOT):
+    """Decode CIFAR-10 once into uint8 tensors.
+
+    ``data_dir=None`` lets torchvision download (and checksum) the data into ``download_root``.
+    ``subset=N`` keeps N training images and a proportional slice of the test set, both
+    class-balanced and chosen with ``seed``; from image folders only those files are decoded.
+    """
+    if data_dir is None:
+        return _maybe_subset(_load_with_torchvision(download_root), subset, seed)
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"--data-dir {root}: no such folder.\n{HOW_TO_PROVIDE}")
+    if (root / "cifar-10-batches-py").is_dir():
+        return _maybe_subset(_load_pickled_batches(root / "cifar-10-batches-py"), subset, seed)
+    if (root / "cifar-10-python.tar.gz").is_file():
+        return _maybe_subset(_load_tar_archive(root / "cifar-10-python.tar.gz"), subset, seed)
+    if (root / "train").is_dir() or (root / "test").is_dir():
+        return _load_image_folders(root, subset, seed)
+    raise DataError(f"--data-dir {root} holds no CIFAR-10 copy in a layout this kit reads.\n"
+                    f"{HOW_TO_PROVIDE}")
+
+
+def _load_with_torchvision(download_root):
+    import torchvision  # imported here: only the download path needs it
+
+    try:
+        for train in (True, False):
+            torchvision.datasets.CIFAR10(root=download_root, train=train, download=True)
+    except Exception as error:  # no network, refused, corrupt download: all end the same way
+        raise DataError(
+            f"Could not find or download CIFAR-10 in {os.path.abspath(download_root)} "
+            f"({type(error).__name__}: {error}).\n{HOW_TO_PROVIDE}") from None
+    return _load_pickled_batches(Path(download_root) / "cifar-10-batches-py")
+
+
+def _unpickle_batch(raw_bytes, name):
+    try:
+        batch = pickle.loads(raw_bytes, encoding="latin1")
+        images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except Exception as error:
+        raise DataError(f"{name}: not a readable CIFAR-10 batch file "
+                        f"({type(error).__name__}: {error}).") from None
+    if len(images) != len(labels):
+        raise DataError(f"{name}: {len(images)} images but {len(labels)} labels.")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{name}: labels outside 0-9 (found {labels.min()}..{labels.max()}).")
+    return images, labels
+
+
+def _dataset_from_batches(read_batch, source):
+    """``read_batch(name) -> bytes`` for each of the six batch files."""
+    train = [_unpickle_batch(read_batch(name), name) for name in TRAIN_BATCHES]
+    test_images, test_labels = _unpickle_batch(read_batch(TEST_BATCH), TEST_BATCH)
+    return Dataset(
+        train_images=torch.from_numpy(np.concatenate([images for images, _ in train])),
+        train_labels=torch.from_numpy(np.concatenate([labels for _, labels in train])),
+        test_images=torch.from_numpy(test_images),
+        test_labels=torch.from_numpy(test_labels),
+        source=source,
+    )
+
+
+def _load_pickled_batches(folder):
+    def read_batch(name):
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{path}: batch file missing from the CIFAR-10 folder {folder}.")
+        return path.read_bytes()
+
+    return _dataset_from_batches(read_batch, f"pickled batches in {folder}")
+
+
+def _load_tar_archive(archive_path):
+    try:
+        with tarfile.open(archive_path, "r:gz") as archive:
+            contents = {Path(member.name).name: archive.extractfile(member).read()
+                        for member in archive.getmembers() if member.isfile()}
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise DataError(f"{archive_path}: not a readable .tar.gz archive ({error}).") from None
+
+    def read_batch(name):
+        if name not in contents:
+            raise DataError(f"{archive_path}: the archive has no {name}.")
+        return contents[name]
+
+    return _dataset_from_batches(read_batch, f"archive {archive_path}")
+
+
+def _list_image_folder(split_dir):
+    """[(path, label)] for one split of an image-folder tree; refuses a malformed tree."""
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: folder missing (an image-folder copy needs train/ and "
+                        f"test/, each with the ten class folders).")
+    found = sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir())
+    extra = [name for name in found if name not in CLASSES]
+    if extra:
+        raise DataError(f"{split_dir}: folders that are not CIFAR-10 classes: {', '.join(extra)} "
+                        f"(expected exactly {', '.join(CLASSES)}).")
+    files = []
+    for label, name in enumerate(CLASSES):
+        class_dir = split_dir / name
+        if not class_dir.is_dir():
+            raise DataError(f"{class_dir}: class folder missing.")
+        images = sorted(path for path in class_dir.iterdir()
+                        if path.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise DataError(f"{class_dir}: class folder holds no .png or .jpg images.")
+        files += [(path, label) for path in images]
+    return files
+
+
+def _decode_image(path):
+    from PIL import Image  # Pillow comes with torchvision
+
+    try:
+        with Image.open(path) as image:
+            size, mode = image.size, image.mode
+            pixels = np.asarray(image, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"{path}: cannot decode this image ({error}).") from None
+    if size != (32, 32) or mode != "RGB":
+        raise DataError(f"{path}: a {size[0]}x{size[1]} {mode} image; CIFAR-10 images are "
+                        f"32x32 RGB.")
+    return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
+
+
+def _decode_files(files, index):
+    images = torch.stack([_decode_image(files[i][0]) for i in index.tolist()])
+    return images, torch.tensor([files[i][1] for i in index.tolist()], dtype=torch.int64)
+
+
+def _load_image_folders(root, subset, seed):
+    train_files = _list_image_folder(root / "train")
+    test_files = _list_image_folder(root / "test")
+    train_labels = torch.tensor([label for _, label in train_files])
+    test_labels = torch.tensor([label for _, label in test_files])
+    train_index, test_index = subset_indices(train_labels, test_labels, subset, seed)
+    return Dataset(*_decode_files(train_files, train_index), *_decode_files(test_files, test_index),
+                   source=f"image folders in {root}" + _subset_note(subset, seed))
+
+
+def _balanced_indices(labels, count, seed):
+    """Indices of ``count`` items, spread evenly over the classes, chosen with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    per_class = [count // len(CLASSES) + (1 if c < count % len(CLASSES) else 0)
+                 for c in range(len(CLASSES))]
+    chosen = []
+    for label, wanted in enumerate(per_class):
+        members = torch.nonzero(labels == label).flatten()
+        if wanted > len(members):
+            raise UserError(f"--subset {count}: class {CLASSES[label]} has only {len(members)} "
+                            f"images, {wanted} needed.")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:wanted]])
+    return torch.sort(torch.cat(chosen)).values
+
+
+def subset_indices(train_labels, test_labels, subset, seed):
+    """(train, test) indices: everything, or ``subset`` training images and a test slice in
+    the same proportion, both class-balanced."""
+    if subset is None:
+        return torch.arange(len(train_labels)), torch.arange(len(test_labels))
+    if not 10 <= subset <= len(train_labels):
+        raise UserError(f"--subset {subset}: must be between 10 and the {len(train_labels)} "
+                        f"training images of this copy.")
+    test_count = max(10, round(subset * len(test_labels) / len(train_labels)))
+    return (_balanced_indices(train_labels, subset, seed),
+            _balanced_indices(test_labels, test_count, seed + 1))
+
+
+def _subset_note(subset, seed):
+    return "" if subset is None else f" (class-balanced subset, seed {seed})"
+
+
+def _maybe_subset(dataset, subset, seed):
+    if subset is None:
+        return dataset
+    train_index, test_index = subset_indices(dataset.train_labels, dataset.test_labels,
+                                             subset, seed)
+    return Dataset(dataset.train_images[train_index], dataset.train_labels[train_index],
+                   dataset.test_images[test_index], dataset.test_labels[test_index],
+                   source=dataset.source + _subset_note(subset, seed))
+
+
+def normalizer(mean, std, device):
+    """(scale, shift) so that ``uint8 * scale + shift`` is ``(x / 255 - mean) / std``."""
+    mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return 1.0 / (255.0 * std), -mean / std
+
+
+def batch_order(count, batch_size, seed, epoch):
+    """The shuffled batches of one epoch: a list of index tensors, a function of (seed, epoch).
+
+    Deriving the order from the epoch number, not from a running generator, is what lets a
+    resumed run see exactly the batches an uninterrupted one would.
+    """
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(count, generator=generator).split(batch_size)
+
+
+def prepare_batch(images, labels, index, scale, shift):
+    """Cut one batch from uint8 tensors already on the device and normalise it there."""
+    index = index.to(images.device, non_blocking=True)
+    batch = images.index_select(0, index).float()
+    return torch.addcmul(shift, batch, scale), labels.index_select(0, index)

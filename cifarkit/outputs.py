@@ -1,0 +1,157 @@
+"""Everything a run leaves behind: weights, the results JSON, the PNGs, the printed summary.
+
+Every file is written to a temporary name in the same folder and then renamed over the
+target, so a crash mid-write never leaves a half-written result.
+"""
+import json
+import os
+import platform
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+PLOTS = (  # file, history key, y-axis label
+    ("loss.png", "train_loss", "training loss (cross-entropy, mean per image)"),
+    ("train_accuracy.png", "train_accuracy", "training accuracy (%)"),
+    ("test_accuracy.png", "test_accuracy", "test accuracy (%)"),
+)
+
+
+def check_out_dir(path):
+    """Refuse an output folder that cannot be created or written, without touching it."""
+    existing = Path(path).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {path}: cannot write there ({existing} is not a writable "
+                        f"folder). Choose another folder with --out DIR.")
+
+
+def prepare_out_dir(path):
+    """Create the output folder and prove it is writable, before any training starts."""
+    out_dir = Path(path)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise UserError(f"--out {out_dir}: cannot write there ({error.strerror or error}). "
+                        f"Choose another folder with --out DIR.") from None
+    return out_dir
+
+
+def _write_atomically(path, write):
+    """Call ``write(file_object)`` on a temporary file, then rename it to ``path``."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_weights(model, path):
+    """A plain state_dict of the unwrapped model: loads with torch.load(weights_only=True)."""
+    _write_atomically(path, lambda file: torch.save(model.state_dict(), file))
+
+
+def save_json(data, path):
+    text = json.dumps(data, indent=2) + "\n"
+    _write_atomically(path, lambda file: file.write(text.encode()))
+
+
+def environment():
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "platform": platform.platform()}
+
+
+def new_results(script, dataset, devices, seed, argv):
+    """The run-level half of a results JSON; configs are appended as they finish."""
+    return {
+        "script": script,
+        "command": " ".join(["python", script] + list(argv)),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "devices": devices,
+        "data": {"source": dataset.source, "train_images": len(dataset.train_labels),
+                 "test_images": len(dataset.test_labels)},
+        "seed": seed,
+        "versions": environment(),
+        "accuracy_unit": "percent",
+        "configs": [],
+    }
+
+
+def config_label(entry):
+    config = entry["config"]
+    name = f" {config['name']}" if "name" in config else ""
+    settings = ", ".join(f"{key}={value}" for key, value in config.items() if key != "name")
+    return f"{entry['id']}{name}: {settings}"
+
+
+def plot_histories(entries, out_dir, title, plots=PLOTS):
+    """loss.png, train_accuracy.png, test_accuracy.png: one labelled curve per config."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for file_name, key, y_label in plots:
+        figure, axes = plt.subplots(figsize=(9, 5.5))
+        for entry in entries:
+            epochs = [record["epoch"] for record in entry["history"]]
+            values = [record[key] for record in entry["history"]]
+            axes.plot(epochs, values, marker="o" if len(epochs) < 30 else None,
+                      label=config_label(entry))
+        axes.set(title=f"{title}: {y_label.split(' (')[0]}", xlabel="epoch", ylabel=y_label)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7, loc="best")
+        figure.tight_layout()
+        _write_atomically(out_dir / file_name,
+                          lambda file: figure.savefig(file, format="png", dpi=110))
+        plt.close(figure)
+
+
+def plot_batch_losses(entries, out_dir, title, log_every):
+    """The baseline's loss.png: the loss printed every ``log_every`` mini-batches."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(9, 5.5))
+    for entry in entries:
+        points = entry["batch_losses"]
+        steps_per_epoch = entry["steps_per_epoch"]
+        x = [point["epoch"] - 1 + point["batch"] / steps_per_epoch for point in points]
+        axes.plot(x, [point["loss"] for point in points], marker="o", label=config_label(entry))
+    axes.set(title=f"{title}: loss every {log_every} mini-batches", xlabel="epoch",
+             ylabel=f"training loss (mean of {log_every} mini-batches)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    _write_atomically(out_dir / "loss.png",
+                      lambda file: figure.savefig(file, format="png", dpi=110))
+    plt.close(figure)
+
+
+def summary(entries):
+    """The report's closing block, as text."""
+    lines = ["Training completed. Results summary:"]
+    for entry in entries:
+        lines.append(f"  {config_label(entry)}")
+        lines.append(f"      final test accuracy {entry['final_test_accuracy']:.2f}% "
+                     f"(best {entry['best_test_accuracy']:.2f}%), "
+                     f"training time {entry['train_seconds']:.2f} s")
+    return "\n".join(lines)

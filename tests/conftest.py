@@ -1,0 +1,106 @@
+"""Tiny CIFAR-10 look-alikes, written by the tests in every layout the kit reads.
+
+Each class gets its own colour and stripe direction plus noise, so a network that trains at
+all gets well above chance in an epoch or two, and one that does not stays near 10%.
+"""
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifarkit.data import CLASSES
+
+TRAIN_PER_CLASS = 30
+TEST_PER_CLASS = 10
+REPO = Path(__file__).resolve().parent.parent
+SHARED_JPEG = REPO.parent / "shared" / "cifar10-jpeg"
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any download attempt fails at once instead of reaching (or waiting for) the network."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+
+
+def make_images(per_class, seed):
+    """uint8 images (N, 3, 32, 32) and labels (N,), grouped by class."""
+    rng = np.random.default_rng(seed)
+    palette = np.random.default_rng(1234).integers(30, 226, size=(10, 3))
+    rows = np.arange(32)
+    images, labels = [], []
+    for label in range(10):
+        stripes = np.sin((rows[:, None] * (label % 5 + 1) + rows[None, :] * (label // 5)) / 2.0)
+        base = palette[label][:, None, None] + 40 * stripes[None]
+        noise = rng.normal(0, 25, size=(per_class, 3, 32, 32))
+        images.append(np.clip(base[None] + noise, 0, 255).astype(np.uint8))
+        labels += [label] * per_class
+    return np.concatenate(images), np.array(labels)
+
+
+def write_pickled_batches(folder):
+    """torchvision's layout: folder/cifar-10-batches-py/{data_batch_1..5,test_batch}."""
+    batches = Path(folder) / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    train_images, train_labels = make_images(TRAIN_PER_CLASS, seed=1)
+    order = np.random.default_rng(2).permutation(len(train_labels))
+    for number, chunk in enumerate(np.array_split(order, 5), start=1):
+        batch = {"data": train_images[chunk].reshape(len(chunk), -1),
+                 "labels": train_labels[chunk].tolist()}
+        (batches / f"data_batch_{number}").write_bytes(pickle.dumps(batch))
+    test_images, test_labels = make_images(TEST_PER_CLASS, seed=3)
+    batch = {"data": test_images.reshape(len(test_labels), -1), "labels": test_labels.tolist()}
+    (batches / "test_batch").write_bytes(pickle.dumps(batch))
+    (batches / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CLASSES)}))
+    return Path(folder)
+
+
+def write_image_folders(folder, suffix=".png"):
+    """The image-folder layout: folder/{train,test}/<class>/NNNN.png."""
+    for split, per_class, seed in (("train", TRAIN_PER_CLASS, 1), ("test", TEST_PER_CLASS, 3)):
+        images, labels = make_images(per_class, seed)
+        for index, (image, label) in enumerate(zip(images, labels)):
+            class_dir = Path(folder) / split / CLASSES[label]
+            class_dir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.transpose(1, 2, 0)).save(class_dir / f"{index:04d}{suffix}")
+    return Path(folder)
+
+
+def write_tar_archive(folder):
+    """The downloaded archive: folder/cifar-10-python.tar.gz."""
+    staging = write_pickled_batches(Path(folder) / "staging")
+    archive_dir = Path(folder) / "archive"
+    archive_dir.mkdir()
+    with tarfile.open(archive_dir / "cifar-10-python.tar.gz", "w:gz") as archive:
+        archive.add(staging / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return archive_dir
+
+
+@pytest.fixture(scope="session")
+def pickled_data(tmp_path_factory):
+    return write_pickled_batches(tmp_path_factory.mktemp("pickled"))
+
+
+@pytest.fixture(scope="session")
+def folder_data(tmp_path_factory):
+    return write_image_folders(tmp_path_factory.mktemp("folders"))
+
+
+@pytest.fixture(params=["pickled", "folders"])
+def any_layout(request, pickled_data, folder_data):
+    return pickled_data if request.param == "pickled" else folder_data
+
+
+def shared_jpeg_or_skip():
+    """The full CIFAR-10 JPEG copy beside the checkout; in CI its absence is a failure."""
+    if SHARED_JPEG.is_dir():
+        return SHARED_JPEG
+    if os.environ.get("CI"):
+        pytest.fail(f"{SHARED_JPEG} is missing, and CI must run the real-image test.")
+    pytest.skip(f"{SHARED_JPEG} not found: the real-image test needs the CIFAR-10 JPEG copy.")

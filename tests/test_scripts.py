@@ -1,0 +1,148 @@
+"""The five report scripts, end to end on generated data, as a user runs them."""
+import importlib
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cifarkit import data, train
+from conftest import REPO
+
+# module, results JSON, weights file of config N, extra argv (ResNet is slow on the CPU)
+SCRIPTS = {
+    "Original_version_model": ("training_loss.json", lambda number: "model.pth", []),
+    "Original_version_model_multiGPU": ("training_result.json", "config_{}.pth".format, []),
+    "L2_regularization": ("training_result.json", "config_{}.pth".format, []),
+    "Dropout_regularization": ("training_result.json", "config_{}.pth".format, []),
+    "Resnet_model": ("Resnet_model_result.json", "config_{}.pth".format, ["--subset", "100"]),
+}
+RUN_FIELDS = {"script", "command", "devices", "data", "seed", "versions", "configs"}
+CONFIG_FIELDS = {"id", "config", "history", "final_test_accuracy", "best_test_accuracy",
+                 "train_seconds", "weights", "status"}
+EPOCH_FIELDS = {"epoch", "train_loss", "train_accuracy", "test_accuracy", "lr", "seconds"}
+
+
+def build_model(script, config):
+    if script.__name__ == "Dropout_regularization":
+        return script.LeNet(dropout=config.get("dropout", 0.5))
+    if script.__name__ == "Resnet_model":
+        return script.ResNet18()
+    return script.LeNet()
+
+
+def reload_and_score(script, entry, weights_path, test_images, test_labels, normalization):
+    """Accuracy of the saved weights, loaded as a user would, on the run's test images."""
+    model = build_model(script, entry["config"])
+    model.load_state_dict(torch.load(weights_path, weights_only=True))
+    scale, shift = data.normalizer(*normalization, device="cpu")
+    return train.accuracy(train.predict(model, test_images, scale, shift), test_labels)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_writes_every_output_and_weights_reload(name, any_layout, tmp_path, capsys):
+    script = importlib.import_module(name)
+    results_file, weights_file, extra = SCRIPTS[name]
+    out = tmp_path / "out"
+    status = script.main(["--data-dir", str(any_layout), "--epochs", "1", "--out", str(out)]
+                         + extra)
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "Training completed. Results summary:" in printed
+
+    results = json.loads((out / results_file).read_text())
+    assert RUN_FIELDS <= set(results)
+    assert results["devices"] == ["cpu"]
+    assert {"torch", "torchvision"} <= set(results["versions"])
+    assert results["data"]["train_images"] == (100 if extra else 300)
+    assert len(results["configs"]) == len(script.CONFIGS)
+    for png in ("loss.png", "train_accuracy.png", "test_accuracy.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    dataset = data.load_cifar10(any_layout, 100 if extra else None, results["seed"])
+    normalization = (data.CIFAR10_NORMALIZATION if name == "Resnet_model"
+                     else data.TUTORIAL_NORMALIZATION)
+    for number, entry in enumerate(results["configs"], start=1):
+        assert CONFIG_FIELDS <= set(entry)
+        assert entry["config"]["num_epochs"] == 1
+        assert [set(record) for record in entry["history"]] == [EPOCH_FIELDS]
+        assert entry["weights"] == weights_file(number)
+        assert f"final test accuracy {entry['final_test_accuracy']:.2f}%" in printed
+        reloaded = reload_and_score(script, entry, out / entry["weights"],
+                                    dataset.test_images, dataset.test_labels, normalization)
+        assert reloaded == entry["final_test_accuracy"]
+
+
+def test_baseline_learns_on_generated_data(pickled_data, tmp_path, capsys):
+    script = importlib.import_module("Original_version_model")
+    out = tmp_path / "out"
+    assert script.main(["--data-dir", str(pickled_data), "--epochs", "10",
+                        "--out", str(out)]) == 0
+    results = json.loads((out / "training_loss.json").read_text())
+    assert results["configs"][0]["final_test_accuracy"] > 80  # chance is 10%
+    assert "config_1 epoch 10/10" in capsys.readouterr().out
+
+
+def test_same_seed_same_result_on_cpu(pickled_data, tmp_path):
+    script = importlib.import_module("Dropout_regularization")  # dropout draws random numbers
+    runs = []
+    for attempt in ("a", "b"):
+        out = tmp_path / attempt
+        assert script.main(["--data-dir", str(pickled_data), "--epochs", "2", "--configs", "2",
+                            "--out", str(out)]) == 0
+        results = json.loads((out / "training_result.json").read_text())
+        history = [{key: value for key, value in record.items() if key != "seconds"}
+                   for record in results["configs"][0]["history"]]
+        runs.append((history, torch.load(out / "config_2.pth", weights_only=True)))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][key], runs[1][1][key]) for key in runs[0][1])
+
+
+def test_configs_and_epochs_flags_pick_and_override(pickled_data, tmp_path):
+    script = importlib.import_module("Original_version_model_multiGPU")
+    out = tmp_path / "out"
+    assert script.main(["--data-dir", str(pickled_data), "--configs", "3,1", "--epochs", "2",
+                        "--out", str(out)]) == 0
+    results = json.loads((out / "training_result.json").read_text())
+    assert [entry["id"] for entry in results["configs"]] == ["config_3", "config_1"]
+    assert all(len(entry["history"]) == 2 for entry in results["configs"])
+    assert sorted(path.name for path in out.glob("*.pth")) == ["config_1.pth", "config_3.pth"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_importing_a_script_trains_nothing(name, tmp_path):
+    code = f"import {name}; print('imported', len({name}.CONFIGS))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, env={"PYTHONPATH": str(REPO), "PATH": ""}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("imported")
+    assert list(tmp_path.iterdir()) == []  # no modelset/, no data/
+
+
+def run_script(name, *args, cwd):
+    return subprocess.run([sys.executable, str(REPO / f"{name}.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "no-network"])
+def test_no_data_is_one_clear_message(case, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = {"missing": ["--data-dir", str(tmp_path / "nowhere")],
+            "empty": ["--data-dir", str(empty)], "no-network": []}[case]
+    result = run_script("Resnet_model", *args, "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ")
+    assert "--data-dir" in result.stderr and "cifar-10-python.tar.gz" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_lists_the_shared_flags(tmp_path):
+    result = run_script("L2_regularization", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for flag in ("--epochs", "--configs", "--subset", "--data-dir", "--out", "--device",
+                 "--seed"):
+        assert flag in result.stdout
+    assert "python L2_regularization.py" in result.stdout  # the docstring's command
