@@ -16,14 +16,15 @@ def _positive_int(text):
     return value
 
 
-def build_parser(description, default_out, default_device):
+def build_parser(script, description, default_out, default_device):
     parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog=script, description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=_positive_int, metavar="N",
                         help="train every selected config for N epochs (overrides num_epochs)")
     parser.add_argument("--configs", metavar="LIST",
-                        help="only these configs, 1-based and comma-separated, e.g. 1,3 "
-                             "(config_1 and config_3)")
+                        help="only these configs, comma-separated: numbers from 1 (1,3 = "
+                             "config_1 and config_3) or a config's 'name'")
     parser.add_argument("--subset", type=_positive_int, metavar="N",
                         help="train on N training images and a proportional, class-balanced "
                              "slice of the test set (quick runs)")
@@ -40,24 +41,39 @@ def build_parser(description, default_out, default_device):
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"seed for weights, batch order and subsets (default: "
                              f"{DEFAULT_SEED}); the same seed gives the same result on the CPU")
+    parser.add_argument("--restart", action="store_true",
+                        help="start over: move the folder's earlier results and checkpoints "
+                             "into a time-stamped earlier-* subfolder instead of resuming")
     return parser
 
 
-def parse_args(description, default_out, default_device, argv=None):
-    return build_parser(description, default_out, default_device).parse_args(argv)
+def parse_args(script, description, default_out, default_device, argv=None):
+    return build_parser(script, description, default_out, default_device).parse_args(argv)
 
 
 def select_configs(configs, selection):
-    """[(number, config)] for ``--configs`` (1-based numbers); all configs when None."""
+    """[(number, config)] for ``--configs``: 1-based numbers or names; all when None."""
     numbered = list(enumerate(configs, start=1))
     if selection is None:
         return numbered
     chosen = []
-    for item in selection.split(","):
-        item = item.strip()
-        if not item.isdigit() or not 1 <= int(item) <= len(configs):
+    for item in (part.strip() for part in selection.split(",")):
+        match = [(number, config) for number, config in numbered
+                 if item == str(number) or item == config.get("name")]
+        if not match:
+            names = [config["name"] for config in configs if "name" in config]
+            known = f"config_1 to config_{len(configs)}" + (
+                f", or a name: {', '.join(names)}" if names else "")
             raise UserError(f"--configs {selection}: {item!r} is not a config of this script "
-                            f"(it has config_1 to config_{len(configs)}).")
-        if numbered[int(item) - 1] not in chosen:
-            chosen.append(numbered[int(item) - 1])
+                            f"(it has {known}).")
+        if match[0] not in chosen:
+            chosen.append(match[0])
     return chosen
+
+
+def check_subset(subset, selected):
+    """A --subset must hold at least one whole batch of every selected config."""
+    for number, config in selected:
+        if subset is not None and subset < config["batch_size"]:
+            raise UserError(f"--subset {subset} is smaller than one batch of config_{number} "
+                            f"(batch_size {config['batch_size']}).")

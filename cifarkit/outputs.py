@@ -6,7 +6,7 @@ target, so a crash mid-write never leaves a half-written result.
 import json
 import os
 import platform
-import sys
+import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +15,7 @@ import torch
 
 from .errors import UserError
 
+EARLIER_PREFIX = "earlier-"  # subfolders holding results that a later run moved aside
 PLOTS = (  # file, history key, y-axis label
     ("loss.png", "train_loss", "training loss (cross-entropy, mean per image)"),
     ("train_accuracy.png", "train_accuracy", "training accuracy (%)"),
@@ -22,7 +23,7 @@ PLOTS = (  # file, history key, y-axis label
 )
 
 
-def check_out_dir(path):
+def check_out_dir(path, bytes_needed):
     """Refuse an output folder that cannot be created or written, without touching it."""
     existing = Path(path).absolute()
     while not existing.exists():
@@ -30,6 +31,41 @@ def check_out_dir(path):
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"--out {path}: cannot write there ({existing} is not a writable "
                         f"folder). Choose another folder with --out DIR.")
+    free = shutil.disk_usage(existing).free
+    if free < bytes_needed:
+        raise UserError(f"--out {path}: only {free / 2**20:.0f} MiB free on that disk; this run "
+                        f"needs about {bytes_needed / 2**20:.0f} MiB. Free some space or "
+                        f"choose another folder with --out DIR.")
+
+
+def has_results(out_dir):
+    return any(not entry.name.startswith(EARLIER_PREFIX) for entry in Path(out_dir).iterdir())
+
+
+def move_aside(out_dir):
+    """Move everything in ``out_dir`` (but earlier copies) into a time-stamped subfolder."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = Path(out_dir) / f"{EARLIER_PREFIX}{stamp}"
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = Path(out_dir) / f"{EARLIER_PREFIX}{stamp}-{suffix}"
+    target.mkdir()
+    for entry in list(Path(out_dir).iterdir()):
+        if not entry.name.startswith(EARLIER_PREFIX):
+            os.replace(entry, target / entry.name)
+    return target
+
+
+def load_results(path):
+    """The results JSON at ``path``: a dict, None when absent, "unreadable" when broken."""
+    try:
+        results = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return "unreadable"
+    return results if isinstance(results, dict) else "unreadable"
 
 
 def prepare_out_dir(path):
@@ -45,7 +81,7 @@ def prepare_out_dir(path):
     return out_dir
 
 
-def _write_atomically(path, write):
+def write_atomically(path, write):
     """Call ``write(file_object)`` on a temporary file, then rename it to ``path``."""
     path = Path(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -62,12 +98,12 @@ def _write_atomically(path, write):
 
 def save_weights(model, path):
     """A plain state_dict of the unwrapped model: loads with torch.load(weights_only=True)."""
-    _write_atomically(path, lambda file: torch.save(model.state_dict(), file))
+    write_atomically(path, lambda file: torch.save(model.state_dict(), file))
 
 
 def save_json(data, path):
     text = json.dumps(data, indent=2) + "\n"
-    _write_atomically(path, lambda file: file.write(text.encode()))
+    write_atomically(path, lambda file: file.write(text.encode()))
 
 
 def environment():
@@ -93,11 +129,40 @@ def new_results(script, dataset, devices, seed, argv):
     }
 
 
+def settings(config):
+    return ", ".join(f"{key}={value}" for key, value in config.items() if key != "name")
+
+
 def config_label(entry):
-    config = entry["config"]
-    name = f" {config['name']}" if "name" in config else ""
-    settings = ", ".join(f"{key}={value}" for key, value in config.items() if key != "name")
-    return f"{entry['id']}{name}: {settings}"
+    name = f" {entry['config']['name']}" if "name" in entry["config"] else ""
+    return f"{entry['id']}{name}: {settings(entry['config'])}"
+
+
+def config_entry(label, config, status, progress, weights_name):
+    """One config's record in the results JSON."""
+    history = progress["history"]
+    entry = {"id": label, "config": config, "status": status, "history": history,
+             "final_test_accuracy": history[-1]["test_accuracy"] if history else None,
+             "best_test_accuracy": max((r["test_accuracy"] for r in history), default=None),
+             "best_epoch": max(history, key=lambda r: r["test_accuracy"])["epoch"]
+             if history else None,
+             "train_seconds": sum(record["seconds"] for record in history),
+             "weights": weights_name if status == "finished" else None}
+    if progress["diverged_at"]:
+        entry["diverged_at"] = progress["diverged_at"]
+    if progress["batch_losses"]:
+        entry["batch_losses"] = progress["batch_losses"]
+    return entry
+
+
+def outcome(entry):
+    if entry["status"] == "diverged":
+        where = entry["diverged_at"]
+        return f"DIVERGED at epoch {where['epoch']}, step {where['step']}"
+    if entry["status"] != "finished":
+        return entry["status"].upper().replace("_", " ")
+    return (f"final test accuracy {entry['final_test_accuracy']:.2f}% "
+            f"(best {entry['best_test_accuracy']:.2f}%)")
 
 
 def plot_histories(entries, out_dir, title, plots=PLOTS):
@@ -118,7 +183,7 @@ def plot_histories(entries, out_dir, title, plots=PLOTS):
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7, loc="best")
         figure.tight_layout()
-        _write_atomically(out_dir / file_name,
+        write_atomically(out_dir / file_name,
                           lambda file: figure.savefig(file, format="png", dpi=110))
         plt.close(figure)
 
@@ -132,7 +197,7 @@ def plot_batch_losses(entries, out_dir, title, log_every):
 
     figure, axes = plt.subplots(figsize=(9, 5.5))
     for entry in entries:
-        points = entry["batch_losses"]
+        points = entry.get("batch_losses", [])
         steps_per_epoch = entry["steps_per_epoch"]
         x = [point["epoch"] - 1 + point["batch"] / steps_per_epoch for point in points]
         axes.plot(x, [point["loss"] for point in points], marker="o", label=config_label(entry))
@@ -141,9 +206,19 @@ def plot_batch_losses(entries, out_dir, title, log_every):
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="best")
     figure.tight_layout()
-    _write_atomically(out_dir / "loss.png",
+    write_atomically(out_dir / "loss.png",
                       lambda file: figure.savefig(file, format="png", dpi=110))
     plt.close(figure)
+
+
+def plot_run(entries, out_dir, script, log_every):
+    """Every PNG of a run; the baseline's loss.png shows its running loss instead."""
+    title = Path(script).stem
+    if log_every and any(entry.get("batch_losses") for entry in entries):
+        plot_histories(entries, out_dir, title, PLOTS[1:])
+        plot_batch_losses(entries, out_dir, title, log_every)
+    else:
+        plot_histories(entries, out_dir, title)
 
 
 def summary(entries):
@@ -151,7 +226,5 @@ def summary(entries):
     lines = ["Training completed. Results summary:"]
     for entry in entries:
         lines.append(f"  {config_label(entry)}")
-        lines.append(f"      final test accuracy {entry['final_test_accuracy']:.2f}% "
-                     f"(best {entry['best_test_accuracy']:.2f}%), "
-                     f"training time {entry['train_seconds']:.2f} s")
+        lines.append(f"      {outcome(entry)}, training time {entry['train_seconds']:.2f} s")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ SCRIPTS = {
     "Original_version_model_multiGPU": ("training_result.json", "config_{}.pth".format, []),
     "L2_regularization": ("training_result.json", "config_{}.pth".format, []),
     "Dropout_regularization": ("training_result.json", "config_{}.pth".format, []),
-    "Resnet_model": ("Resnet_model_result.json", "config_{}.pth".format, ["--subset", "100"]),
+    "Resnet_model": ("Resnet_model_result.json", "config_{}.pth".format, ["--subset", "130"]),
 }
 RUN_FIELDS = {"script", "command", "devices", "data", "seed", "versions", "configs"}
 CONFIG_FIELDS = {"id", "config", "history", "final_test_accuracy", "best_test_accuracy",
@@ -55,12 +55,12 @@ def test_script_writes_every_output_and_weights_reload(name, any_layout, tmp_pat
     assert RUN_FIELDS <= set(results)
     assert results["devices"] == ["cpu"]
     assert {"torch", "torchvision"} <= set(results["versions"])
-    assert results["data"]["train_images"] == (100 if extra else 300)
+    assert results["data"]["train_images"] == (130 if extra else 300)
     assert len(results["configs"]) == len(script.CONFIGS)
     for png in ("loss.png", "train_accuracy.png", "test_accuracy.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    dataset = data.load_cifar10(any_layout, 100 if extra else None, results["seed"])
+    dataset = data.load_cifar10(any_layout, 130 if extra else None, results["seed"])
     normalization = (data.CIFAR10_NORMALIZATION if name == "Resnet_model"
                      else data.TUTORIAL_NORMALIZATION)
     for number, entry in enumerate(results["configs"], start=1):
@@ -99,13 +99,15 @@ def test_same_seed_same_result_on_cpu(pickled_data, tmp_path):
     assert all(torch.equal(runs[0][1][key], runs[1][1][key]) for key in runs[0][1])
 
 
-def test_configs_and_epochs_flags_pick_and_override(pickled_data, tmp_path):
+def test_configs_and_epochs_flags_pick_and_override(pickled_data, tmp_path, capsys):
     script = importlib.import_module("Original_version_model_multiGPU")
     out = tmp_path / "out"
     assert script.main(["--data-dir", str(pickled_data), "--configs", "3,1", "--epochs", "2",
                         "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("config_3 epoch 2/2") < printed.index("config_1 epoch 1/2")
     results = json.loads((out / "training_result.json").read_text())
-    assert [entry["id"] for entry in results["configs"]] == ["config_3", "config_1"]
+    assert [entry["id"] for entry in results["configs"]] == ["config_1", "config_3"]
     assert all(len(entry["history"]) == 2 for entry in results["configs"])
     assert sorted(path.name for path in out.glob("*.pth")) == ["config_1.pth", "config_3.pth"]
 

@@ -1,0 +1,84 @@
+"""Per-config checkpoints: everything needed to carry on exactly where training stopped.
+
+A checkpoint holds the model, the optimizer, every random-number state, the history so far
+and the position inside the current epoch. It is only ever read with
+``torch.load(weights_only=True)``, so a file that is not one of ours is refused, never run.
+"""
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .outputs import write_atomically
+
+FORMAT = "cifarkit-checkpoint-1"
+
+
+def rng_state():
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "numpy": {"keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+                  "position": int(numpy_state[2]), "has_gauss": int(numpy_state[3]),
+                  "cached_gaussian": float(numpy_state[4])},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32),
+                         numpy_state["position"], numpy_state["has_gauss"],
+                         numpy_state["cached_gaussian"]))
+    random.setstate(state["python"])
+
+
+def to_cpu(value):
+    """A copy of nested dicts/lists of tensors with every tensor on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {key: to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(item) for item in value)
+    return value
+
+
+def save_checkpoint(path, identity, model, optimizer, progress):
+    """Write atomically: a crash mid-write leaves the previous checkpoint in place."""
+    checkpoint = {"format": FORMAT, "identity": identity, "model": to_cpu(model.state_dict()),
+                  "optimizer": to_cpu(optimizer.state_dict()), "rng": rng_state(),
+                  "progress": to_cpu(progress)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda file: torch.save(checkpoint, file))
+
+
+def load_checkpoint(path):
+    """The checkpoint at ``path``, or None when there is none; refuses anything else."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"{path}: not a readable checkpoint ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else 'unreadable'}). "
+                        f"Delete it, or rerun with --restart to move it aside.") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise UserError(f"{path}: not a checkpoint written by this kit. Delete it, or rerun "
+                        f"with --restart to move it aside.")
+    return checkpoint
+
+
+def restore(checkpoint, model, optimizer):
+    """Load a checkpoint's states into ``model`` and ``optimizer``; return its progress."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    set_rng_state(checkpoint["rng"])
+    return checkpoint["progress"]

@@ -1,0 +1,344 @@
+"""Interruptions, faults and bad input: resume is exact, results are never lost, bad input
+is refused up front with a message naming the culprit."""
+import importlib
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, write_image_folders, write_pickled_batches
+
+# A run long enough to be interrupted mid-epoch: 75 mini-batches an epoch, dropout drawing
+# random numbers at every step, so an inexact resume would show.
+LONG_RUN = ("import sys, Dropout_regularization as script; "
+            "script.CONFIGS = [{'num_epochs': 12, 'lr': 0.001, 'momentum': 0.9, "
+            "'batch_size': 4, 'dropout': 0.5}]; sys.exit(script.main(sys.argv[1:]))")
+
+
+def start_long_run(data_dir, out):
+    return subprocess.Popen([sys.executable, "-c", LONG_RUN, "--data-dir", str(data_dir),
+                             "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finished_run(out):
+    """History (without timings) and weights of a finished LONG_RUN."""
+    results = json.loads((out / "training_result.json").read_text())
+    entry = results["configs"][0]
+    history = [{key: value for key, value in record.items() if key != "seconds"}
+               for record in entry["history"]]
+    return entry["status"], history, torch.load(out / "config_1.pth", weights_only=True)
+
+
+def wait_for_checkpoint(process, out, timeout=120):
+    checkpoint = out / "checkpoints" / "config_1.ckpt"
+    deadline = time.time() + timeout
+    while not checkpoint.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    time.sleep(0.05)  # well inside the next epoch
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, pickled_data):
+    out = tmp_path_factory.mktemp("reference") / "out"
+    process = start_long_run(pickled_data, out)
+    assert process.wait(timeout=300) == 0, process.communicate()
+    return finished_run(out)
+
+
+def assert_same_as_reference(out, reference_run):
+    status, history, weights = finished_run(out)
+    assert status == "finished"
+    assert history == reference_run[1]
+    assert weights.keys() == reference_run[2].keys()
+    assert all(torch.equal(weights[key], reference_run[2][key]) for key in weights)
+
+
+def test_kill_9_then_rerun_ends_bit_identical(pickled_data, tmp_path, reference_run):
+    out = tmp_path / "out"
+    process = start_long_run(pickled_data, out)
+    wait_for_checkpoint(process, out)
+    process.kill()
+    process.wait()
+    assert not (out / "config_1.pth").exists()
+    rerun = start_long_run(pickled_data, out)
+    stdout, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr
+    assert "resuming from its checkpoint" in stdout
+    assert_same_as_reference(out, reference_run)
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_a_checkpoint_and_rerun_resumes(signum, status, pickled_data, tmp_path,
+                                                     reference_run):
+    out = tmp_path / "out"
+    process = start_long_run(pickled_data, out)
+    wait_for_checkpoint(process, out)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == status
+    assert "To resume, run the same command again" in stderr
+    assert "Traceback" not in stderr
+    checkpoint = torch.load(out / "checkpoints" / "config_1.ckpt", weights_only=True)
+    assert checkpoint["progress"]["epoch"] < 12
+    rerun = start_long_run(pickled_data, out)
+    assert rerun.wait(timeout=300) == 0
+    assert_same_as_reference(out, reference_run)
+
+
+def run_main(name, *args, configs=None, monkeypatch=None):
+    script = importlib.import_module(name)
+    if configs is not None:
+        monkeypatch.setattr(script, "CONFIGS", configs)
+    return script.main([str(arg) for arg in args])
+
+
+def test_changed_configs_move_earlier_results_aside(pickled_data, tmp_path, monkeypatch,
+                                                    capsys):
+    out = tmp_path / "out"
+    first = [{"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}]
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=first, monkeypatch=monkeypatch) == 0
+    earlier_weights = (out / "config_1.pth").read_bytes()
+
+    # The same command again: nothing retrained, nothing moved.
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=first, monkeypatch=monkeypatch) == 0
+    assert "config_1: already finished" in capsys.readouterr().out
+    assert not list(out.glob("earlier-*"))
+
+    changed = [dict(first[0], lr=0.02)]
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=changed, monkeypatch=monkeypatch) == 0
+    assert "config_1 in CONFIGS differs from its earlier results" in capsys.readouterr().out
+    (earlier,) = out.glob("earlier-*")
+    assert (earlier / "config_1.pth").read_bytes() == earlier_weights
+    old = json.loads((earlier / "training_result.json").read_text())
+    new = json.loads((out / "training_result.json").read_text())
+    assert old["configs"][0]["config"]["lr"] == 0.01
+    assert new["configs"][0]["config"]["lr"] == 0.02
+
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out, "--restart",
+                    configs=changed, monkeypatch=monkeypatch) == 0
+    assert len(list(out.glob("earlier-*"))) == 2
+    assert "--restart: the earlier results are kept in" in capsys.readouterr().out
+
+
+def test_a_diverging_config_is_marked_and_the_next_one_runs(pickled_data, tmp_path,
+                                                           monkeypatch, capsys):
+    out = tmp_path / "out"
+    configs = [{"num_epochs": 2, "lr": 1e6, "momentum": 0.9, "batch_size": 32},
+               {"num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 32}]
+    status = run_main("Original_version_model_multiGPU", "--data-dir", pickled_data,
+                      "--out", out, configs=configs, monkeypatch=monkeypatch)
+    captured = capsys.readouterr()
+    assert status == 1
+    results = json.loads((out / "training_result.json").read_text())
+    diverged, healthy = results["configs"]
+    assert diverged["status"] == "diverged"
+    assert diverged["diverged_at"]["epoch"] == 1 and diverged["diverged_at"]["step"] >= 1
+    assert diverged["weights"] is None and not (out / "config_1.pth").exists()
+    assert healthy["status"] == "finished" and (out / "config_2.pth").exists()
+    assert "DIVERGED at epoch 1" in captured.out
+    assert "config_1: the loss became NaN or infinite" in captured.err
+
+
+def test_out_of_memory_names_the_config_and_keeps_the_others(pickled_data, tmp_path,
+                                                             monkeypatch, capsys):
+    from cifarkit import train
+
+    real_train_config = train.train_config
+
+    def out_of_memory_on_big_batches(model, optimizer, config, *args, **kwargs):
+        if config["batch_size"] > 100:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_train_config(model, optimizer, config, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_config", out_of_memory_on_big_batches)
+    out = tmp_path / "out"
+    status = run_main("Original_version_model_multiGPU", "--data-dir", pickled_data,
+                      "--configs", "4,1", "--epochs", "1", "--out", out)
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "config_1 ran out of GPU memory at batch_size 512" in captured.err
+    results = {entry["id"]: entry for entry in
+               json.loads((out / "training_result.json").read_text())["configs"]}
+    assert results["config_4"]["status"] == "finished"
+    assert results["config_1"]["status"] == "out_of_memory"
+
+
+def test_a_foreign_checkpoint_is_refused_never_run(pickled_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "config_1.ckpt").write_bytes(pickle.dumps(Payload()))
+    status = run_main("L2_regularization", "--data-dir", pickled_data, "--epochs", "1",
+                      "--out", out)
+    assert status == 2
+    assert "config_1.ckpt: not a readable checkpoint" in capsys.readouterr().err
+    assert not marker.exists()
+
+    torch.save({"some": "dict"}, out / "checkpoints" / "config_1.ckpt")
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--epochs", "1",
+                    "--out", out) == 2
+    assert "not a checkpoint written by this kit" in capsys.readouterr().err
+
+
+# ---- bad input: exit status 2, one message naming the culprit, nothing written ----
+
+BASE = {"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
+BAD_CONFIGS = [
+    ("L2_regularization", [dict(BASE, momentun=0.9)],
+     "config_1: unknown key 'momentun'. Did you mean 'momentum'?"),
+    ("L2_regularization", [BASE, dict(BASE, lr="0.1")], "config_2: 'lr' must be a number"),
+    ("L2_regularization", [dict(BASE, num_epochs=0)], "config_1: 'num_epochs' must be at least 1"),
+    ("L2_regularization", [dict(BASE, num_epochs=2.5)], "config_1: 'num_epochs' must be a whole"),
+    ("L2_regularization", [dict(BASE, lr=0)], "config_1: 'lr' must be greater than 0"),
+    ("L2_regularization", [dict(BASE, momentum=1.0)], "config_1: 'momentum' must be in [0, 1)"),
+    ("L2_regularization", [dict(BASE, batch_size=0)], "config_1: 'batch_size' must be at least 1"),
+    ("L2_regularization", [dict(BASE, weight_decay=-1e-4)],
+     "config_1: 'weight_decay' must be 0 or more"),
+    ("Dropout_regularization", [dict(BASE, dropout=1.0)], "config_1: 'dropout' must be in [0, 1)"),
+    ("L2_regularization", [dict(BASE, dropout=0.5)], "config_1: unknown key 'dropout'"),
+    ("L2_regularization", [], "CONFIGS is empty"),
+]
+
+
+def snapshot(folder):
+    return {str(path.relative_to(folder)): path.stat().st_mtime_ns
+            for path in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture
+def existing_out(tmp_path):
+    """An output folder that already holds something, to prove a refusal leaves it as it was."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "training_result.json").write_text("{}")
+    return out
+
+
+@pytest.mark.parametrize("name, configs, message", BAD_CONFIGS)
+def test_bad_configs_are_refused(name, configs, message, pickled_data, existing_out,
+                                 monkeypatch, capsys):
+    before = snapshot(existing_out)
+    assert run_main(name, "--data-dir", pickled_data, "--out", existing_out,
+                    configs=configs, monkeypatch=monkeypatch) == 2
+    assert message in capsys.readouterr().err
+    assert snapshot(existing_out) == before
+
+
+BAD_FLAGS = [
+    (["--configs", "11"], "--configs 11: '11' is not a config of this script"),
+    (["--configs", "recipe"], "'recipe' is not a config of this script"),
+    (["--subset", "100000"], "--subset 100000: must be between 10 and the 300"),
+    (["--subset", "20", "--configs", "4"], "--subset 20 is smaller than one batch of config_4"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_FLAGS)
+def test_bad_flags_are_refused(flags, message, pickled_data, existing_out, capsys):
+    before = snapshot(existing_out)
+    assert run_main("Original_version_model_multiGPU", "--data-dir", pickled_data,
+                    "--out", existing_out, *flags) == 2
+    assert message in capsys.readouterr().err
+    assert snapshot(existing_out) == before
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "Original_version_model.py: error: argument --epochs: 0 must be at least 1"),
+    (["--device", "tpu"], "--device: invalid choice: 'tpu'"),
+])
+def test_bad_flag_values_stop_argparse(flags, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        run_main("Original_version_model", *flags)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_refused(pickled_data, existing_out, capsys):
+    assert run_main("Original_version_model", "--device", "cuda", "--data-dir", pickled_data,
+                    "--out", existing_out) == 2
+    assert "--device cuda: no CUDA GPU is visible" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused(pickled_data, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert run_main("Original_version_model", "--data-dir", pickled_data,
+                    "--out", blocker / "out") == 2
+    assert "cannot write there" in capsys.readouterr().err
+
+
+def corrupt(kind, tmp_path):
+    """A broken copy of the generated data; returns (data dir, the culprit the message names)."""
+    if kind in ("missing batch", "truncated batch", "labels out of range", "archive"):
+        root = write_pickled_batches(tmp_path / "data")
+        batches = root / "cifar-10-batches-py"
+        if kind == "missing batch":
+            (batches / "data_batch_3").unlink()
+            return root, "data_batch_3"
+        if kind == "truncated batch":
+            raw = (batches / "data_batch_2").read_bytes()
+            (batches / "data_batch_2").write_bytes(raw[: len(raw) // 2])
+            return root, "data_batch_2"
+        if kind == "labels out of range":
+            batch = pickle.loads((batches / "test_batch").read_bytes())
+            batch["labels"][0] = 10
+            (batches / "test_batch").write_bytes(pickle.dumps(batch))
+            return root, "test_batch: labels outside 0-9"
+        archive_dir = tmp_path / "archive"
+        archive_dir.mkdir()
+        (archive_dir / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b" + b"garbage" * 100)
+        return archive_dir, "cifar-10-python.tar.gz: not a readable .tar.gz archive"
+    root = write_image_folders(tmp_path / "data")
+    cat = root / "train" / "cat"
+    first = sorted(cat.iterdir())[0]
+    if kind == "class folder missing":
+        shutil.rmtree(root / "test" / "ship")
+        return root, "ship: class folder missing"
+    if kind == "class folder empty":
+        for path in cat.iterdir():
+            path.unlink()
+        return root, "cat: class folder holds no .png or .jpg images"
+    if kind == "extra folder":
+        (root / "train" / "unicorn").mkdir()
+        return root, "folders that are not CIFAR-10 classes: unicorn"
+    if kind == "undecodable image":
+        first.write_bytes(b"this is not a png")
+        return root, f"{first.name}: cannot decode this image"
+    if kind == "wrong size":
+        Image.new("RGB", (64, 64)).save(first)
+        return root, f"{first.name}: a 64x64 RGB image"
+    Image.new("L", (32, 32)).save(first)  # grayscale
+    return root, f"{first.name}: a 32x32 L image"
+
+
+@pytest.mark.parametrize("kind", [
+    "missing batch", "truncated batch", "labels out of range", "archive",
+    "class folder missing", "class folder empty", "extra folder", "undecodable image",
+    "wrong size", "grayscale"])
+def test_bad_data_is_refused_naming_the_file(kind, tmp_path, existing_out, capsys):
+    data_dir, culprit = corrupt(kind, tmp_path)
+    before = snapshot(existing_out)
+    assert run_main("Original_version_model", "--data-dir", data_dir, "--epochs", "1",
+                    "--out", existing_out) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and culprit in error
+    assert snapshot(existing_out) == before
