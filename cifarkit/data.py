@@ -4,6 +4,7 @@ Data flows one way: files -> ``Dataset`` (uint8 N x 3 x 32 x 32 tensors and int6
 -> ``batch_order`` (which images make each batch) -> ``prepare_batch`` (float, normalised,
 on the training device). Augmentation, when added, belongs in ``prepare_batch``.
 """
+import io
 import os
 import pickle
 import tarfile
@@ -85,9 +86,25 @@ def _load_with_torchvision(download_root):
     return _load_pickled_batches(Path(download_root) / "cifar-10-batches-py")
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Reads CIFAR-10's pickled batches (dicts of lists and numpy arrays) and refuses any
+    other object, so a doctored batch file cannot run code."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR-10 "
+                                         f"batch never holds")
+        return super().find_class(module, name)
+
+
 def _unpickle_batch(raw_bytes, name):
     try:
-        batch = pickle.loads(raw_bytes, encoding="latin1")
+        batch = _ArrayUnpickler(io.BytesIO(raw_bytes), encoding="latin1").load()
         images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch["labels"], dtype=np.int64)
     except Exception as error:

@@ -177,16 +177,21 @@ def test_out_of_memory_names_the_config_and_keeps_the_others(pickled_data, tmp_p
     assert results["config_1"]["status"] == "out_of_memory"
 
 
+class Payload:
+    """A pickle that, if ever unpickled with plain pickle, creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 def test_a_foreign_checkpoint_is_refused_never_run(pickled_data, tmp_path, capsys):
     out = tmp_path / "out"
     marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
     (out / "checkpoints").mkdir(parents=True)
-    (out / "checkpoints" / "config_1.ckpt").write_bytes(pickle.dumps(Payload()))
+    (out / "checkpoints" / "config_1.ckpt").write_bytes(pickle.dumps(Payload(marker)))
     status = run_main("L2_regularization", "--data-dir", pickled_data, "--epochs", "1",
                       "--out", out)
     assert status == 2
@@ -288,7 +293,8 @@ def test_an_output_folder_that_cannot_be_written_is_refused(pickled_data, tmp_pa
 
 def corrupt(kind, tmp_path):
     """A broken copy of the generated data; returns (data dir, the culprit the message names)."""
-    if kind in ("missing batch", "truncated batch", "labels out of range", "archive"):
+    if kind in ("missing batch", "truncated batch", "labels out of range", "archive",
+                "code in a batch"):
         root = write_pickled_batches(tmp_path / "data")
         batches = root / "cifar-10-batches-py"
         if kind == "missing batch":
@@ -298,6 +304,9 @@ def corrupt(kind, tmp_path):
             raw = (batches / "data_batch_2").read_bytes()
             (batches / "data_batch_2").write_bytes(raw[: len(raw) // 2])
             return root, "data_batch_2"
+        if kind == "code in a batch":
+            (batches / "data_batch_4").write_bytes(pickle.dumps(Payload(tmp_path / "pwned")))
+            return root, "data_batch_4: not a readable CIFAR-10 batch file"
         if kind == "labels out of range":
             batch = pickle.loads((batches / "test_batch").read_bytes())
             batch["labels"][0] = 10
@@ -331,7 +340,7 @@ def corrupt(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", [
-    "missing batch", "truncated batch", "labels out of range", "archive",
+    "missing batch", "truncated batch", "code in a batch", "labels out of range", "archive",
     "class folder missing", "class folder empty", "extra folder", "undecodable image",
     "wrong size", "grayscale"])
 def test_bad_data_is_refused_naming_the_file(kind, tmp_path, existing_out, capsys):
@@ -342,3 +351,4 @@ def test_bad_data_is_refused_naming_the_file(kind, tmp_path, existing_out, capsy
     error = capsys.readouterr().err
     assert error.startswith("error: ") and culprit in error
     assert snapshot(existing_out) == before
+    assert not (tmp_path / "pwned").exists()
