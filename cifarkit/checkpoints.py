@@ -50,10 +50,12 @@ def to_cpu(value):
     return value
 
 
-def save_checkpoint(path, identity, model, optimizer, progress):
-    """Write atomically: a crash mid-write leaves the previous checkpoint in place."""
+def save_checkpoint(path, identity, model, optimizer, progress, rng_states):
+    """Write atomically: a crash mid-write leaves the previous checkpoint in place.
+
+    ``rng_states`` holds one ``rng_state()`` per rank (one entry in one process)."""
     checkpoint = {"format": FORMAT, "identity": identity, "model": to_cpu(model.state_dict()),
-                  "optimizer": to_cpu(optimizer.state_dict()), "rng": rng_state(),
+                  "optimizer": to_cpu(optimizer.state_dict()), "rng": rng_states,
                   "progress": to_cpu(progress)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, lambda file: torch.save(checkpoint, file))
@@ -76,9 +78,19 @@ def load_checkpoint(path):
     return checkpoint
 
 
-def restore(checkpoint, model, optimizer):
-    """Load a checkpoint's states into ``model`` and ``optimizer``; return its progress."""
+def restore(checkpoint, model, optimizer, rank=0):
+    """Load a checkpoint's states into ``model`` and ``optimizer``; return its progress.
+    Each rank takes back its own random-number state (rank 0's if the ranks changed)."""
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
-    set_rng_state(checkpoint["rng"])
+    states = checkpoint["rng"]
+    set_rng_state(states[rank] if rank < len(states) else states[0])
     return checkpoint["progress"]
+
+
+def remove_checkpoint(path):
+    """Delete a finished config's checkpoint, and its folder once empty."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    if path.parent.is_dir() and not any(path.parent.iterdir()):
+        path.parent.rmdir()

@@ -12,6 +12,7 @@ TRAINING_KEYS = {
     "momentum": ("float", lambda value: 0 <= value < 1, "in [0, 1)"),
     "batch_size": ("int", lambda value: value >= 1, "at least 1"),
     "weight_decay": ("float", lambda value: value >= 0, "0 or more"),
+    "sync_bn": ("bool", lambda value: True, "True or False"),  # SyncBatchNorm under torchrun
 }
 # Keys that only a script whose model reads them accepts (it names them in model_keys).
 MODEL_KEYS = {
@@ -19,7 +20,8 @@ MODEL_KEYS = {
 }
 REQUIRED = ("num_epochs", "lr", "batch_size")
 DEFAULTS = {"momentum": 0.0, "weight_decay": 0.0}
-KIND_NAMES = {"int": "a whole number", "float": "a number", "str": "a string"}
+KIND_NAMES = {"int": "a whole number", "float": "a number", "str": "a string",
+              "bool": "True or False"}
 
 
 class ConfigError(UserError):
@@ -29,6 +31,8 @@ class ConfigError(UserError):
 def _check_kind(kind, value):
     if kind == "str":
         return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
     if isinstance(value, bool):  # True is an int to Python, never to a config
         return False
     if kind == "int":

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoints, cli, config, data, outputs, train
+from . import runtime as rt
 from .errors import UserError
 
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -23,51 +24,98 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
     """Run a report script; returns its exit status.
 
     ``build_model(config)`` returns a fresh model; ``normalization`` is (mean, std) per
-    channel; ``log_every`` > 0 prints the running loss every that many mini-batches.
+    channel; ``log_every`` > 0 prints the running loss every that many mini-batches;
+    ``data_parallel`` wraps the model in nn.DataParallel when several GPUs are visible
+    (under torchrun every script uses DistributedDataParallel instead).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = cli.parse_args(script, description, out_dir, default_device, argv)
+    runtime = None
     try:
         all_configs = _checked_configs(configs, model_keys, args)
         selected = cli.select_configs(all_configs, args.configs)
         cli.check_subset(args.subset, selected)
-        device = train.select_device(args.device)
-        outputs.check_out_dir(args.out, _bytes_needed(build_model(selected[0][1])))
-        dataset = data.load_cifar10(args.data_dir, args.subset, args.seed)
-        results = outputs.new_results(script, dataset, train.parallel_devices(device, data_parallel),
-                                      args.seed, argv)
-        earlier, reason = _earlier_results(Path(args.out), results_file, results, all_configs)
+        runtime = rt.init_runtime(args.device, data_parallel)
+        _check_batches_fit_ranks(selected, runtime)
+        bytes_needed = _bytes_needed(build_model(selected[0][1]))
+        rt.from_main(lambda: outputs.check_out_dir(args.out, bytes_needed), runtime)
+        dataset = _load_data(args, runtime)
+        results = outputs.new_results(script, dataset, runtime, args.seed, argv)
+        earlier, reason = rt.from_main(lambda: _earlier_results(
+            Path(args.out), results_file, results, all_configs), runtime)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if rt.is_main_process():
+            print(f"error: {error}", file=sys.stderr)
+        if runtime is not None:
+            rt.close(runtime)
         return 2
-    out = outputs.prepare_out_dir(args.out)
-    if args.restart and outputs.has_results(out):
-        reason = "--restart"
-    if reason:
-        print(f"{reason}: the earlier results are kept in {outputs.move_aside(out)}/")
-    elif earlier:
-        results.update(started=earlier["started"], configs=earlier["configs"])
-
-    print(f"{script}: {len(dataset.train_labels)} training and {len(dataset.test_labels)} test "
-          f"images from {dataset.source}; device {device}; output {out}")
-    job = {"build_model": build_model, "device": device, "data_parallel": data_parallel,
-           "seed": args.seed, "run_data": results["data"], "out": out, "log_every": log_every,
-           "data": _to_device(dataset, normalization, device), "weights_file": weights_file}
     try:
-        with _stop_on_signals() as received:
+        return _train_selected(script, argv, args, runtime, build_model, normalization,
+                               selected, dataset, results, results_file, earlier, reason,
+                               log_every, weights_file)
+    finally:
+        rt.close(runtime)
+
+
+def _train_selected(script, argv, args, runtime, build_model, normalization, selected,
+                    dataset, results, results_file, earlier, reason, log_every, weights_file):
+    say = print if runtime.is_main else _silent
+    out = Path(args.out)
+    if runtime.is_main:
+        outputs.prepare_out_dir(out)
+        if args.restart and outputs.has_results(out):
+            reason = "--restart"
+        if reason:
+            say(f"{reason}: the earlier results are kept in {outputs.move_aside(out)}/")
+    if earlier and not reason and not args.restart:
+        results.update(started=earlier["started"], configs=earlier["configs"])
+    rt.barrier(runtime)  # nobody reads the folder while rank 0 tidies it
+
+    say(f"{script}: {len(dataset.train_labels)} training and {len(dataset.test_labels)} test "
+        f"images from {dataset.source}; {', '.join(results['devices'])}; output {out}")
+    job = {"build_model": build_model, "runtime": runtime, "say": say, "seed": args.seed,
+           "run_data": results["data"], "out": out, "log_every": log_every,
+           "data": _to_device(dataset, normalization, runtime.device),
+           "weights_file": weights_file}
+    try:
+        with _stop_on_signals(say) as received:
             for number, chosen in selected:
                 status = _run_config(job, number, chosen, results, results_file, received)
                 if status == "interrupted":
-                    return _interrupted(received, number, out, script, argv)
+                    return _interrupted(received, number, out, script, argv, say)
     except OSError as error:  # disk full, folder removed: what was saved before stays
         print(f"error: cannot write to {out}: {error}. Results saved so far are kept; "
               f"rerun the same command to carry on.", file=sys.stderr)
         return 1
     chosen_ids = {f"config_{number}" for number, _ in selected}
     finished = [entry for entry in results["configs"] if entry["id"] in chosen_ids]
-    print(outputs.summary(finished))
-    print(f"Results, weights and plots are in {out}/")
+    if runtime.is_main:
+        print(outputs.summary(finished))
+        print(f"Results, weights and plots are in {out}/")
     return 0 if all(entry["status"] == "finished" for entry in finished) else 1
+
+
+def _silent(*args, **kwargs):
+    pass
+
+
+def _check_batches_fit_ranks(selected, runtime):
+    for number, chosen in selected:
+        if chosen["batch_size"] < runtime.world_size:
+            raise UserError(f"config_{number}: batch_size {chosen['batch_size']} is smaller than "
+                            f"the {runtime.world_size} processes; batch_size is the global "
+                            f"batch, split across them.")
+
+
+def _load_data(args, runtime):
+    """Rank 0 loads first (and downloads if need be); the others then read the same files."""
+    loaded = {}
+
+    def load():
+        loaded["dataset"] = data.load_cifar10(args.data_dir, args.subset, args.seed)
+
+    rt.from_main(load, runtime)
+    return loaded.get("dataset") or data.load_cifar10(args.data_dir, args.subset, args.seed)
 
 
 def _checked_configs(configs, model_keys, args):
@@ -109,6 +157,7 @@ def _earlier_results(out, results_file, results, all_configs):
 
 
 def _to_device(dataset, normalization, device):
+    """Every image on the training device as uint8, once; batches are cut from these."""
     scale, shift = data.normalizer(*normalization, device=device)
     return (dataset.train_images.to(device), dataset.train_labels.to(device),
             dataset.test_images.to(device), dataset.test_labels.to(device), scale, shift)
@@ -116,72 +165,85 @@ def _to_device(dataset, normalization, device):
 
 def _run_config(job, number, chosen, results, results_file, received):
     """Train (or resume, or skip) one config; record it; return its status."""
-    label, out = f"config_{number}", job["out"]
+    label, out, runtime, say = f"config_{number}", job["out"], job["runtime"], job["say"]
     done = next((entry for entry in results["configs"] if entry["id"] == label), None)
     if done:
-        print(f"{label}: already {done['status']} in {out} ({outputs.outcome(done)}); "
-              f"skipped. Use --restart to train it again.")
+        say(f"{label}: already {done['status']} in {out} ({outputs.outcome(done)}); "
+            f"skipped. Use --restart to train it again.")
         return done["status"]
-    print(f"{label}: {outputs.settings(chosen)}")
+    say(f"{label}: {outputs.settings(chosen)}")
     train.seed_everything(job["seed"])  # every config starts from the same weights
-    model = train.place_model(job["build_model"](chosen), job["device"], job["data_parallel"])
+    model = rt.place_model(job["build_model"](chosen), runtime, chosen.get("sync_bn", False))
+    if runtime.rank:
+        torch.manual_seed(job["seed"] + runtime.rank)  # each rank its own dropout masks
     optimizer = train.make_optimizer(model, chosen)
     checkpoint_path = out / "checkpoints" / f"{label}.ckpt"
-    checkpoint = checkpoints.load_checkpoint(checkpoint_path)
+    checkpoint = rt.from_main(lambda: checkpoints.load_checkpoint(checkpoint_path), runtime)
     progress = train.new_progress()
     if checkpoint:
-        progress = checkpoints.restore(checkpoint, train.unwrap(model), optimizer)
-        print(f"{label}: resuming from its checkpoint after epoch {progress['epoch']}, "
-              f"step {progress['step']}")
+        progress = checkpoints.restore(checkpoint, rt.unwrap(model), optimizer, runtime.rank)
+        say(f"{label}: resuming from its checkpoint after epoch {progress['epoch']}, "
+            f"step {progress['step']}")
     identity = _identity(chosen, job["seed"], job["run_data"])
-    status = _train(job, label, chosen, model, optimizer, progress, received,
-                    lambda progress: checkpoints.save_checkpoint(
-                        checkpoint_path, identity, train.unwrap(model), optimizer, progress))
+
+    def save(progress):
+        rng_states = rt.gather_to_main(checkpoints.rng_state(), runtime)
+        if runtime.is_main:
+            checkpoints.save_checkpoint(checkpoint_path, identity, rt.unwrap(model), optimizer,
+                                        progress, rng_states)
+
+    status = _train(job, label, chosen, model, optimizer, progress, received, save)
     if status == "interrupted":
         return status
     weights_path = out / job["weights_file"].format(number=number)
-    if status == "finished":
-        outputs.save_weights(train.unwrap(model), weights_path)
-    entry = outputs.config_entry(label, chosen, status, progress, weights_path.name)
-    if job["log_every"]:
-        entry["steps_per_epoch"] = -(-len(job["data"][1]) // chosen["batch_size"])
+    entry = {"id": label, "config": chosen, "status": status}  # all other ranks need
+    if runtime.is_main:
+        entry = outputs.config_entry(label, chosen, status, progress, weights_path.name)
+        if job["log_every"]:
+            entry["steps_per_epoch"] = -(-len(job["data"][1]) // chosen["batch_size"])
     results["configs"] = sorted([e for e in results["configs"] if e["id"] != label] + [entry],
                                 key=lambda e: int(e["id"].split("_")[1]))
-    outputs.save_json(results, out / results_file)  # after each config: nothing lost
-    outputs.plot_run(results["configs"], out, results["script"], job["log_every"])
-    checkpoint_path.unlink(missing_ok=True)
+    if runtime.is_main:
+        if status == "finished":
+            outputs.save_weights(rt.unwrap(model), weights_path)
+        outputs.save_json(results, out / results_file)  # after each config: nothing lost
+        outputs.plot_run(results["configs"], out, results["script"], job["log_every"])
+        checkpoints.remove_checkpoint(checkpoint_path)
     return status
 
 
 def _train(job, label, chosen, model, optimizer, progress, received, save):
     def on_log(epoch, step, loss):
-        print(f"epoch {epoch}: batch {step} loss: {loss:.3f}")
+        job["say"](f"epoch {epoch}: batch {step} loss: {loss:.3f}")
 
-    def on_epoch(record):
-        print(f"{label} epoch {record['epoch']}/{chosen['num_epochs']}: "
-              f"loss {record['train_loss']:.4f}, train acc {record['train_accuracy']:.2f}%, "
-              f"test acc {record['test_accuracy']:.2f}%, {record['seconds']:.1f} s")
+    def on_epoch(record):  # rank 0 only: the test accuracy is measured there
+        job["say"](f"{label} epoch {record['epoch']}/{chosen['num_epochs']}: "
+                   f"loss {record['train_loss']:.4f}, train acc {record['train_accuracy']:.2f}%, "
+                   f"test acc {record['test_accuracy']:.2f}%, {record['seconds']:.1f} s")
 
+    say = job["say"]
     try:
         status = train.train_config(model, optimizer, chosen, job["data"], job["seed"],
-                                    progress, save, lambda: bool(received), job["log_every"],
-                                    on_log, on_epoch)
+                                    progress, save, job["runtime"],
+                                    stop_requested=lambda: bool(received),
+                                    log_every=job["log_every"], on_log=on_log,
+                                    on_epoch=on_epoch if job["runtime"].is_main else None)
     except torch.cuda.OutOfMemoryError:
-        print(f"error: {label} ran out of GPU memory at batch_size {chosen['batch_size']}. "
+        say(f"error: {label} ran out of GPU memory at batch_size {chosen['batch_size']}. "
               f"Try a smaller batch_size in CONFIGS; the other configs carry on.",
               file=sys.stderr)
         torch.cuda.empty_cache()
         return "out_of_memory"
     if status == "diverged":
         where = progress["diverged_at"]
-        print(f"{label}: the loss became NaN or infinite at epoch {where['epoch']}, step "
+        say(f"{label}: the loss became NaN or infinite at epoch {where['epoch']}, step "
               f"{where['step']}; this config is stopped and marked diverged. A smaller lr "
               f"usually helps.", file=sys.stderr)
     return status
 
 
 @contextlib.contextmanager
-def _stop_on_signals():
+def _stop_on_signals(say):
     """SIGINT / SIGTERM ask training to stop after the current step; a second one stops now."""
     received = []
 
@@ -189,7 +251,7 @@ def _stop_on_signals():
         if received:
             raise KeyboardInterrupt
         received.append(signum)
-        print(f"\n{signal.Signals(signum).name}: finishing the current step and saving a "
+        say(f"\n{signal.Signals(signum).name}: finishing the current step and saving a "
               f"checkpoint (send it again to stop at once).", file=sys.stderr, flush=True)
 
     previous = {signum: signal.signal(signum, handler) for signum in SIGNAL_EXIT}
@@ -200,9 +262,9 @@ def _stop_on_signals():
             signal.signal(signum, old)
 
 
-def _interrupted(received, number, out, script, argv):
+def _interrupted(received, number, out, script, argv, say):
     name = signal.Signals(received[0]).name
-    print(f"Stopped by {name} during config_{number}; its checkpoint is in "
+    say(f"Stopped by {name} during config_{number}; its checkpoint is in "
           f"{out / 'checkpoints'}/. To resume, run the same command again:\n"
           f"  python {' '.join([script] + argv)}", file=sys.stderr)
     return SIGNAL_EXIT[received[0]]

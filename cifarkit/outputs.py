@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .runtime import device_names
 
 EARLIER_PREFIX = "earlier-"  # subfolders holding results that a later run moved aside
 PLOTS = (  # file, history key, y-axis label
@@ -113,13 +114,17 @@ def environment():
             "torchvision": torchvision.__version__, "platform": platform.platform()}
 
 
-def new_results(script, dataset, devices, seed, argv):
+def new_results(script, dataset, runtime, seed, argv):
     """The run-level half of a results JSON; configs are appended as they finish."""
+    launcher = "torchrun ..." if runtime.distributed else "python"
     return {
         "script": script,
-        "command": " ".join(["python", script] + list(argv)),
+        "command": " ".join([launcher, script] + list(argv)),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "devices": devices,
+        "devices": device_names(runtime),
+        "world_size": runtime.world_size,
+        "backend": runtime.backend or ("DataParallel" if runtime.data_parallel
+                                       and torch.cuda.device_count() > 1 else "single process"),
         "data": {"source": dataset.source, "train_images": len(dataset.train_labels),
                  "test_images": len(dataset.test_labels)},
         "seed": seed,

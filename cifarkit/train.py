@@ -1,50 +1,17 @@
-"""Devices and parallel wrapping, the epoch loop, evaluation: numbers in, numbers out."""
+"""The epoch loop and evaluation: numbers in, numbers out. Devices live in runtime.py."""
 import random
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from . import runtime as rt
 from .data import batch_order, prepare_batch
-from .errors import UserError
 
-DIVERGENCE_CHECK_EVERY = 100  # steps between looks at the loss on a GPU (each one a host sync)
-
-
-def select_device(requested):
-    """The one place that turns --device into a torch.device."""
-    if requested not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device {requested}: choose auto, cpu or cuda.")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible to PyTorch here "
-                        f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}). "
-                        "Use --device cpu or auto.")
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(requested)
-
-
-def parallel_devices(device, data_parallel):
-    """Names of the devices a model on ``device`` trains on (several under DataParallel)."""
-    if device.type != "cuda":
-        return ["cpu"]
-    count = torch.cuda.device_count() if data_parallel else 1
-    return [f"cuda:{index} ({torch.cuda.get_device_name(index)})" for index in range(count)]
-
-
-def place_model(model, device, data_parallel):
-    """Move ``model`` to ``device``; wrap it in nn.DataParallel when asked and GPUs are many."""
-    model = model.to(device)
-    if data_parallel and device.type == "cuda" and torch.cuda.device_count() > 1:
-        model = nn.DataParallel(model)
-    return model
-
-
-def unwrap(model):
-    """The bare model, whose state_dict has no ``module.`` prefix."""
-    return model.module if isinstance(model, nn.DataParallel) else model
+# Steps between looks at the loss for NaN and, under torchrun, at a stop request: each look
+# is a host sync (and, with several ranks, one all-reduce), so not every step on a GPU.
+SYNC_EVERY = {"cpu": 1, "cuda": 100, "distributed": 25}
 
 
 def seed_everything(seed):
@@ -61,38 +28,44 @@ def new_sums(device):
             "window": torch.zeros((), device=device)}
 
 
-def train_epoch(model, optimizer, images, labels, batches, scale, shift, sums, start_step=0,
-                stop_requested=None, log_every=0, on_log=None):
+def train_epoch(model, optimizer, images, labels, batches, scale, shift, sums, runtime,
+                start_step=0, stop_requested=None, log_every=0, on_log=None):
     """Train on ``batches[start_step:]``, adding into ``sums``; return (steps done, diverged).
 
-    Returns early, after a whole step, when ``stop_requested()`` turns true or the loss stops
-    being finite. ``on_log(step, mean_loss)`` runs every ``log_every`` steps (the tutorial's
-    running loss); divergence is looked for every ``DIVERGENCE_CHECK_EVERY`` steps on a GPU.
+    Each batch is a global batch; under torchrun this rank trains on its shard of it. Returns
+    early, after a whole step, when ``stop_requested()`` turns true or the loss stops being
+    finite. ``on_log(step, mean_loss)`` runs every ``log_every`` steps (the tutorial's
+    running loss).
     """
     model.train()
-    check_every = 1 if images.device.type == "cpu" else DIVERGENCE_CHECK_EVERY
+    kind = "distributed" if runtime.distributed else images.device.type
+    sync_every = SYNC_EVERY[kind]
     step = start_step
     for index in batches[start_step:]:
         step += 1
-        inputs, targets = prepare_batch(images, labels, index, scale, shift)
+        inputs, targets = prepare_batch(images, labels, rt.shard(index, runtime), scale, shift)
         outputs = model(inputs)
-        loss = F.cross_entropy(outputs, targets)
+        loss_sum = F.cross_entropy(outputs, targets, reduction="sum")
+        # Divided by the global batch size (times the ranks that DDP averages over), the
+        # gradient is the mean over the whole batch, however it is split.
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss_sum * (runtime.world_size / len(index))).backward()
         optimizer.step()
-        sums["loss"] += loss.detach() * len(targets)
+        sums["loss"] += loss_sum.detach()
         sums["correct"] += (outputs.argmax(dim=1) == targets).sum()
         sums["images"] += len(targets)
         if log_every:
-            sums["window"] += loss.detach()
+            sums["window"] += loss_sum.detach() / len(index)
             if step % log_every == 0:
-                on_log(step, sums["window"].item() / log_every)
+                on_log(step, rt.all_sum(sums["window"].clone(), runtime).item() / log_every)
                 sums["window"].zero_()
-        # Losses are never negative, so one NaN or inf keeps the sum non-finite.
-        if (step % check_every == 0 or step == len(batches)) and not sums["loss"].isfinite():
-            return step, True
-        if stop_requested is not None and stop_requested():
-            return step, False
+        if step % sync_every == 0 or step == len(batches):
+            # Losses are never negative, so one NaN or inf keeps the sum non-finite.
+            if rt.any_rank(not sums["loss"].isfinite(), runtime):
+                return step, True
+        if stop_requested is not None and (not runtime.distributed or step % sync_every == 0):
+            if rt.any_rank(stop_requested(), runtime):
+                return step, False
     return step, False
 
 
@@ -122,20 +95,24 @@ def new_progress():
             "diverged_at": None}
 
 
-def train_config(model, optimizer, config, data, seed, progress, save, stop_requested=None,
-                 log_every=0, on_log=None, on_epoch=None):
+def train_config(model, optimizer, config, data, seed, progress, save, runtime,
+                 stop_requested=None, log_every=0, on_log=None, on_epoch=None):
     """Carry ``progress`` (new, or from a checkpoint) to the end of ``config``.
 
     ``data`` is (train_images, train_labels, test_images, test_labels, scale, shift), all on
-    the training device. ``save(progress)`` runs after every epoch and on interruption.
-    Returns "finished", "diverged" or "interrupted"; ``progress`` holds the history.
+    the training device. ``save(progress)`` runs after every epoch and on interruption, on
+    every rank. Returns "finished", "diverged" or "interrupted"; ``progress`` holds the
+    history (test accuracy is measured on rank 0).
     """
     train_images, train_labels, test_images, test_labels, scale, shift = data
     device = train_images.device
     while progress["epoch"] < config["num_epochs"]:
         epoch = progress["epoch"] + 1
         batches = batch_order(len(train_labels), config["batch_size"], seed, epoch)
-        sums = _sums_on(progress["sums"], device)
+        if runtime.distributed and len(batches[-1]) < runtime.world_size:
+            batches = batches[:-1]  # a last batch smaller than the ranks cannot be split
+        # Resumed partial sums are global: rank 0 carries them, the others start at zero.
+        sums = _sums_on(progress["sums"] if runtime.is_main else None, device)
 
         def log(step, loss):
             progress["batch_losses"].append({"epoch": epoch, "batch": step, "loss": loss})
@@ -143,11 +120,12 @@ def train_config(model, optimizer, config, data, seed, progress, save, stop_requ
 
         started = time.perf_counter()
         step, diverged = train_epoch(model, optimizer, train_images, train_labels, batches,
-                                     scale, shift, sums, progress["step"], stop_requested,
-                                     log_every, log)
+                                     scale, shift, sums, runtime, progress["step"],
+                                     stop_requested, log_every, log)
         if device.type == "cuda":
             torch.cuda.synchronize()
         sums["seconds"] += time.perf_counter() - started
+        sums = _global_sums(sums, runtime)
         if diverged:
             progress["diverged_at"] = {"epoch": epoch, "step": step}
             return "diverged"
@@ -155,13 +133,14 @@ def train_config(model, optimizer, config, data, seed, progress, save, stop_requ
             progress.update(step=step, sums=sums)
             save(progress)
             return "interrupted"
-        progress["history"].append(_epoch_record(epoch, sums, optimizer, model, data))
+        progress["history"].append(_epoch_record(epoch, sums, optimizer, model, data, runtime))
         progress.update(epoch=epoch, step=0, sums=None)
         save(progress)
         if on_epoch:
             on_epoch(progress["history"][-1])
-        if stop_requested is not None and stop_requested() and epoch < config["num_epochs"]:
-            return "interrupted"
+        if stop_requested is not None and epoch < config["num_epochs"]:
+            if rt.any_rank(stop_requested(), runtime):
+                return "interrupted"
     return "finished"
 
 
@@ -172,11 +151,30 @@ def _sums_on(saved, device):
             for key, value in saved.items()}
 
 
-def _epoch_record(epoch, sums, optimizer, model, data):
+def _global_sums(sums, runtime):
+    """The epoch's totals over every rank (the same dict in one process)."""
+    if not runtime.distributed:
+        return sums
+    totals = torch.stack([sums["loss"].double(), sums["correct"].double(),
+                          torch.tensor(float(sums["images"]), dtype=torch.float64,
+                                       device=sums["loss"].device),
+                          sums["window"].double()])
+    loss, correct, images, window = rt.all_sum(totals, runtime).tolist()
+    device = sums["loss"].device
+    return dict(sums, loss=torch.tensor(loss, device=device),
+                correct=torch.tensor(int(round(correct)), device=device),
+                images=int(round(images)), window=torch.tensor(window, device=device))
+
+
+def _epoch_record(epoch, sums, optimizer, model, data, runtime):
     _, _, test_images, test_labels, scale, shift = data
+    test_accuracy = None
+    if runtime.is_main:  # the other ranks go on to the next epoch and wait for it there
+        test_accuracy = accuracy(predict(rt.unwrap(model), test_images, scale, shift),
+                                 test_labels)
     return {"epoch": epoch,
             "train_loss": sums["loss"].item() / sums["images"],
             "train_accuracy": 100.0 * sums["correct"].item() / sums["images"],
-            "test_accuracy": accuracy(predict(model, test_images, scale, shift), test_labels),
+            "test_accuracy": test_accuracy,
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": sums["seconds"]}

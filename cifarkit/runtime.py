@@ -1,0 +1,182 @@
+"""The one place for devices, processes and parallel wrapping.
+
+Launched with plain ``python``, a script is one process on one device (or, for the Task 3
+script, nn.DataParallel over every visible GPU). Launched by ``torchrun``, each process is
+one rank of DistributedDataParallel: NCCL on GPUs, gloo on the CPU.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .errors import UserError
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str = None      # "nccl" or "gloo" under torchrun, else None
+    data_parallel: bool = False
+
+    @property
+    def distributed(self):
+        return self.backend is not None
+
+    @property
+    def is_main(self):
+        """Rank 0: the one process that prints, downloads and writes files."""
+        return self.rank == 0
+
+
+def launched_by_torchrun():
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def is_main_process():
+    """True before a Runtime exists too (rank from torchrun's environment)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _check_device_request(requested):
+    if requested not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {requested}: choose auto, cpu or cuda.")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible to PyTorch here "
+                        f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}). "
+                        "Use --device cpu or auto.")
+
+
+def init_runtime(requested, data_parallel=False):
+    """Device and process group for this process; refuses impossible requests up front."""
+    _check_device_request(requested)
+    if not launched_by_torchrun():
+        use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
+        return Runtime(torch.device("cuda" if use_cuda else "cpu"),
+                       data_parallel=data_parallel and use_cuda)
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if requested == "cuda" and gpus < local_world:
+        raise UserError(f"--device cuda: {local_world} processes on this machine "
+                        f"(--nproc-per-node) but only {gpus} GPU(s); one GPU per process is "
+                        f"needed. Lower --nproc-per-node or use --device cpu.")
+    use_cuda = requested != "cpu" and gpus >= local_world and gpus > 0
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    backend = "nccl" if use_cuda else "gloo"
+    dist.init_process_group(backend, store=_attempt_store(rank, world_size), rank=rank,
+                            world_size=world_size, device_id=device if use_cuda else None)
+    return Runtime(device, rank, world_size, local_rank, backend)
+
+
+def _attempt_store(rank, world_size):
+    """torchrun's key-value store, with keys of their own for each restart of the workers.
+
+    Without the prefix, workers restarted by --max-restarts can read the addresses that the
+    dead attempt's workers left in torchrun's store, and fail to connect (seen with gloo on
+    torch 2.14: "Gloo connectFullMesh failed ... Connection refused")."""
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          world_size, is_master=rank == 0 and not agent_hosts_store)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"cifarkit/attempt-{attempt}", store)
+
+
+def close(runtime):
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device_names(runtime):
+    """What the results JSON records as the devices used, by this process or by all ranks."""
+    if runtime.device.type != "cuda":
+        names = ["cpu"]
+    elif runtime.data_parallel:
+        names = [f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+                 for index in range(torch.cuda.device_count())]
+    else:
+        names = [f"{runtime.device} ({torch.cuda.get_device_name(runtime.device)})"]
+    if runtime.distributed:
+        return [f"{runtime.world_size} ranks: {name} each" for name in names]
+    return names
+
+
+def place_model(model, runtime, sync_bn=False):
+    """Move ``model`` to the device and wrap it: DDP under torchrun, else DataParallel when
+    asked and GPUs are several."""
+    if runtime.distributed and sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(runtime.device)
+    if runtime.distributed:
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if runtime.data_parallel and torch.cuda.device_count() > 1:
+        return nn.DataParallel(model)
+    return model
+
+
+def unwrap(model):
+    """The bare model, whose state_dict has no ``module.`` prefix."""
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return model.module
+    return model
+
+
+def shard(index, runtime):
+    """This rank's share of one global batch: every world_size-th image from its rank on."""
+    return index[runtime.rank::runtime.world_size] if runtime.distributed else index
+
+
+def all_sum(tensor, runtime):
+    """Sum a tensor over all ranks (in place); a no-op in one process."""
+    if runtime.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag, runtime):
+    """True on every rank when ``flag`` is true on any rank."""
+    if not runtime.distributed:
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0], device=runtime.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def from_main(produce, runtime):
+    """Run ``produce()`` on rank 0 and hand its result to every rank. A UserError raised on
+    rank 0 is raised on every rank, so all of them stop with the same message."""
+    if not runtime.distributed:
+        return produce()
+    box = [None]
+    if runtime.is_main:
+        try:
+            box[0] = ("ok", produce())
+        except UserError as error:
+            box[0] = ("error", str(error))
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise UserError(value)
+    return value
+
+
+def gather_to_main(value, runtime):
+    """Every rank's ``value``, as a list on every rank (one entry in one process)."""
+    if not runtime.distributed:
+        return [value]
+    values = [None] * runtime.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def barrier(runtime):
+    if runtime.distributed:
+        dist.barrier()
