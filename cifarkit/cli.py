@@ -41,6 +41,9 @@ def build_parser(script, description, default_out, default_device):
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"seed for weights, batch order and subsets (default: "
                              f"{DEFAULT_SEED}); the same seed gives the same result on the CPU")
+    parser.add_argument("--seeds", type=_positive_int, default=1, metavar="K",
+                        help="train every selected config K times, with seeds SEED, SEED+1, "
+                             "...; summaries and plots show mean and spread (default: 1)")
     parser.add_argument("--restart", action="store_true",
                         help="start over: move the folder's earlier results and checkpoints "
                              "into a time-stamped earlier-* subfolder instead of resuming")

@@ -73,21 +73,23 @@ def _train_selected(script, argv, args, runtime, build_model, normalization, sel
 
     say(f"{script}: {len(dataset.train_labels)} training and {len(dataset.test_labels)} test "
         f"images from {dataset.source}; {', '.join(results['devices'])}; output {out}")
-    job = {"build_model": build_model, "runtime": runtime, "say": say, "seed": args.seed,
+    job = {"build_model": build_model, "runtime": runtime, "say": say,
            "run_data": results["data"], "out": out, "log_every": log_every,
            "data": _to_device(dataset, normalization, runtime.device),
            "weights_file": weights_file}
     try:
         with _stop_on_signals(say) as received:
             for number, chosen in selected:
-                status = _run_config(job, number, chosen, results, results_file, received)
-                if status == "interrupted":
-                    return _interrupted(received, number, out, script, argv, say)
+                for seed in range(args.seed, args.seed + args.seeds):
+                    status = _run_config(job, number, chosen, seed, results, results_file,
+                                         received)
+                    if status == "interrupted":
+                        return _interrupted(received, number, out, script, argv, say)
     except OSError as error:  # disk full, folder removed: what was saved before stays
         print(f"error: cannot write to {out}: {error}. Results saved so far are kept; "
               f"rerun the same command to carry on.", file=sys.stderr)
         return 1
-    chosen_ids = {f"config_{number}" for number, _ in selected}
+    chosen_ids = {f"config_{number}" for number, _ in selected}  # every seed of each
     finished = [entry for entry in results["configs"] if entry["id"] in chosen_ids]
     if runtime.is_main:
         print(outputs.summary(finished))
@@ -150,9 +152,10 @@ def _earlier_results(out, results_file, results, all_configs):
             return None, f"{entry['id']} in CONFIGS differs from its earlier results"
     for path in sorted((out / "checkpoints").glob("config_*.ckpt")):
         checkpoint = checkpoints.load_checkpoint(path)
-        wanted = _identity(current.get(path.stem), results["seed"], results["data"])
+        label, _, seed = path.stem.partition("_seed")
+        wanted = _identity(current.get(label), int(seed or -1), results["data"])
         if checkpoint["identity"] != wanted:
-            return None, f"{path.stem} in CONFIGS differs from its unfinished checkpoint"
+            return None, f"{label} in CONFIGS differs from its unfinished checkpoint"
     return earlier, None
 
 
@@ -163,28 +166,30 @@ def _to_device(dataset, normalization, device):
             dataset.test_images.to(device), dataset.test_labels.to(device), scale, shift)
 
 
-def _run_config(job, number, chosen, results, results_file, received):
-    """Train (or resume, or skip) one config; record it; return its status."""
+def _run_config(job, number, chosen, seed, results, results_file, received):
+    """Train (or resume, or skip) one config with one seed; record it; return its status."""
     label, out, runtime, say = f"config_{number}", job["out"], job["runtime"], job["say"]
-    done = next((entry for entry in results["configs"] if entry["id"] == label), None)
+    run_name = label if seed == results["seed"] else f"{label} (seed {seed})"
+    done = next((entry for entry in results["configs"]
+                 if entry["id"] == label and entry["seed"] == seed), None)
     if done:
-        say(f"{label}: already {done['status']} in {out} ({outputs.outcome(done)}); "
+        say(f"{run_name}: already {done['status']} in {out} ({outputs.outcome(done)}); "
             f"skipped. Use --restart to train it again.")
         return done["status"]
-    say(f"{label}: {outputs.settings(chosen)}")
-    train.seed_everything(job["seed"])  # every config starts from the same weights
+    say(f"{run_name}: {outputs.settings(chosen)}")
+    train.seed_everything(seed)  # every config starts from the same weights
     model = rt.place_model(job["build_model"](chosen), runtime, chosen.get("sync_bn", False))
     if runtime.rank:
-        torch.manual_seed(job["seed"] + runtime.rank)  # each rank its own dropout masks
+        torch.manual_seed(seed + runtime.rank)  # each rank its own dropout masks
     optimizer = train.make_optimizer(model, chosen)
-    checkpoint_path = out / "checkpoints" / f"{label}.ckpt"
+    checkpoint_path = out / "checkpoints" / f"{label}_seed{seed}.ckpt"
     checkpoint = rt.from_main(lambda: checkpoints.load_checkpoint(checkpoint_path), runtime)
     progress = train.new_progress()
     if checkpoint:
         progress = checkpoints.restore(checkpoint, rt.unwrap(model), optimizer, runtime.rank)
-        say(f"{label}: resuming from its checkpoint after epoch {progress['epoch']}, "
+        say(f"{run_name}: resuming from its checkpoint after epoch {progress['epoch']}, "
             f"step {progress['step']}")
-    identity = _identity(chosen, job["seed"], job["run_data"])
+    identity = _identity(chosen, seed, job["run_data"])
 
     def save(progress):
         rng_states = rt.gather_to_main(checkpoints.rng_state(), runtime)
@@ -192,27 +197,42 @@ def _run_config(job, number, chosen, results, results_file, received):
             checkpoints.save_checkpoint(checkpoint_path, identity, rt.unwrap(model), optimizer,
                                         progress, rng_states)
 
-    status = _train(job, label, chosen, model, optimizer, progress, received, save)
+    status = _train(job, run_name, chosen, seed, model, optimizer, progress, received, save)
     if status == "interrupted":
         return status
-    weights_path = out / job["weights_file"].format(number=number)
-    entry = {"id": label, "config": chosen, "status": status}  # all other ranks need
+    weights_path = out / outputs.weights_name(job["weights_file"], number, seed, results["seed"])
+    entry = {"id": label, "seed": seed, "config": chosen, "status": status}  # enough elsewhere
     if runtime.is_main:
-        entry = outputs.config_entry(label, chosen, status, progress, weights_path.name)
+        entry = outputs.config_entry(label, seed, chosen, status, progress, weights_path.name)
         if job["log_every"]:
             entry["steps_per_epoch"] = -(-len(job["data"][1]) // chosen["batch_size"])
-    results["configs"] = sorted([e for e in results["configs"] if e["id"] != label] + [entry],
-                                key=lambda e: int(e["id"].split("_")[1]))
+        if status == "finished":
+            _, _, test_images, test_labels, scale, shift = job["data"]
+            predictions = train.predict(rt.unwrap(model), test_images, scale, shift)
+            entry.update(_class_scores(predictions, test_labels))
+    results["configs"] = sorted(
+        [e for e in results["configs"] if (e["id"], e["seed"]) != (label, seed)] + [entry],
+        key=lambda e: (int(e["id"].split("_")[1]), e["seed"]))
     if runtime.is_main:
         if status == "finished":
             outputs.save_weights(rt.unwrap(model), weights_path)
+            if outputs.is_best(entry, results["configs"]):
+                outputs.plot_examples(job["data"], predictions, entry, results["script"], out)
         outputs.save_json(results, out / results_file)  # after each config: nothing lost
         outputs.plot_run(results["configs"], out, results["script"], job["log_every"])
         checkpoints.remove_checkpoint(checkpoint_path)
     return status
 
 
-def _train(job, label, chosen, model, optimizer, progress, received, save):
+def _class_scores(predictions, test_labels):
+    """Per-class test accuracy (percent) and the confusion matrix [true][predicted]."""
+    matrix = train.confusion_matrix(predictions, test_labels)
+    per_class = (100.0 * matrix.diag() / matrix.sum(dim=1).clamp(min=1)).tolist()
+    return {"per_class_accuracy": dict(zip(data.CLASSES, per_class)),
+            "confusion_matrix": matrix.tolist()}
+
+
+def _train(job, label, chosen, seed, model, optimizer, progress, received, save):
     def on_log(epoch, step, loss):
         job["say"](f"epoch {epoch}: batch {step} loss: {loss:.3f}")
 
@@ -223,7 +243,7 @@ def _train(job, label, chosen, model, optimizer, progress, received, save):
 
     say = job["say"]
     try:
-        status = train.train_config(model, optimizer, chosen, job["data"], job["seed"],
+        status = train.train_config(model, optimizer, chosen, job["data"], seed,
                                     progress, save, job["runtime"],
                                     stop_requested=lambda: bool(received),
                                     log_every=job["log_every"], on_log=on_log,

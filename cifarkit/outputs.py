@@ -11,17 +11,15 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from . import plots
+from .data import CLASSES
 from .errors import UserError
 from .runtime import device_names
 
 EARLIER_PREFIX = "earlier-"  # subfolders holding results that a later run moved aside
-PLOTS = (  # file, history key, y-axis label
-    ("loss.png", "train_loss", "training loss (cross-entropy, mean per image)"),
-    ("train_accuracy.png", "train_accuracy", "training accuracy (%)"),
-    ("test_accuracy.png", "test_accuracy", "test accuracy (%)"),
-)
 
 
 def check_out_dir(path, bytes_needed):
@@ -143,14 +141,22 @@ def config_label(entry):
     return f"{entry['id']}{name}: {settings(entry['config'])}"
 
 
-def config_entry(label, config, status, progress, weights_name):
-    """One config's record in the results JSON."""
+def weights_name(pattern, number, seed, base_seed):
+    """config_N.pth for the run's own seed; config_N_seedS.pth for the extra seeds."""
+    name = pattern.format(number=number)
+    return name if seed == base_seed else name.replace(".pth", f"_seed{seed}.pth")
+
+
+def config_entry(label, seed, config, status, progress, weights_name):
+    """One config's record (one seed of it) in the results JSON."""
     history = progress["history"]
-    entry = {"id": label, "config": config, "status": status, "history": history,
+    best = max(history, key=lambda record: record["test_accuracy"], default=None)
+    entry = {"id": label, "seed": seed, "config": config, "status": status,
+             "history": history,
              "final_test_accuracy": history[-1]["test_accuracy"] if history else None,
-             "best_test_accuracy": max((r["test_accuracy"] for r in history), default=None),
-             "best_epoch": max(history, key=lambda r: r["test_accuracy"])["epoch"]
-             if history else None,
+             "final_train_accuracy": history[-1]["train_accuracy"] if history else None,
+             "best_test_accuracy": best["test_accuracy"] if best else None,
+             "best_epoch": best["epoch"] if best else None,
              "train_seconds": sum(record["seconds"] for record in history),
              "weights": weights_name if status == "finished" else None}
     if progress["diverged_at"]:
@@ -158,6 +164,12 @@ def config_entry(label, config, status, progress, weights_name):
     if progress["batch_losses"]:
         entry["batch_losses"] = progress["batch_losses"]
     return entry
+
+
+def is_best(entry, entries):
+    """Whether ``entry`` has the highest final test accuracy among the finished runs."""
+    finished = [other for other in entries if other["status"] == "finished"]
+    return entry["final_test_accuracy"] >= max(other["final_test_accuracy"] for other in finished)
 
 
 def outcome(entry):
@@ -170,66 +182,61 @@ def outcome(entry):
             f"(best {entry['best_test_accuracy']:.2f}%)")
 
 
-def plot_histories(entries, out_dir, title, plots=PLOTS):
-    """loss.png, train_accuracy.png, test_accuracy.png: one labelled curve per config."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    for file_name, key, y_label in plots:
-        figure, axes = plt.subplots(figsize=(9, 5.5))
-        for entry in entries:
-            epochs = [record["epoch"] for record in entry["history"]]
-            values = [record[key] for record in entry["history"]]
-            axes.plot(epochs, values, marker="o" if len(epochs) < 30 else None,
-                      label=config_label(entry))
-        axes.set(title=f"{title}: {y_label.split(' (')[0]}", xlabel="epoch", ylabel=y_label)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=7, loc="best")
-        figure.tight_layout()
-        write_atomically(out_dir / file_name,
-                          lambda file: figure.savefig(file, format="png", dpi=110))
-        plt.close(figure)
+def mean_std(values):
+    """'m ± s' of a list of numbers (just 'm' for one)."""
+    array = np.asarray(values, dtype=float)
+    if len(array) == 1:
+        return f"{array[0]:.2f}"
+    return f"{array.mean():.2f} ± {array.std(ddof=1):.2f}"
 
 
-def plot_batch_losses(entries, out_dir, title, log_every):
-    """The baseline's loss.png: the loss printed every ``log_every`` mini-batches."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(9, 5.5))
-    for entry in entries:
-        points = entry.get("batch_losses", [])
-        steps_per_epoch = entry["steps_per_epoch"]
-        x = [point["epoch"] - 1 + point["batch"] / steps_per_epoch for point in points]
-        axes.plot(x, [point["loss"] for point in points], marker="o", label=config_label(entry))
-    axes.set(title=f"{title}: loss every {log_every} mini-batches", xlabel="epoch",
-             ylabel=f"training loss (mean of {log_every} mini-batches)")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    write_atomically(out_dir / "loss.png",
-                      lambda file: figure.savefig(file, format="png", dpi=110))
-    plt.close(figure)
+def group_outcome(runs):
+    """The summary line of one config over its seeds."""
+    if len(runs) == 1:
+        return f"{outcome(runs[0])}, training time {runs[0]['train_seconds']:.2f} s"
+    finished = [run for run in runs if run["status"] == "finished"]
+    failed = [f"seed {run['seed']} {outcome(run)}" for run in runs if run not in finished]
+    text = f"{len(runs)} seeds"
+    if finished:
+        text += (f": final test accuracy {mean_std([r['final_test_accuracy'] for r in finished])}%"
+                 f" (mean ± std over {len(finished)}), training time "
+                 f"{mean_std([r['train_seconds'] for r in finished])} s")
+    return text + "".join(f"; {failure}" for failure in failed)
 
 
 def plot_run(entries, out_dir, script, log_every):
-    """Every PNG of a run; the baseline's loss.png shows its running loss instead."""
+    """loss.png, train_accuracy.png, test_accuracy.png; the baseline's loss.png shows the
+    running loss it prints every ``log_every`` mini-batches."""
     title = Path(script).stem
-    if log_every and any(entry.get("batch_losses") for entry in entries):
-        plot_histories(entries, out_dir, title, PLOTS[1:])
-        plot_batch_losses(entries, out_dir, title, log_every)
-    else:
-        plot_histories(entries, out_dir, title)
+    with_batch_losses = log_every and any(entry.get("batch_losses") for entry in entries)
+    for file_name, key, y_label in plots.PLOTS:
+        if file_name == "loss.png" and with_batch_losses:
+            figure = plots.batch_loss_figure(
+                entries, f"{title}: loss every {log_every} mini-batches", log_every,
+                config_label)
+        else:
+            figure = plots.history_figure(entries, key, f"{title}: {y_label.split(' (')[0]}",
+                                          y_label, config_label)
+        content = plots.png_bytes(figure)
+        write_atomically(Path(out_dir) / file_name, lambda file: file.write(content))
+
+
+def plot_examples(on_device, predictions, entry, script, out_dir, count=32):
+    """examples.png: ``count`` test images, spread over the test set, with the predictions
+    of the best run so far."""
+    _, _, test_images, test_labels, _, _ = on_device
+    pick = torch.linspace(0, len(test_labels) - 1, min(count, len(test_labels))).long()
+    figure = plots.examples_figure(test_images.cpu()[pick], test_labels.cpu()[pick].tolist(),
+                                   predictions[pick].tolist(), CLASSES,
+                                   f"{Path(script).stem}, {config_label(entry)}")
+    content = plots.png_bytes(figure)
+    write_atomically(Path(out_dir) / "examples.png", lambda file: file.write(content))
 
 
 def summary(entries):
-    """The report's closing block, as text."""
+    """The report's closing block, as text: one entry per config, mean ± std over seeds."""
     lines = ["Training completed. Results summary:"]
-    for entry in entries:
-        lines.append(f"  {config_label(entry)}")
-        lines.append(f"      {outcome(entry)}, training time {entry['train_seconds']:.2f} s")
+    for runs in plots.group_runs(entries).values():
+        lines.append(f"  {config_label(runs[0])}")
+        lines.append(f"      {group_outcome(runs)}")
     return "\n".join(lines)

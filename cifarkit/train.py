@@ -1,5 +1,6 @@
 """The epoch loop and evaluation: numbers in, numbers out. Devices live in runtime.py."""
 import random
+import sys
 import time
 
 import numpy as np
@@ -12,6 +13,7 @@ from .data import batch_order, prepare_batch
 # Steps between looks at the loss for NaN and, under torchrun, at a stop request: each look
 # is a host sync (and, with several ranks, one all-reduce), so not every step on a GPU.
 SYNC_EVERY = {"cpu": 1, "cuda": 100, "distributed": 25}
+BAR_EVERY = 50  # steps between updates of the progress bar's loss and accuracy
 
 
 def seed_everything(seed):
@@ -28,8 +30,17 @@ def new_sums(device):
             "window": torch.zeros((), device=device)}
 
 
+def progress_bar(total, initial, description, enabled):
+    """A tqdm bar on a terminal; silent when output goes to a file or a pipe, so logs stay
+    readable, and on every rank but 0."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=description, unit="batch", leave=False,
+                dynamic_ncols=True, disable=not (enabled and sys.stderr.isatty()))
+
+
 def train_epoch(model, optimizer, images, labels, batches, scale, shift, sums, runtime,
-                start_step=0, stop_requested=None, log_every=0, on_log=None):
+                start_step=0, stop_requested=None, log_every=0, on_log=None, bar=None):
     """Train on ``batches[start_step:]``, adding into ``sums``; return (steps done, diverged).
 
     Each batch is a global batch; under torchrun this rank trains on its shard of it. Returns
@@ -54,6 +65,11 @@ def train_epoch(model, optimizer, images, labels, batches, scale, shift, sums, r
         sums["loss"] += loss_sum.detach()
         sums["correct"] += (outputs.argmax(dim=1) == targets).sum()
         sums["images"] += len(targets)
+        if bar is not None and not bar.disable:
+            bar.update(1)
+            if step % BAR_EVERY == 0:  # the live numbers cost a host sync: not every step
+                bar.set_postfix(loss=f"{sums['loss'].item() / sums['images']:.3f}",
+                                acc=f"{100 * sums['correct'].item() / sums['images']:.1f}%")
         if log_every:
             sums["window"] += loss_sum.detach() / len(index)
             if step % log_every == 0:
@@ -78,6 +94,12 @@ def predict(model, images, scale, shift, batch_size=1000):
         batch = torch.addcmul(shift, images[start:start + batch_size].float(), scale)
         predictions.append(model(batch).argmax(dim=1).cpu())
     return torch.cat(predictions)
+
+
+def confusion_matrix(predictions, labels, classes=10):
+    """counts[true, predicted] as a classes x classes int64 tensor."""
+    pairs = labels.cpu() * classes + predictions.cpu()
+    return torch.bincount(pairs, minlength=classes * classes).view(classes, classes)
 
 
 def accuracy(predictions, labels):
@@ -119,9 +141,11 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime,
             on_log(epoch, step, loss)
 
         started = time.perf_counter()
-        step, diverged = train_epoch(model, optimizer, train_images, train_labels, batches,
-                                     scale, shift, sums, runtime, progress["step"],
-                                     stop_requested, log_every, log)
+        with progress_bar(len(batches), progress["step"], f"epoch {epoch}/{config['num_epochs']}",
+                          runtime.is_main) as bar:
+            step, diverged = train_epoch(model, optimizer, train_images, train_labels, batches,
+                                         scale, shift, sums, runtime, progress["step"],
+                                         stop_requested, log_every, log, bar)
         if device.type == "cuda":
             torch.cuda.synchronize()
         sums["seconds"] += time.perf_counter() - started

@@ -36,7 +36,7 @@ def test_two_ranks_write_one_set_of_outputs(two_rank_run):
     base, result = two_rank_run
     out = base / "out"
     assert sorted(path.name for path in out.iterdir()) == [
-        "config_1.pth", "loss.png", "test_accuracy.png", "train_accuracy.png",
+        "config_1.pth", "examples.png", "loss.png", "test_accuracy.png", "train_accuracy.png",
         "training_result.json"]
     results = json.loads((out / "training_result.json").read_text())
     assert results["world_size"] == 2 and results["backend"] == "gloo"

@@ -39,7 +39,7 @@ def finished_run(out):
 
 
 def wait_for_checkpoint(process, out, timeout=120):
-    checkpoint = out / "checkpoints" / "config_1.ckpt"
+    checkpoint = out / "checkpoints" / "config_1_seed0.ckpt"
     deadline = time.time() + timeout
     while not checkpoint.exists():
         assert process.poll() is None, process.communicate()
@@ -89,7 +89,7 @@ def test_signal_saves_a_checkpoint_and_rerun_resumes(signum, status, pickled_dat
     assert process.returncode == status
     assert "To resume, run the same command again" in stderr
     assert "Traceback" not in stderr
-    checkpoint = torch.load(out / "checkpoints" / "config_1.ckpt", weights_only=True)
+    checkpoint = torch.load(out / "checkpoints" / "config_1_seed0.ckpt", weights_only=True)
     assert checkpoint["progress"]["epoch"] < 12
     rerun = start_long_run(pickled_data, out)
     assert rerun.wait(timeout=300) == 0

@@ -19,8 +19,9 @@ SCRIPTS = {
     "Resnet_model": ("Resnet_model_result.json", "config_{}.pth".format, ["--subset", "130"]),
 }
 RUN_FIELDS = {"script", "command", "devices", "data", "seed", "versions", "configs"}
-CONFIG_FIELDS = {"id", "config", "history", "final_test_accuracy", "best_test_accuracy",
-                 "train_seconds", "weights", "status"}
+CONFIG_FIELDS = {"id", "seed", "config", "history", "final_test_accuracy",
+                 "best_test_accuracy", "final_train_accuracy", "train_seconds", "weights",
+                 "status", "per_class_accuracy", "confusion_matrix"}
 EPOCH_FIELDS = {"epoch", "train_loss", "train_accuracy", "test_accuracy", "lr", "seconds"}
 
 
@@ -57,7 +58,7 @@ def test_script_writes_every_output_and_weights_reload(name, any_layout, tmp_pat
     assert {"torch", "torchvision"} <= set(results["versions"])
     assert results["data"]["train_images"] == (130 if extra else 300)
     assert len(results["configs"]) == len(script.CONFIGS)
-    for png in ("loss.png", "train_accuracy.png", "test_accuracy.png"):
+    for png in ("loss.png", "train_accuracy.png", "test_accuracy.png", "examples.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     dataset = data.load_cifar10(any_layout, 130 if extra else None, results["seed"])
@@ -68,6 +69,8 @@ def test_script_writes_every_output_and_weights_reload(name, any_layout, tmp_pat
         assert entry["config"]["num_epochs"] == 1
         assert [set(record) for record in entry["history"]] == [EPOCH_FIELDS]
         assert entry["weights"] == weights_file(number)
+        assert list(entry["per_class_accuracy"]) == list(data.CLASSES)
+        assert sum(map(sum, entry["confusion_matrix"])) == results["data"]["test_images"]
         assert f"final test accuracy {entry['final_test_accuracy']:.2f}%" in printed
         reloaded = reload_and_score(script, entry, out / entry["weights"],
                                     dataset.test_images, dataset.test_labels, normalization)

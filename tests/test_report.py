@@ -1,0 +1,86 @@
+"""make_report.py on a small modelset made by the real scripts on generated data."""
+import importlib
+import json
+import re
+
+import numpy as np
+import pytest
+
+import make_report
+
+L2_CONFIGS = [
+    {"name": "control", "num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 32},
+    {"name": "l2", "num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 32,
+     "weight_decay": 1e-3},
+]
+SWEEP_CONFIGS = [
+    {"num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 32},
+    {"num_epochs": 2, "lr": 1e6, "momentum": 0.9, "batch_size": 32},  # diverges
+]
+
+
+@pytest.fixture
+def modelset(tmp_path, pickled_data, monkeypatch, capsys):
+    root = tmp_path / "modelset"
+    l2 = importlib.import_module("L2_regularization")
+    sweep = importlib.import_module("Original_version_model_multiGPU")
+    monkeypatch.setattr(l2, "CONFIGS", L2_CONFIGS)
+    monkeypatch.setattr(sweep, "CONFIGS", SWEEP_CONFIGS)
+    common = ["--data-dir", str(pickled_data)]
+    out = ["--out", str(root / "L2_regularization_model")]
+    assert l2.main(common + out + ["--configs", "control", "--seeds", "2"]) == 0
+    (root / "seeded_run.log").write_text(capsys.readouterr().out)  # for the summary test
+    assert l2.main(common + out + ["--configs", "l2"]) == 0
+    assert sweep.main(common + ["--out", str(root / "original_version_model_multiGPU")]) == 1
+    return root
+
+
+def test_seeds_are_kept_apart_and_summarised(modelset):
+    results = json.loads((modelset / "L2_regularization_model" / "training_result.json")
+                         .read_text())
+    runs = [(entry["id"], entry["seed"], entry["weights"]) for entry in results["configs"]]
+    assert runs == [("config_1", 0, "config_1.pth"), ("config_1", 1, "config_1_seed1.pth"),
+                    ("config_2", 0, "config_2.pth")]
+    assert (results["configs"][0]["history"] != results["configs"][1]["history"])
+    printed = (modelset / "seeded_run.log").read_text()
+    assert "2 seeds: final test accuracy" in printed and "(mean ± std over 2)" in printed
+
+
+def test_report_has_every_config_valid_figures_and_the_missing_scripts(modelset):
+    assert make_report.main(["--modelset", str(modelset)]) == 0
+    report = (modelset / "REPORT.md").read_text()
+
+    for row in ("| config_1 (control) |", "| config_2 (l2) |"):
+        assert row in report
+    sweep_rows = [line for line in report.splitlines() if line.startswith("| config_")
+                  and "batch_size=32, weight_decay=0.0 |" in line and "lr=" in line]
+    assert any("**DIVERGED**" in line for line in sweep_rows)
+    assert any("| finished |" in line and "lr=0.01," in line for line in sweep_rows)
+
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert "figures/task2_gap.png" in links and "figures/task3_sweep.png" in links
+    assert any(link.startswith("figures/confusion_") for link in links)
+    for link in links:
+        assert (modelset / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
+
+    missing = report.split("## Not run yet")[1]
+    for script in ("Original_version_model.py", "Dropout_regularization.py", "Resnet_model.py"):
+        assert f"`{script}`" in missing
+    assert "L2_regularization.py" not in missing
+
+
+def test_report_mean_and_std_of_the_seeded_config(modelset):
+    make_report.main(["--modelset", str(modelset)])
+    results = json.loads((modelset / "L2_regularization_model" / "training_result.json")
+                         .read_text())
+    finals = [entry["final_test_accuracy"] for entry in results["configs"]
+              if entry["id"] == "config_1"]
+    expected = f"{np.mean(finals):.2f} ± {np.std(finals, ddof=1):.2f}"
+    (row,) = [line for line in (modelset / "REPORT.md").read_text().splitlines()
+              if line.startswith("| config_1 (control) |")]
+    assert row.split(" | ")[3] == expected
+
+
+def test_report_refuses_a_missing_folder(tmp_path, capsys):
+    assert make_report.main(["--modelset", str(tmp_path / "nothing")]) == 2
+    assert "no such folder" in capsys.readouterr().err
