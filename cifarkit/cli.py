@@ -38,6 +38,12 @@ def build_parser(script, description, default_out, default_device):
     parser.add_argument("--device", default=default_device, choices=("auto", "cpu", "cuda"),
                         help=f"where to train (default: {default_device}; auto = a GPU when "
                              f"one is visible, else the CPU)")
+    parser.add_argument("--amp", default="auto", choices=("auto", "on", "off"),
+                        help="mixed precision: bf16 autocast (fp16 with loss scaling on GPUs "
+                             "without bf16). auto = on for CUDA, off on the CPU (default: auto)")
+    parser.add_argument("--compile", action="store_true",
+                        help="wrap the model in torch.compile (first epoch slower while it "
+                             "compiles; works on the CPU too)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"seed for weights, batch order and subsets (default: "
                              f"{DEFAULT_SEED}); the same seed gives the same result on the CPU")

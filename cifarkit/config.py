@@ -2,7 +2,10 @@
 import difflib
 import numbers
 
+from .data import AUGMENTATIONS
 from .errors import UserError
+
+SCHEDULES = ("constant", "onecycle")  # onecycle: linear warm-up over 20% of steps, then to 0
 
 # key: (kind, test, what the test demands). kind is "int", "float" or "str".
 TRAINING_KEYS = {
@@ -13,6 +16,12 @@ TRAINING_KEYS = {
     "batch_size": ("int", lambda value: value >= 1, "at least 1"),
     "weight_decay": ("float", lambda value: value >= 0, "0 or more"),
     "sync_bn": ("bool", lambda value: True, "True or False"),  # SyncBatchNorm under torchrun
+    # Beyond the report (each off unless a config asks for it):
+    "augment": ("str", lambda value: value in AUGMENTATIONS, f"one of {AUGMENTATIONS}"),
+    "schedule": ("str", lambda value: value in SCHEDULES, f"one of {SCHEDULES}"),
+    "nesterov": ("bool", lambda value: True, "True or False"),
+    "label_smoothing": ("float", lambda value: 0 <= value < 1, "in [0, 1)"),
+    "tta": ("bool", lambda value: True, "True or False"),
 }
 # Keys that only a script whose model reads them accepts (it names them in model_keys).
 MODEL_KEYS = {
@@ -62,6 +71,8 @@ def check_config(config, label, model_keys=()):
     missing = [key for key in REQUIRED if key not in config]
     if missing:
         raise ConfigError(f"{label}: missing {', '.join(repr(key) for key in missing)}.")
+    if config.get("nesterov") and not config.get("momentum"):
+        raise ConfigError(f"{label}: 'nesterov' needs a 'momentum' above 0.")
     checked = dict(config, **{key: value for key, value in DEFAULTS.items() if key not in config})
     return {key: float(value) if rules[key][0] == "float" else value
             for key, value in checked.items()}

@@ -268,8 +268,53 @@ def batch_order(count, batch_size, seed, epoch):
     return torch.randperm(count, generator=generator).split(batch_size)
 
 
-def prepare_batch(images, labels, index, scale, shift):
-    """Cut one batch from uint8 tensors already on the device and normalise it there."""
+AUGMENTATIONS = ("none", "flip", "crop+flip", "crop+flip+cutout")
+CROP_PADDING = 4   # pixels of zero padding around each image before a random 32x32 crop
+CUTOUT_SIZE = 8    # side of the square that cutout blanks (to the mean: 0 after normalising)
+
+
+def random_crop(batch, padding=CROP_PADDING):
+    """Each image of a uint8 batch shifted by up to ``padding`` pixels, zero-filled: the same
+    as torchvision's RandomCrop(32, padding) per image, done for the whole batch at once."""
+    count, _, height, width = batch.shape
+    padded = torch.nn.functional.pad(batch, (padding,) * 4)
+    top = torch.randint(0, 2 * padding + 1, (count, 1, 1), device=batch.device)
+    left = torch.randint(0, 2 * padding + 1, (count, 1, 1), device=batch.device)
+    rows = (top + torch.arange(height, device=batch.device).view(1, -1, 1)).expand(-1, -1, width)
+    columns = (left + torch.arange(width, device=batch.device).view(1, 1, -1)).expand(-1, height, -1)
+    flat = (rows * padded.shape[3] + columns).flatten(1)        # (count, height * width)
+    pixels = padded.flatten(2).gather(2, flat.unsqueeze(1).expand(-1, batch.shape[1], -1))
+    return pixels.view_as(batch)
+
+
+def random_flip(batch):
+    """Each image mirrored left-right with probability 1/2."""
+    flip = torch.rand(len(batch), device=batch.device) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
+
+
+def cutout(batch, size=CUTOUT_SIZE):
+    """One random ``size`` x ``size`` square per image set to 0 (the mean, once normalised);
+    squares may hang over the edge, as in the cutout paper."""
+    count, _, height, width = batch.shape
+    top = torch.randint(-size // 2, height - size // 2, (count, 1, 1), device=batch.device)
+    left = torch.randint(-size // 2, width - size // 2, (count, 1, 1), device=batch.device)
+    rows = torch.arange(height, device=batch.device).view(1, -1, 1)
+    columns = torch.arange(width, device=batch.device).view(1, 1, -1)
+    inside = (rows >= top) & (rows < top + size) & (columns >= left) & (columns < left + size)
+    return batch.masked_fill(inside.unsqueeze(1), 0)
+
+
+def prepare_batch(images, labels, index, scale, shift, augment="none"):
+    """Cut one batch from uint8 tensors already on the device, augment it there (random crop,
+    flip and cutout, for the whole batch at once) and normalise it."""
     index = index.to(images.device, non_blocking=True)
-    batch = images.index_select(0, index).float()
-    return torch.addcmul(shift, batch, scale), labels.index_select(0, index)
+    batch = images.index_select(0, index)
+    if "crop" in augment:
+        batch = random_crop(batch)
+    if "flip" in augment:
+        batch = random_flip(batch)
+    batch = torch.addcmul(shift, batch.float(), scale)
+    if "cutout" in augment:
+        batch = cutout(batch)
+    return batch, labels.index_select(0, index)

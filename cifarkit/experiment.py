@@ -35,7 +35,7 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
         all_configs = _checked_configs(configs, model_keys, args)
         selected = cli.select_configs(all_configs, args.configs)
         cli.check_subset(args.subset, selected)
-        runtime = rt.init_runtime(args.device, data_parallel)
+        runtime = rt.init_runtime(args.device, data_parallel, args.amp, args.compile)
         _check_batches_fit_ranks(selected, runtime)
         bytes_needed = _bytes_needed(build_model(selected[0][1]))
         rt.from_main(lambda: outputs.check_out_dir(args.out, bytes_needed), runtime)
@@ -181,12 +181,15 @@ def _run_config(job, number, chosen, seed, results, results_file, received):
     model = rt.place_model(job["build_model"](chosen), runtime, chosen.get("sync_bn", False))
     if runtime.rank:
         torch.manual_seed(seed + runtime.rank)  # each rank its own dropout masks
-    optimizer = train.make_optimizer(model, chosen)
+    optimizer = train.make_optimizer(model, chosen, runtime)
+    steps = train.steps_per_epoch(len(job["data"][1]), chosen["batch_size"], runtime)
+    scheduler = train.make_scheduler(optimizer, chosen, steps)
     checkpoint_path = out / "checkpoints" / f"{label}_seed{seed}.ckpt"
     checkpoint = rt.from_main(lambda: checkpoints.load_checkpoint(checkpoint_path), runtime)
     progress = train.new_progress()
     if checkpoint:
-        progress = checkpoints.restore(checkpoint, rt.unwrap(model), optimizer, runtime.rank)
+        progress = checkpoints.restore(checkpoint, rt.unwrap(model), optimizer, scheduler,
+                                       runtime.rank)
         say(f"{run_name}: resuming from its checkpoint after epoch {progress['epoch']}, "
             f"step {progress['step']}")
     identity = _identity(chosen, seed, job["run_data"])
@@ -195,9 +198,10 @@ def _run_config(job, number, chosen, seed, results, results_file, received):
         rng_states = rt.gather_to_main(checkpoints.rng_state(), runtime)
         if runtime.is_main:
             checkpoints.save_checkpoint(checkpoint_path, identity, rt.unwrap(model), optimizer,
-                                        progress, rng_states)
+                                        scheduler, progress, rng_states)
 
-    status = _train(job, run_name, chosen, seed, model, optimizer, progress, received, save)
+    status = _train(job, run_name, chosen, seed, model, optimizer, scheduler, progress,
+                    received, save)
     if status == "interrupted":
         return status
     weights_path = out / outputs.weights_name(job["weights_file"], number, seed, results["seed"])
@@ -208,7 +212,8 @@ def _run_config(job, number, chosen, seed, results, results_file, received):
             entry["steps_per_epoch"] = -(-len(job["data"][1]) // chosen["batch_size"])
         if status == "finished":
             _, _, test_images, test_labels, scale, shift = job["data"]
-            predictions = train.predict(rt.unwrap(model), test_images, scale, shift)
+            predictions = train.predict(rt.unwrap(model), test_images, scale, shift, runtime,
+                                        chosen.get("tta", False))
             entry.update(_class_scores(predictions, test_labels))
     results["configs"] = sorted(
         [e for e in results["configs"] if (e["id"], e["seed"]) != (label, seed)] + [entry],
@@ -232,7 +237,7 @@ def _class_scores(predictions, test_labels):
             "confusion_matrix": matrix.tolist()}
 
 
-def _train(job, label, chosen, seed, model, optimizer, progress, received, save):
+def _train(job, label, chosen, seed, model, optimizer, scheduler, progress, received, save):
     def on_log(epoch, step, loss):
         job["say"](f"epoch {epoch}: batch {step} loss: {loss:.3f}")
 
@@ -244,7 +249,7 @@ def _train(job, label, chosen, seed, model, optimizer, progress, received, save)
     say = job["say"]
     try:
         status = train.train_config(model, optimizer, chosen, job["data"], seed,
-                                    progress, save, job["runtime"],
+                                    progress, save, job["runtime"], scheduler,
                                     stop_requested=lambda: bool(received),
                                     log_every=job["log_every"], on_log=on_log,
                                     on_epoch=on_epoch if job["runtime"].is_main else None)

@@ -22,6 +22,8 @@ class Runtime:
     local_rank: int = 0
     backend: str = None      # "nccl" or "gloo" under torchrun, else None
     data_parallel: bool = False
+    amp_dtype: torch.dtype = None   # autocast dtype (bf16, or fp16 on older GPUs); None: fp32
+    compile: bool = False           # wrap the model in torch.compile
 
     @property
     def distributed(self):
@@ -51,8 +53,22 @@ def _check_device_request(requested):
                         "Use --device cpu or auto.")
 
 
-def init_runtime(requested, data_parallel=False):
-    """Device and process group for this process; refuses impossible requests up front."""
+def init_runtime(requested, data_parallel=False, amp="auto", compile=False):
+    """Device, process group and speed settings for this process; refuses impossible
+    requests up front. ``amp``: "auto" (on for CUDA, off on the CPU), "on" or "off"."""
+    runtime = _init_devices(requested, data_parallel)
+    if runtime.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed-size batches: pick the fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if amp == "on" or (amp == "auto" and runtime.device.type == "cuda"):
+        cuda_without_bf16 = runtime.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        runtime.amp_dtype = torch.float16 if cuda_without_bf16 else torch.bfloat16
+    runtime.compile = compile
+    return runtime
+
+
+def _init_devices(requested, data_parallel):
     _check_device_request(requested)
     if not launched_by_torchrun():
         use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
@@ -114,16 +130,26 @@ def place_model(model, runtime, sync_bn=False):
     if runtime.distributed and sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(runtime.device)
+    if runtime.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)  # what tensor cores want
     if runtime.distributed:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    if runtime.data_parallel and torch.cuda.device_count() > 1:
-        return nn.DataParallel(model)
-    return model
+        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    elif runtime.data_parallel and torch.cuda.device_count() > 1:
+        model = nn.DataParallel(model)
+    return torch.compile(model) if runtime.compile else model
+
+
+def memory_format(batch, runtime):
+    """Input batches in the model's memory layout (channels_last on CUDA)."""
+    if runtime.device.type == "cuda":
+        return batch.contiguous(memory_format=torch.channels_last)
+    return batch
 
 
 def unwrap(model):
-    """The bare model, whose state_dict has no ``module.`` prefix."""
+    """The bare model, whose state_dict has no ``module.`` or ``_orig_mod.`` prefix."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         return model.module
     return model

@@ -39,14 +39,15 @@ def progress_bar(total, initial, description, enabled):
                 dynamic_ncols=True, disable=not (enabled and sys.stderr.isatty()))
 
 
-def train_epoch(model, optimizer, images, labels, batches, scale, shift, sums, runtime,
+def train_epoch(model, optimizer, images, labels, batches, scale, shift, sums, runtime, recipe,
                 start_step=0, stop_requested=None, log_every=0, on_log=None, bar=None):
     """Train on ``batches[start_step:]``, adding into ``sums``; return (steps done, diverged).
 
     Each batch is a global batch; under torchrun this rank trains on its shard of it. Returns
     early, after a whole step, when ``stop_requested()`` turns true or the loss stops being
     finite. ``on_log(step, mean_loss)`` runs every ``log_every`` steps (the tutorial's
-    running loss).
+    running loss). ``recipe`` (from ``step_recipe``) holds augmentation, label smoothing,
+    mixed precision and the learning-rate scheduler.
     """
     model.train()
     kind = "distributed" if runtime.distributed else images.device.type
@@ -54,14 +55,21 @@ def train_epoch(model, optimizer, images, labels, batches, scale, shift, sums, r
     step = start_step
     for index in batches[start_step:]:
         step += 1
-        inputs, targets = prepare_batch(images, labels, rt.shard(index, runtime), scale, shift)
-        outputs = model(inputs)
-        loss_sum = F.cross_entropy(outputs, targets, reduction="sum")
+        inputs, targets = prepare_batch(images, labels, rt.shard(index, runtime), scale, shift,
+                                        recipe["augment"])
+        with torch.autocast(images.device.type, dtype=recipe["amp_dtype"],
+                            enabled=recipe["amp_dtype"] is not None):
+            outputs = model(rt.memory_format(inputs, runtime))
+            loss_sum = F.cross_entropy(outputs.float(), targets, reduction="sum",
+                                       label_smoothing=recipe["label_smoothing"])
         # Divided by the global batch size (times the ranks that DDP averages over), the
         # gradient is the mean over the whole batch, however it is split.
         optimizer.zero_grad(set_to_none=True)
-        (loss_sum * (runtime.world_size / len(index))).backward()
-        optimizer.step()
+        recipe["scaler"].scale(loss_sum * (runtime.world_size / len(index))).backward()
+        recipe["scaler"].step(optimizer)
+        recipe["scaler"].update()
+        if recipe["scheduler"] is not None:
+            recipe["scheduler"].step()
         sums["loss"] += loss_sum.detach()
         sums["correct"] += (outputs.argmax(dim=1) == targets).sum()
         sums["images"] += len(targets)
@@ -86,13 +94,20 @@ def train_epoch(model, optimizer, images, labels, batches, scale, shift, sums, r
 
 
 @torch.inference_mode()
-def predict(model, images, scale, shift, batch_size=1000):
-    """Predicted class of every image, as a CPU tensor."""
+def predict(model, images, scale, shift, runtime, tta=False, batch_size=1000):
+    """Predicted class of every image, as a CPU tensor; with ``tta`` the logits of each image
+    and of its mirror image are added (flip test-time augmentation)."""
     model.eval()
     predictions = []
     for start in range(0, len(images), batch_size):
         batch = torch.addcmul(shift, images[start:start + batch_size].float(), scale)
-        predictions.append(model(batch).argmax(dim=1).cpu())
+        batch = rt.memory_format(batch, runtime)
+        with torch.autocast(images.device.type, dtype=runtime.amp_dtype,
+                            enabled=runtime.amp_dtype is not None):
+            logits = model(batch).float()
+            if tta:
+                logits += model(batch.flip(3)).float()
+        predictions.append(logits.argmax(dim=1).cpu())
     return torch.cat(predictions)
 
 
@@ -106,9 +121,39 @@ def accuracy(predictions, labels):
     return 100.0 * (predictions == labels.cpu()).float().mean().item()
 
 
-def make_optimizer(model, config):
+def make_optimizer(model, config, runtime):
+    fused = True if runtime.device.type == "cuda" else None  # one kernel for all parameters
     return torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
-                           weight_decay=config["weight_decay"])
+                           weight_decay=config["weight_decay"],
+                           nesterov=config.get("nesterov", False), fused=fused)
+
+
+def steps_per_epoch(train_count, batch_size, runtime):
+    steps = -(-train_count // batch_size)
+    if runtime.distributed and 0 < train_count % batch_size < runtime.world_size:
+        steps -= 1  # see train_config: a last batch smaller than the ranks is dropped
+    return steps
+
+
+def make_scheduler(optimizer, config, steps):
+    """None for a constant lr; "onecycle": linear warm-up over the first 20% of all steps,
+    then linear decay to zero, stepped after every batch."""
+    if config.get("schedule", "constant") == "constant":
+        return None
+    total = config["num_epochs"] * steps
+    warmup = max(1, int(0.2 * total))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (
+        (step + 1) / warmup if step < warmup else max(0.0, (total - step) / (total - warmup + 1))))
+
+
+def step_recipe(config, runtime, scheduler):
+    """What every training step of ``config`` needs besides the model and the data."""
+    return {"augment": config.get("augment", "none"),
+            "label_smoothing": config.get("label_smoothing", 0.0),
+            "amp_dtype": runtime.amp_dtype, "scheduler": scheduler,
+            # fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op)
+            "scaler": torch.amp.GradScaler(runtime.device.type,
+                                           enabled=runtime.amp_dtype == torch.float16)}
 
 
 def new_progress():
@@ -117,7 +162,7 @@ def new_progress():
             "diverged_at": None}
 
 
-def train_config(model, optimizer, config, data, seed, progress, save, runtime,
+def train_config(model, optimizer, config, data, seed, progress, save, runtime, scheduler=None,
                  stop_requested=None, log_every=0, on_log=None, on_epoch=None):
     """Carry ``progress`` (new, or from a checkpoint) to the end of ``config``.
 
@@ -128,6 +173,7 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime,
     """
     train_images, train_labels, test_images, test_labels, scale, shift = data
     device = train_images.device
+    recipe = step_recipe(config, runtime, scheduler)
     while progress["epoch"] < config["num_epochs"]:
         epoch = progress["epoch"] + 1
         batches = batch_order(len(train_labels), config["batch_size"], seed, epoch)
@@ -144,8 +190,8 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime,
         with progress_bar(len(batches), progress["step"], f"epoch {epoch}/{config['num_epochs']}",
                           runtime.is_main) as bar:
             step, diverged = train_epoch(model, optimizer, train_images, train_labels, batches,
-                                         scale, shift, sums, runtime, progress["step"],
-                                         stop_requested, log_every, log, bar)
+                                         scale, shift, sums, runtime, recipe,
+                                         progress["step"], stop_requested, log_every, log, bar)
         if device.type == "cuda":
             torch.cuda.synchronize()
         sums["seconds"] += time.perf_counter() - started
@@ -157,7 +203,8 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime,
             progress.update(step=step, sums=sums)
             save(progress)
             return "interrupted"
-        progress["history"].append(_epoch_record(epoch, sums, optimizer, model, data, runtime))
+        progress["history"].append(_epoch_record(epoch, sums, optimizer, model, data, runtime,
+                                                 config.get("tta", False)))
         progress.update(epoch=epoch, step=0, sums=None)
         save(progress)
         if on_epoch:
@@ -190,15 +237,19 @@ def _global_sums(sums, runtime):
                 images=int(round(images)), window=torch.tensor(window, device=device))
 
 
-def _epoch_record(epoch, sums, optimizer, model, data, runtime):
+def _epoch_record(epoch, sums, optimizer, model, data, runtime, tta):
     _, _, test_images, test_labels, scale, shift = data
-    test_accuracy = None
+    record = {"epoch": epoch,
+              "train_loss": sums["loss"].item() / sums["images"],
+              "train_accuracy": 100.0 * sums["correct"].item() / sums["images"],
+              "test_accuracy": None,
+              "lr": optimizer.param_groups[0]["lr"],
+              "seconds": sums["seconds"]}
     if runtime.is_main:  # the other ranks go on to the next epoch and wait for it there
-        test_accuracy = accuracy(predict(rt.unwrap(model), test_images, scale, shift),
-                                 test_labels)
-    return {"epoch": epoch,
-            "train_loss": sums["loss"].item() / sums["images"],
-            "train_accuracy": 100.0 * sums["correct"].item() / sums["images"],
-            "test_accuracy": test_accuracy,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": sums["seconds"]}
+        bare = rt.unwrap(model)
+        record["test_accuracy"] = accuracy(
+            predict(bare, test_images, scale, shift, runtime, tta), test_labels)
+        if tta:
+            record["test_accuracy_without_tta"] = accuracy(
+                predict(bare, test_images, scale, shift, runtime), test_labels)
+    return record

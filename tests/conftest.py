@@ -44,11 +44,11 @@ def make_images(per_class, seed):
     return np.concatenate(images), np.array(labels)
 
 
-def write_pickled_batches(folder):
+def write_pickled_batches(folder, train_per_class=TRAIN_PER_CLASS):
     """torchvision's layout: folder/cifar-10-batches-py/{data_batch_1..5,test_batch}."""
     batches = Path(folder) / "cifar-10-batches-py"
     batches.mkdir(parents=True)
-    train_images, train_labels = make_images(TRAIN_PER_CLASS, seed=1)
+    train_images, train_labels = make_images(train_per_class, seed=1)
     order = np.random.default_rng(2).permutation(len(train_labels))
     for number, chunk in enumerate(np.array_split(order, 5), start=1):
         batch = {"data": train_images[chunk].reshape(len(chunk), -1),

@@ -25,7 +25,7 @@ real_train_config = train.train_config
 
 
 def instrumented(model, optimizer, config, data, seed, progress, save, runtime,
-                 stop_requested=None, **kwargs):
+                 scheduler=None, stop_requested=None, **kwargs):
     checks = []
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
 
@@ -37,7 +37,7 @@ def instrumented(model, optimizer, config, data, seed, progress, save, runtime,
         return stop_requested()
 
     status = real_train_config(model, optimizer, config, data, seed, progress, save, runtime,
-                               stop_requested=maybe_die, **kwargs)
+                               scheduler, stop_requested=maybe_die, **kwargs)
     if os.environ.get("DDP_TEST_DUMP"):
         torch.save(rt.unwrap(model).state_dict(),
                    Path(os.environ["DDP_TEST_DUMP"]) / f"rank{runtime.rank}.pth")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cifarkit import data, train
+from cifarkit import runtime as rt
 from conftest import REPO
 
 # module, results JSON, weights file of config N, extra argv (ResNet is slow on the CPU)
@@ -16,7 +17,9 @@ SCRIPTS = {
     "Original_version_model_multiGPU": ("training_result.json", "config_{}.pth".format, []),
     "L2_regularization": ("training_result.json", "config_{}.pth".format, []),
     "Dropout_regularization": ("training_result.json", "config_{}.pth".format, []),
-    "Resnet_model": ("Resnet_model_result.json", "config_{}.pth".format, ["--subset", "130"]),
+    # ResNet's recipe (batch 512) does not fit a 130-image subset: test_resnet_recipe_keys
+    "Resnet_model": ("Resnet_model_result.json", "config_{}.pth".format,
+                     ["--subset", "130", "--configs", "1,2,3,4"]),
 }
 RUN_FIELDS = {"script", "command", "devices", "data", "seed", "versions", "configs"}
 CONFIG_FIELDS = {"id", "seed", "config", "history", "final_test_accuracy",
@@ -38,7 +41,8 @@ def reload_and_score(script, entry, weights_path, test_images, test_labels, norm
     model = build_model(script, entry["config"])
     model.load_state_dict(torch.load(weights_path, weights_only=True))
     scale, shift = data.normalizer(*normalization, device="cpu")
-    return train.accuracy(train.predict(model, test_images, scale, shift), test_labels)
+    cpu = rt.Runtime(torch.device("cpu"))
+    return train.accuracy(train.predict(model, test_images, scale, shift, cpu), test_labels)
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -57,7 +61,7 @@ def test_script_writes_every_output_and_weights_reload(name, any_layout, tmp_pat
     assert results["devices"] == ["cpu"]
     assert {"torch", "torchvision"} <= set(results["versions"])
     assert results["data"]["train_images"] == (130 if extra else 300)
-    assert len(results["configs"]) == len(script.CONFIGS)
+    assert len(results["configs"]) == (4 if extra else len(script.CONFIGS))
     for png in ("loss.png", "train_accuracy.png", "test_accuracy.png", "examples.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -67,7 +71,8 @@ def test_script_writes_every_output_and_weights_reload(name, any_layout, tmp_pat
     for number, entry in enumerate(results["configs"], start=1):
         assert CONFIG_FIELDS <= set(entry)
         assert entry["config"]["num_epochs"] == 1
-        assert [set(record) for record in entry["history"]] == [EPOCH_FIELDS]
+        with_tta = {"test_accuracy_without_tta"} if entry["config"].get("tta") else set()
+        assert [set(record) for record in entry["history"]] == [EPOCH_FIELDS | with_tta]
         assert entry["weights"] == weights_file(number)
         assert list(entry["per_class_accuracy"]) == list(data.CLASSES)
         assert sum(map(sum, entry["confusion_matrix"])) == results["data"]["test_images"]
@@ -151,3 +156,55 @@ def test_help_lists_the_shared_flags(tmp_path):
                  "--seed"):
         assert flag in result.stdout
     assert "python L2_regularization.py" in result.stdout  # the docstring's command
+
+
+def test_lenet_recipe_records_accuracy_with_and_without_tta(pickled_data, tmp_path):
+    script = importlib.import_module("Original_version_model_multiGPU")
+    out = tmp_path / "out"
+    assert script.main(["--data-dir", str(pickled_data), "--configs", "recipe", "--epochs", "3",
+                        "--out", str(out)]) == 0
+    (entry,) = json.loads((out / "training_result.json").read_text())["configs"]
+    assert entry["config"]["name"] == "recipe" and entry["id"] == f"config_{len(script.CONFIGS)}"
+    history = entry["history"]
+    assert all("test_accuracy_without_tta" in record for record in history)
+    # one-cycle: below the peak after the first epoch, zero at the very end
+    assert 0 < history[0]["lr"] < entry["config"]["lr"]
+    assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_onecycle_warms_up_then_decays_to_zero():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    scheduler = train.make_scheduler(optimizer, {"schedule": "onecycle", "num_epochs": 10}, 10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    peak = lrs.index(max(lrs))
+    assert max(lrs) == pytest.approx(1.0) and peak == 19  # 20% of 100 steps
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))
+    assert all(a > b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+
+
+def test_resnet_recipe_keys_run_on_the_cpu(pickled_data, tmp_path, monkeypatch):
+    """ResNet's recipe with a batch that fits the tiny generated set."""
+    script = importlib.import_module("Resnet_model")
+    recipe = dict(script.CONFIGS[-1], batch_size=64, num_epochs=1)
+    monkeypatch.setattr(script, "CONFIGS", [recipe])
+    out = tmp_path / "out"
+    assert script.main(["--data-dir", str(pickled_data), "--subset", "130",
+                        "--out", str(out)]) == 0
+    (entry,) = json.loads((out / "Resnet_model_result.json").read_text())["configs"]
+    assert entry["status"] == "finished"
+
+
+def test_compile_runs_on_the_cpu_and_saves_plain_weights(pickled_data, tmp_path):
+    script = importlib.import_module("Original_version_model_multiGPU")
+    out = tmp_path / "out"
+    assert script.main(["--data-dir", str(pickled_data), "--configs", "4", "--epochs", "1",
+                        "--compile", "--out", str(out)]) == 0
+    weights = torch.load(out / "config_4.pth", weights_only=True)
+    assert not any(key.startswith(("_orig_mod.", "module.")) for key in weights)
+    script.LeNet().load_state_dict(weights)

@@ -1,0 +1,201 @@
+"""Training images per second: the PyTorch tutorial's input pipeline against this kit's.
+
+    python benchmarks/throughput.py --data-dir ../shared/cifar10-jpeg
+    python benchmarks/throughput.py --data-dir ../shared/cifar10-jpeg --gpu   # on a GPU
+
+(a) the tutorial: a torchvision-style dataset that turns each uint8 image into a PIL image,
+    then ToTensor + Normalize, batched by DataLoader(shuffle=True, num_workers=2); fp32, eager.
+(b) this kit: the same images as one uint8 tensor on the device, batches cut by index and
+    normalised as a whole (cifarkit.train.train_epoch), eager; fp32 unless --amp on.
+Both train the same model with the same SGD on the same data, in the same process; the
+pipelines alternate for several rounds and the median of each is reported, with b/a.
+
+--gpu also times one full ResNet-18 epoch of (b) and runs Resnet_model.py's "recipe" config
+end to end, reporting its training time and test accuracy. --quick shrinks every step count
+(for the tests; its numbers mean nothing).
+"""
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import Resnet_model  # noqa: E402
+from cifarkit import data, train  # noqa: E402
+from cifarkit import runtime as rt  # noqa: E402
+from Original_version_model import LeNet  # noqa: E402
+
+CASES = [  # name, model, batch size, steps per round (full), steps per round (--quick)
+    ("LeNet, batch 4", LeNet, 4, 3000, 20),
+    ("LeNet, batch 64", LeNet, 64, 400, 5),
+    ("ResNet-18, batch 128", Resnet_model.ResNet18, 128, 12, 2),
+]
+WARMUP_STEPS = 5
+
+
+class TutorialDataset(torch.utils.data.Dataset):
+    """What torchvision.datasets.CIFAR10 does per item: PIL image, then the transforms."""
+
+    def __init__(self, images, labels, normalization):
+        import torchvision.transforms as transforms
+
+        self.images = images.permute(0, 2, 3, 1).numpy()  # N x 32 x 32 x 3, as CIFAR10 keeps
+        self.labels = labels.tolist()
+        self.transform = transforms.Compose([transforms.ToTensor(),
+                                             transforms.Normalize(*normalization)])
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
+
+
+def tutorial_round(model, dataset, batch_size, steps, device, warmup=WARMUP_STEPS):
+    """Images/s of the tutorial loop over ``steps`` batches (after a short warm-up)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                         num_workers=2)
+    model.train()
+    started, seen = None, 0
+    batches = iter(loader)
+    for step, (inputs, targets) in enumerate(batches):
+        if step == warmup:
+            started, seen = _now(device), 0
+        inputs, targets = inputs.to(device), targets.to(device)
+        loss = F.cross_entropy(model(inputs), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss.item()  # the tutorial reads the loss every step
+        seen += len(targets)
+        if step == warmup + steps - 1:
+            break
+    speed = seen / (_now(device) - started)
+    del batches  # stops the worker processes now, so they do not slow down pipeline (b)
+    return speed
+
+
+def kit_round(model, images, labels, normalization, batch_size, steps, runtime, seed,
+              warmup=WARMUP_STEPS):
+    """Images/s of cifarkit's training loop over ``steps`` batches (after a warm-up)."""
+    optimizer = train.make_optimizer(model, {"lr": 0.001, "momentum": 0.9, "weight_decay": 0.0},
+                                     runtime)
+    scale, shift = data.normalizer(*normalization, device=runtime.device)
+    batches = data.batch_order(len(labels), batch_size, seed, 1)[:warmup + steps]
+    recipe = train.step_recipe({}, runtime, None)
+    sums = train.new_sums(runtime.device)
+    train.train_epoch(model, optimizer, images, labels, batches[:warmup], scale, shift,
+                      sums, runtime, recipe)
+    started = _now(runtime.device)
+    train.train_epoch(model, optimizer, images, labels, batches[warmup:], scale, shift,
+                      sums, runtime, recipe)
+    return sum(len(index) for index in batches[warmup:]) / (_now(runtime.device) - started)
+
+
+def _now(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def compare(dataset, runtime, rounds, quick):
+    rows = []
+    warmup = 1 if quick else WARMUP_STEPS
+    for name, build, batch_size, steps, quick_steps in CASES:
+        steps = quick_steps if quick else steps
+        normalization = (data.CIFAR10_NORMALIZATION if build is Resnet_model.ResNet18
+                         else data.TUTORIAL_NORMALIZATION)
+        tutorial_data = TutorialDataset(dataset.train_images, dataset.train_labels, normalization)
+        images = dataset.train_images.to(runtime.device)
+        labels = dataset.train_labels.to(runtime.device)
+        speeds = {"a": [], "b": []}
+        for round_number in range(rounds):  # alternate, so drift hits both alike
+            torch.manual_seed(round_number)
+            speeds["a"].append(tutorial_round(build().to(runtime.device), tutorial_data,
+                                              batch_size, steps, runtime.device, warmup))
+            torch.manual_seed(round_number)
+            speeds["b"].append(kit_round(rt.place_model(build(), runtime), images, labels,
+                                         normalization, batch_size, steps, runtime,
+                                         round_number, warmup))
+        a, b = statistics.median(speeds["a"]), statistics.median(speeds["b"])
+        rows.append({"case": name, "tutorial_images_per_s": a, "kit_images_per_s": b,
+                     "ratio": b / a, "rounds": rounds, "steps_per_round": steps,
+                     "all_a": speeds["a"], "all_b": speeds["b"]})
+        print(f"{name:22s}  (a) tutorial {a:9.1f} img/s   (b) kit {b:9.1f} img/s   "
+              f"b/a = {b / a:5.2f}x   ({rounds} rounds of {steps} steps, medians)", flush=True)
+    return rows
+
+
+def gpu_mode(args, dataset, runtime):
+    """One full ResNet-18 epoch of the kit's loop, then the ResNet recipe end to end."""
+    torch.manual_seed(0)
+    model = rt.place_model(Resnet_model.ResNet18(), runtime)
+    images = dataset.train_images.to(runtime.device)
+    labels = dataset.train_labels.to(runtime.device)
+    warmup = 1 if args.quick else WARMUP_STEPS
+    steps = -(-len(labels) // 128) - warmup  # the rest of the epoch after the warm-up
+    speed = kit_round(model, images, labels, data.CIFAR10_NORMALIZATION, 128, steps, runtime, 0,
+                      warmup)
+    print(f"ResNet-18 epoch, batch 128: {speed:.0f} img/s, "
+          f"{len(labels) / speed:.1f} s per epoch of {len(labels)} images", flush=True)
+    with tempfile.TemporaryDirectory() as out:
+        argv = ["--configs", "recipe", "--out", out, "--device", args.device,
+                "--data-dir", args.data_dir]
+        argv += ["--subset", str(args.subset)] if args.subset else []
+        argv += ["--epochs", str(args.epochs)] if args.epochs else []
+        status = Resnet_model.main(argv)
+        (entry,) = json.loads((Path(out) / "Resnet_model_result.json").read_text())["configs"]
+    recipe = {"status": status, "train_seconds": entry["train_seconds"],
+              "final_test_accuracy": entry["final_test_accuracy"],
+              "epochs": entry["config"]["num_epochs"]}
+    print(f"ResNet recipe: {recipe['final_test_accuracy']:.2f}% test accuracy after "
+          f"{recipe['epochs']} epochs, {recipe['train_seconds']:.1f} s of training", flush=True)
+    return {"resnet_epoch_images_per_s": speed, "resnet_recipe": recipe}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True, help="a CIFAR-10 copy (see README)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per case")
+    parser.add_argument("--quick", action="store_true", help="a few steps only (tests)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="also a full ResNet-18 epoch and the ResNet recipe end to end")
+    parser.add_argument("--subset", type=int, help="--gpu: train on N images (tests)")
+    parser.add_argument("--epochs", type=int, help="--gpu: override the recipe's epochs (tests)")
+    parser.add_argument("--amp", default="off", choices=("auto", "on", "off"),
+                        help="mixed precision for (b), as the scripts' --amp (default: off, "
+                             "fp32 like the tutorial)")
+    parser.add_argument("--json", help="also write the numbers to this JSON file")
+    args = parser.parse_args(argv)
+    runtime = rt.init_runtime(args.device, amp=args.amp)
+    dataset = data.load_cifar10(args.data_dir, args.subset, 0)
+    machine = (f"{platform.machine()}, {torch.get_num_threads()} threads, torch "
+               f"{torch.__version__}, device {runtime.device}"
+               + (f" ({torch.cuda.get_device_name()})" if runtime.device.type == "cuda" else "")
+               + f", (b) autocast {runtime.amp_dtype or 'off (fp32)'}")
+    print(f"Machine: {machine}; data: {dataset.source}", flush=True)
+    results = {"machine": machine, "command": "python benchmarks/throughput.py "
+               + " ".join(sys.argv[1:] if argv is None else argv),
+               "cases": compare(dataset, runtime, args.rounds, args.quick)}
+    if args.gpu:
+        results.update(gpu_mode(args, dataset, runtime))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

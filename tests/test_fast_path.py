@@ -1,0 +1,73 @@
+"""The engine's batch path against plain reference code, and its augmentation."""
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from cifarkit import data, train
+from cifarkit import runtime as rt
+from Original_version_model import LeNet
+
+
+def labelled_images(count=16):
+    """Images filled with a value that encodes their label (label * 20 + 20)."""
+    labels = torch.arange(count) % 10
+    images = (labels * 20 + 20).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 32, 32)
+    return images.contiguous(), labels
+
+
+def test_augmentation_keeps_labels_with_their_images():
+    images, labels = labelled_images()
+    identity = (torch.ones(1, 3, 1, 1), torch.zeros(1, 3, 1, 1))  # raw pixel values out
+    torch.manual_seed(0)
+    order = torch.randperm(len(labels))
+    batch, batch_labels = data.prepare_batch(images, labels, order, *identity,
+                                             augment="crop+flip+cutout")
+    for image, label in zip(batch, batch_labels):
+        values = set(image.unique().tolist())
+        assert values <= {0.0, float(label * 20 + 20)}  # its own pixels, padding, cutout
+        assert (image == label * 20 + 20).float().mean() > 0.5
+
+
+def test_crop_is_a_window_of_the_padded_image_and_flip_a_mirror():
+    torch.manual_seed(1)
+    batch = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    padded = F.pad(batch, (4, 4, 4, 4))
+    cropped = data.random_crop(batch)
+    for original, image in zip(padded, cropped):
+        windows = [(top, left) for top in range(9) for left in range(9)
+                   if torch.equal(original[:, top:top + 32, left:left + 32], image)]
+        assert len(windows) >= 1
+    flipped = data.random_flip(batch)
+    assert all(torch.equal(out, image) or torch.equal(out, image.flip(2))
+               for out, image in zip(flipped, batch))
+    assert not all(torch.equal(out, image) for out, image in zip(flipped, batch))
+
+
+def test_one_step_matches_a_plain_reference_implementation():
+    torch.manual_seed(2)
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (32,))
+    config = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True,
+              "label_smoothing": 0.1}
+    model = LeNet()
+    reference = copy.deepcopy(model)
+    cpu = rt.Runtime(torch.device("cpu"))
+
+    scale, shift = data.normalizer(*data.TUTORIAL_NORMALIZATION, device="cpu")
+    optimizer = train.make_optimizer(model, config, cpu)
+    sums = train.new_sums(torch.device("cpu"))
+    train.train_epoch(model, optimizer, images, labels, [torch.arange(32)], scale, shift, sums,
+                      cpu, train.step_recipe(config, cpu, None))
+
+    inputs = (images.float() / 255 - 0.5) / 0.5
+    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9,
+                                          weight_decay=5e-4, nesterov=True)
+    loss = F.cross_entropy(reference(inputs), labels, label_smoothing=0.1)
+    reference_optimizer.zero_grad()
+    loss.backward()
+    reference_optimizer.step()
+
+    torch.testing.assert_close(sums["loss"] / 32, loss.detach(), rtol=1e-5, atol=1e-6)
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
