@@ -78,13 +78,14 @@ def _train_selected(script, argv, args, runtime, build_model, normalization, sel
            "data": _to_device(dataset, normalization, runtime.device),
            "weights_file": weights_file}
     try:
-        with _stop_on_signals(say) as received:
+        with _stop_on_signals(say, stop_at_once_on_repeat=not runtime.distributed) as received:
             for number, chosen in selected:
                 for seed in range(args.seed, args.seed + args.seeds):
                     status = _run_config(job, number, chosen, seed, results, results_file,
                                          received)
                     if status == "interrupted":
-                        return _interrupted(received, number, out, script, argv, say)
+                        return _interrupted(received, number, out, script, argv, say,
+                                            runtime.distributed)
     except OSError as error:  # disk full, folder removed: what was saved before stays
         print(f"error: cannot write to {out}: {error}. Results saved so far are kept; "
               f"rerun the same command to carry on.", file=sys.stderr)
@@ -103,6 +104,9 @@ def _silent(*args, **kwargs):
 
 def _check_batches_fit_ranks(selected, runtime):
     for number, chosen in selected:
+        if chosen.get("sync_bn") and runtime.distributed and runtime.device.type != "cuda":
+            raise UserError(f"config_{number}: sync_bn needs GPUs (PyTorch's SyncBatchNorm "
+                            f"runs on CUDA only); remove it to train on CPU processes.")
         if chosen["batch_size"] < runtime.world_size:
             raise UserError(f"config_{number}: batch_size {chosen['batch_size']} is smaller than "
                             f"the {runtime.world_size} processes; batch_size is the global "
@@ -268,16 +272,20 @@ def _train(job, label, chosen, seed, model, optimizer, scheduler, progress, rece
 
 
 @contextlib.contextmanager
-def _stop_on_signals(say):
-    """SIGINT / SIGTERM ask training to stop after the current step; a second one stops now."""
+def _stop_on_signals(say, stop_at_once_on_repeat=True):
+    """SIGINT / SIGTERM ask training to stop after the current step; a second one stops now,
+    except under torchrun, which sends its workers SIGTERM twice (and SIGKILL later)."""
     received = []
 
     def handler(signum, frame):
         if received:
-            raise KeyboardInterrupt
+            if stop_at_once_on_repeat:
+                raise KeyboardInterrupt
+            return
         received.append(signum)
+        again = " (send it again to stop at once)" if stop_at_once_on_repeat else ""
         say(f"\n{signal.Signals(signum).name}: finishing the current step and saving a "
-              f"checkpoint (send it again to stop at once).", file=sys.stderr, flush=True)
+            f"checkpoint{again}.", file=sys.stderr, flush=True)
 
     previous = {signum: signal.signal(signum, handler) for signum in SIGNAL_EXIT}
     try:
@@ -287,9 +295,10 @@ def _stop_on_signals(say):
             signal.signal(signum, old)
 
 
-def _interrupted(received, number, out, script, argv, say):
+def _interrupted(received, number, out, script, argv, say, distributed):
     name = signal.Signals(received[0]).name
+    command = ("the same torchrun command" if distributed
+               else "the same command:\n  python " + " ".join([script] + argv))
     say(f"Stopped by {name} during config_{number}; its checkpoint is in "
-          f"{out / 'checkpoints'}/. To resume, run the same command again:\n"
-          f"  python {' '.join([script] + argv)}", file=sys.stderr)
+        f"{out / 'checkpoints'}/. To resume, run {command} again.", file=sys.stderr)
     return SIGNAL_EXIT[received[0]]

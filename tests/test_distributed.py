@@ -1,8 +1,10 @@
 """DistributedDataParallel under torchrun, on the CPU with gloo: two processes, one machine."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -92,3 +94,47 @@ def test_device_cuda_with_too_few_gpus_is_refused(pickled_data, tmp_path):
     assert ("error: --device cuda: no CUDA GPU is visible" in result.stderr
             or "one GPU per process is needed" in result.stderr)
     assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_to_torchrun_saves_a_checkpoint_and_a_rerun_finishes(pickled_data, tmp_path):
+    """torchrun passes SIGTERM on (twice) to its workers: they agree to stop at a synchronised
+    step, rank 0 saves a mid-run checkpoint, and the same command then finishes the run."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node=2", str(REPO / "Original_version_model.py"),
+               "--data-dir", str(pickled_data), "--out", str(out), "--epochs", "40"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launcher = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    checkpoint = out / "checkpoints" / "config_1_seed0.ckpt"
+    deadline = time.time() + 120
+    while not checkpoint.exists():
+        assert launcher.poll() is None and time.time() < deadline, launcher.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    launcher.send_signal(signal.SIGTERM)
+    _, stderr = launcher.communicate(timeout=120)
+    assert "Stopped by SIGTERM during config_1" in stderr
+    assert "run the same torchrun command again" in stderr
+    progress = torch.load(checkpoint, weights_only=True)["progress"]
+    assert progress["epoch"] < 40
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from its checkpoint" in rerun.stdout
+    results = json.loads((out / "training_loss.json").read_text())
+    assert [record["epoch"] for record in results["configs"][0]["history"]] == list(range(1, 41))
+
+
+def test_checks_for_ranks_refuse_a_too_small_batch_and_sync_bn_on_cpus():
+    from cifarkit import experiment
+    from cifarkit import runtime as rt
+    from cifarkit.errors import UserError
+
+    two_cpu_ranks = rt.Runtime(torch.device("cpu"), rank=0, world_size=2, backend="gloo")
+    with pytest.raises(UserError, match="config_2: batch_size 1 is smaller than the 2"):
+        experiment._check_batches_fit_ranks([(1, {"batch_size": 4}), (2, {"batch_size": 1})],
+                                            two_cpu_ranks)
+    with pytest.raises(UserError, match="config_1: sync_bn needs GPUs"):
+        experiment._check_batches_fit_ranks([(1, {"batch_size": 4, "sync_bn": True})],
+                                            two_cpu_ranks)

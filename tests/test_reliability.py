@@ -87,7 +87,7 @@ def test_signal_saves_a_checkpoint_and_rerun_resumes(signum, status, pickled_dat
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == status
-    assert "To resume, run the same command again" in stderr
+    assert "To resume, run the same command:" in stderr
     assert "Traceback" not in stderr
     checkpoint = torch.load(out / "checkpoints" / "config_1_seed0.ckpt", weights_only=True)
     assert checkpoint["progress"]["epoch"] < 12
