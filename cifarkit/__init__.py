@@ -1,6 +1,7 @@
 """cifarkit: the shared engine behind the five CIFAR-10 report scripts.
 
-data.py (files -> tensors -> batches), config.py (CONFIGS checks), train.py (devices, the
-epoch loop, evaluation), outputs.py (weights, JSON, plots, summary), cli.py (flags),
-experiment.py (one call that a script's main() makes).
+data.py (files -> uint8 tensors -> batches), config.py (CONFIGS checks), runtime.py
+(devices, DataParallel/DDP, AMP, compile), train.py (the epoch loop, evaluation),
+checkpoints.py (resume), outputs.py and plots.py (weights, JSON, PNGs, summary), report.py
+(make_report.py), cli.py (flags), experiment.py (the one call a script's main() makes).
 """

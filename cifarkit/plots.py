@@ -1,6 +1,7 @@
 """Figures readable on their own: titles, axis labels with units, legends naming the configs,
 and the same colour for a config (config_N) in every figure."""
 import io
+import textwrap
 
 import numpy as np
 
@@ -21,18 +22,26 @@ def pyplot():
 
 
 def color(config_id):
-    """config_N gets the N-th colour of the tab10 cycle, in every figure."""
-    number = int(config_id.split("_")[1])
-    return pyplot().get_cmap("tab10")((number - 1) % 10)
+    """config_N gets the N-th colour (tab10, then Dark2: 18 distinct), in every figure."""
+    plt = pyplot()
+    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
+    return palette[(int(config_id.split("_")[1]) - 1) % len(palette)]
 
 
 def png_bytes(figure):
     """The figure as PNG bytes (the caller writes them atomically)."""
     buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=110)
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")  # keeps the legend
     pyplot().close(figure)
     return buffer.getvalue()
+
+
+def add_legend(axes):
+    """The legend under the plot, long config labels wrapped, so it never hides a curve."""
+    handles, labels = axes.get_legend_handles_labels()
+    if handles:
+        axes.legend(handles, [textwrap.fill(label, 100) for label in labels], fontsize=7,
+                    loc="upper center", bbox_to_anchor=(0.5, -0.13))
 
 
 def group_runs(entries):
@@ -76,7 +85,7 @@ def history_figure(entries, key, title, y_label, label_of):
     draw_config_curves(axes, entries, key, label_of)
     axes.set(title=title, xlabel="epoch", ylabel=y_label)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="best")
+    add_legend(axes)
     return figure
 
 
@@ -92,7 +101,7 @@ def batch_loss_figure(entries, title, log_every, label_of):
                   color=color(entry["id"]), label=label_of(entry) + seed)
     axes.set(title=title, xlabel="epoch", ylabel=f"training loss (mean of {log_every} mini-batches)")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="best")
+    add_legend(axes)
     return figure
 
 

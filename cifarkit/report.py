@@ -109,7 +109,7 @@ def gap_figure(task2_runs, path):
         axes.set(title=f"{TASKS[script]} ({script})", xlabel="epoch",
                  ylabel="generalisation gap: train − test accuracy (percentage points)")
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=7)
+        plots.add_legend(axes)
     figure.suptitle("Task 2: does regularisation shrink the gap between train and test accuracy?")
     return _save(figure, path)
 
@@ -159,7 +159,7 @@ def accuracy_time_figure(runs, path):
     axes.set(title="Task 4: test accuracy against training time (solid: ResNet-18, dashed: LeNet)",
              xlabel="training time (s, cumulative)", ylabel="test accuracy (%)")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=6, loc="lower right")
+    plots.add_legend(axes)
     return _save(figure, path)
 
 
