@@ -16,6 +16,7 @@ from . import runtime as rt
 from .errors import UserError
 
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_WRITE_FAILED = 1  # the same status as a failed config, as the README says
 
 
 def run(*, script, description, build_model, configs, out_dir, results_file,
@@ -50,9 +51,16 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
             rt.close(runtime)
         return 2
     try:
-        return _train_selected(script, argv, args, runtime, build_model, normalization,
-                               selected, dataset, results, results_file, earlier, reason,
-                               log_every, weights_file)
+        status = _train_selected(script, argv, args, runtime, build_model, normalization,
+                                 selected, dataset, results, results_file, earlier, reason,
+                                 log_every, weights_file)
+        # Every rank leaves together: a rank that tore its process group down while rank 0
+        # was still writing files was once seen to abort ("terminate called without an
+        # active exception", gloo, CI). Not on status 1, which a failed write on rank 0
+        # alone also gives.
+        if status != EXIT_WRITE_FAILED:
+            rt.barrier(runtime)
+        return status
     finally:
         rt.close(runtime)
 
@@ -89,7 +97,7 @@ def _train_selected(script, argv, args, runtime, build_model, normalization, sel
     except OSError as error:  # disk full, folder removed: what was saved before stays
         print(f"error: cannot write to {out}: {error}. Results saved so far are kept; "
               f"rerun the same command to carry on.", file=sys.stderr)
-        return 1
+        return EXIT_WRITE_FAILED
     chosen_ids = {f"config_{number}" for number, _ in selected}  # every seed of each
     finished = [entry for entry in results["configs"] if entry["id"] in chosen_ids]
     if runtime.is_main:
