@@ -194,7 +194,8 @@ def _run_config(job, number, chosen, seed, results, results_file, received):
     if runtime.rank:
         torch.manual_seed(seed + runtime.rank)  # each rank its own dropout masks
     optimizer = train.make_optimizer(model, chosen, runtime)
-    steps = train.steps_per_epoch(len(job["data"][1]), chosen["batch_size"], runtime)
+    steps = len(train.epoch_batches(len(job["data"][1]), chosen["batch_size"], seed, 1,
+                                    runtime))
     scheduler = train.make_scheduler(optimizer, chosen, steps)
     checkpoint_path = out / "checkpoints" / f"{label}_seed{seed}.ckpt"
     checkpoint = rt.from_main(lambda: checkpoints.load_checkpoint(checkpoint_path), runtime)
@@ -221,7 +222,7 @@ def _run_config(job, number, chosen, seed, results, results_file, received):
     if runtime.is_main:
         entry = outputs.config_entry(label, seed, chosen, status, progress, weights_path.name)
         if job["log_every"]:
-            entry["steps_per_epoch"] = -(-len(job["data"][1]) // chosen["batch_size"])
+            entry["steps_per_epoch"] = steps
         if status == "finished":
             _, _, test_images, test_labels, scale, shift = job["data"]
             predictions = train.predict(rt.unwrap(model), test_images, scale, shift, runtime,

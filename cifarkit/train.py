@@ -128,11 +128,13 @@ def make_optimizer(model, config, runtime):
                            nesterov=config.get("nesterov", False), fused=fused)
 
 
-def steps_per_epoch(train_count, batch_size, runtime):
-    steps = -(-train_count // batch_size)
-    if runtime.distributed and 0 < train_count % batch_size < runtime.world_size:
-        steps -= 1  # see train_config: a last batch smaller than the ranks is dropped
-    return steps
+def epoch_batches(train_count, batch_size, seed, epoch, runtime):
+    """The global batches of one epoch; under torchrun a last batch smaller than the number
+    of ranks cannot be split, so it is dropped."""
+    batches = batch_order(train_count, batch_size, seed, epoch)
+    if runtime.distributed and len(batches[-1]) < runtime.world_size:
+        batches = batches[:-1]
+    return batches
 
 
 def make_scheduler(optimizer, config, steps):
@@ -176,9 +178,7 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime, 
     recipe = step_recipe(config, runtime, scheduler)
     while progress["epoch"] < config["num_epochs"]:
         epoch = progress["epoch"] + 1
-        batches = batch_order(len(train_labels), config["batch_size"], seed, epoch)
-        if runtime.distributed and len(batches[-1]) < runtime.world_size:
-            batches = batches[:-1]  # a last batch smaller than the ranks cannot be split
+        batches = epoch_batches(len(train_labels), config["batch_size"], seed, epoch, runtime)
         # Resumed partial sums are global: rank 0 carries them, the others start at zero.
         sums = _sums_on(progress["sums"] if runtime.is_main else None, device)
 
