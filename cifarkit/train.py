@@ -1,4 +1,5 @@
 """The epoch loop and evaluation: numbers in, numbers out. Devices live in runtime.py."""
+import contextlib
 import random
 import sys
 import time
@@ -39,6 +40,15 @@ def progress_bar(total, initial, description, enabled):
                 dynamic_ncols=True, disable=not (enabled and sys.stderr.isatty()))
 
 
+def autocast(device_type, dtype):
+    """Mixed precision in ``dtype``, or nothing when it is None (entering a disabled
+    torch.autocast costs about 6 microseconds, which LeNet at batch 4 pays 12,500 times an
+    epoch)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
+
+
 def train_epoch(model, optimizer, images, labels, batches, scale, shift, sums, runtime, recipe,
                 start_step=0, stop_requested=None, log_every=0, on_log=None, bar=None):
     """Train on ``batches[start_step:]``, adding into ``sums``; return (steps done, diverged).
@@ -57,9 +67,8 @@ def train_epoch(model, optimizer, images, labels, batches, scale, shift, sums, r
         step += 1
         inputs, targets = prepare_batch(images, labels, rt.shard(index, runtime), scale, shift,
                                         recipe["augment"])
-        with torch.autocast(images.device.type, dtype=recipe["amp_dtype"],
-                            enabled=recipe["amp_dtype"] is not None):
-            outputs = model(rt.memory_format(inputs, runtime))
+        with autocast(images.device.type, recipe["amp_dtype"]):
+            outputs = model(rt.memory_format(inputs))
             loss_sum = F.cross_entropy(outputs.float(), targets, reduction="sum",
                                        label_smoothing=recipe["label_smoothing"])
         # Divided by the global batch size (times the ranks that DDP averages over), the
@@ -101,9 +110,8 @@ def predict(model, images, scale, shift, runtime, tta=False, batch_size=1000):
     predictions = []
     for start in range(0, len(images), batch_size):
         batch = torch.addcmul(shift, images[start:start + batch_size].float(), scale)
-        batch = rt.memory_format(batch, runtime)
-        with torch.autocast(images.device.type, dtype=runtime.amp_dtype,
-                            enabled=runtime.amp_dtype is not None):
+        batch = rt.memory_format(batch)
+        with autocast(images.device.type, runtime.amp_dtype):
             logits = model(batch).float()
             if tta:
                 logits += model(batch.flip(3)).float()
