@@ -21,22 +21,24 @@ EXIT_WRITE_FAILED = 1  # the same status as a failed config, as the README says
 
 def run(*, script, description, build_model, configs, out_dir, results_file,
         normalization, default_device="auto", model_keys=(), data_parallel=False,
-        weights_file="config_{number}.pth", log_every=0, argv=None):
+        weights_file="config_{number}.pth", log_every=0, cpu_amp=False, argv=None):
     """Run a report script; returns its exit status.
 
     ``build_model(config)`` returns a fresh model; ``normalization`` is (mean, std) per
     channel; ``log_every`` > 0 prints the running loss every that many mini-batches;
     ``data_parallel`` wraps the model in nn.DataParallel when several GPUs are visible
-    (under torchrun every script uses DistributedDataParallel instead).
+    (under torchrun every script uses DistributedDataParallel instead); ``cpu_amp`` makes
+    --amp auto use bf16 on CPUs that have it in hardware (for models measured faster so).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = cli.parse_args(script, description, out_dir, default_device, argv)
+    args = cli.parse_args(script, description, out_dir, default_device, argv, cpu_amp)
     runtime = None
     try:
         all_configs = _checked_configs(configs, model_keys, args)
         selected = cli.select_configs(all_configs, args.configs)
         cli.check_subset(args.subset, selected)
-        runtime = rt.init_runtime(args.device, data_parallel, args.amp, args.compile)
+        runtime = rt.init_runtime(args.device, data_parallel, args.amp, args.compile,
+                                  cpu_amp)
         _check_batches_fit_ranks(selected, runtime)
         bytes_needed = _bytes_needed(build_model(selected[0][1]))
         rt.from_main(lambda: outputs.check_out_dir(args.out, bytes_needed), runtime)
@@ -221,6 +223,7 @@ def _run_config(job, number, chosen, seed, results, results_file, received):
     entry = {"id": label, "seed": seed, "config": chosen, "status": status}  # enough elsewhere
     if runtime.is_main:
         entry = outputs.config_entry(label, seed, chosen, status, progress, weights_path.name)
+        entry.update(precision=rt.precision(runtime), compiled=runtime.compile)
         if job["log_every"]:
             entry["steps_per_epoch"] = steps
         if status == "finished":

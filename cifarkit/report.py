@@ -55,7 +55,8 @@ def _gap(entry):
 def summary_table(results):
     """The 'Results summary' table of one script, a row per config (mean ± std over seeds)."""
     header = ("| config | settings | seeds | final test acc (%) | best test acc (%) | "
-              "final train acc (%) | gap train − test (pp) | training time (s) | device(s) | status |\n"
+              "final train acc (%) | gap train − test (pp) | training time (s) | device(s), precision | "
+              "status |\n"
               "|---|---|---|---|---|---|---|---|---|---|")
     rows = [header]
     devices = ", ".join(results["devices"])
@@ -70,11 +71,13 @@ def summary_table(results):
         statuses = sorted({run["status"] for run in runs})
         marks = ", ".join("**DIVERGED**" if status == "diverged" else status
                           for status in statuses)
+        precisions = sorted({run["precision"] for run in runs if "precision" in run})
+        where = "; ".join([devices] + precisions)
         name = f" ({runs[0]['config']['name']})" if "name" in runs[0]["config"] else ""
         rows.append(f"| {config_id}{name} | {settings(runs[0]['config'])} | {len(runs)} | "
                     f"{stat('final_test_accuracy')} | {stat('best_test_accuracy')} | "
                     f"{stat('final_train_accuracy')} | {mean_std(gaps) if gaps else '—'} | "
-                    f"{stat('train_seconds')} | {devices} | {marks} |")
+                    f"{stat('train_seconds')} | {where} | {marks} |")
     return "\n".join(rows)
 
 

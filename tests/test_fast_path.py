@@ -44,6 +44,18 @@ def test_crop_is_a_window_of_the_padded_image_and_flip_a_mirror():
     assert not all(torch.equal(out, image) for out, image in zip(flipped, batch))
 
 
+def one_engine_step(model, images, labels, config, runtime):
+    """The loss of one step of train_epoch on the whole of ``images``, model placed (and laid
+    out channels_last) by the engine as the scripts do."""
+    model = rt.place_model(model, runtime)
+    scale, shift = data.normalizer(*data.TUTORIAL_NORMALIZATION, device="cpu")
+    optimizer = train.make_optimizer(model, config, runtime)
+    sums = train.new_sums(torch.device("cpu"))
+    train.train_epoch(model, optimizer, images, labels, [torch.arange(len(labels))], scale,
+                      shift, sums, runtime, train.step_recipe(config, runtime, None))
+    return sums["loss"] / len(labels)
+
+
 def test_one_step_matches_a_plain_reference_implementation():
     torch.manual_seed(2)
     images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
@@ -52,13 +64,7 @@ def test_one_step_matches_a_plain_reference_implementation():
               "label_smoothing": 0.1}
     model = LeNet()
     reference = copy.deepcopy(model)
-    cpu = rt.Runtime(torch.device("cpu"))
-
-    scale, shift = data.normalizer(*data.TUTORIAL_NORMALIZATION, device="cpu")
-    optimizer = train.make_optimizer(model, config, cpu)
-    sums = train.new_sums(torch.device("cpu"))
-    train.train_epoch(model, optimizer, images, labels, [torch.arange(32)], scale, shift, sums,
-                      cpu, train.step_recipe(config, cpu, None))
+    ours_loss = one_engine_step(model, images, labels, config, rt.Runtime(torch.device("cpu")))
 
     inputs = (images.float() / 255 - 0.5) / 0.5
     reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9,
@@ -68,6 +74,34 @@ def test_one_step_matches_a_plain_reference_implementation():
     loss.backward()
     reference_optimizer.step()
 
-    torch.testing.assert_close(sums["loss"] / 32, loss.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours_loss, loss.detach(), rtol=1e-5, atol=1e-6)
     for ours, theirs in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_step_stays_close_to_fp32():
+    torch.manual_seed(3)
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (32,))
+    config = {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0}
+    model = LeNet()
+    twin = copy.deepcopy(model)
+    fp32 = one_engine_step(model, images, labels, config, rt.Runtime(torch.device("cpu")))
+    bf16 = one_engine_step(twin, images, labels, config,
+                           rt.Runtime(torch.device("cpu"), amp_dtype=torch.bfloat16))
+    assert bf16.dtype == torch.float32  # the loss is taken in fp32 from bf16 logits
+    assert not torch.equal(bf16, fp32)  # bf16 did run...
+    torch.testing.assert_close(bf16, fp32, rtol=2e-2, atol=0)  # ...and stayed close
+    for ours, theirs in zip(twin.parameters(), model.parameters()):
+        assert ours.dtype == torch.float32  # autocast: the weights stay fp32
+        torch.testing.assert_close(ours, theirs, rtol=2e-2, atol=2e-3)
+
+
+def test_amp_auto_uses_bf16_on_the_cpu_only_where_the_script_and_the_cpu_allow(monkeypatch):
+    for native in (True, False):
+        monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: native)
+        assert rt.init_runtime("cpu", amp="auto", cpu_amp=True).amp_dtype == (
+            torch.bfloat16 if native else None)
+        assert rt.init_runtime("cpu", amp="auto", cpu_amp=False).amp_dtype is None
+        assert rt.init_runtime("cpu", amp="off", cpu_amp=True).amp_dtype is None
+        assert rt.init_runtime("cpu", amp="on").amp_dtype == torch.bfloat16

@@ -24,7 +24,7 @@ SCRIPTS = {
 RUN_FIELDS = {"script", "command", "devices", "data", "seed", "versions", "configs"}
 CONFIG_FIELDS = {"id", "seed", "config", "history", "final_test_accuracy",
                  "best_test_accuracy", "final_train_accuracy", "train_seconds", "weights",
-                 "status", "per_class_accuracy", "confusion_matrix"}
+                 "status", "per_class_accuracy", "confusion_matrix", "precision", "compiled"}
 EPOCH_FIELDS = {"epoch", "train_loss", "train_accuracy", "test_accuracy", "lr", "seconds"}
 
 
@@ -37,11 +37,14 @@ def build_model(script, config):
 
 
 def reload_and_score(script, entry, weights_path, test_images, test_labels, normalization):
-    """Accuracy of the saved weights, loaded as a user would, on the run's test images."""
+    """Accuracy of the saved weights, loaded as a user would, on the run's test images, in
+    the precision the results say the run used."""
     model = build_model(script, entry["config"])
     model.load_state_dict(torch.load(weights_path, weights_only=True))
     scale, shift = data.normalizer(*normalization, device="cpu")
-    cpu = rt.Runtime(torch.device("cpu"))
+    amp_dtype = {"fp32": None, "bf16 autocast": torch.bfloat16}[entry["precision"]]
+    cpu = rt.Runtime(torch.device("cpu"), amp_dtype=amp_dtype)
+    model = rt.place_model(model, cpu)
     return train.accuracy(train.predict(model, test_images, scale, shift, cpu), test_labels)
 
 
@@ -62,6 +65,10 @@ def test_script_writes_every_output_and_weights_reload(name, any_layout, tmp_pat
     assert {"torch", "torchvision"} <= set(results["versions"])
     assert results["data"]["train_images"] == (130 if extra else 300)
     assert len(results["configs"]) == (4 if extra else len(script.CONFIGS))
+    # --amp auto: bf16 on the CPU only for ResNet, and only where the CPU has it in hardware
+    bf16 = name == "Resnet_model" and rt.cpu_has_native_bf16()
+    assert {entry["precision"] for entry in results["configs"]} == {
+        "bf16 autocast" if bf16 else "fp32"}
     for png in ("loss.png", "train_accuracy.png", "test_accuracy.png", "examples.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
