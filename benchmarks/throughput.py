@@ -6,9 +6,13 @@
 (a) the tutorial: a torchvision-style dataset that turns each uint8 image into a PIL image,
     then ToTensor + Normalize, batched by DataLoader(shuffle=True, num_workers=2); fp32, eager.
 (b) this kit: the same images as one uint8 tensor on the device, batches cut by index and
-    normalised as a whole (cifarkit.train.train_epoch), eager; fp32 unless --amp on.
-Both train the same model with the same SGD on the same data, in the same process; the
-pipelines alternate for several rounds and the median of each is reported, with b/a.
+    normalised as a whole (cifarkit.train.train_epoch), eager, in the precision the model's
+    script picks by default (--amp auto: fp32 for LeNet on the CPU; bf16 autocast for
+    ResNet-18 on CPUs with bf16 in hardware, and on GPUs). --amp off/on forces it.
+(c) the ceiling: (b)'s model step alone, on one batch that never changes. No input pipeline
+    can be faster than this, so c/a bounds any b/a on this machine.
+All three train the same model with the same SGD on the same data, in the same process; they
+alternate for several rounds and the median of each is reported, with b/a and c/a.
 
 --gpu also times one full ResNet-18 epoch of (b) and runs Resnet_model.py's "recipe" config
 end to end, reporting its training time and test accuracy. --quick shrinks every step count
@@ -33,10 +37,10 @@ from cifarkit import data, train  # noqa: E402
 from cifarkit import runtime as rt  # noqa: E402
 from Original_version_model import LeNet  # noqa: E402
 
-CASES = [  # name, model, batch size, steps per round (full), steps per round (--quick)
-    ("LeNet, batch 4", LeNet, 4, 3000, 20),
-    ("LeNet, batch 64", LeNet, 64, 400, 5),
-    ("ResNet-18, batch 128", Resnet_model.ResNet18, 128, 12, 2),
+CASES = [  # name, model, its script's CPU_AMP, batch size, steps per round (full, --quick)
+    ("LeNet, batch 4", LeNet, False, 4, 3000, 20),
+    ("LeNet, batch 64", LeNet, False, 64, 400, 5),
+    ("ResNet-18, batch 128", Resnet_model.ResNet18, Resnet_model.CPU_AMP, 128, 12, 2),
 ]
 WARMUP_STEPS = 5
 
@@ -103,24 +107,47 @@ def kit_round(model, images, labels, normalization, batch_size, steps, runtime, 
     return sum(len(index) for index in batches[warmup:]) / (_now(runtime.device) - started)
 
 
+def ceiling_round(model, images, labels, normalization, batch_size, steps, runtime,
+                  warmup=WARMUP_STEPS):
+    """Images/s of (b)'s model step alone: one batch, prepared once, trained on again and
+    again (the same forward, loss, backward and optimizer step as train_epoch)."""
+    optimizer = train.make_optimizer(model, {"lr": 0.001, "momentum": 0.9, "weight_decay": 0.0},
+                                     runtime)
+    scale, shift = data.normalizer(*normalization, device=runtime.device)
+    index = torch.arange(batch_size, device=runtime.device)
+    inputs, targets = data.prepare_batch(images, labels, index, scale, shift)
+    inputs = rt.memory_format(inputs)
+    model.train()
+    for step in range(warmup + steps):
+        if step == warmup:
+            started = _now(runtime.device)
+        with train.autocast(runtime.device.type, runtime.amp_dtype):
+            loss = F.cross_entropy(model(inputs).float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return steps * batch_size / (_now(runtime.device) - started)
+
+
 def _now(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter()
 
 
-def compare(dataset, runtime, rounds, quick):
+def compare(dataset, device, amp, rounds, quick):
     rows = []
     warmup = 1 if quick else WARMUP_STEPS
-    for name, build, batch_size, steps, quick_steps in CASES:
+    for name, build, cpu_amp, batch_size, steps, quick_steps in CASES:
         steps = quick_steps if quick else steps
+        runtime = rt.init_runtime(device, amp=amp, cpu_amp=cpu_amp)
         normalization = (data.CIFAR10_NORMALIZATION if build is Resnet_model.ResNet18
                          else data.TUTORIAL_NORMALIZATION)
         tutorial_data = TutorialDataset(dataset.train_images, dataset.train_labels, normalization)
         images = dataset.train_images.to(runtime.device)
         labels = dataset.train_labels.to(runtime.device)
-        speeds = {"a": [], "b": []}
-        for round_number in range(rounds):  # alternate, so drift hits both alike
+        speeds = {"a": [], "b": [], "c": []}
+        for round_number in range(rounds):  # alternate, so drift hits all three alike
             torch.manual_seed(round_number)
             speeds["a"].append(tutorial_round(build().to(runtime.device), tutorial_data,
                                               batch_size, steps, runtime.device, warmup))
@@ -128,17 +155,25 @@ def compare(dataset, runtime, rounds, quick):
             speeds["b"].append(kit_round(rt.place_model(build(), runtime), images, labels,
                                          normalization, batch_size, steps, runtime,
                                          round_number, warmup))
-        a, b = statistics.median(speeds["a"]), statistics.median(speeds["b"])
-        rows.append({"case": name, "tutorial_images_per_s": a, "kit_images_per_s": b,
-                     "ratio": b / a, "rounds": rounds, "steps_per_round": steps,
-                     "all_a": speeds["a"], "all_b": speeds["b"]})
-        print(f"{name:22s}  (a) tutorial {a:9.1f} img/s   (b) kit {b:9.1f} img/s   "
-              f"b/a = {b / a:5.2f}x   ({rounds} rounds of {steps} steps, medians)", flush=True)
+            torch.manual_seed(round_number)
+            speeds["c"].append(ceiling_round(rt.place_model(build(), runtime), images, labels,
+                                             normalization, batch_size, steps, runtime, warmup))
+        a, b, c = (statistics.median(speeds[key]) for key in "abc")
+        precision = rt.precision(runtime)
+        rows.append({"case": name, "kit_precision": precision,
+                     "tutorial_images_per_s": a, "kit_images_per_s": b,
+                     "ceiling_images_per_s": c, "ratio": b / a, "ceiling_ratio": c / a,
+                     "rounds": rounds, "steps_per_round": steps,
+                     "all_a": speeds["a"], "all_b": speeds["b"], "all_c": speeds["c"]})
+        print(f"{name:22s}  (a) tutorial {a:8.1f} img/s   (b) kit {b:8.1f} img/s   "
+              f"b/a = {b / a:5.2f}x   (c) step alone {c:8.1f} img/s, c/a = {c / a:5.2f}x   "
+              f"[(b), (c): {precision}; {rounds} rounds of {steps} steps, medians]", flush=True)
     return rows
 
 
-def gpu_mode(args, dataset, runtime):
+def gpu_mode(args, dataset):
     """One full ResNet-18 epoch of the kit's loop, then the ResNet recipe end to end."""
+    runtime = rt.init_runtime(args.device, amp=args.amp, cpu_amp=Resnet_model.CPU_AMP)
     torch.manual_seed(0)
     model = rt.place_model(Resnet_model.ResNet18(), runtime)
     images = dataset.train_images.to(runtime.device)
@@ -147,16 +182,17 @@ def gpu_mode(args, dataset, runtime):
     steps = -(-len(labels) // 128) - warmup  # the rest of the epoch after the warm-up
     speed = kit_round(model, images, labels, data.CIFAR10_NORMALIZATION, 128, steps, runtime, 0,
                       warmup)
-    print(f"ResNet-18 epoch, batch 128: {speed:.0f} img/s, "
+    print(f"ResNet-18 epoch, batch 128, {rt.precision(runtime)}: {speed:.0f} img/s, "
           f"{len(labels) / speed:.1f} s per epoch of {len(labels)} images", flush=True)
     with tempfile.TemporaryDirectory() as out:
         argv = ["--configs", "recipe", "--out", out, "--device", args.device,
-                "--data-dir", args.data_dir]
+                "--data-dir", args.data_dir, "--amp", args.amp]
         argv += ["--subset", str(args.subset)] if args.subset else []
         argv += ["--epochs", str(args.epochs)] if args.epochs else []
         status = Resnet_model.main(argv)
         (entry,) = json.loads((Path(out) / "Resnet_model_result.json").read_text())["configs"]
-    recipe = {"status": status, "train_seconds": entry["train_seconds"],
+    recipe = {"status": status, "precision": entry["precision"],
+              "train_seconds": entry["train_seconds"],
               "final_test_accuracy": entry["final_test_accuracy"],
               "epochs": entry["config"]["num_epochs"]}
     print(f"ResNet recipe: {recipe['final_test_accuracy']:.2f}% test accuracy after "
@@ -175,23 +211,24 @@ def main(argv=None):
                         help="also a full ResNet-18 epoch and the ResNet recipe end to end")
     parser.add_argument("--subset", type=int, help="--gpu: train on N images (tests)")
     parser.add_argument("--epochs", type=int, help="--gpu: override the recipe's epochs (tests)")
-    parser.add_argument("--amp", default="off", choices=("auto", "on", "off"),
-                        help="mixed precision for (b), as the scripts' --amp (default: off, "
-                             "fp32 like the tutorial)")
+    parser.add_argument("--amp", default="auto", choices=("auto", "on", "off"),
+                        help="mixed precision for (b) and (c), as the scripts' --amp (default: "
+                             "auto, what each model's script does by default); (a) is fp32")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
-    runtime = rt.init_runtime(args.device, amp=args.amp)
+    device = rt.init_runtime(args.device).device
     dataset = data.load_cifar10(args.data_dir, args.subset, 0)
     machine = (f"{platform.machine()}, {torch.get_num_threads()} threads, torch "
-               f"{torch.__version__}, device {runtime.device}"
-               + (f" ({torch.cuda.get_device_name()})" if runtime.device.type == "cuda" else "")
-               + f", (b) autocast {runtime.amp_dtype or 'off (fp32)'}")
+               f"{torch.__version__}, device {device}"
+               + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else "")
+               + (f", CPU bf16 in hardware: {rt.cpu_has_native_bf16()}"
+                  if device.type == "cpu" else ""))
     print(f"Machine: {machine}; data: {dataset.source}", flush=True)
     results = {"machine": machine, "command": "python benchmarks/throughput.py "
                + " ".join(sys.argv[1:] if argv is None else argv),
-               "cases": compare(dataset, runtime, args.rounds, args.quick)}
+               "cases": compare(dataset, args.device, args.amp, args.rounds, args.quick)}
     if args.gpu:
-        results.update(gpu_mode(args, dataset, runtime))
+        results.update(gpu_mode(args, dataset))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

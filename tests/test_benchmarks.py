@@ -1,8 +1,12 @@
-"""benchmarks/throughput.py in its quick mode: it runs, and reports what it claims to."""
+"""benchmarks/: throughput.py in its quick mode runs and reports what it claims to;
+score.py rescores saved weights."""
 import json
 import subprocess
 import sys
 
+import pytest
+
+from cifarkit import runtime as rt
 from conftest import REPO, write_pickled_batches
 
 
@@ -21,6 +25,29 @@ def test_throughput_quick_mode_with_the_gpu_mode_on_the_cpu(tmp_path):
         assert case["tutorial_images_per_s"] > 0 and case["kit_images_per_s"] > 0
         assert abs(case["ratio"] - case["kit_images_per_s"] / case["tutorial_images_per_s"]) < 1e-9
         assert f"b/a = {case['ratio']:5.2f}x" in result.stdout
+        assert case["ceiling_images_per_s"] > 0
+        assert f"c/a = {case['ceiling_ratio']:5.2f}x" in result.stdout
+    # (b) follows each script's --amp auto: LeNet in fp32 on the CPU, ResNet in bf16 where
+    # the CPU has bf16 in hardware
+    bf16 = "bf16 autocast" if rt.cpu_has_native_bf16() else "fp32"
+    assert [case["kit_precision"] for case in numbers["cases"]] == ["fp32", "fp32", bf16]
     assert numbers["resnet_recipe"]["status"] == 0
     assert 0 <= numbers["resnet_recipe"]["final_test_accuracy"] <= 100
     assert "ResNet recipe:" in result.stdout
+
+
+def test_score_rescores_saved_weights_to_the_recorded_accuracy(pickled_data, tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import score
+    import Dropout_regularization  # its LeNet takes the config's dropout rate
+
+    out = tmp_path / "out"
+    assert Dropout_regularization.main(["--data-dir", str(pickled_data), "--epochs", "2",
+                                        "--out", str(out)]) == 0
+    results = json.loads((out / "training_result.json").read_text())
+    files = [str(out / entry["weights"]) for entry in results["configs"]]
+    scores = score.main(["--data-dir", str(pickled_data)] + files)
+    assert [scores[file] for file in files] == [
+        entry["final_test_accuracy"] for entry in results["configs"]]
+    with pytest.raises(SystemExit, match="no such weights file"):
+        score.main(["--data-dir", str(pickled_data), str(out / "config_9.pth")])

@@ -1,0 +1,82 @@
+"""Test accuracy of saved weights on the whole test set, in fp32.
+
+    python benchmarks/score.py --data-dir ../shared/cifar10-jpeg \
+        modelset/Resnet/config_1.pth modelset/Resnet/config_1_seed1.pth
+
+Each weights file is loaded into the model of the script that wrote it (found from the
+results JSON beside it, or named with --script) and scored on all test images, so runs made
+with --subset, whose own figures come from a slice of the test set, can be compared closely.
+"""
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cifarkit import data, train  # noqa: E402
+from cifarkit import runtime as rt  # noqa: E402
+from cifarkit.errors import UserError  # noqa: E402
+
+def load_model(script_name, weights, config):
+    script = importlib.import_module(script_name)
+    if script_name == "Resnet_model":
+        model = script.ResNet18()
+    elif script_name == "Dropout_regularization":
+        model = script.LeNet(dropout=config.get("dropout", 0.5))
+    else:
+        model = script.LeNet()
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    return model
+
+
+def describe(weights, script_name):
+    """(script, config, normalization) of a weights file, from the results JSON beside it."""
+    folder = Path(weights).parent
+    found = [path for path in folder.glob("*.json") if path.name != "report.json"]
+    for path in found:
+        results = json.loads(path.read_text())
+        for entry in results.get("configs", []):
+            if entry.get("weights") == Path(weights).name:
+                script = script_name or Path(results["script"]).stem
+                return script, entry["config"]
+    if script_name is None:
+        raise SystemExit(f"error: no results JSON in {folder} names {Path(weights).name}; "
+                         f"say which script wrote it with --script")
+    return script_name, {}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("weights", nargs="+", help="config_N.pth / model.pth files")
+    parser.add_argument("--data-dir", help="a CIFAR-10 copy (default: torchvision's ./data)")
+    parser.add_argument("--script", help="the script that wrote the weights, e.g. Resnet_model")
+    args = parser.parse_args(argv)
+    missing = [weights for weights in args.weights if not Path(weights).is_file()]
+    if missing:
+        raise SystemExit(f"error: no such weights file: {', '.join(missing)}")
+    try:
+        dataset = data.load_cifar10(args.data_dir)
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
+    cpu = rt.Runtime(torch.device("cpu"))
+    scores = {}
+    for weights in args.weights:
+        script_name, config = describe(weights, args.script)
+        normalization = (data.CIFAR10_NORMALIZATION if script_name == "Resnet_model"
+                         else data.TUTORIAL_NORMALIZATION)
+        scale, shift = data.normalizer(*normalization, device="cpu")
+        model = rt.place_model(load_model(script_name, weights, config), cpu)
+        scores[weights] = train.accuracy(
+            train.predict(model, dataset.test_images, scale, shift, cpu), dataset.test_labels)
+        print(f"{weights}: {scores[weights]:.2f}% of {len(dataset.test_labels)} test images "
+              f"({script_name}, fp32)", flush=True)
+    return scores
+
+
+if __name__ == "__main__":
+    main()
