@@ -11,6 +11,7 @@
     ResNet-18 on CPUs with bf16 in hardware, and on GPUs). --amp off/on forces it.
 (c) the ceiling: (b)'s model step alone, on one batch that never changes. No input pipeline
     can be faster than this, so c/a bounds any b/a on this machine.
+--compile wraps the model of (b) and (c) in torch.compile; --cases picks some of the cases.
 All three train the same model with the same SGD on the same data, in the same process; they
 alternate for several rounds and the median of each is reported, with b/a and c/a.
 
@@ -135,12 +136,14 @@ def _now(device):
     return time.perf_counter()
 
 
-def compare(dataset, device, amp, rounds, quick):
+def compare(dataset, device, amp, compile, cases, rounds, quick):
     rows = []
     warmup = 1 if quick else WARMUP_STEPS
-    for name, build, cpu_amp, batch_size, steps, quick_steps in CASES:
+    for number, (name, build, cpu_amp, batch_size, steps, quick_steps) in enumerate(CASES, 1):
+        if number not in cases:
+            continue
         steps = quick_steps if quick else steps
-        runtime = rt.init_runtime(device, amp=amp, cpu_amp=cpu_amp)
+        runtime = rt.init_runtime(device, amp=amp, compile=compile, cpu_amp=cpu_amp)
         normalization = (data.CIFAR10_NORMALIZATION if build is Resnet_model.ResNet18
                          else data.TUTORIAL_NORMALIZATION)
         tutorial_data = TutorialDataset(dataset.train_images, dataset.train_labels, normalization)
@@ -159,7 +162,7 @@ def compare(dataset, device, amp, rounds, quick):
             speeds["c"].append(ceiling_round(rt.place_model(build(), runtime), images, labels,
                                              normalization, batch_size, steps, runtime, warmup))
         a, b, c = (statistics.median(speeds[key]) for key in "abc")
-        precision = rt.precision(runtime)
+        precision = rt.precision(runtime) + (", torch.compile" if compile else "")
         rows.append({"case": name, "kit_precision": precision,
                      "tutorial_images_per_s": a, "kit_images_per_s": b,
                      "ceiling_images_per_s": c, "ratio": b / a, "ceiling_ratio": c / a,
@@ -214,8 +217,19 @@ def main(argv=None):
     parser.add_argument("--amp", default="auto", choices=("auto", "on", "off"),
                         help="mixed precision for (b) and (c), as the scripts' --amp (default: "
                              "auto, what each model's script does by default); (a) is fp32")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model in (b) and (c), as the scripts' --compile")
+    parser.add_argument("--cases", default="1,2,3",
+                        help="which cases to run, by number: 1 LeNet batch 4, 2 LeNet batch 64, "
+                             "3 ResNet-18 batch 128 (default: all)")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
+    try:
+        cases = {int(number) for number in args.cases.split(",")}
+    except ValueError:
+        cases = set()
+    if not cases or not cases <= set(range(1, len(CASES) + 1)):
+        parser.error(f"--cases {args.cases}: comma-separated numbers from 1 to {len(CASES)}")
     device = rt.init_runtime(args.device).device
     dataset = data.load_cifar10(args.data_dir, args.subset, 0)
     machine = (f"{platform.machine()}, {torch.get_num_threads()} threads, torch "
@@ -226,7 +240,8 @@ def main(argv=None):
     print(f"Machine: {machine}; data: {dataset.source}", flush=True)
     results = {"machine": machine, "command": "python benchmarks/throughput.py "
                + " ".join(sys.argv[1:] if argv is None else argv),
-               "cases": compare(dataset, args.device, args.amp, args.rounds, args.quick)}
+               "cases": compare(dataset, args.device, args.amp, args.compile, cases, args.rounds,
+                                args.quick)}
     if args.gpu:
         results.update(gpu_mode(args, dataset))
     if args.json:
