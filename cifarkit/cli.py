@@ -43,7 +43,7 @@ def build_parser(script, description, default_out, default_device, cpu_amp=False
                              "without bf16). auto = on for CUDA; "
                              + ("on the CPU too where it has bf16 in hardware (AVX512-BF16, "
                                 "AMX): faster for this model" if cpu_amp else
-                                "off on the CPU, where bf16 is slower for this model")
+                                "off on the CPU, where bf16 gains this model nothing")
                              + " (default: auto)")
     parser.add_argument("--compile", action="store_true",
                         help="wrap the model in torch.compile (first epoch slower while it "
