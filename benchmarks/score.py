@@ -29,16 +29,24 @@ def load_model(script_name, weights, config):
         model = script.LeNet(dropout=config.get("dropout", 0.5))
     else:
         model = script.LeNet()
-    model.load_state_dict(torch.load(weights, weights_only=True))
+    try:
+        model.load_state_dict(torch.load(weights, weights_only=True))
+    except Exception as error:  # not a state_dict, or one of another model
+        raise SystemExit(f"error: {weights} does not load as the weights of "
+                         f"{script_name}'s model ({type(error).__name__})") from None
     return model
 
 
 def describe(weights, script_name):
     """(script, config, normalization) of a weights file, from the results JSON beside it."""
     folder = Path(weights).parent
-    found = [path for path in folder.glob("*.json") if path.name != "report.json"]
-    for path in found:
-        results = json.loads(path.read_text())
+    for path in folder.glob("*.json"):
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # not a results JSON
+        if not isinstance(results, dict) or "script" not in results:
+            continue
         for entry in results.get("configs", []):
             if entry.get("weights") == Path(weights).name:
                 script = script_name or Path(results["script"]).stem
