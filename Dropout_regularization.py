@@ -57,15 +57,23 @@ CONFIGS = [
 ]
 
 
+NORMALIZATION = data.TUTORIAL_NORMALIZATION  # per-channel (mean, std) of the inputs
+
+
+def build_model(config):
+    """A fresh model for one config (also what benchmarks/score.py loads weights into)."""
+    return LeNet(dropout=config.get("dropout", 0.5))
+
+
 def main(argv=None):
     return experiment.run(
         script="Dropout_regularization.py",
         description=__doc__,
-        build_model=lambda config: LeNet(dropout=config.get("dropout", 0.5)),
+        build_model=build_model,
         configs=CONFIGS,
         out_dir="modelset/Dropout_regularization",
         results_file="training_result.json",
-        normalization=data.TUTORIAL_NORMALIZATION,
+        normalization=NORMALIZATION,
         model_keys=("dropout",),
         argv=argv,
     )

@@ -32,15 +32,23 @@ CONFIGS = [
 ]
 
 
+NORMALIZATION = data.TUTORIAL_NORMALIZATION  # per-channel (mean, std) of the inputs
+
+
+def build_model(config):
+    """A fresh model for one config (also what benchmarks/score.py loads weights into)."""
+    return LeNet()
+
+
 def main(argv=None):
     return experiment.run(
         script="L2_regularization.py",
         description=__doc__,
-        build_model=lambda config: LeNet(),
+        build_model=build_model,
         configs=CONFIGS,
         out_dir="modelset/L2_regularization_model",
         results_file="training_result.json",
-        normalization=data.TUTORIAL_NORMALIZATION,
+        normalization=NORMALIZATION,
         argv=argv,
     )
 

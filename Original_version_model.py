@@ -46,16 +46,24 @@ CONFIGS = [
 ]
 
 
+NORMALIZATION = data.TUTORIAL_NORMALIZATION  # per-channel (mean, std) of the inputs
+
+
+def build_model(config):
+    """A fresh model for one config (also what benchmarks/score.py loads weights into)."""
+    return LeNet()
+
+
 def main(argv=None):
     return experiment.run(
         script="Original_version_model.py",
         description=__doc__,
-        build_model=lambda config: LeNet(),
+        build_model=build_model,
         configs=CONFIGS,
         out_dir="modelset/original_version_model",
         results_file="training_loss.json",
         weights_file="model.pth",
-        normalization=data.TUTORIAL_NORMALIZATION,
+        normalization=NORMALIZATION,
         default_device="cpu",
         log_every=1000,
         argv=argv,

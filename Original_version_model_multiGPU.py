@@ -42,15 +42,23 @@ CONFIGS = [
 ]
 
 
+NORMALIZATION = data.TUTORIAL_NORMALIZATION  # per-channel (mean, std) of the inputs
+
+
+def build_model(config):
+    """A fresh model for one config (also what benchmarks/score.py loads weights into)."""
+    return LeNet()
+
+
 def main(argv=None):
     return experiment.run(
         script="Original_version_model_multiGPU.py",
         description=__doc__,
-        build_model=lambda config: LeNet(),
+        build_model=build_model,
         configs=CONFIGS,
         out_dir="modelset/original_version_model_multiGPU",
         results_file="training_result.json",
-        normalization=data.TUTORIAL_NORMALIZATION,
+        normalization=NORMALIZATION,
         data_parallel=True,
         argv=argv,
     )

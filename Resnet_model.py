@@ -87,15 +87,23 @@ CONFIGS = [
 ]
 
 
+NORMALIZATION = data.CIFAR10_NORMALIZATION  # per-channel (mean, std) of the inputs
+
+
+def build_model(config):
+    """A fresh model for one config (also what benchmarks/score.py loads weights into)."""
+    return ResNet18()
+
+
 def main(argv=None):
     return experiment.run(
         script="Resnet_model.py",
         description=__doc__,
-        build_model=lambda config: ResNet18(),
+        build_model=build_model,
         configs=CONFIGS,
         out_dir="modelset/Resnet",
         results_file="Resnet_model_result.json",
-        normalization=data.CIFAR10_NORMALIZATION,
+        normalization=NORMALIZATION,
         cpu_amp=CPU_AMP,
         argv=argv,
     )

@@ -21,19 +21,13 @@ from cifarkit import data, train  # noqa: E402
 from cifarkit import runtime as rt  # noqa: E402
 from cifarkit.errors import UserError  # noqa: E402
 
-def load_model(script_name, weights, config):
-    script = importlib.import_module(script_name)
-    if script_name == "Resnet_model":
-        model = script.ResNet18()
-    elif script_name == "Dropout_regularization":
-        model = script.LeNet(dropout=config.get("dropout", 0.5))
-    else:
-        model = script.LeNet()
+def load_model(script, weights, config):
+    model = script.build_model(config)
     try:
         model.load_state_dict(torch.load(weights, weights_only=True))
     except Exception as error:  # not a state_dict, or one of another model
         raise SystemExit(f"error: {weights} does not load as the weights of "
-                         f"{script_name}'s model ({type(error).__name__})") from None
+                         f"{script.__name__}'s model ({type(error).__name__})") from None
     return model
 
 
@@ -75,10 +69,9 @@ def main(argv=None):
     scores = {}
     for weights in args.weights:
         script_name, config = describe(weights, args.script)
-        normalization = (data.CIFAR10_NORMALIZATION if script_name == "Resnet_model"
-                         else data.TUTORIAL_NORMALIZATION)
-        scale, shift = data.normalizer(*normalization, device="cpu")
-        model = rt.place_model(load_model(script_name, weights, config), cpu)
+        script = importlib.import_module(script_name)
+        scale, shift = data.normalizer(*script.NORMALIZATION, device="cpu")
+        model = rt.place_model(load_model(script, weights, config), cpu)
         scores[weights] = train.accuracy(
             train.predict(model, dataset.test_images, scale, shift, cpu), dataset.test_labels)
         print(f"{weights}: {scores[weights]:.2f}% of {len(dataset.test_labels)} test images "

@@ -28,18 +28,10 @@ CONFIG_FIELDS = {"id", "seed", "config", "history", "final_test_accuracy",
 EPOCH_FIELDS = {"epoch", "train_loss", "train_accuracy", "test_accuracy", "lr", "seconds"}
 
 
-def build_model(script, config):
-    if script.__name__ == "Dropout_regularization":
-        return script.LeNet(dropout=config.get("dropout", 0.5))
-    if script.__name__ == "Resnet_model":
-        return script.ResNet18()
-    return script.LeNet()
-
-
 def reload_and_score(script, entry, weights_path, test_images, test_labels, normalization):
     """Accuracy of the saved weights, loaded as a user would, on the run's test images, in
     the precision the results say the run used."""
-    model = build_model(script, entry["config"])
+    model = script.build_model(entry["config"])
     model.load_state_dict(torch.load(weights_path, weights_only=True))
     scale, shift = data.normalizer(*normalization, device="cpu")
     amp_dtype = {"fp32": None, "bf16 autocast": torch.bfloat16}[entry["precision"]]
