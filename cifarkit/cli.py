@@ -4,6 +4,7 @@ import argparse
 from .errors import UserError
 
 DEFAULT_SEED = 0
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 
 
 def _positive_int(text):
@@ -13,6 +14,16 @@ def _positive_int(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and {MAX_SEED}")
     return value
 
 
@@ -48,7 +59,7 @@ def build_parser(script, description, default_out, default_device, cpu_amp=False
     parser.add_argument("--compile", action="store_true",
                         help="wrap the model in torch.compile (first epoch slower while it "
                              "compiles; works on the CPU too)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+    parser.add_argument("--seed", type=_seed, default=DEFAULT_SEED,
                         help=f"seed for weights, batch order and subsets (default: "
                              f"{DEFAULT_SEED}); the same seed gives the same result on the CPU")
     parser.add_argument("--seeds", type=_positive_int, default=1, metavar="K",
@@ -61,8 +72,12 @@ def build_parser(script, description, default_out, default_device, cpu_amp=False
 
 
 def parse_args(script, description, default_out, default_device, argv=None, cpu_amp=False):
-    return build_parser(script, description, default_out, default_device,
-                        cpu_amp).parse_args(argv)
+    parser = build_parser(script, description, default_out, default_device, cpu_amp)
+    args = parser.parse_args(argv)
+    if args.seed + args.seeds - 1 > MAX_SEED:
+        parser.error(f"--seed {args.seed} --seeds {args.seeds}: the last seed would pass "
+                     f"{MAX_SEED}")
+    return args
 
 
 def select_configs(configs, selection):

@@ -1,6 +1,9 @@
 """Checks on a script's CONFIGS: every problem is refused by name before anything trains."""
 import difflib
+import math
 import numbers
+
+import numpy as np
 
 from .data import AUGMENTATIONS
 from .errors import UserError
@@ -37,16 +40,32 @@ class ConfigError(UserError):
     pass
 
 
-def _check_kind(kind, value):
+def _plain(kind, value):
+    """``value`` as the plain Python value of ``kind``, or None when it is not one. numpy
+    numbers (people compute sweeps with numpy) become the ints, floats and bools they are,
+    so that they print, compare and write to JSON and checkpoints like any other."""
     if kind == "str":
-        return isinstance(value, str)
+        return str(value) if isinstance(value, str) else None
     if kind == "bool":
-        return isinstance(value, bool)
-    if isinstance(value, bool):  # True is an int to Python, never to a config
-        return False
+        return bool(value) if isinstance(value, (bool, np.bool_)) else None
+    if isinstance(value, (bool, np.bool_)):  # True is an int to Python, never to a config
+        return None
     if kind == "int":
-        return isinstance(value, numbers.Integral)
-    return isinstance(value, numbers.Real)
+        return int(value) if isinstance(value, numbers.Integral) else None
+    if isinstance(value, numbers.Real) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _check_name(name, label):
+    """A name selects its config on the command line and labels its files and plots."""
+    if name != name.strip() or "," in name or "/" in name or "\\" in name:
+        raise ConfigError(f"{label}: 'name' {name!r} must not start or end with a space or "
+                          f"hold a comma or a slash (it is used in --configs and in file "
+                          f"names).")
+    if name.isdigit():
+        raise ConfigError(f"{label}: 'name' {name!r} is a number, which --configs would read "
+                          f"as config_{name}; use a word, e.g. 'run{name}'.")
 
 
 def check_config(config, label, model_keys=()):
@@ -62,25 +81,32 @@ def check_config(config, label, model_keys=()):
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{label}: unknown key '{key}'.{hint} "
                               f"Known keys: {', '.join(sorted(rules))}.")
+    checked = {}
+    for key, value in config.items():
         kind, test, demand = rules[key]
-        if not _check_kind(kind, value):
+        plain = _plain(kind, value)
+        if plain is None:
             raise ConfigError(f"{label}: '{key}' must be {KIND_NAMES[kind]}, "
                               f"got {value!r} ({type(value).__name__}).")
-        if not test(value):
+        if not test(plain):
             raise ConfigError(f"{label}: '{key}' must be {demand}, got {value!r}.")
-    missing = [key for key in REQUIRED if key not in config]
+        checked[key] = plain
+    missing = [key for key in REQUIRED if key not in checked]
     if missing:
         raise ConfigError(f"{label}: missing {', '.join(repr(key) for key in missing)}.")
-    if config.get("nesterov") and not config.get("momentum"):
+    if checked.get("nesterov") and not checked.get("momentum"):
         raise ConfigError(f"{label}: 'nesterov' needs a 'momentum' above 0.")
-    checked = dict(config, **{key: value for key, value in DEFAULTS.items() if key not in config})
-    return {key: float(value) if rules[key][0] == "float" else value
-            for key, value in checked.items()}
+    if "name" in checked:
+        _check_name(checked["name"], label)
+    return dict(checked, **{key: value for key, value in DEFAULTS.items() if key not in checked})
 
 
 def check_configs(configs, model_keys=()):
     """Check a whole CONFIGS list; names (when given) must be unique."""
-    if not isinstance(configs, (list, tuple)) or not configs:
+    if not isinstance(configs, (list, tuple)):
+        raise ConfigError(f"CONFIGS must be a list of config dicts, [{{...}}, {{...}}], not a "
+                          f"{type(configs).__name__}. Put the dict(s) in square brackets.")
+    if not configs:
         raise ConfigError("CONFIGS is empty: add at least one config dict to the list at the "
                           "top of the script.")
     checked = [check_config(config, f"config_{number}", model_keys)
