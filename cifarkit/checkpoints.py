@@ -69,13 +69,12 @@ def load_checkpoint(path):
         return None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(f"{path}: not a readable checkpoint ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0] if str(error) else 'unreadable'}). "
-                        f"Delete it, or rerun with --restart to move it aside.") from None
+    except Exception:  # torch's own text would suggest weights_only=False: never for this
+        checkpoint = None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
-        raise UserError(f"{path}: not a checkpoint written by this kit. Delete it, or rerun "
-                        f"with --restart to move it aside.")
+        raise UserError(f"{path}: not a checkpoint written by this kit (damaged, or another "
+                        f"program's file; it was only read as data, nothing in it ran). Delete "
+                        f"it, or rerun with --restart to move it aside.")
     return checkpoint
 
 

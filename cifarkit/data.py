@@ -4,8 +4,8 @@ Data flows one way: files -> ``Dataset`` (uint8 N x 3 x 32 x 32 tensors and int6
 -> ``batch_order`` (which images make each batch) -> ``prepare_batch`` (float, normalised,
 on the training device). Augmentation, when added, belongs in ``prepare_batch``.
 """
+import contextlib
 import io
-import os
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -15,6 +15,11 @@ import numpy as np
 import torch
 
 from .errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
@@ -74,16 +79,45 @@ def load_cifar10(data_dir=None, subset=None, seed=0, download_root=DEFAULT_ROOT)
 
 
 def _load_with_torchvision(download_root):
+    """torchvision downloads and checks the archive; one process per machine at a time (under
+    torchrun every rank gets here: the first downloads, the others then find the files)."""
     import torchvision  # imported here: only the download path needs it
+    from torchvision.datasets.utils import check_integrity
 
+    root = Path(download_root)
     try:
-        for train in (True, False):
-            torchvision.datasets.CIFAR10(root=download_root, train=train, download=True)
+        with _download_lock(root):
+            for train in (True, False):
+                torchvision.datasets.CIFAR10(root=root, train=train, download=True)
     except Exception as error:  # no network, refused, corrupt download: all end the same way
+        folder = root / "cifar-10-batches-py"
+        damaged = [name for name, md5 in torchvision.datasets.CIFAR10.train_list
+                   + torchvision.datasets.CIFAR10.test_list
+                   if not check_integrity(str(folder / name), md5)]
+        if folder.is_dir() and damaged:
+            raise DataError(
+                f"{folder.absolute()}: a copy of CIFAR-10 is there but damaged ("
+                f"{', '.join(damaged)} missing or failing torchvision's checksum), and "
+                f"downloading a fresh one failed ({type(error).__name__}: {error}). Delete that "
+                f"folder to download again, or use another copy.\n{HOW_TO_PROVIDE}") from None
         raise DataError(
-            f"Could not find or download CIFAR-10 in {os.path.abspath(download_root)} "
+            f"Could not find or download CIFAR-10 in {root.absolute()} "
             f"({type(error).__name__}: {error}).\n{HOW_TO_PROVIDE}") from None
-    return _load_pickled_batches(Path(download_root) / "cifar-10-batches-py")
+    return _load_pickled_batches(root / "cifar-10-batches-py")
+
+
+@contextlib.contextmanager
+def _download_lock(root):
+    """An exclusive lock on ``root`` while CIFAR-10 is fetched there, so that processes on
+    one machine never download into the same folder at once (a kernel lock: it dies with
+    the process)."""
+    root.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # Windows
+        yield
+        return
+    with open(root / ".cifarkit-download.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -209,8 +243,9 @@ def _load_image_folders(root, subset, seed):
                    source=f"image folders in {root}" + _subset_note(subset, seed))
 
 
-def _balanced_indices(labels, count, seed):
-    """Indices of ``count`` items, spread evenly over the classes, chosen with ``seed``."""
+def _balanced_indices(labels, count, seed, subset, split):
+    """Indices of ``count`` items of one split, spread evenly over the classes, chosen with
+    ``seed``; ``subset`` (what the user typed) and ``split`` are for the message."""
     generator = torch.Generator().manual_seed(seed)
     per_class = [count // len(CLASSES) + (1 if c < count % len(CLASSES) else 0)
                  for c in range(len(CLASSES))]
@@ -218,8 +253,10 @@ def _balanced_indices(labels, count, seed):
     for label, wanted in enumerate(per_class):
         members = torch.nonzero(labels == label).flatten()
         if wanted > len(members):
-            raise UserError(f"--subset {count}: class {CLASSES[label]} has only {len(members)} "
-                            f"images, {wanted} needed.")
+            raise UserError(f"--subset {subset}: needs {wanted} {split} images of class "
+                            f"{CLASSES[label]} ({count} {split} images in all, spread evenly "
+                            f"over the classes), but this copy's {split} set has only "
+                            f"{len(members)}. Choose a smaller --subset.")
         chosen.append(members[torch.randperm(len(members), generator=generator)[:wanted]])
     return torch.sort(torch.cat(chosen)).values
 
@@ -233,8 +270,8 @@ def subset_indices(train_labels, test_labels, subset, seed):
         raise UserError(f"--subset {subset}: must be between 10 and the {len(train_labels)} "
                         f"training images of this copy.")
     test_count = max(10, round(subset * len(test_labels) / len(train_labels)))
-    return (_balanced_indices(train_labels, subset, seed),
-            _balanced_indices(test_labels, test_count, seed + 1))
+    return (_balanced_indices(train_labels, subset, seed, subset, "training"),
+            _balanced_indices(test_labels, test_count, seed + 1, subset, "test"))
 
 
 def _subset_note(subset, seed):
