@@ -7,9 +7,11 @@ stopped by SIGINT / SIGTERM after saving a checkpoint.
 import contextlib
 import signal
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from . import checkpoints, cli, config, data, outputs, train
 from . import runtime as rt
@@ -32,52 +34,96 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = cli.parse_args(script, description, out_dir, default_device, argv, cpu_amp)
-    runtime = None
-    try:
-        all_configs = _checked_configs(configs, model_keys, args)
-        selected = cli.select_configs(all_configs, args.configs)
-        cli.check_subset(args.subset, selected)
-        runtime = rt.init_runtime(args.device, data_parallel, args.amp, args.compile,
-                                  cpu_amp)
-        _check_batches_fit_ranks(selected, runtime)
-        bytes_needed = _bytes_needed(build_model(selected[0][1]))
-        rt.from_main(lambda: outputs.check_out_dir(args.out, bytes_needed), runtime)
-        dataset = _load_data(args, runtime)
-        results = outputs.new_results(script, dataset, runtime, args.seed, argv)
-        earlier, reason = rt.from_main(lambda: _earlier_results(
-            Path(args.out), results_file, results, all_configs), runtime)
-    except UserError as error:
-        if rt.is_main_process():
-            print(f"error: {error}", file=sys.stderr)
-        if runtime is not None:
-            rt.close(runtime)
-        return 2
-    try:
-        status = _train_selected(script, argv, args, runtime, build_model, normalization,
-                                 selected, dataset, results, results_file, earlier, reason,
-                                 log_every, weights_file)
+    out = Path(args.out)
+    with contextlib.ExitStack() as cleanup:
+        try:
+            all_configs = _checked_configs(configs, model_keys, args)
+            selected = cli.select_configs(all_configs, args.configs)
+            cli.check_subset(args.subset, selected)
+            rt.check_device_request(args.device)
+            # Every rank loads (downloads) before the ranks wait on each other: a slow first
+            # download must not run into the process group's timeout.
+            dataset = _load_data(args, script, argv)
+            runtime = rt.init_runtime(args.device, data_parallel, args.amp, args.compile,
+                                      cpu_amp)
+            cleanup.callback(rt.close, runtime)
+            _check_batches_fit_ranks(selected, runtime)
+            bytes_needed = _bytes_needed(build_model(selected[0][1]))
+            rt.from_main(lambda: outputs.check_out_dir(
+                args.out, bytes_needed, args.data_dir or data.DEFAULT_ROOT), runtime)
+            results = outputs.new_results(script, dataset, runtime, args.seed, argv)
+            # One run per folder: the lock is held until the run ends (rank 0 writes files).
+            rt.from_main(lambda: cleanup.enter_context(outputs.locked(out)) and None, runtime)
+            earlier, reason = rt.from_main(lambda: _earlier_results(
+                out, results_file, results, all_configs, args), runtime)
+        except UserError as error:
+            if rt.is_main_process():
+                print(f"error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            if rt.is_main_process():
+                print("\nStopped by Ctrl-C before training started; nothing was trained or "
+                      "moved.", file=sys.stderr)
+            return SIGNAL_EXIT[signal.SIGINT]
+        try:
+            status = _train_selected(script, argv, args, runtime, build_model, normalization,
+                                     selected, dataset, results, results_file, weights_file,
+                                     earlier, reason, log_every)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once, what was saved stays
+            say = print if runtime.is_main else _silent
+            say(f"\nStopped at once. What was saved stays: finished configs in "
+                f"{out / results_file}, the unfinished one's checkpoint (from its last "
+                f"epoch's end) in {out / 'checkpoints'}/.\n"
+                f"{_resume_hint(script, argv, runtime.distributed)}", file=sys.stderr)
+            return SIGNAL_EXIT[signal.SIGINT]
+        except OSError as error:  # disk full, folder removed: what was saved before stays
+            print(f"error: cannot write to {out}: {error}. Results saved so far are kept; "
+                  f"rerun the same command to carry on.", file=sys.stderr)
+            return EXIT_WRITE_FAILED  # no barrier: the other ranks cannot know of it
+        except RuntimeError as error:  # dist.DistError is one; gloo raises plain ones
+            if not (runtime.distributed and _peer_lost(error)):
+                raise
+            print(f"error: rank {runtime.rank} lost contact with the other ranks "
+                  f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Another "
+                  f"worker has probably died. Checkpoints are saved at every epoch's end in "
+                  f"{out / 'checkpoints'}/; {_resume_hint(script, argv, True)} (torchrun "
+                  f"--max-restarts=3 restarts the workers by itself).", file=sys.stderr)
+            return EXIT_WRITE_FAILED
         # Every rank leaves together: a rank that tore its process group down while rank 0
         # was still writing files was once seen to abort ("terminate called without an
-        # active exception", gloo, CI). Not on status 1, which a failed write on rank 0
-        # alone also gives.
-        if status != EXIT_WRITE_FAILED:
-            rt.barrier(runtime)
+        # active exception", gloo, CI), and a rank leaving with status 1 (a config failed)
+        # makes torchrun stop the others, rank 0 perhaps before it has written the results.
+        rt.barrier(runtime)
         return status
-    finally:
-        rt.close(runtime)
+
+
+def _peer_lost(error):
+    """Whether ``error`` says another rank went away (killed, crashed) mid-collective."""
+    text = str(error)
+    return isinstance(error, dist.DistError) or any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset by peer",
+                                  "remote worker", "Broken pipe"))
+
+
+def _resume_hint(script, argv, distributed):
+    """How to carry on, with the command on a line of its own so it can be copied."""
+    if distributed:
+        return "to resume, run the same torchrun command again"
+    return "To resume, run the same command:\n  python " + " ".join([script] + argv)
 
 
 def _train_selected(script, argv, args, runtime, build_model, normalization, selected,
-                    dataset, results, results_file, earlier, reason, log_every, weights_file):
+                    dataset, results, results_file, weights_file, earlier, reason, log_every):
     say = print if runtime.is_main else _silent
     out = Path(args.out)
     if runtime.is_main:
-        outputs.prepare_out_dir(out)
-        if args.restart and outputs.has_results(out):
+        if args.restart:
             reason = "--restart"
-        if reason:
-            say(f"{reason}: the earlier results are kept in {outputs.move_aside(out)}/")
-    if earlier and not reason and not args.restart:
+        moved = outputs.kit_files(out, results_file, weights_file) if reason else []
+        if moved:
+            say(f"{reason}: the earlier results are kept in "
+                f"{outputs.move_aside(out, moved)}/")
+    if earlier and not reason:
         results.update(started=earlier["started"], configs=earlier["configs"])
     rt.barrier(runtime)  # nobody reads the folder while rank 0 tidies it
 
@@ -87,19 +133,13 @@ def _train_selected(script, argv, args, runtime, build_model, normalization, sel
            "run_data": results["data"], "out": out, "log_every": log_every,
            "data": _to_device(dataset, normalization, runtime.device),
            "weights_file": weights_file}
-    try:
-        with _stop_on_signals(say, stop_at_once_on_repeat=not runtime.distributed) as received:
-            for number, chosen in selected:
-                for seed in range(args.seed, args.seed + args.seeds):
-                    status = _run_config(job, number, chosen, seed, results, results_file,
-                                         received)
-                    if status == "interrupted":
-                        return _interrupted(received, number, out, script, argv, say,
-                                            runtime.distributed)
-    except OSError as error:  # disk full, folder removed: what was saved before stays
-        print(f"error: cannot write to {out}: {error}. Results saved so far are kept; "
-              f"rerun the same command to carry on.", file=sys.stderr)
-        return EXIT_WRITE_FAILED
+    with _stop_on_signals(say, stop_at_once_on_repeat=not runtime.distributed) as stop:
+        for number, chosen in selected:
+            for seed in range(args.seed, args.seed + args.seeds):
+                status = _run_config(job, number, chosen, seed, results, results_file, stop)
+                if status == "interrupted":
+                    return _interrupted(stop, number, out, script, argv, say,
+                                        runtime.distributed)
     chosen_ids = {f"config_{number}" for number, _ in selected}  # every seed of each
     finished = [entry for entry in results["configs"] if entry["id"] in chosen_ids]
     if runtime.is_main:
@@ -123,15 +163,15 @@ def _check_batches_fit_ranks(selected, runtime):
                             f"batch, split across them.")
 
 
-def _load_data(args, runtime):
-    """Rank 0 loads first (and downloads if need be); the others then read the same files."""
-    loaded = {}
-
-    def load():
-        loaded["dataset"] = data.load_cifar10(args.data_dir, args.subset, args.seed)
-
-    rt.from_main(load, runtime)
-    return loaded.get("dataset") or data.load_cifar10(args.data_dir, args.subset, args.seed)
+def _load_data(args, script, argv):
+    """The data set, decoded; a download failure ends with the command to run instead."""
+    try:
+        return data.load_cifar10(args.data_dir, args.subset, args.seed)
+    except data.DataError as error:
+        if args.data_dir is not None:
+            raise
+        raise data.DataError(f"{error}\nWith a copy in DIR, run:\n  python "
+                             f"{' '.join([script, '--data-dir', 'DIR'] + argv)}") from None
 
 
 def _checked_configs(configs, model_keys, args):
@@ -152,25 +192,52 @@ def _identity(chosen, seed, run_data):
     return {"config": chosen, "seed": seed, "data": run_data}
 
 
-def _earlier_results(out, results_file, results, all_configs):
-    """(earlier results to keep, or None; why the folder must be moved aside, or None)."""
+def _earlier_results(out, results_file, results, all_configs, args):
+    """(earlier results to keep, or None; why the kit's files must be moved aside, or None)."""
+    if args.restart:
+        return None, "--restart"
     current = {f"config_{number}": chosen for number, chosen in enumerate(all_configs, 1)}
     earlier = outputs.load_results(out / results_file)
     if earlier == "unreadable":
-        return None, f"{out / results_file} is unreadable"
-    if earlier and (earlier.get("seed"), earlier.get("data")) != (results["seed"],
-                                                                  results["data"]):
-        return None, "the seed or the data differ from the earlier run's"
+        return None, f"{out / results_file} is not a results file this kit can read"
+    if earlier and earlier.get("script") != results["script"]:
+        return None, f"{out / results_file} was written by {earlier.get('script')}"
+    if earlier:
+        for key, what in (("seed", "--seed"), ("data", "the data")):
+            if earlier[key] != results[key]:
+                return None, f"{what} differs from the earlier run's " \
+                             f"({_describe_change(earlier[key], results[key])})"
+    epochs = " (--epochs)" if args.epochs else ""
     for entry in (earlier or {}).get("configs", []):
         if current.get(entry["id"]) != entry["config"]:
-            return None, f"{entry['id']} in CONFIGS differs from its earlier results"
-    for path in sorted((out / "checkpoints").glob("config_*.ckpt")):
+            return None, (f"{entry['id']} differs from its earlier results: "
+                          f"{_describe_change(entry['config'], current.get(entry['id']))}"
+                          + epochs)
+    for path in sorted((out / "checkpoints").glob("*.ckpt")):
+        name = outputs.CHECKPOINT_NAME.fullmatch(path.name)
+        if not name:
+            continue  # not one of ours (a user's backup copy, say): left alone
         checkpoint = checkpoints.load_checkpoint(path)
-        label, _, seed = path.stem.partition("_seed")
-        wanted = _identity(current.get(label), int(seed or -1), results["data"])
+        label, seed = name["label"], int(name["seed"])
+        wanted = _identity(current.get(label), seed, results["data"])
         if checkpoint["identity"] != wanted:
-            return None, f"{label} in CONFIGS differs from its unfinished checkpoint"
+            return None, (f"{label} differs from its unfinished checkpoint: "
+                          f"{_describe_change(checkpoint['identity'], wanted)}" + epochs)
     return earlier, None
+
+
+def _describe_change(before, after):
+    """What changed between two configs (or identities, or data records), briefly:
+    "lr 0.01 -> 0.02, nesterov (new) True"."""
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return "it is no longer in CONFIGS" if after is None else f"{before!r} -> {after!r}"
+    changes = []
+    for key in list(before) + [key for key in after if key not in before]:
+        old, new = before.get(key, "(unset)"), after.get(key, "(unset)")
+        if old != new:
+            changes.append(_describe_change(old, new) if isinstance(old, dict)
+                           and isinstance(new, dict) else f"{key} {old!r} -> {new!r}")
+    return ", ".join(changes)
 
 
 def _to_device(dataset, normalization, device):
@@ -180,13 +247,13 @@ def _to_device(dataset, normalization, device):
             dataset.test_images.to(device), dataset.test_labels.to(device), scale, shift)
 
 
-def _run_config(job, number, chosen, seed, results, results_file, received):
+def _run_config(job, number, chosen, seed, results, results_file, stop):
     """Train (or resume, or skip) one config with one seed; record it; return its status."""
     label, out, runtime, say = f"config_{number}", job["out"], job["runtime"], job["say"]
     run_name = label if seed == results["seed"] else f"{label} (seed {seed})"
     done = next((entry for entry in results["configs"]
                  if entry["id"] == label and entry["seed"] == seed), None)
-    if done:
+    if done and done["status"] != "out_of_memory":  # that one is tried again
         say(f"{run_name}: already {done['status']} in {out} ({outputs.outcome(done)}); "
             f"skipped. Use --restart to train it again.")
         return done["status"]
@@ -216,7 +283,7 @@ def _run_config(job, number, chosen, seed, results, results_file, received):
                                         scheduler, progress, rng_states)
 
     status = _train(job, run_name, chosen, seed, model, optimizer, scheduler, progress,
-                    received, save)
+                    stop, save)
     if status == "interrupted":
         return status
     weights_path = out / outputs.weights_name(job["weights_file"], number, seed, results["seed"])
@@ -241,7 +308,8 @@ def _run_config(job, number, chosen, seed, results, results_file, received):
                 outputs.plot_examples(job["data"], predictions, entry, results["script"], out)
         outputs.save_json(results, out / results_file)  # after each config: nothing lost
         outputs.plot_run(results["configs"], out, results["script"], job["log_every"])
-        checkpoints.remove_checkpoint(checkpoint_path)
+        if status != "out_of_memory":  # kept: a rerun with more memory carries on from it
+            checkpoints.remove_checkpoint(checkpoint_path)
     return status
 
 
@@ -253,64 +321,72 @@ def _class_scores(predictions, test_labels):
             "confusion_matrix": matrix.tolist()}
 
 
-def _train(job, label, chosen, seed, model, optimizer, scheduler, progress, received, save):
+def _train(job, label, chosen, seed, model, optimizer, scheduler, progress, stop, save):
     def on_log(epoch, step, loss):
         job["say"](f"epoch {epoch}: batch {step} loss: {loss:.3f}")
 
+    def on_evaluate(epoch):
+        stop.doing = f"the test pass of epoch {epoch} (the epoch itself is saved)"
+
     def on_epoch(record):  # rank 0 only: the test accuracy is measured there
+        stop.doing = "the current step"
         job["say"](f"{label} epoch {record['epoch']}/{chosen['num_epochs']}: "
                    f"loss {record['train_loss']:.4f}, train acc {record['train_accuracy']:.2f}%, "
                    f"test acc {record['test_accuracy']:.2f}%, {record['seconds']:.1f} s")
 
-    say = job["say"]
-    try:
-        status = train.train_config(model, optimizer, chosen, job["data"], seed,
-                                    progress, save, job["runtime"], scheduler,
-                                    stop_requested=lambda: bool(received),
-                                    log_every=job["log_every"], on_log=on_log,
-                                    on_epoch=on_epoch if job["runtime"].is_main else None)
-    except torch.cuda.OutOfMemoryError:
+    say, main = job["say"], job["runtime"].is_main
+    status = train.train_config(model, optimizer, chosen, job["data"], seed, progress, save,
+                                job["runtime"], scheduler,
+                                stop_requested=lambda: bool(stop.signals),
+                                log_every=job["log_every"], on_log=on_log,
+                                on_evaluate=on_evaluate if main else None,
+                                on_epoch=on_epoch if main else None)
+    if status == "out_of_memory":
         say(f"error: {label} ran out of GPU memory at batch_size {chosen['batch_size']}. "
-              f"Try a smaller batch_size in CONFIGS; the other configs carry on.",
-              file=sys.stderr)
-        torch.cuda.empty_cache()
-        return "out_of_memory"
+            f"Try a smaller batch_size in CONFIGS; the other configs carry on, and its "
+            f"checkpoint is kept.", file=sys.stderr)
     if status == "diverged":
         where = progress["diverged_at"]
         say(f"{label}: the loss became NaN or infinite at epoch {where['epoch']}, step "
-              f"{where['step']}; this config is stopped and marked diverged. A smaller lr "
-              f"usually helps.", file=sys.stderr)
+            f"{where['step']}; this config is stopped and marked diverged. A smaller lr "
+            f"usually helps.", file=sys.stderr)
     return status
+
+
+@dataclass
+class StopRequest:
+    """The signals received so far, and what a first one waits for before the run stops."""
+    signals: list = field(default_factory=list)
+    doing: str = "the current step"
 
 
 @contextlib.contextmanager
 def _stop_on_signals(say, stop_at_once_on_repeat=True):
-    """SIGINT / SIGTERM ask training to stop after the current step; a second one stops now,
-    except under torchrun, which sends its workers SIGTERM twice (and SIGKILL later)."""
-    received = []
+    """SIGINT / SIGTERM ask training to stop after the current step (or test pass); a second
+    one stops now, except under torchrun, which sends its workers SIGTERM twice (and SIGKILL
+    later)."""
+    stop = StopRequest()
 
     def handler(signum, frame):
-        if received:
+        if stop.signals:
             if stop_at_once_on_repeat:
                 raise KeyboardInterrupt
             return
-        received.append(signum)
+        stop.signals.append(signum)
         again = " (send it again to stop at once)" if stop_at_once_on_repeat else ""
-        say(f"\n{signal.Signals(signum).name}: finishing the current step and saving a "
-            f"checkpoint{again}.", file=sys.stderr, flush=True)
+        say(f"\n{signal.Signals(signum).name}: waiting for {stop.doing} to end, then saving "
+            f"a checkpoint and stopping{again}.", file=sys.stderr, flush=True)
 
     previous = {signum: signal.signal(signum, handler) for signum in SIGNAL_EXIT}
     try:
-        yield received
+        yield stop
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
 
 
-def _interrupted(received, number, out, script, argv, say, distributed):
-    name = signal.Signals(received[0]).name
-    command = ("the same torchrun command" if distributed
-               else "the same command:\n  python " + " ".join([script] + argv))
+def _interrupted(stop, number, out, script, argv, say, distributed):
+    name = signal.Signals(stop.signals[0]).name
     say(f"Stopped by {name} during config_{number}; its checkpoint is in "
-        f"{out / 'checkpoints'}/. To resume, run {command} again.", file=sys.stderr)
-    return SIGNAL_EXIT[received[0]]
+        f"{out / 'checkpoints'}/. {_resume_hint(script, argv, distributed)}", file=sys.stderr)
+    return SIGNAL_EXIT[stop.signals[0]]

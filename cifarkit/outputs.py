@@ -3,11 +3,13 @@
 Every file is written to a temporary name in the same folder and then renamed over the
 target, so a crash mid-write never leaves a half-written result.
 """
+import contextlib
 import json
 import os
 import platform
+import re
+import secrets
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,12 +21,38 @@ from .data import CLASSES
 from .errors import UserError
 from .runtime import device_names
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 EARLIER_PREFIX = "earlier-"  # subfolders holding results that a later run moved aside
 
 
-def check_out_dir(path, bytes_needed):
-    """Refuse an output folder that cannot be created or written, without touching it."""
-    existing = Path(path).absolute()
+PLOT_FILES = ("loss.png", "train_accuracy.png", "test_accuracy.png", "examples.png")
+CHECKPOINT_NAME = re.compile(r"(?P<label>config_\d+)_seed(?P<seed>\d+)\.ckpt")
+# A folder holding any of these is somebody's project, not a place for results.
+FOREIGN_MARKERS = (".git", ".hg", ".svn", "pyproject.toml", "setup.py")
+SOURCE_SUFFIXES = (".py", ".ipynb")
+
+
+def check_out_dir(path, bytes_needed, data_dir):
+    """Refuse an output folder that cannot be created or written, or that belongs to
+    something else (the data set, a repository, source code), without touching it."""
+    out = Path(path).absolute()
+    data = Path(data_dir).absolute()
+    if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
+        raise UserError(f"--out {path}: that is the data folder {data_dir} or inside it; results "
+                        f"never go there. Choose another folder with --out DIR.")
+    if out.is_dir():
+        foreign = sorted(entry.name for entry in out.iterdir()
+                         if entry.name in FOREIGN_MARKERS or entry.suffix in SOURCE_SUFFIXES)
+        if foreign:
+            raise UserError(f"--out {path}: that folder holds files this kit did not write "
+                            f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): "
+                            f"it looks like a project or source folder. Results go into a "
+                            f"folder of their own: choose one with --out DIR.")
+    existing = out
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -37,53 +65,103 @@ def check_out_dir(path, bytes_needed):
                         f"choose another folder with --out DIR.")
 
 
-def has_results(out_dir):
-    return any(not entry.name.startswith(EARLIER_PREFIX) for entry in Path(out_dir).iterdir())
+def kit_files(out_dir, results_file, weights_pattern):
+    """The files in ``out_dir`` that this kit writes (results JSON, weights, PNGs,
+    checkpoints): the only ones it ever moves. Anything else there is left alone."""
+    out_dir = Path(out_dir)
+    # "config_{number}.pth" -> config_<N>[_seed<S>].pth, as weights_name() writes them
+    stem = re.escape(weights_pattern[:-len(".pth")]).replace(re.escape("{number}"), r"\d+")
+    weights = re.compile(stem + r"(_seed\d+)?\.pth")
+    found = [out_dir / name for name in (results_file, *PLOT_FILES)]
+    found += [path for path in out_dir.glob("*.pth") if weights.fullmatch(path.name)]
+    found += [path for path in (out_dir / "checkpoints").glob("*.ckpt")
+              if CHECKPOINT_NAME.fullmatch(path.name)]
+    return sorted(path for path in found if path.is_file())
 
 
-def move_aside(out_dir):
-    """Move everything in ``out_dir`` (but earlier copies) into a time-stamped subfolder."""
+def move_aside(out_dir, paths):
+    """Move ``paths`` (files in ``out_dir`` or its checkpoints/) into a new time-stamped
+    subfolder, keeping their relative places; return the subfolder."""
+    out_dir = Path(out_dir)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    target = Path(out_dir) / f"{EARLIER_PREFIX}{stamp}"
+    target = out_dir / f"{EARLIER_PREFIX}{stamp}"
     suffix = 1
     while target.exists():
         suffix += 1
-        target = Path(out_dir) / f"{EARLIER_PREFIX}{stamp}-{suffix}"
-    target.mkdir()
-    for entry in list(Path(out_dir).iterdir()):
-        if not entry.name.startswith(EARLIER_PREFIX):
-            os.replace(entry, target / entry.name)
+        target = out_dir / f"{EARLIER_PREFIX}{stamp}-{suffix}"
+    for path in paths:
+        destination = target / Path(path).relative_to(out_dir)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, destination)
+    checkpoints = out_dir / "checkpoints"
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
     return target
 
 
+@contextlib.contextmanager
+def locked(out_dir):
+    """Hold an exclusive lock on ``out_dir`` (created if need be) for the whole run, so two
+    runs never write one folder at once. The lock is the kernel's (flock on the folder
+    itself): it goes with the process, so a run killed with kill -9 leaves nothing that
+    blocks the next one, and no lock file is written."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {out_dir}: cannot write there ({error.strerror or error}). "
+                        f"Choose another folder with --out DIR.") from None
+    if fcntl is None:  # Windows: no flock; one run per folder is then up to the user
+        yield
+        return
+    handle = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"--out {out_dir}: another run is writing to that folder right "
+                            f"now. Wait for it to finish, or give this run a folder of its "
+                            f"own with --out DIR.") from None
+        yield
+    finally:
+        os.close(handle)  # closing releases the lock
+
+
 def load_results(path):
-    """The results JSON at ``path``: a dict, None when absent, "unreadable" when broken."""
+    """The results JSON at ``path``: a dict, None when absent, "unreadable" when broken or
+    not of the shape this kit writes (a hand-edited file, say)."""
     try:
         results = json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
         return "unreadable"
-    return results if isinstance(results, dict) else "unreadable"
+    return results if _well_formed(results) else "unreadable"
 
 
-def prepare_out_dir(path):
-    """Create the output folder and prove it is writable, before any training starts."""
-    out_dir = Path(path)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise UserError(f"--out {out_dir}: cannot write there ({error.strerror or error}). "
-                        f"Choose another folder with --out DIR.") from None
-    return out_dir
+RUN_KEYS = {"script": str, "started": str, "seed": int, "data": dict, "configs": list}
+ENTRY_KEYS = {"id": str, "seed": int, "config": dict, "status": str, "history": list}
+
+
+def _well_formed(results):
+    """Whether ``results`` has every field that resuming and the report read."""
+    def has(record, keys):
+        return isinstance(record, dict) and all(isinstance(record.get(key), kind)
+                                                for key, kind in keys.items())
+
+    return has(results, RUN_KEYS) and all(
+        has(entry, ENTRY_KEYS) and re.fullmatch(r"config_\d+", entry["id"])
+        for entry in results["configs"])
 
 
 def write_atomically(path, write):
-    """Call ``write(file_object)`` on a temporary file, then rename it to ``path``."""
+    """Call ``write(file_object)`` on a temporary file, then rename it to ``path``.
+
+    The temporary file is opened with mode 0o666 less the umask, as any new file would be
+    (tempfile.mkstemp would make it 0o600, unreadable to the user's colleagues)."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)
@@ -91,7 +169,7 @@ def write_atomically(path, write):
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 

@@ -44,7 +44,7 @@ def is_main_process():
     return os.environ.get("RANK", "0") == "0"
 
 
-def _check_device_request(requested):
+def check_device_request(requested):
     if requested not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device {requested}: choose auto, cpu or cuda.")
     if requested == "cuda" and not torch.cuda.is_available():
@@ -88,7 +88,7 @@ def precision(runtime):
 
 
 def _init_devices(requested, data_parallel):
-    _check_device_request(requested)
+    check_device_request(requested)
     if not launched_by_torchrun():
         use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
         return Runtime(torch.device("cuda" if use_cuda else "cpu"),
@@ -186,11 +186,17 @@ def all_sum(tensor, runtime):
 
 def any_rank(flag, runtime):
     """True on every rank when ``flag`` is true on any rank."""
-    if not runtime.distributed:
-        return bool(flag)
-    value = torch.tensor([1.0 if flag else 0.0], device=runtime.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    return any_rank_each([flag], runtime)[0]
+
+
+def any_rank_each(flags, runtime):
+    """For each flag (a bool or a one-element bool tensor on the device): True on every rank
+    when it is true on any rank. One all-reduce and one host sync for all of them."""
+    values = torch.stack([torch.as_tensor(flag, device=runtime.device).float().reshape(())
+                          for flag in flags])
+    if runtime.distributed:
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(value) for value in values.tolist()]
 
 
 def from_main(produce, runtime):

@@ -52,72 +52,130 @@ def autocast(device_type, dtype):
 
 def train_epoch(model, optimizer, images, labels, batches, scale, shift, sums, runtime, recipe,
                 start_step=0, stop_requested=None, log_every=0, on_log=None, bar=None):
-    """Train on ``batches[start_step:]``, adding into ``sums``; return (steps done, diverged).
+    """Train on ``batches[start_step:]``, adding into ``sums``; return (steps done, outcome).
 
-    Each batch is a global batch; under torchrun this rank trains on its shard of it. Returns
-    early, after a whole step, when ``stop_requested()`` turns true or the loss stops being
-    finite. ``on_log(step, mean_loss)`` runs every ``log_every`` steps (the tutorial's
-    running loss). ``recipe`` (from ``step_recipe``) holds augmentation, label smoothing,
-    mixed precision and the learning-rate scheduler.
+    outcome is None (the epoch ended), "stopped" (``stop_requested()`` turned true),
+    "diverged" (the loss stopped being finite) or "out_of_memory" (a CUDA out-of-memory
+    error on any rank); the ranks of a torchrun job learn each of these together, at the next
+    look (every ``SYNC_EVERY`` steps), and end the epoch together. Each batch is a global
+    batch; under torchrun this rank trains on its shard of it. ``on_log(step, mean_loss)``
+    runs every ``log_every`` steps (the tutorial's running loss). ``recipe`` (from
+    ``step_recipe``) holds augmentation, label smoothing, mixed precision and the
+    learning-rate scheduler.
     """
     model.train()
     kind = "distributed" if runtime.distributed else images.device.type
     sync_every = SYNC_EVERY[kind]
-    step = start_step
+    step, out_of_memory = start_step, False
     for index in batches[start_step:]:
         step += 1
-        inputs, targets = prepare_batch(images, labels, rt.shard(index, runtime), scale, shift,
-                                        recipe["augment"])
-        with autocast(images.device.type, recipe["amp_dtype"]):
-            outputs = model(rt.memory_format(inputs))
-            loss_sum = F.cross_entropy(outputs.float(), targets, reduction="sum",
-                                       label_smoothing=recipe["label_smoothing"])
-        # Divided by the global batch size (times the ranks that DDP averages over), the
-        # gradient is the mean over the whole batch, however it is split.
-        optimizer.zero_grad(set_to_none=True)
-        recipe["scaler"].scale(loss_sum * (runtime.world_size / len(index))).backward()
-        recipe["scaler"].step(optimizer)
-        recipe["scaler"].update()
-        if recipe["scheduler"] is not None:
-            recipe["scheduler"].step()
-        sums["loss"] += loss_sum.detach()
-        sums["correct"] += (outputs.argmax(dim=1) == targets).sum()
-        sums["images"] += len(targets)
+        if not out_of_memory:
+            try:
+                loss_sum = _train_step(model, optimizer, images, labels, index, scale, shift,
+                                       sums, runtime, recipe)
+                if log_every:
+                    sums["window"] += loss_sum / len(index)
+            except torch.cuda.OutOfMemoryError:
+                out_of_memory = True
+            if out_of_memory:  # outside the except block, whose traceback holds the memory
+                torch.cuda.empty_cache()
+                if not runtime.distributed:
+                    return step, "out_of_memory"
+        if out_of_memory:
+            _keep_ranks_company(model, images, scale, shift, recipe)
         if bar is not None and not bar.disable:
             bar.update(1)
             if step % BAR_EVERY == 0:  # the live numbers cost a host sync: not every step
-                bar.set_postfix(loss=f"{sums['loss'].item() / sums['images']:.3f}",
-                                acc=f"{100 * sums['correct'].item() / sums['images']:.1f}%")
-        if log_every:
-            sums["window"] += loss_sum.detach() / len(index)
-            if step % log_every == 0:
-                on_log(step, rt.all_sum(sums["window"].clone(), runtime).item() / log_every)
-                sums["window"].zero_()
-        if step % sync_every == 0 or step == len(batches):
+                bar.set_postfix(loss=f"{sums['loss'].item() / max(sums['images'], 1):.3f}",
+                                acc=f"{100 * sums['correct'].item() / max(sums['images'], 1):.1f}%")
+        if log_every and step % log_every == 0:
+            on_log(step, rt.all_sum(sums["window"].clone(), runtime).item() / log_every)
+            sums["window"].zero_()
+        at_look = step % sync_every == 0 or step == len(batches)
+        # Under torchrun a stop request counts only at a look, where the ranks agree on it.
+        stop = (at_look or not runtime.distributed) and stop_requested is not None \
+            and stop_requested()
+        if at_look:
             # Losses are never negative, so one NaN or inf keeps the sum non-finite.
-            if rt.any_rank(not sums["loss"].isfinite(), runtime):
-                return step, True
-        if stop_requested is not None and (not runtime.distributed or step % sync_every == 0):
-            if rt.any_rank(stop_requested(), runtime):
-                return step, False
-    return step, False
+            diverged, out_of_memory, stop = rt.any_rank_each(
+                [~sums["loss"].isfinite(), out_of_memory, stop], runtime)
+            if out_of_memory or diverged:
+                return step, "out_of_memory" if out_of_memory else "diverged"
+            if stop:
+                return step, "stopped"
+        elif stop and not runtime.distributed:  # one process needs nobody's agreement
+            return step, "stopped"
+    return step, None
 
 
-@torch.inference_mode()
+def _train_step(model, optimizer, images, labels, index, scale, shift, sums, runtime, recipe):
+    """One optimizer step on this rank's share of the global batch ``index``."""
+    inputs, targets = prepare_batch(images, labels, rt.shard(index, runtime), scale, shift,
+                                    recipe["augment"])
+    with autocast(images.device.type, recipe["amp_dtype"]):
+        outputs = model(rt.memory_format(inputs))
+        loss_sum = F.cross_entropy(outputs.float(), targets, reduction="sum",
+                                   label_smoothing=recipe["label_smoothing"])
+    # Divided by the global batch size (times the ranks that DDP averages over), the
+    # gradient is the mean over the whole batch, however it is split.
+    optimizer.zero_grad(set_to_none=True)
+    recipe["scaler"].scale(loss_sum * (runtime.world_size / len(index))).backward()
+    recipe["scaler"].step(optimizer)
+    recipe["scaler"].update()
+    if recipe["scheduler"] is not None:
+        recipe["scheduler"].step()
+    sums["loss"] += loss_sum.detach()
+    sums["correct"] += (outputs.argmax(dim=1) == targets).sum()
+    sums["images"] += len(targets)
+    return loss_sum.detach()
+
+
+def _keep_ranks_company(model, images, scale, shift, recipe):
+    """After running out of memory under torchrun, until the ranks next compare notes: a
+    forward and backward of one image with a zero loss, so that DistributedDataParallel's
+    gradient all-reduce, which the other ranks are waiting in, has this rank's (zero) part
+    and nobody hangs. The weights are not stepped; the config is stopped at the next look
+    and its in-memory weights are thrown away (its last checkpoint is kept). An
+    out-of-memory error in the middle of the backward pass, after some of the all-reduces
+    began, cannot be mended this way: then torchrun ends the job."""
+    batch = rt.memory_format(torch.addcmul(shift, images[:1].float(), scale))
+    with autocast(images.device.type, recipe["amp_dtype"]):
+        (model(batch).float().sum() * 0).backward()
+
+
 def predict(model, images, scale, shift, runtime, tta=False, batch_size=1000):
     """Predicted class of every image, as a CPU tensor; with ``tta`` the logits of each image
     and of its mirror image are added (flip test-time augmentation)."""
+    plain, mirrored = _predictions(model, images, scale, shift, runtime, tta, batch_size)
+    return plain if mirrored is None else mirrored
+
+
+@torch.inference_mode()
+def _predictions(model, images, scale, shift, runtime, tta, batch_size=1000):
+    """(predictions from each image alone, from each image and its mirror or None): with
+    TTA both come from one pass over the images."""
     model.eval()
-    predictions = []
+    plain, mirrored = [], []
     for start in range(0, len(images), batch_size):
         batch = torch.addcmul(shift, images[start:start + batch_size].float(), scale)
         batch = rt.memory_format(batch)
         with autocast(images.device.type, runtime.amp_dtype):
             logits = model(batch).float()
+            plain.append(logits.argmax(dim=1).cpu())
             if tta:
                 logits += model(batch.flip(3)).float()
-        predictions.append(logits.argmax(dim=1).cpu())
-    return torch.cat(predictions)
+                mirrored.append(logits.argmax(dim=1).cpu())
+    return torch.cat(plain), torch.cat(mirrored) if tta else None
+
+
+def evaluate(model, images, labels, scale, shift, runtime, tta=False):
+    """{"test_accuracy": ...} of ``model`` on ``images``; with ``tta`` that is the accuracy
+    with the mirror images and "test_accuracy_without_tta" the one without (no extra pass)."""
+    plain, mirrored = _predictions(rt.unwrap(model), images, scale, shift, runtime, tta)
+    if mirrored is None:
+        return {"test_accuracy": accuracy(plain, labels)}
+    return {"test_accuracy": accuracy(mirrored, labels),
+            "test_accuracy_without_tta": accuracy(plain, labels)}
 
 
 def confusion_matrix(predictions, labels, classes=10):
@@ -174,17 +232,25 @@ def new_progress():
 
 
 def train_config(model, optimizer, config, data, seed, progress, save, runtime, scheduler=None,
-                 stop_requested=None, log_every=0, on_log=None, on_epoch=None):
+                 stop_requested=None, log_every=0, on_log=None, on_evaluate=None,
+                 on_epoch=None):
     """Carry ``progress`` (new, or from a checkpoint) to the end of ``config``.
 
     ``data`` is (train_images, train_labels, test_images, test_labels, scale, shift), all on
-    the training device. ``save(progress)`` runs after every epoch and on interruption, on
-    every rank. Returns "finished", "diverged" or "interrupted"; ``progress`` holds the
-    history (test accuracy is measured on rank 0).
+    the training device. ``save(progress)`` runs after every epoch (before its test pass, so
+    a stop during the test pass loses nothing) and on interruption, on every rank.
+    ``on_evaluate(epoch)`` runs as the test pass starts, ``on_epoch(record)`` when it ends
+    (rank 0 only). Returns "finished", "diverged", "out_of_memory" or "interrupted";
+    ``progress`` holds the history (test accuracy is measured on rank 0).
     """
     train_images, train_labels, test_images, test_labels, scale, shift = data
     device = train_images.device
     recipe = step_recipe(config, runtime, scheduler)
+    history = progress["history"]
+    if history and history[-1]["test_accuracy"] is None and runtime.is_main:
+        # stopped during the last test pass: the weights are that epoch's, measure them now
+        history[-1].update(evaluate(model, test_images, test_labels, scale, shift, runtime,
+                                    config.get("tta", False)))
     while progress["epoch"] < config["num_epochs"]:
         epoch = progress["epoch"] + 1
         batches = epoch_batches(len(train_labels), config["batch_size"], seed, epoch, runtime)
@@ -198,26 +264,31 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime, 
         started = time.perf_counter()
         with progress_bar(len(batches), progress["step"], f"epoch {epoch}/{config['num_epochs']}",
                           runtime.is_main) as bar:
-            step, diverged = train_epoch(model, optimizer, train_images, train_labels, batches,
-                                         scale, shift, sums, runtime, recipe,
-                                         progress["step"], stop_requested, log_every, log, bar)
+            step, outcome = train_epoch(model, optimizer, train_images, train_labels, batches,
+                                        scale, shift, sums, runtime, recipe,
+                                        progress["step"], stop_requested, log_every, log, bar)
         if device.type == "cuda":
             torch.cuda.synchronize()
         sums["seconds"] += time.perf_counter() - started
         sums = _global_sums(sums, runtime)
-        if diverged:
+        if outcome == "diverged":
             progress["diverged_at"] = {"epoch": epoch, "step": step}
-            return "diverged"
+        if outcome in ("diverged", "out_of_memory"):
+            return outcome
         if step < len(batches):
             progress.update(step=step, sums=sums)
             save(progress)
             return "interrupted"
-        progress["history"].append(_epoch_record(epoch, sums, optimizer, model, data, runtime,
-                                                 config.get("tta", False)))
+        history.append(_train_record(epoch, sums, optimizer))
         progress.update(epoch=epoch, step=0, sums=None)
         save(progress)
-        if on_epoch:
-            on_epoch(progress["history"][-1])
+        if runtime.is_main:  # the other ranks go on to the next epoch and wait for it there
+            if on_evaluate:
+                on_evaluate(epoch)
+            history[-1].update(evaluate(model, test_images, test_labels, scale, shift,
+                                        runtime, config.get("tta", False)))
+            if on_epoch:
+                on_epoch(history[-1])
         if stop_requested is not None and epoch < config["num_epochs"]:
             if rt.any_rank(stop_requested(), runtime):
                 return "interrupted"
@@ -246,19 +317,11 @@ def _global_sums(sums, runtime):
                 images=int(round(images)), window=torch.tensor(window, device=device))
 
 
-def _epoch_record(epoch, sums, optimizer, model, data, runtime, tta):
-    _, _, test_images, test_labels, scale, shift = data
-    record = {"epoch": epoch,
-              "train_loss": sums["loss"].item() / sums["images"],
-              "train_accuracy": 100.0 * sums["correct"].item() / sums["images"],
-              "test_accuracy": None,
-              "lr": optimizer.param_groups[0]["lr"],
-              "seconds": sums["seconds"]}
-    if runtime.is_main:  # the other ranks go on to the next epoch and wait for it there
-        bare = rt.unwrap(model)
-        record["test_accuracy"] = accuracy(
-            predict(bare, test_images, scale, shift, runtime, tta), test_labels)
-        if tta:
-            record["test_accuracy_without_tta"] = accuracy(
-                predict(bare, test_images, scale, shift, runtime), test_labels)
-    return record
+def _train_record(epoch, sums, optimizer):
+    """An epoch's line of the history; rank 0 adds the test accuracy after the save."""
+    return {"epoch": epoch,
+            "train_loss": sums["loss"].item() / sums["images"],
+            "train_accuracy": 100.0 * sums["correct"].item() / sums["images"],
+            "test_accuracy": None,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": sums["seconds"]}

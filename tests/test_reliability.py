@@ -120,7 +120,7 @@ def test_changed_configs_move_earlier_results_aside(pickled_data, tmp_path, monk
     changed = [dict(first[0], lr=0.02)]
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                     configs=changed, monkeypatch=monkeypatch) == 0
-    assert "config_1 in CONFIGS differs from its earlier results" in capsys.readouterr().out
+    assert "config_1 differs from its earlier results: lr 0.01 -> 0.02" in capsys.readouterr().out
     (earlier,) = out.glob("earlier-*")
     assert (earlier / "config_1.pth").read_bytes() == earlier_weights
     old = json.loads((earlier / "training_result.json").read_text())
@@ -157,14 +157,14 @@ def test_out_of_memory_names_the_config_and_keeps_the_others(pickled_data, tmp_p
                                                              monkeypatch, capsys):
     from cifarkit import train
 
-    real_train_config = train.train_config
+    real_step = train._train_step
 
-    def out_of_memory_on_big_batches(model, optimizer, config, *args, **kwargs):
-        if config["batch_size"] > 100:
+    def out_of_memory_on_big_batches(model, optimizer, images, labels, index, *args):
+        if len(index) > 100:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_train_config(model, optimizer, config, *args, **kwargs)
+        return real_step(model, optimizer, images, labels, index, *args)
 
-    monkeypatch.setattr(train, "train_config", out_of_memory_on_big_batches)
+    monkeypatch.setattr(train, "_train_step", out_of_memory_on_big_batches)
     out = tmp_path / "out"
     status = run_main("Original_version_model_multiGPU", "--data-dir", pickled_data,
                       "--configs", "4,1", "--epochs", "1", "--out", out)
@@ -191,14 +191,14 @@ def test_a_foreign_checkpoint_is_refused_never_run(pickled_data, tmp_path, capsy
     out = tmp_path / "out"
     marker = tmp_path / "pwned"
     (out / "checkpoints").mkdir(parents=True)
-    (out / "checkpoints" / "config_1.ckpt").write_bytes(pickle.dumps(Payload(marker)))
+    (out / "checkpoints" / "config_1_seed0.ckpt").write_bytes(pickle.dumps(Payload(marker)))
     status = run_main("L2_regularization", "--data-dir", pickled_data, "--epochs", "1",
                       "--out", out)
     assert status == 2
-    assert "config_1.ckpt: not a readable checkpoint" in capsys.readouterr().err
+    assert "config_1_seed0.ckpt: not a checkpoint written by this kit" in capsys.readouterr().err
     assert not marker.exists()
 
-    torch.save({"some": "dict"}, out / "checkpoints" / "config_1.ckpt")
+    torch.save({"some": "dict"}, out / "checkpoints" / "config_1_seed0.ckpt")
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--epochs", "1",
                     "--out", out) == 2
     assert "not a checkpoint written by this kit" in capsys.readouterr().err

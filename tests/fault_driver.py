@@ -1,0 +1,61 @@
+"""The Task 3 script under torchrun with one fault injected, for tests/test_gpu_faults.py.
+
+    python -m torch.distributed.run --standalone --nproc-per-node=2 tests/fault_driver.py ARGS
+
+Environment: FAULT=oom            rank 1 runs out of CUDA memory (simulated) at the 3rd step
+                                  of config_1 of the first attempt
+             FAULT=slow_download  no --data-dir: "downloading" CIFAR-10 (a copy from
+                                  FAULT_SOURCE) takes FAULT_SECONDS on whichever rank fetches
+                                  it, while the process group's timeout is 3 s
+"""
+import datetime
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import Original_version_model_multiGPU as script  # noqa: E402
+from cifarkit import train  # noqa: E402
+
+script.CONFIGS = [{"num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 16},
+                  {"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}]
+FAULT = os.environ.get("FAULT")
+
+if FAULT == "oom":
+    real_step, steps = train._train_step, []
+
+    def step_that_runs_out(model, optimizer, images, labels, index, *args):
+        steps.append(len(index))
+        if os.environ["RANK"] == "1" and len(index) == 16 and len(steps) == 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_step(model, optimizer, images, labels, index, *args)
+
+    train._train_step = step_that_runs_out
+
+if FAULT == "slow_download":
+    import torchvision
+
+    real_init = dist.init_process_group
+
+    def short_timeout(*args, **kwargs):
+        return real_init(*args, **dict(kwargs, timeout=datetime.timedelta(seconds=3)))
+
+    class SlowCIFAR10:
+        def __init__(self, root, train, download):
+            target = Path(root) / "cifar-10-batches-py"
+            if not target.exists():
+                time.sleep(float(os.environ["FAULT_SECONDS"]))
+                shutil.copytree(Path(os.environ["FAULT_SOURCE"]) / "cifar-10-batches-py",
+                                target)
+
+    dist.init_process_group = short_timeout
+    torchvision.datasets.CIFAR10 = SlowCIFAR10
+
+if __name__ == "__main__":
+    sys.exit(script.main())

@@ -1,0 +1,348 @@
+"""A user's files are never moved, nothing trained is lost, and every bad input or signal
+ends in one clear message instead of a traceback."""
+import importlib
+import json
+import os
+import pickle
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from cifarkit import data, outputs, train
+from conftest import REPO, write_image_folders, write_pickled_batches
+
+TINY = {"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
+
+
+def run_main(name, *args, configs=None, monkeypatch=None):
+    script = importlib.import_module(name)
+    if configs is not None:
+        monkeypatch.setattr(script, "CONFIGS", configs)
+    return script.main(["--device", "cpu", *[str(arg) for arg in args]])
+
+
+def tree(folder):
+    """Every file below ``folder`` with its content, to prove nothing moved or changed."""
+    return {str(path.relative_to(folder)): path.read_bytes()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+# ---- moving aside touches the kit's own files only ----
+
+def test_restart_moves_only_the_files_the_kit_wrote(pickled_data, tmp_path, monkeypatch,
+                                                    capsys):
+    out = tmp_path / "out"
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=[TINY], monkeypatch=monkeypatch) == 0
+    kit = tree(out)
+    mine = {"notes.txt": b"my notes", "my_model.pth": b"not the kit's",
+            "figures/plot.png": b"mine", "checkpoints/config_1_seed0.bak.ckpt": b"a backup"}
+    for name, content in mine.items():
+        (out / name).parent.mkdir(exist_ok=True)
+        (out / name).write_bytes(content)
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    "--restart", configs=[TINY], monkeypatch=monkeypatch) == 0
+    assert "--restart: the earlier results are kept in" in capsys.readouterr().out
+    (earlier,) = out.glob("earlier-*")
+    assert tree(earlier) == kit  # every file of the first run, unchanged, and only those
+    after = tree(out)
+    assert all(after[name] == content for name, content in mine.items())
+
+
+@pytest.mark.parametrize("where", ["repository", "source folder", "data folder",
+                                   "inside the data"])
+def test_an_out_folder_that_belongs_to_something_else_is_refused(where, tmp_path, capsys):
+    data_dir = write_pickled_batches(tmp_path / "data")
+    out = {"repository": tmp_path / "project", "source folder": tmp_path / "code",
+           "data folder": data_dir,
+           "inside the data": data_dir / "cifar-10-batches-py"}[where]
+    out.mkdir(exist_ok=True)
+    if where == "repository":
+        (out / ".git").mkdir()
+        (out / "README.md").write_text("a project")
+    if where == "source folder":
+        (out / "train_me.py").write_text("print('mine')")
+    before = tree(tmp_path)
+    assert run_main("L2_regularization", "--data-dir", data_dir, "--out", out, "--restart",
+                    "--epochs", "1") == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: --out ")
+    assert ("inside it" in error) if "data" in where else ("did not write" in error)
+    assert tree(tmp_path) == before
+
+
+# ---- one run per output folder ----
+
+def test_a_second_run_into_a_busy_folder_is_refused_and_a_killed_runs_lock_is_gone(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    with outputs.locked(out):  # a run in progress
+        assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                        configs=[TINY], monkeypatch=monkeypatch) == 2
+        assert "another run is writing to that folder" in capsys.readouterr().err
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from cifarkit import outputs\n"
+         "with outputs.locked(sys.argv[1]):\n    print('locked', flush=True); time.sleep(600)",
+         str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()  # kill -9: no chance to clean anything up
+    holder.wait()
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=[TINY], monkeypatch=monkeypatch) == 0
+
+
+def test_two_runs_started_together_never_lose_a_config(pickled_data, tmp_path):
+    out = tmp_path / "out"
+    code = ("import sys, L2_regularization as s; "
+            "s.CONFIGS = [dict(name='a', num_epochs=2, lr=0.01, batch_size=32), "
+            "dict(name='b', num_epochs=2, lr=0.02, batch_size=32)]; "
+            "sys.exit(s.main(sys.argv[1:]))")
+    runs = [subprocess.Popen([sys.executable, "-c", code, "--data-dir", str(pickled_data),
+                              "--out", str(out), "--configs", which, "--device", "cpu"],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for which in ("1", "2")]
+    outcomes = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    for status, stderr in outcomes:  # each finished, or was refused with the message
+        assert status == 0 or (status == 2 and "another run is writing" in stderr), stderr
+    finished = json.loads((out / "training_result.json").read_text())["configs"]
+    assert {entry["id"] for entry in finished} == {
+        f"config_{number}" for number, (status, _) in zip((1, 2), outcomes) if status == 0}
+
+
+# ---- numpy numbers in CONFIGS ----
+
+def test_numpy_numbers_in_configs_train_save_and_resume(pickled_data, tmp_path, monkeypatch,
+                                                        capsys):
+    configs = [{"num_epochs": np.int64(1), "lr": np.float32(0.01), "momentum": np.float64(0.9),
+                "batch_size": np.int64(32), "nesterov": np.bool_(True)}]
+    out = tmp_path / "out"
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=configs, monkeypatch=monkeypatch) == 0
+    (entry,) = json.loads((out / "training_result.json").read_text())["configs"]
+    assert entry["config"]["batch_size"] == 32 and entry["config"]["nesterov"] is True
+    assert entry["config"]["lr"] == pytest.approx(0.01)
+    capsys.readouterr()
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=configs, monkeypatch=monkeypatch) == 0
+    assert "config_1: already finished" in capsys.readouterr().out
+    assert not list(out.glob("earlier-*"))
+
+
+# ---- Ctrl-C at every phase ----
+
+def test_ctrl_c_while_the_images_are_decoded_is_one_line(pickled_data, tmp_path, monkeypatch,
+                                                         capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "load_cifar10", interrupted)
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out",
+                    tmp_path / "out") == 130
+    assert "Stopped by Ctrl-C before training started" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_during_the_test_pass_loses_nothing(presses, pickled_data, tmp_path,
+                                                   monkeypatch, capsys):
+    """Ctrl-C while epoch 2 is being scored: the epoch is saved before the test pass; one
+    press waits for it (and says so), two stop at once; the rerun ends as if uninterrupted."""
+    configs = [dict(TINY, num_epochs=3, batch_size=16)]
+    reference = tmp_path / "reference"
+    assert run_main("Dropout_regularization", "--data-dir", pickled_data, "--out", reference,
+                    configs=configs, monkeypatch=monkeypatch) == 0
+    real_evaluate = train.evaluate
+    calls = []
+
+    def press_ctrl_c_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            for _ in range(presses):
+                os.kill(os.getpid(), signal.SIGINT)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", press_ctrl_c_in_epoch_2)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert run_main("Dropout_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=configs, monkeypatch=monkeypatch) == 130
+    error = capsys.readouterr().err
+    assert "waiting for the test pass of epoch 2" in error
+    assert "Traceback" not in error
+    assert "To resume, run the same command:\n  python Dropout_regularization.py" in error
+    progress = torch.load(out / "checkpoints" / "config_1_seed0.ckpt",
+                          weights_only=True)["progress"]
+    assert progress["epoch"] == 2  # the interrupted epoch is not lost
+
+    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    assert run_main("Dropout_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=configs, monkeypatch=monkeypatch) == 0
+
+    def finished(folder):
+        (entry,) = json.loads((folder / "training_result.json").read_text())["configs"]
+        return [{k: v for k, v in record.items() if k != "seconds"}
+                for record in entry["history"]], torch.load(folder / "config_1.pth")
+
+    (history, weights), (expected_history, expected_weights) = finished(out), finished(reference)
+    assert history == expected_history
+    assert all(torch.equal(weights[key], expected_weights[key]) for key in weights)
+
+
+# ---- bad input: one line, exit 2, nothing written ----
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "-1"], "argument --seed: -1 must be between 0 and 4294967295"),
+    (["--seed", "99999999999"], "must be between 0 and 4294967295"),
+    (["--seed", "4294967295", "--seeds", "2"], "the last seed would pass 4294967295"),
+])
+def test_seeds_out_of_numpys_range_are_refused(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        run_main("L2_regularization", "--out", tmp_path / "out", *flags)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("configs, message", [
+    ([dict(TINY, name="2"), TINY], "config_1: 'name' '2' is a number"),
+    ([dict(TINY, name="a,b")], "must not start or end with a space or hold a comma"),
+    (dict(TINY), "CONFIGS must be a list of config dicts"),
+    ([dict(TINY, lr=float("nan"))], "config_1: 'lr' must be a number"),
+])
+def test_configs_that_would_mislead_are_refused(configs, message, pickled_data, tmp_path,
+                                                monkeypatch, capsys):
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", tmp_path / "out",
+                    configs=configs, monkeypatch=monkeypatch) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("edit", ["entry without status", "configs not a list", "a list"])
+def test_a_hand_edited_results_json_is_kept_aside_and_the_run_goes_on(
+        edit, pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=[TINY], monkeypatch=monkeypatch) == 0
+    path = out / "training_result.json"
+    results = json.loads(path.read_text())
+    if edit == "entry without status":
+        del results["configs"][0]["status"]
+    elif edit == "configs not a list":
+        results["configs"] = {"config_1": results["configs"][0]}
+    else:
+        results = [results]
+    path.write_text(json.dumps(results))
+    edited = path.read_bytes()
+    capsys.readouterr()
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=[TINY], monkeypatch=monkeypatch) == 0
+    assert "is not a results file this kit can read: the earlier results are kept in" in \
+        capsys.readouterr().out
+    (earlier,) = out.glob("earlier-*")
+    assert (earlier / "training_result.json").read_bytes() == edited
+    assert json.loads(path.read_text())["configs"][0]["status"] == "finished"
+
+
+def test_a_corrupt_checkpoint_never_suggests_unpickling_it(pickled_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "config_1_seed0.ckpt").write_bytes(b"PK\x03\x04 not a zip")
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--epochs", "1",
+                    "--out", out) == 2
+    error = capsys.readouterr().err
+    assert "config_1_seed0.ckpt: not a checkpoint written by this kit" in error
+    assert "weights_only" not in error
+
+
+# ---- messages say what differs ----
+
+def test_the_move_aside_message_says_what_changed(pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+
+    def rerun(*flags, configs=(TINY,)):
+        capsys.readouterr()
+        assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out, *flags,
+                        configs=list(configs), monkeypatch=monkeypatch) == 0
+        return capsys.readouterr().out
+
+    rerun("--subset", "100")
+    assert "the data differs from the earlier run's (train_images 100 -> 200, test_images " \
+           "33 -> 67" in rerun("--subset", "200")
+    assert "--seed differs from the earlier run's (0 -> 1)" in rerun("--subset", "200",
+                                                                     "--seed", "1")
+    assert "config_1 differs from its earlier results: num_epochs 1 -> 2 (--epochs)" in \
+        rerun("--subset", "200", "--seed", "1", "--epochs", "2")
+    assert "config_1 differs from its earlier results: lr 0.01 -> 0.02" in \
+        rerun("--subset", "200", "--seed", "1", "--epochs", "2",
+              configs=[dict(TINY, lr=0.02)])
+
+
+def test_subset_too_large_for_one_class_names_the_number_typed_and_the_split(tmp_path,
+                                                                             capsys):
+    root = write_image_folders(tmp_path / "data")
+    for path in sorted((root / "test" / "ship").iterdir())[2:]:
+        path.unlink()  # 2 test images of class ship
+    assert run_main("L2_regularization", "--data-dir", root, "--subset", "290",
+                    "--out", tmp_path / "out") == 2
+    error = capsys.readouterr().err
+    assert "--subset 290: needs 9 test images of class ship" in error
+    assert "test set has only 2" in error
+
+
+# ---- the download path's messages ----
+
+def test_a_damaged_download_is_called_damaged_not_missing(tmp_path):
+    batches = write_pickled_batches(tmp_path / "data") / "cifar-10-batches-py"
+    (batches / "data_batch_2").write_bytes(b"damaged")
+    with pytest.raises(data.DataError) as refused:
+        data.load_cifar10(None, download_root=tmp_path / "data")  # the network is blocked
+    message = str(refused.value)
+    assert "a copy of CIFAR-10 is there but damaged (data_batch_1, data_batch_2" in message
+    assert "Delete that folder to download again" in message
+
+
+def test_a_failed_download_ends_with_the_command_to_run(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "L2_regularization.py"), "--epochs",
+                             "1", "--device", "cpu"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300,
+                            env=dict(os.environ, https_proxy="http://127.0.0.1:9",
+                                     http_proxy="http://127.0.0.1:9"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == (
+        "  python L2_regularization.py --data-dir DIR --epochs 1 --device cpu")
+
+
+# ---- files are readable by whoever the umask lets read them ----
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_output_files_follow_the_umask(umask, mode, tmp_path):
+    previous = os.umask(umask)
+    try:
+        outputs.save_json({"a": 1}, tmp_path / "results.json")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == mode
+    assert [path.name for path in tmp_path.iterdir()] == ["results.json"]  # no temp left
+
+
+# ---- torchrun: a worker killed with kill -9 ----
+
+def test_a_rank_killed_without_restarts_says_how_to_resume(pickled_data, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", DDP_TEST_DUMP=str(tmp_path / "dump"),
+               DDP_TEST_KILL="2")
+    (tmp_path / "dump").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         str(REPO / "tests" / "ddp_driver.py"), "--data-dir", str(pickled_data), "--out",
+         str(tmp_path / "out"), "--device", "cpu"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "error: rank 0 lost contact with the other ranks" in result.stderr
+    assert "to resume, run the same torchrun command again" in result.stderr
