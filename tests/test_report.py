@@ -1,5 +1,7 @@
 """make_report.py on a small modelset made by the real scripts on generated data."""
+import contextlib
 import importlib
+import io
 import json
 import re
 
@@ -19,19 +21,24 @@ SWEEP_CONFIGS = [
 ]
 
 
-@pytest.fixture
-def modelset(tmp_path, pickled_data, monkeypatch, capsys):
-    root = tmp_path / "modelset"
+@pytest.fixture(scope="module")
+def modelset(tmp_path_factory, pickled_data):
+    """Trained once for the whole file (three runs of the scripts); a test that damages it
+    works on a copy."""
+    root = tmp_path_factory.mktemp("report") / "modelset"
     l2 = importlib.import_module("L2_regularization")
     sweep = importlib.import_module("Original_version_model_multiGPU")
-    monkeypatch.setattr(l2, "CONFIGS", L2_CONFIGS)
-    monkeypatch.setattr(sweep, "CONFIGS", SWEEP_CONFIGS)
     common = ["--data-dir", str(pickled_data)]
     out = ["--out", str(root / "L2_regularization_model")]
-    assert l2.main(common + out + ["--configs", "control", "--seeds", "2"]) == 0
-    (root / "seeded_run.log").write_text(capsys.readouterr().out)  # for the summary test
-    assert l2.main(common + out + ["--configs", "l2"]) == 0
-    assert sweep.main(common + ["--out", str(root / "original_version_model_multiGPU")]) == 1
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(l2, "CONFIGS", L2_CONFIGS)
+        patch.setattr(sweep, "CONFIGS", SWEEP_CONFIGS)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert l2.main(common + out + ["--configs", "control", "--seeds", "2"]) == 0
+        (root / "seeded_run.log").write_text(printed.getvalue())  # for the summary test
+        assert l2.main(common + out + ["--configs", "l2"]) == 0
+        assert sweep.main(common + ["--out", str(root / "original_version_model_multiGPU")]) == 1
     return root
 
 
@@ -48,22 +55,22 @@ def test_seeds_are_kept_apart_and_summarised(modelset):
 
 def test_report_has_every_config_valid_figures_and_the_missing_scripts(modelset):
     assert make_report.main(["--modelset", str(modelset)]) == 0
-    report = (modelset / "REPORT.md").read_text()
+    text = (modelset / "REPORT.md").read_text()
 
     for row in ("| config_1 (control) |", "| config_2 (l2) |"):
-        assert row in report
-    sweep_rows = [line for line in report.splitlines() if line.startswith("| config_")
+        assert row in text
+    sweep_rows = [line for line in text.splitlines() if line.startswith("| config_")
                   and "batch_size=32, weight_decay=0.0 |" in line and "lr=" in line]
     assert any("**DIVERGED**" in line for line in sweep_rows)
     assert any("| finished |" in line and "lr=0.01," in line for line in sweep_rows)
 
-    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert "figures/task2_gap.png" in links and "figures/task3_sweep.png" in links
     assert any(link.startswith("figures/confusion_") for link in links)
     for link in links:
         assert (modelset / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
 
-    missing = report.split("## Not run yet")[1]
+    missing = text.split("## Not run yet")[1]
     for script in ("Original_version_model.py", "Dropout_regularization.py", "Resnet_model.py"):
         assert f"`{script}`" in missing
     assert "L2_regularization.py" not in missing
