@@ -1,14 +1,17 @@
 """make_report.py on a small modelset made by the real scripts on generated data."""
 import contextlib
+import errno
 import importlib
 import io
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
 
 import make_report
+from cifarkit import report
 
 L2_CONFIGS = [
     {"name": "control", "num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 32},
@@ -40,6 +43,13 @@ def modelset(tmp_path_factory, pickled_data):
         assert l2.main(common + out + ["--configs", "l2"]) == 0
         assert sweep.main(common + ["--out", str(root / "original_version_model_multiGPU")]) == 1
     return root
+
+
+def copy_of(modelset, tmp_path):
+    """The scripts' folders, without an earlier report, for a test to damage."""
+    copy = tmp_path / "modelset"
+    shutil.copytree(modelset, copy, ignore=shutil.ignore_patterns("REPORT.md", "figures"))
+    return copy
 
 
 def test_seeds_are_kept_apart_and_summarised(modelset):
@@ -91,3 +101,27 @@ def test_report_mean_and_std_of_the_seeded_config(modelset):
 def test_report_refuses_a_missing_folder(tmp_path, capsys):
     assert make_report.main(["--modelset", str(tmp_path / "nothing")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_report_refuses_a_file_as_modelset(modelset, capsys):
+    results = modelset / "L2_regularization_model" / "training_result.json"
+    assert make_report.main(["--modelset", str(results)]) == 2
+    assert "a file, not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("block", ["figures-is-a-file", "writes-refused"])
+def test_an_unwritable_modelset_is_one_error_line_and_status_1(modelset, tmp_path, monkeypatch,
+                                                               capsys, block):
+    root = copy_of(modelset, tmp_path)
+    if block == "figures-is-a-file":
+        (root / "figures").write_text("a file where the figures folder goes")
+    else:  # what a read-only folder does for a normal user (chmod does not stop root)
+        def refuse(path, write):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+        monkeypatch.setattr(report, "write_atomically", refuse)
+    assert make_report.main(["--modelset", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write the report into {root}/") and err.count("\n") == 1
+    assert "permissions" in err and "--modelset" in err
+    assert not (root / "REPORT.md").exists()
