@@ -141,7 +141,11 @@ def sweep_figure(results, path):
             if key != "momentum":
                 axes.set_xscale("log")
             axes.grid(alpha=0.3)
-    grid[0][0].legend(fontsize=7)
+    if grid[0][0].get_legend_handles_labels()[0]:
+        grid[0][0].legend(fontsize=7)
+    else:  # every config diverged or is unfinished: say so on the empty axes
+        grid[0][0].text(0.5, 0.5, "no finished config", ha="center",
+                        transform=grid[0][0].transAxes)
     figure.suptitle(f"Task 3: {results['script']}, each point a config (mean ± std over seeds)")
     return _save(figure, path)
 

@@ -52,6 +52,15 @@ def copy_of(modelset, tmp_path):
     return copy
 
 
+def rewrite(change):
+    """A damage: load the results JSON, ``change`` it in place, write it back."""
+    def damage(path):
+        results = json.loads(path.read_text())
+        change(results)
+        path.write_text(json.dumps(results))
+    return damage
+
+
 def test_seeds_are_kept_apart_and_summarised(modelset):
     results = json.loads((modelset / "L2_regularization_model" / "training_result.json")
                          .read_text())
@@ -125,3 +134,19 @@ def test_an_unwritable_modelset_is_one_error_line_and_status_1(modelset, tmp_pat
     assert err.startswith(f"error: cannot write the report into {root}/") and err.count("\n") == 1
     assert "permissions" in err and "--modelset" in err
     assert not (root / "REPORT.md").exists()
+
+
+def test_a_sweep_whose_every_config_diverged_is_reported_without_warnings(modelset, tmp_path,
+                                                                          capsys, recwarn):
+    root = copy_of(modelset, tmp_path)
+    shutil.rmtree(root / "L2_regularization_model")
+    rewrite(lambda results: results.update(configs=results["configs"][1:]))(
+        root / "original_version_model_multiGPU" / "training_result.json")
+    assert make_report.main(["--modelset", str(root)]) == 0
+    assert capsys.readouterr().err == ""
+    noise = [str(warning.message) for warning in recwarn
+             if issubclass(warning.category, (UserWarning, RuntimeWarning))]
+    assert noise == []
+    diverged = [line for line in (root / "REPORT.md").read_text().splitlines()
+                if line.startswith("| config_2 |")]
+    assert len(diverged) == 1 and "**DIVERGED**" in diverged[0]
