@@ -6,7 +6,9 @@
 Reads every results JSON one folder below modelset/ and writes REPORT.md (a results table per
 script, the Task 2 train-test gap, the Task 3 sweep, LeNet against ResNet-18 for time, the best
 config's confusion matrix and example predictions, and what has not been run yet) with its
-figures in modelset/figures/.
+figures in modelset/figures/. Each output folder gets its own section, so two folders of one
+script (modelset/Resnet/ and modelset/Resnet-run2/) are both reported. A results JSON that
+cannot be used is named in a warning and in REPORT.md, and skipped.
 
 Exit status: 0 report written; 1 a file could not be written; 2 --modelset is not a folder.
 """
@@ -30,8 +32,11 @@ def main(argv=None):
               f"output folders, or run a script first, e.g. python Original_version_model.py",
               file=sys.stderr)
         return 2
+    runs, skipped = report.load_runs(modelset)
+    for path, why in skipped:  # the report lists them too; the terminal must not hide them
+        print(f"warning: {path}: {why}; skipped.", file=sys.stderr)
     try:
-        path = report.write_report(modelset)
+        path = report.write_report(modelset, runs, skipped)
     except OSError as error:  # read-only folder, full disk, a file where a folder should be
         where = error.filename2 or error.filename
         print(f"error: cannot write the report into {modelset}/: {error.strerror or error}"

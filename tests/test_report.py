@@ -6,6 +6,8 @@ import io
 import json
 import re
 import shutil
+from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -59,6 +61,19 @@ def rewrite(change):
         change(results)
         path.write_text(json.dumps(results))
     return damage
+
+
+def record_figures(monkeypatch):
+    """{file name: figure} for every figure the report saves, to read its panels and legend."""
+    drawn = {}
+    save = report._save
+
+    def recording_save(figure, path):
+        drawn[Path(path).name] = figure
+        return save(figure, path)
+
+    monkeypatch.setattr(report, "_save", recording_save)
+    return drawn
 
 
 def test_seeds_are_kept_apart_and_summarised(modelset):
@@ -116,6 +131,95 @@ def test_report_refuses_a_file_as_modelset(modelset, capsys):
     results = modelset / "L2_regularization_model" / "training_result.json"
     assert make_report.main(["--modelset", str(results)]) == 2
     assert "a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_corrupt_results_file_is_named_skipped_and_the_others_reported(modelset, tmp_path,
+                                                                         capsys):
+    root = copy_of(modelset, tmp_path)
+    corrupt = root / "L2_regularization_model" / "training_result.json"
+    corrupt.write_text('{"script": "L2_regularization.py", "configs": [')  # cut off mid-write
+    assert make_report.main(["--modelset", str(root)]) == 0
+    assert f"warning: {corrupt}: not valid JSON" in capsys.readouterr().err
+    text = (root / "REPORT.md").read_text()
+    assert "## Skipped results files" in text
+    assert "- `L2_regularization_model/training_result.json`: not valid JSON" in text
+    assert "## Task 3: LeNet hyper-parameter sweep" in text  # the other folder is still there
+    assert "- `L2_regularization.py` (Task 2: LeNet + L2 regularisation): no results" in text
+
+
+def _drop_key(key, index=0):
+    return rewrite(lambda results: results["configs"][index].pop(key))
+
+
+@pytest.mark.parametrize("damage, why", [
+    (_drop_key("status", 1), "configs entry 2: 'status' is missing or not a string"),
+    (_drop_key("history"), "configs entry 1: 'history' is missing or not a list"),
+    (_drop_key("config"), "configs entry 1: 'config' is missing or not an object"),
+    (rewrite(lambda results: results.update(configs={"config_1": {}})),
+     "'configs' is missing or not a list"),
+    (rewrite(lambda results: results.pop("data")), "'data' is missing or not an object"),
+    (rewrite(lambda results: results["configs"][0].update(final_test_accuracy=None)),
+     "configs entry 1: 'final_test_accuracy' is missing or not a number"),
+    (rewrite(lambda results: results.update(script="My_model.py")),
+     "not a results file of the five scripts ('script' is 'My_model.py')"),
+    (lambda path: path.write_text("[1, 2, 3]"), "not a results file (it holds a list)"),
+    (lambda path: path.write_bytes(b"\xff\xfe\x00\x01 binary"), "not valid JSON ('utf-8' codec"),
+], ids=["entry-without-status", "entry-without-history", "entry-without-config",
+        "configs-not-a-list", "no-data", "finished-without-accuracy", "unknown-script",
+        "a-list", "not-utf8"])
+def test_a_malformed_results_file_is_skipped_with_what_is_wrong(modelset, tmp_path, capsys,
+                                                                damage, why):
+    root = copy_of(modelset, tmp_path)
+    bad = root / "L2_regularization_model" / "training_result.json"
+    damage(bad)
+    assert make_report.main(["--modelset", str(root)]) == 0
+    assert f"warning: {bad}: {why}" in capsys.readouterr().err
+    text = (root / "REPORT.md").read_text()
+    assert f"- `L2_regularization_model/training_result.json`: {why}" in text
+    assert "## Task 3: LeNet hyper-parameter sweep" in text
+
+
+def test_every_folder_of_a_script_gets_its_own_section_and_place_in_the_figures(
+        modelset, tmp_path, monkeypatch):
+    root = copy_of(modelset, tmp_path)
+    # Copies named as a file manager names them; the second L2 folder holds config_2 only.
+    second = root / "L2_regularization_model (run 2)"
+    shutil.copytree(root / "L2_regularization_model", second)
+    rewrite(lambda results: results.update(configs=results["configs"][2:]))(
+        second / "training_result.json")
+    shutil.copytree(root / "original_version_model_multiGPU", root / "sweep-run2")
+    for folder in ("Resnet", "Resnet-run2"):  # LeNet results posing as ResNet-18's: cheap
+        shutil.copytree(root / "L2_regularization_model", root / folder)
+        rewrite(lambda results: results.update(script="Resnet_model.py"))(
+            root / folder / "training_result.json")
+    drawn = record_figures(monkeypatch)
+    assert make_report.main(["--modelset", str(root)]) == 0
+    text = (root / "REPORT.md").read_text()
+
+    sections = [line for line in text.splitlines() if line.startswith("## Task 2: LeNet + L2")]
+    assert sections == ["## Task 2: LeNet + L2 regularisation (`L2_regularization.py`), "
+                        "`L2_regularization_model`",
+                        "## Task 2: LeNet + L2 regularisation (`L2_regularization.py`), "
+                        "`L2_regularization_model (run 2)`"]
+    assert len([line for line in text.splitlines() if line.startswith("## Task 4: ResNet")]) == 2
+    gap_rows = [line for line in text.splitlines() if line.startswith("| L2_regularization.py |")]
+    assert [row.split(" | ")[1] for row in gap_rows] == [
+        "L2_regularization_model", "L2_regularization_model", "L2_regularization_model (run 2)"]
+
+    panels = [axes.get_title() for axes in drawn["task2_gap.png"].axes]
+    assert len(panels) == 2 and "(L2_regularization_model (run 2))" in panels[1]
+    assert len(drawn["task3_sweep.png"].axes) == 12  # two rows of three per sweep folder
+    legend = [label.get_text() for label in
+              drawn["task4_accuracy_vs_time.png"].axes[0].get_legend().get_texts()]
+    for folder in ("Resnet", "Resnet-run2", "L2_regularization_model (run 2)"):
+        assert any(label.startswith(f"{model} {folder} config_2")
+                   for label in legend for model in ("LeNet", "ResNet-18")), folder
+
+    links = [unquote(link) for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)]
+    confusions = [link for link in links if link.startswith("figures/confusion_")]
+    assert len(confusions) == len(set(confusions)) == 6  # one per folder, none overwritten
+    for link in links:
+        assert (root / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
 
 
 @pytest.mark.parametrize("block", ["figures-is-a-file", "writes-refused"])
