@@ -6,7 +6,11 @@
 Reads every results JSON one folder below modelset/ and writes REPORT.md (a results table per
 script, the Task 2 train-test gap, the Task 3 sweep, LeNet against ResNet-18 for time, the best
 config's confusion matrix and example predictions, and what has not been run yet) with its
-figures in modelset/figures/.
+figures in modelset/figures/. Each output folder gets its own section, so two folders of one
+script (modelset/Resnet/ and modelset/Resnet-run2/) are both reported. A results JSON that
+cannot be used is named in a warning and in REPORT.md, and skipped.
+
+Exit status: 0 report written; 1 a file could not be written; 2 --modelset is not a folder.
 """
 import argparse
 import sys
@@ -21,11 +25,25 @@ def main(argv=None):
     parser.add_argument("--modelset", default="modelset", metavar="DIR",
                         help="the folder holding the scripts' output folders (default: modelset)")
     args = parser.parse_args(argv)
-    if not Path(args.modelset).is_dir():
-        print(f"error: --modelset {args.modelset}: no such folder. Run a script first, e.g. "
-              f"python Original_version_model.py", file=sys.stderr)
+    modelset = Path(args.modelset)
+    if not modelset.is_dir():
+        what = "a file, not a folder" if modelset.exists() else "no such folder"
+        print(f"error: --modelset {modelset}: {what}. Give the folder that holds the scripts' "
+              f"output folders, or run a script first, e.g. python Original_version_model.py",
+              file=sys.stderr)
         return 2
-    path = report.write_report(args.modelset)
+    runs, skipped = report.load_runs(modelset)
+    for path, why in skipped:  # the report lists them too; the terminal must not hide them
+        print(f"warning: {path}: {why}; skipped.", file=sys.stderr)
+    try:
+        path = report.write_report(modelset, runs, skipped)
+    except OSError as error:  # read-only folder, full disk, a file where a folder should be
+        where = error.filename2 or error.filename
+        print(f"error: cannot write the report into {modelset}/: {error.strerror or error}"
+              f"{f' ({where})' if where else ''}. Fix the folder's permissions, or copy it "
+              f"somewhere writable and run python make_report.py --modelset COPY",
+              file=sys.stderr)
+        return 1
     print(f"Report written to {path} (figures in {path.parent / 'figures'}/)")
     return 0
 

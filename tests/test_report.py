@@ -1,12 +1,19 @@
 """make_report.py on a small modelset made by the real scripts on generated data."""
+import contextlib
+import errno
 import importlib
+import io
 import json
 import re
+import shutil
+from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
 
 import make_report
+from cifarkit import report
 
 L2_CONFIGS = [
     {"name": "control", "num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 32},
@@ -19,20 +26,54 @@ SWEEP_CONFIGS = [
 ]
 
 
-@pytest.fixture
-def modelset(tmp_path, pickled_data, monkeypatch, capsys):
-    root = tmp_path / "modelset"
+@pytest.fixture(scope="module")
+def modelset(tmp_path_factory, pickled_data):
+    """Trained once for the whole file (three runs of the scripts); a test that damages it
+    works on a copy."""
+    root = tmp_path_factory.mktemp("report") / "modelset"
     l2 = importlib.import_module("L2_regularization")
     sweep = importlib.import_module("Original_version_model_multiGPU")
-    monkeypatch.setattr(l2, "CONFIGS", L2_CONFIGS)
-    monkeypatch.setattr(sweep, "CONFIGS", SWEEP_CONFIGS)
     common = ["--data-dir", str(pickled_data)]
     out = ["--out", str(root / "L2_regularization_model")]
-    assert l2.main(common + out + ["--configs", "control", "--seeds", "2"]) == 0
-    (root / "seeded_run.log").write_text(capsys.readouterr().out)  # for the summary test
-    assert l2.main(common + out + ["--configs", "l2"]) == 0
-    assert sweep.main(common + ["--out", str(root / "original_version_model_multiGPU")]) == 1
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(l2, "CONFIGS", L2_CONFIGS)
+        patch.setattr(sweep, "CONFIGS", SWEEP_CONFIGS)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert l2.main(common + out + ["--configs", "control", "--seeds", "2"]) == 0
+        (root / "seeded_run.log").write_text(printed.getvalue())  # for the summary test
+        assert l2.main(common + out + ["--configs", "l2"]) == 0
+        assert sweep.main(common + ["--out", str(root / "original_version_model_multiGPU")]) == 1
     return root
+
+
+def copy_of(modelset, tmp_path):
+    """The scripts' folders, without an earlier report, for a test to damage."""
+    copy = tmp_path / "modelset"
+    shutil.copytree(modelset, copy, ignore=shutil.ignore_patterns("REPORT.md", "figures"))
+    return copy
+
+
+def rewrite(change):
+    """A damage: load the results JSON, ``change`` it in place, write it back."""
+    def damage(path):
+        results = json.loads(path.read_text())
+        change(results)
+        path.write_text(json.dumps(results))
+    return damage
+
+
+def record_figures(monkeypatch):
+    """{file name: figure} for every figure the report saves, to read its panels and legend."""
+    drawn = {}
+    save = report._save
+
+    def recording_save(figure, path):
+        drawn[Path(path).name] = figure
+        return save(figure, path)
+
+    monkeypatch.setattr(report, "_save", recording_save)
+    return drawn
 
 
 def test_seeds_are_kept_apart_and_summarised(modelset):
@@ -48,22 +89,22 @@ def test_seeds_are_kept_apart_and_summarised(modelset):
 
 def test_report_has_every_config_valid_figures_and_the_missing_scripts(modelset):
     assert make_report.main(["--modelset", str(modelset)]) == 0
-    report = (modelset / "REPORT.md").read_text()
+    text = (modelset / "REPORT.md").read_text()
 
     for row in ("| config_1 (control) |", "| config_2 (l2) |"):
-        assert row in report
-    sweep_rows = [line for line in report.splitlines() if line.startswith("| config_")
+        assert row in text
+    sweep_rows = [line for line in text.splitlines() if line.startswith("| config_")
                   and "batch_size=32, weight_decay=0.0 |" in line and "lr=" in line]
     assert any("**DIVERGED**" in line for line in sweep_rows)
     assert any("| finished |" in line and "lr=0.01," in line for line in sweep_rows)
 
-    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert "figures/task2_gap.png" in links and "figures/task3_sweep.png" in links
     assert any(link.startswith("figures/confusion_") for link in links)
     for link in links:
         assert (modelset / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
 
-    missing = report.split("## Not run yet")[1]
+    missing = text.split("## Not run yet")[1]
     for script in ("Original_version_model.py", "Dropout_regularization.py", "Resnet_model.py"):
         assert f"`{script}`" in missing
     assert "L2_regularization.py" not in missing
@@ -84,3 +125,132 @@ def test_report_mean_and_std_of_the_seeded_config(modelset):
 def test_report_refuses_a_missing_folder(tmp_path, capsys):
     assert make_report.main(["--modelset", str(tmp_path / "nothing")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_report_refuses_a_file_as_modelset(modelset, capsys):
+    results = modelset / "L2_regularization_model" / "training_result.json"
+    assert make_report.main(["--modelset", str(results)]) == 2
+    assert "a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_corrupt_results_file_is_named_skipped_and_the_others_reported(modelset, tmp_path,
+                                                                         capsys):
+    root = copy_of(modelset, tmp_path)
+    corrupt = root / "L2_regularization_model" / "training_result.json"
+    corrupt.write_text('{"script": "L2_regularization.py", "configs": [')  # cut off mid-write
+    assert make_report.main(["--modelset", str(root)]) == 0
+    assert f"warning: {corrupt}: not valid JSON" in capsys.readouterr().err
+    text = (root / "REPORT.md").read_text()
+    assert "## Skipped results files" in text
+    assert "- `L2_regularization_model/training_result.json`: not valid JSON" in text
+    assert "## Task 3: LeNet hyper-parameter sweep" in text  # the other folder is still there
+    assert "- `L2_regularization.py` (Task 2: LeNet + L2 regularisation): no results" in text
+
+
+def _drop_key(key, index=0):
+    return rewrite(lambda results: results["configs"][index].pop(key))
+
+
+@pytest.mark.parametrize("damage, why", [
+    (_drop_key("status", 1), "configs entry 2: 'status' is missing or not a string"),
+    (_drop_key("history"), "configs entry 1: 'history' is missing or not a list"),
+    (_drop_key("config"), "configs entry 1: 'config' is missing or not an object"),
+    (rewrite(lambda results: results.update(configs={"config_1": {}})),
+     "'configs' is missing or not a list"),
+    (rewrite(lambda results: results.pop("data")), "'data' is missing or not an object"),
+    (rewrite(lambda results: results["configs"][0].update(final_test_accuracy=None)),
+     "configs entry 1: 'final_test_accuracy' is missing or not a number"),
+    (rewrite(lambda results: results.update(script="My_model.py")),
+     "not a results file of the five scripts ('script' is 'My_model.py')"),
+    (lambda path: path.write_text("[1, 2, 3]"), "not a results file (it holds a list)"),
+    (lambda path: path.write_bytes(b"\xff\xfe\x00\x01 binary"), "not valid JSON ('utf-8' codec"),
+], ids=["entry-without-status", "entry-without-history", "entry-without-config",
+        "configs-not-a-list", "no-data", "finished-without-accuracy", "unknown-script",
+        "a-list", "not-utf8"])
+def test_a_malformed_results_file_is_skipped_with_what_is_wrong(modelset, tmp_path, capsys,
+                                                                damage, why):
+    root = copy_of(modelset, tmp_path)
+    bad = root / "L2_regularization_model" / "training_result.json"
+    damage(bad)
+    assert make_report.main(["--modelset", str(root)]) == 0
+    assert f"warning: {bad}: {why}" in capsys.readouterr().err
+    text = (root / "REPORT.md").read_text()
+    assert f"- `L2_regularization_model/training_result.json`: {why}" in text
+    assert "## Task 3: LeNet hyper-parameter sweep" in text
+
+
+def test_every_folder_of_a_script_gets_its_own_section_and_place_in_the_figures(
+        modelset, tmp_path, monkeypatch):
+    root = copy_of(modelset, tmp_path)
+    # Copies named as a file manager names them; the second L2 folder holds config_2 only.
+    second = root / "L2_regularization_model (run 2)"
+    shutil.copytree(root / "L2_regularization_model", second)
+    rewrite(lambda results: results.update(configs=results["configs"][2:]))(
+        second / "training_result.json")
+    shutil.copytree(root / "original_version_model_multiGPU", root / "sweep-run2")
+    for folder in ("Resnet", "Resnet-run2"):  # LeNet results posing as ResNet-18's: cheap
+        shutil.copytree(root / "L2_regularization_model", root / folder)
+        rewrite(lambda results: results.update(script="Resnet_model.py"))(
+            root / folder / "training_result.json")
+    drawn = record_figures(monkeypatch)
+    assert make_report.main(["--modelset", str(root)]) == 0
+    text = (root / "REPORT.md").read_text()
+
+    sections = [line for line in text.splitlines() if line.startswith("## Task 2: LeNet + L2")]
+    assert sections == ["## Task 2: LeNet + L2 regularisation (`L2_regularization.py`), "
+                        "`L2_regularization_model`",
+                        "## Task 2: LeNet + L2 regularisation (`L2_regularization.py`), "
+                        "`L2_regularization_model (run 2)`"]
+    assert len([line for line in text.splitlines() if line.startswith("## Task 4: ResNet")]) == 2
+    gap_rows = [line for line in text.splitlines() if line.startswith("| L2_regularization.py |")]
+    assert [row.split(" | ")[1] for row in gap_rows] == [
+        "L2_regularization_model", "L2_regularization_model", "L2_regularization_model (run 2)"]
+
+    panels = [axes.get_title() for axes in drawn["task2_gap.png"].axes]
+    assert len(panels) == 2 and "(L2_regularization_model (run 2))" in panels[1]
+    assert len(drawn["task3_sweep.png"].axes) == 12  # two rows of three per sweep folder
+    legend = [label.get_text() for label in
+              drawn["task4_accuracy_vs_time.png"].axes[0].get_legend().get_texts()]
+    for folder in ("Resnet", "Resnet-run2", "L2_regularization_model (run 2)"):
+        assert any(label.startswith(f"{model} {folder} config_2")
+                   for label in legend for model in ("LeNet", "ResNet-18")), folder
+
+    links = [unquote(link) for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)]
+    confusions = [link for link in links if link.startswith("figures/confusion_")]
+    assert len(confusions) == len(set(confusions)) == 6  # one per folder, none overwritten
+    for link in links:
+        assert (root / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
+
+
+@pytest.mark.parametrize("block", ["figures-is-a-file", "writes-refused"])
+def test_an_unwritable_modelset_is_one_error_line_and_status_1(modelset, tmp_path, monkeypatch,
+                                                               capsys, block):
+    root = copy_of(modelset, tmp_path)
+    if block == "figures-is-a-file":
+        (root / "figures").write_text("a file where the figures folder goes")
+    else:  # what a read-only folder does for a normal user (chmod does not stop root)
+        def refuse(path, write):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+        monkeypatch.setattr(report, "write_atomically", refuse)
+    assert make_report.main(["--modelset", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write the report into {root}/") and err.count("\n") == 1
+    assert "permissions" in err and "--modelset" in err
+    assert not (root / "REPORT.md").exists()
+
+
+def test_a_sweep_whose_every_config_diverged_is_reported_without_warnings(modelset, tmp_path,
+                                                                          capsys, recwarn):
+    root = copy_of(modelset, tmp_path)
+    shutil.rmtree(root / "L2_regularization_model")
+    rewrite(lambda results: results.update(configs=results["configs"][1:]))(
+        root / "original_version_model_multiGPU" / "training_result.json")
+    assert make_report.main(["--modelset", str(root)]) == 0
+    assert capsys.readouterr().err == ""
+    noise = [str(warning.message) for warning in recwarn
+             if issubclass(warning.category, (UserWarning, RuntimeWarning))]
+    assert noise == []
+    diverged = [line for line in (root / "REPORT.md").read_text().splitlines()
+                if line.startswith("| config_2 |")]
+    assert len(diverged) == 1 and "**DIVERGED**" in diverged[0]
