@@ -107,8 +107,11 @@ def _init_devices(requested, data_parallel):
     _check_device_request(requested)
     if not launched_by_torchrun():
         use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
+        # data_parallel on the Runtime means DataParallel is used: asked for, and GPUs are
+        # several (over one GPU it would only add a copy per step)
         return Runtime(torch.device("cuda" if use_cuda else "cpu"),
-                       data_parallel=data_parallel and use_cuda)
+                       data_parallel=data_parallel and use_cuda
+                       and torch.cuda.device_count() > 1)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
@@ -161,7 +164,7 @@ def device_names(runtime):
 
 def place_model(model, runtime, sync_bn=False):
     """Move ``model`` to the device and wrap it: DDP under torchrun, else DataParallel when
-    asked and GPUs are several."""
+    the runtime uses it (several GPUs)."""
     if runtime.distributed and sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # channels_last: what tensor cores want, and faster on the CPU too (oneDNN): measured
@@ -170,9 +173,30 @@ def place_model(model, runtime, sync_bn=False):
     if runtime.distributed:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    elif runtime.data_parallel and torch.cuda.device_count() > 1:
+    elif runtime.data_parallel:
+        if runtime.amp_dtype is not None:
+            model = Autocast(model, runtime.device.type, runtime.amp_dtype)
         model = nn.DataParallel(model)
     return torch.compile(model) if runtime.compile else model
+
+
+class Autocast(nn.Module):
+    """Runs ``module`` under autocast in ``dtype``, whatever thread calls it.
+
+    DataParallel runs each replica in a thread of its own and re-enters autocast there with
+    the caller's on/off switch only (torch/nn/parallel/parallel_apply.py); a new thread's
+    autocast dtype is the default, fp16 on CUDA, so without this a "bf16" run would train in
+    fp16 with no loss scaling."""
+
+    def __init__(self, module, device_type, dtype):
+        super().__init__()
+        self.module = module
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.module(*args, **kwargs)
 
 
 def memory_format(batch):
@@ -184,8 +208,8 @@ def unwrap(model):
     """The bare model, whose state_dict has no ``module.`` or ``_orig_mod.`` prefix."""
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        return model.module
-    return model
+        model = model.module
+    return model.module if isinstance(model, Autocast) else model
 
 
 def shard(index, runtime):

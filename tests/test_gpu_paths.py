@@ -1,10 +1,14 @@
 """The CUDA paths, checked on the CPU: GPUs are faked with monkeypatch where the logic only
 asks torch what hardware there is, and DataParallel's per-replica threads are reproduced
 with a plain thread, which is what torch.nn.parallel.parallel_apply starts for each GPU."""
+import threading
+
 import pytest
 import torch
+from torch import nn
 
 from cifarkit import runtime as rt
+from Original_version_model import LeNet
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
@@ -34,6 +38,61 @@ def fake_gpus(monkeypatch, capabilities):
     monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
     for name in TORCHRUN_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+
+
+# DataParallel's replicas compute in the precision the results record
+
+def dtypes_in_a_replica_thread(model, inputs, device_type, dtype):
+    """The output dtypes of every conv and linear layer of ``model`` when it runs as one of
+    DataParallel's replicas: the caller is under autocast in ``dtype`` (train_epoch), and
+    parallel_apply's worker thread re-enters autocast with the caller's on/off switch only."""
+    layers = [layer for layer in rt.unwrap(model).modules()
+              if isinstance(layer, (nn.Conv2d, nn.Linear))]
+    seen = set()
+    hooks = [layer.register_forward_hook(lambda layer, args, output: seen.add(output.dtype))
+             for layer in layers]
+
+    def replica():
+        with torch.autocast(device_type, enabled=enabled):
+            model(inputs)
+
+    try:
+        with torch.autocast(device_type, dtype=dtype):
+            enabled = torch.is_autocast_enabled(device_type)
+            thread = threading.Thread(target=replica)
+            thread.start()
+            thread.join()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen, "the replica thread did not run the model"
+    return seen
+
+
+def test_dataparallel_replicas_compute_in_the_recorded_dtype(monkeypatch):
+    # On CUDA a new thread's autocast dtype defaults to fp16, and the kit records bf16; on
+    # the CPU the default is bf16, so the same fault shows when fp16 is the recorded dtype.
+    recorded = torch.float16
+    assert torch.get_autocast_dtype("cpu") != recorded
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    # no CUDA: nn.DataParallel keeps the module and calls it directly, which lets its
+    # wrapping run here; the thread below stands in for its replica threads
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    inputs = torch.randn(4, 3, 32, 32)
+
+    torch.manual_seed(0)
+    bare = LeNet()
+    # the fault itself: a replica thread does not inherit the caller's autocast dtype
+    assert dtypes_in_a_replica_thread(bare, inputs, "cpu", recorded) == {
+        torch.get_autocast_dtype("cpu")}
+
+    runtime = rt.Runtime(torch.device("cpu"), data_parallel=True, amp_dtype=recorded)
+    placed = rt.place_model(bare, runtime)
+    assert isinstance(placed, nn.DataParallel)
+    assert dtypes_in_a_replica_thread(placed, inputs, "cpu", recorded) == {recorded}
+    # what gets saved is still the bare model, without any prefix
+    assert rt.unwrap(placed) is bare
+    assert list(rt.unwrap(placed).state_dict()) == list(LeNet().state_dict())
 
 
 # bf16 only where the GPU has it in hardware; fp16 with a GradScaler that resumes
