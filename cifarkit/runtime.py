@@ -59,6 +59,16 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
     ``cpu_amp`` (the script measured bf16 faster for its model) and the processor computes
     bf16 in hardware."""
     runtime = _init_devices(requested, data_parallel)
+    if compile and runtime.data_parallel:
+        # DataParallel copies the model onto every GPU and runs the copies in threads, each
+        # step; torch.compile around it cannot compile that and runs it eagerly, and a
+        # compiled model inside it (fresh replicas every step) is untried on GPUs here. The
+        # results would say "compiled" for a run that gained nothing: refuse instead.
+        raise UserError(f"--compile with nn.DataParallel over {torch.cuda.device_count()} GPUs "
+                        f"gains nothing: torch.compile cannot see into DataParallel's "
+                        f"per-step replicas. Use torchrun --nproc-per-node="
+                        f"{torch.cuda.device_count()} (one compiled model per GPU), or drop "
+                        f"--compile.")
     if runtime.device.type == "cuda":
         # Batch shapes repeat every epoch (the last, smaller batch is one more shape, tuned
         # once), so cuDNN's autotuning pays for itself.
@@ -116,11 +126,7 @@ def _init_devices(requested, data_parallel):
     local_rank = int(os.environ["LOCAL_RANK"])
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if requested == "cuda" and gpus < local_world:
-        raise UserError(f"--device cuda: {local_world} processes on this machine "
-                        f"(--nproc-per-node) but only {gpus} GPU(s); one GPU per process is "
-                        f"needed. Lower --nproc-per-node or use --device cpu.")
-    use_cuda = requested != "cpu" and gpus >= local_world and gpus > 0
+    use_cuda = torchrun_device(requested, local_world, gpus) == "cuda"
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
@@ -128,6 +134,23 @@ def _init_devices(requested, data_parallel):
     dist.init_process_group(backend, store=_attempt_store(rank, world_size), rank=rank,
                             world_size=world_size, device_id=device if use_cuda else None)
     return Runtime(device, rank, world_size, local_rank, backend)
+
+
+def torchrun_device(requested, local_world, gpus):
+    """"cuda" or "cpu" for the ``local_world`` torchrun processes of a machine with ``gpus``
+    GPUs: one GPU each, or the CPU for all of them.
+
+    --device auto with GPUs in the machine but fewer than the processes is refused, not run
+    on the CPU: a user who has GPUs and gets a CPU run loses hours to a wrong
+    --nproc-per-node, while --device cpu asks for CPU processes on purpose."""
+    if requested == "cpu" or (requested == "auto" and gpus == 0):
+        return "cpu"
+    if gpus < local_world:
+        raise UserError(f"--device {requested}: {local_world} processes on this machine "
+                        f"(--nproc-per-node) but only {gpus} GPU(s); one GPU per process is "
+                        f"needed. Use --nproc-per-node={gpus} to train on the GPUs, or "
+                        f"--device cpu to train {local_world} CPU processes.")
+    return "cuda"
 
 
 def _attempt_store(rank, world_size):

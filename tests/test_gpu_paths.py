@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from cifarkit import runtime as rt
+from cifarkit.errors import UserError
 from Original_version_model import LeNet
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
@@ -116,6 +117,36 @@ def test_dataparallel_over_mixed_gpus_uses_fp16(monkeypatch, backend_flags):
     runtime = rt.init_runtime("cuda", data_parallel=True, amp="auto")
     assert runtime.data_parallel
     assert runtime.amp_dtype == torch.float16  # the T4 has no bf16 in hardware
+# torchrun --device auto with fewer GPUs than processes on the machine
+
+def test_torchrun_auto_with_fewer_gpus_than_processes_is_refused(monkeypatch):
+    fake_gpus(monkeypatch, [(8, 0), (8, 0)])
+    for name, value in zip(TORCHRUN_VARIABLES, ("0", "4", "0", "4")):
+        monkeypatch.setenv(name, value)
+
+    def no_process_group(*args, **kwargs):
+        raise AssertionError("refused only after starting a process group")
+
+    monkeypatch.setattr(rt, "_attempt_store", no_process_group)
+    monkeypatch.setattr(torch.distributed, "init_process_group", no_process_group)
+    with pytest.raises(UserError) as refused:
+        rt.init_runtime("auto")
+    message = str(refused.value)
+    assert "4 processes on this machine" in message and "only 2 GPU(s)" in message
+    assert "--nproc-per-node=2" in message and "--device cpu" in message
+
+
+@pytest.mark.parametrize("requested, processes, gpus, device", [
+    ("auto", 2, 0, "cpu"),    # no GPU: CPU processes, as --device auto promises
+    ("auto", 2, 2, "cuda"),
+    ("auto", 2, 8, "cuda"),
+    ("cpu", 4, 8, "cpu"),     # CPU processes asked for on purpose
+    ("cuda", 4, 4, "cuda"),
+])
+def test_torchrun_device_choice(requested, processes, gpus, device):
+    assert rt.torchrun_device(requested, processes, gpus) == device
+
+
 # --amp off is IEEE fp32 on CUDA, and recorded as what ran
 
 def test_cuda_never_runs_tf32_so_amp_off_is_the_fp32_it_records(monkeypatch, backend_flags):
@@ -131,3 +162,22 @@ def test_cuda_never_runs_tf32_so_amp_off_is_the_fp32_it_records(monkeypatch, bac
     assert rt.precision(runtime) == "bf16 autocast"
     assert torch.backends.cudnn.allow_tf32 is False
     assert torch.backends.cuda.matmul.allow_tf32 is False
+
+
+# --compile with DataParallel
+
+def test_compile_with_dataparallel_is_refused(monkeypatch, backend_flags):
+    fake_gpus(monkeypatch, [(8, 0), (8, 0)])
+    with pytest.raises(UserError) as refused:
+        rt.init_runtime("cuda", data_parallel=True, compile=True)
+    assert "--compile with nn.DataParallel over 2 GPUs" in str(refused.value)
+    assert "torchrun --nproc-per-node=2" in str(refused.value)
+    # each alone is fine: compile on one GPU, DataParallel uncompiled
+    assert rt.init_runtime("cuda", compile=True).compile
+    assert rt.init_runtime("cuda", data_parallel=True).data_parallel
+
+
+def test_compile_with_dataparallel_on_one_gpu_compiles(monkeypatch, backend_flags):
+    fake_gpus(monkeypatch, [(8, 0)])  # DataParallel over one GPU is not used at all
+    runtime = rt.init_runtime("cuda", data_parallel=True, compile=True)
+    assert runtime.compile and not runtime.data_parallel
