@@ -29,14 +29,25 @@ def rng_state():
 
 
 def set_rng_state(state):
+    """Restore ``state``; returns a note when it cannot all be restored, else None.
+
+    A checkpoint holds one CUDA state per GPU that was visible when it was saved; the GPUs
+    visible now take theirs by index, and the states of GPUs that are gone are dropped
+    (torch.cuda.set_rng_state_all would fail on them)."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index, cuda_state in enumerate(state["cuda"][:gpus]):
+        torch.cuda.set_rng_state(cuda_state, index)
     numpy_state = state["numpy"]
     np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32),
                          numpy_state["position"], numpy_state["has_gauss"],
                          numpy_state["cached_gaussian"]))
     random.setstate(state["python"])
+    if len(state["cuda"]) > gpus:
+        return (f"saved with {len(state['cuda'])} GPU(s) visible, resumed with {gpus}: the "
+                f"random-number states of the missing GPUs are dropped, so from here the run "
+                f"is no longer guaranteed bit-identical to an uninterrupted one")
+    return None
 
 
 def to_cpu(value):
@@ -80,16 +91,16 @@ def load_checkpoint(path):
 
 
 def restore(checkpoint, model, optimizer, scheduler, rank=0):
-    """Load a checkpoint's states into ``model``, ``optimizer`` and ``scheduler``; return its
-    progress. Each rank takes back its own random-number state (rank 0's if the ranks
-    changed)."""
+    """Load a checkpoint's states into ``model``, ``optimizer`` and ``scheduler``; return
+    (its progress, a note for the user or None). Each rank takes back its own random-number
+    state (rank 0's if the ranks changed)."""
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     if scheduler is not None and checkpoint.get("scheduler"):
         scheduler.load_state_dict(checkpoint["scheduler"])
     states = checkpoint["rng"]
-    set_rng_state(states[rank] if rank < len(states) else states[0])
-    return checkpoint["progress"]
+    note = set_rng_state(states[rank] if rank < len(states) else states[0])
+    return checkpoint["progress"], note
 
 
 def remove_checkpoint(path):

@@ -203,10 +203,12 @@ def _run_config(job, number, chosen, seed, results, results_file, received):
     checkpoint = rt.from_main(lambda: checkpoints.load_checkpoint(checkpoint_path), runtime)
     progress = train.new_progress()
     if checkpoint:
-        progress = checkpoints.restore(checkpoint, rt.unwrap(model), optimizer, scheduler,
-                                       runtime.rank)
+        progress, note = checkpoints.restore(checkpoint, rt.unwrap(model), optimizer,
+                                             scheduler, runtime.rank)
         say(f"{run_name}: resuming from its checkpoint after epoch {progress['epoch']}, "
             f"step {progress['step']}")
+        if note:
+            say(f"{run_name}: {note}")
     identity = _identity(chosen, seed, job["run_data"])
 
     def save(progress):

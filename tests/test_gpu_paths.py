@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from cifarkit import checkpoints
 from cifarkit import runtime as rt
 from cifarkit.errors import UserError
 from Original_version_model import LeNet
@@ -117,6 +118,66 @@ def test_dataparallel_over_mixed_gpus_uses_fp16(monkeypatch, backend_flags):
     runtime = rt.init_runtime("cuda", data_parallel=True, amp="auto")
     assert runtime.data_parallel
     assert runtime.amp_dtype == torch.float16  # the T4 has no bf16 in hardware
+
+
+# Resuming with fewer GPUs than at the save
+
+def fake_cuda_generators(monkeypatch, count):
+    """``count`` GPUs whose CUDA generators take states by index, failing past the last one
+    as torch.cuda.default_generators[index] does; returns {index: state} as set."""
+    restored = {}
+
+    def set_rng_state(state, device="cuda"):
+        index = device if isinstance(device, int) else torch.device(device).index or 0
+        if index >= count:
+            raise IndexError("tuple index out of range")
+        restored[index] = state
+
+    def set_rng_state_all(states):
+        for index, state in enumerate(states):
+            set_rng_state(state, index)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_rng_state_all)
+    return restored
+
+
+@pytest.mark.parametrize("gpus_now", [2, 1, 0])
+def test_a_run_saved_on_4_gpus_resumes_on_fewer(gpus_now, tmp_path, monkeypatch):
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = checkpoints.rng_state()
+    state["cuda"] = [torch.full((16,), gpu, dtype=torch.uint8) for gpu in range(4)]
+    expected_draw = torch.rand(3)  # what the CPU generator gives right after the save
+    path = tmp_path / "run.ckpt"
+    checkpoints.save_checkpoint(path, {}, model, optimizer, None, {"epoch": 1}, [state])
+    restored = fake_cuda_generators(monkeypatch, gpus_now)
+
+    progress, note = checkpoints.restore(checkpoints.load_checkpoint(path), model, optimizer,
+                                         None)
+    assert progress == {"epoch": 1}
+    assert sorted(restored) == list(range(gpus_now))
+    assert all(torch.equal(restored[gpu], state["cuda"][gpu]) for gpu in restored)
+    assert torch.equal(torch.rand(3), expected_draw)
+    assert "saved with 4 GPU(s) visible, resumed with" in note
+    assert "no longer guaranteed bit-identical" in note
+    assert "\n" not in note
+
+
+def test_a_resume_on_as_many_gpus_restores_all_without_a_note(tmp_path, monkeypatch):
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = checkpoints.rng_state()
+    state["cuda"] = [torch.full((16,), gpu, dtype=torch.uint8) for gpu in range(2)]
+    path = tmp_path / "run.ckpt"
+    checkpoints.save_checkpoint(path, {}, model, optimizer, None, {"epoch": 1}, [state])
+    restored = fake_cuda_generators(monkeypatch, 2)
+    _, note = checkpoints.restore(checkpoints.load_checkpoint(path), model, optimizer, None)
+    assert sorted(restored) == [0, 1] and note is None
+
+
 # torchrun --device auto with fewer GPUs than processes on the machine
 
 def test_torchrun_auto_with_fewer_gpus_than_processes_is_refused(monkeypatch):
