@@ -61,13 +61,16 @@ def to_cpu(value):
     return value
 
 
-def save_checkpoint(path, identity, model, optimizer, scheduler, progress, rng_states):
+def save_checkpoint(path, identity, model, optimizer, scheduler, progress, rng_states,
+                    scaler=None):
     """Write atomically: a crash mid-write leaves the previous checkpoint in place.
 
-    ``rng_states`` holds one ``rng_state()`` per rank (one entry in one process)."""
+    ``rng_states`` holds one ``rng_state()`` per rank (one entry in one process); ``scaler``
+    is the fp16 run's GradScaler, whose scale a resumed run must carry on from."""
     checkpoint = {"format": FORMAT, "identity": identity, "model": to_cpu(model.state_dict()),
                   "optimizer": to_cpu(optimizer.state_dict()), "rng": rng_states,
                   "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                  "scaler": scaler.state_dict() if scaler is not None else None,
                   "progress": to_cpu(progress)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, lambda file: torch.save(checkpoint, file))
@@ -90,14 +93,18 @@ def load_checkpoint(path):
     return checkpoint
 
 
-def restore(checkpoint, model, optimizer, scheduler, rank=0):
-    """Load a checkpoint's states into ``model``, ``optimizer`` and ``scheduler``; return
-    (its progress, a note for the user or None). Each rank takes back its own random-number
-    state (rank 0's if the ranks changed)."""
+def restore(checkpoint, model, optimizer, scheduler, rank=0, scaler=None):
+    """Load a checkpoint's states into ``model``, ``optimizer``, ``scheduler`` and
+    ``scaler``; return (its progress, a note for the user or None). Each rank takes back its
+    own random-number state (rank 0's if the ranks changed)."""
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     if scheduler is not None and checkpoint.get("scheduler"):
         scheduler.load_state_dict(checkpoint["scheduler"])
+    # saved by a GradScaler in use (fp16); {} or None from bf16 and fp32 runs, or from
+    # checkpoints older than the scaler's entry
+    if scaler is not None and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
     states = checkpoint["rng"]
     note = set_rng_state(states[rank] if rank < len(states) else states[0])
     return checkpoint["progress"], note

@@ -157,14 +157,19 @@ def make_scheduler(optimizer, config, steps):
         (step + 1) / warmup if step < warmup else max(0.0, (total - step) / (total - warmup + 1))))
 
 
-def step_recipe(config, runtime, scheduler):
+def make_scaler(runtime):
+    """fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op). Made by
+    the caller, not per call of train_config, so that a checkpoint saves its scale and a
+    resumed run carries on from it."""
+    return torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
+
+
+def step_recipe(config, runtime, scheduler, scaler=None):
     """What every training step of ``config`` needs besides the model and the data."""
     return {"augment": config.get("augment", "none"),
             "label_smoothing": config.get("label_smoothing", 0.0),
             "amp_dtype": runtime.amp_dtype, "scheduler": scheduler,
-            # fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op)
-            "scaler": torch.amp.GradScaler(runtime.device.type,
-                                           enabled=runtime.amp_dtype == torch.float16)}
+            "scaler": scaler if scaler is not None else make_scaler(runtime)}
 
 
 def new_progress():
@@ -174,7 +179,7 @@ def new_progress():
 
 
 def train_config(model, optimizer, config, data, seed, progress, save, runtime, scheduler=None,
-                 stop_requested=None, log_every=0, on_log=None, on_epoch=None):
+                 stop_requested=None, log_every=0, on_log=None, on_epoch=None, scaler=None):
     """Carry ``progress`` (new, or from a checkpoint) to the end of ``config``.
 
     ``data`` is (train_images, train_labels, test_images, test_labels, scale, shift), all on
@@ -184,7 +189,7 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime, 
     """
     train_images, train_labels, test_images, test_labels, scale, shift = data
     device = train_images.device
-    recipe = step_recipe(config, runtime, scheduler)
+    recipe = step_recipe(config, runtime, scheduler, scaler)
     while progress["epoch"] < config["num_epochs"]:
         epoch = progress["epoch"] + 1
         batches = epoch_batches(len(train_labels), config["batch_size"], seed, epoch, runtime)

@@ -1,13 +1,15 @@
 """The CUDA paths, checked on the CPU: GPUs are faked with monkeypatch where the logic only
 asks torch what hardware there is, and DataParallel's per-replica threads are reproduced
 with a plain thread, which is what torch.nn.parallel.parallel_apply starts for each GPU."""
+import importlib
+import signal
 import threading
 
 import pytest
 import torch
 from torch import nn
 
-from cifarkit import checkpoints
+from cifarkit import checkpoints, train
 from cifarkit import runtime as rt
 from cifarkit.errors import UserError
 from Original_version_model import LeNet
@@ -118,6 +120,63 @@ def test_dataparallel_over_mixed_gpus_uses_fp16(monkeypatch, backend_flags):
     runtime = rt.init_runtime("cuda", data_parallel=True, amp="auto")
     assert runtime.data_parallel
     assert runtime.amp_dtype == torch.float16  # the T4 has no bf16 in hardware
+
+
+FP16_RUN = {"num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 4, "dropout": 0.5}
+
+
+def run_in_fp16_on_the_cpu(data_dir, out, monkeypatch):
+    """The Dropout script on the CPU in fp16 with loss scaling, as on a GPU below compute
+    capability 8.0. The scaler starts low and grows every 2 steps, so its scale surely
+    moves (up, and down again after an overflow) within an epoch."""
+    script = importlib.import_module("Dropout_regularization")
+    monkeypatch.setattr(script, "CONFIGS", [FP16_RUN])
+    real_init_runtime = rt.init_runtime
+
+    def fp16_runtime(*args, **kwargs):
+        runtime = real_init_runtime(*args, **kwargs)
+        runtime.amp_dtype = torch.float16
+        return runtime
+
+    monkeypatch.setattr(rt, "init_runtime", fp16_runtime)
+    monkeypatch.setattr(train, "make_scaler", lambda runtime: torch.amp.GradScaler(
+        "cpu", init_scale=2.0**10, growth_interval=2))
+    status = script.main(["--data-dir", str(data_dir), "--out", str(out), "--device", "cpu",
+                          "--amp", "on"])
+    return status, out / "config_1.pth"
+
+
+def test_fp16_run_resumes_at_the_saved_loss_scale(pickled_data, tmp_path, monkeypatch):
+    status, weights = run_in_fp16_on_the_cpu(pickled_data, tmp_path / "whole", monkeypatch)
+    assert status == 0
+    uninterrupted = torch.load(weights, weights_only=True)
+
+    real_save, real_restore = checkpoints.save_checkpoint, checkpoints.restore
+    saved, resumed = {}, {}
+
+    def save_then_interrupt(path, *args, **kwargs):  # as Ctrl-C during epoch 1's save
+        real_save(path, *args, **kwargs)
+        saved.update(torch.load(path, weights_only=True))
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_then_interrupt)
+    status, weights = run_in_fp16_on_the_cpu(pickled_data, tmp_path / "resumed", monkeypatch)
+    assert status == 130 and not weights.exists()
+    assert saved["progress"]["epoch"] == 1
+    assert saved["scaler"]["scale"] != 2.0**10  # the scale moved in epoch 1
+
+    def restore_and_look(checkpoint, *args, **kwargs):
+        progress = real_restore(checkpoint, *args, **kwargs)
+        resumed["scale"] = args[-1].get_scale()  # the scaler experiment passed in
+        return progress
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoints, "restore", restore_and_look)
+    status, weights = run_in_fp16_on_the_cpu(pickled_data, tmp_path / "resumed", monkeypatch)
+    assert status == 0
+    assert resumed["scale"] == saved["scaler"]["scale"]
+    resumed_weights = torch.load(weights, weights_only=True)
+    assert all(torch.equal(resumed_weights[key], uninterrupted[key]) for key in uninterrupted)
 
 
 # Resuming with fewer GPUs than at the save
