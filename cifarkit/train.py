@@ -131,7 +131,12 @@ def accuracy(predictions, labels):
 
 
 def make_optimizer(model, config, runtime):
-    fused = True if runtime.device.type == "cuda" else None  # one kernel for all parameters
+    # One kernel for all parameters, but not beside a GradScaler (fp16): when the scaler
+    # skips the first step (an overflow, common at its first scale), torch's fused SGD
+    # leaves the momentum buffers it just allocated uninitialised, and the next step
+    # spreads that garbage into the weights (seen on the CPU kernel with torch 2.14).
+    scaled = runtime.amp_dtype == torch.float16
+    fused = True if runtime.device.type == "cuda" and not scaled else None
     return torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
                            weight_decay=config["weight_decay"],
                            nesterov=config.get("nesterov", False), fused=fused)

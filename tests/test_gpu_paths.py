@@ -301,3 +301,43 @@ def test_compile_with_dataparallel_on_one_gpu_compiles(monkeypatch, backend_flag
     fake_gpus(monkeypatch, [(8, 0)])  # DataParallel over one GPU is not used at all
     runtime = rt.init_runtime("cuda", data_parallel=True, compile=True)
     assert runtime.compile and not runtime.data_parallel
+
+
+# fused SGD beside a GradScaler
+
+def test_fp16_training_survives_a_skipped_first_step():
+    """fp16 on a GPU: GradScaler skips the first step when the gradients overflow, which is
+    common at its first scale; the step after it must train as plain SGD would."""
+    torch.manual_seed(0)
+    model = nn.Linear(8, 2)
+    reference = nn.Linear(8, 2)
+    reference.load_state_dict(model.state_dict())
+    config = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
+    # the optimizer the kit makes for an fp16 CUDA run (its parameters may sit on the CPU)
+    optimizer = train.make_optimizer(
+        model, config, rt.Runtime(torch.device("cuda"), amp_dtype=torch.float16))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    inputs = torch.randn(16, 8)
+
+    scaler.scale(model(inputs).sum() * float("inf")).backward()  # overflows: skipped
+    # freed memory of the parameters' sizes, full of junk, as a long-running process has:
+    # whatever the step allocates without writing shows up as junk, not as lucky zeros
+    junk = [torch.full_like(parameter, 1e30) for parameter in model.parameters()]
+    del junk
+    scaler.step(optimizer)
+    scaler.update()
+    assert all(torch.equal(ours, theirs)
+               for ours, theirs in zip(model.parameters(), reference.parameters()))
+    # a skipped step is no step: no momentum yet, as plain SGD would have
+    assert all(optimizer.state[parameter].get("momentum_buffer") is None
+               for parameter in model.parameters())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(model(inputs).pow(2).mean()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+    plain = torch.optim.SGD(reference.parameters(), **config)
+    reference(inputs).pow(2).mean().backward()
+    plain.step()
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs)
