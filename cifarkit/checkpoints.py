@@ -29,14 +29,25 @@ def rng_state():
 
 
 def set_rng_state(state):
+    """Restore ``state``; returns a note when it cannot all be restored, else None.
+
+    A checkpoint holds one CUDA state per GPU that was visible when it was saved; the GPUs
+    visible now take theirs by index, and the states of GPUs that are gone are dropped
+    (torch.cuda.set_rng_state_all would fail on them)."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index, cuda_state in enumerate(state["cuda"][:gpus]):
+        torch.cuda.set_rng_state(cuda_state, index)
     numpy_state = state["numpy"]
     np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32),
                          numpy_state["position"], numpy_state["has_gauss"],
                          numpy_state["cached_gaussian"]))
     random.setstate(state["python"])
+    if len(state["cuda"]) > gpus:
+        return (f"saved with {len(state['cuda'])} GPU(s) visible, resumed with {gpus}: the "
+                f"random-number states of the missing GPUs are dropped, so from here the run "
+                f"is no longer guaranteed bit-identical to an uninterrupted one")
+    return None
 
 
 def to_cpu(value):
@@ -50,13 +61,16 @@ def to_cpu(value):
     return value
 
 
-def save_checkpoint(path, identity, model, optimizer, scheduler, progress, rng_states):
+def save_checkpoint(path, identity, model, optimizer, scheduler, progress, rng_states,
+                    scaler=None):
     """Write atomically: a crash mid-write leaves the previous checkpoint in place.
 
-    ``rng_states`` holds one ``rng_state()`` per rank (one entry in one process)."""
+    ``rng_states`` holds one ``rng_state()`` per rank (one entry in one process); ``scaler``
+    is the fp16 run's GradScaler, whose scale a resumed run must carry on from."""
     checkpoint = {"format": FORMAT, "identity": identity, "model": to_cpu(model.state_dict()),
                   "optimizer": to_cpu(optimizer.state_dict()), "rng": rng_states,
                   "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                  "scaler": scaler.state_dict() if scaler is not None else None,
                   "progress": to_cpu(progress)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, lambda file: torch.save(checkpoint, file))
@@ -78,17 +92,21 @@ def load_checkpoint(path):
     return checkpoint
 
 
-def restore(checkpoint, model, optimizer, scheduler, rank=0):
-    """Load a checkpoint's states into ``model``, ``optimizer`` and ``scheduler``; return its
-    progress. Each rank takes back its own random-number state (rank 0's if the ranks
-    changed)."""
+def restore(checkpoint, model, optimizer, scheduler, rank=0, scaler=None):
+    """Load a checkpoint's states into ``model``, ``optimizer``, ``scheduler`` and
+    ``scaler``; return (its progress, a note for the user or None). Each rank takes back its
+    own random-number state (rank 0's if the ranks changed)."""
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     if scheduler is not None and checkpoint.get("scheduler"):
         scheduler.load_state_dict(checkpoint["scheduler"])
+    # saved by a GradScaler in use (fp16); {} or None from bf16 and fp32 runs, or from
+    # checkpoints older than the scaler's entry
+    if scaler is not None and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
     states = checkpoint["rng"]
-    set_rng_state(states[rank] if rank < len(states) else states[0])
-    return checkpoint["progress"]
+    note = set_rng_state(states[rank] if rank < len(states) else states[0])
+    return checkpoint["progress"], note
 
 
 def remove_checkpoint(path):

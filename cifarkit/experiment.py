@@ -266,24 +266,27 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
     steps = len(train.epoch_batches(len(job["data"][1]), chosen["batch_size"], seed, 1,
                                     runtime))
     scheduler = train.make_scheduler(optimizer, chosen, steps)
+    scaler = train.make_scaler(runtime)
     checkpoint_path = out / "checkpoints" / f"{label}_seed{seed}.ckpt"
     checkpoint = rt.from_main(lambda: checkpoints.load_checkpoint(checkpoint_path), runtime)
     progress = train.new_progress()
     if checkpoint:
-        progress = checkpoints.restore(checkpoint, rt.unwrap(model), optimizer, scheduler,
-                                       runtime.rank)
+        progress, note = checkpoints.restore(checkpoint, rt.unwrap(model), optimizer,
+                                             scheduler, runtime.rank, scaler)
         say(f"{run_name}: resuming from its checkpoint after epoch {progress['epoch']}, "
             f"step {progress['step']}")
+        if note:
+            say(f"{run_name}: {note}")
     identity = _identity(chosen, seed, job["run_data"])
 
     def save(progress):
         rng_states = rt.gather_to_main(checkpoints.rng_state(), runtime)
         if runtime.is_main:
             checkpoints.save_checkpoint(checkpoint_path, identity, rt.unwrap(model), optimizer,
-                                        scheduler, progress, rng_states)
+                                        scheduler, progress, rng_states, scaler)
 
     status = _train(job, run_name, chosen, seed, model, optimizer, scheduler, progress,
-                    stop, save)
+                    stop, save, scaler)
     if status == "interrupted":
         return status
     weights_path = out / outputs.weights_name(job["weights_file"], number, seed, results["seed"])
@@ -321,7 +324,8 @@ def _class_scores(predictions, test_labels):
             "confusion_matrix": matrix.tolist()}
 
 
-def _train(job, label, chosen, seed, model, optimizer, scheduler, progress, stop, save):
+def _train(job, label, chosen, seed, model, optimizer, scheduler, progress, stop, save,
+           scaler):
     def on_log(epoch, step, loss):
         job["say"](f"epoch {epoch}: batch {step} loss: {loss:.3f}")
 
@@ -340,7 +344,7 @@ def _train(job, label, chosen, seed, model, optimizer, scheduler, progress, stop
                                 stop_requested=lambda: bool(stop.signals),
                                 log_every=job["log_every"], on_log=on_log,
                                 on_evaluate=on_evaluate if main else None,
-                                on_epoch=on_epoch if main else None)
+                                on_epoch=on_epoch if main else None, scaler=scaler)
     if status == "out_of_memory":
         say(f"error: {label} ran out of GPU memory at batch_size {chosen['batch_size']}. "
             f"Try a smaller batch_size in CONFIGS; the other configs carry on, and its "

@@ -59,16 +59,42 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
     ``cpu_amp`` (the script measured bf16 faster for its model) and the processor computes
     bf16 in hardware."""
     runtime = _init_devices(requested, data_parallel)
+    if compile and runtime.data_parallel:
+        # DataParallel copies the model onto every GPU and runs the copies in threads, each
+        # step; torch.compile around it cannot compile that and runs it eagerly, and a
+        # compiled model inside it (fresh replicas every step) is untried on GPUs here. The
+        # results would say "compiled" for a run that gained nothing: refuse instead.
+        raise UserError(f"--compile with nn.DataParallel over {torch.cuda.device_count()} GPUs "
+                        f"gains nothing: torch.compile cannot see into DataParallel's "
+                        f"per-step replicas. Use torchrun --nproc-per-node="
+                        f"{torch.cuda.device_count()} (one compiled model per GPU), or drop "
+                        f"--compile.")
     if runtime.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed-size batches: pick the fastest kernels
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        # Batch shapes repeat every epoch (the last, smaller batch is one more shape, tuned
+        # once), so cuDNN's autotuning pays for itself.
+        torch.backends.cudnn.benchmark = True
+        # Never TF32: --amp off is the report's IEEE fp32 (cuDNN convolutions would
+        # otherwise run in TF32 by default), and under autocast every convolution and matmul
+        # already runs in bf16 or fp16, so TF32 would speed up nothing there. The results'
+        # "fp32" is then exactly what ran.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     auto_on = runtime.device.type == "cuda" or (cpu_amp and cpu_has_native_bf16())
     if amp == "on" or (amp == "auto" and auto_on):
-        cuda_without_bf16 = runtime.device.type == "cuda" and not torch.cuda.is_bf16_supported()
-        runtime.amp_dtype = torch.float16 if cuda_without_bf16 else torch.bfloat16
+        runtime.amp_dtype = (cuda_amp_dtype(runtime) if runtime.device.type == "cuda"
+                             else torch.bfloat16)
     runtime.compile = compile
     return runtime
+
+
+def cuda_amp_dtype(runtime):
+    """bf16 where every GPU this process computes on has it in hardware (compute capability
+    8.0 up: A100, RTX 30xx and later, H100), else fp16 with loss scaling. Not
+    torch.cuda.is_bf16_supported(): it also says yes on V100 and T4, which emulate bf16,
+    slower than fp16."""
+    devices = range(torch.cuda.device_count()) if runtime.data_parallel else [runtime.device]
+    native = all(torch.cuda.get_device_capability(device)[0] >= 8 for device in devices)
+    return torch.bfloat16 if native else torch.float16
 
 
 def cpu_has_native_bf16():
@@ -91,17 +117,16 @@ def _init_devices(requested, data_parallel):
     check_device_request(requested)
     if not launched_by_torchrun():
         use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
+        # data_parallel on the Runtime means DataParallel is used: asked for, and GPUs are
+        # several (over one GPU it would only add a copy per step)
         return Runtime(torch.device("cuda" if use_cuda else "cpu"),
-                       data_parallel=data_parallel and use_cuda)
+                       data_parallel=data_parallel and use_cuda
+                       and torch.cuda.device_count() > 1)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if requested == "cuda" and gpus < local_world:
-        raise UserError(f"--device cuda: {local_world} processes on this machine "
-                        f"(--nproc-per-node) but only {gpus} GPU(s); one GPU per process is "
-                        f"needed. Lower --nproc-per-node or use --device cpu.")
-    use_cuda = requested != "cpu" and gpus >= local_world and gpus > 0
+    use_cuda = torchrun_device(requested, local_world, gpus) == "cuda"
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
@@ -109,6 +134,23 @@ def _init_devices(requested, data_parallel):
     dist.init_process_group(backend, store=_attempt_store(rank, world_size), rank=rank,
                             world_size=world_size, device_id=device if use_cuda else None)
     return Runtime(device, rank, world_size, local_rank, backend)
+
+
+def torchrun_device(requested, local_world, gpus):
+    """"cuda" or "cpu" for the ``local_world`` torchrun processes of a machine with ``gpus``
+    GPUs: one GPU each, or the CPU for all of them.
+
+    --device auto with GPUs in the machine but fewer than the processes is refused, not run
+    on the CPU: a user who has GPUs and gets a CPU run loses hours to a wrong
+    --nproc-per-node, while --device cpu asks for CPU processes on purpose."""
+    if requested == "cpu" or (requested == "auto" and gpus == 0):
+        return "cpu"
+    if gpus < local_world:
+        raise UserError(f"--device {requested}: {local_world} processes on this machine "
+                        f"(--nproc-per-node) but only {gpus} GPU(s); one GPU per process is "
+                        f"needed. Use --nproc-per-node={gpus} to train on the GPUs, or "
+                        f"--device cpu to train {local_world} CPU processes.")
+    return "cuda"
 
 
 def _attempt_store(rank, world_size):
@@ -145,7 +187,7 @@ def device_names(runtime):
 
 def place_model(model, runtime, sync_bn=False):
     """Move ``model`` to the device and wrap it: DDP under torchrun, else DataParallel when
-    asked and GPUs are several."""
+    the runtime uses it (several GPUs)."""
     if runtime.distributed and sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # channels_last: what tensor cores want, and faster on the CPU too (oneDNN): measured
@@ -154,9 +196,30 @@ def place_model(model, runtime, sync_bn=False):
     if runtime.distributed:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    elif runtime.data_parallel and torch.cuda.device_count() > 1:
+    elif runtime.data_parallel:
+        if runtime.amp_dtype is not None:
+            model = Autocast(model, runtime.device.type, runtime.amp_dtype)
         model = nn.DataParallel(model)
     return torch.compile(model) if runtime.compile else model
+
+
+class Autocast(nn.Module):
+    """Runs ``module`` under autocast in ``dtype``, whatever thread calls it.
+
+    DataParallel runs each replica in a thread of its own and re-enters autocast there with
+    the caller's on/off switch only (torch/nn/parallel/parallel_apply.py); a new thread's
+    autocast dtype is the default, fp16 on CUDA, so without this a "bf16" run would train in
+    fp16 with no loss scaling."""
+
+    def __init__(self, module, device_type, dtype):
+        super().__init__()
+        self.module = module
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.module(*args, **kwargs)
 
 
 def memory_format(batch):
@@ -168,8 +231,8 @@ def unwrap(model):
     """The bare model, whose state_dict has no ``module.`` or ``_orig_mod.`` prefix."""
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        return model.module
-    return model
+        model = model.module
+    return model.module if isinstance(model, Autocast) else model
 
 
 def shard(index, runtime):

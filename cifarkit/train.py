@@ -189,7 +189,12 @@ def accuracy(predictions, labels):
 
 
 def make_optimizer(model, config, runtime):
-    fused = True if runtime.device.type == "cuda" else None  # one kernel for all parameters
+    # One kernel for all parameters, but not beside a GradScaler (fp16): when the scaler
+    # skips the first step (an overflow, common at its first scale), torch's fused SGD
+    # leaves the momentum buffers it just allocated uninitialised, and the next step
+    # spreads that garbage into the weights (seen on the CPU kernel with torch 2.14).
+    scaled = runtime.amp_dtype == torch.float16
+    fused = True if runtime.device.type == "cuda" and not scaled else None
     return torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
                            weight_decay=config["weight_decay"],
                            nesterov=config.get("nesterov", False), fused=fused)
@@ -215,14 +220,19 @@ def make_scheduler(optimizer, config, steps):
         (step + 1) / warmup if step < warmup else max(0.0, (total - step) / (total - warmup + 1))))
 
 
-def step_recipe(config, runtime, scheduler):
+def make_scaler(runtime):
+    """fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op). Made by
+    the caller, not per call of train_config, so that a checkpoint saves its scale and a
+    resumed run carries on from it."""
+    return torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
+
+
+def step_recipe(config, runtime, scheduler, scaler=None):
     """What every training step of ``config`` needs besides the model and the data."""
     return {"augment": config.get("augment", "none"),
             "label_smoothing": config.get("label_smoothing", 0.0),
             "amp_dtype": runtime.amp_dtype, "scheduler": scheduler,
-            # fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op)
-            "scaler": torch.amp.GradScaler(runtime.device.type,
-                                           enabled=runtime.amp_dtype == torch.float16)}
+            "scaler": scaler if scaler is not None else make_scaler(runtime)}
 
 
 def new_progress():
@@ -233,7 +243,7 @@ def new_progress():
 
 def train_config(model, optimizer, config, data, seed, progress, save, runtime, scheduler=None,
                  stop_requested=None, log_every=0, on_log=None, on_evaluate=None,
-                 on_epoch=None):
+                 on_epoch=None, scaler=None):
     """Carry ``progress`` (new, or from a checkpoint) to the end of ``config``.
 
     ``data`` is (train_images, train_labels, test_images, test_labels, scale, shift), all on
@@ -245,7 +255,7 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime, 
     """
     train_images, train_labels, test_images, test_labels, scale, shift = data
     device = train_images.device
-    recipe = step_recipe(config, runtime, scheduler)
+    recipe = step_recipe(config, runtime, scheduler, scaler)
     history = progress["history"]
     if history and history[-1]["test_accuracy"] is None and runtime.is_main:
         # stopped during the last test pass: the weights are that epoch's, measure them now
