@@ -14,6 +14,17 @@ from torch import nn
 
 from cifarkit import data, experiment
 
+CONFIGS = [
+    {
+        "num_epochs": 5,     # the tutorial's 5 passes over the 50,000 training images
+        "lr": 0.001,         # SGD learning rate
+        "momentum": 0.9,
+        "batch_size": 4,     # the tutorial's mini-batch of 4 images
+    },  # report: 60% (CPU)
+]
+
+NORMALIZATION = data.TUTORIAL_NORMALIZATION  # per-channel (mean, std) of the inputs
+
 
 class LeNet(nn.Module):
     """The tutorial's network: two 5x5 convolutions with max-pooling, three linear layers."""
@@ -34,19 +45,6 @@ class LeNet(nn.Module):
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
         return self.fc3(x)
-
-
-CONFIGS = [
-    {
-        "num_epochs": 5,     # the tutorial's 5 passes over the 50,000 training images
-        "lr": 0.001,         # SGD learning rate
-        "momentum": 0.9,
-        "batch_size": 4,     # the tutorial's mini-batch of 4 images
-    },  # report: 60% (CPU)
-]
-
-
-NORMALIZATION = data.TUTORIAL_NORMALIZATION  # per-channel (mean, std) of the inputs
 
 
 def build_model(config):

@@ -9,8 +9,10 @@ training_result.json and the PNGs into modelset/original_version_model_multiGPU/
 """
 import sys
 
+import torch.nn.functional as F
+from torch import nn
+
 from cifarkit import data, experiment
-from Original_version_model import LeNet  # the same network as Task 1; define a class here to change it
 
 # The report does not give the batch size of its first three configs; 512 is our choice
 # (the size whose lr 0.01 run it reports, 58.02%), not the report's.
@@ -41,8 +43,29 @@ CONFIGS = [
     },
 ]
 
-
 NORMALIZATION = data.TUTORIAL_NORMALIZATION  # per-channel (mean, std) of the inputs
+
+
+class LeNet(nn.Module):
+    """The tutorial's network: two 5x5 convolutions with max-pooling, three linear layers.
+    This script's own copy: editing it changes this task only."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = x.flatten(1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
 
 
 def build_model(config):

@@ -26,10 +26,6 @@ TRAINING_KEYS = {
     "label_smoothing": ("float", lambda value: 0 <= value < 1, "in [0, 1)"),
     "tta": ("bool", lambda value: True, "True or False"),
 }
-# Keys that only a script whose model reads them accepts (it names them in model_keys).
-MODEL_KEYS = {
-    "dropout": ("float", lambda value: 0 <= value < 1, "in [0, 1)"),
-}
 REQUIRED = ("num_epochs", "lr", "batch_size")
 DEFAULTS = {"momentum": 0.0, "weight_decay": 0.0}
 KIND_NAMES = {"int": "a whole number", "float": "a number", "str": "a string",
@@ -68,13 +64,53 @@ def _check_name(name, label):
                           f"as config_{name}; use a word, e.g. 'run{name}'.")
 
 
-def check_config(config, label, model_keys=()):
-    """Return ``config`` with defaults filled in; raise ConfigError naming ``label`` and key."""
+SETTING_FIELDS = {"kind", "min", "max", "below", "default"}
+
+
+def model_rules(model_settings):
+    """(rules, defaults) for the keys a script's model reads, from the script's own
+    MODEL_SETTINGS declaration: {key: {"kind": "float", "min": 0.0, "below": 1.0,
+    "default": 0.5}} ("min"/"max" inclusive, "below" exclusive, each optional)."""
+    rules, defaults = {}, {}
+    for key, setting in model_settings.items():
+        where = f"MODEL_SETTINGS[{key!r}]"
+        if key in TRAINING_KEYS:
+            raise ConfigError(f"{where}: {key!r} is a training key already; give the model "
+                              f"setting another name.")
+        if not isinstance(setting, dict) or setting.get("kind") not in KIND_NAMES \
+                or set(setting) - SETTING_FIELDS:
+            raise ConfigError(f"{where}: must be a dict with 'kind' (one of "
+                              f"{', '.join(KIND_NAMES)}) and optionally 'min', 'max', "
+                              f"'below', 'default'; got {setting!r}.")
+        low, high, below = (setting.get(field) for field in ("min", "max", "below"))
+        demand = _range_text(low, high, below) or KIND_NAMES[setting["kind"]]
+        rules[key] = (setting["kind"], lambda value, low=low, high=high, below=below: (
+            (low is None or value >= low) and (high is None or value <= high)
+            and (below is None or value < below)), demand)
+        if "default" in setting:
+            defaults[key] = setting["default"]
+    return rules, defaults
+
+
+def _range_text(low, high, below):
+    """"in [0, 1)", "at least 1", ... for the bounds that are set."""
+    upper = f"{high:g}]" if high is not None else f"{below:g})" if below is not None else None
+    if low is not None and upper:
+        return f"in [{low:g}, {upper}"
+    if low is not None:
+        return f"at least {low:g}"
+    return upper and (f"at most {high:g}" if high is not None else f"below {below:g}")
+
+
+def check_config(config, label, model_settings=None):
+    """Return ``config`` with defaults filled in; raise ConfigError naming ``label`` and key.
+    ``model_settings``: the script's MODEL_SETTINGS (keys its model reads)."""
     if not isinstance(config, dict):
         raise ConfigError(f"{label}: a config is a dict such as "
                           f"{{'num_epochs': 5, 'lr': 0.001, 'batch_size': 4}}, "
                           f"not {type(config).__name__}.")
-    rules = dict(TRAINING_KEYS, **{key: MODEL_KEYS[key] for key in model_keys})
+    model_keys, model_defaults = model_rules(model_settings or {})
+    rules = dict(TRAINING_KEYS, **model_keys)
     for key, value in config.items():
         if key not in rules:
             close = difflib.get_close_matches(str(key), rules, n=1)
@@ -98,10 +134,11 @@ def check_config(config, label, model_keys=()):
         raise ConfigError(f"{label}: 'nesterov' needs a 'momentum' above 0.")
     if "name" in checked:
         _check_name(checked["name"], label)
-    return dict(checked, **{key: value for key, value in DEFAULTS.items() if key not in checked})
+    defaults = dict(DEFAULTS, **model_defaults)  # recorded: the JSON says what was trained
+    return dict(checked, **{key: value for key, value in defaults.items() if key not in checked})
 
 
-def check_configs(configs, model_keys=()):
+def check_configs(configs, model_settings=None):
     """Check a whole CONFIGS list; names (when given) must be unique."""
     if not isinstance(configs, (list, tuple)):
         raise ConfigError(f"CONFIGS must be a list of config dicts, [{{...}}, {{...}}], not a "
@@ -109,7 +146,7 @@ def check_configs(configs, model_keys=()):
     if not configs:
         raise ConfigError("CONFIGS is empty: add at least one config dict to the list at the "
                           "top of the script.")
-    checked = [check_config(config, f"config_{number}", model_keys)
+    checked = [check_config(config, f"config_{number}", model_settings)
                for number, config in enumerate(configs, start=1)]
     names = [config["name"] for config in checked if "name" in config]
     repeated = sorted({name for name in names if names.count(name) > 1})

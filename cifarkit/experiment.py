@@ -4,9 +4,14 @@ Exit status: 0 every selected config finished; 1 a config diverged, ran out of m
 file could not be written; 2 bad input (nothing trained, nothing written); 130 / 143
 stopped by SIGINT / SIGTERM after saving a checkpoint.
 """
+import ast
 import contextlib
+import hashlib
+import inspect
 import signal
 import sys
+import textwrap
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,11 +27,12 @@ EXIT_WRITE_FAILED = 1  # the same status as a failed config, as the README says
 
 
 def run(*, script, description, build_model, configs, out_dir, results_file,
-        normalization, default_device="auto", model_keys=(), data_parallel=False,
+        normalization, default_device="auto", model_settings=None, data_parallel=False,
         weights_file="config_{number}.pth", log_every=0, cpu_amp=False, argv=None):
     """Run a report script; returns its exit status.
 
-    ``build_model(config)`` returns a fresh model; ``normalization`` is (mean, std) per
+    ``build_model(config)`` returns a fresh model; ``model_settings`` declares the config
+    keys it reads (see config.model_rules); ``normalization`` is (mean, std) per
     channel; ``log_every`` > 0 prints the running loss every that many mini-batches;
     ``data_parallel`` wraps the model in nn.DataParallel when several GPUs are visible
     (under torchrun every script uses DistributedDataParallel instead); ``cpu_amp`` makes
@@ -37,7 +43,7 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
     out = Path(args.out)
     with contextlib.ExitStack() as cleanup:
         try:
-            all_configs = _checked_configs(configs, model_keys, args)
+            all_configs = _checked_configs(configs, model_settings, args)
             selected = cli.select_configs(all_configs, args.configs)
             cli.check_subset(args.subset, selected)
             rt.check_device_request(args.device)
@@ -48,14 +54,16 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
                                       cpu_amp)
             cleanup.callback(rt.close, runtime)
             _check_batches_fit_ranks(selected, runtime)
+            models = {f"config_{number}": model_fingerprint(build_model(chosen))
+                      for number, chosen in enumerate(all_configs, start=1)}
             bytes_needed = _bytes_needed(build_model(selected[0][1]))
             rt.from_main(lambda: outputs.check_out_dir(
                 args.out, bytes_needed, args.data_dir or data.DEFAULT_ROOT), runtime)
             results = outputs.new_results(script, dataset, runtime, args.seed, argv)
             # One run per folder: the lock is held until the run ends (rank 0 writes files).
             rt.from_main(lambda: cleanup.enter_context(outputs.locked(out)) and None, runtime)
-            earlier, reason = rt.from_main(lambda: _earlier_results(
-                out, results_file, results, all_configs, args), runtime)
+            earlier, reason, stale = rt.from_main(lambda: _earlier_results(
+                out, results_file, results, all_configs, models, args), runtime)
         except UserError as error:
             if rt.is_main_process():
                 print(f"error: {error}", file=sys.stderr)
@@ -66,9 +74,12 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
                       "moved.", file=sys.stderr)
             return SIGNAL_EXIT[signal.SIGINT]
         try:
-            status = _train_selected(script, argv, args, runtime, build_model, normalization,
-                                     selected, dataset, results, results_file, weights_file,
-                                     earlier, reason, log_every)
+            job = {"build_model": build_model, "models": models, "runtime": runtime,
+                   "run_data": results["data"], "out": out, "log_every": log_every,
+                   "weights_file": weights_file, "say": print if runtime.is_main else _silent,
+                   "refresh": {"drawn_at": 0.0, "drawing": 0.0}}
+            status = _train_selected(script, argv, args, job, normalization, selected,
+                                     dataset, results, results_file, earlier, reason, stale)
         except KeyboardInterrupt:  # a second Ctrl-C: stop at once, what was saved stays
             say = print if runtime.is_main else _silent
             say(f"\nStopped at once. What was saved stays: finished configs in "
@@ -112,27 +123,27 @@ def _resume_hint(script, argv, distributed):
     return "To resume, run the same command:\n  python " + " ".join([script] + argv)
 
 
-def _train_selected(script, argv, args, runtime, build_model, normalization, selected,
-                    dataset, results, results_file, weights_file, earlier, reason, log_every):
-    say = print if runtime.is_main else _silent
-    out = Path(args.out)
+def _train_selected(script, argv, args, job, normalization, selected, dataset, results,
+                    results_file, earlier, reason, stale):
+    out, runtime, say = job["out"], job["runtime"], job["say"]
     if runtime.is_main:
-        if args.restart:
-            reason = "--restart"
-        moved = outputs.kit_files(out, results_file, weights_file) if reason else []
+        moved = outputs.kit_files(out, results_file, job["weights_file"]) if reason else []
         if moved:
             say(f"{reason}: the earlier results are kept in "
                 f"{outputs.move_aside(out, moved)}/")
+        if not reason:
+            _move_stale_configs(out, results_file, job["weights_file"], job["log_every"],
+                                earlier, stale, say)
     if earlier and not reason:
-        results.update(started=earlier["started"], configs=earlier["configs"])
+        kept = [entry for entry in earlier["configs"] if entry["id"] not in stale]
+        results.update(started=earlier["started"], configs=kept)
     rt.barrier(runtime)  # nobody reads the folder while rank 0 tidies it
 
     say(f"{script}: {len(dataset.train_labels)} training and {len(dataset.test_labels)} test "
         f"images from {dataset.source}; {', '.join(results['devices'])}; output {out}")
-    job = {"build_model": build_model, "runtime": runtime, "say": say,
-           "run_data": results["data"], "out": out, "log_every": log_every,
-           "data": _to_device(dataset, normalization, runtime.device),
-           "weights_file": weights_file}
+    job["data"] = _to_device(dataset, normalization, runtime.device)
+    job["estimate"] = _estimator(job, selected, args.seeds, len(dataset.train_labels),
+                                 results)
     with _stop_on_signals(say, stop_at_once_on_repeat=not runtime.distributed) as stop:
         for number, chosen in selected:
             for seed in range(args.seed, args.seed + args.seeds):
@@ -146,6 +157,50 @@ def _train_selected(script, argv, args, runtime, build_model, normalization, sel
         print(outputs.summary(finished))
         print(f"Results, weights and plots are in {out}/")
     return 0 if all(entry["status"] == "finished" for entry in finished) else 1
+
+
+ESTIMATE_STEPS = (10, 40)  # timed from the 10th step to the 40th, past the slow first ones
+
+
+def _estimator(job, selected, seeds, train_images, results):
+    """An on_step hook for the first config this run trains: after its first few dozen steps
+    it prints how long an epoch takes here and the whole run will take (at this config's
+    speed per image: a guess for configs of other batch sizes)."""
+    runtime, marks = job["runtime"], []
+    done = {(entry["id"], entry["seed"]) for entry in results["configs"]
+            if entry["status"] in ("finished", "diverged")}
+    to_train = [chosen["num_epochs"] for number, chosen in selected
+                for seed in range(results["seed"], results["seed"] + seeds)
+                if (f"config_{number}", seed) not in done]
+    epochs = sum(to_train)
+
+    def on_step():
+        marks.append(None)
+        if len(marks) not in ESTIMATE_STEPS:
+            return
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+        marks[-1] = time.perf_counter()
+        if len(marks) == ESTIMATE_STEPS[1]:
+            first, last = marks[ESTIMATE_STEPS[0] - 1], marks[-1]
+            per_image = (last - first) / (ESTIMATE_STEPS[1] - ESTIMATE_STEPS[0]) / job["batch"]
+            epoch = per_image * train_images
+            where = ("this CPU" if runtime.device.type == "cpu" else
+                     f"this GPU ({torch.cuda.get_device_name(runtime.device)})")
+            quick = (" For a quick look: --subset 5000 --epochs 2." if epochs * epoch > 600
+                     else "")
+            job["say"](f"{job['first']}: about {_duration(epoch)} an epoch on {where}; the "
+                       f"{len(to_train)} run(s) to train need about "
+                       f"{_duration(epochs * epoch)} in all.{quick}")
+
+    return on_step
+
+
+def _duration(seconds):
+    """'42 s', '7.5 min', '11.8 h'."""
+    if seconds < 120:
+        return f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.2f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def _silent(*args, **kwargs):
@@ -174,8 +229,8 @@ def _load_data(args, script, argv):
                              f"{' '.join([script, '--data-dir', 'DIR'] + argv)}") from None
 
 
-def _checked_configs(configs, model_keys, args):
-    checked = config.check_configs(configs, model_keys)
+def _checked_configs(configs, model_settings, args):
+    checked = config.check_configs(configs, model_settings)
     if args.epochs:
         checked = [dict(chosen, num_epochs=args.epochs) for chosen in checked]
     return checked
@@ -187,43 +242,89 @@ def _bytes_needed(model):
     return 3 * weights + 20 * 2**20
 
 
-def _identity(chosen, seed, run_data):
+def _identity(chosen, seed, run_data, model):
     """What must match for a checkpoint or a finished result to count as this run's."""
-    return {"config": chosen, "seed": seed, "data": run_data}
+    return {"config": chosen, "seed": seed, "data": run_data, "model": model}
 
 
-def _earlier_results(out, results_file, results, all_configs, args):
-    """(earlier results to keep, or None; why the kit's files must be moved aside, or None)."""
+def model_fingerprint(model):
+    """A short digest of what makes ``model`` this model: its parameter and buffer names and
+    shapes, and the code of its own classes (those not from torch), with comments,
+    docstrings and layout ignored. Editing the model class in a script changes it."""
+    parts = [f"{name}:{tuple(tensor.shape)}" for name, tensor in model.state_dict().items()]
+    classes = {type(module) for module in model.modules()
+               if not type(module).__module__.startswith("torch.")}
+    for cls in sorted(classes, key=lambda cls: cls.__qualname__):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        except (OSError, TypeError, SyntaxError):  # no source (defined in a notebook, say)
+            continue
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]  # the docstring
+        parts.append(ast.unparse(tree))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _earlier_results(out, results_file, results, all_configs, models, args):
+    """(earlier results, why all the kit's files must be moved aside or None, {config id:
+    why that config's files must be moved aside}). ``models``: each config's
+    model_fingerprint, by config id."""
     if args.restart:
-        return None, "--restart"
+        return None, "--restart", {}
     current = {f"config_{number}": chosen for number, chosen in enumerate(all_configs, 1)}
     earlier = outputs.load_results(out / results_file)
     if earlier == "unreadable":
-        return None, f"{out / results_file} is not a results file this kit can read"
+        return None, f"{out / results_file} is not a results file this kit can read", {}
     if earlier and earlier.get("script") != results["script"]:
-        return None, f"{out / results_file} was written by {earlier.get('script')}"
+        return None, f"{out / results_file} was written by {earlier.get('script')}", {}
     if earlier:
         for key, what in (("seed", "--seed"), ("data", "the data")):
             if earlier[key] != results[key]:
-                return None, f"{what} differs from the earlier run's " \
-                             f"({_describe_change(earlier[key], results[key])})"
+                return None, (f"{what} differs from the earlier run's "
+                              f"({_describe_change(earlier[key], results[key])})"), {}
     epochs = " (--epochs)" if args.epochs else ""
+    stale = {}
     for entry in (earlier or {}).get("configs", []):
-        if current.get(entry["id"]) != entry["config"]:
-            return None, (f"{entry['id']} differs from its earlier results: "
-                          f"{_describe_change(entry['config'], current.get(entry['id']))}"
-                          + epochs)
+        label = entry["id"]
+        if current.get(label) != entry["config"]:
+            stale[label] = (f"{label} differs from its earlier results: "
+                            f"{_describe_change(entry['config'], current.get(label))}" + epochs)
+        elif entry.get("model") != models[label]:
+            stale[label] = f"{label}: the model class changed since its earlier results"
     for path in sorted((out / "checkpoints").glob("*.ckpt")):
         name = outputs.CHECKPOINT_NAME.fullmatch(path.name)
-        if not name:
-            continue  # not one of ours (a user's backup copy, say): left alone
+        if not name or name["label"] in stale:
+            continue  # not one of ours (a user's backup copy, say), or going anyway
         checkpoint = checkpoints.load_checkpoint(path)
         label, seed = name["label"], int(name["seed"])
-        wanted = _identity(current.get(label), seed, results["data"])
+        wanted = _identity(current.get(label), seed, results["data"], models.get(label))
         if checkpoint["identity"] != wanted:
-            return None, (f"{label} differs from its unfinished checkpoint: "
-                          f"{_describe_change(checkpoint['identity'], wanted)}" + epochs)
-    return earlier, None
+            what = ("the model class changed" if checkpoint["identity"].get("config")
+                    == wanted["config"] else _describe_change(checkpoint["identity"], wanted))
+            stale[label] = f"{label} differs from its unfinished checkpoint: {what}" + epochs
+    return earlier, None, stale
+
+
+def _move_stale_configs(out, results_file, weights_file, log_every, earlier, stale, say):
+    """Move the files and JSON entries of the configs in ``stale`` into earlier-<time>/,
+    one line each; the other configs' results stay where they are."""
+    if not stale:
+        return
+    moving = [entry for entry in earlier["configs"] if entry["id"] in stale] if earlier else []
+    files = [path for label in stale
+             for path in outputs.config_files(out, label, weights_file)]
+    target = outputs.move_aside(out, files)
+    if moving:
+        outputs.save_json(dict(earlier, configs=moving), target / results_file)
+        earlier["configs"] = [entry for entry in earlier["configs"] if entry not in moving]
+        outputs.save_json(earlier, out / results_file)
+        outputs.plot_run(earlier["configs"], out, earlier["script"], log_every)
+    for label, reason in stale.items():
+        say(f"{reason}: its earlier results are kept in {target}/")
 
 
 def _describe_change(before, after):
@@ -253,11 +354,12 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
     run_name = label if seed == results["seed"] else f"{label} (seed {seed})"
     done = next((entry for entry in results["configs"]
                  if entry["id"] == label and entry["seed"] == seed), None)
-    if done and done["status"] != "out_of_memory":  # that one is tried again
+    if done and done["status"] in ("finished", "diverged"):  # running, out_of_memory: resumed
         say(f"{run_name}: already {done['status']} in {out} ({outputs.outcome(done)}); "
             f"skipped. Use --restart to train it again.")
         return done["status"]
     say(f"{run_name}: {outputs.settings(chosen)}")
+    job.update(first=run_name, batch=chosen["batch_size"])  # the global batch of a step
     train.seed_everything(seed)  # every config starts from the same weights
     model = rt.place_model(job["build_model"](chosen), runtime, chosen.get("sync_bn", False))
     if runtime.rank:
@@ -277,7 +379,8 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
             f"step {progress['step']}")
         if note:
             say(f"{run_name}: {note}")
-    identity = _identity(chosen, seed, job["run_data"])
+    identity = _identity(chosen, seed, job["run_data"], job["models"][label])
+    weights_path = out / outputs.weights_name(job["weights_file"], number, seed, results["seed"])
 
     def save(progress):
         rng_states = rt.gather_to_main(checkpoints.rng_state(), runtime)
@@ -285,35 +388,59 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
             checkpoints.save_checkpoint(checkpoint_path, identity, rt.unwrap(model), optimizer,
                                         scheduler, progress, rng_states, scaler)
 
-    status = _train(job, run_name, chosen, seed, model, optimizer, scheduler, progress,
-                    stop, save, scaler)
+    def record(status):
+        """This run's entry in ``results`` (in full on rank 0), written out there: the JSON
+        each time, the PNGs when they are due (see _refresh)."""
+        entry = {"id": label, "seed": seed, "config": chosen, "status": status}
+        if runtime.is_main:
+            entry = outputs.config_entry(label, seed, chosen, status, progress,
+                                         weights_path.name)
+            entry.update(model=job["models"][label], precision=rt.precision(runtime),
+                         compiled=runtime.compile)
+            if job["log_every"]:
+                entry["steps_per_epoch"] = steps
+        results["configs"] = sorted(
+            [e for e in results["configs"] if (e["id"], e["seed"]) != (label, seed)] + [entry],
+            key=lambda e: (int(e["id"].split("_")[1]), e["seed"]))
+        if runtime.is_main:
+            _refresh(job, results, results_file, final=status != "running")
+        return entry
+
+    status = _train(job, run_name, chosen, seed, model, optimizer, scheduler, progress, stop,
+                    save, scaler, on_epoch=lambda: record("running"))
     if status == "interrupted":
         return status
-    weights_path = out / outputs.weights_name(job["weights_file"], number, seed, results["seed"])
-    entry = {"id": label, "seed": seed, "config": chosen, "status": status}  # enough elsewhere
-    if runtime.is_main:
-        entry = outputs.config_entry(label, seed, chosen, status, progress, weights_path.name)
-        entry.update(precision=rt.precision(runtime), compiled=runtime.compile)
-        if job["log_every"]:
-            entry["steps_per_epoch"] = steps
-        if status == "finished":
-            _, _, test_images, test_labels, scale, shift = job["data"]
-            predictions = train.predict(rt.unwrap(model), test_images, scale, shift, runtime,
-                                        chosen.get("tta", False))
-            entry.update(_class_scores(predictions, test_labels))
-    results["configs"] = sorted(
-        [e for e in results["configs"] if (e["id"], e["seed"]) != (label, seed)] + [entry],
-        key=lambda e: (int(e["id"].split("_")[1]), e["seed"]))
+    if runtime.is_main and status == "finished":
+        _, _, test_images, test_labels, scale, shift = job["data"]
+        predictions = train.predict(rt.unwrap(model), test_images, scale, shift, runtime,
+                                    chosen.get("tta", False))
+        outputs.save_weights(rt.unwrap(model), weights_path)
+    entry = record(status)  # after the weights: the JSON never names a file not yet there
     if runtime.is_main:
         if status == "finished":
-            outputs.save_weights(rt.unwrap(model), weights_path)
+            entry.update(_class_scores(predictions, job["data"][3]))
+            outputs.save_json(results, out / results_file)
             if outputs.is_best(entry, results["configs"]):
                 outputs.plot_examples(job["data"], predictions, entry, results["script"], out)
-        outputs.save_json(results, out / results_file)  # after each config: nothing lost
-        outputs.plot_run(results["configs"], out, results["script"], job["log_every"])
         if status != "out_of_memory":  # kept: a rerun with more memory carries on from it
             checkpoints.remove_checkpoint(checkpoint_path)
     return status
+
+
+# The PNGs are redrawn after an epoch only when at least this many times their last drawing
+# time has passed since, so that live plots cost at most about 1/REFRESH_RATIO of the run.
+REFRESH_RATIO = 20
+
+
+def _refresh(job, results, results_file, final):
+    """Write the results JSON (every epoch: a few milliseconds) and redraw the PNGs (a few
+    tenths of a second: at the end of each config, and between epochs when due)."""
+    out, clock = job["out"], job["refresh"]
+    outputs.save_json(results, out / results_file)
+    if final or time.monotonic() - clock["drawn_at"] >= REFRESH_RATIO * clock["drawing"]:
+        started = time.monotonic()
+        outputs.plot_run(results["configs"], out, results["script"], job["log_every"])
+        clock.update(drawn_at=time.monotonic(), drawing=time.monotonic() - started)
 
 
 def _class_scores(predictions, test_labels):
@@ -325,18 +452,20 @@ def _class_scores(predictions, test_labels):
 
 
 def _train(job, label, chosen, seed, model, optimizer, scheduler, progress, stop, save,
-           scaler):
+           scaler, on_epoch):
+    """train.train_config with the run's messages; ``on_epoch()`` after each epoch's line."""
     def on_log(epoch, step, loss):
         job["say"](f"epoch {epoch}: batch {step} loss: {loss:.3f}")
 
     def on_evaluate(epoch):
         stop.doing = f"the test pass of epoch {epoch} (the epoch itself is saved)"
 
-    def on_epoch(record):  # rank 0 only: the test accuracy is measured there
+    def epoch_done(record):  # rank 0 only: the test accuracy is measured there
         stop.doing = "the current step"
         job["say"](f"{label} epoch {record['epoch']}/{chosen['num_epochs']}: "
                    f"loss {record['train_loss']:.4f}, train acc {record['train_accuracy']:.2f}%, "
                    f"test acc {record['test_accuracy']:.2f}%, {record['seconds']:.1f} s")
+        on_epoch()
 
     say, main = job["say"], job["runtime"].is_main
     status = train.train_config(model, optimizer, chosen, job["data"], seed, progress, save,
@@ -344,7 +473,8 @@ def _train(job, label, chosen, seed, model, optimizer, scheduler, progress, stop
                                 stop_requested=lambda: bool(stop.signals),
                                 log_every=job["log_every"], on_log=on_log,
                                 on_evaluate=on_evaluate if main else None,
-                                on_epoch=on_epoch if main else None, scaler=scaler)
+                                on_epoch=epoch_done if main else None, scaler=scaler,
+                                on_step=job.pop("estimate", None))
     if status == "out_of_memory":
         say(f"error: {label} ran out of GPU memory at batch_size {chosen['batch_size']}. "
             f"Try a smaller batch_size in CONFIGS; the other configs carry on, and its "

@@ -79,6 +79,16 @@ def kit_files(out_dir, results_file, weights_pattern):
     return sorted(path for path in found if path.is_file())
 
 
+def config_files(out_dir, label, weights_pattern):
+    """The weights (every seed) and checkpoints of one config (``label``: config_N)."""
+    out_dir = Path(out_dir)
+    name = weights_pattern.format(number=label.split("_")[1])[:-len(".pth")]
+    weights = re.compile(re.escape(name) + r"(_seed\d+)?\.pth")
+    return sorted([path for path in out_dir.glob("*.pth") if weights.fullmatch(path.name)]
+                  + [path for path in (out_dir / "checkpoints").glob(f"{label}_seed*.ckpt")
+                     if CHECKPOINT_NAME.fullmatch(path.name)])
+
+
 def move_aside(out_dir, paths):
     """Move ``paths`` (files in ``out_dir`` or its checkpoints/) into a new time-stamped
     subfolder, keeping their relative places; return the subfolder."""

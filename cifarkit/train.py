@@ -51,7 +51,8 @@ def autocast(device_type, dtype):
 
 
 def train_epoch(model, optimizer, images, labels, batches, scale, shift, sums, runtime, recipe,
-                start_step=0, stop_requested=None, log_every=0, on_log=None, bar=None):
+                start_step=0, stop_requested=None, log_every=0, on_log=None, bar=None,
+                on_step=None):
     """Train on ``batches[start_step:]``, adding into ``sums``; return (steps done, outcome).
 
     outcome is None (the epoch ended), "stopped" (``stop_requested()`` turned true),
@@ -59,7 +60,8 @@ def train_epoch(model, optimizer, images, labels, batches, scale, shift, sums, r
     error on any rank); the ranks of a torchrun job learn each of these together, at the next
     look (every ``SYNC_EVERY`` steps), and end the epoch together. Each batch is a global
     batch; under torchrun this rank trains on its shard of it. ``on_log(step, mean_loss)``
-    runs every ``log_every`` steps (the tutorial's running loss). ``recipe`` (from
+    runs every ``log_every`` steps (the tutorial's running loss); ``on_step()`` after every
+    step (the up-front time estimate). ``recipe`` (from
     ``step_recipe``) holds augmentation, label smoothing, mixed precision and the
     learning-rate scheduler.
     """
@@ -83,6 +85,8 @@ def train_epoch(model, optimizer, images, labels, batches, scale, shift, sums, r
                     return step, "out_of_memory"
         if out_of_memory:
             _keep_ranks_company(model, images, scale, shift, recipe)
+        elif on_step is not None:
+            on_step()
         if bar is not None and not bar.disable:
             bar.update(1)
             if step % BAR_EVERY == 0:  # the live numbers cost a host sync: not every step
@@ -243,7 +247,7 @@ def new_progress():
 
 def train_config(model, optimizer, config, data, seed, progress, save, runtime, scheduler=None,
                  stop_requested=None, log_every=0, on_log=None, on_evaluate=None,
-                 on_epoch=None, scaler=None):
+                 on_epoch=None, scaler=None, on_step=None):
     """Carry ``progress`` (new, or from a checkpoint) to the end of ``config``.
 
     ``data`` is (train_images, train_labels, test_images, test_labels, scale, shift), all on
@@ -276,7 +280,8 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime, 
                           runtime.is_main) as bar:
             step, outcome = train_epoch(model, optimizer, train_images, train_labels, batches,
                                         scale, shift, sums, runtime, recipe,
-                                        progress["step"], stop_requested, log_every, log, bar)
+                                        progress["step"], stop_requested, log_every, log, bar,
+                                        on_step)
         if device.type == "cuda":
             torch.cuda.synchronize()
         sums["seconds"] += time.perf_counter() - started
