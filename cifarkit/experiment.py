@@ -62,7 +62,7 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
             results = outputs.new_results(script, dataset, runtime, args.seed, argv)
             # One run per folder: the lock is held until the run ends (rank 0 writes files).
             rt.from_main(lambda: cleanup.enter_context(outputs.locked(out)) and None, runtime)
-            earlier, reason, stale = rt.from_main(lambda: _earlier_results(
+            earlier, reason, stale, renamed = rt.from_main(lambda: _earlier_results(
                 out, results_file, results, all_configs, models, args), runtime)
         except UserError as error:
             if rt.is_main_process():
@@ -79,7 +79,8 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
                    "weights_file": weights_file, "say": print if runtime.is_main else _silent,
                    "refresh": {"drawn_at": 0.0, "drawing": 0.0}}
             status = _train_selected(script, argv, args, job, normalization, selected,
-                                     dataset, results, results_file, earlier, reason, stale)
+                                     dataset, results, results_file, earlier, reason, stale,
+                                     renamed)
         except KeyboardInterrupt:  # a second Ctrl-C: stop at once, what was saved stays
             say = print if runtime.is_main else _silent
             say(f"\nStopped at once. What was saved stays: finished configs in "
@@ -124,7 +125,7 @@ def _resume_hint(script, argv, distributed):
 
 
 def _train_selected(script, argv, args, job, normalization, selected, dataset, results,
-                    results_file, earlier, reason, stale):
+                    results_file, earlier, reason, stale, renamed):
     out, runtime, say = job["out"], job["runtime"], job["say"]
     if runtime.is_main:
         moved = outputs.kit_files(out, results_file, job["weights_file"]) if reason else []
@@ -132,11 +133,17 @@ def _train_selected(script, argv, args, job, normalization, selected, dataset, r
             say(f"{reason}: the earlier results are kept in "
                 f"{outputs.move_aside(out, moved)}/")
         if not reason:
-            _move_stale_configs(out, results_file, job["weights_file"], job["log_every"],
-                                earlier, stale, say)
-    if earlier and not reason:
-        kept = [entry for entry in earlier["configs"] if entry["id"] not in stale]
-        results.update(started=earlier["started"], configs=kept)
+            _move_stale_configs(out, results_file, job["weights_file"], earlier, stale, say)
+        if not reason and renamed:
+            kept = _kept(earlier, stale, renamed, job["weights_file"])
+            _rename_moved_configs(out, results_file, job["weights_file"],
+                                  kept or dict(results, configs=[]), renamed, say)
+    if not reason:  # every rank, the same as rank 0's JSON
+        earlier = _kept(earlier, stale, renamed, job["weights_file"])
+        if earlier:
+            results.update(started=earlier["started"], configs=earlier["configs"])
+        if runtime.is_main and (stale or renamed):  # the PNGs show what the folder holds
+            outputs.plot_run(results["configs"], out, results["script"], job["log_every"])
     rt.barrier(runtime)  # nobody reads the folder while rank 0 tidies it
 
     say(f"{script}: {len(dataset.train_labels)} training and {len(dataset.test_labels)} test "
@@ -271,45 +278,70 @@ def model_fingerprint(model):
 
 def _earlier_results(out, results_file, results, all_configs, models, args):
     """(earlier results, why all the kit's files must be moved aside or None, {config id:
-    why that config's files must be moved aside}). ``models``: each config's
-    model_fingerprint, by config id."""
+    why that config's files must be moved aside}, {config id: its new id}). A config is known
+    by its content (the config and its model's fingerprint), not its place: one that moved
+    in CONFIGS keeps its results under its new number. ``models``: fingerprints by id."""
     if args.restart:
-        return None, "--restart", {}
-    current = {f"config_{number}": chosen for number, chosen in enumerate(all_configs, 1)}
+        return None, "--restart", {}, {}
+    outputs.finish_renaming(out, results_file)  # one that a crash interrupted
     earlier = outputs.load_results(out / results_file)
     if earlier == "unreadable":
-        return None, f"{out / results_file} is not a results file this kit can read", {}
+        return None, f"{out / results_file} is not a results file this kit can read", {}, {}
     if earlier and earlier.get("script") != results["script"]:
-        return None, f"{out / results_file} was written by {earlier.get('script')}", {}
+        return None, f"{out / results_file} was written by {earlier.get('script')}", {}, {}
     if earlier:
         for key, what in (("seed", "--seed"), ("data", "the data")):
             if earlier[key] != results[key]:
                 return None, (f"{what} differs from the earlier run's "
-                              f"({_describe_change(earlier[key], results[key])})"), {}
-    epochs = " (--epochs)" if args.epochs else ""
-    stale = {}
+                              f"({_describe_change(earlier[key], results[key])})"), {}, {}
+    current = {f"config_{number}": (chosen, models[f"config_{number}"])
+               for number, chosen in enumerate(all_configs, 1)}
+    found, unreadable_content = {}, object()  # config id -> (config, model) in the folder
     for entry in (earlier or {}).get("configs", []):
-        label = entry["id"]
-        if current.get(label) != entry["config"]:
-            stale[label] = (f"{label} differs from its earlier results: "
-                            f"{_describe_change(entry['config'], current.get(label))}" + epochs)
-        elif entry.get("model") != models[label]:
-            stale[label] = f"{label}: the model class changed since its earlier results"
+        content = (entry["config"], entry.get("model"))
+        found[entry["id"]] = content if found.get(entry["id"], content) == content \
+            else unreadable_content
     for path in sorted((out / "checkpoints").glob("*.ckpt")):
         name = outputs.CHECKPOINT_NAME.fullmatch(path.name)
-        if not name or name["label"] in stale:
-            continue  # not one of ours (a user's backup copy, say), or going anyway
-        checkpoint = checkpoints.load_checkpoint(path)
-        label, seed = name["label"], int(name["seed"])
-        wanted = _identity(current.get(label), seed, results["data"], models.get(label))
-        if checkpoint["identity"] != wanted:
-            what = ("the model class changed" if checkpoint["identity"].get("config")
-                    == wanted["config"] else _describe_change(checkpoint["identity"], wanted))
-            stale[label] = f"{label} differs from its unfinished checkpoint: {what}" + epochs
-    return earlier, None, stale
+        if not name:
+            continue  # not one of ours (a user's backup copy, say): left alone
+        identity = checkpoints.load_checkpoint(path)["identity"]
+        same_run = (identity.get("seed"), identity.get("data")) == (int(name["seed"]),
+                                                                   results["data"])
+        content = (identity.get("config"), identity.get("model")) if same_run else None
+        found[name["label"]] = content if found.get(name["label"], content) == content \
+            else unreadable_content
+    return (earlier, None) + _match(found, current, " (--epochs)" if args.epochs else "")
 
 
-def _move_stale_configs(out, results_file, weights_file, log_every, earlier, stale, say):
+def _match(found, current, epochs):
+    """({id: why its results must go}, {old id: new id}) for the configs ``found`` in the
+    folder against the ``current`` CONFIGS, both {id: (config, model fingerprint)}."""
+    changed = [label for label, content in found.items() if current.get(label) != content]
+    free = [label for label in current if found.get(label) != current[label]]
+    renamed = {}
+    for label in changed:
+        moved_to = next((other for other in free if current[other] == found[label]), None)
+        if moved_to is not None:
+            renamed[label] = moved_to
+            free.remove(moved_to)
+    stale = {}
+    for label in (label for label in changed if label not in renamed):
+        content, now = found[label], current.get(label)
+        if now is None or label in renamed.values():
+            why = "it is no longer in CONFIGS"
+        elif not isinstance(content, tuple):
+            why = "it was trained with another seed or data set"
+        elif content[0] == now[0]:
+            stale[label] = f"{label}: the model class changed since its earlier results"
+            continue
+        else:
+            why = _describe_change(content[0], now[0]) + epochs
+        stale[label] = f"{label} differs from its earlier results: {why}"
+    return stale, renamed
+
+
+def _move_stale_configs(out, results_file, weights_file, earlier, stale, say):
     """Move the files and JSON entries of the configs in ``stale`` into earlier-<time>/,
     one line each; the other configs' results stay where they are."""
     if not stale:
@@ -322,9 +354,44 @@ def _move_stale_configs(out, results_file, weights_file, log_every, earlier, sta
         outputs.save_json(dict(earlier, configs=moving), target / results_file)
         earlier["configs"] = [entry for entry in earlier["configs"] if entry not in moving]
         outputs.save_json(earlier, out / results_file)
-        outputs.plot_run(earlier["configs"], out, earlier["script"], log_every)
     for label, reason in stale.items():
         say(f"{reason}: its earlier results are kept in {target}/")
+
+
+def _kept(earlier, stale, renamed, weights_file):
+    """``earlier`` without the entries of ``stale`` configs and with those of moved ones
+    under their new ids and weights names (what rank 0 writes; every rank computes it)."""
+    if not earlier:
+        return earlier
+    configs = []
+    for entry in earlier["configs"]:
+        if entry["id"] in stale:
+            continue
+        entry = dict(entry, id=renamed.get(entry["id"], entry["id"]))
+        if entry.get("weights"):
+            entry["weights"] = outputs.weights_name(weights_file, int(entry["id"].split("_")[1]),
+                                                    entry["seed"], earlier["seed"])
+        configs.append(entry)
+    configs.sort(key=lambda entry: (int(entry["id"].split("_")[1]), entry["seed"]))
+    return dict(earlier, configs=configs)
+
+
+def _rename_moved_configs(out, results_file, weights_file, kept, renamed, say):
+    """Give the results of configs that moved in CONFIGS their new numbers: weights and
+    checkpoints renamed, and the results JSON ``kept`` (from _kept) written, as one step
+    (outputs.rename_with_results)."""
+    moves = []
+    for old, new in renamed.items():
+        old_stem, new_stem = (outputs.weights_stem(weights_file, int(label.split("_")[1]))
+                              for label in (old, new))
+        for path in outputs.config_files(out, old, weights_file):
+            name = (path.name.replace(old, new, 1) if path.suffix == ".ckpt"
+                    else new_stem + path.name[len(old_stem):])
+            moves.append((path, path.parent / name))
+    outputs.rename_with_results(out, moves, kept, results_file)
+    for old, new in renamed.items():
+        say(f"{old} is {new} now (the same config, moved in CONFIGS): its results are kept, "
+            f"renamed to {new}")
 
 
 def _describe_change(before, after):

@@ -65,13 +65,37 @@ def check_out_dir(path, bytes_needed, data_dir):
                         f"choose another folder with --out DIR.")
 
 
+def weights_stem(pattern, number):
+    """The weights file name of config ``number`` without ".pth" and the seed: config_3 for
+    "config_{number}.pth"; for a pattern without a number (the baseline's "model.pth"),
+    "model" for config 1 and "model_config_3" for the others, so configs never share one."""
+    if "{number}" in pattern:
+        return pattern.format(number=number)[:-len(".pth")]
+    return pattern[:-len(".pth")] + ("" if number == 1 else f"_config_{number}")
+
+
+def weights_name(pattern, number, seed, base_seed):
+    """config_N.pth for the run's own seed; config_N_seedS.pth for the extra seeds."""
+    stem = weights_stem(pattern, number)
+    return f"{stem}.pth" if seed == base_seed else f"{stem}_seed{seed}.pth"
+
+
+def _weights_regex(pattern, number=None):
+    """What weights_name() writes for config ``number`` (any config when None)."""
+    if number is not None:
+        stem = re.escape(weights_stem(pattern, number))
+    elif "{number}" in pattern:
+        stem = re.escape(pattern[:-len(".pth")]).replace(re.escape("{number}"), r"\d+")
+    else:
+        stem = re.escape(pattern[:-len(".pth")]) + r"(_config_\d+)?"
+    return re.compile(stem + r"(_seed\d+)?\.pth")
+
+
 def kit_files(out_dir, results_file, weights_pattern):
     """The files in ``out_dir`` that this kit writes (results JSON, weights, PNGs,
     checkpoints): the only ones it ever moves. Anything else there is left alone."""
     out_dir = Path(out_dir)
-    # "config_{number}.pth" -> config_<N>[_seed<S>].pth, as weights_name() writes them
-    stem = re.escape(weights_pattern[:-len(".pth")]).replace(re.escape("{number}"), r"\d+")
-    weights = re.compile(stem + r"(_seed\d+)?\.pth")
+    weights = _weights_regex(weights_pattern)
     found = [out_dir / name for name in (results_file, *PLOT_FILES)]
     found += [path for path in out_dir.glob("*.pth") if weights.fullmatch(path.name)]
     found += [path for path in (out_dir / "checkpoints").glob("*.ckpt")
@@ -82,11 +106,56 @@ def kit_files(out_dir, results_file, weights_pattern):
 def config_files(out_dir, label, weights_pattern):
     """The weights (every seed) and checkpoints of one config (``label``: config_N)."""
     out_dir = Path(out_dir)
-    name = weights_pattern.format(number=label.split("_")[1])[:-len(".pth")]
-    weights = re.compile(re.escape(name) + r"(_seed\d+)?\.pth")
+    weights = _weights_regex(weights_pattern, int(label.split("_")[1]))
     return sorted([path for path in out_dir.glob("*.pth") if weights.fullmatch(path.name)]
                   + [path for path in (out_dir / "checkpoints").glob(f"{label}_seed*.ckpt")
                      if CHECKPOINT_NAME.fullmatch(path.name)])
+
+
+JOURNAL = ".relabel.json"  # a renaming in progress (see rename_with_results)
+
+
+def rename_with_results(out_dir, moves, results, results_file):
+    """Rename files (``moves``: [(source, target)] inside ``out_dir``) and write ``results``
+    as one step. A crash at any moment leaves the old names with the old results JSON or the
+    new names with the new one: finish_renaming(), at the start of the next run, completes or
+    undoes it, deciding by whether the results JSON was already written (its "renaming"
+    token), which is the one atomic step."""
+    out_dir = Path(out_dir)
+    token = secrets.token_hex(8)
+    plan = [[str(Path(source).relative_to(out_dir)), str(Path(target).relative_to(out_dir))]
+            for source, target in moves]
+    save_json({"token": token, "moves": plan}, out_dir / JOURNAL)
+    staging = out_dir / ".relabel"
+    staging.mkdir(exist_ok=True)
+    for source, target in plan:  # out of the way first: the targets may be other sources
+        os.replace(out_dir / source, staging / target.replace("/", "__"))
+    save_json(dict(results, renaming=token), out_dir / results_file)
+    finish_renaming(out_dir, results_file)
+
+
+def finish_renaming(out_dir, results_file):
+    """Complete (or undo) a rename_with_results() that a crash interrupted; a no-op else."""
+    out_dir = Path(out_dir)
+    try:
+        journal = json.loads((out_dir / JOURNAL).read_text())
+    except (OSError, ValueError):
+        return
+    try:  # the token alone decides, whatever else the JSON holds
+        done = json.loads((out_dir / results_file).read_text()).get("renaming") \
+            == journal["token"]
+    except (OSError, ValueError, AttributeError):
+        done = False
+    staging = out_dir / ".relabel"
+    for source, target in journal["moves"]:
+        staged = staging / target.replace("/", "__")
+        if staged.exists():
+            destination = out_dir / (target if done else source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, destination)
+    (out_dir / JOURNAL).unlink()
+    if staging.is_dir() and not any(staging.iterdir()):
+        staging.rmdir()
 
 
 def move_aside(out_dir, paths):
@@ -227,12 +296,6 @@ def settings(config):
 def config_label(entry):
     name = f" {entry['config']['name']}" if "name" in entry["config"] else ""
     return f"{entry['id']}{name}: {settings(entry['config'])}"
-
-
-def weights_name(pattern, number, seed, base_seed):
-    """config_N.pth for the run's own seed; config_N_seedS.pth for the extra seeds."""
-    name = pattern.format(number=number)
-    return name if seed == base_seed else name.replace(".pth", f"_seed{seed}.pth")
 
 
 def config_entry(label, seed, config, status, progress, weights_name):
