@@ -58,7 +58,9 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cifarkit import config, data, train  # noqa: E402
+import Original_version_model  # noqa: E402
+import Original_version_model_multiGPU  # noqa: E402
+from cifarkit import cli, config, data, train  # noqa: E402
 from cifarkit import runtime as rt  # noqa: E402
 
 # What each check runs: (on the GPU(s), with --quick on the CPU). The comments give the
@@ -129,8 +131,8 @@ RESCORE_POINTS_WITH_A_GPU = 1.0
 # kernels in the new process, atomics add in any order, and bf16 rounding then amplifies the
 # last-bit differences. Allowed: test accuracy within 1 point, and weights within 5% of the
 # distance training moved them. Replaying or skipping the 1000 mini-batches before the
-# SIGTERM, the mistakes worth catching, changes the weights by a far larger share. On the
-# CPU the kit promises, and this checks, bit-identical weights and history.
+# SIGTERM (a quarter of the run), the mistakes worth catching, moves them several times
+# further. On the CPU the kit promises, and this checks, bit-identical weights and history.
 RESUME_ACCURACY_POINTS = 1.0
 RESUME_WEIGHTS_SHARE = 0.05
 RESUME_SIGNAL_LINE = "epoch 2: batch 1000 loss"  # the baseline's running-loss line
@@ -139,6 +141,7 @@ RESUME_SIGNAL_LINE = "epoch 2: batch 1000 loss"  # the baseline's running-loss l
 # recomputation, relative to its largest value: fp32 rounding stays near 1e-6 even for
 # FFT or Winograd kernels, TF32's 10-bit inputs give about 1e-4 to 1e-3.
 TF32_THRESHOLD = 3e-5
+PROBE_CONFIG = 4  # the Task 3 config whose precision is probed: LeNet, batch 32
 ALLOWED_COMPUTE = {  # precision in the results JSON: what the layers may compute in
     "fp32": {"fp32"},
     "tf32": {"tf32", "fp32"},  # TF32 allowed; small layers may still take fp32 kernels
@@ -226,9 +229,10 @@ def last_line(log):
     return lines[-1][:300] if lines else "no output"
 
 
-def script_command(script, setting, out, *args):
-    return [sys.executable, REPO / script, "--data-dir", setting.data_dir, "--out", out,
-            "--device", setting.device, *args]
+def script_command(script, setting, out, *args, launcher=()):
+    """``python [launcher] script`` on this check's data and device, output into ``out``."""
+    return [sys.executable, *launcher, REPO / script, "--data-dir", setting.data_dir,
+            "--out", out, "--device", setting.device, *args]
 
 
 def subset_args(subset):
@@ -258,8 +262,6 @@ def finished_entries(results, expected_ids):
 
 def selected_ids(script, configs):
     """config_N of every config ``--configs`` selects (all when None)."""
-    from cifarkit import cli
-
     module = importlib.import_module(Path(script).stem)
     return [f"config_{number}" for number, _ in cli.select_configs(module.CONFIGS, configs)]
 
@@ -345,11 +347,11 @@ def check_precision(setting, amp, with_script, folder):
     plan, notes, recorded = setting.plan, [], None
     if with_script:
         script, out = "Original_version_model_multiGPU.py", folder / "run"
-        run_ok(script_command(script, setting, out, "--configs", 4, "--epochs", 1, "--amp", amp,
-                              *subset_args(plan["precision_subset"])),
+        run_ok(script_command(script, setting, out, "--configs", PROBE_CONFIG, "--epochs", 1,
+                              "--amp", amp, *subset_args(plan["precision_subset"])),
                folder / "run.log", plan["timeout_run"])
         results = read_results(out, script)
-        (entry,) = finished_entries(results, ["config_4"])
+        (entry,) = finished_entries(results, [f"config_{PROBE_CONFIG}"])
         recorded = entry["precision"]
         notes.append(data_parallel_note(results, setting))
     probe_path = folder / "layers.json"
@@ -408,11 +410,11 @@ def layer_table(layers):
 def check_torchrun(setting, folder):
     """DDP under torchrun, one process per GPU (NCCL) or 2 CPU processes (gloo)."""
     plan, script, out = setting.plan, "Resnet_model.py", folder / "run"
-    processes = setting.gpus if setting.device == "cuda" else plan["cpu_processes"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={processes}",
-               *script_command(script, setting, out, "--configs", 1, "--epochs", 1,
-                               *subset_args(plan["torchrun_subset"]))[1:]]
+    processes = torchrun_processes(setting)
+    command = script_command(script, setting, out, "--configs", 1, "--epochs", 1,
+                             *subset_args(plan["torchrun_subset"]),
+                             launcher=["-m", "torch.distributed.run", "--standalone",
+                                       f"--nproc-per-node={processes}"])
     run_ok(command, folder / "torchrun.log", plan["timeout_run"], env={"OMP_NUM_THREADS": "1"})
     results = read_results(out, script)
     (entry,) = finished_entries(results, ["config_1"])
@@ -426,6 +428,10 @@ def check_torchrun(setting, folder):
                       f"{entry['final_test_accuracy']:.2f}% after 1 epoch on "
                       f"{results['data']['train_images']:,} images, "
                       f"{entry['train_seconds']:.1f} s"}
+
+
+def torchrun_processes(setting):
+    return setting.gpus if setting.device == "cuda" else setting.plan["cpu_processes"]
 
 
 def check_resume(setting, folder):
@@ -512,10 +518,8 @@ def without_seconds(records):
 def same_run_within_tolerance(reference_out, resumed_out):
     (reference, reference_weights), (resumed, weights) = map(finished_run,
                                                              (reference_out, resumed_out))
-    import Original_version_model as script
-
     train.seed_everything(reference["seed"])  # the kit's initial weights: seed, then build
-    initial = script.build_model(reference["config"]).state_dict()
+    initial = Original_version_model.build_model(reference["config"]).state_dict()
     distance, moved = (torch.sqrt(sum(((a[key].double() - b[key].double()) ** 2).sum()
                                       for key in reference_weights))
                        for a, b in ((weights, reference_weights), (reference_weights, initial)))
@@ -616,13 +620,14 @@ def all_checks(setting, with_pytest):
                                     f"loaded and scored with no GPU visible",
                   partial(check_weights_on_cpu, setting)))
     for number, amp in enumerate(plan["precision_amps"]):
-        what = (f"{'`Original_version_model_multiGPU.py --configs 4`, then ' if number == 0 else ''}"
-                f"one train_epoch step of its LeNet, place_model(data_parallel=True), --amp {amp}; "
-                f"hooks on every Conv2d/Linear")
+        script_run = (f"`Original_version_model_multiGPU.py --configs {PROBE_CONFIG} --amp {amp}`,"
+                      f" then " if number == 0 else "")
+        what = (f"{script_run}one train_epoch step of its LeNet, placed with "
+                f"place_model(data_parallel=True), --amp {amp}; hooks on every Conv2d/Linear")
         found.append((f"precision-{amp}", what,
                       partial(check_precision, setting, amp, number == 0)))
-    processes = setting.gpus if device == "cuda" else plan["cpu_processes"]
-    found.append(("torchrun", f"`torchrun --nproc-per-node={processes} Resnet_model.py "
+    found.append(("torchrun", f"`torchrun --nproc-per-node={torchrun_processes(setting)} "
+                              f"Resnet_model.py "
                               f"--configs 1 --epochs 1 --subset {plan['torchrun_subset']}`",
                   partial(check_torchrun, setting)))
     found.append(("resume", f"`Original_version_model.py --subset {plan['resume_subset']} "
@@ -654,10 +659,9 @@ def sized(subset):
 def probe_precision(data_dir, device, amp):
     """One training step of the Task 3 script's model, placed as the script places it, with
     every Conv2d and Linear call recorded: device, output dtype, and what it computed in."""
-    import Original_version_model_multiGPU as script
-
+    script = Original_version_model_multiGPU
     runtime = rt.init_runtime(device, data_parallel=True, amp=amp)
-    chosen = config.check_configs(script.CONFIGS)[3]  # config_4: batch 32
+    chosen = config.check_configs(script.CONFIGS)[PROBE_CONFIG - 1]
     dataset = data.load_cifar10(data_dir, chosen["batch_size"], 0)
     model, layers = script.build_model(chosen), []
     for name, module in model.named_modules():
@@ -796,7 +800,8 @@ def machine(setting):
     gpus = ([torch.cuda.get_device_name(index) for index in range(setting.gpus)]
             if setting.gpus else [])
     where = ", ".join(gpus) if gpus else "CPU (--quick)" if setting.quick else "CPU"
-    return {"summary": f"{where}; torch {torch.__version__}", "gpus": gpus,
+    return {"summary": f"{where}, {os.cpu_count()} CPU cores; torch {torch.__version__}",
+            "gpus": gpus,
             "cpu_cores": os.cpu_count(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "python": platform.python_version(), "platform": platform.platform()}
 
