@@ -6,6 +6,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from conftest import REPO, write_pickled_batches
 
@@ -25,9 +28,9 @@ def run_gpu_check(data_dir, out, *flags):
 
 
 def test_quick_mode_runs_every_check_and_each_passes(tmp_path):
-    # 600 training images a class: the resume check interrupts an epoch of more than 1000
-    # mini-batches of 4 (subset 6,000), and the recipe needs one batch of 512
-    data_dir = write_pickled_batches(tmp_path / "data", train_per_class=600)
+    # 500 training images a class: the resume check interrupts an epoch of more than 1000
+    # mini-batches of 4 (subset 5,000), and the recipe needs one batch of 512
+    data_dir = write_pickled_batches(tmp_path / "data", train_per_class=500)
     out = tmp_path / "out"
     result = run_gpu_check(data_dir, out)
     report = json.loads((out / "gpu_check.json").read_text())
@@ -56,7 +59,7 @@ def test_quick_mode_runs_every_check_and_each_passes(tmp_path):
 
 
 def test_a_failing_check_is_reported_and_the_others_still_run(tmp_path):
-    # 300 training images: too few for the resume check's 6,000-image subset, enough for the
+    # 300 training images: too few for the resume check's 5,000-image subset, enough for the
     # 128 of the config-4 check that runs after it
     data_dir = write_pickled_batches(tmp_path / "data")
     out = tmp_path / "out"
@@ -66,12 +69,12 @@ def test_a_failing_check_is_reported_and_the_others_still_run(tmp_path):
     resume, config_4 = report["checks"]
     assert (resume["id"], resume["result"]) == ("resume", "fail")
     assert "exit status 2" in resume["error"]
-    assert "--subset 6000: must be between 10 and the 300" in resume["error_tail"]
+    assert "--subset 5000: must be between 10 and the 300" in resume["error_tail"]
     assert (config_4["id"], config_4["result"]) == ("resnet-config-4", "pass")
     table = (out / "gpu_check.md").read_text()
     assert "| resume | " in table and "**FAIL**" in table
     assert "**1 of 2 checks passed.**" in table
-    assert "--subset 6000: must be between 10" in table  # the failure's output tail
+    assert "--subset 5000: must be between 10" in table  # the failure's output tail
 
 
 def test_an_unknown_check_or_a_missing_data_dir_is_refused(tmp_path):
@@ -113,6 +116,27 @@ def test_precision_mismatches_are_named(label, calls, devices, problem):
 def test_precision_that_matches_passes(label, calls):
     devices = sorted({device for _, device in calls})
     assert gpu_check.precision_mismatches(label, layers(*calls), devices) == []
+
+
+def tf32(tensor):
+    """``tensor`` with TF32's 10-bit mantissa: the 13 low bits of fp32's 23 cleared."""
+    return (tensor.view(torch.int32) & -(2 ** 13)).view(torch.float32)
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(400, 120), nn.Conv2d(6, 16, 5)])
+def test_tf32_is_told_from_fp32_by_the_rounding_error(layer):
+    torch.manual_seed(0)
+    inputs = torch.randn((32, 400) if isinstance(layer, nn.Linear) else (32, 6, 14, 14))
+    if isinstance(layer, nn.Linear):
+        reduced = F.linear(tf32(inputs), tf32(layer.weight), layer.bias)
+    else:
+        reduced = F.conv2d(tf32(inputs), tf32(layer.weight), layer.bias)
+    seen = []
+    with torch.no_grad():
+        gpu_check.record_layer(seen, "layer", layer, (inputs,), layer(inputs))
+        gpu_check.record_layer(seen, "layer", layer, (inputs,), reduced)
+        gpu_check.record_layer(seen, "layer", layer, (inputs,), layer(inputs).bfloat16())
+    assert [call["computed_in"] for call in seen] == ["fp32", "tf32", "bf16"]
 
 
 def test_pytest_counts_read_the_closing_summary():
