@@ -547,7 +547,8 @@ def check_speed(setting, amp, folder):
     figure = (f"{speeds[-1]:,.0f} img/s ({entry['precision']}; epoch {epochs}: "
               f"{entry['history'][-1]['seconds']:.1f} s for {images:,} images")
     if epochs > 1:
-        figure += f"; epoch 1, with cudnn autotuning: {speeds[0]:,.0f} img/s"
+        warm_up = "warm-up and cudnn autotuning" if setting.device == "cuda" else "warm-up"
+        figure += f"; epoch 1, with {warm_up}: {speeds[0]:,.0f} img/s"
     return {"figure": figure + ")", "images_per_s": speeds[-1],
             "reference": f"report: ~{REPORT_IMAGES_PER_S:,.0f} img/s on one A100 (25 epochs in "
                          f"{REPORT_CONFIG_4[1]} s; precision not stated)"}

@@ -43,6 +43,7 @@ def test_quick_mode_runs_every_check_and_each_passes(tmp_path):
 
     checks = {check["id"]: check for check in report["checks"]}
     assert "bit-identical" in checks["resume"]["figure"]
+    assert "weights differ by 0.00% of the distance" in checks["resume"]["figure"]  # GPU measure
     assert "world_size 2, backend gloo" in checks["torchrun"]["figure"]
     assert {layer["computed_in"] for layer in checks["precision-auto"]["layers"]} == {"fp32"}
     assert {layer["computed_in"] for layer in checks["precision-on"]["layers"]} == {"bf16"}
