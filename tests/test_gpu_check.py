@@ -1,0 +1,148 @@
+"""benchmarks/gpu_check.py: its --quick mode runs every GPU check on the CPU, so the command a
+GPU user runs first cannot rot unnoticed; a failing check fails the command; the precision
+comparison catches the mismatches it is there for."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import REPO, write_pickled_batches
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import gpu_check  # noqa: E402
+
+# Every check --quick runs, in order: dropping or renaming one must be a decision.
+QUICK_CHECKS = ["script-baseline", "script-l2", "script-dropout", "script-multigpu",
+                "script-resnet", "weights-on-cpu", "precision-auto", "precision-on", "torchrun",
+                "resume", "speed-bf16", "speed-fp32", "resnet-config-4", "resnet-recipe"]
+
+
+def run_gpu_check(data_dir, out, *flags):
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--quick",
+                           "--data-dir", str(data_dir), "--out", str(out), *flags],
+                          cwd=REPO, capture_output=True, text=True, timeout=1200)
+
+
+def test_quick_mode_runs_every_check_and_each_passes(tmp_path):
+    # 500 training images a class: the resume check interrupts an epoch of more than 1000
+    # mini-batches of 4 (subset 5,000), and the recipe needs one batch of 512
+    data_dir = write_pickled_batches(tmp_path / "data", train_per_class=500)
+    out = tmp_path / "out"
+    result = run_gpu_check(data_dir, out)
+    report = json.loads((out / "gpu_check.json").read_text())
+    failed = {check["id"]: (check["error"], check["error_tail"][-1500:])
+              for check in report["checks"] if check["result"] != "pass"}
+    assert not failed, failed
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [check["id"] for check in report["checks"]] == QUICK_CHECKS
+    assert report["quick"] and "figures mean nothing" in report["note"]
+
+    checks = {check["id"]: check for check in report["checks"]}
+    assert "bit-identical" in checks["resume"]["figure"]
+    assert "weights differ by 0.00% of the distance" in checks["resume"]["figure"]  # GPU measure
+    assert "world_size 2, backend gloo" in checks["torchrun"]["figure"]
+    assert {layer["computed_in"] for layer in checks["precision-auto"]["layers"]} == {"fp32"}
+    assert {layer["computed_in"] for layer in checks["precision-on"]["layers"]} == {"bf16"}
+    assert checks["speed-bf16"]["images_per_s"] > 0
+    assert 0 <= checks["resnet-recipe"]["accuracy"] <= 100
+
+    table = (out / "gpu_check.md").read_text()
+    assert "figures mean nothing" in table
+    assert "| Check | What ran | Result | Figure | Report / aim | Time |" in table
+    for check_id in QUICK_CHECKS:
+        row = f"| {check_id} | "
+        assert row in table and row in result.stdout  # written, and printed at the end
+    assert "89.56%, 305.84 s" in table  # the report's figure beside ours
+
+
+def test_a_failing_check_is_reported_and_the_others_still_run(tmp_path):
+    # 300 training images: too few for the resume check's 5,000-image subset, enough for the
+    # 128 of the config-4 check that runs after it
+    data_dir = write_pickled_batches(tmp_path / "data")
+    out = tmp_path / "out"
+    result = run_gpu_check(data_dir, out, "--only", "resume,resnet-config-4")
+    assert result.returncode == 1
+    report = json.loads((out / "gpu_check.json").read_text())
+    resume, config_4 = report["checks"]
+    assert (resume["id"], resume["result"]) == ("resume", "fail")
+    assert "exit status 2" in resume["error"]
+    assert "--subset 5000: must be between 10 and the 300" in resume["error_tail"]
+    assert (config_4["id"], config_4["result"]) == ("resnet-config-4", "pass")
+    table = (out / "gpu_check.md").read_text()
+    assert "| resume | " in table and "**FAIL**" in table
+    assert "**1 of 2 checks passed.**" in table
+    assert "--subset 5000: must be between 10" in table  # the failure's output tail
+
+
+def test_an_unknown_check_or_a_missing_data_dir_is_refused(tmp_path):
+    data_dir = write_pickled_batches(tmp_path / "data")
+    result = run_gpu_check(data_dir, tmp_path / "out", "--only", "resume,warp-drive")
+    assert result.returncode == 2 and "no check warp-drive" in result.stderr
+    result = run_gpu_check(tmp_path / "nowhere", tmp_path / "out")
+    assert result.returncode == 2 and "no such folder" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def layers(*calls):
+    return [{"layer": f"layer{number}", "device": device, "computed_in": kind}
+            for number, (kind, device) in enumerate(calls)]
+
+
+@pytest.mark.parametrize("label, calls, devices, problem", [
+    # DataParallel replicas in fp16 while the run says bf16 (threads start in autocast's default)
+    ("bf16 autocast", [("bf16", "cuda:0"), ("fp16", "cuda:1")], ["cuda:0", "cuda:1"],
+     "recorded 'bf16 autocast', but layers computed in fp16 on cuda:1"),
+    # TF32 convolutions in a run recorded as fp32
+    ("fp32", [("tf32", "cuda:0"), ("fp32", "cuda:0")], ["cuda:0"],
+     "recorded 'fp32', but layers computed in tf32 on cuda:0"),
+    # the second GPU never computed: DataParallel not spreading the batch
+    ("bf16 autocast", [("bf16", "cuda:0")], ["cuda:0", "cuda:1"],
+     "no Conv2d or Linear ran on cuda:1"),
+    ("fp8 magic", [("fp32", "cpu")], ["cpu"], "unknown precision 'fp8 magic'"),
+    ("fp32", [], ["cpu"], "no Conv2d or Linear layer ran"),
+])
+def test_precision_mismatches_are_named(label, calls, devices, problem):
+    assert problem in "; ".join(gpu_check.precision_mismatches(label, layers(*calls), devices))
+
+
+@pytest.mark.parametrize("label, calls", [
+    ("bf16 autocast", [("bf16", "cuda:0"), ("bf16", "cuda:1")]),
+    ("tf32", [("tf32", "cuda:0"), ("fp32", "cuda:0")]),  # small layers may take fp32 kernels
+    ("fp16 autocast with loss scaling", [("fp16", "cuda:0"), ("fp16", "cuda:1")]),
+])
+def test_precision_that_matches_passes(label, calls):
+    devices = sorted({device for _, device in calls})
+    assert gpu_check.precision_mismatches(label, layers(*calls), devices) == []
+
+
+def tf32(tensor):
+    """``tensor`` with TF32's 10-bit mantissa: the 13 low bits of fp32's 23 cleared."""
+    return (tensor.view(torch.int32) & -(2 ** 13)).view(torch.float32)
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(400, 120), nn.Conv2d(6, 16, 5)])
+def test_tf32_is_told_from_fp32_by_the_rounding_error(layer):
+    torch.manual_seed(0)
+    inputs = torch.randn((32, 400) if isinstance(layer, nn.Linear) else (32, 6, 14, 14))
+    if isinstance(layer, nn.Linear):
+        reduced = F.linear(tf32(inputs), tf32(layer.weight), layer.bias)
+    else:
+        reduced = F.conv2d(tf32(inputs), tf32(layer.weight), layer.bias)
+    seen = []
+    with torch.no_grad():
+        gpu_check.record_layer(seen, "layer", layer, (inputs,), layer(inputs))
+        gpu_check.record_layer(seen, "layer", layer, (inputs,), reduced)
+        gpu_check.record_layer(seen, "layer", layer, (inputs,), layer(inputs).bfloat16())
+    assert [call["computed_in"] for call in seen] == ["fp32", "tf32", "bf16"]
+
+
+def test_pytest_counts_read_the_closing_summary():
+    output = "..F.s\nFAILED tests/x.py::t\n3 passed, 1 failed, 1 skipped, 2 deselected in 4.10s\n"
+    assert gpu_check.pytest_counts(output) == {"passed": 3, "failed": 1, "skipped": 1,
+                                               "deselected": 2}
+    assert gpu_check.pytest_counts("1 error in 0.5s") == {"error": 1}
+    assert gpu_check.pytest_counts("no tests ran in 0.01s") == {}
