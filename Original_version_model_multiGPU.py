@@ -17,16 +17,26 @@ from cifarkit import data, experiment
 # The report does not give the batch size of its first three configs; 512 is our choice
 # (the size whose lr 0.01 run it reports, 58.02%), not the report's.
 CONFIGS = [
-    {"num_epochs": 50, "lr": 0.001, "momentum": 0.9, "batch_size": 512},   # report: 47.63%
-    {"num_epochs": 100, "lr": 0.01, "momentum": 0.9, "batch_size": 512},   # report: 60.25%
-    {"num_epochs": 200, "lr": 0.001, "momentum": 0.95, "batch_size": 512},  # report: 65.75% (best LeNet)
-    {"num_epochs": 50, "lr": 0.001, "momentum": 0.9, "batch_size": 32},    # report: 62.00%
-    {"num_epochs": 50, "lr": 0.005, "momentum": 0.9, "batch_size": 64},    # report: 62.50%
-    {"num_epochs": 50, "lr": 0.001, "momentum": 0.95, "batch_size": 32},   # report: 64.99%
-    {"num_epochs": 50, "lr": 0.001, "momentum": 0.95, "batch_size": 64},   # report: 63.11%
-    {"num_epochs": 50, "lr": 0.01, "momentum": 0.9, "batch_size": 32},     # report: 56.45%
-    {"num_epochs": 50, "lr": 0.01, "momentum": 0.9, "batch_size": 64},     # report: 59.44%
-    {"num_epochs": 50, "lr": 0.01, "momentum": 0.9, "batch_size": 512},    # report: 58.02%
+    {"num_epochs": 50, "lr": 0.001, "momentum": 0.9, "batch_size": 512,
+     "reported_accuracy": 47.63},
+    {"num_epochs": 100, "lr": 0.01, "momentum": 0.9, "batch_size": 512,
+     "reported_accuracy": 60.25},
+    {"num_epochs": 200, "lr": 0.001, "momentum": 0.95, "batch_size": 512,
+     "reported_accuracy": 65.75},  # the report's best LeNet
+    {"num_epochs": 50, "lr": 0.001, "momentum": 0.9, "batch_size": 32,
+     "reported_accuracy": 62.00},
+    {"num_epochs": 50, "lr": 0.005, "momentum": 0.9, "batch_size": 64,
+     "reported_accuracy": 62.50},
+    {"num_epochs": 50, "lr": 0.001, "momentum": 0.95, "batch_size": 32,
+     "reported_accuracy": 64.99},
+    {"num_epochs": 50, "lr": 0.001, "momentum": 0.95, "batch_size": 64,
+     "reported_accuracy": 63.11},
+    {"num_epochs": 50, "lr": 0.01, "momentum": 0.9, "batch_size": 32,
+     "reported_accuracy": 56.45},
+    {"num_epochs": 50, "lr": 0.01, "momentum": 0.9, "batch_size": 64,
+     "reported_accuracy": 59.44},
+    {"num_epochs": 50, "lr": 0.01, "momentum": 0.9, "batch_size": 512,
+     "reported_accuracy": 58.02},
     # Beyond the report: the same LeNet with a modern recipe, in 30 epochs (--configs recipe).
     {
         "name": "recipe",

@@ -25,6 +25,9 @@ TRAINING_KEYS = {
     "nesterov": ("bool", lambda value: True, "True or False"),
     "label_smoothing": ("float", lambda value: 0 <= value < 1, "in [0, 1)"),
     "tta": ("bool", lambda value: True, "True or False"),
+    # What the report measured for this config, drawn beside ours (no effect on training):
+    "reported_accuracy": ("float", lambda value: 0 <= value <= 100, "a percentage, 0 to 100"),
+    "reported_seconds": ("float", lambda value: value > 0, "greater than 0"),
 }
 REQUIRED = ("num_epochs", "lr", "batch_size")
 DEFAULTS = {"momentum": 0.0, "weight_decay": 0.0}

@@ -289,8 +289,12 @@ def new_results(script, dataset, runtime, seed, argv):
     }
 
 
+NOT_SETTINGS = ("name", "reported_accuracy", "reported_seconds")  # labels, not training
+
+
 def settings(config):
-    return ", ".join(f"{key}={value}" for key, value in config.items() if key != "name")
+    return ", ".join(f"{key}={value}" for key, value in config.items()
+                     if key not in NOT_SETTINGS)
 
 
 def config_label(entry):

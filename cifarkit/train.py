@@ -263,8 +263,7 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime, 
     history = progress["history"]
     if history and history[-1]["test_accuracy"] is None and runtime.is_main:
         # stopped during the last test pass: the weights are that epoch's, measure them now
-        history[-1].update(evaluate(model, test_images, test_labels, scale, shift, runtime,
-                                    config.get("tta", False)))
+        history[-1].update(_measure(model, data, runtime, config.get("tta", False)))
     while progress["epoch"] < config["num_epochs"]:
         epoch = progress["epoch"] + 1
         batches = epoch_batches(len(train_labels), config["batch_size"], seed, epoch, runtime)
@@ -300,8 +299,7 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime, 
         if runtime.is_main:  # the other ranks go on to the next epoch and wait for it there
             if on_evaluate:
                 on_evaluate(epoch)
-            history[-1].update(evaluate(model, test_images, test_labels, scale, shift,
-                                        runtime, config.get("tta", False)))
+            history[-1].update(_measure(model, data, runtime, config.get("tta", False)))
             if on_epoch:
                 on_epoch(history[-1])
         if stop_requested is not None and epoch < config["num_epochs"]:
@@ -330,6 +328,32 @@ def _global_sums(sums, runtime):
     return dict(sums, loss=torch.tensor(loss, device=device),
                 correct=torch.tensor(int(round(correct)), device=device),
                 images=int(round(images)), window=torch.tensor(window, device=device))
+
+
+# At most this many training images are scored in eval mode at each epoch's end (half a test
+# pass at most): enough to measure the train-test gap to within about a point.
+TRAIN_SAMPLE = 5000
+
+
+def train_sample(train_count, test_count):
+    """The training images scored in eval mode after every epoch: the same ones every epoch,
+    in every config and run (a fixed draw), as many as the test set up to TRAIN_SAMPLE."""
+    order = torch.randperm(train_count, generator=torch.Generator().manual_seed(0))
+    return order[:min(train_count, test_count, TRAIN_SAMPLE)].sort().values
+
+
+def _measure(model, data, runtime, tta):
+    """An epoch's end, in eval mode: the test accuracy (with and without TTA when ``tta``),
+    and "train_accuracy_eval", the same measure on a fixed sample of the training images:
+    unlike the running "train_accuracy" (the mean over an epoch whose weights kept changing,
+    with dropout on), it is measured like the test accuracy, so their difference is the
+    generalisation gap."""
+    train_images, train_labels, test_images, test_labels, scale, shift = data
+    record = evaluate(model, test_images, test_labels, scale, shift, runtime, tta)
+    sample = train_sample(len(train_labels), len(test_labels)).to(train_images.device)
+    on_train = evaluate(model, train_images[sample], train_labels[sample], scale, shift,
+                        runtime, tta)
+    return dict(record, train_accuracy_eval=on_train["test_accuracy"])
 
 
 def _train_record(epoch, sums, optimizer):
