@@ -67,7 +67,7 @@ class LeNet(nn.Module):
 
 def build_model(config):
     """A fresh model for one config (also what benchmarks/score.py loads weights into)."""
-    return LeNet(dropout=config["dropout"])
+    return LeNet(dropout=config.get("dropout", MODEL_SETTINGS["dropout"]["default"]))
 
 
 def main(argv=None):

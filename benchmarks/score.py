@@ -32,7 +32,7 @@ def load_model(script, weights, config):
 
 
 def describe(weights, script_name):
-    """(script, config, normalization) of a weights file, from the results JSON beside it."""
+    """(script name, config) of a weights file, from the results JSON beside it."""
     folder = Path(weights).parent
     for path in folder.glob("*.json"):
         try:

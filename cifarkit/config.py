@@ -10,7 +10,7 @@ from .errors import UserError
 
 SCHEDULES = ("constant", "onecycle")  # onecycle: linear warm-up over 20% of steps, then to 0
 
-# key: (kind, test, what the test demands). kind is "int", "float" or "str".
+# key: (kind, test, what the test demands). kind is "int", "float", "str" or "bool".
 TRAINING_KEYS = {
     "name": ("str", lambda value: value.strip() != "", "a non-empty label"),
     "num_epochs": ("int", lambda value: value >= 1, "at least 1"),

@@ -2,7 +2,7 @@
 
 Data flows one way: files -> ``Dataset`` (uint8 N x 3 x 32 x 32 tensors and int64 labels)
 -> ``batch_order`` (which images make each batch) -> ``prepare_batch`` (float, normalised,
-on the training device). Augmentation, when added, belongs in ``prepare_batch``.
+on the training device, augmented there: random crop, flip and cutout for the whole batch).
 """
 import contextlib
 import io

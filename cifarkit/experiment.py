@@ -53,7 +53,7 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
             runtime = rt.init_runtime(args.device, data_parallel, args.amp, args.compile,
                                       cpu_amp)
             cleanup.callback(rt.close, runtime)
-            _check_batches_fit_ranks(selected, runtime)
+            _check_configs_fit_ranks(selected, runtime)
             models = {f"config_{number}": model_fingerprint(build_model(chosen))
                       for number, chosen in enumerate(all_configs, start=1)}
             bytes_needed = _bytes_needed(build_model(selected[0][1]))
@@ -214,7 +214,7 @@ def _silent(*args, **kwargs):
     pass
 
 
-def _check_batches_fit_ranks(selected, runtime):
+def _check_configs_fit_ranks(selected, runtime):
     for number, chosen in selected:
         if chosen.get("sync_bn") and runtime.distributed and runtime.device.type != "cuda":
             raise UserError(f"config_{number}: sync_bn needs GPUs (PyTorch's SyncBatchNorm "
