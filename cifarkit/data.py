@@ -56,6 +56,26 @@ class Dataset:
     source: str                 # where the images came from, for the results JSON
 
 
+@dataclass
+class OnDevice:
+    """The data set on the training device, still uint8, and the ``scale`` and ``shift``
+    that normalise it: what every training step and every test pass reads."""
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    scale: torch.Tensor
+    shift: torch.Tensor
+
+
+def to_device(dataset, normalization, device):
+    """Every image on the training device as uint8, once; batches are cut from these."""
+    scale, shift = normalizer(*normalization, device=device)
+    return OnDevice(dataset.train_images.to(device), dataset.train_labels.to(device),
+                    dataset.test_images.to(device), dataset.test_labels.to(device),
+                    scale, shift)
+
+
 def load_cifar10(data_dir=None, subset=None, seed=0, download_root=DEFAULT_ROOT):
     """Decode CIFAR-10 once into uint8 tensors.
 

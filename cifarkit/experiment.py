@@ -148,7 +148,7 @@ def _train_selected(script, argv, args, job, normalization, selected, dataset, r
 
     say(f"{script}: {len(dataset.train_labels)} training and {len(dataset.test_labels)} test "
         f"images from {dataset.source}; {', '.join(results['devices'])}; output {out}")
-    job["data"] = _to_device(dataset, normalization, runtime.device)
+    job["data"] = data.to_device(dataset, normalization, runtime.device)
     job["estimate"] = _estimator(job, selected, args.seeds, len(dataset.train_labels),
                                  results)
     with _stop_on_signals(say, stop_at_once_on_repeat=not runtime.distributed) as stop:
@@ -408,13 +408,6 @@ def _describe_change(before, after):
     return ", ".join(changes)
 
 
-def _to_device(dataset, normalization, device):
-    """Every image on the training device as uint8, once; batches are cut from these."""
-    scale, shift = data.normalizer(*normalization, device=device)
-    return (dataset.train_images.to(device), dataset.train_labels.to(device),
-            dataset.test_images.to(device), dataset.test_labels.to(device), scale, shift)
-
-
 def _run_config(job, number, chosen, seed, results, results_file, stop):
     """Train (or resume, or skip) one config with one seed; record it; return its status."""
     label, out, runtime, say = f"config_{number}", job["out"], job["runtime"], job["say"]
@@ -432,8 +425,8 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
     if runtime.rank:
         torch.manual_seed(seed + runtime.rank)  # each rank its own dropout masks
     optimizer = train.make_optimizer(model, chosen, runtime)
-    steps = len(train.epoch_batches(len(job["data"][1]), chosen["batch_size"], seed, 1,
-                                    runtime))
+    steps = len(train.epoch_batches(len(job["data"].train_labels), chosen["batch_size"],
+                                    seed, 1, runtime))
     scheduler = train.make_scheduler(optimizer, chosen, steps)
     scaler = train.make_scaler(runtime)
     checkpoint_path = out / "checkpoints" / f"{label}_seed{seed}.ckpt"
@@ -478,14 +471,14 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
     if status == "interrupted":
         return status
     if runtime.is_main and status == "finished":
-        _, _, test_images, test_labels, scale, shift = job["data"]
-        predictions = train.predict(rt.unwrap(model), test_images, scale, shift, runtime,
-                                    chosen.get("tta", False))
+        on_device = job["data"]
+        predictions = train.predict(rt.unwrap(model), on_device.test_images, on_device.scale,
+                                    on_device.shift, runtime, chosen.get("tta", False))
         outputs.save_weights(rt.unwrap(model), weights_path)
     entry = record(status)  # after the weights: the JSON never names a file not yet there
     if runtime.is_main:
         if status == "finished":
-            entry.update(_class_scores(predictions, job["data"][3]))
+            entry.update(_class_scores(predictions, job["data"].test_labels))
             outputs.save_json(results, out / results_file)
             if outputs.is_best(entry, results["configs"]):
                 outputs.plot_examples(job["data"], predictions, entry, results["script"], out)

@@ -379,7 +379,7 @@ def plot_run(entries, out_dir, script, log_every):
 def plot_examples(on_device, predictions, entry, script, out_dir, count=32):
     """examples.png: ``count`` test images, spread over the test set, with the predictions
     of the best run so far."""
-    _, _, test_images, test_labels, _, _ = on_device
+    test_images, test_labels = on_device.test_images, on_device.test_labels
     pick = torch.linspace(0, len(test_labels) - 1, min(count, len(test_labels))).long()
     figure = plots.examples_figure(test_images.cpu()[pick], test_labels.cpu()[pick].tolist(),
                                    predictions[pick].tolist(), CLASSES,

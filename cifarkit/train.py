@@ -250,15 +250,14 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime, 
                  on_epoch=None, scaler=None, on_step=None):
     """Carry ``progress`` (new, or from a checkpoint) to the end of ``config``.
 
-    ``data`` is (train_images, train_labels, test_images, test_labels, scale, shift), all on
-    the training device. ``save(progress)`` runs after every epoch (before its test pass, so
-    a stop during the test pass loses nothing) and on interruption, on every rank.
+    ``data`` is the data set on the training device (data.OnDevice). ``save(progress)``
+    runs after every epoch (before its test pass, so a stop during the test pass loses
+    nothing) and on interruption, on every rank.
     ``on_evaluate(epoch)`` runs as the test pass starts, ``on_epoch(record)`` when it ends
     (rank 0 only). Returns "finished", "diverged", "out_of_memory" or "interrupted";
     ``progress`` holds the history (test accuracy is measured on rank 0).
     """
-    train_images, train_labels, test_images, test_labels, scale, shift = data
-    device = train_images.device
+    device = data.train_images.device
     recipe = step_recipe(config, runtime, scheduler, scaler)
     history = progress["history"]
     if history and history[-1]["test_accuracy"] is None and runtime.is_main:
@@ -266,7 +265,8 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime, 
         history[-1].update(_measure(model, data, runtime, config.get("tta", False)))
     while progress["epoch"] < config["num_epochs"]:
         epoch = progress["epoch"] + 1
-        batches = epoch_batches(len(train_labels), config["batch_size"], seed, epoch, runtime)
+        batches = epoch_batches(len(data.train_labels), config["batch_size"], seed, epoch,
+                                runtime)
         # Resumed partial sums are global: rank 0 carries them, the others start at zero.
         sums = _sums_on(progress["sums"] if runtime.is_main else None, device)
 
@@ -277,8 +277,8 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime, 
         started = time.perf_counter()
         with progress_bar(len(batches), progress["step"], f"epoch {epoch}/{config['num_epochs']}",
                           runtime.is_main) as bar:
-            step, outcome = train_epoch(model, optimizer, train_images, train_labels, batches,
-                                        scale, shift, sums, runtime, recipe,
+            step, outcome = train_epoch(model, optimizer, data.train_images, data.train_labels,
+                                        batches, data.scale, data.shift, sums, runtime, recipe,
                                         progress["step"], stop_requested, log_every, log, bar,
                                         on_step)
         if device.type == "cuda":
@@ -348,11 +348,12 @@ def _measure(model, data, runtime, tta):
     unlike the running "train_accuracy" (the mean over an epoch whose weights kept changing,
     with dropout on), it is measured like the test accuracy, so their difference is the
     generalisation gap."""
-    train_images, train_labels, test_images, test_labels, scale, shift = data
-    record = evaluate(model, test_images, test_labels, scale, shift, runtime, tta)
-    sample = train_sample(len(train_labels), len(test_labels)).to(train_images.device)
-    on_train = evaluate(model, train_images[sample], train_labels[sample], scale, shift,
-                        runtime, tta)
+    record = evaluate(model, data.test_images, data.test_labels, data.scale, data.shift,
+                      runtime, tta)
+    sample = train_sample(len(data.train_labels), len(data.test_labels))
+    sample = sample.to(data.train_images.device)
+    on_train = evaluate(model, data.train_images[sample], data.train_labels[sample],
+                        data.scale, data.shift, runtime, tta)
     return dict(record, train_accuracy_eval=on_train["test_accuracy"])
 
 

@@ -109,16 +109,16 @@ def test_a_changed_model_class_moves_finished_and_unfinished_results_aside(
     out = tmp_path / "out"
     long_b = dict(B, num_epochs=3)
     assert run("L2_regularization", out, pickled_data, [A], monkeypatch) == 0
-    real_evaluate = train.evaluate
+    real_measure = train._measure
 
     def ctrl_c_at_the_first_test_pass(*args, **kwargs):  # leaves config_2 unfinished
         signal.raise_signal(signal.SIGINT)
-        return real_evaluate(*args, **kwargs)
+        return real_measure(*args, **kwargs)
 
-    monkeypatch.setattr(train, "evaluate", ctrl_c_at_the_first_test_pass)
+    monkeypatch.setattr(train, "_measure", ctrl_c_at_the_first_test_pass)
     assert run("L2_regularization", out, pickled_data, [A, long_b], monkeypatch) == 130
     assert (out / "checkpoints" / "config_2_seed0.ckpt").exists()
-    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    monkeypatch.setattr(train, "_measure", real_measure)
 
     monkeypatch.setattr(script, "LeNet", WiderLeNet)
     capsys.readouterr()

@@ -157,7 +157,7 @@ def test_ctrl_c_during_the_test_pass_loses_nothing(presses, pickled_data, tmp_pa
     reference = tmp_path / "reference"
     assert run_main("Dropout_regularization", "--data-dir", pickled_data, "--out", reference,
                     configs=configs, monkeypatch=monkeypatch) == 0
-    real_evaluate = train.evaluate
+    real_measure = train._measure  # an epoch's end: the test pass, and the training sample's
     calls = []
 
     def press_ctrl_c_in_epoch_2(*args, **kwargs):
@@ -165,9 +165,9 @@ def test_ctrl_c_during_the_test_pass_loses_nothing(presses, pickled_data, tmp_pa
         if len(calls) == 2:
             for _ in range(presses):
                 os.kill(os.getpid(), signal.SIGINT)
-        return real_evaluate(*args, **kwargs)
+        return real_measure(*args, **kwargs)
 
-    monkeypatch.setattr(train, "evaluate", press_ctrl_c_in_epoch_2)
+    monkeypatch.setattr(train, "_measure", press_ctrl_c_in_epoch_2)
     out = tmp_path / "out"
     capsys.readouterr()
     assert run_main("Dropout_regularization", "--data-dir", pickled_data, "--out", out,
@@ -180,7 +180,7 @@ def test_ctrl_c_during_the_test_pass_loses_nothing(presses, pickled_data, tmp_pa
                           weights_only=True)["progress"]
     assert progress["epoch"] == 2  # the interrupted epoch is not lost
 
-    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    monkeypatch.setattr(train, "_measure", real_measure)
     assert run_main("Dropout_regularization", "--data-dir", pickled_data, "--out", out,
                     configs=configs, monkeypatch=monkeypatch) == 0
 
