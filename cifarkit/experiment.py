@@ -14,6 +14,7 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -74,10 +75,9 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
                       "moved.", file=sys.stderr)
             return SIGNAL_EXIT[signal.SIGINT]
         try:
-            job = {"build_model": build_model, "models": models, "runtime": runtime,
-                   "run_data": results["data"], "out": out, "log_every": log_every,
-                   "weights_file": weights_file, "say": print if runtime.is_main else _silent,
-                   "refresh": {"drawn_at": 0.0, "drawing": 0.0}}
+            job = Run(runtime=runtime, out=out, build_model=build_model, models=models,
+                      weights_file=weights_file, log_every=log_every, run_data=results["data"],
+                      say=print if runtime.is_main else _silent)
             status = _train_selected(script, argv, args, job, normalization, selected,
                                      dataset, results, results_file, earlier, reason, stale,
                                      renamed)
@@ -126,31 +126,30 @@ def _resume_hint(script, argv, distributed):
 
 def _train_selected(script, argv, args, job, normalization, selected, dataset, results,
                     results_file, earlier, reason, stale, renamed):
-    out, runtime, say = job["out"], job["runtime"], job["say"]
+    out, runtime, say = job.out, job.runtime, job.say
     if runtime.is_main:
-        moved = outputs.kit_files(out, results_file, job["weights_file"]) if reason else []
+        moved = outputs.kit_files(out, results_file, job.weights_file) if reason else []
         if moved:
             say(f"{reason}: the earlier results are kept in "
                 f"{outputs.move_aside(out, moved)}/")
         if not reason:
-            _move_stale_configs(out, results_file, job["weights_file"], earlier, stale, say)
+            _move_stale_configs(out, results_file, job.weights_file, earlier, stale, say)
         if not reason and renamed:
-            kept = _kept(earlier, stale, renamed, job["weights_file"])
-            _rename_moved_configs(out, results_file, job["weights_file"],
+            kept = _kept(earlier, stale, renamed, job.weights_file)
+            _rename_moved_configs(out, results_file, job.weights_file,
                                   kept or dict(results, configs=[]), renamed, say)
     if not reason:  # every rank, the same as rank 0's JSON
-        earlier = _kept(earlier, stale, renamed, job["weights_file"])
+        earlier = _kept(earlier, stale, renamed, job.weights_file)
         if earlier:
             results.update(started=earlier["started"], configs=earlier["configs"])
         if runtime.is_main and (stale or renamed):  # the PNGs show what the folder holds
-            outputs.plot_run(results["configs"], out, results["script"], job["log_every"])
+            outputs.plot_run(results["configs"], out, results["script"], job.log_every)
     rt.barrier(runtime)  # nobody reads the folder while rank 0 tidies it
 
     say(f"{script}: {len(dataset.train_labels)} training and {len(dataset.test_labels)} test "
         f"images from {dataset.source}; {', '.join(results['devices'])}; output {out}")
-    job["data"] = data.to_device(dataset, normalization, runtime.device)
-    job["estimate"] = _estimator(job, selected, args.seeds, len(dataset.train_labels),
-                                 results)
+    job.on_device = data.to_device(dataset, normalization, runtime.device)
+    job.epochs_to_train = _epochs_to_train(selected, args.seeds, results)
     with _stop_on_signals(say, stop_at_once_on_repeat=not runtime.distributed) as stop:
         for number, chosen in selected:
             for seed in range(args.seed, args.seed + args.seeds):
@@ -169,36 +168,40 @@ def _train_selected(script, argv, args, job, normalization, selected, dataset, r
 ESTIMATE_STEPS = (10, 40)  # timed from the 10th step to the 40th, past the slow first ones
 
 
-def _estimator(job, selected, seeds, train_images, results):
+def _epochs_to_train(selected, seeds, results):
+    """(runs, epochs) this run still has to train: for the up-front estimate."""
+    done = {(entry["id"], entry["seed"]) for entry in results["configs"]
+            if entry["status"] in ("finished", "diverged")}
+    epochs = [chosen["num_epochs"] for number, chosen in selected
+              for seed in range(results["seed"], results["seed"] + seeds)
+              if (f"config_{number}", seed) not in done]
+    return len(epochs), sum(epochs)
+
+
+def _estimator(job, run_name, batch_size):
     """An on_step hook for the first config this run trains: after its first few dozen steps
     it prints how long an epoch takes here and the whole run will take (at this config's
     speed per image: a guess for configs of other batch sizes)."""
-    runtime, marks = job["runtime"], []
-    done = {(entry["id"], entry["seed"]) for entry in results["configs"]
-            if entry["status"] in ("finished", "diverged")}
-    to_train = [chosen["num_epochs"] for number, chosen in selected
-                for seed in range(results["seed"], results["seed"] + seeds)
-                if (f"config_{number}", seed) not in done]
-    epochs = sum(to_train)
+    marks = []
 
     def on_step():
         marks.append(None)
         if len(marks) not in ESTIMATE_STEPS:
             return
-        if runtime.device.type == "cuda":
+        if job.runtime.device.type == "cuda":
             torch.cuda.synchronize()
         marks[-1] = time.perf_counter()
         if len(marks) == ESTIMATE_STEPS[1]:
             first, last = marks[ESTIMATE_STEPS[0] - 1], marks[-1]
-            per_image = (last - first) / (ESTIMATE_STEPS[1] - ESTIMATE_STEPS[0]) / job["batch"]
-            epoch = per_image * train_images
-            where = ("this CPU" if runtime.device.type == "cpu" else
-                     f"this GPU ({torch.cuda.get_device_name(runtime.device)})")
+            per_image = (last - first) / (ESTIMATE_STEPS[1] - ESTIMATE_STEPS[0]) / batch_size
+            epoch = per_image * len(job.on_device.train_labels)
+            where = ("this CPU" if job.runtime.device.type == "cpu" else
+                     f"this GPU ({torch.cuda.get_device_name(job.runtime.device)})")
+            runs, epochs = job.epochs_to_train
             quick = (" For a quick look: --subset 5000 --epochs 2." if epochs * epoch > 600
                      else "")
-            job["say"](f"{job['first']}: about {_duration(epoch)} an epoch on {where}; the "
-                       f"{len(to_train)} run(s) to train need about "
-                       f"{_duration(epochs * epoch)} in all.{quick}")
+            job.say(f"{run_name}: about {_duration(epoch)} an epoch on {where}; the {runs} "
+                    f"run(s) to train need about {_duration(epochs * epoch)} in all.{quick}")
 
     return on_step
 
@@ -410,7 +413,7 @@ def _describe_change(before, after):
 
 def _run_config(job, number, chosen, seed, results, results_file, stop):
     """Train (or resume, or skip) one config with one seed; record it; return its status."""
-    label, out, runtime, say = f"config_{number}", job["out"], job["runtime"], job["say"]
+    label, out, runtime, say = f"config_{number}", job.out, job.runtime, job.say
     run_name = label if seed == results["seed"] else f"{label} (seed {seed})"
     done = next((entry for entry in results["configs"]
                  if entry["id"] == label and entry["seed"] == seed), None)
@@ -419,13 +422,12 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
             f"skipped. Use --restart to train it again.")
         return done["status"]
     say(f"{run_name}: {outputs.settings(chosen)}")
-    job.update(first=run_name, batch=chosen["batch_size"])  # the global batch of a step
     train.seed_everything(seed)  # every config starts from the same weights
-    model = rt.place_model(job["build_model"](chosen), runtime, chosen.get("sync_bn", False))
+    model = rt.place_model(job.build_model(chosen), runtime, chosen.get("sync_bn", False))
     if runtime.rank:
         torch.manual_seed(seed + runtime.rank)  # each rank its own dropout masks
     optimizer = train.make_optimizer(model, chosen, runtime)
-    steps = len(train.epoch_batches(len(job["data"].train_labels), chosen["batch_size"],
+    steps = len(train.epoch_batches(len(job.on_device.train_labels), chosen["batch_size"],
                                     seed, 1, runtime))
     scheduler = train.make_scheduler(optimizer, chosen, steps)
     scaler = train.make_scaler(runtime)
@@ -439,8 +441,8 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
             f"step {progress['step']}")
         if note:
             say(f"{run_name}: {note}")
-    identity = _identity(chosen, seed, job["run_data"], job["models"][label])
-    weights_path = out / outputs.weights_name(job["weights_file"], number, seed, results["seed"])
+    identity = _identity(chosen, seed, job.run_data, job.models[label])
+    weights_path = out / outputs.weights_name(job.weights_file, number, seed, results["seed"])
 
     def save(progress):
         rng_states = rt.gather_to_main(checkpoints.rng_state(), runtime)
@@ -455,9 +457,9 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
         if runtime.is_main:
             entry = outputs.config_entry(label, seed, chosen, status, progress,
                                          weights_path.name)
-            entry.update(model=job["models"][label], precision=rt.precision(runtime),
+            entry.update(model=job.models[label], precision=rt.precision(runtime),
                          compiled=runtime.compile)
-            if job["log_every"]:
+            if job.log_every:
                 entry["steps_per_epoch"] = steps
         results["configs"] = sorted(
             [e for e in results["configs"] if (e["id"], e["seed"]) != (label, seed)] + [entry],
@@ -471,17 +473,17 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
     if status == "interrupted":
         return status
     if runtime.is_main and status == "finished":
-        on_device = job["data"]
+        on_device = job.on_device
         predictions = train.predict(rt.unwrap(model), on_device.test_images, on_device.scale,
                                     on_device.shift, runtime, chosen.get("tta", False))
         outputs.save_weights(rt.unwrap(model), weights_path)
     entry = record(status)  # after the weights: the JSON never names a file not yet there
     if runtime.is_main:
         if status == "finished":
-            entry.update(_class_scores(predictions, job["data"].test_labels))
+            entry.update(_class_scores(predictions, job.on_device.test_labels))
             outputs.save_json(results, out / results_file)
             if outputs.is_best(entry, results["configs"]):
-                outputs.plot_examples(job["data"], predictions, entry, results["script"], out)
+                outputs.plot_examples(job.on_device, predictions, entry, results["script"], out)
         if status != "out_of_memory":  # kept: a rerun with more memory carries on from it
             checkpoints.remove_checkpoint(checkpoint_path)
     return status
@@ -495,12 +497,11 @@ REFRESH_RATIO = 20
 def _refresh(job, results, results_file, final):
     """Write the results JSON (every epoch: a few milliseconds) and redraw the PNGs (a few
     tenths of a second: at the end of each config, and between epochs when due)."""
-    out, clock = job["out"], job["refresh"]
-    outputs.save_json(results, out / results_file)
-    if final or time.monotonic() - clock["drawn_at"] >= REFRESH_RATIO * clock["drawing"]:
+    outputs.save_json(results, job.out / results_file)
+    if final or time.monotonic() - job.drawn_at >= REFRESH_RATIO * job.drawing:
         started = time.monotonic()
-        outputs.plot_run(results["configs"], out, results["script"], job["log_every"])
-        clock.update(drawn_at=time.monotonic(), drawing=time.monotonic() - started)
+        outputs.plot_run(results["configs"], job.out, results["script"], job.log_every)
+        job.drawn_at, job.drawing = time.monotonic(), time.monotonic() - started
 
 
 def _class_scores(predictions, test_labels):
@@ -515,26 +516,28 @@ def _train(job, label, chosen, seed, model, optimizer, scheduler, progress, stop
            scaler, on_epoch):
     """train.train_config with the run's messages; ``on_epoch()`` after each epoch's line."""
     def on_log(epoch, step, loss):
-        job["say"](f"epoch {epoch}: batch {step} loss: {loss:.3f}")
+        job.say(f"epoch {epoch}: batch {step} loss: {loss:.3f}")
 
     def on_evaluate(epoch):
         stop.doing = f"the test pass of epoch {epoch} (the epoch itself is saved)"
 
     def epoch_done(record):  # rank 0 only: the test accuracy is measured there
         stop.doing = "the current step"
-        job["say"](f"{label} epoch {record['epoch']}/{chosen['num_epochs']}: "
+        job.say(f"{label} epoch {record['epoch']}/{chosen['num_epochs']}: "
                    f"loss {record['train_loss']:.4f}, train acc {record['train_accuracy']:.2f}%, "
                    f"test acc {record['test_accuracy']:.2f}%, {record['seconds']:.1f} s")
         on_epoch()
 
-    say, main = job["say"], job["runtime"].is_main
-    status = train.train_config(model, optimizer, chosen, job["data"], seed, progress, save,
-                                job["runtime"], scheduler,
+    say, main = job.say, job.runtime.is_main
+    on_step = _estimator(job, label, chosen["batch_size"]) if job.estimate_due else None
+    job.estimate_due = False
+    status = train.train_config(model, optimizer, chosen, job.on_device, seed, progress, save,
+                                job.runtime, scheduler,
                                 stop_requested=lambda: bool(stop.signals),
-                                log_every=job["log_every"], on_log=on_log,
+                                log_every=job.log_every, on_log=on_log,
                                 on_evaluate=on_evaluate if main else None,
                                 on_epoch=epoch_done if main else None, scaler=scaler,
-                                on_step=job.pop("estimate", None))
+                                on_step=on_step)
     if status == "out_of_memory":
         say(f"error: {label} ran out of GPU memory at batch_size {chosen['batch_size']}. "
             f"Try a smaller batch_size in CONFIGS; the other configs carry on, and its "
@@ -545,6 +548,24 @@ def _train(job, label, chosen, seed, model, optimizer, scheduler, progress, stop
             f"{where['step']}; this config is stopped and marked diverged. A smaller lr "
             f"usually helps.", file=sys.stderr)
     return status
+
+
+@dataclass
+class Run:
+    """What every config of one run shares: where it trains, what it writes, how it speaks."""
+    runtime: rt.Runtime
+    out: Path
+    build_model: Callable      # config -> a fresh model (the script's)
+    models: dict               # config id -> model_fingerprint of its model
+    weights_file: str          # the script's weights name pattern
+    log_every: int             # the baseline's running-loss lines, every N steps; 0: none
+    run_data: dict             # the results JSON's "data" record
+    say: Callable              # print on rank 0, nothing elsewhere
+    on_device: data.OnDevice = None  # set once the data is on the device
+    epochs_to_train: tuple = (0, 0)  # (runs, epochs) left, for the estimate
+    estimate_due: bool = True  # the first config trained prints the time estimate
+    drawn_at: float = 0.0      # when the PNGs were last drawn (time.monotonic)...
+    drawing: float = 0.0       # ...and how long that took
 
 
 @dataclass

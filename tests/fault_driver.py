@@ -6,7 +6,7 @@ Environment: FAULT=oom            rank 1 runs out of CUDA memory (simulated) at 
                                   of config_1 of the first attempt
              FAULT=slow_download  no --data-dir: "downloading" CIFAR-10 (a copy from
                                   FAULT_SOURCE) takes FAULT_SECONDS on whichever rank fetches
-                                  it, while the process group's timeout is 3 s
+                                  it, while the process group's timeout is 10 s
 """
 import datetime
 import os
@@ -44,7 +44,7 @@ if FAULT == "slow_download":
     real_init = dist.init_process_group
 
     def short_timeout(*args, **kwargs):
-        return real_init(*args, **dict(kwargs, timeout=datetime.timedelta(seconds=3)))
+        return real_init(*args, **dict(kwargs, timeout=datetime.timedelta(seconds=10)))
 
     class SlowCIFAR10:
         def __init__(self, root, train, download):
