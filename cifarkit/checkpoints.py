@@ -73,7 +73,10 @@ def save_checkpoint(path, identity, model, optimizer, scheduler, progress, rng_s
                   "scaler": scaler.state_dict() if scaler is not None else None,
                   "progress": to_cpu(progress)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, lambda file: torch.save(checkpoint, file))
+    try:
+        write_atomically(path, lambda file: torch.save(checkpoint, file))
+    except RuntimeError as error:  # torch.save's way of saying the disk is full
+        raise OSError(f"{path}: {str(error).splitlines()[0]}") from None
 
 
 def load_checkpoint(path):
@@ -113,5 +116,6 @@ def remove_checkpoint(path):
     """Delete a finished config's checkpoint, and its folder once empty."""
     path = Path(path)
     path.unlink(missing_ok=True)
-    if path.parent.is_dir() and not any(path.parent.iterdir()):
-        path.parent.rmdir()
+    folder = path.parent  # a symlink to a scratch disk, say, stays
+    if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+        folder.rmdir()

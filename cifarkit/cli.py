@@ -87,8 +87,8 @@ def select_configs(configs, selection):
         return numbered
     chosen = []
     for item in (part.strip() for part in selection.split(",")):
-        match = [(number, config) for number, config in numbered
-                 if item == str(number) or item == config.get("name")]
+        match = [(number, config) for number, config in numbered  # 3, config_3 or a name
+                 if item in (str(number), f"config_{number}", config.get("name"))]
         if not match:
             names = [config["name"] for config in configs if "name" in config]
             known = f"config_1 to config_{len(configs)}" + (

@@ -1,7 +1,7 @@
 """Checks on a script's CONFIGS: every problem is refused by name before anything trains."""
 import difflib
-import math
 import numbers
+import re
 
 import numpy as np
 
@@ -31,6 +31,7 @@ TRAINING_KEYS = {
 }
 REQUIRED = ("num_epochs", "lr", "batch_size")
 DEFAULTS = {"momentum": 0.0, "weight_decay": 0.0}
+FLOAT32_MAX = 3.4e38
 KIND_NAMES = {"int": "a whole number", "float": "a number", "str": "a string",
               "bool": "True or False"}
 
@@ -51,20 +52,24 @@ def _plain(kind, value):
         return None
     if kind == "int":
         return int(value) if isinstance(value, numbers.Integral) else None
-    if isinstance(value, numbers.Real) and math.isfinite(value):
-        return float(value)
-    return None
+    try:
+        number = float(value) if isinstance(value, numbers.Real) else None
+    except OverflowError:  # an int too large for any float
+        return None
+    # beyond float32's range: the optimizer's arithmetic would overflow
+    return number if number is not None and abs(number) < FLOAT32_MAX else None
 
 
 def _check_name(name, label):
     """A name selects its config on the command line and labels its files and plots."""
-    if name != name.strip() or "," in name or "/" in name or "\\" in name:
+    if name != name.strip() or not name.isprintable() or any(c in name for c in ",/\\"):
         raise ConfigError(f"{label}: 'name' {name!r} must not start or end with a space or "
                           f"hold a comma or a slash (it is used in --configs and in file "
                           f"names).")
-    if name.isdigit():
-        raise ConfigError(f"{label}: 'name' {name!r} is a number, which --configs would read "
-                          f"as config_{name}; use a word, e.g. 'run{name}'.")
+    if name.isdigit() or re.fullmatch(r"config_\d+", name):
+        raise ConfigError(f"{label}: 'name' {name!r} is a number or a config's number, which "
+                          f"--configs would read as another config; use a word, e.g. "
+                          f"'run{name.split('_')[-1]}'.")
 
 
 SETTING_FIELDS = {"kind", "min", "max", "below", "default"}
@@ -124,6 +129,10 @@ def check_config(config, label, model_settings=None):
     for key, value in config.items():
         kind, test, demand = rules[key]
         plain = _plain(kind, value)
+        if plain is None and kind == "float" and isinstance(value, numbers.Real) \
+                and not isinstance(value, (bool, np.bool_)):
+            raise ConfigError(f"{label}: '{key}' must be a finite number below "
+                              f"{FLOAT32_MAX:g}, got {value!r}.")
         if plain is None:
             raise ConfigError(f"{label}: '{key}' must be {KIND_NAMES[kind]}, "
                               f"got {value!r} ({type(value).__name__}).")

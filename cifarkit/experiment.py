@@ -55,7 +55,7 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
                                       cpu_amp)
             cleanup.callback(rt.close, runtime)
             _check_configs_fit_ranks(selected, runtime)
-            models = {f"config_{number}": model_fingerprint(build_model(chosen))
+            models = {f"config_{number}": model_fingerprint(_built(build_model, chosen, number))
                       for number, chosen in enumerate(all_configs, start=1)}
             bytes_needed = _bytes_needed(build_model(selected[0][1]))
             rt.from_main(lambda: outputs.check_out_dir(
@@ -64,7 +64,8 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
             # One run per folder: the lock is held until the run ends (rank 0 writes files).
             rt.from_main(lambda: cleanup.enter_context(outputs.locked(out)) and None, runtime)
             earlier, reason, stale, renamed = rt.from_main(lambda: _earlier_results(
-                out, results_file, results, all_configs, models, args), runtime)
+                out, results_file, weights_file, results, all_configs, selected, models, args),
+                runtime)
         except UserError as error:
             if rt.is_main_process():
                 print(f"error: {error}", file=sys.stderr)
@@ -81,6 +82,10 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
             status = _train_selected(script, argv, args, job, normalization, selected,
                                      dataset, results, results_file, earlier, reason, stale,
                                      renamed)
+        except UserError as error:  # found only once training began: a damaged checkpoint
+            if runtime.is_main:
+                print(f"error: {error}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:  # a second Ctrl-C: stop at once, what was saved stays
             say = print if runtime.is_main else _silent
             say(f"\nStopped at once. What was saved stays: finished configs in "
@@ -98,7 +103,7 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
             print(f"error: rank {runtime.rank} lost contact with the other ranks "
                   f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Another "
                   f"worker has probably died. Checkpoints are saved at every epoch's end in "
-                  f"{out / 'checkpoints'}/; {_resume_hint(script, argv, True)} (torchrun "
+                  f"{out / 'checkpoints'}/. {_resume_hint(script, argv, True)} (torchrun "
                   f"--max-restarts=3 restarts the workers by itself).", file=sys.stderr)
             return EXIT_WRITE_FAILED
         # Every rank leaves together: a rank that tore its process group down while rank 0
@@ -107,6 +112,15 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
         # makes torchrun stop the others, rank 0 perhaps before it has written the results.
         rt.barrier(runtime)
         return status
+
+
+def _built(build_model, chosen, number):
+    """``build_model(chosen)``, refused by name when it is not a model."""
+    model = build_model(chosen)
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"config_{number}: build_model(config) must return a torch.nn.Module; "
+                        f"it returned {type(model).__name__}.")
+    return model
 
 
 def _peer_lost(error):
@@ -120,7 +134,7 @@ def _peer_lost(error):
 def _resume_hint(script, argv, distributed):
     """How to carry on, with the command on a line of its own so it can be copied."""
     if distributed:
-        return "to resume, run the same torchrun command again"
+        return "To resume, run the same torchrun command again"
     return "To resume, run the same command:\n  python " + " ".join([script] + argv)
 
 
@@ -157,6 +171,11 @@ def _train_selected(script, argv, args, job, normalization, selected, dataset, r
                 if status == "interrupted":
                     return _interrupted(stop, number, out, script, argv, say,
                                         runtime.distributed)
+                if rt.any_rank(bool(stop.signals), runtime):  # came as the config ended
+                    return _interrupted(stop, number, out, script, argv, say,
+                                        runtime.distributed, finished=True)
+    if runtime.is_main:
+        _tidy(job, results, results_file)
     chosen_ids = {f"config_{number}" for number, _ in selected}  # every seed of each
     finished = [entry for entry in results["configs"] if entry["id"] in chosen_ids]
     if runtime.is_main:
@@ -247,14 +266,16 @@ def _checked_configs(configs, model_settings, args):
 
 
 def _bytes_needed(model):
-    """Room for the weights, a checkpoint (model and momentum) and the small files."""
+    """Room for the weights, a checkpoint (model and momentum) while its next version is
+    written beside it, and the small files."""
     weights = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
-    return 3 * weights + 20 * 2**20
+    return 5 * weights + 20 * 2**20  # + the temporary copy of a checkpoint being replaced
 
 
-def _identity(chosen, seed, run_data, model):
+def _identity(chosen, seed, run_data, model, precision):
     """What must match for a checkpoint or a finished result to count as this run's."""
-    return {"config": chosen, "seed": seed, "data": run_data, "model": model}
+    return {"config": chosen, "seed": seed, "data": run_data, "model": model,
+            "precision": precision}
 
 
 def model_fingerprint(model):
@@ -279,15 +300,24 @@ def model_fingerprint(model):
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def _earlier_results(out, results_file, results, all_configs, models, args):
+def _earlier_results(out, results_file, weights_file, results, all_configs, selected,
+                     models, args):
     """(earlier results, why all the kit's files must be moved aside or None, {config id:
     why that config's files must be moved aside}, {config id: its new id}). A config is known
     by its content (the config and its model's fingerprint), not its place: one that moved
     in CONFIGS keeps its results under its new number. ``models``: fingerprints by id."""
-    if args.restart:
-        return None, "--restart", {}, {}
+    outputs.remove_temporaries(out)  # of writes that a kill cut short
     outputs.finish_renaming(out, results_file)  # one that a crash interrupted
+    if args.restart and args.configs is None:
+        return None, "--restart", {}, {}
     earlier = outputs.load_results(out / results_file)
+    if earlier is None:  # then no file named as the kit names its results is accounted for
+        strays = [path.name for path in outputs.kit_files(out, results_file, weights_file)
+                  if path.parent == out]
+        if strays:
+            return None, (f"{out} holds {', '.join(strays[:3])}"
+                          f"{', ...' if len(strays) > 3 else ''}, named as this kit names its "
+                          f"results, but no {results_file} of {results['script']}"), {}, {}
     if earlier == "unreadable":
         return None, f"{out / results_file} is not a results file this kit can read", {}, {}
     if earlier and earlier.get("script") != results["script"]:
@@ -309,12 +339,30 @@ def _earlier_results(out, results_file, results, all_configs, models, args):
         if not name:
             continue  # not one of ours (a user's backup copy, say): left alone
         identity = checkpoints.load_checkpoint(path)["identity"]
+        _check_precision(path, identity, results["precision"])
         same_run = (identity.get("seed"), identity.get("data")) == (int(name["seed"]),
                                                                    results["data"])
         content = (identity.get("config"), identity.get("model")) if same_run else None
         found[name["label"]] = content if found.get(name["label"], content) == content \
             else unreadable_content
-    return (earlier, None) + _match(found, current, " (--epochs)" if args.epochs else "")
+    stale, renamed = _match(found, current, " (--epochs)" if args.epochs else "")
+    if args.restart:  # with --configs: only those start over
+        for number, _ in selected:
+            label = f"config_{number}"
+            for old in [old for old, new in renamed.items() if new == label] + [label]:
+                if old in found:
+                    renamed.pop(old, None)
+                    stale[old] = f"--restart {label}"
+    return earlier, None, stale, renamed
+
+
+def _check_precision(path, identity, precision):
+    """Refuse to carry a checkpoint on in other arithmetic than it was trained in."""
+    if identity.get("precision", precision) != precision:
+        raise UserError(f"{path}: this config was trained in {identity['precision']} so far; "
+                        f"this run would carry it on in {precision} (another --amp, device or "
+                        f"GPU). Rerun as it was started to resume it, or --restart to start "
+                        f"over (the checkpoint is then moved aside).")
 
 
 def _match(found, current, epochs):
@@ -441,7 +489,7 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
             f"step {progress['step']}")
         if note:
             say(f"{run_name}: {note}")
-    identity = _identity(chosen, seed, job.run_data, job.models[label])
+    identity = _identity(chosen, seed, job.run_data, job.models[label], rt.precision(runtime))
     weights_path = out / outputs.weights_name(job.weights_file, number, seed, results["seed"])
 
     def save(progress):
@@ -600,8 +648,21 @@ def _stop_on_signals(say, stop_at_once_on_repeat=True):
             signal.signal(signum, old)
 
 
-def _interrupted(stop, number, out, script, argv, say, distributed):
+def _interrupted(stop, number, out, script, argv, say, distributed, finished=False):
     name = signal.Signals(stop.signals[0]).name
-    say(f"Stopped by {name} during config_{number}; its checkpoint is in "
-        f"{out / 'checkpoints'}/. {_resume_hint(script, argv, distributed)}", file=sys.stderr)
+    where = (f"after config_{number} ended; the next configs have not started" if finished
+             else f"during config_{number}; its checkpoint is in {out / 'checkpoints'}/")
+    say(f"Stopped by {name} {where}. {_resume_hint(script, argv, distributed)}",
+        file=sys.stderr)
     return SIGNAL_EXIT[stop.signals[0]]
+
+
+def _tidy(job, results, results_file):
+    """What a run stopped at the wrong moment (kill -9 between writing a config's results
+    and its PNGs, or removing its checkpoint) left undone: done at the end of every run."""
+    for entry in results["configs"]:
+        if entry["status"] in ("finished", "diverged"):
+            checkpoints.remove_checkpoint(job.out / "checkpoints" /
+                                          f"{entry['id']}_seed{entry['seed']}.ckpt")
+    if not all((job.out / name).is_file() for name in outputs.PLOT_FILES[:3]):
+        outputs.plot_run(results["configs"], job.out, results["script"], job.log_every)

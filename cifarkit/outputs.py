@@ -5,6 +5,7 @@ target, so a crash mid-write never leaves a half-written result.
 """
 import contextlib
 import json
+import math
 import os
 import platform
 import re
@@ -17,9 +18,9 @@ import numpy as np
 import torch
 
 from . import plots
-from .data import CLASSES
+from .data import CLASSES, data_fingerprint
 from .errors import UserError
-from .runtime import device_names
+from .runtime import device_names, precision
 
 try:
     import fcntl
@@ -41,6 +42,11 @@ def check_out_dir(path, bytes_needed, data_dir):
     something else (the data set, a repository, source code), without touching it."""
     out = Path(path).absolute()
     data = Path(data_dir).absolute()
+    special = {Path(out.anchor): "the root of the file system",
+               Path.home().resolve(): "your home folder"}
+    if out.resolve() in special:
+        raise UserError(f"--out {path}: that is {special[out.resolve()]}; results go into a "
+                        f"folder of their own: choose one with --out DIR.")
     if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
         raise UserError(f"--out {path}: that is the data folder {data_dir} or inside it; results "
                         f"never go there. Choose another folder with --out DIR.")
@@ -52,6 +58,14 @@ def check_out_dir(path, bytes_needed, data_dir):
                             f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): "
                             f"it looks like a project or source folder. Results go into a "
                             f"folder of their own: choose one with --out DIR.")
+    # A folder where the kit writes a file (or a file where it keeps its checkpoints) would
+    # stop the run only after its first config had trained.
+    blocked = [out / name for name in PLOT_FILES if (out / name).is_dir()]
+    if (out / "checkpoints").exists() and not (out / "checkpoints").is_dir():
+        blocked.append(out / "checkpoints")
+    if blocked:
+        raise UserError(f"--out {path}: {blocked[0]} is in the way of a file or folder the "
+                        f"kit writes there. Move it, or choose another folder with --out DIR.")
     existing = out
     while not existing.exists():
         existing = existing.parent
@@ -97,10 +111,29 @@ def kit_files(out_dir, results_file, weights_pattern):
     out_dir = Path(out_dir)
     weights = _weights_regex(weights_pattern)
     found = [out_dir / name for name in (results_file, *PLOT_FILES)]
+    for path in out_dir.glob("*.json"):  # any script's results, and the weights they name
+        results = load_results(path)
+        if isinstance(results, dict):
+            found.append(path)
+            found += [out_dir / entry["weights"] for entry in results["configs"]
+                      if isinstance(entry.get("weights"), str)
+                      and Path(entry["weights"]).name == entry["weights"]]
     found += [path for path in out_dir.glob("*.pth") if weights.fullmatch(path.name)]
     found += [path for path in (out_dir / "checkpoints").glob("*.ckpt")
               if CHECKPOINT_NAME.fullmatch(path.name)]
-    return sorted(path for path in found if path.is_file())
+    return sorted({path for path in found if path.is_file()})
+
+
+TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # write_atomically's, cut short by a kill
+
+
+def remove_temporaries(out_dir):
+    """Delete what writes cut short by kill -9 or a power cut left behind (a ResNet
+    checkpoint's is 90 MB): files named as only write_atomically names them."""
+    for folder in (Path(out_dir), Path(out_dir) / "checkpoints"):
+        for path in folder.glob(".*.tmp") if folder.is_dir() else []:
+            if TEMPORARY.fullmatch(path.name) and path.is_file():
+                path.unlink()
 
 
 def config_files(out_dir, label, weights_pattern):
@@ -173,7 +206,7 @@ def move_aside(out_dir, paths):
         destination.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, destination)
     checkpoints = out_dir / "checkpoints"
-    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+    if checkpoints.is_dir() and not checkpoints.is_symlink() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()
     return target
 
@@ -220,17 +253,33 @@ def load_results(path):
 
 RUN_KEYS = {"script": str, "started": str, "seed": int, "data": dict, "configs": list}
 ENTRY_KEYS = {"id": str, "seed": int, "config": dict, "status": str, "history": list}
+STATUSES = ("finished", "diverged", "out_of_memory", "running")
+FINISHED_NUMBERS = ("final_test_accuracy", "best_test_accuracy", "train_seconds")
 
 
 def _well_formed(results):
-    """Whether ``results`` has every field that resuming and the report read."""
+    """Whether ``results`` has every field that resuming, the summary and the report read,
+    of the right type (a hand-edited file may not), and each (config, seed) once."""
     def has(record, keys):
-        return isinstance(record, dict) and all(isinstance(record.get(key), kind)
-                                                for key, kind in keys.items())
+        return isinstance(record, dict) and all(
+            isinstance(record.get(key), kind) and not isinstance(record.get(key), bool)
+            for key, kind in keys.items())
 
-    return has(results, RUN_KEYS) and all(
-        has(entry, ENTRY_KEYS) and re.fullmatch(r"config_\d+", entry["id"])
-        for entry in results["configs"])
+    def entry_ok(entry):
+        if not has(entry, ENTRY_KEYS) or not re.fullmatch(r"config_\d+", entry["id"]) \
+                or entry["status"] not in STATUSES:
+            return False
+        if entry["status"] == "diverged" and not has(entry.get("diverged_at"),
+                                                     {"epoch": int, "step": int}):
+            return False
+        return entry["status"] != "finished" or all(
+            isinstance(entry.get(key), (int, float)) and not isinstance(entry.get(key), bool)
+            and math.isfinite(entry[key]) for key in FINISHED_NUMBERS)
+
+    if not has(results, RUN_KEYS) or not all(entry_ok(entry) for entry in results["configs"]):
+        return False
+    runs = [(entry["id"], entry["seed"]) for entry in results["configs"]]
+    return len(runs) == len(set(runs))
 
 
 def write_atomically(path, write):
@@ -281,8 +330,10 @@ def new_results(script, dataset, runtime, seed, argv):
         "backend": runtime.backend or ("DataParallel" if runtime.data_parallel
                                        and torch.cuda.device_count() > 1 else "single process"),
         "data": {"source": dataset.source, "train_images": len(dataset.train_labels),
-                 "test_images": len(dataset.test_labels)},
+                 "test_images": len(dataset.test_labels),
+                 "fingerprint": data_fingerprint(dataset)},
         "seed": seed,
+        "precision": precision(runtime),
         "versions": environment(),
         "accuracy_unit": "percent",
         "configs": [],

@@ -213,7 +213,11 @@ def test_seeds_out_of_numpys_range_are_refused(flags, message, tmp_path, capsys)
     ([dict(TINY, name="2"), TINY], "config_1: 'name' '2' is a number"),
     ([dict(TINY, name="a,b")], "must not start or end with a space or hold a comma"),
     (dict(TINY), "CONFIGS must be a list of config dicts"),
-    ([dict(TINY, lr=float("nan"))], "config_1: 'lr' must be a number"),
+    ([dict(TINY, lr=float("nan"))], "config_1: 'lr' must be a finite number"),
+    ([dict(TINY, lr=1e300)], "config_1: 'lr' must be a finite number below 3.4e+38"),
+    ([dict(TINY, lr=10**400)], "config_1: 'lr' must be a finite number"),
+    ([dict(TINY, name="config_2"), TINY], "'config_2' is a number or a config's number"),
+    ([dict(TINY, name="a\nb")], "must not start or end with a space or hold a comma"),
 ])
 def test_configs_that_would_mislead_are_refused(configs, message, pickled_data, tmp_path,
                                                 monkeypatch, capsys):
@@ -345,4 +349,180 @@ def test_a_rank_killed_without_restarts_says_how_to_resume(pickled_data, tmp_pat
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "error: rank 0 lost contact with the other ranks" in result.stderr
-    assert "to resume, run the same torchrun command again" in result.stderr
+    assert "To resume, run the same torchrun command again" in result.stderr
+
+
+# ---- found by trying to break it (each failed before its fix) ----
+
+def test_files_named_like_the_kits_but_not_its_results_are_moved_not_overwritten(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.pth").write_bytes(b"my precious model")
+    (out / "loss.png").write_bytes(b"my plot")
+    (out / "notes.txt").write_text("notes")
+    assert run_main("Original_version_model", "--data-dir", pickled_data, "--out", out,
+                    "--epochs", "1") == 0
+    assert "named as this kit names its results, but no training_loss.json" in \
+        capsys.readouterr().out
+    (earlier,) = out.glob("earlier-*")
+    assert (earlier / "model.pth").read_bytes() == b"my precious model"
+    assert (earlier / "loss.png").read_bytes() == b"my plot"
+    assert (out / "notes.txt").read_text() == "notes"
+
+
+def test_another_scripts_results_move_aside_with_the_weights_they_name(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=[TINY], monkeypatch=monkeypatch) == 0
+    l2 = tree(out)
+    assert run_main("Original_version_model", "--data-dir", pickled_data, "--out", out,
+                    "--epochs", "1") == 0
+    (earlier,) = out.glob("earlier-*")
+    assert tree(earlier) == l2  # L2's JSON, its config_1.pth and PNGs, together
+
+
+def test_what_a_kill_left_undone_is_done_by_the_next_run(pickled_data, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    configs = [dict(TINY, num_epochs=2)]
+    real_measure = train._measure
+    monkeypatch.setattr(train, "_measure", lambda *args, **kwargs: (
+        signal.raise_signal(signal.SIGINT), real_measure(*args, **kwargs))[1])
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=configs, monkeypatch=monkeypatch) == 130
+    checkpoint = (out / "checkpoints" / "config_1_seed0.ckpt").read_bytes()
+    monkeypatch.setattr(train, "_measure", real_measure)
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=configs, monkeypatch=monkeypatch) == 0
+    # killed after writing the results JSON, before the PNGs and the checkpoint's removal:
+    (out / "loss.png").unlink()
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "config_1_seed0.ckpt").write_bytes(checkpoint)
+    (out / "checkpoints" / ".config_1_seed0.ckpt.0123abcd.tmp").write_bytes(b"a cut write")
+    (out / ".my-notes.tmp").write_text("not the kit's")
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=configs, monkeypatch=monkeypatch) == 0
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "checkpoints").exists()
+    assert (out / ".my-notes.tmp").exists()
+
+
+@pytest.mark.parametrize("edit", [("final_test_accuracy", None), ("train_seconds", "abc"),
+                                  ("status", "diverged"), ("status", "whatever")])
+def test_a_results_json_with_wrong_values_is_kept_aside(edit, pickled_data, tmp_path,
+                                                       monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=[TINY, dict(TINY, lr=0.02)], monkeypatch=monkeypatch) == 0
+    results = json.loads((out / "training_result.json").read_text())
+    results["configs"][0][edit[0]] = edit[1]  # diverged without diverged_at, say
+    (out / "training_result.json").write_text(json.dumps(results))
+    capsys.readouterr()
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    "--configs", "2", configs=[TINY, dict(TINY, lr=0.02)],
+                    monkeypatch=monkeypatch) == 0
+    assert "is not a results file this kit can read" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("blocker", ["loss.png", "checkpoints"])
+def test_something_in_the_way_of_the_kits_files_is_refused_up_front(blocker, pickled_data,
+                                                                    tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    if blocker == "loss.png":
+        (out / blocker).mkdir()
+    else:
+        (out / blocker).write_text("a file")
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    "--epochs", "1") == 2
+    assert f"{out / blocker} is in the way" in capsys.readouterr().err
+
+
+def test_a_symlinked_checkpoints_folder_is_kept(pickled_data, tmp_path, monkeypatch):
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    out.mkdir()
+    scratch.mkdir()
+    (out / "checkpoints").symlink_to(scratch)
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=[TINY, dict(TINY, lr=0.02)], monkeypatch=monkeypatch) == 0
+    assert (out / "checkpoints").is_symlink() and list(scratch.iterdir()) == []
+    assert (out / "config_2.pth").exists()
+
+
+def test_configs_by_their_printed_label_and_a_stop_as_a_config_ends(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    real_measure = train._measure
+
+    def ctrl_c_in_the_last_test_pass(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return real_measure(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_measure", ctrl_c_in_the_last_test_pass)
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    "--configs", "config_1,config_2", configs=[TINY, dict(TINY, lr=0.02)],
+                    monkeypatch=monkeypatch) == 130
+    captured = capsys.readouterr()
+    assert "Stopped by SIGINT after config_1 ended; the next configs have not started" in \
+        captured.err
+    assert "config_2:" not in captured.out and not (out / "checkpoints").exists()
+
+
+def test_a_checkpoint_is_not_carried_on_in_other_arithmetic(pickled_data, tmp_path,
+                                                            monkeypatch, capsys):
+    out = tmp_path / "out"
+    monkeypatch.setattr(train, "_measure", lambda *args, **kwargs: (
+        signal.raise_signal(signal.SIGINT), {"test_accuracy": 10.0,
+                                             "train_accuracy_eval": 10.0})[1])
+    configs = [dict(TINY, num_epochs=2)]
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=configs, monkeypatch=monkeypatch) == 130  # an fp32 checkpoint
+    capsys.readouterr()
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    "--amp", "on", configs=configs, monkeypatch=monkeypatch) == 2
+    error = capsys.readouterr().err
+    assert "this config was trained in fp32 so far; this run would carry it on in bf16" in error
+
+
+def test_data_replaced_in_place_is_noticed(tmp_path, monkeypatch, capsys):
+    data_dir = write_pickled_batches(tmp_path / "data")
+    out = tmp_path / "out"
+    assert run_main("L2_regularization", "--data-dir", data_dir, "--out", out,
+                    configs=[TINY], monkeypatch=monkeypatch) == 0
+    batch = data_dir / "cifar-10-batches-py" / "data_batch_1"
+    content = pickle.loads(batch.read_bytes())
+    content["data"] = 255 - content["data"]  # the same path, the same counts, other pixels
+    batch.write_bytes(pickle.dumps(content))
+    capsys.readouterr()
+    assert run_main("L2_regularization", "--data-dir", data_dir, "--out", out,
+                    configs=[TINY], monkeypatch=monkeypatch) == 0
+    assert "the data differs from the earlier run's (fingerprint" in capsys.readouterr().out
+
+
+def test_an_oversized_image_is_refused_before_it_is_decoded(tmp_path, capsys):
+    from PIL import Image
+
+    root = write_image_folders(tmp_path / "data")
+    Image.new("RGB", (12000, 12000)).save(sorted((root / "train" / "cat").iterdir())[0])
+    assert run_main("L2_regularization", "--data-dir", root, "--out", tmp_path / "out",
+                    "--epochs", "1") == 2
+    assert "a 12000x12000 RGB image; CIFAR-10 images are 32x32 RGB" in capsys.readouterr().err
+
+
+def test_restart_of_some_configs_moves_only_theirs(pickled_data, tmp_path, monkeypatch,
+                                                   capsys):
+    out = tmp_path / "out"
+    configs = [TINY, dict(TINY, lr=0.02)]
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=configs, monkeypatch=monkeypatch) == 0
+    first = (out / "config_1.pth").read_bytes()
+    capsys.readouterr()
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    "--restart", "--configs", "2", configs=configs,
+                    monkeypatch=monkeypatch) == 0
+    assert "--restart config_2: its earlier results are kept in" in capsys.readouterr().out
+    (earlier,) = out.glob("earlier-*")
+    assert sorted(path.name for path in earlier.iterdir()) == ["config_2.pth",
+                                                               "training_result.json"]
+    assert (out / "config_1.pth").read_bytes() == first
