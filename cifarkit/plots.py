@@ -63,12 +63,14 @@ def add_legend(axes, columns=1):
 
 
 def differing_keys(configs):
-    """The settings whose values are not the same in all ``configs`` (a key that some lack
-    counts as differing), in the order they first appear."""
+    """The settings that every one of ``configs`` holds and whose values are not all the
+    same, in the order they first appear. A key some lack is a model setting of another
+    script (dropout beside L2's LeNet): not a difference worth a legend."""
     keys = []
     for config in configs:
         keys += [key for key in config if key not in keys and key not in NOT_SETTINGS]
-    return [key for key in keys if len({repr(config.get(key)) for config in configs}) > 1]
+    return [key for key in keys if all(key in config for config in configs)
+            and len({repr(config[key]) for config in configs}) > 1]
 
 
 def short_labels(entries):
@@ -79,7 +81,7 @@ def short_labels(entries):
     labels = {}
     for config_id, config in first.items():
         name = f" ({config['name']})" if "name" in config else ""
-        shown = ", ".join(f"{key}={config.get(key, '—')}" for key in differing)
+        shown = ", ".join(f"{key}={config[key]}" for key in differing)
         labels[config_id] = config_id + name + (f": {shown}" if shown else "")
     return labels
 
