@@ -3,9 +3,10 @@
     python make_report.py                   # reads modelset/, writes modelset/REPORT.md
     python make_report.py --modelset DIR    # another folder holding the scripts' folders
 
-Reads every results JSON one folder below modelset/ and writes REPORT.md (a results table per
-script, the Task 2 train-test gap, the Task 3 sweep, LeNet against ResNet-18 for time, the best
-config's confusion matrix and example predictions, and what has not been run yet) with its
+Reads every results JSON one folder below modelset/ and writes REPORT.md, in task order (1 to
+4): a results table per script with its best config's confusion matrix and example predictions,
+the Task 2 train-test gap, the Task 3 sweep, LeNet against ResNet-18 for time, for each task a
+sentence setting our numbers beside the report's, and what has not been run yet with its
 figures in modelset/figures/. Each output folder gets its own section, so two folders of one
 script (modelset/Resnet/ and modelset/Resnet-run2/) are both reported. A results JSON that
 cannot be used is named in a warning and in REPORT.md, and skipped.
@@ -13,10 +14,23 @@ cannot be used is named in a warning and in REPORT.md, and skipped.
 Exit status: 0 report written; 1 a file could not be written; 2 --modelset is not a folder.
 """
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
 from cifarkit import report
+
+
+def defined_configs():
+    """{script: how many configs its CONFIGS holds now}, for the report's "Not run yet" list;
+    the scripts are read here, not by the cifarkit package (importing one trains nothing)."""
+    counts = {}
+    for script in report.TASKS:
+        try:
+            counts[script] = len(importlib.import_module(Path(script).stem).CONFIGS)
+        except Exception:  # a script that no longer imports: report what the JSON has
+            counts[script] = 0
+    return counts
 
 
 def main(argv=None):
@@ -36,7 +50,7 @@ def main(argv=None):
     for path, why in skipped:  # the report lists them too; the terminal must not hide them
         print(f"warning: {path}: {why}; skipped.", file=sys.stderr)
     try:
-        path = report.write_report(modelset, runs, skipped)
+        path = report.write_report(modelset, runs, skipped, defined_configs())
     except OSError as error:  # read-only folder, full disk, a file where a folder should be
         where = error.filename2 or error.filename
         print(f"error: cannot write the report into {modelset}/: {error.strerror or error}"

@@ -340,12 +340,9 @@ def new_results(script, dataset, runtime, seed, argv):
     }
 
 
-NOT_SETTINGS = ("name", "reported_accuracy", "reported_seconds")  # labels, not training
-
-
 def settings(config):
     return ", ".join(f"{key}={value}" for key, value in config.items()
-                     if key not in NOT_SETTINGS)
+                     if key not in plots.NOT_SETTINGS)
 
 
 def config_label(entry):
@@ -410,19 +407,21 @@ def group_outcome(runs):
     return text + "".join(f"; {failure}" for failure in failed)
 
 
-def plot_run(entries, out_dir, script, log_every):
+def plot_run(entries, out_dir, script, log_every, run=None):
     """loss.png, train_accuracy.png, test_accuracy.png; the baseline's loss.png shows the
-    running loss it prints every ``log_every`` mini-batches."""
+    running loss it prints every ``log_every`` mini-batches. ``run``: the results JSON (its
+    data, devices), for the subtitle saying what the curves were measured on."""
     title = Path(script).stem
+    note = plots.subtitle(run, entries)
     with_batch_losses = log_every and any(entry.get("batch_losses") for entry in entries)
-    for file_name, key, y_label in plots.PLOTS:
+    for file_name, key, y_label, span in plots.PLOTS:
         if file_name == "loss.png" and with_batch_losses:
             figure = plots.batch_loss_figure(
-                entries, f"{title}: loss every {log_every} mini-batches", log_every,
-                config_label)
+                entries, f"{title}: loss every {log_every} mini-batches", log_every, note)
         else:
             figure = plots.history_figure(entries, key, f"{title}: {y_label.split(' (')[0]}",
-                                          y_label, config_label)
+                                          y_label, span, note,
+                                          plots.train_sample_size(run))
         content = plots.png_bytes(figure)
         write_atomically(Path(out_dir) / file_name, lambda file: file.write(content))
 
@@ -432,9 +431,13 @@ def plot_examples(on_device, predictions, entry, script, out_dir, count=32):
     of the best run so far."""
     test_images, test_labels = on_device.test_images, on_device.test_labels
     pick = torch.linspace(0, len(test_labels) - 1, min(count, len(test_labels))).long()
+    correct = sum(int(predictions[index]) == int(test_labels[index]) for index in pick)
     figure = plots.examples_figure(test_images.cpu()[pick], test_labels.cpu()[pick].tolist(),
                                    predictions[pick].tolist(), CLASSES,
-                                   f"{Path(script).stem}, {config_label(entry)}")
+                                   f"{Path(script).stem}, {config_label(entry)}\n"
+                                   f"{correct} of these {len(pick)} right; "
+                                   f"{entry['final_test_accuracy']:.1f}% of all "
+                                   f"{len(test_labels):,} test images")
     content = plots.png_bytes(figure)
     write_atomically(Path(out_dir) / "examples.png", lambda file: file.write(content))
 

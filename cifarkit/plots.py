@@ -5,11 +5,16 @@ import textwrap
 
 import numpy as np
 
-PLOTS = (  # file, history key, y-axis label
-    ("loss.png", "train_loss", "training loss (cross-entropy, mean per image)"),
-    ("train_accuracy.png", "train_accuracy", "training accuracy (%)"),
-    ("test_accuracy.png", "test_accuracy", "test accuracy (%)"),
+PLOTS = (  # file, history key, y-axis label, smallest y span shown (so noise looks like noise)
+    ("loss.png", "train_loss", "training loss (cross-entropy, mean per image)", 0.2),
+    ("train_accuracy.png", "train_accuracy_eval", "training accuracy (%)", 5.0),
+    ("test_accuracy.png", "test_accuracy", "test accuracy (%)", 5.0),
 )
+ACCURACY_SPAN = 5.0  # percentage points: the least y range of an accuracy or gap axis
+# Config keys that label a config or quote the report, not settings it trained with.
+NOT_SETTINGS = ("name", "reported_accuracy", "reported_seconds")
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = "osD^v<>ph*"
 
 
 def pyplot():
@@ -21,11 +26,24 @@ def pyplot():
     return plt
 
 
+def config_number(config_id):
+    return int(config_id.split("_")[1])
+
+
 def color(config_id):
     """config_N gets the N-th colour (tab10, then Dark2: 18 distinct), in every figure."""
     plt = pyplot()
     palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
-    return palette[(int(config_id.split("_")[1]) - 1) % len(palette)]
+    return palette[(config_number(config_id) - 1) % len(palette)]
+
+
+def line_style(index, points):
+    """A line style and a hollow marker per curve (by its index), markers thinned out and
+    offset from curve to curve, so two curves that coincide both stay visible."""
+    every = max(1, points // 12)
+    return {"linestyle": LINE_STYLES[index % len(LINE_STYLES)],
+            "marker": MARKERS[index % len(MARKERS)], "markersize": 5,
+            "markerfacecolor": "none", "markevery": (index % every, every)}
 
 
 def png_bytes(figure):
@@ -36,12 +54,36 @@ def png_bytes(figure):
     return buffer.getvalue()
 
 
-def add_legend(axes):
-    """The legend under the plot, long config labels wrapped, so it never hides a curve."""
+def add_legend(axes, columns=1):
+    """The legend under the plot, long labels wrapped, so it never hides a curve."""
     handles, labels = axes.get_legend_handles_labels()
     if handles:
-        axes.legend(handles, [textwrap.fill(label, 100) for label in labels], fontsize=7,
-                    loc="upper center", bbox_to_anchor=(0.5, -0.13))
+        axes.legend(handles, [textwrap.fill(label, 90) for label in labels], fontsize=8,
+                    loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=columns)
+
+
+def differing_keys(configs):
+    """The settings that every one of ``configs`` holds and whose values are not all the
+    same, in the order they first appear. A key some lack is a model setting of another
+    script (dropout beside L2's LeNet): not a difference worth a legend."""
+    keys = []
+    for config in configs:
+        keys += [key for key in config if key not in keys and key not in NOT_SETTINGS]
+    return [key for key in keys if all(key in config for config in configs)
+            and len({repr(config[key]) for config in configs}) > 1]
+
+
+def short_labels(entries):
+    """{config id: legend label}: the config's id and name, and only the settings that differ
+    between the configs shown (the full settings are in the JSON and the summary table)."""
+    first = {entry["id"]: entry["config"] for entry in entries}
+    differing = differing_keys(list(first.values()))
+    labels = {}
+    for config_id, config in first.items():
+        name = f" ({config['name']})" if "name" in config else ""
+        shown = ", ".join(f"{key}={config[key]}" for key in differing)
+        labels[config_id] = config_id + name + (f": {shown}" if shown else "")
+    return labels
 
 
 def group_runs(entries):
@@ -52,54 +94,142 @@ def group_runs(entries):
     return groups
 
 
+def values_of(record, key):
+    """A history value; an older file without the eval-mode training accuracy falls back to
+    the running one (the caller says so: see uses_running)."""
+    if key == "train_accuracy_eval" and record.get(key) is None:
+        return record.get("train_accuracy")
+    return record.get(key)
+
+
+def uses_running(entries):
+    """Whether any history lacks the eval-mode training accuracy (files written before it)."""
+    return any(record.get("train_accuracy_eval") is None
+               for entry in entries for record in entry["history"])
+
+
 def mean_curve(runs, key):
     """(epochs, mean, std) of ``key`` over the runs of one config, epoch by epoch."""
     length = max(len(run["history"]) for run in runs)
     values = np.full((len(runs), length), np.nan)
     for row, run in enumerate(runs):
         for column, record in enumerate(run["history"]):
-            if record.get(key) is not None:
-                values[row, column] = record[key]
+            if values_of(record, key) is not None:
+                values[row, column] = values_of(record, key)
     with np.errstate(all="ignore"):
         return (np.arange(1, length + 1), np.nanmean(values, axis=0),
                 np.nanstd(values, axis=0))
 
 
-def draw_config_curves(axes, entries, key, label_of, x_key=None):
-    """One line per config (the mean over its seeds) with a band of one std when seeds > 1."""
-    for config_id, runs in group_runs(entries).items():
+def draw_config_curves(axes, entries, key, labels, x_key=None, style_offset=0):
+    """One line per config (the mean over its seeds), its own line style and marker, with a
+    band of one std labelled as such when it has several seeds. ``labels``: {id: label}."""
+    for index, (config_id, runs) in enumerate(group_runs(entries).items()):
         if not any(run["history"] for run in runs):
             continue
         epochs, mean, std = mean_curve(runs, key)
         x = epochs if x_key is None else mean_curve(runs, x_key)[1]
         seeds = f" (mean of {len(runs)} seeds)" if len(runs) > 1 else ""
-        axes.plot(x, mean, color=color(config_id), marker="o" if len(x) < 30 else None,
-                  markersize=3, label=label_of(runs[0]) + seeds)
+        axes.plot(x, mean, color=color(config_id), label=labels[config_id] + seeds,
+                  **line_style(index + style_offset, len(x)))
         if len(runs) > 1:
-            axes.fill_between(x, mean - std, mean + std, color=color(config_id), alpha=0.2)
+            axes.fill_between(x, mean - std, mean + std, color=color(config_id), alpha=0.15,
+                              label=f"{config_id}: ±1 std over {len(runs)} seeds")
 
 
-def history_figure(entries, key, title, y_label, label_of):
+def whole_epochs(axes, last_epoch):
+    """Epoch ticks at whole numbers only (never 0.96…1.04 or steps of 1.25), and room for a
+    run of one epoch."""
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    low, high = axes.get_xlim()
+    axes.set_xlim(min(low, 0.5), max(high, last_epoch + 0.5))
+
+
+def min_span(axes, span):
+    """Widen the y axis to at least ``span`` around the data, so 0.2 points of noise is not
+    drawn as a trend."""
+    low, high = axes.get_ylim()
+    if high - low < span:
+        middle = (low + high) / 2
+        axes.set_ylim(middle - span / 2, middle + span / 2)
+
+
+def subtitle(run, entries):
+    """'2,000 training / 400 test images · device · precision' and, below, the data source,
+    from a results JSON's run fields (None: no subtitle)."""
+    if not run:
+        return None
+    data = run["data"]
+    precisions = sorted({entry["precision"] for entry in entries if entry.get("precision")})
+    return (" · ".join([f"{data['train_images']:,} training / {data['test_images']:,} test "
+                        f"images", ", ".join(run["devices"])] + precisions)
+            + f"\n{data['source']}")
+
+
+def train_sample_size(run):
+    """How many training images the eval-mode training accuracy is measured on (as
+    cifarkit.train.train_sample chooses them), or None when unknown."""
+    if not run:
+        return None
+    data = run["data"]
+    return min(data["train_images"], data["test_images"], 5000)
+
+
+def titled(axes, title, note):
+    lines = [title] + [textwrap.fill(line, 110) for line in (note or "").splitlines()]
+    axes.set_title("\n".join(lines), fontsize=10)
+
+
+def last_epoch(entries):
+    return max((len(entry["history"]) for entry in entries), default=1)
+
+
+def history_figure(entries, key, title, y_label, span, note=None, sample=None):
+    """A per-run PNG: one curve per config against the epoch. The training-accuracy figure
+    draws the eval-mode value (on ``sample`` fixed training images) and, faint, the running
+    one the logs print."""
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(9, 5.5))
-    draw_config_curves(axes, entries, key, label_of)
-    axes.set(title=title, xlabel="epoch", ylabel=y_label)
+    labels = short_labels(entries)
+    draw_config_curves(axes, entries, key, labels)
+    if key == "train_accuracy_eval":
+        start, bands = len(axes.lines), len(axes.collections)
+        draw_config_curves(axes, entries, "train_accuracy", {i: "" for i in labels})
+        for line in axes.lines[start:]:
+            line.set(alpha=0.35, linewidth=1, marker="", label="_running")
+        for collection in axes.collections[bands:]:
+            collection.remove()
+        axes.plot([], [], color="grey", alpha=0.35, label="faint, same colour: the running "
+                  "mean during each epoch (weights changing, dropout on), as the logs print it")
+        on = f" on {sample:,} fixed training images" if sample else " on fixed training images"
+        y_label = ("training accuracy (%): running (older results file)" if
+                   uses_running(entries) else f"training accuracy (%), eval mode{on}")
+    axes.set(xlabel="epoch", ylabel=y_label)
+    titled(axes, title, note)
+    whole_epochs(axes, last_epoch(entries))
+    min_span(axes, span)
     axes.grid(alpha=0.3)
     add_legend(axes)
     return figure
 
 
-def batch_loss_figure(entries, title, log_every, label_of):
+def batch_loss_figure(entries, title, log_every, note=None):
     """The loss printed every ``log_every`` mini-batches, against (fractional) epochs."""
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(9, 5.5))
-    for entry in entries:
+    labels = short_labels(entries)
+    for index, entry in enumerate(entries):
         points = entry.get("batch_losses", [])
         x = [point["epoch"] - 1 + point["batch"] / entry["steps_per_epoch"] for point in points]
         seed = f" (seed {entry['seed']})" if len(entries) > 1 else ""
-        axes.plot(x, [point["loss"] for point in points], marker="o", markersize=3,
-                  color=color(entry["id"]), label=label_of(entry) + seed)
-    axes.set(title=title, xlabel="epoch", ylabel=f"training loss (mean of {log_every} mini-batches)")
+        axes.plot(x, [point["loss"] for point in points], color=color(entry["id"]),
+                  label=labels[entry["id"]] + seed, **line_style(index, len(x)))
+    axes.set(xlabel="epoch", ylabel=f"training loss (mean of {log_every} mini-batches)")
+    titled(axes, title, note)
+    whole_epochs(axes, last_epoch(entries))
+    min_span(axes, 0.2)
     axes.grid(alpha=0.3)
     add_legend(axes)
     return figure

@@ -1,6 +1,5 @@
 """modelset/ -> modelset/REPORT.md and modelset/figures/: the report's tables and figures,
 rebuilt from whatever results JSON files the scripts have written."""
-import importlib
 import json
 import re
 import shutil
@@ -35,7 +34,6 @@ CONFIG_FIELDS = (("lr", NUMBER), ("momentum", NUMBER), ("batch_size", NUMBER))  
 RECORD_FIELDS = (("seconds", NUMBER), ("train_accuracy", NUMBER))
 FINISHED_FIELDS = (("final_test_accuracy", NUMBER), ("best_test_accuracy", NUMBER),
                    ("final_train_accuracy", NUMBER), ("train_seconds", NUMBER))
-MARKERS = "osD^v<>ph*"  # Task 4: one per run, so two runs of one model (same colours) stay apart
 
 
 @dataclass
@@ -163,47 +161,78 @@ def _confusion_problem(entry):
     return None
 
 
-def defined_configs(script):
-    """How many configs the script's CONFIGS holds now (importing a script trains nothing)."""
-    try:
-        return len(importlib.import_module(Path(script).stem).CONFIGS)
-    except Exception:  # a script that no longer imports: report what the JSON has
-        return 0
+def task_number(script):
+    return int(TASKS[script].split(":")[0].split()[1])
+
+
+def train_eval(entry):
+    """(final eval-mode training accuracy, whether it is the running value instead): files
+    written before the eval-mode value was recorded fall back to the running one."""
+    last = entry["history"][-1] if entry["history"] else {}
+    if last.get("train_accuracy_eval") is not None:
+        return last["train_accuracy_eval"], False
+    return entry["final_train_accuracy"], True
 
 
 def _gap(entry):
+    """Final train (eval mode) − test accuracy, in points; None unless finished."""
     if entry["status"] != "finished":
         return None
-    return entry["final_train_accuracy"] - entry["final_test_accuracy"]
+    return train_eval(entry)[0] - entry["final_test_accuracy"]
+
+
+def _finished_groups(results):
+    """{config id: [finished entries, one per seed]}, configs with none left out."""
+    groups = {}
+    for config_id, runs in plots.group_runs(results["configs"]).items():
+        finished = [run for run in runs if run["status"] == "finished"]
+        if finished:
+            groups[config_id] = finished
+    return groups
+
+
+def _mean(entries, key):
+    return float(np.mean([entry[key] for entry in entries]))
+
+
+RUNNING_NOTE = ("† no eval-mode training accuracy in this file (written before the kit "
+                "recorded it): the running value is shown and used for the gap; it is measured "
+                "while the weights change and with dropout on, so it understates the gap.")
 
 
 def summary_table(results):
-    """The 'Results summary' table of one script, a row per config (mean ± std over seeds)."""
+    """The 'Results summary' table of one script, a row per config (mean ± std over seeds),
+    and the note on older files' training accuracy where one is needed."""
     header = ("| config | settings | seeds | final test acc (%) | best test acc (%) | "
-              "final train acc (%) | gap train − test (pp) | training time (s) | device(s), precision | "
-              "status |\n"
-              "|---|---|---|---|---|---|---|---|---|---|")
+              "final train acc, eval mode (%) | final train acc, running (%) | "
+              "gap train − test (pp) | training time (s) | device(s), precision | status |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [header]
     devices = ", ".join(results["devices"])
+    any_running = False
     for config_id, runs in plots.group_runs(results["configs"]).items():
         finished = [run for run in runs if run["status"] == "finished"]
 
-        def stat(key):
-            values = [run[key] for run in finished]
+        def stat(values):
             return mean_std(values) if values else "—"
 
-        gaps = [_gap(run) for run in finished]
+        running = any(train_eval(run)[1] for run in finished)
+        any_running = any_running or running
+        mark = " †" if running else ""
         statuses = sorted({run["status"] for run in runs})
         marks = ", ".join("**DIVERGED**" if status == "diverged" else status
                           for status in statuses)
         precisions = sorted({run["precision"] for run in runs if "precision" in run})
         where = "; ".join([devices] + precisions)
         name = f" ({runs[0]['config']['name']})" if "name" in runs[0]["config"] else ""
+        eval_cell = "—" if running else stat([train_eval(run)[0] for run in finished])
         rows.append(f"| {config_id}{name} | {settings(runs[0]['config'])} | {len(runs)} | "
-                    f"{stat('final_test_accuracy')} | {stat('best_test_accuracy')} | "
-                    f"{stat('final_train_accuracy')} | {mean_std(gaps) if gaps else '—'} | "
-                    f"{stat('train_seconds')} | {where} | {marks} |")
-    return "\n".join(rows)
+                    f"{stat([run['final_test_accuracy'] for run in finished])} | "
+                    f"{stat([run['best_test_accuracy'] for run in finished])} | {eval_cell} | "
+                    f"{stat([run['final_train_accuracy'] for run in finished])} | "
+                    f"{stat([_gap(run) for run in finished])}{mark if finished else ''} | "
+                    f"{stat([run['train_seconds'] for run in finished])} | {where} | {marks} |")
+    return "\n".join(rows + ([f"\n{RUNNING_NOTE}"] if any_running else []))
 
 
 def _save(figure, path):
@@ -213,94 +242,188 @@ def _save(figure, path):
 
 
 def _with_derived(entries):
-    """Copies of the entries whose history also holds the gap and the elapsed seconds."""
+    """Copies of the entries whose history also holds the gap (eval-mode train accuracy, or
+    the running one in older files) and the elapsed seconds."""
     derived = []
     for entry in entries:
         elapsed, history = 0.0, []
         for record in entry["history"]:
             elapsed += record["seconds"]
-            gap = (record["train_accuracy"] - record["test_accuracy"]
+            train = plots.values_of(record, "train_accuracy_eval")
+            gap = (train - record["test_accuracy"]
                    if record.get("test_accuracy") is not None else None)
             history.append(dict(record, gap=gap, elapsed=elapsed))
         derived.append(dict(entry, history=history))
     return derived
 
 
+def _images(run):
+    data = run.results["data"]
+    return f"{data['train_images']:,} training / {data['test_images']:,} test images"
+
+
+def _mixes_subsets(runs):
+    return len({(run.results["data"]["train_images"], run.results["data"]["test_images"])
+                for run in runs}) > 1
+
+
+def _mixed_warning(runs):
+    """A warning line when the runs of one table or figure used different image counts."""
+    if not _mixes_subsets(runs):
+        return []
+    counts = "; ".join(f"`{run.name}`: {_images(run)}" for run in runs)
+    return [f"> **Warning: this compares runs on different numbers of images** ({counts}). "
+            "Accuracies and gaps depend on the amount of data: compare runs of one size.", ""]
+
+
 def gap_figure(task2_runs, path):
     """Task 2: train − test accuracy per epoch, control beside regularised, a panel per run."""
     plt = plots.pyplot()
-    figure, panels = plt.subplots(1, len(task2_runs), figsize=(7 * len(task2_runs), 5),
-                                  squeeze=False, sharey=True)
+    figure, panels = plt.subplots(1, len(task2_runs), figsize=(7 * len(task2_runs), 5.5),
+                                  squeeze=False, sharey=True, layout="constrained")
     for axes, run in zip(panels[0], task2_runs):
-        plots.draw_config_curves(axes, _with_derived(run.results["configs"]), "gap",
-                                 config_label)
+        entries = run.results["configs"]
+        plots.draw_config_curves(axes, _with_derived(entries), "gap",
+                                 plots.short_labels(entries))
         axes.axhline(0, color="grey", linewidth=0.8)
-        axes.set(title=f"{TASKS[run.script]} ({run.name})", xlabel="epoch",
-                 ylabel="generalisation gap: train − test accuracy (percentage points)")
+        running = plots.uses_running(entries)
+        axes.set(xlabel="epoch", ylabel="generalisation gap: train − test accuracy (points)")
+        plots.titled(axes, f"{TASKS[run.script]} ({run.name})",
+                     plots.subtitle(run.results, entries)
+                     + ("; RUNNING train accuracy (older file): gap understated" if running
+                        else ""))
+        plots.whole_epochs(axes, plots.last_epoch(entries))
+        plots.min_span(axes, plots.ACCURACY_SPAN)
         axes.grid(alpha=0.3)
         plots.add_legend(axes)
-    figure.suptitle("Task 2: does regularisation shrink the gap between train and test accuracy?")
+    figure.suptitle("Task 2: does regularisation shrink the gap between train and test accuracy?"
+                    "\n(train accuracy in eval mode on a fixed sample of training images, "
+                    "measured like the test accuracy)", fontsize=11)
     return _save(figure, path)
+
+
+SWEEP_AXES = (("lr", "learning rate", True), ("momentum", "momentum", False),
+              ("batch_size", "batch size", True))  # key, axis name, log scale
 
 
 def sweep_figure(sweep_runs, path):
-    """Task 3: final test accuracy and training time against lr, momentum and batch size;
-    two rows of panels per run."""
+    """Task 3: final test accuracy against lr, momentum and batch size, a row per run; in each
+    panel a line joins the configs that differ only in that panel's setting."""
     plt = plots.pyplot()
-    figure, grid = plt.subplots(2 * len(sweep_runs), 3, figsize=(15, 8 * len(sweep_runs)),
+    figure, grid = plt.subplots(len(sweep_runs), 3, figsize=(17, 6 * len(sweep_runs)),
                                 squeeze=False, layout="constrained")
-    for index, run in enumerate(sweep_runs):
-        _draw_sweep(grid[2 * index:2 * index + 2], run)
-    figure.suptitle(f"Task 3: {SWEEP_SCRIPT}, each point a config (mean ± std over seeds)")
+    for row, run in zip(grid, sweep_runs):
+        groups = _finished_groups(run.results)
+        for axes, (key, name, log) in zip(row, SWEEP_AXES):
+            _sweep_panel(axes, groups, key, name, log)
+        row[1].set_title(f"{run.name}: {plots.subtitle(run.results, run.results['configs'])}"
+                         f"\nfinal test accuracy against {SWEEP_AXES[1][1]}", fontsize=10)
+        if not groups:  # every config diverged or is unfinished: say so on the empty axes
+            row[0].text(0.5, 0.5, "no finished config", ha="center", transform=row[0].transAxes)
+    figure.suptitle(f"Task 3 ({SWEEP_SCRIPT}): final test accuracy of each config; a line "
+                    "joins configs that differ only in the setting on its x axis; "
+                    "★ the report's accuracy for that config", fontsize=11)
     return _save(figure, path)
 
 
-def _draw_sweep(rows, run):
-    groups = plots.group_runs(run.results["configs"])
-    for column, key in enumerate(("lr", "momentum", "batch_size")):
-        for row, (value_key, label) in enumerate((("final_test_accuracy",
-                                                   "final test accuracy (%)"),
-                                                  ("train_seconds", "training time (s)"))):
-            axes = rows[row][column]
-            for config_id, group in groups.items():
-                finished = [entry for entry in group if entry["status"] == "finished"]
-                if not finished:
-                    continue
-                values = np.array([entry[value_key] for entry in finished])
-                x = group[0]["config"][key]
-                axes.errorbar(x, values.mean(), yerr=values.std() if len(values) > 1 else None,
-                              fmt="o", color=plots.color(config_id), capsize=3,
-                              label=config_id)
-                axes.annotate(config_id.split("_")[1], (x, values.mean()), fontsize=7,
-                              xytext=(4, 4), textcoords="offset points")
-            axes.set(xlabel=key + (" (log scale)" if key != "momentum" else ""), ylabel=label)
-            if key != "momentum":
-                axes.set_xscale("log")
-            axes.grid(alpha=0.3)
-    rows[0][1].set_title(f"{run.path.parent.name}/{run.path.name}")
-    if rows[0][0].get_legend_handles_labels()[0]:
-        rows[0][0].legend(fontsize=7)
-    else:  # every config diverged or is unfinished: say so on the empty axes
-        rows[0][0].text(0.5, 0.5, "no finished config", ha="center",
-                        transform=rows[0][0].transAxes)
+def _sweep_panel(axes, groups, key, name, log):
+    configs = [runs[0]["config"] for runs in groups.values()]
+    others = [other for other in plots.differing_keys(configs) if other != key]
+    lines = {}
+    for runs in groups.values():
+        config = runs[0]["config"]
+        lines.setdefault(tuple((other, config.get(other)) for other in others), []).append(runs)
+    palette = plots.pyplot().get_cmap("tab10").colors
+    for index, (line_key, members) in enumerate(lines.items()):
+        members.sort(key=lambda runs: runs[0]["config"][key])
+        x = [runs[0]["config"][key] for runs in members]
+        accuracies = [[run["final_test_accuracy"] for run in runs] for runs in members]
+        names = [runs[0]["config"]["name"] for runs in members if "name" in runs[0]["config"]]
+        label = ", ".join(names) or ", ".join(f"{k}={v}" for k, v in line_key) or "all configs"
+        axes.errorbar(x, [np.mean(values) for values in accuracies], capsize=3,
+                      yerr=[np.std(values) for values in accuracies] if max(map(len, accuracies))
+                      > 1 else None, color=palette[index % 10], label=label,
+                      **plots.line_style(index, 1))
+        reported = [(runs[0]["config"][key], runs[0]["config"]["reported_accuracy"])
+                    for runs in members if "reported_accuracy" in runs[0]["config"]]
+        if reported:
+            axes.plot(*zip(*reported), linestyle="none", marker="*", markersize=11,
+                      color=palette[index % 10], alpha=0.7)
+    values = sorted({runs[0]["config"][key] for runs in groups.values()})
+    if log and values:
+        axes.set_xscale("log")
+    if values:
+        from matplotlib.ticker import NullLocator
+
+        axes.set_xticks(values, [f"{value:g}" for value in values])  # only the values run
+        axes.xaxis.set_minor_locator(NullLocator())
+        plt_labels = axes.get_xticklabels()
+        if len(values) > 5:  # many values on a log axis: tilt them rather than overlap
+            for label in plt_labels:
+                label.set(rotation=45, ha="right")
+    axes.set(xlabel=name + (" (log scale)" if log else ""), ylabel="final test accuracy (%)")
+    if key != SWEEP_AXES[1][0]:
+        axes.set_title(f"final test accuracy against {name}", fontsize=10)
+    plots.min_span(axes, plots.ACCURACY_SPAN)
+    axes.grid(alpha=0.3)
+    if lines:
+        axes.plot([], [], linestyle="none", marker="*", color="grey", markersize=11,
+                  label="the report's accuracy (50,000 training images)")
+        axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+
+
+def best_group(results):
+    """The finished config with the highest mean final test accuracy: its entries, or []."""
+    groups = _finished_groups(results)
+    return max(groups.values(), key=lambda runs: _mean(runs, "final_test_accuracy"),
+               default=[])
 
 
 def accuracy_time_figure(runs, path):
-    """Task 4: test accuracy against training time, every LeNet and ResNet-18 config."""
+    """Task 4: test accuracy against training time, the best config of each run, coloured by
+    script (LeNet dashed, ResNet-18 solid), with the report's ResNet-18 points."""
     plt = plots.pyplot()
     figure, axes = plt.subplots(figsize=(10, 6))
-    for index, run in enumerate(runs):
+    shown = [(run, best_group(run.results)) for run in runs]
+    shown = [(run, best) for run, best in shown if best]
+    mixed = _mixes_subsets([run for run, _ in shown])
+    differing = plots.differing_keys([best[0]["config"] for _, best in shown])
+    palette = plt.get_cmap("tab10").colors
+    for index, (run, best) in enumerate(shown):
         resnet = run.script == "Resnet_model.py"
-        model = "ResNet-18" if resnet else "LeNet"
-        first_new = len(axes.lines)
-        plots.draw_config_curves(axes, _with_derived(run.results["configs"]), "test_accuracy",
-                                 lambda entry: f"{model} {run.name} {entry['id']}",
-                                 x_key="elapsed")
-        for line in axes.lines[first_new:]:
-            line.set(linestyle="-" if resnet else "--", marker=MARKERS[index % len(MARKERS)],
-                     markevery=max(1, len(line.get_xdata()) // 15))
-    axes.set(title="Task 4: test accuracy against training time (solid: ResNet-18, dashed: LeNet)",
-             xlabel="training time (s, cumulative)", ylabel="test accuracy (%)")
+        derived = _with_derived(best)
+        _, accuracy, std = plots.mean_curve(derived, "test_accuracy")
+        elapsed = plots.mean_curve(derived, "elapsed")[1]
+        config = best[0]["config"]
+        name = f" ({config['name']})" if "name" in config else ""
+        setting = ", ".join(f"{key}={config[key]}" for key in differing)
+        images = f" [{run.results['data']['train_images']:,} images]" if mixed else ""
+        colour = palette[list(TASKS).index(run.script)]
+        style = dict(plots.line_style(index, len(elapsed)), linestyle="-" if resnet else "--")
+        axes.plot(elapsed, accuracy, color=colour, **style,
+                  label=f"{'ResNet-18' if resnet else 'LeNet'} {run.name}: {best[0]['id']}"
+                        f"{name}{': ' + setting if setting else ''}{images}")
+        if len(best) > 1:
+            axes.fill_between(elapsed, accuracy - std, accuracy + std, color=colour, alpha=0.15,
+                              label=f"±1 std over {len(best)} seeds")
+        if "reported_seconds" in config and "reported_accuracy" in config:
+            axes.plot(config["reported_seconds"], config["reported_accuracy"], marker="*",
+                      markersize=13, linestyle="none", color=colour,
+                      label=f"the report's {best[0]['id']}, on one A100 (50,000 images)")
+    times = [line.get_xdata() for line in axes.lines]
+    spread = [value for values in times for value in np.atleast_1d(values) if value > 0]
+    if spread and max(spread) / min(spread) > 30:  # LeNet's seconds beside ResNet's hours
+        axes.set_xscale("log")
+    note = ("the best config of each folder; colour: script; solid: ResNet-18, dashed: LeNet"
+            + ("\nRUNS ON DIFFERENT NUMBERS OF IMAGES ARE SHOWN TOGETHER: compare with care"
+               if mixed else ""))
+    axes.set(xlabel="training time (s, cumulative" + (", log scale)" if
+                                                       axes.get_xscale() == "log" else ")"),
+             ylabel="test accuracy (%)")
+    plots.titled(axes, "Task 4: test accuracy against training time", None)
+    axes.text(0.01, 0.99, note, transform=axes.transAxes, va="top", fontsize=8,
+              color="darkred" if mixed else "black")
+    plots.min_span(axes, plots.ACCURACY_SPAN)
     axes.grid(alpha=0.3)
     plots.add_legend(axes)
     return _save(figure, path)
@@ -312,9 +435,20 @@ def best_run(results):
     return max(finished, key=lambda entry: entry["final_test_accuracy"], default=None)
 
 
-def write_report(modelset, runs, skipped):
+# What the report claimed for Task 2 (it gives no numbers for it; Tasks 1, 3 and 4 quote its
+# numbers from the configs' reported_accuracy / reported_seconds).
+TASK2_CLAIM = ("L2 weight decay (1e-4) and dropout (0.5) reduce overfitting, i.e. shrink the "
+               "gap between training and test accuracy")
+DATA_HELP = ("`DIR` is the folder holding your copy of CIFAR-10 (see README, section "
+             "\"Data: downloaded, local, or offline\"); leave `--data-dir DIR` out to download "
+             "it into `./data`.")
+
+
+def write_report(modelset, runs, skipped, defined=None):
     """Write REPORT.md and figures/ into ``modelset`` from ``load_runs(modelset)``'s runs and
-    skipped files; return the report's path. An OSError means a file could not be written."""
+    skipped files, in task order; ``defined``: {script: how many configs its CONFIGS holds},
+    for the "Not run yet" list. Return the report's path. An OSError means a file could not
+    be written."""
     modelset = Path(modelset)
     figures = modelset / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -322,18 +456,20 @@ def write_report(modelset, runs, skipped):
              f"Written by `python make_report.py --modelset {modelset}` on "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {len(runs)} results file(s)"
              f"{f' ({len(skipped)} skipped, listed below)' if skipped else ''}. "
-             "Accuracies are percentages on each run's test set; the gap is final training "
-             "accuracy (measured during the last epoch, dropout on) minus final test accuracy, "
-             "in percentage points. With several seeds a cell shows mean ± standard deviation.", ""]
+             "Accuracies are percentages on each run's test set. The gap is the final training "
+             "accuracy in eval mode (on a fixed sample of up to 5,000 training images, measured "
+             "as the test accuracy is) minus the final test accuracy, in percentage points; the "
+             "running training accuracy (the mean over the last epoch, while the weights "
+             "changed and dropout was on) is shown beside it. With several seeds a cell shows "
+             "mean ± standard deviation.", ""]
     lines += _skipped_section(skipped, modelset)
-    for run in runs:
-        lines += _run_section(run, modelset)
-    lines += _task2_section(runs, modelset, figures)
-    lines += _task3_section(runs, modelset, figures)
-    lines += _task4_section(runs, modelset, figures)
-    for run in runs:
-        lines += _best_section(run, modelset, figures)
-    lines += _missing_section(runs)
+    sections = {1: _task1_section, 2: _task2_section, 3: _task3_section, 4: _task4_section}
+    for number, section in sections.items():
+        task_runs = [run for run in runs if task_number(run.script) == number]
+        for run in task_runs:
+            lines += _run_section(run, modelset, figures)
+        lines += section(task_runs, runs, modelset, figures)
+    lines += _missing_section(runs, defined or {})
     report = modelset / "REPORT.md"
     text = "\n".join(lines) + "\n"
     write_atomically(report, lambda file: file.write(text.encode()))
@@ -348,60 +484,180 @@ def _skipped_section(skipped, modelset):
             + [f"- `{path.relative_to(modelset)}`: {why}." for path, why in skipped] + [""])
 
 
-def _run_section(run, modelset):
+def _run_section(run, modelset, figures):
     results, data = run.results, run.results["data"]
-    return [f"## {TASKS[run.script]} (`{run.script}`), `{run.name}`", "",
-            f"From `{run.path.relative_to(modelset)}`: {data['train_images']} training and "
-            f"{data['test_images']} test images ({data['source']}); devices: "
-            f"{', '.join(results['devices'])}; world size {results.get('world_size', 1)}; "
-            f"seed {results.get('seed', 0)}.", "",
-            summary_table(results), ""]
+    return ([f"## {TASKS[run.script]} (`{run.script}`), `{run.name}`", "",
+             f"From `{run.path.relative_to(modelset)}`: {data['train_images']:,} training and "
+             f"{data['test_images']:,} test images ({data['source']}); devices: "
+             f"{', '.join(results['devices'])}; world size {results.get('world_size', 1)}; "
+             f"seed {results.get('seed', 0)}.", "",
+             summary_table(results), ""]
+            + _best_section(run, modelset, figures))
 
 
 def _link(path, modelset, caption):
     return [f"![{caption}]({quote(path.relative_to(modelset).as_posix())})", ""]
 
 
-def _task2_section(runs, modelset, figures):
-    task2 = [run for run in runs if run.script in TASK2_SCRIPTS]
-    if not task2:
+def _claim(text):
+    return [f"**Our runs against the report:** {text}", ""]
+
+
+def _epochs(entries):
+    return max(len(entry["history"]) for entry in entries)
+
+
+def _task1_section(task_runs, runs, modelset, figures):
+    said = []
+    for run in task_runs:
+        best = best_group(run.results)
+        if not best:
+            continue
+        reported = best[0]["config"].get("reported_accuracy")
+        said.append(f"in `{run.name}` the baseline reached "
+                    f"{_mean(best, 'final_test_accuracy'):.1f}% test accuracy after "
+                    f"{_epochs(best)} epoch(s) on {_images(run)}"
+                    + (f"; the report: {reported:g}% (all 50,000 training images)"
+                       if reported is not None else ""))
+    return _claim("; ".join(said) + ".") if said else []
+
+
+def _task2_section(task_runs, runs, modelset, figures):
+    if not task_runs:
         return []
     lines = ["## Task 2: regularisation and the generalisation gap", ""]
-    lines += _link(gap_figure(task2, figures / "task2_gap.png"), modelset,
+    lines += _link(gap_figure(task_runs, figures / "task2_gap.png"), modelset,
                    "train-test gap per epoch")
-    lines += ["| script | folder | config | final gap (pp) | final test acc (%) |",
-              "|---|---|---|---|---|"]
-    for run in task2:
-        for group in plots.group_runs(run.results["configs"]).values():
-            finished = [entry for entry in group if entry["status"] == "finished"]
-            if finished:
-                lines.append(f"| {run.script} | {run.name} | {config_label(group[0])} | "
-                             f"{mean_std([_gap(entry) for entry in finished])} | "
-                             f"{mean_std([entry['final_test_accuracy'] for entry in finished])} |")
-    return lines + [""]
+    lines += _mixed_warning(task_runs)
+    lines += ["| script | folder | config | final gap, eval mode (pp) | final gap, running "
+              "(pp) | final test acc (%) | images (train / test) |",
+              "|---|---|---|---|---|---|---|"]
+    for run in task_runs:
+        counts = f"{run.results['data']['train_images']:,} / {run.results['data']['test_images']:,}"
+        for finished in _finished_groups(run.results).values():
+            running = any(train_eval(entry)[1] for entry in finished)
+            lines.append(
+                f"| {run.script} | {run.name} | {config_label(finished[0])} | "
+                f"{'— †' if running else mean_std([_gap(entry) for entry in finished])} | "
+                f"{mean_std([e['final_train_accuracy'] - e['final_test_accuracy'] for e in finished])}"
+                f" | {mean_std([entry['final_test_accuracy'] for entry in finished])} | {counts} |")
+    if any(train_eval(entry)[1] for run in task_runs for entry in run.results["configs"]
+           if entry["status"] == "finished"):
+        lines += ["", RUNNING_NOTE]
+    said = [_gap_sentence(run) for run in task_runs]
+    said = [text for text in said if text]
+    return lines + [""] + (_claim("; ".join(said) + f"; the report: {TASK2_CLAIM}.")
+                           if said else [])
 
 
-def _task3_section(runs, modelset, figures):
-    sweeps = [run for run in runs if run.script == SWEEP_SCRIPT]
-    if not sweeps:
+def _gap_sentence(run):
+    """What each regularised config did to the gap against the run's control, in words."""
+    groups = _finished_groups(run.results)
+    control_id = next((config_id for config_id, entries in groups.items()
+                       if entries[0]["config"].get("name") == "control"), next(iter(groups), None))
+    if control_id is None or len(groups) < 2:
+        return None
+    control = groups[control_id]
+    gap = float(np.mean([_gap(entry) for entry in control]))
+    accuracy = _mean(control, "final_test_accuracy")
+    parts = []
+    for config_id, entries in groups.items():
+        if config_id == control_id:
+            continue
+        changed = plots.differing_keys([control[0]["config"], entries[0]["config"]])
+        what = ", ".join(f"{key} {entries[0]['config'].get(key)}" for key in changed) or config_id
+        new_gap = float(np.mean([_gap(entry) for entry in entries]))
+        change = _mean(entries, "final_test_accuracy") - accuracy
+        moved = ("left the gap at" if round(new_gap, 1) == round(gap, 1) else
+                 "narrowed the gap from" if new_gap < gap else "widened the gap from")
+        parts.append(f"{what} {moved} "
+                     + (f"{gap:.1f} points " if moved.startswith("left") else
+                        f"{gap:.1f} to {new_gap:.1f} points ")
+                     + (f"at a cost of {-change:.1f} points of test accuracy" if change < 0
+                        else f"and gained {change:.1f} points of test accuracy"))
+    return (f"in `{run.name}` ({_images(run)}, {_epochs(control)} epochs), "
+            + "; ".join(parts))
+
+
+def _task3_section(task_runs, runs, modelset, figures):
+    if not task_runs:
         return []
-    return (["## Task 3: learning rate, momentum and batch size", ""]
-            + _link(sweep_figure(sweeps, figures / "task3_sweep.png"), modelset, "sweep"))
+    lines = (["## Task 3: learning rate, momentum and batch size", ""]
+             + _link(sweep_figure(task_runs, figures / "task3_sweep.png"), modelset, "sweep")
+             + _mixed_warning(task_runs))
+    said = []
+    for run in task_runs:
+        groups = _finished_groups(run.results)
+        if not groups:
+            continue
+        ours = max(groups, key=lambda config_id: _mean(groups[config_id],
+                                                       "final_test_accuracy"))
+        reported = {config_id: entries[0]["config"]["reported_accuracy"]
+                    for config_id, entries in groups.items()
+                    if "reported_accuracy" in entries[0]["config"]}
+        text = (f"in `{run.name}` ({_images(run)}, {_epochs(groups[ours])} epochs) the best of "
+                f"{len(groups)} finished configs is {_describe(groups[ours])} at "
+                f"{_mean(groups[ours], 'final_test_accuracy'):.1f}%")
+        if reported:
+            theirs = max(reported, key=reported.get)
+            text += (f"; the report's best of the same configs: {_describe(groups[theirs])} at "
+                     f"{reported[theirs]:g}%"
+                     + (" (the same config)" if theirs == ours else ""))
+        said.append(text)
+    return lines + (_claim("; ".join(said) + ".") if said else [])
 
 
-def _task4_section(runs, modelset, figures):
-    if not any(run.script == "Resnet_model.py" for run in runs):
+def _describe(entries):
+    config = entries[0]["config"]
+    return (f"{entries[0]['id']} (lr {config['lr']:g}, momentum {config['momentum']:g}, "
+            f"batch {config['batch_size']})")
+
+
+def _task4_section(task_runs, runs, modelset, figures):
+    if not task_runs:
         return []
-    return (["## Task 4: LeNet against ResNet-18, accuracy for time", ""]
-            + _link(accuracy_time_figure(runs, figures / "task4_accuracy_vs_time.png"),
-                    modelset, "accuracy against time"))
+    lines = (["## Task 4: LeNet against ResNet-18, accuracy for time", ""]
+             + _link(accuracy_time_figure(runs, figures / "task4_accuracy_vs_time.png"),
+                     modelset, "accuracy against time")
+             + _mixed_warning([run for run in runs if best_group(run.results)]))
+    bests = [(run, best_group(run.results)) for run in runs]
+    bests = [(run, best) for run, best in bests if best]
+    resnet = [(run, best) for run, best in bests if run.script == "Resnet_model.py"]
+    lenet = [(run, best) for run, best in bests if run.script != "Resnet_model.py"]
+    if not resnet:
+        return lines
+    said = [_best_said("ResNet-18", *max(resnet, key=lambda pair: _mean(pair[1],
+                                                                        "final_test_accuracy")))]
+    if lenet:
+        said.append(_best_said("LeNet", *max(lenet, key=lambda pair: _mean(
+            pair[1], "final_test_accuracy"))))
+    reported = [run_best[1][0]["config"] for run_best in resnet
+                if "reported_seconds" in run_best[1][0]["config"]]
+    lenet_reported = [entry["config"]["reported_accuracy"] for run in runs
+                      if run.script != "Resnet_model.py" for entry in run.results["configs"]
+                      if "reported_accuracy" in entry["config"]]
+    claim = "; ".join(said)
+    if reported:  # the report's figures for the configs we ran, from their configs
+        config = max(reported, key=lambda config: config["reported_accuracy"])
+        claim += (f"; the report: ResNet-18 ({config['lr']:g} lr, {config['momentum']:g} "
+                  f"momentum) {config['reported_accuracy']:g}% in "
+                  f"{config['reported_seconds']:g} s on one A100"
+                  + (f", against {max(lenet_reported):g}% for the best LeNet config we ran"
+                     if lenet_reported else ""))
+    return lines + _claim(claim + ".")
+
+
+def _best_said(model, run, best):
+    return (f"{model}'s best here is {best[0]['id']} of `{run.name}` at "
+            f"{_mean(best, 'final_test_accuracy'):.1f}% in {_mean(best, 'train_seconds'):.0f} s "
+            f"({_images(run)}, {_epochs(best)} epoch(s), {', '.join(run.results['devices'])})")
 
 
 def _best_section(run, modelset, figures):
     best = best_run(run.results)
     if best is None:
         return []
-    lines = [f"## Best config of `{run.script}` in `{run.name}`: {config_label(best)} "
+    lines = [f"### Best config of `{run.script}` in `{run.name}`: {config_label(best)} "
              f"(seed {best['seed']})", ""]
     confusion = plots.confusion_figure(best["confusion_matrix"], CLASSES,
                                        f"{run.name}, {best['id']}: confusion matrix")
@@ -418,20 +674,42 @@ def _best_section(run, modelset, figures):
     return lines
 
 
-def _missing_section(runs):
-    lines = ["## Not run yet", ""]
+def rerun_command(run, numbers):
+    """The command that trains configs ``numbers`` into ``run``'s folder with the flags of its
+    earlier run (data, subset, epochs, seeds), so the results already there stay. Its
+    --data-dir stays as recorded, absent included: another data source would move them aside."""
+    words = run.results.get("command", "").split()
+    flags = words[words.index(run.script) + 1:] if run.script in words else []
+    kept, skip = [], False
+    for word in flags:
+        if skip:
+            skip = False
+        elif word in ("--configs", "--out"):
+            skip = True  # drop it and its value: replaced below
+        elif word != "--restart" and not word.startswith(("--configs=", "--out=")):
+            kept.append(word)
+    world = run.results.get("world_size", 1)
+    launcher = f"torchrun --standalone --nproc-per-node={world}" if world > 1 else "python"
+    return " ".join([launcher, run.script] + kept
+                    + ["--out", str(run.path.parent), "--configs", ",".join(numbers)])
+
+
+def _missing_section(runs, defined):
+    lines = ["## Not run yet", "", DATA_HELP, ""]
     for script in TASKS:
-        if not any(run.script == script for run in runs):
-            lines.append(f"- `{script}` ({TASKS[script]}): no results; run `python {script}`.")
+        own = [run for run in runs if run.script == script]
+        if not own:
+            lines.append(f"- `{script}` ({TASKS[script]}): no results; run "
+                         f"`python {script} --data-dir DIR`.")
             continue
-        done = {entry["id"] for run in runs if run.script == script  # in any of its folders
-                for entry in run.results["configs"]}
-        missing = [f"config_{number}" for number in range(1, defined_configs(script) + 1)
-                   if f"config_{number}" not in done]
+        done = {entry["id"] for run in own for entry in run.results["configs"]}
+        missing = [str(number) for number in range(1, defined.get(script, 0) + 1)
+                   if f"config_{number}" not in done]  # in none of its folders
         if missing:
-            lines.append(f"- `{script}`: {', '.join(missing)} of its CONFIGS have no results "
-                         f"in any folder; run `python {script} --configs "
-                         f"{','.join(m.split('_')[1] for m in missing)}`.")
-    if len(lines) == 2:
-        lines.append("Every script and every config has results.")
+            lines.append(f"- `{script}`: config(s) {', '.join(missing)} of its CONFIGS have no "
+                         f"results in any folder; to add them beside the results of "
+                         f"`{own[-1].name}` (same data and flags, so nothing is moved aside): "
+                         f"`{rerun_command(own[-1], missing)}`.")
+    if len(lines) == 4:
+        lines[2:] = ["Every script and every config has results.", ""]
     return lines + [""]

@@ -208,12 +208,19 @@ def test_every_folder_of_a_script_gets_its_own_section_and_place_in_the_figures(
 
     panels = [axes.get_title() for axes in drawn["task2_gap.png"].axes]
     assert len(panels) == 2 and "(L2_regularization_model (run 2))" in panels[1]
-    assert len(drawn["task3_sweep.png"].axes) == 12  # two rows of three per sweep folder
+    assert len(drawn["task3_sweep.png"].axes) == 6  # a row of three per sweep folder
     legend = [label.get_text() for label in
               drawn["task4_accuracy_vs_time.png"].axes[0].get_legend().get_texts()]
-    for folder in ("Resnet", "Resnet-run2", "L2_regularization_model (run 2)"):
-        assert any(label.startswith(f"{model} {folder} config_2")
-                   for label in legend for model in ("LeNet", "ResNet-18")), folder
+    for folder, model in (("Resnet", "ResNet-18"), ("Resnet-run2", "ResNet-18"),
+                          ("L2_regularization_model (run 2)", "LeNet")):
+        # the best config of each folder: (run 2) holds config_2 only
+        assert len([label for label in legend if label.startswith(f"{model} {folder}: ")]) == 1
+    assert any(label.startswith("LeNet L2_regularization_model (run 2): config_2")
+               for label in legend)
+    colours = {line.get_label().split(":")[0]: line.get_color()
+               for line in drawn["task4_accuracy_vs_time.png"].axes[0].lines}
+    assert colours["ResNet-18 Resnet"] == colours["ResNet-18 Resnet-run2"]  # by script
+    assert colours["ResNet-18 Resnet"] != colours["LeNet L2_regularization_model"]
 
     links = [unquote(link) for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)]
     confusions = [link for link in links if link.startswith("figures/confusion_")]
@@ -254,3 +261,167 @@ def test_a_sweep_whose_every_config_diverged_is_reported_without_warnings(models
     diverged = [line for line in (root / "REPORT.md").read_text().splitlines()
                 if line.startswith("| config_2 |")]
     assert len(diverged) == 1 and "**DIVERGED**" in diverged[0]
+
+
+def record_pngs(monkeypatch, module):
+    """[figure] for every PNG that ``module`` (plots, via outputs or report) renders."""
+    drawn = []
+    render = module.png_bytes
+
+    def recording(figure):
+        drawn.append(figure)
+        return render(figure)
+
+    monkeypatch.setattr(module, "png_bytes", recording)
+    return drawn
+
+
+def test_the_gap_is_measured_with_the_eval_mode_train_accuracy(modelset, tmp_path, monkeypatch):
+    root = copy_of(modelset, tmp_path)
+
+    def set_eval(results):  # an eval-mode train accuracy well apart from the running one
+        for entry in results["configs"]:
+            for record in entry["history"]:
+                record["train_accuracy_eval"] = record["train_accuracy"] + 11.0
+    rewrite(set_eval)(root / "L2_regularization_model" / "training_result.json")
+    results = json.loads((root / "L2_regularization_model" / "training_result.json").read_text())
+    drawn = record_figures(monkeypatch)
+    assert make_report.main(["--modelset", str(root)]) == 0
+    text = (root / "REPORT.md").read_text()
+
+    (l2,) = [entry for entry in results["configs"] if entry["id"] == "config_2"]
+    expected = l2["history"][-1]["train_accuracy_eval"] - l2["final_test_accuracy"]
+    (row,) = [line for line in text.splitlines() if line.startswith("| config_2 (l2) |")]
+    assert f"| {expected:.2f} |" in row  # the summary table's gap column
+    (gap_row,) = [line for line in text.splitlines()
+                  if line.startswith("| L2_regularization.py |") and "config_2 l2" in line]
+    assert gap_row.split(" | ")[3] == f"{expected:.2f}"
+    curves = {line.get_label(): line.get_ydata() for line in drawn["task2_gap.png"].axes[0].lines}
+    (l2_curve,) = [y for label, y in curves.items() if label.startswith("config_2 (l2)")]
+    assert l2_curve == pytest.approx([record["train_accuracy_eval"] - record["test_accuracy"]
+                                      for record in l2["history"]])
+
+
+def test_an_older_file_without_eval_mode_accuracy_says_it_shows_the_running_one(
+        modelset, tmp_path):
+    root = copy_of(modelset, tmp_path)
+
+    def drop_eval(results):
+        for entry in results["configs"]:
+            for record in entry["history"]:
+                record.pop("train_accuracy_eval", None)
+    rewrite(drop_eval)(root / "L2_regularization_model" / "training_result.json")
+    assert make_report.main(["--modelset", str(root)]) == 0
+    text = (root / "REPORT.md").read_text()
+    (row,) = [line for line in text.splitlines() if line.startswith("| config_2 (l2) |")]
+    assert " † |" in row and report.RUNNING_NOTE in text
+
+
+def test_legends_name_each_config_with_only_the_settings_that_differ(modelset, tmp_path,
+                                                                      monkeypatch):
+    results = json.loads((modelset / "L2_regularization_model" / "training_result.json")
+                         .read_text())
+    drawn = record_pngs(monkeypatch, report.plots)
+    from cifarkit import outputs
+
+    outputs.plot_run(results["configs"], tmp_path, results["script"], 0, run=results)
+    assert len(drawn) == 3
+    for figure in drawn:
+        legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+        curves = [label for label in legend if label.startswith("config_")]
+        assert curves == ["config_1 (control): weight_decay=0.0 (mean of 2 seeds)",
+                          "config_1: ±1 std over 2 seeds",
+                          "config_2 (l2): weight_decay=0.001"]
+        title = figure.axes[0].get_title()
+        assert "2,000" not in title and f"{results['data']['train_images']:,} training" in title
+
+
+def test_epoch_axes_have_whole_number_ticks_only(modelset, tmp_path, monkeypatch):
+    results = json.loads((modelset / "L2_regularization_model" / "training_result.json")
+                         .read_text())
+    one_epoch = [dict(entry, history=entry["history"][:1]) for entry in results["configs"]]
+    drawn = record_pngs(monkeypatch, report.plots)
+    from cifarkit import outputs
+
+    for entries in (results["configs"], one_epoch):
+        outputs.plot_run(entries, tmp_path, results["script"], 0)
+    drawn += record_figures(monkeypatch).values()  # and the report's Task 2 figure
+    assert make_report.main(["--modelset", str(modelset)]) == 0
+    epoch_axes = [axes for figure in drawn for axes in figure.axes
+                  if axes.get_xlabel() == "epoch"]
+    assert len(epoch_axes) == 7
+    for axes in epoch_axes:
+        figure = axes.figure
+        figure.canvas.draw()
+        low, high = axes.get_xlim()
+        ticks = [tick for tick in axes.get_xticks() if low <= tick <= high]
+        assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+
+
+def test_report_sections_follow_the_tasks_in_order(modelset, tmp_path):
+    root = copy_of(modelset, tmp_path)
+    for folder, script in (("Resnet", "Resnet_model.py"),  # cheap stand-ins: LeNet results
+                           ("Baseline", "Original_version_model.py")):
+        shutil.copytree(root / "L2_regularization_model", root / folder)
+        rewrite(lambda results: results.update(script=script))(
+            root / folder / "training_result.json")
+    assert make_report.main(["--modelset", str(root)]) == 0
+    text = (root / "REPORT.md").read_text()
+    headings = [line for line in text.splitlines() if line.startswith("#")][1:]
+    scripts = {"Task 1": "Original_version_model.py", "Task 2": "L2_regularization.py",
+               "Task 3": "Original_version_model_multiGPU.py", "Task 4": "Resnet_model.py"}
+
+    def task(heading):
+        for number, (name, script) in enumerate(scripts.items(), start=1):
+            if name in heading or f"`{script}`" in heading:
+                return number
+        return 5  # "Not run yet" comes last
+    order = [task(heading) for heading in headings]
+    assert order == sorted(order) and set(order) == {1, 2, 3, 4, 5}, headings
+    ends = [text.index(f"## Task {number}") for number in range(1, 5)]
+    ends.append(text.index("## Not run yet"))
+    for start, end in zip(ends, ends[1:]):  # each task sets our runs beside the report
+        assert text[start:end].count("**Our runs against the report:**") == 1
+
+
+def test_not_run_yet_commands_work_offline_and_keep_the_earlier_results(modelset, tmp_path,
+                                                                        capsys):
+    root = copy_of(modelset, tmp_path)
+    sweep = importlib.import_module("Original_version_model_multiGPU")
+    third = {"num_epochs": 2, "lr": 0.005, "momentum": 0.9, "batch_size": 32}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sweep, "CONFIGS", SWEEP_CONFIGS + [third])
+        assert make_report.main(["--modelset", str(root)]) == 0
+        missing = (root / "REPORT.md").read_text().split("## Not run yet")[1]
+        assert "README" in missing and "Data: downloaded, local, or offline" in missing
+        for script in ("Original_version_model.py", "Dropout_regularization.py",
+                       "Resnet_model.py"):
+            assert f"`python {script} --data-dir DIR`" in missing
+        (command,) = [match for match in re.findall(r"`([^`]+)`", missing)
+                      if match.startswith("python Original_version_model_multiGPU.py")]
+        words = command.split()
+        assert words[-2:] == ["--configs", "3"]
+        capsys.readouterr()
+        assert sweep.main(words[2:]) == 0  # as a user would paste it, offline
+    assert "earlier results are kept" not in capsys.readouterr().out
+    folder = root / "original_version_model_multiGPU"
+    results = json.loads((folder / "training_result.json").read_text())
+    assert [entry["id"] for entry in results["configs"]] == ["config_1", "config_2", "config_3"]
+    assert not list(folder.glob("earlier-*"))
+
+
+def test_a_table_mixing_subsets_carries_a_warning(modelset, tmp_path):
+    root = copy_of(modelset, tmp_path)
+    shutil.copytree(root / "L2_regularization_model", root / "Dropout_regularization")
+    dropout = root / "Dropout_regularization" / "training_result.json"
+    rewrite(lambda results: results.update(script="Dropout_regularization.py"))(dropout)
+    assert make_report.main(["--modelset", str(root)]) == 0
+    task2 = (root / "REPORT.md").read_text().split("## Task 2: regularisation")[1]
+    assert "different numbers of images" not in task2.split("## Task 3")[0]
+
+    rewrite(lambda results: results["data"].update(train_images=4000))(dropout)
+    assert make_report.main(["--modelset", str(root)]) == 0
+    task2 = (root / "REPORT.md").read_text().split("## Task 2: regularisation")[1]
+    (warning,) = [line for line in task2.split("## Task 3")[0].splitlines()
+                  if "Warning" in line]
+    assert "different numbers of images" in warning and "4,000 training" in warning
