@@ -157,7 +157,8 @@ def _train_selected(script, argv, args, job, normalization, selected, dataset, r
         if earlier:
             results.update(started=earlier["started"], configs=earlier["configs"])
         if runtime.is_main and (stale or renamed):  # the PNGs show what the folder holds
-            outputs.plot_run(results["configs"], out, results["script"], job.log_every)
+            outputs.plot_run(results["configs"], out, results["script"], job.log_every,
+                             run=results)
     rt.barrier(runtime)  # nobody reads the folder while rank 0 tidies it
 
     say(f"{script}: {len(dataset.train_labels)} training and {len(dataset.test_labels)} test "
@@ -548,7 +549,8 @@ def _refresh(job, results, results_file, final):
     outputs.save_json(results, job.out / results_file)
     if final or time.monotonic() - job.drawn_at >= REFRESH_RATIO * job.drawing:
         started = time.monotonic()
-        outputs.plot_run(results["configs"], job.out, results["script"], job.log_every)
+        outputs.plot_run(results["configs"], job.out, results["script"], job.log_every,
+                         run=results)
         job.drawn_at, job.drawing = time.monotonic(), time.monotonic() - started
 
 
@@ -665,4 +667,5 @@ def _tidy(job, results, results_file):
             checkpoints.remove_checkpoint(job.out / "checkpoints" /
                                           f"{entry['id']}_seed{entry['seed']}.ckpt")
     if not all((job.out / name).is_file() for name in outputs.PLOT_FILES[:3]):
-        outputs.plot_run(results["configs"], job.out, results["script"], job.log_every)
+        outputs.plot_run(results["configs"], job.out, results["script"], job.log_every,
+                         run=results)
