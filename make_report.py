@@ -33,6 +33,24 @@ def defined_configs():
     return counts
 
 
+def _foreign(modelset):
+    """Why REPORT.md and figures/ must not be written into ``modelset``, or None: it is a
+    project (a repository, source files), or holds a REPORT.md this command did not write."""
+    markers = sorted(entry.name for entry in modelset.iterdir()
+                     if entry.name in (".git", "pyproject.toml", "setup.py")
+                     or entry.suffix in (".py", ".ipynb"))
+    if markers:
+        return (f"that folder holds {', '.join(markers[:3])}: it looks like a project, not "
+                f"the scripts' output folder. Give the folder that holds their output "
+                f"folders (default: modelset).")
+    existing = modelset / "REPORT.md"
+    if existing.is_file() and not existing.read_text(errors="replace").startswith(
+            report.REPORT_HEADER):
+        return (f"{existing} was not written by make_report.py, and would be overwritten. "
+                f"Rename or move it, then run this again.")
+    return None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="make_report.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,6 +63,10 @@ def main(argv=None):
         print(f"error: --modelset {modelset}: {what}. Give the folder that holds the scripts' "
               f"output folders, or run a script first, e.g. python Original_version_model.py",
               file=sys.stderr)
+        return 2
+    refusal = _foreign(modelset)
+    if refusal:
+        print(f"error: --modelset {modelset}: {refusal}", file=sys.stderr)
         return 2
     runs, skipped = report.load_runs(modelset)
     for path, why in skipped:  # the report lists them too; the terminal must not hide them

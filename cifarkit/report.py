@@ -444,6 +444,9 @@ DATA_HELP = ("`DIR` is the folder holding your copy of CIFAR-10 (see README, sec
              "it into `./data`.")
 
 
+REPORT_HEADER = "# CIFAR-10 report, regenerated from"  # how make_report knows its own file
+
+
 def write_report(modelset, runs, skipped, defined=None):
     """Write REPORT.md and figures/ into ``modelset`` from ``load_runs(modelset)``'s runs and
     skipped files, in task order; ``defined``: {script: how many configs its CONFIGS holds},
@@ -452,7 +455,7 @@ def write_report(modelset, runs, skipped, defined=None):
     modelset = Path(modelset)
     figures = modelset / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    lines = [f"# CIFAR-10 report, regenerated from `{modelset}`", "",
+    lines = [f"{REPORT_HEADER} `{modelset}`", "",
              f"Written by `python make_report.py --modelset {modelset}` on "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {len(runs)} results file(s)"
              f"{f' ({len(skipped)} skipped, listed below)' if skipped else ''}. "

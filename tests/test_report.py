@@ -425,3 +425,18 @@ def test_a_table_mixing_subsets_carries_a_warning(modelset, tmp_path):
     (warning,) = [line for line in task2.split("## Task 3")[0].splitlines()
                   if "Warning" in line]
     assert "different numbers of images" in warning and "4,000 training" in warning
+
+
+@pytest.mark.parametrize("case", ["notes", "project"])
+def test_the_report_never_overwrites_what_it_did_not_write(case, tmp_path, capsys):
+    modelset = tmp_path / "modelset"
+    modelset.mkdir()
+    if case == "notes":
+        (modelset / "REPORT.md").write_text("# my own notes\n")
+    else:
+        (modelset / "train.py").write_text("print('mine')\n")
+    before = {path.name: path.read_bytes() for path in modelset.iterdir()}
+    assert make_report.main(["--modelset", str(modelset)]) == 2
+    assert ("was not written by make_report.py" if case == "notes"
+            else "it looks like a project") in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in modelset.iterdir()} == before
