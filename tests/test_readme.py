@@ -187,7 +187,8 @@ def kit_messages(tmp_path_factory, pickled_data):
         run("Original_version_model", "--data-dir", damaged)
         foreign = tmp / "foreign"
         (foreign / "checkpoints").mkdir(parents=True)
-        (foreign / "checkpoints" / "config_1_seed0.ckpt").write_bytes(pickle.dumps({"a": 1}, protocol=2))
+        (foreign / "checkpoints" / "config_1_seed0.ckpt").write_bytes(
+            pickle.dumps({"a": 1}, protocol=2))
         run("L2_regularization", *data, "--configs", "1", out=foreign)
         run("L2_regularization", *data, configs=[dict(BASE, lr=1e6)], expected=1)  # diverges
         with pytest.MonkeyPatch.context() as memory:
