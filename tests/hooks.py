@@ -8,6 +8,8 @@ Environment, read by install():
     TEST_KILL_AT=C:E:K   there, rank 1 kills itself with SIGKILL (as a crashed worker dies) and
                          leaves TEST_MARKERS/killed-rank1
     TEST_MARKERS=DIR     where those files go
+    DDP_TEST_KILL=N      rank 1 kills itself at its N-th stop check of any kind (inside an
+                         epoch or after one), no marker (tests/test_safety.py)
     DDP_TEST_DUMP=DIR    every rank saves its final weights as DIR/rank<R>.pth and its exit
                          status as DIR/exit-rank<R>
 
@@ -51,7 +53,8 @@ def install():
     real_train_config, real_train_epoch = train.train_config, train.train_epoch
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
     pause_at, kill_at = _point("TEST_PAUSE_AT"), _point("TEST_KILL_AT")
-    where = {"config": 0, "epoch": 0, "check": 0, "inside_epoch": False}
+    kill_at_check = int(os.environ.get("DDP_TEST_KILL", "0"))
+    where = {"config": 0, "epoch": 0, "check": 0, "inside_epoch": False, "checks": 0}
 
     def tracked_train_epoch(*args, **kwargs):
         where.update(epoch=where["epoch"] + 1, check=0, inside_epoch=True)
@@ -65,6 +68,9 @@ def install():
         where.update(config=where["config"] + 1, epoch=progress["epoch"])
 
         def hooked_stop_requested():
+            where["checks"] += 1
+            if first_attempt and where["checks"] == kill_at_check and runtime.rank == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
             if where["inside_epoch"]:  # not the check that follows an epoch's end
                 where["check"] += 1
                 point = (where["config"], where["epoch"], where["check"])

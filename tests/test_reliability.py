@@ -83,7 +83,9 @@ def test_kill_9_mid_epoch_then_rerun_ends_bit_identical(pickled_data, tmp_path, 
     wait_until_paused(process, out)
     process.kill()
     process.wait()
-    assert not (out / "config_1.pth").exists() and not (out / "training_result.json").exists()
+    assert not (out / "config_1.pth").exists()
+    (running,) = json.loads((out / "training_result.json").read_text())["configs"]
+    assert running["status"] == "running" and len(running["history"]) == 1  # kept, live
     rerun = start_long_run(pickled_data, out)
     stdout, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, stderr
@@ -96,9 +98,9 @@ def test_kill_9_mid_epoch_then_rerun_ends_bit_identical(pickled_data, tmp_path, 
 def test_signal_mid_epoch_of_a_later_config_saves_and_rerun_resumes(signum, status,
                                                                    pickled_data, tmp_path,
                                                                    reference_run):
-    """Stopped in config_2, step 30 of epoch 2: the JSON keeps the finished config_1, the
-    checkpoint is mid-epoch, and the same command skips config_1, resumes config_2 there and
-    ends bit for bit as a run that was never interrupted."""
+    """Stopped in config_2, step 30 of epoch 2: the JSON keeps the finished config_1 and
+    config_2's first epoch, the checkpoint is mid-epoch, and the same command skips config_1,
+    resumes config_2 there and ends bit for bit as a run that was never interrupted."""
     out = tmp_path / "out"
     process = start_long_run(pickled_data, out, pause_at=(2, 2, 30))
     wait_until_paused(process, out)
@@ -111,7 +113,9 @@ def test_signal_mid_epoch_of_a_later_config_saves_and_rerun_resumes(signum, stat
     assert (checkpoint["progress"]["epoch"], checkpoint["progress"]["step"]) == (1, 30)
     assert 0 < checkpoint["progress"]["step"] < CONFIG_2_STEPS  # mid-epoch
     kept = json.loads((out / "training_result.json").read_text())["configs"]
-    assert [(entry["id"], entry["status"]) for entry in kept] == [("config_1", "finished")]
+    assert [(entry["id"], entry["status"]) for entry in kept] == [
+        ("config_1", "finished"), ("config_2", "running")]
+    assert len(kept[1]["history"]) == 1  # the epoch config_2 finished before the signal
     assert (out / "config_1.pth").exists() and not (out / "config_2.pth").exists()
 
     rerun = start_long_run(pickled_data, out)
@@ -354,7 +358,8 @@ def test_a_failed_write_exits_1_keeps_what_was_saved_and_a_rerun_carries_on(
     assert f"error: cannot write to {out}" in error and "No space left on device" in error
     assert "Traceback" not in error
     kept = json.loads((out / "training_result.json").read_text())["configs"]
-    assert [(entry["id"], entry["status"]) for entry in kept] == [("config_1", "finished")]
+    assert [(entry["id"], entry["status"]) for entry in kept] == [
+        ("config_1", "finished"), ("config_2", "running")]  # never "finished" without weights
     assert (out / "config_1.pth").exists() and not (out / "config_2.pth").exists()
 
     monkeypatch.setattr(outputs, "save_weights", real_save_weights)  # room again
