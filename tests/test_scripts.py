@@ -31,7 +31,8 @@ RUN_FIELDS = {"script", "command", "devices", "data", "seed", "versions", "confi
 CONFIG_FIELDS = {"id", "seed", "config", "history", "final_test_accuracy",
                  "best_test_accuracy", "final_train_accuracy", "train_seconds", "weights",
                  "status", "per_class_accuracy", "confusion_matrix", "precision", "compiled"}
-EPOCH_FIELDS = {"epoch", "train_loss", "train_accuracy", "test_accuracy", "lr", "seconds"}
+EPOCH_FIELDS = {"epoch", "train_loss", "train_accuracy", "train_accuracy_eval", "test_accuracy",
+                "lr", "seconds"}
 PRECISIONS = {"fp32": None, "bf16 autocast": torch.bfloat16}
 
 
