@@ -165,8 +165,8 @@ def test_checks_for_ranks_refuse_a_too_small_batch_and_sync_bn_on_cpus():
 
     two_cpu_ranks = rt.Runtime(torch.device("cpu"), rank=0, world_size=2, backend="gloo")
     with pytest.raises(UserError, match="config_2: batch_size 1 is smaller than the 2"):
-        experiment._check_batches_fit_ranks([(1, {"batch_size": 4}), (2, {"batch_size": 1})],
+        experiment._check_configs_fit_ranks([(1, {"batch_size": 4}), (2, {"batch_size": 1})],
                                             two_cpu_ranks)
     with pytest.raises(UserError, match="config_1: sync_bn needs GPUs"):
-        experiment._check_batches_fit_ranks([(1, {"batch_size": 4, "sync_bn": True})],
+        experiment._check_configs_fit_ranks([(1, {"batch_size": 4, "sync_bn": True})],
                                             two_cpu_ranks)
