@@ -69,6 +69,10 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
         except UserError as error:
             if rt.is_main_process():
                 print(f"error: {error}", file=sys.stderr)
+            elif rt.launched_by_torchrun():
+                # Every rank meets the same refusal, and torchrun stops the others as soon
+                # as one has left: rank 0 was seen stopped before it had printed why.
+                time.sleep(3)
             return 2
         except KeyboardInterrupt:
             if rt.is_main_process():

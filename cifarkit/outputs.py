@@ -302,8 +302,12 @@ def write_atomically(path, write):
 
 
 def save_weights(model, path):
-    """A plain state_dict of the unwrapped model: loads with torch.load(weights_only=True)."""
-    write_atomically(path, lambda file: torch.save(model.state_dict(), file))
+    """A plain state_dict of the unwrapped model: loads with torch.load(weights_only=True),
+    as CPU tensors, so weights trained on a GPU load on a machine without one too."""
+    state = model.state_dict()
+    for key in list(state):
+        state[key] = state[key].cpu()
+    write_atomically(path, lambda file: torch.save(state, file))
 
 
 def save_json(data, path):

@@ -26,10 +26,13 @@ def seed_everything(seed):
 
 def new_sums(device):
     """Running totals of one epoch. They stay on the device and are read once an epoch, so a
-    GPU never waits for the host."""
-    return {"loss": torch.zeros((), device=device), "images": 0, "seconds": 0.0,
-            "correct": torch.zeros((), dtype=torch.int64, device=device),
-            "window": torch.zeros((), device=device)}
+    GPU never waits for the host. Losses add up in float64, where adding float32 step losses
+    is exact, so the totals do not depend on the order of the additions: a run resumed
+    mid-epoch under torchrun (rank 0 carries the ranks' partial sums) records the history of
+    an uninterrupted one (in float32 its train_loss differed in the 7th digit)."""
+    return {"loss": torch.zeros((), dtype=torch.float64, device=device), "images": 0,
+            "seconds": 0.0, "correct": torch.zeros((), dtype=torch.int64, device=device),
+            "window": torch.zeros((), dtype=torch.float64, device=device)}
 
 
 def progress_bar(total, initial, description, enabled):
@@ -325,9 +328,10 @@ def _global_sums(sums, runtime):
                           sums["window"].double()])
     loss, correct, images, window = rt.all_sum(totals, runtime).tolist()
     device = sums["loss"].device
-    return dict(sums, loss=torch.tensor(loss, device=device),
+    return dict(sums, loss=torch.tensor(loss, dtype=torch.float64, device=device),
                 correct=torch.tensor(int(round(correct)), device=device),
-                images=int(round(images)), window=torch.tensor(window, device=device))
+                images=int(round(images)),
+                window=torch.tensor(window, dtype=torch.float64, device=device))
 
 
 # At most this many training images are scored in eval mode at each epoch's end (half a test

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cifarkit.data import CLASSES
@@ -18,6 +19,29 @@ TRAIN_PER_CLASS = 30
 TEST_PER_CLASS = 10
 REPO = Path(__file__).resolve().parent.parent
 SHARED_JPEG = REPO.parent / "shared" / "cifar10-jpeg"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu need CUDA: skipped where there is none, run by `pytest -m gpu` (or a
+    plain `pytest`) on a GPU machine."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (on a GPU machine: python -m pytest -m gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One intra-op thread for the training that runs inside the test process. On a shared
+    2-core machine, competing OpenMP threads made LeNet at batch 4 eight times slower (one
+    test: 77 s against 9 s); the tiny runs here gain little from a second thread when the
+    machine is idle. (The tests' subprocesses get OMP_NUM_THREADS=1 for the same reason.)"""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(autouse=True)
@@ -92,9 +116,9 @@ def folder_data(tmp_path_factory):
     return write_image_folders(tmp_path_factory.mktemp("folders"))
 
 
-@pytest.fixture(params=["pickled", "folders"])
-def any_layout(request, pickled_data, folder_data):
-    return pickled_data if request.param == "pickled" else folder_data
+@pytest.fixture(scope="session")
+def archive_data(tmp_path_factory):
+    return write_tar_archive(tmp_path_factory.mktemp("archive"))
 
 
 def shared_jpeg_or_skip():

@@ -42,8 +42,9 @@ def test_score_rescores_saved_weights_to_the_recorded_accuracy(pickled_data, tmp
     import Dropout_regularization  # its LeNet takes the config's dropout rate
 
     out = tmp_path / "out"
+    # on the CPU in fp32, as score.py scores (on CUDA the run would be in bf16)
     assert Dropout_regularization.main(["--data-dir", str(pickled_data), "--epochs", "2",
-                                        "--out", str(out)]) == 0
+                                        "--out", str(out), "--device", "cpu"]) == 0
     results = json.loads((out / "training_result.json").read_text())
     files = [str(out / entry["weights"]) for entry in results["configs"]]
     scores = score.main(["--data-dir", str(pickled_data)] + files)

@@ -12,7 +12,7 @@ def test_lenet_reaches_35_percent_on_real_images(tmp_path, capsys):
     script = importlib.import_module("Original_version_model")
     out = tmp_path / "out"
     assert script.main(["--data-dir", str(jpeg_dir), "--subset", "10000", "--epochs", "2",
-                        "--out", str(out)]) == 0
+                        "--out", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "training_loss.json").read_text())
     entry = results["configs"][0]

@@ -1,5 +1,6 @@
 """Interruptions, faults and bad input: resume is exact, results are never lost, bad input
 is refused up front with a message naming the culprit."""
+import errno
 import importlib
 import json
 import os
@@ -9,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,91 +19,119 @@ from PIL import Image
 
 from conftest import REPO, write_image_folders, write_pickled_batches
 
-# A run long enough to be interrupted mid-epoch: 75 mini-batches an epoch, dropout drawing
-# random numbers at every step, so an inexact resume would show.
-LONG_RUN = ("import sys, Dropout_regularization as script; "
-            "script.CONFIGS = [{'num_epochs': 12, 'lr': 0.001, 'momentum': 0.9, "
-            "'batch_size': 4, 'dropout': 0.5}]; sys.exit(script.main(sys.argv[1:]))")
+LONG_RUN = REPO / "tests" / "long_run.py"  # two configs with dropout, and the test hooks
+CONFIG_2_STEPS = 75  # mini-batches an epoch of config_2 (300 images at batch 4)
 
 
-def start_long_run(data_dir, out):
-    return subprocess.Popen([sys.executable, "-c", LONG_RUN, "--data-dir", str(data_dir),
-                             "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def start_long_run(data_dir, out, pause_at=None):
+    """long_run.py on the CPU; with ``pause_at`` (config, epoch, stop check) it waits there,
+    mid-epoch, for the test to kill or signal it (see hooks.py)."""
+    # One thread: on a shared 2-core machine, busy OpenMP threads of several processes were
+    # seen to slow a LeNet step down twenty-fold.
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if pause_at:
+        env.update(TEST_PAUSE_AT=":".join(map(str, pause_at)), TEST_MARKERS=str(out.parent))
+    return subprocess.Popen([sys.executable, str(LONG_RUN), "--data-dir", str(data_dir),
+                             "--out", str(out), "--device", "cpu"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finished_run(out):
-    """History (without timings) and weights of a finished LONG_RUN."""
-    results = json.loads((out / "training_result.json").read_text())
-    entry = results["configs"][0]
-    history = [{key: value for key, value in record.items() if key != "seconds"}
-               for record in entry["history"]]
-    return entry["status"], history, torch.load(out / "config_1.pth", weights_only=True)
-
-
-def wait_for_checkpoint(process, out, timeout=120):
-    checkpoint = out / "checkpoints" / "config_1_seed0.ckpt"
-    deadline = time.time() + timeout
-    while not checkpoint.exists():
+def wait_until_paused(process, out, timeout=300):
+    marker = out.parent / "paused-rank0"
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
         assert process.poll() is None, process.communicate()
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    time.sleep(0.05)  # well inside the next epoch
+        assert time.monotonic() < deadline, "the run never reached its pause point"
+        time.sleep(0.05)
+
+
+def finished_runs(out):
+    """{config id: (status, history without timings, weights)} of a finished long run."""
+    results = json.loads((out / "training_result.json").read_text())
+    runs = {}
+    for entry in results["configs"]:
+        history = [{key: value for key, value in record.items() if key != "seconds"}
+                   for record in entry["history"]]
+        weights = torch.load(out / f"{entry['id']}.pth", weights_only=True)
+        runs[entry["id"]] = (entry["status"], history, weights)
+    return runs
 
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, pickled_data):
     out = tmp_path_factory.mktemp("reference") / "out"
     process = start_long_run(pickled_data, out)
-    assert process.wait(timeout=300) == 0, process.communicate()
-    return finished_run(out)
+    assert process.wait(timeout=600) == 0, process.communicate()
+    return finished_runs(out)
 
 
 def assert_same_as_reference(out, reference_run):
-    status, history, weights = finished_run(out)
-    assert status == "finished"
-    assert history == reference_run[1]
-    assert weights.keys() == reference_run[2].keys()
-    assert all(torch.equal(weights[key], reference_run[2][key]) for key in weights)
+    runs = finished_runs(out)
+    assert runs.keys() == reference_run.keys() == {"config_1", "config_2"}
+    for run_id, (status, history, weights) in runs.items():
+        _, reference_history, reference_weights = reference_run[run_id]
+        assert status == "finished"
+        assert history == reference_history, run_id
+        assert weights.keys() == reference_weights.keys()
+        assert all(torch.equal(weights[key], reference_weights[key]) for key in weights), run_id
+    assert not (out / "checkpoints").exists()  # removed once every config finished
 
 
-def test_kill_9_then_rerun_ends_bit_identical(pickled_data, tmp_path, reference_run):
+def test_kill_9_mid_epoch_then_rerun_ends_bit_identical(pickled_data, tmp_path, reference_run):
     out = tmp_path / "out"
-    process = start_long_run(pickled_data, out)
-    wait_for_checkpoint(process, out)
+    process = start_long_run(pickled_data, out, pause_at=(1, 2, 5))  # config_1, epoch 2
+    wait_until_paused(process, out)
     process.kill()
     process.wait()
     assert not (out / "config_1.pth").exists()
+    (running,) = json.loads((out / "training_result.json").read_text())["configs"]
+    assert running["status"] == "running" and len(running["history"]) == 1  # kept, live
     rerun = start_long_run(pickled_data, out)
-    stdout, stderr = rerun.communicate(timeout=300)
+    stdout, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, stderr
-    assert "resuming from its checkpoint" in stdout
+    # epoch 2's five steps were lost with the process: they are trained again
+    assert "config_1: resuming from its checkpoint after epoch 1, step 0" in stdout
     assert_same_as_reference(out, reference_run)
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_saves_a_checkpoint_and_rerun_resumes(signum, status, pickled_data, tmp_path,
-                                                     reference_run):
+def test_signal_mid_epoch_of_a_later_config_saves_and_rerun_resumes(signum, status,
+                                                                   pickled_data, tmp_path,
+                                                                   reference_run):
+    """Stopped in config_2, step 30 of epoch 2: the JSON keeps the finished config_1 and
+    config_2's first epoch, the checkpoint is mid-epoch, and the same command skips config_1,
+    resumes config_2 there and ends bit for bit as a run that was never interrupted."""
     out = tmp_path / "out"
-    process = start_long_run(pickled_data, out)
-    wait_for_checkpoint(process, out)
+    process = start_long_run(pickled_data, out, pause_at=(2, 2, 30))
+    wait_until_paused(process, out)
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == status
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == status, stderr
     assert "To resume, run the same command:" in stderr
     assert "Traceback" not in stderr
-    checkpoint = torch.load(out / "checkpoints" / "config_1_seed0.ckpt", weights_only=True)
-    assert checkpoint["progress"]["epoch"] < 12
+    checkpoint = torch.load(out / "checkpoints" / "config_2_seed0.ckpt", weights_only=True)
+    assert (checkpoint["progress"]["epoch"], checkpoint["progress"]["step"]) == (1, 30)
+    assert 0 < checkpoint["progress"]["step"] < CONFIG_2_STEPS  # mid-epoch
+    kept = json.loads((out / "training_result.json").read_text())["configs"]
+    assert [(entry["id"], entry["status"]) for entry in kept] == [
+        ("config_1", "finished"), ("config_2", "running")]
+    assert len(kept[1]["history"]) == 1  # the epoch config_2 finished before the signal
+    assert (out / "config_1.pth").exists() and not (out / "config_2.pth").exists()
+
     rerun = start_long_run(pickled_data, out)
-    assert rerun.wait(timeout=300) == 0
+    stdout, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, stderr
+    assert "config_1: already finished" in stdout
+    assert "config_2: resuming from its checkpoint after epoch 1, step 30" in stdout
     assert_same_as_reference(out, reference_run)
 
 
-def run_main(name, *args, configs=None, monkeypatch=None):
+def run_main(name, *args, configs=None, monkeypatch=None, device="cpu"):
+    """A script's main() in this process, on ``device`` (the CPU unless a test says)."""
     script = importlib.import_module(name)
     if configs is not None:
         monkeypatch.setattr(script, "CONFIGS", configs)
-    return script.main([str(arg) for arg in args])
+    return script.main([str(arg) for arg in args] + ["--device", device])
 
 
 def test_changed_configs_move_earlier_results_aside(pickled_data, tmp_path, monkeypatch,
@@ -272,16 +303,18 @@ def test_bad_flags_are_refused(flags, message, pickled_data, existing_out, capsy
 ])
 def test_bad_flag_values_stop_argparse(flags, message, capsys):
     with pytest.raises(SystemExit) as stopped:
-        run_main("Original_version_model", *flags)
+        importlib.import_module("Original_version_model").main(flags)
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_device_cuda_without_cuda_is_refused(pickled_data, existing_out, capsys):
-    assert run_main("Original_version_model", "--device", "cuda", "--data-dir", pickled_data,
-                    "--out", existing_out) == 2
+def test_device_cuda_without_cuda_is_refused(pickled_data, existing_out, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a GPU machine too
+    before = snapshot(existing_out)
+    assert run_main("Original_version_model", "--data-dir", pickled_data,
+                    "--out", existing_out, device="cuda") == 2
     assert "--device cuda: no CUDA GPU is visible" in capsys.readouterr().err
+    assert snapshot(existing_out) == before
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused(pickled_data, tmp_path, capsys):
@@ -290,6 +323,53 @@ def test_an_output_folder_that_cannot_be_written_is_refused(pickled_data, tmp_pa
     assert run_main("Original_version_model", "--data-dir", pickled_data,
                     "--out", blocker / "out") == 2
     assert "cannot write there" in capsys.readouterr().err
+
+
+def test_a_nearly_full_disk_is_refused_before_training(pickled_data, existing_out,
+                                                      monkeypatch, capsys):
+    from cifarkit import outputs
+
+    monkeypatch.setattr(outputs.shutil, "disk_usage",
+                        lambda path: SimpleNamespace(total=2**40, free=5 * 2**20))
+    before = snapshot(existing_out)
+    assert run_main("Original_version_model", "--data-dir", pickled_data,
+                    "--out", existing_out) == 2
+    assert "only 5 MiB free on that disk" in capsys.readouterr().err
+    assert snapshot(existing_out) == before
+
+
+def test_a_failed_write_exits_1_keeps_what_was_saved_and_a_rerun_carries_on(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    from cifarkit import outputs
+
+    real_save_weights = outputs.save_weights
+
+    def disk_full_after_config_1(model, path):
+        if Path(path).name != "config_1.pth":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save_weights(model, path)
+
+    monkeypatch.setattr(outputs, "save_weights", disk_full_after_config_1)
+    out = tmp_path / "out"
+    configs = [BASE, dict(BASE, lr=0.02)]
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=configs, monkeypatch=monkeypatch) == 1
+    error = capsys.readouterr().err
+    assert f"error: cannot write to {out}" in error and "No space left on device" in error
+    assert "Traceback" not in error
+    kept = json.loads((out / "training_result.json").read_text())["configs"]
+    assert [(entry["id"], entry["status"]) for entry in kept] == [
+        ("config_1", "finished"), ("config_2", "running")]  # never "finished" without weights
+    assert (out / "config_1.pth").exists() and not (out / "config_2.pth").exists()
+
+    monkeypatch.setattr(outputs, "save_weights", real_save_weights)  # room again
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=configs, monkeypatch=monkeypatch) == 0
+    assert "config_1: already finished" in capsys.readouterr().out
+    results = json.loads((out / "training_result.json").read_text())["configs"]
+    assert [(entry["id"], entry["status"]) for entry in results] == [
+        ("config_1", "finished"), ("config_2", "finished")]
+    assert (out / "config_2.pth").exists()
 
 
 def corrupt(kind, tmp_path):

@@ -1,52 +1,66 @@
 """The five report scripts, end to end on generated data, as a user runs them."""
 import importlib
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
+from torch import nn
 
 from cifarkit import data, train
 from cifarkit import runtime as rt
-from conftest import REPO
+from conftest import REPO, TEST_PER_CLASS, TRAIN_PER_CLASS, make_images, write_pickled_batches
 
-# module, results JSON, weights file of config N, extra argv (ResNet is slow on the CPU)
+CPU = ["--device", "cpu"]  # what these tests expect (fp32 LeNet, bit-identical reruns)
+# module, data layout (each layout decodes to the same images: see
+# test_every_layout_reads_the_images_that_were_written), results JSON, weights file of
+# config N, extra argv (ResNet is slow on the CPU)
 SCRIPTS = {
-    "Original_version_model": ("training_loss.json", lambda number: "model.pth", []),
-    "Original_version_model_multiGPU": ("training_result.json", "config_{}.pth".format, []),
-    "L2_regularization": ("training_result.json", "config_{}.pth".format, []),
-    "Dropout_regularization": ("training_result.json", "config_{}.pth".format, []),
+    "Original_version_model": ("folder", "training_loss.json", lambda number: "model.pth", []),
+    "Original_version_model_multiGPU": ("pickled", "training_result.json",
+                                        "config_{}.pth".format, []),
+    "L2_regularization": ("archive", "training_result.json", "config_{}.pth".format, []),
+    "Dropout_regularization": ("folder", "training_result.json", "config_{}.pth".format, []),
     # ResNet's recipe (batch 512) does not fit a 130-image subset: test_resnet_recipe_keys
-    "Resnet_model": ("Resnet_model_result.json", "config_{}.pth".format,
-                     ["--subset", "130", "--configs", "1,2,3,4"]),
+    "Resnet_model": ("pickled", "Resnet_model_result.json", "config_{}.pth".format,
+                     ["--subset", "130", "--configs", "1,4"]),
 }
 RUN_FIELDS = {"script", "command", "devices", "data", "seed", "versions", "configs"}
 CONFIG_FIELDS = {"id", "seed", "config", "history", "final_test_accuracy",
                  "best_test_accuracy", "final_train_accuracy", "train_seconds", "weights",
                  "status", "per_class_accuracy", "confusion_matrix", "precision", "compiled"}
-EPOCH_FIELDS = {"epoch", "train_loss", "train_accuracy", "test_accuracy", "lr", "seconds"}
+EPOCH_FIELDS = {"epoch", "train_loss", "train_accuracy", "train_accuracy_eval", "test_accuracy",
+                "lr", "seconds"}
+PRECISIONS = {"fp32": None, "bf16 autocast": torch.bfloat16}
 
 
-def reload_and_score(script, entry, weights_path, test_images, test_labels, normalization):
+def reload_and_score(script, entry, weights_path, dataset, tta=False):
     """Accuracy of the saved weights, loaded as a user would, on the run's test images, in
-    the precision the results say the run used."""
+    the precision the results say the run used, with or without flip TTA."""
     model = script.build_model(entry["config"])
     model.load_state_dict(torch.load(weights_path, weights_only=True))
-    scale, shift = data.normalizer(*normalization, device="cpu")
-    amp_dtype = {"fp32": None, "bf16 autocast": torch.bfloat16}[entry["precision"]]
-    cpu = rt.Runtime(torch.device("cpu"), amp_dtype=amp_dtype)
+    scale, shift = data.normalizer(*script.NORMALIZATION, device="cpu")
+    cpu = rt.Runtime(torch.device("cpu"), amp_dtype=PRECISIONS[entry["precision"]])
     model = rt.place_model(model, cpu)
-    return train.accuracy(train.predict(model, test_images, scale, shift, cpu), test_labels)
+    predictions = train.predict(model, dataset.test_images, scale, shift, cpu, tta)
+    return train.accuracy(predictions, dataset.test_labels)
+
+
+def without_timings(history):
+    return [{key: value for key, value in record.items() if key != "seconds"}
+            for record in history]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_script_writes_every_output_and_weights_reload(name, any_layout, tmp_path, capsys):
+def test_script_writes_every_output_and_weights_reload(name, request, tmp_path, capsys):
     script = importlib.import_module(name)
-    results_file, weights_file, extra = SCRIPTS[name]
+    layout, results_file, weights_file, extra = SCRIPTS[name]
+    data_dir = request.getfixturevalue(f"{layout}_data")
     out = tmp_path / "out"
-    status = script.main(["--data-dir", str(any_layout), "--epochs", "1", "--out", str(out)]
-                         + extra)
+    status = script.main(["--data-dir", str(data_dir), "--epochs", "1", "--out", str(out)]
+                         + extra + CPU)
     printed = capsys.readouterr().out
     assert status == 0
     assert "Training completed. Results summary:" in printed
@@ -56,7 +70,7 @@ def test_script_writes_every_output_and_weights_reload(name, any_layout, tmp_pat
     assert results["devices"] == ["cpu"]
     assert {"torch", "torchvision"} <= set(results["versions"])
     assert results["data"]["train_images"] == (130 if extra else 300)
-    assert len(results["configs"]) == (4 if extra else len(script.CONFIGS))
+    assert len(results["configs"]) == (2 if extra else len(script.CONFIGS))
     # --amp auto: bf16 on the CPU only for ResNet, and only where the CPU has it in hardware
     bf16 = name == "Resnet_model" and rt.cpu_has_native_bf16()
     assert {entry["precision"] for entry in results["configs"]} == {
@@ -64,31 +78,98 @@ def test_script_writes_every_output_and_weights_reload(name, any_layout, tmp_pat
     for png in ("loss.png", "train_accuracy.png", "test_accuracy.png", "examples.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    dataset = data.load_cifar10(any_layout, 130 if extra else None, results["seed"])
-    normalization = (data.CIFAR10_NORMALIZATION if name == "Resnet_model"
-                     else data.TUTORIAL_NORMALIZATION)
-    for number, entry in enumerate(results["configs"], start=1):
+    dataset = data.load_cifar10(data_dir, 130 if extra else None, results["seed"])
+    test_counts = torch.bincount(dataset.test_labels, minlength=10).tolist()
+    for entry in results["configs"]:
+        number = int(entry["id"].split("_")[1])
         assert CONFIG_FIELDS <= set(entry)
-        assert entry["config"]["num_epochs"] == 1
-        with_tta = {"test_accuracy_without_tta"} if entry["config"].get("tta") else set()
+        assert entry["config"]["num_epochs"] == 1 and entry["compiled"] is False
+        tta = entry["config"].get("tta", False)
+        with_tta = {"test_accuracy_without_tta"} if tta else set()
         assert [set(record) for record in entry["history"]] == [EPOCH_FIELDS | with_tta]
         assert entry["weights"] == weights_file(number)
-        assert list(entry["per_class_accuracy"]) == list(data.CLASSES)
-        assert sum(map(sum, entry["confusion_matrix"])) == results["data"]["test_images"]
         assert f"final test accuracy {entry['final_test_accuracy']:.2f}%" in printed
-        reloaded = reload_and_score(script, entry, out / entry["weights"],
-                                    dataset.test_images, dataset.test_labels, normalization)
-        assert reloaded == entry["final_test_accuracy"]
+
+        # per-class accuracy and the confusion matrix tell the same story as the accuracy
+        matrix = entry["confusion_matrix"]
+        assert [sum(row) for row in matrix] == test_counts  # rows: true classes
+        assert list(entry["per_class_accuracy"]) == list(data.CLASSES)
+        assert list(entry["per_class_accuracy"].values()) == pytest.approx(
+            [100 * matrix[label][label] / count for label, count in enumerate(test_counts)])
+        assert 100 * sum(matrix[label][label] for label in range(10)) / len(
+            dataset.test_labels) == pytest.approx(entry["final_test_accuracy"])
+
+        weights = out / entry["weights"]
+        assert reload_and_score(script, entry, weights, dataset, tta) == \
+            entry["final_test_accuracy"]
+        if tta:
+            assert reload_and_score(script, entry, weights, dataset) == \
+                entry["history"][-1]["test_accuracy_without_tta"]
+
+
+def test_every_layout_reads_the_images_that_were_written(pickled_data, folder_data,
+                                                         archive_data):
+    """Batch files, the .tar.gz archive (read as it is, not unpacked) and image folders all
+    give the generated images with their labels."""
+    def as_set(images, labels):
+        return sorted((int(label), image.numpy().tobytes())
+                      for image, label in zip(images, labels))
+
+    written = {"train": as_set(*map(torch.from_numpy, make_images(TRAIN_PER_CLASS, seed=1))),
+               "test": as_set(*map(torch.from_numpy, make_images(TEST_PER_CLASS, seed=3)))}
+    pickled = data.load_cifar10(pickled_data)
+    archive = data.load_cifar10(archive_data)
+    for dataset in (pickled, archive, data.load_cifar10(folder_data)):
+        assert as_set(dataset.train_images, dataset.train_labels) == written["train"]
+        assert as_set(dataset.test_images, dataset.test_labels) == written["test"]
+    assert torch.equal(archive.train_images, pickled.train_images)  # the same files, in order
+    assert torch.equal(archive.train_labels, pickled.train_labels)
+    assert archive.source.startswith("archive ")
+    assert [path.name for path in archive_data.iterdir()] == ["cifar-10-python.tar.gz"]
+
+
+@pytest.mark.parametrize("layout", ["pickled", "folder"])
+def test_subset_is_class_balanced_and_chosen_by_the_seed(layout, request):
+    data_dir = request.getfixturevalue(f"{layout}_data")
+    everything = {image.numpy().tobytes() for image in data.load_cifar10(data_dir).train_images}
+    chosen = data.load_cifar10(data_dir, subset=55, seed=0)
+    # 55 of 300 training images: 5 or 6 per class; the test set in proportion, 18 of 100
+    assert sorted(torch.bincount(chosen.train_labels, minlength=10).tolist()) == [5] * 5 + [6] * 5
+    assert sorted(torch.bincount(chosen.test_labels, minlength=10).tolist()) == [1] * 2 + [2] * 8
+    assert {image.numpy().tobytes() for image in chosen.train_images} <= everything
+    again = data.load_cifar10(data_dir, subset=55, seed=0)
+    assert torch.equal(again.train_images, chosen.train_images)
+    other_seed = data.load_cifar10(data_dir, subset=55, seed=1)
+    assert not torch.equal(other_seed.train_images, chosen.train_images)
 
 
 def test_baseline_learns_on_generated_data(pickled_data, tmp_path, capsys):
     script = importlib.import_module("Original_version_model")
     out = tmp_path / "out"
     assert script.main(["--data-dir", str(pickled_data), "--epochs", "10",
-                        "--out", str(out)]) == 0
+                        "--out", str(out)] + CPU) == 0
     results = json.loads((out / "training_loss.json").read_text())
     assert results["configs"][0]["final_test_accuracy"] > 80  # chance is 10%
     assert "config_1 epoch 10/10" in capsys.readouterr().out
+
+
+def test_baseline_prints_and_records_the_loss_every_1000_mini_batches(tmp_path, capsys):
+    """The tutorial's log: 4,010 images at batch 4 are 1,003 mini-batches an epoch, so one
+    "epoch E: batch 1000 loss: L" line per epoch, and the same numbers in batch_losses."""
+    data_dir = write_pickled_batches(tmp_path / "data", train_per_class=401)
+    script = importlib.import_module("Original_version_model")
+    out = tmp_path / "out"
+    assert script.main(["--data-dir", str(data_dir), "--epochs", "2", "--out", str(out)]
+                       + CPU) == 0
+    printed = capsys.readouterr().out
+    (entry,) = json.loads((out / "training_loss.json").read_text())["configs"]
+    assert entry["steps_per_epoch"] == 1003
+    logged = entry["batch_losses"]
+    assert [(point["epoch"], point["batch"]) for point in logged] == [(1, 1000), (2, 1000)]
+    assert re.findall(r"^epoch (\d+): batch (\d+) loss: (\d+\.\d{3})$", printed, re.M) == [
+        (str(point["epoch"]), str(point["batch"]), f"{point['loss']:.3f}") for point in logged]
+    assert 0 < logged[1]["loss"] < logged[0]["loss"] < 2.5  # it learns, from about ln 10
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_same_seed_same_result_on_cpu(pickled_data, tmp_path):
@@ -97,20 +178,37 @@ def test_same_seed_same_result_on_cpu(pickled_data, tmp_path):
     for attempt in ("a", "b"):
         out = tmp_path / attempt
         assert script.main(["--data-dir", str(pickled_data), "--epochs", "2", "--configs", "2",
-                            "--out", str(out)]) == 0
+                            "--out", str(out)] + CPU) == 0
         results = json.loads((out / "training_result.json").read_text())
-        history = [{key: value for key, value in record.items() if key != "seconds"}
-                   for record in results["configs"][0]["history"]]
-        runs.append((history, torch.load(out / "config_2.pth", weights_only=True)))
+        runs.append((without_timings(results["configs"][0]["history"]),
+                     torch.load(out / "config_2.pth", weights_only=True)))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(runs[0][1][key], runs[1][1][key]) for key in runs[0][1])
+
+
+def test_a_config_trains_the_same_alone_or_after_another(pickled_data, tmp_path):
+    """Every config starts from the --seed's initial weights (and random numbers), whichever
+    configs ran before it: --configs 2 gives config_2 of --configs 1,2, bit for bit."""
+    script = importlib.import_module("Dropout_regularization")  # dropout draws random numbers
+    runs = {}
+    for selection in ("2", "1,2"):
+        out = tmp_path / selection.replace(",", "-")
+        assert script.main(["--data-dir", str(pickled_data), "--epochs", "1",
+                            "--configs", selection, "--out", str(out)] + CPU) == 0
+        entries = json.loads((out / "training_result.json").read_text())["configs"]
+        assert [entry["id"] for entry in entries][-1] == "config_2"
+        runs[selection] = (without_timings(entries[-1]["history"]),
+                           torch.load(out / "config_2.pth", weights_only=True))
+    alone, after = runs["2"], runs["1,2"]
+    assert alone[0] == after[0]
+    assert all(torch.equal(alone[1][key], after[1][key]) for key in alone[1])
 
 
 def test_configs_and_epochs_flags_pick_and_override(pickled_data, tmp_path, capsys):
     script = importlib.import_module("Original_version_model_multiGPU")
     out = tmp_path / "out"
     assert script.main(["--data-dir", str(pickled_data), "--configs", "3,1", "--epochs", "2",
-                        "--out", str(out)]) == 0
+                        "--out", str(out)] + CPU) == 0
     printed = capsys.readouterr().out
     assert printed.index("config_3 epoch 2/2") < printed.index("config_1 epoch 1/2")
     results = json.loads((out / "training_result.json").read_text())
@@ -161,7 +259,7 @@ def test_lenet_recipe_records_accuracy_with_and_without_tta(pickled_data, tmp_pa
     script = importlib.import_module("Original_version_model_multiGPU")
     out = tmp_path / "out"
     assert script.main(["--data-dir", str(pickled_data), "--configs", "recipe", "--epochs", "3",
-                        "--out", str(out)]) == 0
+                        "--out", str(out)] + CPU) == 0
     (entry,) = json.loads((out / "training_result.json").read_text())["configs"]
     assert entry["config"]["name"] == "recipe" and entry["id"] == f"config_{len(script.CONFIGS)}"
     history = entry["history"]
@@ -187,23 +285,60 @@ def test_onecycle_warms_up_then_decays_to_zero():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
 
 
-def test_resnet_recipe_keys_run_on_the_cpu(pickled_data, tmp_path, monkeypatch):
-    """ResNet's recipe with a batch that fits the tiny generated set."""
+class LeftAgainstRight(nn.Module):
+    """Not mirror-symmetric: class 0 scores the left half's brightness, class 1 the right
+    half's plus 0.5. An image bright on the left is class 0 to it; add the mirror image's
+    logits (flip TTA) and class 1 wins."""
+
+    def forward(self, images):
+        left = images[..., :16].mean(dim=(1, 2, 3))
+        right = images[..., 16:].mean(dim=(1, 2, 3))
+        others = torch.full((len(images), 8), -100.0)
+        return torch.cat([left[:, None], right[:, None] + 0.5, others], dim=1)
+
+
+def test_tta_adds_the_mirror_images_logits():
+    images = torch.zeros(6, 3, 32, 32, dtype=torch.uint8)
+    images[:3, :, :, :16] = 255  # bright left half
+    images[3:, :, :, 16:] = 255  # bright right half
+    scale, shift = data.normalizer(*data.TUTORIAL_NORMALIZATION, device="cpu")  # to -1..1
+    cpu = rt.Runtime(torch.device("cpu"))
+    model = LeftAgainstRight()
+    plain = train.predict(model, images, scale, shift, cpu, tta=False)
+    mirrored = train.predict(model, images, scale, shift, cpu, tta=True)
+    assert plain.tolist() == [0, 0, 0, 1, 1, 1]
+    assert mirrored.tolist() == [1, 1, 1, 1, 1, 1]
+    inputs = images.float() * scale + shift
+    assert torch.equal(mirrored, (model(inputs) + model(inputs.flip(3))).argmax(dim=1))
+
+
+def test_resnet_recipe_keys_run_on_the_cpu_and_amp_off_records_fp32(pickled_data, tmp_path,
+                                                                  monkeypatch):
+    """ResNet's recipe with a batch that fits the tiny generated set, with --amp off on a CPU
+    where --amp auto would choose bf16: it trains in fp32 and says so, and its weights
+    rescore (with TTA, as the recipe tests) to the recorded accuracy in fp32."""
     script = importlib.import_module("Resnet_model")
     recipe = dict(script.CONFIGS[-1], batch_size=64, num_epochs=1)
     monkeypatch.setattr(script, "CONFIGS", [recipe])
+    monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: True)
     out = tmp_path / "out"
-    assert script.main(["--data-dir", str(pickled_data), "--subset", "130",
-                        "--out", str(out)]) == 0
+    assert script.main(["--data-dir", str(pickled_data), "--subset", "130", "--amp", "off",
+                        "--out", str(out)] + CPU) == 0
     (entry,) = json.loads((out / "Resnet_model_result.json").read_text())["configs"]
-    assert entry["status"] == "finished"
+    assert entry["status"] == "finished" and entry["precision"] == "fp32"
+    dataset = data.load_cifar10(pickled_data, 130, 0)
+    assert reload_and_score(script, entry, out / entry["weights"], dataset, tta=True) == \
+        entry["final_test_accuracy"]
 
 
-def test_compile_runs_on_the_cpu_and_saves_plain_weights(pickled_data, tmp_path):
+def test_compile_runs_on_the_cpu_saves_plain_weights_and_says_so(pickled_data, tmp_path):
     script = importlib.import_module("Original_version_model_multiGPU")
     out = tmp_path / "out"
     assert script.main(["--data-dir", str(pickled_data), "--configs", "4", "--epochs", "1",
-                        "--compile", "--out", str(out)]) == 0
+                        "--compile", "--out", str(out)] + CPU) == 0
+    (entry,) = json.loads((out / "training_result.json").read_text())["configs"]
+    assert entry["compiled"] is True
     weights = torch.load(out / "config_4.pth", weights_only=True)
     assert not any(key.startswith(("_orig_mod.", "module.")) for key in weights)
-    script.LeNet().load_state_dict(weights)
+    assert reload_and_score(script, entry, out / "config_4.pth",
+                            data.load_cifar10(pickled_data)) == entry["final_test_accuracy"]

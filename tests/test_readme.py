@@ -1,0 +1,320 @@
+"""What README.md states about file names and messages is what the kit writes and prints.
+
+The names and messages are read from README.md itself, so an edit on either side that the
+other does not follow fails here.
+"""
+import contextlib
+import importlib
+import inspect
+import io
+import itertools
+import pickle
+import re
+import signal
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cifarkit import data, experiment, outputs, train
+from conftest import REPO, write_image_folders, write_pickled_batches
+
+README = (REPO / "README.md").read_text()
+BASE = {"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
+
+
+def table(heading):
+    """The rows (lists of cells) of the README table whose header row starts with
+    ``heading``."""
+    lines = README.splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith(f"| {heading}"))
+    rows = []
+    for line in lines[start + 2:]:  # past the header and its |---| line
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]])
+    return rows
+
+
+# ---- file names ----
+
+@pytest.mark.parametrize("row", table("Report task"), ids=lambda row: row[1].strip("`"))
+def test_each_script_writes_the_folder_and_results_json_readme_names(row, monkeypatch):
+    script_file, folder, results_file = (cell.strip("`") for cell in row[1:4])
+    script = importlib.import_module(script_file.removesuffix(".py"))
+    default_weights = inspect.signature(experiment.run).parameters["weights_file"].default
+    called = {}
+    monkeypatch.setattr(experiment, "run", lambda **kwargs: called.update(kwargs) or 0)
+    assert script.main([]) == 0
+    assert called["script"] == script_file
+    assert f"{called['out_dir']}/" == folder
+    assert called["results_file"] == results_file
+    # README: config_N.pth per config, model.pth for the baseline
+    weights = called.get("weights_file", default_weights)
+    assert weights == ("model.pth" if script_file == "Original_version_model.py"
+                       else "config_{number}.pth")
+
+
+def readme_names(pattern):
+    """Every file name of the form ``pattern`` (a regex) that README.md states."""
+    names = set(re.findall(pattern, README))
+    assert names, f"README.md states no name like {pattern}"
+    return names
+
+
+def test_checkpoints_and_extra_seed_weights_have_the_names_readme_gives(pickled_data, tmp_path,
+                                                                       monkeypatch, capsys):
+    """README: checkpoints/config_N_seedS.ckpt while a config is unfinished, and
+    config_N_seedS.pth for the weights of the extra seeds of --seeds."""
+    script = importlib.import_module("L2_regularization")
+    out = tmp_path / "out"
+    argv = ["--data-dir", str(pickled_data), "--configs", "2", "--seed", "3", "--seeds", "2",
+            "--epochs", "1", "--out", str(out), "--device", "cpu"]
+    interrupt(monkeypatch, signal.SIGTERM, training=2)
+    assert script.main(argv) == 143  # seed 3 finished, seed 4 stopped
+    for template in readme_names(r"checkpoints/config_N[\w]*\.ckpt"):
+        written = template.replace("config_N", "config_2").replace("seedS", "seed4")
+        assert sorted(str(path.relative_to(out)) for path in out.glob("checkpoints/*")) == [
+            written]
+
+    monkeypatch.undo()
+    assert script.main(argv) == 0  # the same command finishes seed 4
+    assert "config_2 (seed 4): resuming from its checkpoint" in capsys.readouterr().out
+    for template in readme_names(r"`(config_N_seed\w*\.pth)`"):
+        assert (out / template.replace("config_N", "config_2").replace("seedS", "seed4")).is_file()
+    assert (out / "config_2.pth").is_file()  # the first seed's, under the plain name
+
+
+# ---- messages ----
+
+MESSAGE_ROWS = table("message starts with")
+# README text -> the regex it stands for: N, B, E, S, K, G and R are numbers, another lone
+# capital letter a word (C: a class), 'x' any quoted word, … the rest of the message
+PLACEHOLDERS = {"config_N": r"config_\d+", "<checkpoint>": r"/\S+\.ckpt",
+                "<file>": r"/[^\s:]+", "…": r".*", "DIR": r"\S+",
+                **{letter: r"\d+" for letter in "NBESKGR"}}
+PLACEHOLDER = re.compile(r"config_N|<checkpoint>|<file>|…|\bDIR\b|'[^']*'|\b[A-Z]\b")
+# Messages that only a torchrun job with a dead worker prints: looked for in the source
+# (tests/test_safety.py runs that job); every other message is produced below by running
+# the mistake or failure it explains.
+FROM_SOURCE = {"error: rank R lost contact with the other ranks"}
+SOURCE_LINES = [re.sub(r"\{[^{}]*\}", "0", line) for path in sorted(REPO.glob("cifarkit/*.py"))
+                for line in path.read_text().splitlines()]
+
+
+def message_pattern(fragment):
+    """The regex a README message stands for (see PLACEHOLDERS)."""
+    parts, end = [], 0
+    for match in PLACEHOLDER.finditer(fragment):
+        token = match.group()
+        parts += [re.escape(fragment[end:match.start()]),
+                  PLACEHOLDERS.get(token, r"'[^']+'" if token.startswith("'") else r"\w+")]
+        end = match.end()
+    return re.compile("".join(parts) + re.escape(fragment[end:]))
+
+
+def message_fragments():
+    """(fragment, whether it opens the message) for each message README lists: the first of
+    a row's alternatives starts a message, the others may be its continuation."""
+    for row in MESSAGE_ROWS:
+        for index, fragment in enumerate(re.findall(r"`([^`]+)`", row[0])):
+            yield pytest.param(fragment, index == 0, id=fragment)
+
+
+class Mistakes:
+    """Runs scripts in this process the way a user gets each message of README's table,
+    collecting everything they print (stdout and stderr)."""
+
+    def __init__(self, tmp, pickled_data, patch):
+        self.tmp, self.patch, self.printed = tmp, patch, io.StringIO()
+        self.data = ["--data-dir", pickled_data]
+        self.folders = itertools.count()
+
+    def run(self, script, *args, configs=None, out=None, device="cpu", expected=2):
+        module = importlib.import_module(script)
+        out = out or self.tmp / f"out{next(self.folders)}"
+        argv = [*map(str, args), "--out", str(out), "--device", device]
+        with pytest.MonkeyPatch.context() as own, contextlib.redirect_stdout(self.printed), \
+                contextlib.redirect_stderr(self.printed):
+            if configs is not None:
+                own.setattr(module, "CONFIGS", configs)
+            try:
+                status = module.main(argv)
+            except SystemExit as stopped:  # argparse's refusals
+                status = stopped.code
+        assert status == expected, (script, args, self.printed.getvalue()[-2000:])
+        return out
+
+    def report(self, modelset, expected):
+        import make_report
+
+        with contextlib.redirect_stdout(self.printed), contextlib.redirect_stderr(self.printed):
+            assert make_report.main(["--modelset", str(modelset)]) == expected
+
+    def lines(self):
+        """Each printed line, also without a leading "error: " or "prog: error: "."""
+        raw = self.printed.getvalue().splitlines()
+        return raw + [re.sub(r"^(\S+: )?error: ", "", line) for line in raw]
+
+
+def interrupt(monkeypatch, signum, times=1, training=1):
+    """Send ``signum`` ``times`` times at the first stop check (after the first step) of the
+    ``training``-th config (or seed) trained."""
+    real_train_config, trainings, sent = train.train_config, [], []
+
+    def interrupted(*args, stop_requested, **kwargs):
+        trainings.append(None)
+
+        def ask():
+            while len(trainings) == training and len(sent) < times:
+                sent.append(signum)
+                signal.raise_signal(signum)  # the kit's handler runs here
+            return stop_requested()
+
+        return real_train_config(*args, stop_requested=ask, **kwargs)
+
+    monkeypatch.setattr(train, "train_config", interrupted)
+
+
+@pytest.fixture(scope="module")
+def kit_messages(tmp_path_factory, pickled_data):
+    tmp = tmp_path_factory.mktemp("messages")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+            patch.setenv(name, "http://127.0.0.1:9")  # a download fails at once
+        for name in ("no_proxy", "NO_PROXY"):
+            patch.delenv(name, raising=False)
+        kit = Mistakes(tmp, pickled_data, patch)
+        _configs_and_flags(kit)
+        _devices(kit)
+        _output_folders(kit, tmp)
+        _data(kit, tmp, tmp_path_factory)
+        _failures_and_signals(kit)
+        _the_report(kit, tmp)
+    return kit.lines()
+
+
+def _configs_and_flags(kit):
+    data = kit.data  # the flags
+    kit.run("L2_regularization", *data, configs=[dict(BASE, momentun=0.9)])
+    kit.run("L2_regularization", *data, configs=[BASE, dict(BASE, lr="0.1")])
+    kit.run("L2_regularization", *data, configs=[])
+    kit.run("L2_regularization", *data, configs=dict(BASE))
+    kit.run("L2_regularization", *data, configs=[dict(BASE, name="2")])
+    kit.run("L2_regularization", *data, configs=[dict(BASE, name="a,b")])
+    kit.run("Original_version_model_multiGPU", *data, "--configs", "12")
+    kit.run("Original_version_model_multiGPU", *data, "--subset", "100000")
+    kit.run("Original_version_model_multiGPU", *data, "--subset", "20", "--configs", "4")
+    kit.run("Original_version_model", *data, "--seed", "4294967296")
+
+
+def _devices(kit):
+    with pytest.MonkeyPatch.context() as no_cuda:
+        no_cuda.setattr(torch.cuda, "is_available", lambda: False)
+        kit.run("Original_version_model", *kit.data, device="cuda")
+    with pytest.MonkeyPatch.context() as gpus:  # refused before any GPU is touched
+        gpus.setattr(torch.cuda, "is_available", lambda: True)
+        gpus.setattr(torch.cuda, "device_count", lambda: 2)
+        kit.run("Original_version_model_multiGPU", *kit.data, "--compile", device="auto")
+        gpus.setattr(torch.cuda, "device_count", lambda: 1)
+        for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0"),
+                            ("LOCAL_WORLD_SIZE", "2")):  # as torchrun sets them
+            gpus.setenv(name, value)
+        kit.run("Original_version_model", *kit.data, device="auto")
+
+
+def _output_folders(kit, tmp):
+    data = kit.data  # the flags
+    blocker = tmp / "a-file"
+    blocker.write_text("not a folder")
+    kit.run("Original_version_model", *data, out=blocker / "out")
+    with pytest.MonkeyPatch.context() as disk:
+        disk.setattr(outputs.shutil, "disk_usage", lambda path: SimpleNamespace(free=2**20))
+        kit.run("Original_version_model", *data)
+    kit.run("Original_version_model", *data, out=data[1])
+    source = tmp / "source"
+    source.mkdir()
+    (source / "train_me.py").write_text("print('mine')")
+    kit.run("Original_version_model", *data, out=source)
+    busy = tmp / "busy"
+    with outputs.locked(busy):
+        kit.run("Original_version_model", *data, out=busy)
+    edited = kit.run("L2_regularization", *data, configs=[BASE], expected=0)
+    kit.run("L2_regularization", *data, configs=[dict(BASE, lr=0.02)], out=edited, expected=0)
+    (edited / "training_result.json").write_text("not JSON")
+    kit.run("L2_regularization", *data, configs=[BASE], out=edited, expected=0)
+
+
+def _data(kit, tmp, tmp_path_factory):
+    kit.run("Original_version_model", "--data-dir", tmp / "nowhere")
+    with pytest.MonkeyPatch.context() as elsewhere:
+        elsewhere.chdir(tmp_path_factory.mktemp("no-copy"))  # ./data holds nothing
+        kit.run("Original_version_model")
+        damaged_download = tmp_path_factory.mktemp("damaged-download")
+        write_pickled_batches(damaged_download / "data")  # fails torchvision's checksums
+        elsewhere.chdir(damaged_download)
+        kit.run("Original_version_model")
+    damaged = write_pickled_batches(tmp / "damaged")
+    (damaged / "cifar-10-batches-py" / "data_batch_3").unlink()
+    kit.run("Original_version_model", "--data-dir", damaged)
+    short = write_image_folders(tmp / "short")
+    next((short / "test" / "ship").iterdir()).unlink()  # 9 ship test images, 10 needed
+    kit.run("Original_version_model", "--data-dir", short, "--subset", "300")
+
+
+def _failures_and_signals(kit):
+    foreign = kit.tmp / "foreign"
+    (foreign / "checkpoints").mkdir(parents=True)
+    (foreign / "checkpoints" / "config_1_seed0.ckpt").write_bytes(
+        pickle.dumps({"a": 1}, protocol=2))
+    kit.run("L2_regularization", *kit.data, "--configs", "1", out=foreign)
+    kit.run("L2_regularization", *kit.data, configs=[dict(BASE, lr=1e6)], expected=1)
+    with pytest.MonkeyPatch.context() as memory:
+        def out_of_memory(*args, **kwargs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+        memory.setattr(train, "_train_step", out_of_memory)
+        kit.run("L2_regularization", *kit.data, configs=[BASE], expected=1)
+    with pytest.MonkeyPatch.context() as ctrl_c:
+        interrupt(ctrl_c, signal.SIGINT, times=2)  # the second: at once
+        kit.run("L2_regularization", *kit.data, configs=[BASE], expected=130)
+    with pytest.MonkeyPatch.context() as ctrl_c:
+        def pressed_while_loading(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        ctrl_c.setattr(data, "load_cifar10", pressed_while_loading)
+        kit.run("L2_regularization", *kit.data, expected=130)
+
+
+def _the_report(kit, tmp):
+    modelset = tmp / "modelset"
+    (modelset / "broken").mkdir(parents=True)
+    (modelset / "broken" / "training_result.json").write_text("not JSON")
+    kit.report(modelset, expected=0)
+    (modelset / "REPORT.md").unlink()
+    (modelset / "REPORT.md").mkdir()  # a folder where the report goes
+    kit.report(modelset, expected=1)
+
+
+@pytest.mark.parametrize("fragment, opens", list(message_fragments()))
+def test_each_message_readme_explains_is_one_the_kit_prints(fragment, opens, kit_messages):
+    pattern = message_pattern(fragment)
+    find = pattern.match if opens else pattern.search
+    if fragment in FROM_SOURCE:
+        assert any(pattern.search(line) for line in SOURCE_LINES), fragment
+        return
+    assert any(find(line) for line in kit_messages), (
+        f"README's {fragment!r} ({pattern.pattern}) is in none of the kit's messages")
+
+
+def test_the_message_patterns_are_strict_enough():
+    """The README-to-regex translation keeps the words: a message that differs in a word,
+    or a placeholder filled with a word where a number belongs, does not match."""
+    unknown = message_pattern("config_N: unknown key 'x'. Did you mean 'y'?")
+    assert unknown.match("config_3: unknown key 'momentun'. Did you mean 'momentum'? Known")
+    assert not unknown.match("config_3: unknown setting 'momentun'. Did you mean 'momentum'?")
+    nan = message_pattern("config_N: the loss became NaN or infinite at epoch E, step S")
+    assert nan.match("config_1: the loss became NaN or infinite at epoch 1, step 10; stopped")
+    assert not nan.match("config_1: the loss became NaN or infinite at epoch one, step 10")
+    assert message_pattern("<file>: …").match("/data/cifar-10-batches-py/test_batch: damaged")
+    assert not message_pattern("<file>: …").match("config_1: something else")
