@@ -11,6 +11,7 @@ import itertools
 import pickle
 import re
 import signal
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -202,6 +203,11 @@ def _configs_and_flags(kit):
     kit.run("L2_regularization", *data, configs=dict(BASE))
     kit.run("L2_regularization", *data, configs=[dict(BASE, name="2")])
     kit.run("L2_regularization", *data, configs=[dict(BASE, name="a,b")])
+    kit.run("L2_regularization", *data, configs=[dict(BASE, lr=float("inf"))])
+    with pytest.MonkeyPatch.context() as not_a_model:
+        not_a_model.setattr(importlib.import_module("L2_regularization"), "build_model",
+                            lambda config: None)
+        kit.run("L2_regularization", *data, configs=[BASE])
     kit.run("Original_version_model_multiGPU", *data, "--configs", "12")
     kit.run("Original_version_model_multiGPU", *data, "--subset", "100000")
     kit.run("Original_version_model_multiGPU", *data, "--subset", "20", "--configs", "4")
@@ -236,6 +242,11 @@ def _output_folders(kit, tmp):
     source.mkdir()
     (source / "train_me.py").write_text("print('mine')")
     kit.run("Original_version_model", *data, out=source)
+    for special in (Path("/"), Path.home()):  # refused before anything is written
+        kit.run("Original_version_model", *data, out=special)
+    in_the_way = tmp / "in-the-way"
+    (in_the_way / "loss.png").mkdir(parents=True)
+    kit.run("Original_version_model", *data, out=in_the_way)
     busy = tmp / "busy"
     with outputs.locked(busy):
         kit.run("Original_version_model", *data, out=busy)
@@ -278,6 +289,11 @@ def _failures_and_signals(kit):
     with pytest.MonkeyPatch.context() as ctrl_c:
         interrupt(ctrl_c, signal.SIGINT, times=2)  # the second: at once
         kit.run("L2_regularization", *kit.data, configs=[BASE], expected=130)
+    with pytest.MonkeyPatch.context() as ctrl_c:  # a bf16 checkpoint, then --amp off
+        interrupt(ctrl_c, signal.SIGINT)
+        bf16 = kit.run("L2_regularization", *kit.data, "--amp", "on", configs=[BASE],
+                       expected=130)
+    kit.run("L2_regularization", *kit.data, "--amp", "off", configs=[BASE], out=bf16)
     with pytest.MonkeyPatch.context() as ctrl_c:
         def pressed_while_loading(*args, **kwargs):
             raise KeyboardInterrupt
@@ -294,6 +310,13 @@ def _the_report(kit, tmp):
     (modelset / "REPORT.md").unlink()
     (modelset / "REPORT.md").mkdir()  # a folder where the report goes
     kit.report(modelset, expected=1)
+    mine = tmp / "mine"
+    mine.mkdir()
+    (mine / "REPORT.md").write_text("# my own notes\n")
+    kit.report(mine, expected=2)
+    (mine / "REPORT.md").unlink()
+    (mine / "notebook.py").write_text("print('mine')\n")
+    kit.report(mine, expected=2)
 
 
 @pytest.mark.parametrize("fragment, opens", list(message_fragments()))
