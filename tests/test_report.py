@@ -33,7 +33,7 @@ def modelset(tmp_path_factory, pickled_data):
     root = tmp_path_factory.mktemp("report") / "modelset"
     l2 = importlib.import_module("L2_regularization")
     sweep = importlib.import_module("Original_version_model_multiGPU")
-    common = ["--data-dir", str(pickled_data)]
+    common = ["--data-dir", str(pickled_data), "--device", "cpu"]
     out = ["--out", str(root / "L2_regularization_model")]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(l2, "CONFIGS", L2_CONFIGS)
