@@ -26,6 +26,7 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
 DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 DEFAULT_ROOT = "./data"
+DOWNLOAD_LOCK = ".cifarkit-download.lock"  # in the download root while one process fetches
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -122,6 +123,7 @@ def _load_with_torchvision(download_root):
             for train in (True, False):
                 torchvision.datasets.CIFAR10(root=root, train=train, download=True)
     except Exception as error:  # no network, refused, corrupt download: all end the same way
+        _remove_if_only_the_lock(root)
         folder = root / "cifar-10-batches-py"
         damaged = [name for name, md5 in torchvision.datasets.CIFAR10.train_list
                    + torchvision.datasets.CIFAR10.test_list
@@ -138,6 +140,15 @@ def _load_with_torchvision(download_root):
     return _load_pickled_batches(root / "cifar-10-batches-py")
 
 
+def _remove_if_only_the_lock(root):
+    """A download that failed at once leaves no empty ./data with a lock file behind."""
+    lock = root / DOWNLOAD_LOCK
+    if [entry.name for entry in root.iterdir()] == [DOWNLOAD_LOCK]:
+        lock.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            root.rmdir()
+
+
 @contextlib.contextmanager
 def _download_lock(root):
     """An exclusive lock on ``root`` while CIFAR-10 is fetched there, so that processes on
@@ -147,7 +158,7 @@ def _download_lock(root):
     if fcntl is None:  # Windows
         yield
         return
-    with open(root / ".cifarkit-download.lock", "a") as lock:
+    with open(root / DOWNLOAD_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
