@@ -78,12 +78,16 @@ def short_labels(entries):
     between the configs shown (the full settings are in the JSON and the summary table)."""
     first = {entry["id"]: entry["config"] for entry in entries}
     differing = differing_keys(list(first.values()))
-    labels = {}
-    for config_id, config in first.items():
-        name = f" ({config['name']})" if "name" in config else ""
-        shown = ", ".join(f"{key}={config[key]}" for key in differing)
-        labels[config_id] = config_id + name + (f": {shown}" if shown else "")
-    return labels
+    return {config_id: legend_label(config_id, config, differing)
+            for config_id, config in first.items()}
+
+
+def legend_label(config_id, config, differing):
+    """'config_3 (name): lr=0.001, momentum=0.95': the id, the name when the config has one,
+    and the settings named in ``differing``."""
+    name = f" ({config['name']})" if "name" in config else ""
+    shown = ", ".join(f"{key}={config[key]}" for key in differing)
+    return config_id + name + (f": {shown}" if shown else "")
 
 
 def group_runs(entries):

@@ -379,6 +379,28 @@ def best_group(results):
                default=[])
 
 
+MIXED_NOTE = "RUNS ON DIFFERENT NUMBERS OF IMAGES ARE SHOWN TOGETHER: compare with care"
+
+
+def _time_curve(entries):
+    """(cumulative training seconds, test accuracy, its std) per epoch of one config: means
+    over its entries (one per seed)."""
+    derived = _with_derived(entries)
+    _, accuracy, std = plots.mean_curve(derived, "test_accuracy")
+    return plots.mean_curve(derived, "elapsed")[1], accuracy, std
+
+
+def _time_axes(axes, seconds):
+    """Label a test accuracy against training time plot; the time on a log scale when
+    ``seconds`` (every time drawn) spans more than 30 times (LeNet's seconds beside hours)."""
+    spread = [value for value in seconds if value > 0]
+    if spread and max(spread) / min(spread) > 30:
+        axes.set_xscale("log")
+    axes.set(xlabel="training time (s, cumulative" + (", log scale)" if
+                                                       axes.get_xscale() == "log" else ")"),
+             ylabel="test accuracy (%)")
+
+
 def accuracy_time_figure(runs, path):
     """Task 4: test accuracy against training time, the best config of each run, coloured by
     script (LeNet dashed, ResNet-18 solid), with the report's ResNet-18 points."""
@@ -391,18 +413,14 @@ def accuracy_time_figure(runs, path):
     palette = plt.get_cmap("tab10").colors
     for index, (run, best) in enumerate(shown):
         resnet = run.script == "Resnet_model.py"
-        derived = _with_derived(best)
-        _, accuracy, std = plots.mean_curve(derived, "test_accuracy")
-        elapsed = plots.mean_curve(derived, "elapsed")[1]
+        elapsed, accuracy, std = _time_curve(best)
         config = best[0]["config"]
-        name = f" ({config['name']})" if "name" in config else ""
-        setting = ", ".join(f"{key}={config[key]}" for key in differing)
         images = f" [{run.results['data']['train_images']:,} images]" if mixed else ""
         colour = palette[list(TASKS).index(run.script)]
         style = dict(plots.line_style(index, len(elapsed)), linestyle="-" if resnet else "--")
         axes.plot(elapsed, accuracy, color=colour, **style,
-                  label=f"{'ResNet-18' if resnet else 'LeNet'} {run.name}: {best[0]['id']}"
-                        f"{name}{': ' + setting if setting else ''}{images}")
+                  label=f"{'ResNet-18' if resnet else 'LeNet'} {run.name}: "
+                        f"{plots.legend_label(best[0]['id'], config, differing)}{images}")
         if len(best) > 1:
             axes.fill_between(elapsed, accuracy - std, accuracy + std, color=colour, alpha=0.15,
                               label=f"±1 std over {len(best)} seeds")
@@ -410,16 +428,10 @@ def accuracy_time_figure(runs, path):
             axes.plot(config["reported_seconds"], config["reported_accuracy"], marker="*",
                       markersize=13, linestyle="none", color=colour,
                       label=f"the report's {best[0]['id']}, on one A100 (50,000 images)")
-    times = [line.get_xdata() for line in axes.lines]
-    spread = [value for values in times for value in np.atleast_1d(values) if value > 0]
-    if spread and max(spread) / min(spread) > 30:  # LeNet's seconds beside ResNet's hours
-        axes.set_xscale("log")
+    _time_axes(axes, [value for line in axes.lines
+                      for value in np.atleast_1d(line.get_xdata())])
     note = ("the best config of each folder; colour: script; solid: ResNet-18, dashed: LeNet"
-            + ("\nRUNS ON DIFFERENT NUMBERS OF IMAGES ARE SHOWN TOGETHER: compare with care"
-               if mixed else ""))
-    axes.set(xlabel="training time (s, cumulative" + (", log scale)" if
-                                                       axes.get_xscale() == "log" else ")"),
-             ylabel="test accuracy (%)")
+            + (f"\n{MIXED_NOTE}" if mixed else ""))
     plots.titled(axes, "Task 4: test accuracy against training time", None)
     axes.text(0.01, 0.99, note, transform=axes.transAxes, va="top", fontsize=8,
               color="darkred" if mixed else "black")
