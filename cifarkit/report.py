@@ -441,6 +441,86 @@ def accuracy_time_figure(runs, path):
     return _save(figure, path)
 
 
+def _report_best(sweep_runs):
+    """(accuracy, config id): the highest reported_accuracy among the Task 3 configs of
+    ``sweep_runs``, the course report's best LeNet; None when no config carries one."""
+    quoted = [(entry["config"]["reported_accuracy"], entry["id"]) for run in sweep_runs
+              for entry in run.results["configs"]
+              if isinstance(entry["config"].get("reported_accuracy"), NUMBER)]
+    return max(quoted, default=None)
+
+
+def _first_reach(curve, target):
+    """(epoch, cumulative training seconds) of the first epoch at which ``curve`` (a
+    _time_curve: means over seeds) reaches ``target`` test accuracy; None if it never does."""
+    seconds, accuracy, _ = curve
+    with np.errstate(invalid="ignore"):  # an epoch without a test accuracy never reaches it
+        reached = np.flatnonzero(accuracy >= target - 1e-9)  # 65.75 held as 65.7499999
+    return (int(reached[0]) + 1, float(seconds[reached[0]])) if len(reached) else None
+
+
+def sweep_time_figure(sweep_runs, best, path):
+    """Task 3: test accuracy against cumulative training time, a line per finished config of
+    each run (mean over seeds, ±1 std band); ``best`` ((accuracy, config id) or None), the
+    report's best LeNet, as a horizontal line, with a dot where each line first reaches it."""
+    plt = plots.pyplot()
+    figure, axes = plt.subplots(figsize=(11, 6.5))
+    shown = [(run, _finished_groups(run.results)) for run in sweep_runs]
+    shown = [(run, groups) for run, groups in shown if groups]
+    mixed = _mixes_subsets([run for run, _ in shown])
+    differing = plots.differing_keys([entries[0]["config"] for _, groups in shown
+                                      for entries in groups.values()])
+    seconds, offset = [], 0  # line styles continue from one run to the next
+    for run, groups in shown:
+        folder = f"{run.name}: " if len(shown) > 1 else ""
+        images = f" [{run.results['data']['train_images']:,} images]" if mixed else ""
+        labels = {config_id: folder + plots.legend_label(config_id, entries[0]["config"],
+                                                         differing) + images
+                  for config_id, entries in groups.items()}
+        seconds += _draw_time_lines(axes, groups, labels, best, offset)
+        offset += len(groups)
+    if best:
+        axes.axhline(best[0], color="black", linestyle=":", linewidth=1.3,
+                     label=f"the report's best LeNet: {best[0]:g}% ({best[1]}, 50,000 "
+                           "training images); a dot: where a line first reaches it")
+        # at the left, where the curves are still low, so no curve hides it
+        axes.text(0.005, best[0], f" the report's best LeNet: {best[0]:g}%", ha="left",
+                  va="bottom", fontsize=9, transform=axes.get_yaxis_transform())
+    _time_axes(axes, seconds)
+    run, groups = shown[0]
+    plots.titled(axes, "Task 3: test accuracy against training time, every finished config",
+                 plots.subtitle(run.results, [entry for entries in groups.values()
+                                              for entry in entries]) if len(shown) == 1 else
+                 f"folders {', '.join(run.name for run, _ in shown)}; each timed on its own "
+                 "device(s)")
+    if mixed:
+        axes.text(0.01, 0.99, MIXED_NOTE, transform=axes.transAxes, va="top", fontsize=8,
+                  color="darkred")
+    plots.min_span(axes, plots.ACCURACY_SPAN)
+    axes.grid(alpha=0.3)
+    plots.add_legend(axes)
+    return _save(figure, path)
+
+
+def _draw_time_lines(axes, groups, labels, best, style_offset):
+    """Test accuracy against cumulative training time of one run's finished configs
+    (``groups``), with a dot where each line first reaches ``best`` (None: no dots); returns
+    the times drawn."""
+    finished = [entry for entries in groups.values() for entry in entries]
+    plots.draw_config_curves(axes, _with_derived(finished), "test_accuracy", labels,
+                             x_key="elapsed", style_offset=style_offset)
+    seconds = []
+    for config_id, entries in groups.items():
+        curve = _time_curve(entries)
+        seconds += list(curve[0])
+        reach = _first_reach(curve, best[0]) if best else None
+        if reach:
+            axes.plot(reach[1], curve[1][reach[0] - 1], marker="o", markersize=9,
+                      color=plots.color(config_id), markeredgecolor="black",
+                      linestyle="none", zorder=5)
+    return seconds
+
+
 def best_run(results):
     finished = [entry for entry in results["configs"]
                 if entry["status"] == "finished" and "confusion_matrix" in entry]
@@ -598,8 +678,12 @@ def _task3_section(task_runs, runs, modelset, figures):
     if not task_runs:
         return []
     lines = (["## Task 3: learning rate, momentum and batch size", ""]
-             + _link(sweep_figure(task_runs, figures / "task3_sweep.png"), modelset, "sweep")
-             + _mixed_warning(task_runs))
+             + _link(sweep_figure(task_runs, figures / "task3_sweep.png"), modelset, "sweep"))
+    best = _report_best(task_runs)
+    if any(_finished_groups(run.results) for run in task_runs):
+        lines += _link(sweep_time_figure(task_runs, best, figures / "task3_accuracy_vs_time.png"),
+                       modelset, "test accuracy against training time")
+    lines += _mixed_warning(task_runs)
     said = []
     for run in task_runs:
         groups = _finished_groups(run.results)
@@ -619,7 +703,56 @@ def _task3_section(task_runs, runs, modelset, figures):
                      f"{reported[theirs]:g}%"
                      + (" (the same config)" if theirs == ours else ""))
         said.append(text)
-    return lines + (_claim("; ".join(said) + ".") if said else [])
+    timed = [_time_sentence(run, best) for run in task_runs] if best else []
+    timed = [text for text in timed if text]
+    return (lines + (_claim("; ".join(said) + ".") if said else [])
+            + ([f"**Time to the report's best LeNet, {best[0]:g}% (its {best[1]}, all 50,000 "
+                f"training images):** " + " ".join(timed), ""] if timed else []))
+
+
+def _time_sentence(run, best):
+    """How soon the finished configs of ``run`` first reach the report's best LeNet
+    (``best``: (accuracy, config id)), in words: the fastest two (the closest when none
+    does), the report's best config, and how many reach it; None when none finished."""
+    groups = _finished_groups(run.results)
+    if not groups:
+        return None
+    curves = {config_id: _time_curve(entries) for config_id, entries in groups.items()}
+    reaches = {config_id: _first_reach(curve, best[0]) for config_id, curve in curves.items()}
+    fastest = sorted((config_id for config_id in groups if reaches[config_id]),
+                     key=lambda config_id: reaches[config_id][1])
+    told = fastest[:2] or [max(curves, key=lambda config_id: np.nanmax(curves[config_id][1]))]
+    if best[1] in groups and best[1] not in told:
+        told.append(best[1])
+    parts = [_reach_said(config_id, groups[config_id], curves[config_id], best)
+             for config_id in told]
+    parts.append(f"{len(fastest)} of {len(groups)} finished configs "
+                 + ("reaches it" if len(fastest) == 1 else "reach it"))
+    seeds = max(len(entries) for entries in groups.values())
+    return (f"In `{run.name}` ({_images(run)}, {', '.join(run.results['devices'])}"
+            + (f"; means over up to {seeds} seeds" if seeds > 1 else "") + "), "
+            + "; ".join(parts) + ".")
+
+
+def _reach_said(config_id, entries, curve, best):
+    """'config_12 (speedrun) first reaches it after 19 s of training (epoch 5 of 8)', or
+    that it does not, with its best test accuracy."""
+    config = entries[0]["config"]
+    named = (config_id + (f" ({config['name']})" if "name" in config else "")
+             + (" (the report's best config)" if config_id == best[1] else ""))
+    reach = _first_reach(curve, best[0])
+    if reach:
+        return (f"{named} first reaches it after {_duration(reach[1])} of training "
+                f"(epoch {reach[0]} of {_epochs(entries)})")
+    return (f"{named} does not reach it (its best: {np.nanmax(curve[1]):.1f}% in "
+            f"{_epochs(entries)} epochs)")
+
+
+def _duration(seconds):
+    """'4.2 s', '19 s', '2,412 s (40 min)'."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    return f"{seconds:,.0f} s" + (f" ({seconds / 60:.0f} min)" if seconds >= 600 else "")
 
 
 def _describe(entries):
