@@ -440,3 +440,142 @@ def test_the_report_never_overwrites_what_it_did_not_write(case, tmp_path, capsy
     assert ("was not written by make_report.py" if case == "notes"
             else "it looks like a project") in capsys.readouterr().err
     assert {path.name: path.read_bytes() for path in modelset.iterdir()} == before
+
+
+TIME_FIGURE = "task3_accuracy_vs_time.png"
+
+
+def hand_made(template, number, seed, history, status="finished", **config):
+    """A sweep entry built on ``template`` (a real finished one) with the given history,
+    [(training seconds of the epoch, test accuracy)], and config changes."""
+    records = [dict(template["history"][0], epoch=epoch, seconds=seconds, test_accuracy=accuracy)
+               for epoch, (seconds, accuracy) in enumerate(history, start=1)]
+    return dict(template, id=f"config_{number}", seed=seed, status=status, history=records,
+                config=dict(template["config"], num_epochs=len(history), **config),
+                final_test_accuracy=history[-1][1],
+                best_test_accuracy=max(accuracy for _, accuracy in history),
+                train_seconds=sum(seconds for seconds, _ in history))
+
+
+def hand_made_sweep(results, reported=True):
+    """Three finished configs and an unfinished one, the seconds and accuracies chosen so that
+    each answer is different when computed the wrong way."""
+    template = results["configs"][0]
+    best = {"reported_accuracy": 65.75} if reported else {}
+    results["configs"] = [
+        hand_made(template, 1, 0, [(5, 30), (5, 40), (5, 50)], lr=0.02,
+                  **({"reported_accuracy": 47.63} if reported else {})),
+        # Still training, and it would be the fastest: it must not count.
+        hand_made(template, 2, 0, [(1, 90)], status="running", lr=0.03),
+        # Two seeds: seed 0 reaches 65.75 at epoch 3 (30 s), seed 1 at epoch 4 (48 s); the
+        # mean over seeds (the line drawn) first reaches it at epoch 4, after (40 + 48) / 2 s.
+        hand_made(template, 3, 0, [(10, 50), (10, 60), (10, 66), (10, 70)], lr=0.001, **best),
+        hand_made(template, 3, 1, [(12, 50), (12, 62), (12, 65), (12, 71)], lr=0.001, **best),
+        hand_made(template, 12, 0, [(2, 40), (2, 66), (2, 68)], lr=0.1, name="speedrun"),
+    ]
+
+
+def sweep_copy(modelset, tmp_path, reported=True):
+    root = copy_of(modelset, tmp_path)
+    shutil.rmtree(root / "L2_regularization_model")
+    rewrite(lambda results: hand_made_sweep(results, reported))(
+        root / "original_version_model_multiGPU" / "training_result.json")
+    return root
+
+
+def time_paragraph(text):
+    (paragraph,) = [line for line in text.splitlines()
+                    if line.startswith("**Time to the report's best LeNet")]
+    return paragraph
+
+
+def marked_points(axes):
+    """[(x, y)] of the dots where a line first reaches the report's best LeNet."""
+    return [(float(line.get_xdata()[0]), float(line.get_ydata()[0])) for line in axes.lines
+            if line.get_linestyle() == "None" and len(line.get_xdata()) == 1]
+
+
+def test_task3_time_figure_shows_when_each_config_first_reaches_the_reports_best_lenet(
+        modelset, tmp_path, monkeypatch):
+    root = sweep_copy(modelset, tmp_path)
+    drawn = record_figures(monkeypatch)
+    assert make_report.main(["--modelset", str(root)]) == 0
+    text = (root / "REPORT.md").read_text()
+
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text.split("## Task 3: learning rate")[1])
+    assert f"figures/{TIME_FIGURE}" in links
+    assert (root / "figures" / TIME_FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    said = time_paragraph(text)
+    assert said.startswith("**Time to the report's best LeNet, 65.75% (its config_3")
+    speedrun = "config_12 (speedrun) first reaches it after 4.0 s of training (epoch 2 of 3)"
+    best = ("config_3 (the report's best config) first reaches it after 44 s of training "
+            "(epoch 4 of 4)")
+    assert speedrun in said and best in said and said.index(speedrun) < said.index(best)
+    assert "2 of 3 finished configs reach it" in said and "config_2" not in said
+
+    axes = drawn[TIME_FIGURE].axes[0]
+    assert [line.get_ydata()[0] for line in axes.lines if line.get_linestyle() == ":"
+            and len(set(line.get_ydata())) == 1] == [65.75]  # the report's best, level
+    assert sorted(marked_points(axes)) == [(4.0, 66.0), (44.0, 70.5)]
+    legend = [label.get_text() for label in axes.get_legend().get_texts()]
+    curves = [label for label in legend if label.startswith("config_") and "std" not in label]
+    assert curves == ["config_1: num_epochs=3, lr=0.02",
+                      "config_3: num_epochs=4, lr=0.001 (mean of 2 seeds)",
+                      "config_12 (speedrun): num_epochs=3, lr=0.1"]  # config_2 is unfinished
+    assert "config_3: ±1 std over 2 seeds" in legend
+    assert any(label.startswith("the report's best LeNet: 65.75%") for label in legend)
+
+
+def test_task3_time_figure_without_a_reported_accuracy_has_no_line_and_no_sentence(
+        modelset, tmp_path, monkeypatch):
+    root = sweep_copy(modelset, tmp_path, reported=False)
+    drawn = record_figures(monkeypatch)
+    assert make_report.main(["--modelset", str(root)]) == 0
+    text = (root / "REPORT.md").read_text()
+    assert f"figures/{TIME_FIGURE}" in text
+    assert "Time to the report's best LeNet" not in text
+    axes = drawn[TIME_FIGURE].axes[0]
+    assert len([line for line in axes.lines if line.get_label().startswith("config_")]) == 3
+    assert marked_points(axes) == []
+    assert not any(line.get_linestyle() == ":" and len(set(line.get_ydata())) == 1
+                   for line in axes.lines)
+
+
+def test_task3_time_figure_with_several_folders_and_one_with_nothing_finished(
+        modelset, tmp_path, monkeypatch, recwarn):
+    root = sweep_copy(modelset, tmp_path)
+    sweep = root / "original_version_model_multiGPU"
+    shutil.copytree(sweep, root / "sweep-small")
+    rewrite(lambda results: results["data"].update(train_images=400))(
+        root / "sweep-small" / "training_result.json")
+    shutil.copytree(sweep, root / "sweep-unfinished")
+
+    def unfinish(results):
+        for entry in results["configs"]:
+            entry["status"] = "running"
+    rewrite(unfinish)(root / "sweep-unfinished" / "training_result.json")
+    drawn = record_figures(monkeypatch)
+    assert make_report.main(["--modelset", str(root)]) == 0
+    said = time_paragraph((root / "REPORT.md").read_text())
+    assert said.count("config_12 (speedrun) first reaches it after 4.0 s") == 2
+    assert "In `original_version_model_multiGPU` (" in said and "In `sweep-small` (400 " in said
+    assert "sweep-unfinished" not in said
+    axes = drawn[TIME_FIGURE].axes[0]
+    labels = [line.get_label() for line in axes.lines if "config_" in line.get_label()]
+    for folder in ("original_version_model_multiGPU", "sweep-small"):
+        assert len([label for label in labels if label.startswith(f"{folder}: config_")]) == 3
+    assert not any(label.startswith("sweep-unfinished") for label in labels)
+    assert any(label.endswith("[400 images] (mean of 2 seeds)") for label in labels)
+    assert any(report.MIXED_NOTE in text.get_text() for text in axes.texts)
+
+    # Nothing finished anywhere: no figure, no sentence, no crash, no warnings.
+    shutil.rmtree(sweep)
+    shutil.rmtree(root / "sweep-small")
+    shutil.rmtree(root / "figures")
+    assert make_report.main(["--modelset", str(root)]) == 0
+    text = (root / "REPORT.md").read_text()
+    assert TIME_FIGURE not in text and "Time to the report's best LeNet" not in text
+    assert not (root / "figures" / TIME_FIGURE).exists()
+    assert "## Task 3: learning rate" in text
+    assert [str(warning.message) for warning in recwarn
+            if issubclass(warning.category, (UserWarning, RuntimeWarning))] == []
