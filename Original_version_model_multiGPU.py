@@ -51,6 +51,23 @@ CONFIGS = [
         "label_smoothing": 0.1,
         "tta": True,                 # test on each image and its mirror image
     },
+    # Beyond the report: the report's best LeNet accuracy (65.75%, after 200 epochs) in 5
+    # epochs, about 20 s on a 2-core CPU (--configs speedrun; benchmarks/RESULTS.md). The
+    # recipe's keys with a shorter, hotter schedule; only mirroring as augmentation: a
+    # random crop makes the task harder and pays off only in longer runs.
+    {
+        "name": "speedrun",
+        "num_epochs": 5,
+        "lr": 0.1,                   # peak of the one-cycle schedule
+        "momentum": 0.9,
+        "nesterov": True,
+        "batch_size": 128,
+        "weight_decay": 5e-4,
+        "augment": "flip",
+        "schedule": "onecycle",
+        "label_smoothing": 0.1,
+        "tta": True,
+    },
 ]
 
 NORMALIZATION = data.TUTORIAL_NORMALIZATION  # per-channel (mean, std) of the inputs

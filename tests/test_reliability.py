@@ -280,9 +280,9 @@ def test_bad_configs_are_refused(name, configs, message, pickled_data, existing_
 
 
 BAD_FLAGS = [
-    (["--configs", "12"], "--configs 12: '12' is not a config of this script"),
+    (["--configs", "13"], "--configs 13: '13' is not a config of this script"),
     (["--configs", "1,recipes"], "'recipes' is not a config of this script (it has config_1 "
-                                 "to config_11, or a name: recipe)"),
+                                 "to config_12, or a name: recipe, speedrun)"),
     (["--subset", "100000"], "--subset 100000: must be between 10 and the 300"),
     (["--subset", "20", "--configs", "4"], "--subset 20 is smaller than one batch of config_4"),
 ]
