@@ -20,7 +20,8 @@ TRAINING_KEYS = {
     "weight_decay": ("float", lambda value: value >= 0, "0 or more"),
     "sync_bn": ("bool", lambda value: True, "True or False"),  # SyncBatchNorm under torchrun
     # Beyond the report (each off unless a config asks for it):
-    "augment": ("str", lambda value: value in AUGMENTATIONS, f"one of {AUGMENTATIONS}"),
+    "augment": ("str", lambda value: value in AUGMENTATIONS,
+                f"one of {', '.join(repr(name) for name in AUGMENTATIONS)}"),
     "schedule": ("str", lambda value: value in SCHEDULES, f"one of {SCHEDULES}"),
     "nesterov": ("bool", lambda value: True, "True or False"),
     "label_smoothing": ("float", lambda value: 0 <= value < 1, "in [0, 1)"),
