@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.transforms import functional as TF
 
-from cifarkit import config, data
+from cifarkit import config, data, train
 
 
 def windows_found(padded, image):
@@ -85,3 +85,58 @@ def test_a_bad_augment_value_is_refused_with_the_choices():
     for name in ("reflect-crop+flip", "reflect-crop+flip+inside-cutout"):
         config.check_config({"num_epochs": 1, "lr": 0.1, "batch_size": 8, "augment": name},
                             "config_1")
+
+
+def lrs(config_dict, steps):
+    """The lr of every training step of ``config_dict`` (num_epochs x steps), as the engine
+    sets it, and the lr after the last step."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=config_dict["lr"])
+    scheduler = train.make_scheduler(optimizer, config_dict, steps)
+    seen = []
+    for _ in range(config_dict["num_epochs"] * steps):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return seen, optimizer.param_groups[0]["lr"]
+
+
+def test_peak_at_places_the_peak_of_the_one_cycle_schedule():
+    onecycle = {"schedule": "onecycle", "lr": 0.4, "num_epochs": 4, "batch_size": 512}
+    seen, after = lrs(dict(onecycle, peak_at=0.25), steps=25)  # 100 steps, peak at step 24
+    warmup, total = 25, 100
+    for step in (0, 10, 24, 25, 60, 99):
+        expected = (0.4 * (step + 1) / warmup if step < warmup
+                    else 0.4 * (total - step) / (total - warmup + 1))
+        assert seen[step] == pytest.approx(expected, rel=1e-12), step
+    assert seen.index(max(seen)) == 24 and max(seen) == pytest.approx(0.4)
+    assert after == pytest.approx(0.0, abs=1e-12)
+    # a fraction of all steps: --epochs 8 moves the peak with the length of the run
+    seen, _ = lrs(dict(onecycle, peak_at=0.25, num_epochs=8), steps=25)
+    assert seen.index(max(seen)) == 49
+
+
+def test_a_config_without_peak_at_keeps_the_old_schedule_bit_for_bit():
+    onecycle = {"schedule": "onecycle", "lr": 0.05, "num_epochs": 3, "batch_size": 128}
+    total, steps = 3 * 391, 391  # 50,000 images at batch 128; 20% of the steps is 234.6
+    warmup = max(1, int(0.2 * total))  # the schedule as it was before peak_at
+    old = [0.05 * ((step + 1) / warmup if step < warmup
+                   else max(0.0, (total - step) / (total - warmup + 1))) for step in range(total)]
+    seen, _ = lrs(onecycle, steps)
+    assert seen == old  # exactly, not approximately
+    assert lrs(dict(onecycle, peak_at=0.2), steps)[0] == old
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"peak_at": 0.3}, "'peak_at' places the peak of the one-cycle schedule, but this "
+                       "config's schedule is 'constant'"),
+    ({"peak_at": 0.3, "schedule": "constant"}, "add \"schedule\": \"onecycle\" or remove"),
+    ({"peak_at": 0.0, "schedule": "onecycle"}, "'peak_at' must be above 0 and below 1"),
+    ({"peak_at": 1.0, "schedule": "onecycle"}, "'peak_at' must be above 0 and below 1"),
+    ({"peak_at": "20%", "schedule": "onecycle"}, "'peak_at' must be a number"),
+])
+def test_peak_at_is_refused_where_it_means_nothing(extra, message):
+    with pytest.raises(config.ConfigError, match="config_2") as error:
+        config.check_config(dict({"num_epochs": 1, "lr": 0.1, "batch_size": 8}, **extra),
+                            "config_2")
+    assert message in str(error.value)
