@@ -25,20 +25,35 @@ CONFIGS = [
      "reported_accuracy": 88.40, "reported_seconds": 298.37},
     {"num_epochs": 25, "lr": 0.005, "momentum": 0.95, "batch_size": 128,
      "reported_accuracy": 89.56, "reported_seconds": 305.84},
-    # Beyond the report: a fast recipe within its 25-epoch budget (--configs recipe). Aimed at
-    # 94% in under 40 s on one H100/H200-class GPU; not yet measured on a GPU (see README).
+    # Beyond the report: a fast recipe within its 25-epoch budget (--configs recipe), rebuilt
+    # from David Page's DAWNBench schedule for ResNet-9 ("How to train your ResNet": batch 512,
+    # 24 epochs, 94% in 79 s on a V100). Aim: a mean of >= 94% over 3 seeds in <= 25 epochs
+    # and <= 40 s of training on one H100/H200. Not measured on a GPU yet: run
+    # benchmarks/gpu_check.py (its resnet-recipe check trains 3 seeds) before quoting it.
     {
         "name": "recipe",
-        "num_epochs": 18,
-        "lr": 0.2,                   # peak of the one-cycle schedule, for batch 512
-        "momentum": 0.9,
-        "nesterov": True,
-        "batch_size": 512,
-        "weight_decay": 5e-4,
-        "augment": "crop+flip+cutout",
-        "schedule": "onecycle",
-        "label_smoothing": 0.1,
-        "tta": True,
+        # Page: 24 epochs for ResNet-9. ResNet-18 costs 1.5x its multiply-adds per image (555
+        # M against 379 M), so here the 40 s bounds the epochs: 16 x 50,000 images in 40 s
+        # needs 20,000 images/s, the middle of a guess (15-30k/s in bf16 on an H200, not
+        # measured; our 40 s also holds epoch 1's cudnn autotuning, which Page's clock did
+        # not). Label smoothing and flip TTA, not in Page's 79 s run, are there to win back
+        # the epochs cut. Once measured: epochs = 40 s x images/s / 50,000, if accuracy allows.
+        "num_epochs": 16,
+        "batch_size": 512,           # Page
+        # Page: 0.4 at batch 512 for a mean loss (his code sums the loss and divides the lr
+        # by 512, weight decay 5e-4 x 512: with torch's SGD that is the same step, exactly).
+        # It is also kuangliu's ResNet-18 lr, 0.1 at batch 128, scaled linearly to 512. Page's
+        # ResNet-9 scales its logits by 0.125, ours does not: if the loss blows up, try 0.2.
+        "lr": 0.4,
+        "schedule": "onecycle",      # Page: linear 0 -> lr, then linear to 0, every step
+        "peak_at": 5 / 24,           # Page: the peak at epoch 5 of 24, kept as a fraction
+        "momentum": 0.9,             # Page
+        "nesterov": True,            # Page
+        "weight_decay": 5e-4,        # Page (and kuangliu), per-sample mean formulation
+        # Page: 32x32 crop of the 4-pixel reflect-padded image, flip, 8x8 cutout inside it
+        "augment": "reflect-crop+flip+inside-cutout",
+        "label_smoothing": 0.2,      # airbench94 (not in Page's 79 s run)
+        "tta": True,                 # flip only; airbench94 also tests translated copies
     },
 ]
 

@@ -8,7 +8,7 @@ import numpy as np
 from .data import AUGMENTATIONS
 from .errors import UserError
 
-SCHEDULES = ("constant", "onecycle")  # onecycle: linear warm-up over 20% of steps, then to 0
+SCHEDULES = ("constant", "onecycle")  # onecycle: linear warm-up (20% of steps, or peak_at), to 0
 
 # key: (kind, test, what the test demands). kind is "int", "float", "str" or "bool".
 TRAINING_KEYS = {
@@ -20,8 +20,12 @@ TRAINING_KEYS = {
     "weight_decay": ("float", lambda value: value >= 0, "0 or more"),
     "sync_bn": ("bool", lambda value: True, "True or False"),  # SyncBatchNorm under torchrun
     # Beyond the report (each off unless a config asks for it):
-    "augment": ("str", lambda value: value in AUGMENTATIONS, f"one of {AUGMENTATIONS}"),
+    "augment": ("str", lambda value: value in AUGMENTATIONS,
+                f"one of {', '.join(repr(name) for name in AUGMENTATIONS)}"),
     "schedule": ("str", lambda value: value in SCHEDULES, f"one of {SCHEDULES}"),
+    # where the one-cycle lr peaks, as a fraction of all steps (so --epochs N keeps the shape)
+    "peak_at": ("float", lambda value: 0 < value < 1, "above 0 and below 1 (the fraction of "
+                                                      "all steps at which the lr peaks)"),
     "nesterov": ("bool", lambda value: True, "True or False"),
     "label_smoothing": ("float", lambda value: 0 <= value < 1, "in [0, 1)"),
     "tta": ("bool", lambda value: True, "True or False"),
@@ -144,6 +148,11 @@ def check_config(config, label, model_settings=None):
         raise ConfigError(f"{label}: missing {', '.join(repr(key) for key in missing)}.")
     if checked.get("nesterov") and not checked.get("momentum"):
         raise ConfigError(f"{label}: 'nesterov' needs a 'momentum' above 0.")
+    schedule = checked.get("schedule", "constant")
+    if "peak_at" in checked and schedule != "onecycle":
+        raise ConfigError(f"{label}: 'peak_at' places the peak of the one-cycle schedule, but "
+                          f"this config's schedule is {schedule!r}; add \"schedule\": "
+                          f"\"onecycle\" or remove 'peak_at'.")
     if "name" in checked:
         _check_name(checked["name"], label)
     defaults = dict(DEFAULTS, **model_defaults)  # recorded: the JSON says what was trained

@@ -11,6 +11,7 @@ import pickle
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -348,23 +349,55 @@ def batch_order(count, batch_size, seed, epoch):
     return torch.randperm(count, generator=generator).split(batch_size)
 
 
-AUGMENTATIONS = ("none", "flip", "crop+flip", "crop+flip+cutout")
-CROP_PADDING = 4   # pixels of zero padding around each image before a random 32x32 crop
+@dataclass(frozen=True)
+class Augmentation:
+    """What one ``augment`` value does to each training batch, in this order."""
+    crop: Optional[str]    # random crop of the padded image: its border "zeros" or "reflect"
+    flip: bool             # mirror left-right with probability 1/2
+    cutout: Optional[str]  # one square blanked: "overhang" (may hang over the edge) or "inside"
+
+
+# The first four are the kit's original values, kept as they were so that earlier results stay
+# comparable; the "reflect-" ones are David Page's DAWNBench augmentation (crop of the
+# reflect-padded image, flip, 8x8 cutout kept inside the image).
+AUGMENTATIONS = {
+    "none": Augmentation(crop=None, flip=False, cutout=None),
+    "flip": Augmentation(crop=None, flip=True, cutout=None),
+    "crop+flip": Augmentation(crop="zeros", flip=True, cutout=None),
+    "crop+flip+cutout": Augmentation(crop="zeros", flip=True, cutout="overhang"),
+    "reflect-crop+flip": Augmentation(crop="reflect", flip=True, cutout=None),
+    "reflect-crop+flip+inside-cutout": Augmentation(crop="reflect", flip=True, cutout="inside"),
+}
+CROP_PADDING = 4   # pixels of padding around each image before a random 32x32 crop
 CUTOUT_SIZE = 8    # side of the square that cutout blanks (to the mean: 0 after normalising)
 
 
-def random_crop(batch, padding=CROP_PADDING):
-    """Each image of a uint8 batch shifted by up to ``padding`` pixels, zero-filled: the same
-    as torchvision's RandomCrop(32, padding) per image, done for the whole batch at once."""
+def random_crop(batch, padding=CROP_PADDING, border="zeros"):
+    """Each image of a batch shifted by up to ``padding`` pixels: the same as torchvision's
+    RandomCrop(32, padding) per image, done for the whole batch at once. ``border`` "zeros"
+    fills the uncovered edge with 0 (padding_mode "constant"); "reflect" mirrors the image
+    there without repeating the edge pixel (padding_mode "reflect"). The mirroring is done on
+    the gather indices, not by padding, so it needs no uint8 reflect-pad kernel on any device
+    and costs no more than the zero-padded crop."""
     count, _, height, width = batch.shape
-    padded = torch.nn.functional.pad(batch, (padding,) * 4)
     top = torch.randint(0, 2 * padding + 1, (count, 1, 1), device=batch.device)
     left = torch.randint(0, 2 * padding + 1, (count, 1, 1), device=batch.device)
-    rows = (top + torch.arange(height, device=batch.device).view(1, -1, 1)).expand(-1, -1, width)
-    columns = (left + torch.arange(width, device=batch.device).view(1, 1, -1)).expand(-1, height, -1)
-    flat = (rows * padded.shape[3] + columns).flatten(1)        # (count, height * width)
-    pixels = padded.flatten(2).gather(2, flat.unsqueeze(1).expand(-1, batch.shape[1], -1))
+    rows = top + torch.arange(height, device=batch.device).view(1, -1, 1)       # (count, h, 1)
+    columns = left + torch.arange(width, device=batch.device).view(1, 1, -1)    # (count, 1, w)
+    if border == "reflect":  # rows and columns of the padded image -> of the image itself
+        source = batch
+        rows, columns = _reflect(rows - padding, height), _reflect(columns - padding, width)
+    else:
+        source = torch.nn.functional.pad(batch, (padding,) * 4)
+    flat = (rows * source.shape[3] + columns).flatten(1)        # (count, height * width)
+    pixels = source.flatten(2).gather(2, flat.unsqueeze(1).expand(-1, batch.shape[1], -1))
     return pixels.view_as(batch)
+
+
+def _reflect(index, size):
+    """``index`` (from -(size - 1) to 2 * (size - 1)) mirrored into 0 .. size - 1 at both edges:
+    -1 -> 1, size -> size - 2."""
+    return (size - 1) - ((size - 1) - index.abs()).abs()
 
 
 def random_flip(batch):
@@ -373,12 +406,17 @@ def random_flip(batch):
     return torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
 
 
-def cutout(batch, size=CUTOUT_SIZE):
-    """One random ``size`` x ``size`` square per image set to 0 (the mean, once normalised);
-    squares may hang over the edge, as in the cutout paper."""
+def cutout(batch, size=CUTOUT_SIZE, placement="overhang"):
+    """One random ``size`` x ``size`` square per image set to 0 (the mean, once normalised).
+    "overhang": its centre anywhere in the image, so it may hang over the edge, as in the
+    cutout paper; "inside": always whole and inside the image, as in Page's DAWNBench code."""
     count, _, height, width = batch.shape
-    top = torch.randint(-size // 2, height - size // 2, (count, 1, 1), device=batch.device)
-    left = torch.randint(-size // 2, width - size // 2, (count, 1, 1), device=batch.device)
+    if placement == "inside":
+        top = torch.randint(0, height - size + 1, (count, 1, 1), device=batch.device)
+        left = torch.randint(0, width - size + 1, (count, 1, 1), device=batch.device)
+    else:
+        top = torch.randint(-size // 2, height - size // 2, (count, 1, 1), device=batch.device)
+        left = torch.randint(-size // 2, width - size // 2, (count, 1, 1), device=batch.device)
     rows = torch.arange(height, device=batch.device).view(1, -1, 1)
     columns = torch.arange(width, device=batch.device).view(1, 1, -1)
     inside = (rows >= top) & (rows < top + size) & (columns >= left) & (columns < left + size)
@@ -387,17 +425,19 @@ def cutout(batch, size=CUTOUT_SIZE):
 
 def prepare_batch(images, labels, index, scale, shift, augment="none"):
     """Cut one batch from uint8 tensors already on the device, augment it there (random crop,
-    flip and cutout, for the whole batch at once) and normalise it."""
+    flip and cutout as AUGMENTATIONS[augment] says, for the whole batch at once) and
+    normalise it."""
+    steps = AUGMENTATIONS[augment]
     index = index.to(images.device, non_blocking=True)
     batch = images.index_select(0, index)
-    if "crop" in augment:
-        batch = random_crop(batch)
-    if "flip" in augment:
+    if steps.crop:
+        batch = random_crop(batch, border=steps.crop)
+    if steps.flip:
         batch = random_flip(batch)
     # normalised straight into the channels_last layout the models use (runtime.place_model),
     # which saves a copy per step
     normalised = torch.empty(batch.shape, device=batch.device, memory_format=torch.channels_last)
     batch = torch.addcmul(shift, batch.float(), scale, out=normalised)
-    if "cutout" in augment:
-        batch = cutout(batch)
+    if steps.cutout:
+        batch = cutout(batch, placement=steps.cutout)
     return batch, labels.index_select(0, index)

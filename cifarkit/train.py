@@ -217,12 +217,14 @@ def epoch_batches(train_count, batch_size, seed, epoch, runtime):
 
 
 def make_scheduler(optimizer, config, steps):
-    """None for a constant lr; "onecycle": linear warm-up over the first 20% of all steps,
-    then linear decay to zero, stepped after every batch."""
+    """None for a constant lr; "onecycle": linear warm-up over the first ``peak_at`` (default
+    20%) of all steps, then linear decay to zero, stepped after every batch. With
+    warmup = max(1, int(peak_at * total)), step s (from 0) trains at lr * (s + 1) / warmup
+    up to the peak at s = warmup - 1, then at lr * (total - s) / (total - warmup + 1)."""
     if config.get("schedule", "constant") == "constant":
         return None
     total = config["num_epochs"] * steps
-    warmup = max(1, int(0.2 * total))
+    warmup = max(1, int(config.get("peak_at", 0.2) * total))  # 0.2: as before the key existed
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (
         (step + 1) / warmup if step < warmup else max(0.0, (total - step) / (total - warmup + 1))))
 

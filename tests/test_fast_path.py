@@ -1,6 +1,7 @@
 """The engine's batch path against plain reference code, and its augmentation."""
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -16,17 +17,24 @@ def labelled_images(count=16):
     return images.contiguous(), labels
 
 
-def test_augmentation_keeps_labels_with_their_images():
-    images, labels = labelled_images()
+@pytest.mark.parametrize("augment", data.AUGMENTATIONS)
+def test_augmentation_keeps_labels_with_their_images(augment):
+    images, labels = labelled_images(64)
     identity = (torch.ones(1, 3, 1, 1), torch.zeros(1, 3, 1, 1))  # raw pixel values out
     torch.manual_seed(0)
     order = torch.randperm(len(labels))
-    batch, batch_labels = data.prepare_batch(images, labels, order, *identity,
-                                             augment="crop+flip+cutout")
+    batch, batch_labels = data.prepare_batch(images, labels, order, *identity, augment=augment)
+    assert torch.equal(batch_labels, labels[order])
     for image, label in zip(batch, batch_labels):
         values = set(image.unique().tolist())
         assert values <= {0.0, float(label * 20 + 20)}  # its own pixels, padding, cutout
         assert (image == label * 20 + 20).float().mean() > 0.5
+        blanked = (image == 0).sum().item()
+        if augment.startswith("reflect-"):  # a mirrored border: no padding zeros
+            # inside-cutout: exactly one whole 8x8 square in each of the 3 channels
+            assert blanked == (3 * 8 * 8 if augment.endswith("inside-cutout") else 0)
+        elif augment in ("none", "flip"):
+            assert blanked == 0
 
 
 def test_crop_is_a_window_of_the_padded_image_and_flip_a_mirror():

@@ -10,10 +10,13 @@ import time
 
 import pytest
 import torch
+from torchvision.transforms import functional as TF
 
 from cifarkit import data, train
 from cifarkit import runtime as rt
 from conftest import REPO
+from test_fast_path import labelled_images
+from test_recipe_options import blanked_squares, windows_found
 
 pytestmark = pytest.mark.gpu
 
@@ -70,6 +73,31 @@ def test_weights_trained_on_cuda_load_anywhere_and_rescore_to_the_recorded_accur
                                     entry["config"].get("tta", False))
         assert train.accuracy(predictions, dataset.test_labels) == pytest.approx(
             entry["final_test_accuracy"], abs=one_image)
+
+
+def test_page_augmentation_runs_on_cuda_uint8_as_on_the_cpu():
+    """The ResNet recipe's augmentation on CUDA, where a uint8 reflect-pad kernel is not
+    needed (the mirroring is in the gather indices): every crop is a window of torchvision's
+    reflect-padded image (made on the CPU), every cutout a whole 8x8 square, and the batch
+    keeps its labels."""
+    torch.manual_seed(0)
+    batch = torch.randint(1, 256, (256, 3, 32, 32), dtype=torch.uint8)
+    cropped = data.random_crop(batch.cuda(), border="reflect").cpu()
+    for original, image in zip(batch, cropped):
+        assert len(windows_found(TF.pad(original, [4], padding_mode="reflect"), image)) == 1
+    blanked = data.cutout(torch.ones(256, 3, 32, 32, device="cuda"), placement="inside")
+    assert {(height, width) for _, _, height, width in blanked_squares(blanked.cpu())} == {(8, 8)}
+
+    images, labels = labelled_images(64)
+    order = torch.randperm(len(labels), device="cuda")
+    identity = (torch.ones(1, 3, 1, 1, device="cuda"), torch.zeros(1, 3, 1, 1, device="cuda"))
+    out, out_labels = data.prepare_batch(images.cuda(), labels.cuda(), order, *identity,
+                                         augment="reflect-crop+flip+inside-cutout")
+    assert out.is_cuda
+    assert torch.equal(out_labels.cpu(), labels[order.cpu()])
+    for image, label in zip(out.cpu(), out_labels.cpu()):
+        assert set(image.unique().tolist()) == {0.0, float(label * 20 + 20)}
+        assert (image == 0).sum().item() == 3 * 8 * 8
 
 
 def long_run(data_dir, out, pause_at=None):

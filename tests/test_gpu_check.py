@@ -48,7 +48,11 @@ def test_quick_mode_runs_every_check_and_each_passes(tmp_path):
     assert {layer["computed_in"] for layer in checks["precision-auto"]["layers"]} == {"fp32"}
     assert {layer["computed_in"] for layer in checks["precision-on"]["layers"]} == {"bf16"}
     assert checks["speed-bf16"]["images_per_s"] > 0
-    assert 0 <= checks["resnet-recipe"]["accuracy"] <= 100
+    recipe = checks["resnet-recipe"]
+    assert "--seeds 2" in recipe["what"] and "mean of 2 seeds" in recipe["figure"]
+    assert [run["seed"] for run in recipe["seeds"]] == [0, 1]
+    assert recipe["accuracy"] == pytest.approx(sum(run["accuracy"] for run in recipe["seeds"]) / 2)
+    assert 0 <= recipe["accuracy"] <= 100
 
     table = (out / "gpu_check.md").read_text()
     assert "figures mean nothing" in table
@@ -76,6 +80,35 @@ def test_a_failing_check_is_reported_and_the_others_still_run(tmp_path):
     assert "| resume | " in table and "**FAIL**" in table
     assert "**1 of 2 checks passed.**" in table
     assert "--subset 5000: must be between 10" in table  # the failure's output tail
+
+
+def recipe_entries(*runs):
+    """Results entries of the recipe, one per (seed, accuracy %, seconds, epochs)."""
+    return [{"id": "config_5", "seed": seed, "final_test_accuracy": accuracy,
+             "train_seconds": seconds, "precision": "bf16 autocast",
+             "history": [{"test_accuracy_without_tta": accuracy - 0.3}] * epochs}
+            for seed, accuracy, seconds, epochs in runs]
+
+
+@pytest.mark.parametrize("runs, verdict", [
+    ([(0, 94.2, 38.0, 16), (1, 93.9, 39.5, 16), (2, 94.1, 40.0, 16)], "aim met"),
+    # the mean decides the accuracy, not the best seed
+    ([(0, 94.5, 38.0, 16), (1, 93.6, 38.0, 16), (2, 93.7, 38.0, 16)],
+     "aim NOT met: mean accuracy below 94%"),
+    # every seed must train within 40 s: a mean under 40 s hides a slow run
+    ([(0, 94.2, 36.0, 16), (1, 94.2, 41.5, 16), (2, 94.2, 37.0, 16)],
+     "aim NOT met: over 40 s (seed 1: 41.5 s)"),
+    ([(0, 94.2, 38.0, 26)], "aim NOT met: 26 epochs, over 25"),
+])
+def test_the_recipe_is_judged_on_the_mean_of_its_seeds(runs, verdict):
+    found = gpu_check.recipe_verdict(recipe_entries(*runs), 50_000)
+    assert verdict in found["figure"]
+    assert found["aim_met"] == (verdict == "aim met")
+    mean = sum(accuracy for _, accuracy, _, _ in runs) / len(runs)
+    assert found["accuracy"] == pytest.approx(mean)
+    assert f"mean of {len(runs)} seed" in found["figure"] and f"{mean:.2f}%" in found["figure"]
+    for seed, accuracy, seconds, _ in runs:  # and each seed beside it
+        assert f"seed {seed}: {accuracy:.2f}% in {seconds:.1f} s" in found["figure"]
 
 
 def test_an_unknown_check_or_a_missing_data_dir_is_refused(tmp_path):

@@ -334,8 +334,9 @@ def test_tta_adds_the_mirror_images_logits():
 def test_resnet_recipe_keys_run_on_the_cpu_and_amp_off_records_fp32(pickled_data, tmp_path,
                                                                   monkeypatch):
     """ResNet's recipe with a batch that fits the tiny generated set, with --amp off on a CPU
-    where --amp auto would choose bf16: it trains in fp32 and says so, and its weights
-    rescore (with TTA, as the recipe tests) to the recorded accuracy in fp32."""
+    where --amp auto would choose bf16: it trains in fp32 and says so, the results record
+    its augmentation and schedule, and its weights rescore (with TTA, as the recipe tests)
+    to the recorded accuracy in fp32."""
     script = importlib.import_module("Resnet_model")
     recipe = dict(script.CONFIGS[-1], batch_size=64, num_epochs=1)
     monkeypatch.setattr(script, "CONFIGS", [recipe])
@@ -345,6 +346,8 @@ def test_resnet_recipe_keys_run_on_the_cpu_and_amp_off_records_fp32(pickled_data
                         "--out", str(out)] + CPU) == 0
     (entry,) = json.loads((out / "Resnet_model_result.json").read_text())["configs"]
     assert entry["status"] == "finished" and entry["precision"] == "fp32"
+    for key in ("augment", "schedule", "peak_at", "label_smoothing", "tta"):
+        assert entry["config"][key] == recipe[key], key
     dataset = data.load_cifar10(pickled_data, 130, 0)
     assert reload_and_score(script, entry, out / entry["weights"], dataset, tta=True) == \
         entry["final_test_accuracy"]
