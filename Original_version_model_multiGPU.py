@@ -41,7 +41,7 @@ CONFIGS = [
     {
         "name": "recipe",
         "num_epochs": 30,
-        "lr": 0.05,                  # peak of the one-cycle schedule
+        "lr": 0.1,                   # peak of the one-cycle schedule
         "momentum": 0.9,
         "nesterov": True,
         "batch_size": 128,

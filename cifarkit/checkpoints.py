@@ -100,7 +100,12 @@ def restore(checkpoint, model, optimizer, scheduler, rank=0, scaler=None):
     ``scaler``; return (its progress, a note for the user or None). Each rank takes back its
     own random-number state (rank 0's if the ranks changed)."""
     model.load_state_dict(checkpoint["model"])
+    # load_state_dict also brings back the saved run's choice of SGD kernel (fused or not),
+    # which was made for its device and precision: keep the one made for this run
+    kernels = [(group.get("fused"), group.get("foreach")) for group in optimizer.param_groups]
     optimizer.load_state_dict(checkpoint["optimizer"])
+    for group, (fused, foreach) in zip(optimizer.param_groups, kernels):
+        group.update(fused=fused, foreach=foreach)
     if scheduler is not None and checkpoint.get("scheduler"):
         scheduler.load_state_dict(checkpoint["scheduler"])
     # saved by a GradScaler in use (fp16); {} or None from bf16 and fp32 runs, or from

@@ -196,15 +196,22 @@ def accuracy(predictions, labels):
 
 
 def make_optimizer(model, config, runtime):
-    # One kernel for all parameters, but not beside a GradScaler (fp16): when the scaler
-    # skips the first step (an overflow, common at its first scale), torch's fused SGD
-    # leaves the momentum buffers it just allocated uninitialised, and the next step
-    # spreads that garbage into the weights (seen on the CPU kernel with torch 2.14).
+    """SGD with torch's fused kernel (one call per step for all parameters, on CUDA and on
+    the CPU, where it made a LeNet step at batch 4 about 15% faster: benchmarks/RESULTS.md),
+    but not beside a GradScaler (fp16): when the scaler skips the first step (an overflow,
+    common at its first scale), the fused SGD leaves the momentum buffers it just allocated
+    uninitialised, and the next step spreads that garbage into the weights (seen on the CPU
+    kernel with torch 2.14). Where a device has no fused kernel, the default one."""
     scaled = runtime.amp_dtype == torch.float16
-    fused = True if runtime.device.type == "cuda" and not scaled else None
-    return torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
-                           weight_decay=config["weight_decay"],
-                           nesterov=config.get("nesterov", False), fused=fused)
+    parameters = list(model.parameters())  # read twice when the fused kernel is refused
+    settings = dict(lr=config["lr"], momentum=config["momentum"],
+                    weight_decay=config["weight_decay"], nesterov=config.get("nesterov", False))
+    if not scaled:
+        try:
+            return torch.optim.SGD(parameters, fused=True, **settings)
+        except RuntimeError:  # "fused=True requires ... tensors of supported devices"
+            pass
+    return torch.optim.SGD(parameters, **settings)
 
 
 def epoch_batches(train_count, batch_size, seed, epoch, runtime):

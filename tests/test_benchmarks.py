@@ -52,3 +52,24 @@ def test_score_rescores_saved_weights_to_the_recorded_accuracy(pickled_data, tmp
         entry["final_test_accuracy"] for entry in results["configs"]]
     with pytest.raises(SystemExit, match="no such weights file"):
         score.main(["--data-dir", str(pickled_data), str(out / "config_9.pth")])
+
+
+def test_step_profile_splits_the_kit_step_into_its_parts(pickled_data):
+    """The profile counts every top-level operator once: the parts are each there, none is
+    negative and together they do not exceed the wall time (the rest is Python)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import step_profile
+    from cifarkit import data
+
+    dataset = data.load_cifar10(str(pickled_data))
+    wall, parts = step_profile.profile_steps(dataset.train_images, dataset.train_labels, 4, 40,
+                                             rt.init_runtime("cpu"), warmup=2)
+    assert set(parts) == set(step_profile.PARTS)
+    assert all(seconds > 0 for seconds in parts.values()), parts
+    assert sum(parts.values()) <= wall
+    assert step_profile.part_of("Optimizer.step#SGD.step") == "optimizer"
+    assert step_profile.part_of("aten::index_select") == "input"
+    assert step_profile.part_of("autograd::engine::evaluate_function: ConvolutionBackward0") \
+        == "model"
+    assert step_profile.part_of("aten::cross_entropy_loss") == "loss"
+    assert step_profile.part_of("aten::argmax") == "sums"

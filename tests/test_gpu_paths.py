@@ -341,3 +341,30 @@ def test_fp16_training_survives_a_skipped_first_step():
     plain.step()
     for ours, theirs in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("saved_by, resumed_by", [
+    (torch.float16, None),   # an fp16 run's unfused SGD resumed in fp32 (the CPU): fused again
+    (None, torch.float16),   # a fused run's state resumed beside a GradScaler: stays unfused
+])
+def test_a_resumed_optimizer_keeps_the_kernel_chosen_for_this_run(saved_by, resumed_by,
+                                                                  tmp_path):
+    """optimizer.load_state_dict brings back the saved run's fused flag; the kit keeps the
+    kernel make_optimizer chose for this run's device and precision (never the fused one
+    beside a GradScaler, whose skipped steps it mishandles)."""
+    config = {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}
+    saved_model, model = nn.Linear(4, 2), nn.Linear(4, 2)
+    saved = train.make_optimizer(saved_model, config,
+                                 rt.Runtime(torch.device("cpu"), amp_dtype=saved_by))
+    saved_model(torch.randn(3, 4)).sum().backward()
+    saved.step()
+    path = tmp_path / "checkpoint.pt"
+    checkpoints.save_checkpoint(path, {}, saved_model, saved, None, train.new_progress(),
+                                [checkpoints.rng_state()])
+    optimizer = train.make_optimizer(model, config,
+                                     rt.Runtime(torch.device("cpu"), amp_dtype=resumed_by))
+    chosen = optimizer.param_groups[0]["fused"]
+    assert bool(chosen) is (resumed_by != torch.float16)
+    checkpoints.restore(checkpoints.load_checkpoint(path), model, optimizer, None)
+    assert optimizer.param_groups[0]["fused"] is chosen
+    assert optimizer.state[next(iter(model.parameters()))]["momentum_buffer"] is not None
