@@ -196,9 +196,10 @@ def accuracy(predictions, labels):
 
 
 def make_optimizer(model, config, runtime):
-    """SGD with torch's fused kernel (one call per step for all parameters, on CUDA and on
-    the CPU, where it made a LeNet step at batch 4 about 15% faster: benchmarks/RESULTS.md),
-    but not beside a GradScaler (fp16): when the scaler skips the first step (an overflow,
+    """SGD with torch's fused kernel (one call per step for all parameters; on CUDA, and on
+    the CPU, where it steps the same weights to float rounding and measured 1.10x the default
+    kernel's speed for a LeNet step at batch 4 over 15 alternating rounds: within this
+    machine's drift, benchmarks/RESULTS.md), but not beside a GradScaler (fp16): when the scaler skips the first step (an overflow,
     common at its first scale), the fused SGD leaves the momentum buffers it just allocated
     uninitialised, and the next step spreads that garbage into the weights (seen on the CPU
     kernel with torch 2.14). Where a device has no fused kernel, the default one."""
