@@ -43,7 +43,9 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
     args = cli.parse_args(script, description, out_dir, default_device, argv, cpu_amp)
     out = Path(args.out)
     with contextlib.ExitStack() as cleanup:
+        preparing = contextlib.ExitStack()  # until training installs its own handlers
         try:
+            preparing.enter_context(_sigterm_as_interrupt())
             all_configs = _checked_configs(configs, model_settings, args)
             selected = cli.select_configs(all_configs, args.configs)
             cli.check_subset(args.subset, selected)
@@ -74,11 +76,15 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
                 # as one has left: rank 0 was seen stopped before it had printed why.
                 time.sleep(3)
             return 2
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
+            signum = getattr(interrupt, "signum", signal.SIGINT)
             if rt.is_main_process():
-                print("\nStopped by Ctrl-C before training started; nothing was trained or "
-                      "moved.", file=sys.stderr)
-            return SIGNAL_EXIT[signal.SIGINT]
+                name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+                print(f"\nStopped by {name} before training started; nothing was trained or "
+                      f"moved.", file=sys.stderr)
+            return SIGNAL_EXIT[signum]
+        finally:
+            preparing.close()
         try:
             job = Run(runtime=runtime, out=out, build_model=build_model, models=models,
                       weights_file=weights_file, log_every=log_every, run_data=results["data"],
@@ -627,6 +633,25 @@ class StopRequest:
     """The signals received so far, and what a first one waits for before the run stops."""
     signals: list = field(default_factory=list)
     doing: str = "the current step"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM before training started: handled as Ctrl-C is, with the signal's name."""
+    signum = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While the data loads and the folder is prepared, SIGTERM stops the run as Ctrl-C does
+    (one line, the download's partial files removed) instead of killing it without a word."""
+    def handler(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

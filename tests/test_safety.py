@@ -148,6 +148,24 @@ def test_ctrl_c_while_the_images_are_decoded_is_one_line(pickled_data, tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+def test_sigterm_while_the_images_are_decoded_is_one_line(pickled_data, tmp_path, monkeypatch,
+                                                          capsys):
+    """SIGTERM (a scheduler's kill, `kill PID`) while the data loads: the same one line as
+    Ctrl-C, with the signal's name and its exit status, instead of a silent death."""
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this sleep
+        raise AssertionError("SIGTERM did not stop the load")
+
+    monkeypatch.setattr(data, "load_cifar10", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out",
+                    tmp_path / "out") == 143
+    assert "Stopped by SIGTERM before training started" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert signal.getsignal(signal.SIGTERM) == before  # handed back after the run
+
+
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_during_the_test_pass_loses_nothing(presses, pickled_data, tmp_path,
                                                    monkeypatch, capsys):
