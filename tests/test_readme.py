@@ -8,9 +8,11 @@ import importlib
 import inspect
 import io
 import itertools
+import os
 import pickle
 import re
 import signal
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -300,6 +302,13 @@ def _failures_and_signals(kit):
 
         ctrl_c.setattr(data, "load_cifar10", pressed_while_loading)
         kit.run("L2_regularization", *kit.data, expected=130)
+    with pytest.MonkeyPatch.context() as term:
+        def terminated_while_loading(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the kit's handler interrupts this
+
+        term.setattr(data, "load_cifar10", terminated_while_loading)
+        kit.run("L2_regularization", *kit.data, expected=143)
 
 
 def _the_report(kit, tmp):
