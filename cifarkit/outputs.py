@@ -69,6 +69,9 @@ def check_out_dir(path, bytes_needed, data_dir):
     existing = out
     while not existing.exists():
         existing = existing.parent
+    if existing.is_dir() and shutil.disk_usage(existing).total == 0:  # /proc, /sys
+        raise UserError(f"--out {path}: {existing} is not on a disk (a virtual file system "
+                        f"such as /proc or /sys). Choose another folder with --out DIR.")
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"--out {path}: cannot write there ({existing} is not a writable "
                         f"folder). Choose another folder with --out DIR.")

@@ -237,7 +237,12 @@ def _output_folders(kit, tmp):
     blocker.write_text("not a folder")
     kit.run("Original_version_model", *data, out=blocker / "out")
     with pytest.MonkeyPatch.context() as disk:
-        disk.setattr(outputs.shutil, "disk_usage", lambda path: SimpleNamespace(free=2**20))
+        disk.setattr(outputs.shutil, "disk_usage",
+                     lambda path: SimpleNamespace(free=2**20, total=2**30))
+        kit.run("Original_version_model", *data)
+    with pytest.MonkeyPatch.context() as virtual:  # /proc, /sys: a file system of no disk
+        virtual.setattr(outputs.shutil, "disk_usage",
+                        lambda path: SimpleNamespace(free=0, total=0))
         kit.run("Original_version_model", *data)
     kit.run("Original_version_model", *data, out=data[1])
     source = tmp / "source"

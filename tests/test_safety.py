@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,6 +76,16 @@ def test_an_out_folder_that_belongs_to_something_else_is_refused(where, tmp_path
     assert error.startswith("error: --out ")
     assert ("inside it" in error) if "data" in where else ("did not write" in error)
     assert tree(tmp_path) == before
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_out_folder_on_a_virtual_file_system_is_refused_as_such(pickled_data, capsys):
+    """/proc looks writable to root, and has "0 MiB free": say what it is instead."""
+    assert run_main("L2_regularization", "--data-dir", pickled_data,
+                    "--out", "/proc/cifar-kit-results", "--epochs", "1") == 2
+    error = capsys.readouterr().err
+    assert "not on a disk (a virtual file system such as /proc or /sys)" in error
+    assert "MiB free" not in error
 
 
 # ---- one run per output folder ----
