@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cifarkit.cli import positive_int  # noqa: E402
 from Original_version_model import LeNet  # noqa: E402
 
 
@@ -40,9 +41,9 @@ def step_speed(fused, batch_size, steps, warmup=20):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-size", type=positive_int, default=4)
+    parser.add_argument("--steps", type=positive_int, default=1500)
+    parser.add_argument("--rounds", type=positive_int, default=5)
     args = parser.parse_args(argv)
     speeds = {"default": [], "fused": []}
     for _ in range(args.rounds):

@@ -24,6 +24,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cifarkit import data, train  # noqa: E402
+from cifarkit.cli import positive_int  # noqa: E402
+from cifarkit.errors import UserError  # noqa: E402
 from cifarkit import runtime as rt  # noqa: E402
 from Original_version_model import LeNet  # noqa: E402
 
@@ -79,11 +81,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, help="a CIFAR-10 copy (see README)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=positive_int, default=4)
+    parser.add_argument("--steps", type=positive_int, default=2000)
     args = parser.parse_args(argv)
     runtime = rt.init_runtime("cpu")
-    dataset = data.load_cifar10(args.data_dir)
+    try:
+        dataset = data.load_cifar10(args.data_dir)
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
     wall, parts = profile_steps(dataset.train_images, dataset.train_labels, args.batch_size,
                                 args.steps, runtime)
     print(f"LeNet, batch {args.batch_size}, {args.steps} steps of the kit's loop on the CPU "

@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import Resnet_model  # noqa: E402
 from cifarkit import data, train  # noqa: E402
+from cifarkit.cli import positive_int  # noqa: E402
+from cifarkit.errors import UserError  # noqa: E402
 from cifarkit import runtime as rt  # noqa: E402
 from Original_version_model import LeNet  # noqa: E402
 
@@ -208,7 +210,8 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, help="a CIFAR-10 copy (see README)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per case")
+    parser.add_argument("--rounds", type=positive_int, default=3,
+                        help="alternating rounds per case")
     parser.add_argument("--quick", action="store_true", help="a few steps only (tests)")
     parser.add_argument("--gpu", action="store_true",
                         help="also a full ResNet-18 epoch and the ResNet recipe end to end")
@@ -231,7 +234,10 @@ def main(argv=None):
     if not cases or not cases <= set(range(1, len(CASES) + 1)):
         parser.error(f"--cases {args.cases}: comma-separated numbers from 1 to {len(CASES)}")
     device = rt.init_runtime(args.device).device
-    dataset = data.load_cifar10(args.data_dir, args.subset, 0)
+    try:
+        dataset = data.load_cifar10(args.data_dir, args.subset, 0)
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
     machine = (f"{platform.machine()}, {torch.get_num_threads()} threads, torch "
                f"{torch.__version__}, device {device}"
                + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else "")

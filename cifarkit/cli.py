@@ -7,7 +7,7 @@ DEFAULT_SEED = 0
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 
 
-def _positive_int(text):
+def positive_int(text):
     try:
         value = int(text)
     except ValueError:
@@ -31,12 +31,12 @@ def build_parser(script, description, default_out, default_device, cpu_amp=False
     parser = argparse.ArgumentParser(
         prog=script, description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=_positive_int, metavar="N",
+    parser.add_argument("--epochs", type=positive_int, metavar="N",
                         help="train every selected config for N epochs (overrides num_epochs)")
     parser.add_argument("--configs", metavar="LIST",
                         help="only these configs, comma-separated: numbers from 1 (1,3 = "
                              "config_1 and config_3) or a config's 'name'")
-    parser.add_argument("--subset", type=_positive_int, metavar="N",
+    parser.add_argument("--subset", type=positive_int, metavar="N",
                         help="train on N training images and a proportional, class-balanced "
                              "slice of the test set (quick runs)")
     parser.add_argument("--data-dir", metavar="DIR",
@@ -62,7 +62,7 @@ def build_parser(script, description, default_out, default_device, cpu_amp=False
     parser.add_argument("--seed", type=_seed, default=DEFAULT_SEED,
                         help=f"seed for weights, batch order and subsets (default: "
                              f"{DEFAULT_SEED}); the same seed gives the same result on the CPU")
-    parser.add_argument("--seeds", type=_positive_int, default=1, metavar="K",
+    parser.add_argument("--seeds", type=positive_int, default=1, metavar="K",
                         help="train every selected config K times, with seeds SEED, SEED+1, "
                              "...; summaries and plots show mean and spread (default: 1)")
     parser.add_argument("--restart", action="store_true",
