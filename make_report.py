@@ -18,7 +18,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from cifarkit import report
+from cifarkit import outputs, report
 
 
 def defined_configs():
@@ -36,9 +36,7 @@ def defined_configs():
 def _foreign(modelset):
     """Why REPORT.md and figures/ must not be written into ``modelset``, or None: it is a
     project (a repository, source files), or holds a REPORT.md this command did not write."""
-    markers = sorted(entry.name for entry in modelset.iterdir()
-                     if entry.name in (".git", "pyproject.toml", "setup.py")
-                     or entry.suffix in (".py", ".ipynb"))
+    markers = outputs.foreign_entries(modelset)
     if markers:
         return (f"that folder holds {', '.join(markers[:3])}: it looks like a project, not "
                 f"the scripts' output folder. Give the folder that holds their output "

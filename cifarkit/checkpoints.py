@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .outputs import write_atomically
+from .outputs import to_cpu, write_atomically
 
 FORMAT = "cifarkit-checkpoint-1"
 
@@ -48,17 +48,6 @@ def set_rng_state(state):
                 f"random-number states of the missing GPUs are dropped, so from here the run "
                 f"is no longer guaranteed bit-identical to an uninterrupted one")
     return None
-
-
-def to_cpu(value):
-    """A copy of nested dicts/lists of tensors with every tensor on the CPU."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().clone()
-    if isinstance(value, dict):
-        return {key: to_cpu(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_cpu(item) for item in value)
-    return value
 
 
 def save_checkpoint(path, identity, model, optimizer, scheduler, progress, rng_states,

@@ -212,17 +212,18 @@ def _estimator(job, run_name, batch_size):
     """An on_step hook for the first config this run trains: after its first few dozen steps
     it prints how long an epoch takes here and the whole run will take (at this config's
     speed per image: a guess for configs of other batch sizes)."""
-    marks = []
+    steps, marks = 0, []  # steps seen; the times at the steps of ESTIMATE_STEPS
 
     def on_step():
-        marks.append(None)
-        if len(marks) not in ESTIMATE_STEPS:
+        nonlocal steps
+        steps += 1
+        if steps not in ESTIMATE_STEPS:
             return
         if job.runtime.device.type == "cuda":
             torch.cuda.synchronize()
-        marks[-1] = time.perf_counter()
-        if len(marks) == ESTIMATE_STEPS[1]:
-            first, last = marks[ESTIMATE_STEPS[0] - 1], marks[-1]
+        marks.append(time.perf_counter())
+        if steps == ESTIMATE_STEPS[1]:
+            first, last = marks
             per_image = (last - first) / (ESTIMATE_STEPS[1] - ESTIMATE_STEPS[0]) / batch_size
             epoch = per_image * len(job.on_device.train_labels)
             where = ("this CPU" if job.runtime.device.type == "cpu" else

@@ -37,6 +37,13 @@ FOREIGN_MARKERS = (".git", ".hg", ".svn", "pyproject.toml", "setup.py")
 SOURCE_SUFFIXES = (".py", ".ipynb")
 
 
+def foreign_entries(folder):
+    """The names in ``folder`` that make it somebody's project (a repository, source files),
+    sorted: such a folder is no place for the kit's outputs."""
+    return sorted(entry.name for entry in Path(folder).iterdir()
+                  if entry.name in FOREIGN_MARKERS or entry.suffix in SOURCE_SUFFIXES)
+
+
 def check_out_dir(path, bytes_needed, data_dir):
     """Refuse an output folder that cannot be created or written, or that belongs to
     something else (the data set, a repository, source code), without touching it."""
@@ -51,8 +58,7 @@ def check_out_dir(path, bytes_needed, data_dir):
         raise UserError(f"--out {path}: that is the data folder {data_dir} or inside it; results "
                         f"never go there. Choose another folder with --out DIR.")
     if out.is_dir():
-        foreign = sorted(entry.name for entry in out.iterdir()
-                         if entry.name in FOREIGN_MARKERS or entry.suffix in SOURCE_SUFFIXES)
+        foreign = foreign_entries(out)
         if foreign:
             raise UserError(f"--out {path}: that folder holds files this kit did not write "
                             f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): "
@@ -304,12 +310,21 @@ def write_atomically(path, write):
         raise
 
 
+def to_cpu(value):
+    """A copy of nested dicts/lists of tensors with every tensor on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {key: to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(item) for item in value)
+    return value
+
+
 def save_weights(model, path):
     """A plain state_dict of the unwrapped model: loads with torch.load(weights_only=True),
     as CPU tensors, so weights trained on a GPU load on a machine without one too."""
-    state = model.state_dict()
-    for key in list(state):
-        state[key] = state[key].cpu()
+    state = to_cpu(model.state_dict())
     write_atomically(path, lambda file: torch.save(state, file))
 
 

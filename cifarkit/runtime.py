@@ -255,10 +255,11 @@ def any_rank(flag, runtime):
 def any_rank_each(flags, runtime):
     """For each flag (a bool or a one-element bool tensor on the device): True on every rank
     when it is true on any rank. One all-reduce and one host sync for all of them."""
+    if not runtime.distributed:  # nobody to ask: no tensors to build
+        return [bool(flag) for flag in flags]
     values = torch.stack([torch.as_tensor(flag, device=runtime.device).float().reshape(())
                           for flag in flags])
-    if runtime.distributed:
-        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
     return [bool(value) for value in values.tolist()]
 
 
