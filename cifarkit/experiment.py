@@ -528,14 +528,23 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
             _refresh(job, results, results_file, final=status != "running")
         return entry
 
+    latest = {}  # the last test pass's predictions: those of the final weights once finished
+
+    def epoch_done(predictions):
+        latest["predictions"] = predictions
+        record("running")
+
     status = _train(job, run_name, chosen, seed, model, optimizer, scheduler, progress, stop,
-                    save, scaler, on_epoch=lambda: record("running"))
+                    save, scaler, on_epoch=epoch_done)
     if status == "interrupted":
         return status
     if runtime.is_main and status == "finished":
         on_device = job.on_device
-        predictions = train.predict(rt.unwrap(model), on_device.test_images, on_device.scale,
-                                    on_device.shift, runtime, chosen.get("tta", False))
+        predictions = latest.get("predictions")
+        if predictions is None:  # resumed with nothing left to train: no test pass ran
+            predictions = train.predict(rt.unwrap(model), on_device.test_images,
+                                        on_device.scale, on_device.shift, runtime,
+                                        chosen.get("tta", False))
         outputs.save_weights(rt.unwrap(model), weights_path)
     entry = record(status)  # after the weights: the JSON never names a file not yet there
     if runtime.is_main:
@@ -575,19 +584,20 @@ def _class_scores(predictions, test_labels):
 
 def _train(job, label, chosen, seed, model, optimizer, scheduler, progress, stop, save,
            scaler, on_epoch):
-    """train.train_config with the run's messages; ``on_epoch()`` after each epoch's line."""
+    """train.train_config with the run's messages; ``on_epoch(predictions)`` after each
+    epoch's line, with that epoch's predictions on the test set."""
     def on_log(epoch, step, loss):
         job.say(f"epoch {epoch}: batch {step} loss: {loss:.3f}")
 
     def on_evaluate(epoch):
         stop.doing = f"the test pass of epoch {epoch} (the epoch itself is saved)"
 
-    def epoch_done(record):  # rank 0 only: the test accuracy is measured there
+    def epoch_done(record, predictions):  # rank 0 only: the test accuracy is measured there
         stop.doing = "the current step"
         job.say(f"{label} epoch {record['epoch']}/{chosen['num_epochs']}: "
                    f"loss {record['train_loss']:.4f}, train acc {record['train_accuracy']:.2f}%, "
                    f"test acc {record['test_accuracy']:.2f}%, {record['seconds']:.1f} s")
-        on_epoch()
+        on_epoch(predictions)
 
     say, main = job.say, job.runtime.is_main
     on_step = _estimator(job, label, chosen["batch_size"]) if job.estimate_due else None

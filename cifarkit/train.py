@@ -179,6 +179,10 @@ def evaluate(model, images, labels, scale, shift, runtime, tta=False):
     """{"test_accuracy": ...} of ``model`` on ``images``; with ``tta`` that is the accuracy
     with the mirror images and "test_accuracy_without_tta" the one without (no extra pass)."""
     plain, mirrored = _predictions(rt.unwrap(model), images, scale, shift, runtime, tta)
+    return _accuracies(plain, mirrored, labels)
+
+
+def _accuracies(plain, mirrored, labels):
     if mirrored is None:
         return {"test_accuracy": accuracy(plain, labels)}
     return {"test_accuracy": accuracy(mirrored, labels),
@@ -266,8 +270,8 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime, 
     ``data`` is the data set on the training device (data.OnDevice). ``save(progress)``
     runs after every epoch (before its test pass, so a stop during the test pass loses
     nothing) and on interruption, on every rank.
-    ``on_evaluate(epoch)`` runs as the test pass starts, ``on_epoch(record)`` when it ends
-    (rank 0 only). Returns "finished", "diverged", "out_of_memory" or "interrupted";
+    ``on_evaluate(epoch)`` runs as the test pass starts, ``on_epoch(record, predictions)``
+    when it ends, with the test set's predicted classes (rank 0 only). Returns "finished", "diverged", "out_of_memory" or "interrupted";
     ``progress`` holds the history (test accuracy is measured on rank 0).
     """
     device = data.train_images.device
@@ -275,7 +279,7 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime, 
     history = progress["history"]
     if history and history[-1]["test_accuracy"] is None and runtime.is_main:
         # stopped during the last test pass: the weights are that epoch's, measure them now
-        history[-1].update(_measure(model, data, runtime, config.get("tta", False)))
+        history[-1].update(_measure(model, data, runtime, config.get("tta", False))[0])
     while progress["epoch"] < config["num_epochs"]:
         epoch = progress["epoch"] + 1
         batches = epoch_batches(len(data.train_labels), config["batch_size"], seed, epoch,
@@ -312,9 +316,10 @@ def train_config(model, optimizer, config, data, seed, progress, save, runtime, 
         if runtime.is_main:  # the other ranks go on to the next epoch and wait for it there
             if on_evaluate:
                 on_evaluate(epoch)
-            history[-1].update(_measure(model, data, runtime, config.get("tta", False)))
+            measured, predictions = _measure(model, data, runtime, config.get("tta", False))
+            history[-1].update(measured)
             if on_epoch:
-                on_epoch(history[-1])
+                on_epoch(history[-1], predictions)
         if stop_requested is not None and epoch < config["num_epochs"]:
             if rt.any_rank(stop_requested(), runtime):
                 return "interrupted"
@@ -361,14 +366,16 @@ def _measure(model, data, runtime, tta):
     and "train_accuracy_eval", the same measure on a fixed sample of the training images:
     unlike the running "train_accuracy" (the mean over an epoch whose weights kept changing,
     with dropout on), it is measured like the test accuracy, so their difference is the
-    generalisation gap."""
-    record = evaluate(model, data.test_images, data.test_labels, data.scale, data.shift,
-                      runtime, tta)
+    generalisation gap. Returns (that record, the test predictions: what ``predict`` gives)."""
+    plain, mirrored = _predictions(rt.unwrap(model), data.test_images, data.scale, data.shift,
+                                   runtime, tta)
+    record = _accuracies(plain, mirrored, data.test_labels)
     sample = train_sample(len(data.train_labels), len(data.test_labels))
     sample = sample.to(data.train_images.device)
     on_train = evaluate(model, data.train_images[sample], data.train_labels[sample],
                         data.scale, data.shift, runtime, tta)
-    return dict(record, train_accuracy_eval=on_train["test_accuracy"])
+    return (dict(record, train_accuracy_eval=on_train["test_accuracy"]),
+            plain if mirrored is None else mirrored)
 
 
 def _train_record(epoch, sums, optimizer):

@@ -503,8 +503,8 @@ def test_a_checkpoint_is_not_carried_on_in_other_arithmetic(pickled_data, tmp_pa
                                                             monkeypatch, capsys):
     out = tmp_path / "out"
     monkeypatch.setattr(train, "_measure", lambda *args, **kwargs: (
-        signal.raise_signal(signal.SIGINT), {"test_accuracy": 10.0,
-                                             "train_accuracy_eval": 10.0})[1])
+        signal.raise_signal(signal.SIGINT), ({"test_accuracy": 10.0,
+                                              "train_accuracy_eval": 10.0}, None))[1])
     configs = [dict(TINY, num_epochs=2)]
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                     configs=configs, monkeypatch=monkeypatch) == 130  # an fp32 checkpoint

@@ -288,6 +288,31 @@ def test_lenet_speedrun_runs_as_written(pickled_data, tmp_path):
     assert (out / "test_accuracy.png").stat().st_size > 0
 
 
+def test_a_finished_config_passes_over_the_test_set_once_an_epoch(pickled_data, tmp_path,
+                                                                   monkeypatch):
+    """The confusion matrix and the example grid of a finished config use the predictions of
+    its last epoch's test pass: no extra pass over the test set after training (on a CPU a
+    ResNet-18 test pass with TTA takes a minute). They stay those of the final weights: the
+    per-class scores agree with the final test accuracy."""
+    script = importlib.import_module("Original_version_model_multiGPU")
+    extra_passes = []
+    real_predict = train.predict
+
+    def counted(*args, **kwargs):
+        extra_passes.append(1)
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(train, "predict", counted)
+    out = tmp_path / "out"
+    assert script.main(["--data-dir", str(pickled_data), "--configs", "recipe", "--epochs", "2",
+                        "--out", str(out)] + CPU) == 0
+    assert extra_passes == []  # the epochs' own test passes gave every prediction
+    (entry,) = json.loads((out / "training_result.json").read_text())["configs"]
+    matrix = torch.tensor(entry["confusion_matrix"])
+    assert 100 * matrix.diagonal().sum().item() / matrix.sum().item() == pytest.approx(
+        entry["final_test_accuracy"])
+
+
 def test_onecycle_warms_up_then_decays_to_zero():
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=1.0)
