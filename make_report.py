@@ -9,7 +9,14 @@ the Task 2 train-test gap, the Task 3 sweep, LeNet against ResNet-18 for time, f
 sentence setting our numbers beside the report's, and what has not been run yet with its
 figures in modelset/figures/. Each output folder gets its own section, so two folders of one
 script (modelset/Resnet/ and modelset/Resnet-run2/) are both reported. A results JSON that
-cannot be used is named in a warning and in REPORT.md, and skipped.
+cannot be used is named in a warning and in REPORT.md, and skipped: one with a field the
+report reads missing or of the wrong kind, one that is not a regular file (a named pipe is
+never read: it would wait for a writer), one nested too deeply to parse, one holding two
+results for one config and seed, or two different configs under one config id (the report
+averages a config over its seeds, so it would average the two as one). A config field of
+the wrong kind that only names the config or quotes the report's figures ("name",
+"reported_accuracy", "reported_seconds") is left out with a warning instead, and the file's
+results are reported.
 
 Exit status: 0 report written; 1 a file could not be written; 2 --modelset is not a folder.
 """
@@ -69,6 +76,9 @@ def main(argv=None):
     runs, skipped = report.load_runs(modelset)
     for path, why in skipped:  # the report lists them too; the terminal must not hide them
         print(f"warning: {path}: {why}; skipped.", file=sys.stderr)
+    for run in runs:
+        for why in run.ignored:
+            print(f"warning: {run.path}: {why}; {report.IGNORED}.", file=sys.stderr)
     try:
         path = report.write_report(modelset, runs, skipped, defined_configs())
     except OSError as error:  # read-only folder, full disk, a file where a folder should be

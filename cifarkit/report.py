@@ -1,9 +1,11 @@
 """modelset/ -> modelset/REPORT.md and modelset/figures/: the report's tables and figures,
 rebuilt from whatever results JSON files the scripts have written."""
 import json
+import os
 import re
 import shutil
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
@@ -24,12 +26,23 @@ TASKS = {  # script -> the report task it reproduces
 TASK2_SCRIPTS = ("L2_regularization.py", "Dropout_regularization.py")
 SWEEP_SCRIPT = "Original_version_model_multiGPU.py"
 NUMBER = (int, float)
-KIND_NAMES = {dict: "an object", list: "a list", str: "a string", NUMBER: "a number"}
+KIND_NAMES = {dict: "an object", list: "a list", str: "a string", NUMBER: "a number",
+              int: "a whole number"}
 # The fields the report reads, checked before any is used, so a damaged file is skipped
 # with a reason instead of stopping the report half-way with a traceback.
 RUN_FIELDS = (("configs", list), ("devices", list), ("data", dict))
+# Absent in some files (the rerun command then has no flags, one process, seed 0); present,
+# they shape the "Not run yet" command and the seeds, so a wrong one skips the file too.
+OPTIONAL_RUN_FIELDS = (("world_size", int), ("seed", int), ("command", str))
 DATA_FIELDS = (("source", str), ("train_images", int), ("test_images", int))
 ENTRY_FIELDS = (("id", str), ("config", dict), ("status", str), ("history", list))
+OPTIONAL_ENTRY_FIELDS = (("seed", int), ("precision", str))
+# The config keys that only name a config or quote the course report's figures
+# (plots.NOT_SETTINGS): none changes what was trained or measured, so one of the wrong
+# kind is dropped with a warning and the file's results are still reported.
+NAMING_FIELDS = (("name", str), ("reported_accuracy", NUMBER), ("reported_seconds", NUMBER))
+ABSENT = object()  # a config key one entry has and the other lacks
+IGNORED = "ignored (it only names the config or quotes the report)"
 CONFIG_FIELDS = (("lr", NUMBER), ("momentum", NUMBER), ("batch_size", NUMBER))  # Task 3's axes
 RECORD_FIELDS = (("seconds", NUMBER), ("train_accuracy", NUMBER))
 FINISHED_FIELDS = (("final_test_accuracy", NUMBER), ("best_test_accuracy", NUMBER),
@@ -44,6 +57,8 @@ class Run:
     # Its folder's name (plus the file's, where one folder holds two): headings, legends and
     # figure file names use it, so two folders of one script never overwrite each other.
     name: str
+    # The naming fields of the wrong kind that were dropped from it, in words (NAMING_FIELDS)
+    ignored: list = field(default_factory=list)
 
     @property
     def script(self):
@@ -55,52 +70,86 @@ def load_runs(modelset):
     ``modelset``; the runs in TASKS order, then by folder."""
     loaded, skipped = [], []
     for path in sorted(Path(modelset).glob("*/*.json")):
-        results, problem = _read(path)
+        results, problem, ignored = _read(path)
         if problem:
             skipped.append((path, problem))
         else:
-            loaded.append((path, results))
-    folders = [path.parent for path, _ in loaded]
+            loaded.append((path, results, ignored))
+    folders = [path.parent for path, _, _ in loaded]
     runs = [Run(path, results, path.parent.name if folders.count(path.parent) == 1
-                else f"{path.parent.name}_{path.stem}") for path, results in loaded]
+                else f"{path.parent.name}_{path.stem}", ignored)
+            for path, results, ignored in loaded]
     return sorted(runs, key=lambda run: (list(TASKS).index(run.script), run.name)), skipped
 
 
 def _read(path):
-    """(results, None), or (None, what is wrong with the file, in words)."""
+    """(results, None, [naming fields dropped, in words]), or (None, what is wrong with the
+    file, in words, []). Only a regular file is read: a named pipe called x.json would
+    block the report until something wrote to it."""
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
+        content = _regular_file_bytes(path)
+        if content is None:
+            return None, "not a regular file (a named pipe, a device or a folder)", []
+        results = json.loads(content.decode("utf-8"))
     except OSError as error:
-        return None, f"cannot be read ({error.strerror or error})"
+        return None, f"cannot be read ({error.strerror or error})", []
     except ValueError as error:  # UnicodeDecodeError included
-        return None, f"not valid JSON ({error})"
-    problem = _results_problem(results)
-    return (None, problem) if problem else (results, None)
+        return None, f"not valid JSON ({error})", []
+    except RecursionError:  # json gives up on arrays nested thousands deep this way
+        return None, "not valid JSON for this report (nested too deeply to read)", []
+    ignored = []
+    problem = _results_problem(results, ignored)
+    return (None, problem, []) if problem else (results, None, ignored)
 
 
-def _wrong_field(record, fields):
-    """The first of ``fields`` ((key, kind) pairs) that ``record`` lacks or holds as another
-    kind, in words; None when all are there."""
+def _regular_file_bytes(path):
+    """The content of ``path``, or None when it is not a regular file. Opened without
+    blocking and then checked, so a pipe put in its place after a check cannot hang us."""
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return None
+        with open(descriptor, "rb", closefd=False) as file:
+            return file.read()
+    finally:
+        os.close(descriptor)
+
+
+def _wrong_field(record, fields, optional=False):
+    """The first of ``fields`` ((key, kind) pairs) that ``record`` lacks (unless
+    ``optional``) or holds as another kind, in words; None when all are right. true and
+    false are not numbers here, though Python counts them as ints."""
     for key, kind in fields:
-        if not isinstance(record.get(key), kind):
-            return f"'{key}' is missing or not {KIND_NAMES[kind]}"
+        if optional and key not in record:
+            continue
+        value = record.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"'{key}' is {'not' if optional else 'missing or not'} {KIND_NAMES[kind]}"
     return None
 
 
-def _results_problem(results):
+def _results_problem(results, ignored):
+    """What makes ``results`` unusable for the report, in words, or None. The naming fields
+    of the wrong kind (NAMING_FIELDS) are dropped from it instead, each said in ``ignored``."""
     if not isinstance(results, dict):
         return f"not a results file (it holds {KIND_NAMES.get(type(results), 'a value')})"
-    if results.get("script") not in TASKS:
-        return (f"not a results file of the five scripts ('script' is "
-                f"{results.get('script')!r})")
-    problem = _wrong_field(results, RUN_FIELDS) or _wrong_field(results["data"], DATA_FIELDS)
+    script = results.get("script")
+    if not isinstance(script, str) or script not in TASKS:
+        what = KIND_NAMES[type(script)] if isinstance(script, (dict, list)) else repr(script)
+        return f"not a results file of the five scripts ('script' is {what})"
+    problem = (_wrong_field(results, RUN_FIELDS) or _wrong_field(results["data"], DATA_FIELDS)
+               or _wrong_field(results, OPTIONAL_RUN_FIELDS, optional=True))
     if problem or not all(isinstance(device, str) for device in results["devices"]):
         return problem or "'devices' is not a list of names"
+    if results.get("world_size", 1) < 1:
+        return "'world_size' is less than 1"
     for number, entry in enumerate(results["configs"], start=1):
         problem = _entry_problem(entry, results.get("seed", 0))
         if problem:
             return f"configs entry {number}: {problem}"
-    return None
+        ignored += [f"configs entry {number}: its config: {why}"
+                    for why in _drop_wrong_names(entry["config"])]
+    return _grouping_problem(results["configs"])
 
 
 def _entry_problem(entry, seed):
@@ -112,6 +161,8 @@ def _entry_problem(entry, seed):
     last = entry["history"][-1] if entry["history"] else {}
     entry.setdefault("final_train_accuracy", last.get("train_accuracy"))
     if entry["status"] == "finished":  # the tables and figures compute with these
+        if not entry["history"]:
+            return "finished, but its 'history' holds no epoch"
         return _wrong_field(entry, FINISHED_FIELDS) or _confusion_problem(entry)
     return None
 
@@ -119,14 +170,16 @@ def _entry_problem(entry, seed):
 def _shape_problem(entry):
     if not isinstance(entry, dict):
         return "not an object"
-    problem = _wrong_field(entry, ENTRY_FIELDS)
+    problem = (_wrong_field(entry, ENTRY_FIELDS)
+               or _wrong_field(entry, OPTIONAL_ENTRY_FIELDS, optional=True))
     if problem:
         return problem
     if not re.fullmatch(r"config_\d+", entry["id"]):  # the figures colour configs by N
         return f"'id' is {entry['id']!r}, not config_N"
-    if not isinstance(entry.get("precision", ""), str):
-        return "'precision' is not a string"
-    problem = _wrong_field(entry["config"], CONFIG_FIELDS)
+    problem = _wrong_field(entry["config"], CONFIG_FIELDS) or next(
+        (f"'{key}' is {KIND_NAMES[type(value)]}, not a single value"  # as the kit's are
+         for key, value in entry["config"].items()
+         if isinstance(value, (dict, list)) and key not in plots.NOT_SETTINGS), None)
     if problem:
         return f"its config: {problem}"
     for epoch, record in enumerate(entry["history"], start=1):
@@ -136,12 +189,59 @@ def _shape_problem(entry):
     return None
 
 
+def _drop_wrong_names(config):
+    """Remove from ``config`` each naming field (NAMING_FIELDS) of the wrong kind: what each
+    was, in words. The rest of the report then reads the config as if it had none."""
+    dropped = []
+    for key, kind in NAMING_FIELDS:
+        problem = _wrong_field(config, [(key, kind)], optional=True)
+        if problem:
+            del config[key]
+            dropped.append(problem)
+    return dropped
+
+
+def _grouping_problem(entries):
+    """Why ``entries`` cannot be read as configs over seeds, or None: the report averages the
+    entries of one id, so each (id, seed) must appear once and every entry of an id must
+    hold one config (naming fields apart) and, where recorded, one model."""
+    first, seen = {}, {}
+    for number, entry in enumerate(entries, start=1):
+        run = (entry["id"], entry["seed"])
+        if run in seen:
+            return (f"configs entries {seen[run]} and {number} are both {entry['id']} seed "
+                    f"{entry['seed']}: a config's result for one seed must appear once")
+        seen[run] = number
+        earlier = first.setdefault(entry["id"], entry)
+        change = _config_change(earlier, entry)
+        if change:
+            return (f"{entry['id']} holds different configs under one id ({change}): the "
+                    f"report would average them as one config; give one of them its own "
+                    f"folder or config id")
+    return None
+
+
+def _config_change(entry, other):
+    """How the configs (or models) of two entries of one id differ, in words ('seed 0:
+    lr=0.01; seed 1: lr=0.5'); None when they are one config, naming fields apart."""
+    configs = (entry["config"], other["config"])
+    keys = [key for key in {**configs[0], **configs[1]} if key not in plots.NOT_SETTINGS
+            and configs[0].get(key, ABSENT) != configs[1].get(key, ABSENT)]
+    if keys:
+        return "; ".join(f"seed {one['seed']}: " + ", ".join(
+            f"{key}={config.get(key, '(absent)')}" for key in keys)
+            for one, config in zip((entry, other), configs))
+    if None not in (entry.get("model"), other.get("model")) and entry["model"] != other["model"]:
+        return f"seeds {entry['seed']} and {other['seed']} record different models"
+    return None
+
+
 def _record_problem(record):
     if not isinstance(record, dict):
         return "not an object"
-    test_accuracy = record.get("test_accuracy")
-    if test_accuracy is not None and not isinstance(test_accuracy, NUMBER):
-        return "'test_accuracy' is not a number or null"
+    for key in ("test_accuracy", "train_accuracy_eval"):  # null: not measured that epoch
+        if record.get(key) is not None and _wrong_field(record, [(key, NUMBER)]):
+            return f"'{key}' is not a number or null"
     return _wrong_field(record, RECORD_FIELDS)
 
 
@@ -557,7 +657,7 @@ def write_report(modelset, runs, skipped, defined=None):
              "running training accuracy (the mean over the last epoch, while the weights "
              "changed and dropout was on) is shown beside it. With several seeds a cell shows "
              "mean ± standard deviation.", ""]
-    lines += _skipped_section(skipped, modelset)
+    lines += _skipped_section(skipped, modelset) + _ignored_section(runs, modelset)
     sections = {1: _task1_section, 2: _task2_section, 3: _task3_section, 4: _task4_section}
     for number, section in sections.items():
         task_runs = [run for run in runs if task_number(run.script) == number]
@@ -577,6 +677,15 @@ def _skipped_section(skipped, modelset):
     return (["## Skipped results files", "",
              "Left out of every table and figure below; fix or remove them and rerun.", ""]
             + [f"- `{path.relative_to(modelset)}`: {why}." for path, why in skipped] + [""])
+
+
+def _ignored_section(runs, modelset):
+    notes = [f"- `{run.path.relative_to(modelset)}`: {why}; {IGNORED}."
+             for run in runs for why in run.ignored]
+    if not notes:
+        return []
+    return ["## Ignored fields", "", "Their results are reported without them; fix or remove "
+            "the fields and rerun to see them.", ""] + notes + [""]
 
 
 def _run_section(run, modelset, figures):
@@ -779,8 +888,8 @@ def _task4_section(task_runs, runs, modelset, figures):
     if lenet:
         said.append(_best_said("LeNet", *max(lenet, key=lambda pair: _mean(
             pair[1], "final_test_accuracy"))))
-    reported = [run_best[1][0]["config"] for run_best in resnet
-                if "reported_seconds" in run_best[1][0]["config"]]
+    reported = [run_best[1][0]["config"] for run_best in resnet  # a point needs both
+                if {"reported_seconds", "reported_accuracy"} <= run_best[1][0]["config"].keys()]
     lenet_reported = [entry["config"]["reported_accuracy"] for run in runs
                       if run.script != "Resnet_model.py" for entry in run.results["configs"]
                       if "reported_accuracy" in entry["config"]]
@@ -815,7 +924,7 @@ def _best_section(run, modelset, figures):
     lines += ["| " + " | ".join(per_class) + " |", "|" + "---|" * len(per_class),
               "| " + " | ".join(f"{value:.1f}" for value in per_class.values()) + " |", ""]
     examples = run.path.parent / "examples.png"
-    if examples.exists():
+    if examples.is_file():  # not a named pipe or folder of that name: copying one hangs or fails
         copy = figures / f"examples_{run.name}.png"
         shutil.copyfile(examples, copy)
         lines += _link(copy, modelset, "test images with predictions")

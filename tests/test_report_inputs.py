@@ -1,0 +1,237 @@
+"""make_report.py on hand-edited or odd results JSONs: each run ends with REPORT.md written and
+the bad file or field named in a warning, never a traceback and never a hang. The results are
+built by hand (test_report's hand-made sweep), so nothing trains here."""
+import contextlib
+import copy
+import json
+import os
+import signal
+
+import pytest
+
+import make_report
+from cifarkit.data import CLASSES
+from test_report import hand_made_sweep, rewrite
+
+SWEEP = "Original_version_model_multiGPU.py"
+RESNET = "Resnet_model.py"
+RECORD = {"epoch": 1, "seconds": 1.0, "train_loss": 1.5, "train_accuracy": 40.0,
+          "train_accuracy_eval": 42.0, "test_accuracy": 40.0}
+TEMPLATE = {  # one finished entry: hand_made_sweep builds the configs list from it
+    "id": "config_1", "seed": 0, "status": "finished", "history": [RECORD], "precision": "fp32",
+    "config": {"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32},
+    "final_test_accuracy": 40.0, "final_train_accuracy": 40.0, "best_test_accuracy": 40.0,
+    "train_seconds": 1.0, "confusion_matrix": [[10] * len(CLASSES)] * len(CLASSES),
+    "per_class_accuracy": {name: 40.0 for name in CLASSES}}
+RESULTS = {"script": SWEEP, "command": f"python {SWEEP} --epochs 1", "devices": ["cpu"],
+           "world_size": 1, "seed": 0, "configs": [TEMPLATE],
+           "data": {"source": "generated", "train_images": 300, "test_images": 100}}
+
+
+@pytest.fixture(autouse=True)
+def twelve_configs_defined(monkeypatch):
+    """Each script's CONFIGS taken to hold 12 configs, whatever the scripts hold now: the
+    hand-made sweep has 1, 2, 3 and 12, so "Not run yet" proposes a rerun command."""
+    monkeypatch.setattr(make_report, "defined_configs",
+                        lambda: {script: 12 for script in make_report.report.TASKS})
+
+
+def results_file(root, folder, script=SWEEP):
+    """root/folder/training_result.json holding a valid hand-made sweep of ``script``."""
+    results = dict(copy.deepcopy(RESULTS), script=script)
+    hand_made_sweep(results)
+    path = root / folder / "training_result.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(results))
+    return path
+
+
+def report_of(root, capsys):
+    """(exit status, REPORT.md's text, what was printed to stderr) of make_report on root."""
+    status = make_report.main(["--modelset", str(root)])
+    report = root / "REPORT.md"
+    return status, report.read_text() if report.exists() else "", capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def deadline(seconds):
+    """Fail instead of waiting for ever (a read blocked on a named pipe, say)."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def assert_skipped(root, bad, status, text, err, why):
+    """The report was written without ``bad``, which is named with ``why`` on stderr and in
+    REPORT.md, and the good folder has its section."""
+    assert status == 0, err
+    assert f"warning: {bad}: {why}; skipped." in err
+    assert f"- `{bad.relative_to(root)}`: {why}." in text
+    assert "), `good`\n" in text
+
+
+def _in_entry(number, **change):
+    """A damage: ``change`` in the config of configs entry ``number`` (from 1)."""
+    return rewrite(lambda results: results["configs"][number - 1]["config"].update(change))
+
+
+@pytest.mark.parametrize("damage, why", [
+    (rewrite(lambda results: results.update(world_size=None)),
+     "'world_size' is not a whole number"),
+    (rewrite(lambda results: results.update(world_size=0)), "'world_size' is less than 1"),
+    (rewrite(lambda results: results.update(command=None)), "'command' is not a string"),
+    (rewrite(lambda results: results.update(seed="1")), "'seed' is not a whole number"),
+    (rewrite(lambda results: results.update(devices=None)),
+     "'devices' is missing or not a list"),
+    (rewrite(lambda results: results["data"].update(train_images="many")),
+     "'train_images' is missing or not a whole number"),
+    (rewrite(lambda results: results["configs"][0].update(precision=3)),
+     "configs entry 1: 'precision' is not a string"),
+    (rewrite(lambda results: results["configs"][0]["history"][0].update(
+        train_accuracy_eval="x")),
+     "configs entry 1: history record 1: 'train_accuracy_eval' is not a number or null"),
+    (_in_entry(1, lr=True), "configs entry 1: its config: 'lr' is missing or not a number"),
+    (_in_entry(1, augment=["flip"]),
+     "configs entry 1: its config: 'augment' is a list, not a single value"),
+    (rewrite(lambda results: results["configs"][0].update(history=[])),
+     "configs entry 1: finished, but its 'history' holds no epoch"),
+    (rewrite(lambda results: results.update(script=[SWEEP])),
+     "not a results file of the five scripts ('script' is a list)"),
+], ids=["world_size-null", "world_size-0", "command-null", "seed-a-string", "devices-null",
+        "train_images-a-string", "precision-a-number", "train_accuracy_eval-a-string",
+        "lr-true", "config-value-a-list", "finished-without-history", "script-a-list"])
+def test_a_field_of_the_wrong_kind_skips_its_file_by_name(tmp_path, capsys, damage, why):
+    results_file(tmp_path, "good", "Original_version_model.py")
+    bad = results_file(tmp_path, "sweep")
+    damage(bad)
+    status, text, err = report_of(tmp_path, capsys)
+    assert_skipped(tmp_path, bad, status, text, err, why)
+    assert "), `sweep`\n" not in text
+
+
+@pytest.mark.parametrize("script, number, change", [  # entries: configs 1, 2, 3, 3, 12
+    (SWEEP, 1, {"reported_accuracy": "60%"}),
+    (RESNET, 3, {"reported_seconds": "x"}),  # config_3 is the best: Task 4 quotes its time
+    (SWEEP, 5, {"name": ["speed", "run"]}),
+], ids=["reported_accuracy-a-string", "reported_seconds-a-string", "name-a-list"])
+def test_a_naming_field_of_the_wrong_kind_is_ignored_and_the_results_reported(
+        tmp_path, capsys, script, number, change):
+    path = results_file(tmp_path, "run", script)
+    _in_entry(number, **change)(path)
+    status, text, err = report_of(tmp_path, capsys)
+    (key,) = change
+    note = f"configs entry {number}: its config: '{key}' is not"
+    assert status == 0, err
+    assert f"warning: {path}: {note}" in err and "ignored (it only names the config" in err
+    assert "## Ignored fields" in text and f"- `run/training_result.json`: {note}" in text
+    assert "| config_12" in text and "Skipped results files" not in text
+
+
+def test_a_resnet_config_quoting_only_the_reports_seconds_is_reported(tmp_path, capsys):
+    path = results_file(tmp_path, "Resnet", RESNET)
+
+    def seconds_only(results):
+        for entry in results["configs"]:
+            entry["config"].pop("reported_accuracy", None)
+            entry["config"]["reported_seconds"] = 60.0
+    rewrite(seconds_only)(path)
+    status, text, err = report_of(tmp_path, capsys)
+    assert status == 0 and err == ""
+    assert "ResNet-18's best here is config_3" in text and "on one A100" not in text
+
+
+def test_a_json_nested_too_deeply_to_parse_is_skipped_as_unreadable(tmp_path, capsys):
+    results_file(tmp_path, "good")
+    bad = tmp_path / "mine" / "nested.json"
+    bad.parent.mkdir()
+    bad.write_text("[" * 100000 + "]" * 100000)
+    status, text, err = report_of(tmp_path, capsys)
+    assert_skipped(tmp_path, bad, status, text, err,
+                   "not valid JSON for this report (nested too deeply to read)")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_named_pipes_in_a_run_folder_are_never_read(tmp_path, capsys):
+    results_file(tmp_path, "good")
+    pipe = tmp_path / "good" / "pipe.json"
+    os.mkfifo(pipe)
+    os.mkfifo(tmp_path / "good" / "examples.png")  # the report copies a real one
+    with deadline(30):
+        status, text, err = report_of(tmp_path, capsys)
+    assert_skipped(tmp_path, pipe, status, text, err,
+                   "not a regular file (a named pipe, a device or a folder)")
+    assert "### Best config of" in text and "examples_" not in text
+
+
+AVERAGED = (": the report would average them as one config; give one of them its own folder "
+            "or config id")
+
+
+def _append_copy(index, **change):
+    """A damage: the configs entry at ``index`` recorded a second time, with ``change``."""
+    def damage(results):
+        entry = copy.deepcopy(results["configs"][index])
+        results["configs"].append(dict(entry, **change))
+    return rewrite(damage)
+
+
+@pytest.mark.parametrize("damage, why", [
+    (_append_copy(2, final_test_accuracy=10.0),
+     "configs entries 3 and 6 are both config_3 seed 0: a config's result for one seed "
+     "must appear once"),
+    (rewrite(lambda results: results["configs"][3]["config"].update(lr=0.5, momentum=0.0)),
+     "config_3 holds different configs under one id (seed 0: lr=0.001, momentum=0.9; "
+     "seed 1: lr=0.5, momentum=0.0)" + AVERAGED),
+    (rewrite(lambda results: results["configs"][3]["config"].pop("num_epochs")),
+     "config_3 holds different configs under one id (seed 0: num_epochs=4; seed 1: "
+     "num_epochs=(absent))" + AVERAGED),
+    (rewrite(lambda results: [entry.update(model=f"fingerprint{entry['seed']}")
+                              for entry in results["configs"]]),
+     "config_3 holds different configs under one id (seeds 0 and 1 record different models)"
+     + AVERAGED),
+], ids=["one-seed-twice", "another-lr-under-one-id", "a-key-missing", "another-model"])
+def test_two_results_for_one_config_and_seed_or_two_configs_under_one_id_skip_the_file(
+        tmp_path, capsys, damage, why):
+    results_file(tmp_path, "good", "Original_version_model.py")
+    bad = results_file(tmp_path, "sweep")
+    damage(bad)
+    status, text, err = report_of(tmp_path, capsys)
+    assert_skipped(tmp_path, bad, status, text, err, why)
+    assert "), `sweep`\n" not in text
+
+
+def test_seeds_differing_only_in_naming_fields_are_one_config(tmp_path, capsys):
+    path = results_file(tmp_path, "sweep")
+    _in_entry(4, name="renamed", reported_accuracy=70.0)(path)
+    status, text, err = report_of(tmp_path, capsys)
+    assert status == 0 and err == ""
+    (row,) = [line for line in text.splitlines() if line.startswith("| config_3 ")]
+    assert row.split(" | ")[2] == "2"  # seeds: both averaged as one config
+
+
+def test_one_config_id_in_two_folders_is_never_averaged_across_them(tmp_path, capsys):
+    results_file(tmp_path, "sweep")
+    second = results_file(tmp_path, "sweep-edited")
+
+    def other_config(results):  # config_1 of an edited CONFIGS: another lr, another result
+        entry = results["configs"][0]
+        entry["config"]["lr"] = 0.5
+        entry.update(final_test_accuracy=20.0, best_test_accuracy=20.0)
+        entry["history"][-1]["test_accuracy"] = 20.0
+    rewrite(other_config)(second)
+    status, text, err = report_of(tmp_path, capsys)
+    assert status == 0 and err == ""
+    rows = {}
+    for section in text.split("\n## ")[1:]:
+        folder = section.split("\n")[0].rsplit("), `", 1)[-1].rstrip("`")
+        rows[folder] = [line for line in section.splitlines() if line.startswith("| config_1 |")]
+    assert rows["sweep"][0].split(" | ")[3] == "50.00"  # its own result, one seed
+    assert rows["sweep-edited"][0].split(" | ")[3] == "20.00"
+    assert "lr=0.02" in rows["sweep"][0] and "lr=0.5" in rows["sweep-edited"][0]
