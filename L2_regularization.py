@@ -65,7 +65,7 @@ def build_model(config):
 
 def main(argv=None):
     return experiment.run(
-        script="L2_regularization.py",
+        script=__file__,
         description=__doc__,
         build_model=build_model,
         configs=CONFIGS,

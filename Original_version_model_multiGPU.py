@@ -103,7 +103,7 @@ def build_model(config):
 
 def main(argv=None):
     return experiment.run(
-        script="Original_version_model_multiGPU.py",
+        script=__file__,
         description=__doc__,
         build_model=build_model,
         configs=CONFIGS,

@@ -113,7 +113,7 @@ def build_model(config):
 
 def main(argv=None):
     return experiment.run(
-        script="Resnet_model.py",
+        script=__file__,
         description=__doc__,
         build_model=build_model,
         configs=CONFIGS,

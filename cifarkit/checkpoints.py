@@ -75,13 +75,20 @@ def load_checkpoint(path):
         return None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:  # intact perhaps, but not ours to read
+        raise UserError(f"{path}: cannot be read ({error.strerror or error}). Give yourself "
+                        f"read access to it (chmod u+r), or move it away.") from None
     except Exception:  # torch's own text would suggest weights_only=False: never for this
         checkpoint = None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise UserError(f"{path}: not a checkpoint written by this kit (damaged, or another "
-                        f"program's file; it was only read as data, nothing in it ran). Delete "
-                        f"it, or rerun with --restart to move it aside.")
+                        f"program's file; it was only read as data, nothing in it ran).")
     return checkpoint
+
+
+def identity(path):
+    """The identity a checkpoint was saved with (what it is a checkpoint of)."""
+    return load_checkpoint(path)["identity"]
 
 
 def restore(checkpoint, model, optimizer, scheduler, rank=0, scaler=None):

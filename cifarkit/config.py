@@ -35,6 +35,10 @@ TRAINING_KEYS = {
 }
 REQUIRED = ("num_epochs", "lr", "batch_size")
 DEFAULTS = {"momentum": 0.0, "weight_decay": 0.0}
+# The value of each optional key that trains exactly as if the key were absent: a result's
+# identity leaves such values out, so a key the kit adds later moves no earlier result aside.
+NEUTRAL = dict(DEFAULTS, sync_bn=False, augment="none", schedule="constant", peak_at=0.2,
+               nesterov=False, label_smoothing=0.0, tta=False)
 FLOAT32_MAX = 3.4e38
 KIND_NAMES = {"int": "a whole number", "float": "a number", "str": "a string",
               "bool": "True or False"}
@@ -112,6 +116,11 @@ def _range_text(low, high, below):
     if low is not None:
         return f"at least {low:g}"
     return upper and (f"at most {high:g}" if high is not None else f"below {below:g}")
+
+
+def neutral_values(model_settings):
+    """NEUTRAL, with the defaults of the script's own model settings."""
+    return dict(NEUTRAL, **model_rules(model_settings or {})[1])
 
 
 def check_config(config, label, model_settings=None):

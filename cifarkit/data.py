@@ -239,7 +239,7 @@ def _list_image_folder(split_dir):
     if not split_dir.is_dir():
         raise DataError(f"{split_dir}: folder missing (an image-folder copy needs train/ and "
                         f"test/, each with the ten class folders).")
-    found = sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir())
+    found = sorted(entry.name for entry in _listing(split_dir) if entry.is_dir())
     extra = [name for name in found if name not in CLASSES]
     if extra:
         raise DataError(f"{split_dir}: folders that are not CIFAR-10 classes: {', '.join(extra)} "
@@ -249,12 +249,21 @@ def _list_image_folder(split_dir):
         class_dir = split_dir / name
         if not class_dir.is_dir():
             raise DataError(f"{class_dir}: class folder missing.")
-        images = sorted(path for path in class_dir.iterdir()
+        images = sorted(path for path in _listing(class_dir)
                         if path.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise DataError(f"{class_dir}: class folder holds no .png or .jpg images.")
         files += [(path, label) for path in images]
     return files
+
+
+def _listing(folder):
+    """The entries of ``folder``; one that may not be read is named, with the remedy."""
+    try:
+        return list(folder.iterdir())
+    except OSError as error:
+        raise DataError(f"{folder}: cannot be read ({error.strerror or error}). Give yourself "
+                        f"read access to it (chmod -R u+rX), or use another copy.") from None
 
 
 def _decode_image(path):

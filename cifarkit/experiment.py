@@ -8,6 +8,8 @@ import ast
 import contextlib
 import hashlib
 import inspect
+import os
+import shlex
 import signal
 import sys
 import textwrap
@@ -19,7 +21,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from . import checkpoints, cli, config, data, outputs, train
+from . import checkpoints, cli, config, data, ledger, outputs, train
 from . import runtime as rt
 from .errors import UserError
 
@@ -40,7 +42,9 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
     --amp auto use bf16 on CPUs that have it in hardware (for models measured faster so).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = cli.parse_args(script, description, out_dir, default_device, argv, cpu_amp)
+    _plain_console()
+    names = ledger.Names(Path(script).name, results_file, weights_file)
+    args = cli.parse_args(names.script, description, out_dir, default_device, argv, cpu_amp)
     out = Path(args.out)
     with contextlib.ExitStack() as cleanup:
         preparing = contextlib.ExitStack()  # until training installs its own handlers
@@ -61,16 +65,17 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
                       for number, chosen in enumerate(all_configs, start=1)}
             bytes_needed = _bytes_needed(build_model(selected[0][1]))
             rt.from_main(lambda: outputs.check_out_dir(
-                args.out, bytes_needed, args.data_dir or data.DEFAULT_ROOT), runtime)
-            results = outputs.new_results(script, dataset, runtime, args.seed, argv)
+                args.out, bytes_needed, args.data_dir or data.DEFAULT_ROOT,
+                _kit_names(names, selected, args)), runtime)
+            results = outputs.new_results(names.script, dataset, normalization, runtime,
+                                          args.seed, argv)
             # One run per folder: the lock is held until the run ends (rank 0 writes files).
             rt.from_main(lambda: cleanup.enter_context(outputs.locked(out)) and None, runtime)
-            earlier, reason, stale, renamed = rt.from_main(lambda: _earlier_results(
-                out, results_file, weights_file, results, all_configs, selected, models, args),
-                runtime)
+            configs = _ledger_configs(all_configs, selected, models, model_settings, args)
+            settled = rt.from_main(lambda: _settle(out, names, results, configs, args), runtime)
         except UserError as error:
             if rt.is_main_process():
-                print(f"error: {error}", file=sys.stderr)
+                _print(f"error: {error}", file=sys.stderr)
             elif rt.launched_by_torchrun():
                 # Every rank meets the same refusal, and torchrun stops the others as soon
                 # as one has left: rank 0 was seen stopped before it had printed why.
@@ -80,21 +85,20 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
             signum = getattr(interrupt, "signum", signal.SIGINT)
             if rt.is_main_process():
                 name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-                print(f"\nStopped by {name} before training started; nothing was trained or "
-                      f"moved.", file=sys.stderr)
+                _print(f"\nStopped by {name} before training started; nothing was trained.",
+                       file=sys.stderr)
             return SIGNAL_EXIT[signum]
         finally:
             preparing.close()
         try:
             job = Run(runtime=runtime, out=out, build_model=build_model, models=models,
                       weights_file=weights_file, log_every=log_every, run_data=results["data"],
-                      say=print if runtime.is_main else _silent)
+                      say=_print if runtime.is_main else _silent)
             status = _train_selected(script, argv, args, job, normalization, selected,
-                                     dataset, results, results_file, earlier, reason, stale,
-                                     renamed)
+                                     dataset, results, results_file, settled)
         except UserError as error:  # found only once training began: a damaged checkpoint
             if runtime.is_main:
-                print(f"error: {error}", file=sys.stderr)
+                _print(f"error: {error}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:  # a second Ctrl-C: stop at once, what was saved stays
             say = print if runtime.is_main else _silent
@@ -104,13 +108,13 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
                 f"{_resume_hint(script, argv, runtime.distributed)}", file=sys.stderr)
             return SIGNAL_EXIT[signal.SIGINT]
         except OSError as error:  # disk full, folder removed: what was saved before stays
-            print(f"error: cannot write to {out}: {error}. Results saved so far are kept; "
-                  f"rerun the same command to carry on.", file=sys.stderr)
+            _print(f"error: cannot write to {out}: {error}. Results saved so far are kept; "
+                   f"once that is fixed, rerun the same command to carry on.", file=sys.stderr)
             return EXIT_WRITE_FAILED  # no barrier: the other ranks cannot know of it
         except RuntimeError as error:  # dist.DistError is one; gloo raises plain ones
             if not (runtime.distributed and _peer_lost(error)):
                 raise
-            print(f"error: rank {runtime.rank} lost contact with the other ranks "
+            _print(f"error: rank {runtime.rank} lost contact with the other ranks "
                   f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Another "
                   f"worker has probably died. Checkpoints are saved at every epoch's end in "
                   f"{out / 'checkpoints'}/. {_resume_hint(script, argv, True)} (torchrun "
@@ -141,37 +145,99 @@ def _peer_lost(error):
                                   "remote worker", "Broken pipe"))
 
 
+def _command(script, argv):
+    """The command that ran this script, as one can paste it (paths with spaces quoted)."""
+    path, typed = Path(script).absolute(), sys.argv[0]
+    if typed and Path(typed).absolute() == path:
+        shown = typed  # as the user typed it
+    else:
+        shown = min(str(path), os.path.relpath(path), key=len)
+    return shlex.join(["python", shown, *argv])
+
+
 def _resume_hint(script, argv, distributed):
     """How to carry on, with the command on a line of its own so it can be copied."""
     if distributed:
         return "To resume, run the same torchrun command again"
-    return "To resume, run the same command:\n  python " + " ".join([script] + argv)
+    return "To resume, run the same command:\n  " + _command(script, argv)
+
+
+def _print(*args, file=None, **kwargs):
+    """print, for a run that must go on when nobody reads it any more: a closed pipe or a
+    full device under stdout silences the run's messages, never stops its training."""
+    stream = file or sys.stdout
+    try:
+        print(*args, file=stream, **kwargs)
+    except OSError:
+        null = open(os.devnull, "w")  # noqa: SIM115 (for the rest of the process)
+        if stream is sys.stderr:
+            sys.stderr = null
+        else:
+            sys.stdout = null
+
+
+def _plain_console():
+    """A console that cannot show "±" (an ASCII-only locale) gets "+/-"-like escapes instead
+    of an error at the summary."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def _kit_names(names, selected, args):
+    """The files this run may write in its folder, relative to it (to find what is in the
+    way before anything trains)."""
+    written = [names.results_file, *outputs.PLOT_FILES]
+    for number, _ in selected:
+        for seed in range(args.seed, args.seed + args.seeds):
+            written.append(ledger.weights_name(names.weights_file, number, seed, args.seed))
+            written.append(f"{ledger.CHECKPOINTS}/config_{number}_seed{seed}.ckpt")
+    return written
+
+
+def _ledger_configs(all_configs, selected, models, model_settings, args):
+    checked = {f"config_{number}": chosen for number, chosen in enumerate(all_configs, 1)}
+    neutral = config.neutral_values(model_settings)
+    return ledger.Configs(
+        checked=checked, neutral=neutral,
+        identity={label: (ledger.config_identity(chosen, neutral), models[label])
+                  for label, chosen in checked.items()},
+        selected=[f"config_{number}" for number, _ in selected], every=args.configs is None)
+
+
+def _settle(out, names, results, configs, args):
+    """Match the folder's earlier results to CONFIGS and carry out what that asks (renames,
+    moves aside, --restart) as one transaction; return (the results this run carries on,
+    or None; the lines saying what moved). Rank 0 only."""
+    earlier = ledger.open_folder(out, names)
+    everything = "--restart" if args.restart and configs.every else \
+        ledger.whole_folder_problem(out, names, earlier, results)
+    plan = ledger.Plan(everything=everything)
+    if not everything:
+        readable, unusable = ledger.read_checkpoints(out, checkpoints.identity)
+        found = ledger.found_configs(earlier, readable, results, configs.neutral)
+        plan = ledger.plan(found, configs, args.restart, bool(args.epochs), unusable)
+        precisions = {ledger.CHECKPOINT_NAME.fullmatch(path.name)["label"]:
+                      identity.get("precision") for path, identity in readable.items()
+                      if identity.get("precision")}
+        ledger.blocked_checkpoints(plan, unusable, precisions, results["precision"],
+                                   configs.selected)
+    return ledger.carry_out(out, names, earlier, plan, configs.checked)
 
 
 def _train_selected(script, argv, args, job, normalization, selected, dataset, results,
-                    results_file, earlier, reason, stale, renamed):
+                    results_file, settled):
     out, runtime, say = job.out, job.runtime, job.say
-    if runtime.is_main:
-        moved = outputs.kit_files(out, results_file, job.weights_file) if reason else []
-        if moved:
-            say(f"{reason}: the earlier results are kept in "
-                f"{outputs.move_aside(out, moved)}/")
-        if not reason:
-            _move_stale_configs(out, results_file, job.weights_file, earlier, stale, say)
-        if not reason and renamed:
-            kept = _kept(earlier, stale, renamed, job.weights_file)
-            _rename_moved_configs(out, results_file, job.weights_file,
-                                  kept or dict(results, configs=[]), renamed, say)
-    if not reason:  # every rank, the same as rank 0's JSON
-        earlier = _kept(earlier, stale, renamed, job.weights_file)
-        if earlier:
-            results.update(started=earlier["started"], configs=earlier["configs"])
-        if runtime.is_main and (stale or renamed):  # the PNGs show what the folder holds
+    kept, lines = settled
+    for line in lines:
+        say(line)
+    if kept:  # every rank, the same as rank 0's JSON
+        results.update(started=kept["started"], configs=kept["configs"])
+        if runtime.is_main and lines:  # the PNGs show what the folder holds
             outputs.plot_run(results["configs"], out, results["script"], job.log_every,
                              run=results)
-    rt.barrier(runtime)  # nobody reads the folder while rank 0 tidies it
 
-    say(f"{script}: {len(dataset.train_labels)} training and {len(dataset.test_labels)} test "
+    say(f"{Path(script).name}: {len(dataset.train_labels)} training and {len(dataset.test_labels)} test "
         f"images from {dataset.source}; {', '.join(results['devices'])}; output {out}")
     job.on_device = data.to_device(dataset, normalization, runtime.device)
     job.epochs_to_train = _epochs_to_train(selected, args.seeds, results)
@@ -187,11 +253,12 @@ def _train_selected(script, argv, args, job, normalization, selected, dataset, r
                                         runtime.distributed, finished=True)
     if runtime.is_main:
         _tidy(job, results, results_file)
-    chosen_ids = {f"config_{number}" for number, _ in selected}  # every seed of each
-    finished = [entry for entry in results["configs"] if entry["id"] in chosen_ids]
+    chosen = {(f"config_{number}", seed) for number, _ in selected
+              for seed in range(args.seed, args.seed + args.seeds)}
+    finished = [entry for entry in results["configs"] if (entry["id"], entry["seed"]) in chosen]
     if runtime.is_main:
-        print(outputs.summary(finished))
-        print(f"Results, weights and plots are in {out}/")
+        _print(outputs.summary(finished))
+        _print(f"Results, weights and plots are in {out}/")
     return 0 if all(entry["status"] == "finished" for entry in finished) else 1
 
 
@@ -266,8 +333,8 @@ def _load_data(args, script, argv):
     except data.DataError as error:
         if args.data_dir is not None:
             raise
-        raise data.DataError(f"{error}\nWith a copy in DIR, run:\n  python "
-                             f"{' '.join([script, '--data-dir', 'DIR'] + argv)}") from None
+        raise data.DataError(f"{error}\nWith a copy in DIR, run:\n  "
+                             f"{_command(script, ['--data-dir', 'DIR'] + argv)}") from None
 
 
 def _checked_configs(configs, model_settings, args):
@@ -312,165 +379,6 @@ def model_fingerprint(model):
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def _earlier_results(out, results_file, weights_file, results, all_configs, selected,
-                     models, args):
-    """(earlier results, why all the kit's files must be moved aside or None, {config id:
-    why that config's files must be moved aside}, {config id: its new id}). A config is known
-    by its content (the config and its model's fingerprint), not its place: one that moved
-    in CONFIGS keeps its results under its new number. ``models``: fingerprints by id."""
-    outputs.remove_temporaries(out)  # of writes that a kill cut short
-    outputs.finish_renaming(out, results_file)  # one that a crash interrupted
-    if args.restart and args.configs is None:
-        return None, "--restart", {}, {}
-    earlier = outputs.load_results(out / results_file)
-    if earlier is None:  # then no file named as the kit names its results is accounted for
-        strays = [path.name for path in outputs.kit_files(out, results_file, weights_file)
-                  if path.parent == out]
-        if strays:
-            return None, (f"{out} holds {', '.join(strays[:3])}"
-                          f"{', ...' if len(strays) > 3 else ''}, named as this kit names its "
-                          f"results, but no {results_file} of {results['script']}"), {}, {}
-    if earlier == "unreadable":
-        return None, f"{out / results_file} is not a results file this kit can read", {}, {}
-    if earlier and earlier.get("script") != results["script"]:
-        return None, f"{out / results_file} was written by {earlier.get('script')}", {}, {}
-    if earlier:
-        for key, what in (("seed", "--seed"), ("data", "the data")):
-            if earlier[key] != results[key]:
-                return None, (f"{what} differs from the earlier run's "
-                              f"({_describe_change(earlier[key], results[key])})"), {}, {}
-    current = {f"config_{number}": (chosen, models[f"config_{number}"])
-               for number, chosen in enumerate(all_configs, 1)}
-    found, unreadable_content = {}, object()  # config id -> (config, model) in the folder
-    for entry in (earlier or {}).get("configs", []):
-        content = (entry["config"], entry.get("model"))
-        found[entry["id"]] = content if found.get(entry["id"], content) == content \
-            else unreadable_content
-    for path in sorted((out / "checkpoints").glob("*.ckpt")):
-        name = outputs.CHECKPOINT_NAME.fullmatch(path.name)
-        if not name:
-            continue  # not one of ours (a user's backup copy, say): left alone
-        identity = checkpoints.load_checkpoint(path)["identity"]
-        _check_precision(path, identity, results["precision"])
-        same_run = (identity.get("seed"), identity.get("data")) == (int(name["seed"]),
-                                                                   results["data"])
-        content = (identity.get("config"), identity.get("model")) if same_run else None
-        found[name["label"]] = content if found.get(name["label"], content) == content \
-            else unreadable_content
-    stale, renamed = _match(found, current, " (--epochs)" if args.epochs else "")
-    if args.restart:  # with --configs: only those start over
-        for number, _ in selected:
-            label = f"config_{number}"
-            for old in [old for old, new in renamed.items() if new == label] + [label]:
-                if old in found:
-                    renamed.pop(old, None)
-                    stale[old] = f"--restart {label}"
-    return earlier, None, stale, renamed
-
-
-def _check_precision(path, identity, precision):
-    """Refuse to carry a checkpoint on in other arithmetic than it was trained in."""
-    if identity.get("precision", precision) != precision:
-        raise UserError(f"{path}: this config was trained in {identity['precision']} so far; "
-                        f"this run would carry it on in {precision} (another --amp, device or "
-                        f"GPU). Rerun as it was started to resume it, or --restart to start "
-                        f"over (the checkpoint is then moved aside).")
-
-
-def _match(found, current, epochs):
-    """({id: why its results must go}, {old id: new id}) for the configs ``found`` in the
-    folder against the ``current`` CONFIGS, both {id: (config, model fingerprint)}."""
-    changed = [label for label, content in found.items() if current.get(label) != content]
-    free = [label for label in current if found.get(label) != current[label]]
-    renamed = {}
-    for label in changed:
-        moved_to = next((other for other in free if current[other] == found[label]), None)
-        if moved_to is not None:
-            renamed[label] = moved_to
-            free.remove(moved_to)
-    stale = {}
-    for label in (label for label in changed if label not in renamed):
-        content, now = found[label], current.get(label)
-        if now is None or label in renamed.values():
-            why = "it is no longer in CONFIGS"
-        elif not isinstance(content, tuple):
-            why = "it was trained with another seed or data set"
-        elif content[0] == now[0]:
-            stale[label] = f"{label}: the model class changed since its earlier results"
-            continue
-        else:
-            why = _describe_change(content[0], now[0]) + epochs
-        stale[label] = f"{label} differs from its earlier results: {why}"
-    return stale, renamed
-
-
-def _move_stale_configs(out, results_file, weights_file, earlier, stale, say):
-    """Move the files and JSON entries of the configs in ``stale`` into earlier-<time>/,
-    one line each; the other configs' results stay where they are."""
-    if not stale:
-        return
-    moving = [entry for entry in earlier["configs"] if entry["id"] in stale] if earlier else []
-    files = [path for label in stale
-             for path in outputs.config_files(out, label, weights_file)]
-    target = outputs.move_aside(out, files)
-    if moving:
-        outputs.save_json(dict(earlier, configs=moving), target / results_file)
-        earlier["configs"] = [entry for entry in earlier["configs"] if entry not in moving]
-        outputs.save_json(earlier, out / results_file)
-    for label, reason in stale.items():
-        say(f"{reason}: its earlier results are kept in {target}/")
-
-
-def _kept(earlier, stale, renamed, weights_file):
-    """``earlier`` without the entries of ``stale`` configs and with those of moved ones
-    under their new ids and weights names (what rank 0 writes; every rank computes it)."""
-    if not earlier:
-        return earlier
-    configs = []
-    for entry in earlier["configs"]:
-        if entry["id"] in stale:
-            continue
-        entry = dict(entry, id=renamed.get(entry["id"], entry["id"]))
-        if entry.get("weights"):
-            entry["weights"] = outputs.weights_name(weights_file, int(entry["id"].split("_")[1]),
-                                                    entry["seed"], earlier["seed"])
-        configs.append(entry)
-    configs.sort(key=lambda entry: (int(entry["id"].split("_")[1]), entry["seed"]))
-    return dict(earlier, configs=configs)
-
-
-def _rename_moved_configs(out, results_file, weights_file, kept, renamed, say):
-    """Give the results of configs that moved in CONFIGS their new numbers: weights and
-    checkpoints renamed, and the results JSON ``kept`` (from _kept) written, as one step
-    (outputs.rename_with_results)."""
-    moves = []
-    for old, new in renamed.items():
-        old_stem, new_stem = (outputs.weights_stem(weights_file, int(label.split("_")[1]))
-                              for label in (old, new))
-        for path in outputs.config_files(out, old, weights_file):
-            name = (path.name.replace(old, new, 1) if path.suffix == ".ckpt"
-                    else new_stem + path.name[len(old_stem):])
-            moves.append((path, path.parent / name))
-    outputs.rename_with_results(out, moves, kept, results_file)
-    for old, new in renamed.items():
-        say(f"{old} is {new} now (the same config, moved in CONFIGS): its results are kept, "
-            f"renamed to {new}")
-
-
-def _describe_change(before, after):
-    """What changed between two configs (or identities, or data records), briefly:
-    "lr 0.01 -> 0.02, nesterov (new) True"."""
-    if not isinstance(before, dict) or not isinstance(after, dict):
-        return "it is no longer in CONFIGS" if after is None else f"{before!r} -> {after!r}"
-    changes = []
-    for key in list(before) + [key for key in after if key not in before]:
-        old, new = before.get(key, "(unset)"), after.get(key, "(unset)")
-        if old != new:
-            changes.append(_describe_change(old, new) if isinstance(old, dict)
-                           and isinstance(new, dict) else f"{key} {old!r} -> {new!r}")
-    return ", ".join(changes)
-
-
 def _run_config(job, number, chosen, seed, results, results_file, stop):
     """Train (or resume, or skip) one config with one seed; record it; return its status."""
     label, out, runtime, say = f"config_{number}", job.out, job.runtime, job.say
@@ -491,7 +399,7 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
                                     seed, 1, runtime))
     scheduler = train.make_scheduler(optimizer, chosen, steps)
     scaler = train.make_scaler(runtime)
-    checkpoint_path = out / "checkpoints" / f"{label}_seed{seed}.ckpt"
+    checkpoint_path = ledger.checkpoint_path(out, label, seed)
     checkpoint = rt.from_main(lambda: checkpoints.load_checkpoint(checkpoint_path), runtime)
     progress = train.new_progress()
     if checkpoint:
@@ -502,7 +410,7 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
         if note:
             say(f"{run_name}: {note}")
     identity = _identity(chosen, seed, job.run_data, job.models[label], rt.precision(runtime))
-    weights_path = out / outputs.weights_name(job.weights_file, number, seed, results["seed"])
+    weights_path = out / ledger.weights_name(job.weights_file, number, seed, results["seed"])
 
     def save(progress):
         rng_states = rt.gather_to_main(checkpoints.rng_state(), runtime)
@@ -510,9 +418,11 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
             checkpoints.save_checkpoint(checkpoint_path, identity, rt.unwrap(model), optimizer,
                                         scheduler, progress, rng_states, scaler)
 
-    def record(status):
+    def record(status, predictions=None):
         """This run's entry in ``results`` (in full on rank 0), written out there: the JSON
-        each time, the PNGs when they are due (see _refresh)."""
+        each time, the PNGs when they are due (see _refresh). A finished entry comes with
+        its per-class scores, and examples.png is drawn before the JSON says "finished", so
+        a kill between the two leaves nothing that no rerun would redo."""
         entry = {"id": label, "seed": seed, "config": chosen, "status": status}
         if runtime.is_main:
             entry = outputs.config_entry(label, seed, chosen, status, progress,
@@ -521,10 +431,14 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
                          compiled=runtime.compile)
             if job.log_every:
                 entry["steps_per_epoch"] = steps
+            if predictions is not None:
+                entry.update(_class_scores(predictions, job.on_device.test_labels))
         results["configs"] = sorted(
             [e for e in results["configs"] if (e["id"], e["seed"]) != (label, seed)] + [entry],
-            key=lambda e: (int(e["id"].split("_")[1]), e["seed"]))
+            key=lambda e: (ledger.number_of(e["id"]), e["seed"]))
         if runtime.is_main:
+            if predictions is not None and outputs.is_best(entry, results["configs"]):
+                outputs.plot_examples(job.on_device, predictions, entry, results["script"], out)
             _refresh(job, results, results_file, final=status != "running")
         return entry
 
@@ -538,6 +452,7 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
                     save, scaler, on_epoch=epoch_done)
     if status == "interrupted":
         return status
+    predictions = None
     if runtime.is_main and status == "finished":
         on_device = job.on_device
         predictions = latest.get("predictions")
@@ -546,15 +461,9 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
                                         on_device.scale, on_device.shift, runtime,
                                         chosen.get("tta", False))
         outputs.save_weights(rt.unwrap(model), weights_path)
-    entry = record(status)  # after the weights: the JSON never names a file not yet there
-    if runtime.is_main:
-        if status == "finished":
-            entry.update(_class_scores(predictions, job.on_device.test_labels))
-            outputs.save_json(results, out / results_file)
-            if outputs.is_best(entry, results["configs"]):
-                outputs.plot_examples(job.on_device, predictions, entry, results["script"], out)
-        if status != "out_of_memory":  # kept: a rerun with more memory carries on from it
-            checkpoints.remove_checkpoint(checkpoint_path)
+    record(status, predictions)  # after the weights: the JSON never names a file not yet there
+    if runtime.is_main and status != "out_of_memory":  # kept: a rerun carries on from it
+        checkpoints.remove_checkpoint(checkpoint_path)
     return status
 
 
@@ -704,8 +613,8 @@ def _tidy(job, results, results_file):
     and its PNGs, or removing its checkpoint) left undone: done at the end of every run."""
     for entry in results["configs"]:
         if entry["status"] in ("finished", "diverged"):
-            checkpoints.remove_checkpoint(job.out / "checkpoints" /
-                                          f"{entry['id']}_seed{entry['seed']}.ckpt")
+            checkpoints.remove_checkpoint(ledger.checkpoint_path(job.out, entry["id"],
+                                                                 entry["seed"]))
     if not all((job.out / name).is_file() for name in outputs.PLOT_FILES[:3]):
         outputs.plot_run(results["configs"], job.out, results["script"], job.log_every,
                          run=results)

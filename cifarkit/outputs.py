@@ -27,11 +27,7 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-EARLIER_PREFIX = "earlier-"  # subfolders holding results that a later run moved aside
-
-
 PLOT_FILES = ("loss.png", "train_accuracy.png", "test_accuracy.png", "examples.png")
-CHECKPOINT_NAME = re.compile(r"(?P<label>config_\d+)_seed(?P<seed>\d+)\.ckpt")
 # A folder holding any of these is somebody's project, not a place for results.
 FOREIGN_MARKERS = (".git", ".hg", ".svn", "pyproject.toml", "setup.py")
 SOURCE_SUFFIXES = (".py", ".ipynb")
@@ -44,9 +40,18 @@ def foreign_entries(folder):
                   if entry.name in FOREIGN_MARKERS or entry.suffix in SOURCE_SUFFIXES)
 
 
-def check_out_dir(path, bytes_needed, data_dir):
-    """Refuse an output folder that cannot be created or written, or that belongs to
-    something else (the data set, a repository, source code), without touching it."""
+def check_out_dir(path, bytes_needed, data_dir, kit_names=PLOT_FILES):
+    """Refuse an output folder that cannot be created or written, that belongs to something
+    else (the data set, a repository, source code), or where something stands in the way of
+    a file the kit writes there (``kit_names``, relative to it), without touching it."""
+    try:
+        _check_out_dir(path, bytes_needed, data_dir, kit_names)
+    except OSError as error:  # a name too long, a loop of links, a folder we may not list
+        raise UserError(f"--out {path}: {error.strerror or error}. Choose another folder "
+                        f"with --out DIR.") from None
+
+
+def _check_out_dir(path, bytes_needed, data_dir, kit_names):
     out = Path(path).absolute()
     data = Path(data_dir).absolute()
     special = {Path(out.anchor): "the root of the file system",
@@ -64,14 +69,28 @@ def check_out_dir(path, bytes_needed, data_dir):
                             f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): "
                             f"it looks like a project or source folder. Results go into a "
                             f"folder of their own: choose one with --out DIR.")
-    # A folder where the kit writes a file (or a file where it keeps its checkpoints) would
-    # stop the run only after its first config had trained.
-    blocked = [out / name for name in PLOT_FILES if (out / name).is_dir()]
-    if (out / "checkpoints").exists() and not (out / "checkpoints").is_dir():
-        blocked.append(out / "checkpoints")
+    _check_nothing_in_the_way(out, path, kit_names)
+    _check_disk(out, path, bytes_needed)
+
+
+def _check_nothing_in_the_way(out, path, kit_names):
+    """A folder (or pipe) where the kit writes a file, or a file or broken link where it
+    keeps its checkpoints, would stop the run only after its first config had trained."""
+    checkpoints = out / "checkpoints"
+    if checkpoints.is_symlink() and not checkpoints.exists():
+        raise UserError(f"--out {path}: {checkpoints} is a link to {os.readlink(checkpoints)}, "
+                        f"which does not exist. Create that folder (a scratch disk not "
+                        f"mounted?), or remove the link.")
+    blocked = [out / name for name in kit_names
+               if (out / name).exists() and not (out / name).is_file()]
+    if checkpoints.exists() and not checkpoints.is_dir():
+        blocked.append(checkpoints)
     if blocked:
         raise UserError(f"--out {path}: {blocked[0]} is in the way of a file or folder the "
                         f"kit writes there. Move it, or choose another folder with --out DIR.")
+
+
+def _check_disk(out, path, bytes_needed):
     existing = out
     while not existing.exists():
         existing = existing.parent
@@ -86,138 +105,6 @@ def check_out_dir(path, bytes_needed, data_dir):
         raise UserError(f"--out {path}: only {free / 2**20:.0f} MiB free on that disk; this run "
                         f"needs about {bytes_needed / 2**20:.0f} MiB. Free some space or "
                         f"choose another folder with --out DIR.")
-
-
-def weights_stem(pattern, number):
-    """The weights file name of config ``number`` without ".pth" and the seed: config_3 for
-    "config_{number}.pth"; for a pattern without a number (the baseline's "model.pth"),
-    "model" for config 1 and "model_config_3" for the others, so configs never share one."""
-    if "{number}" in pattern:
-        return pattern.format(number=number)[:-len(".pth")]
-    return pattern[:-len(".pth")] + ("" if number == 1 else f"_config_{number}")
-
-
-def weights_name(pattern, number, seed, base_seed):
-    """config_N.pth for the run's own seed; config_N_seedS.pth for the extra seeds."""
-    stem = weights_stem(pattern, number)
-    return f"{stem}.pth" if seed == base_seed else f"{stem}_seed{seed}.pth"
-
-
-def _weights_regex(pattern, number=None):
-    """What weights_name() writes for config ``number`` (any config when None)."""
-    if number is not None:
-        stem = re.escape(weights_stem(pattern, number))
-    elif "{number}" in pattern:
-        stem = re.escape(pattern[:-len(".pth")]).replace(re.escape("{number}"), r"\d+")
-    else:
-        stem = re.escape(pattern[:-len(".pth")]) + r"(_config_\d+)?"
-    return re.compile(stem + r"(_seed\d+)?\.pth")
-
-
-def kit_files(out_dir, results_file, weights_pattern):
-    """The files in ``out_dir`` that this kit writes (results JSON, weights, PNGs,
-    checkpoints): the only ones it ever moves. Anything else there is left alone."""
-    out_dir = Path(out_dir)
-    weights = _weights_regex(weights_pattern)
-    found = [out_dir / name for name in (results_file, *PLOT_FILES)]
-    for path in out_dir.glob("*.json"):  # any script's results, and the weights they name
-        results = load_results(path)
-        if isinstance(results, dict):
-            found.append(path)
-            found += [out_dir / entry["weights"] for entry in results["configs"]
-                      if isinstance(entry.get("weights"), str)
-                      and Path(entry["weights"]).name == entry["weights"]]
-    found += [path for path in out_dir.glob("*.pth") if weights.fullmatch(path.name)]
-    found += [path for path in (out_dir / "checkpoints").glob("*.ckpt")
-              if CHECKPOINT_NAME.fullmatch(path.name)]
-    return sorted({path for path in found if path.is_file()})
-
-
-TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # write_atomically's, cut short by a kill
-
-
-def remove_temporaries(out_dir):
-    """Delete what writes cut short by kill -9 or a power cut left behind (a ResNet
-    checkpoint's is 90 MB): files named as only write_atomically names them."""
-    for folder in (Path(out_dir), Path(out_dir) / "checkpoints"):
-        for path in folder.glob(".*.tmp") if folder.is_dir() else []:
-            if TEMPORARY.fullmatch(path.name) and path.is_file():
-                path.unlink()
-
-
-def config_files(out_dir, label, weights_pattern):
-    """The weights (every seed) and checkpoints of one config (``label``: config_N)."""
-    out_dir = Path(out_dir)
-    weights = _weights_regex(weights_pattern, int(label.split("_")[1]))
-    return sorted([path for path in out_dir.glob("*.pth") if weights.fullmatch(path.name)]
-                  + [path for path in (out_dir / "checkpoints").glob(f"{label}_seed*.ckpt")
-                     if CHECKPOINT_NAME.fullmatch(path.name)])
-
-
-JOURNAL = ".relabel.json"  # a renaming in progress (see rename_with_results)
-
-
-def rename_with_results(out_dir, moves, results, results_file):
-    """Rename files (``moves``: [(source, target)] inside ``out_dir``) and write ``results``
-    as one step. A crash at any moment leaves the old names with the old results JSON or the
-    new names with the new one: finish_renaming(), at the start of the next run, completes or
-    undoes it, deciding by whether the results JSON was already written (its "renaming"
-    token), which is the one atomic step."""
-    out_dir = Path(out_dir)
-    token = secrets.token_hex(8)
-    plan = [[str(Path(source).relative_to(out_dir)), str(Path(target).relative_to(out_dir))]
-            for source, target in moves]
-    save_json({"token": token, "moves": plan}, out_dir / JOURNAL)
-    staging = out_dir / ".relabel"
-    staging.mkdir(exist_ok=True)
-    for source, target in plan:  # out of the way first: the targets may be other sources
-        os.replace(out_dir / source, staging / target.replace("/", "__"))
-    save_json(dict(results, renaming=token), out_dir / results_file)
-    finish_renaming(out_dir, results_file)
-
-
-def finish_renaming(out_dir, results_file):
-    """Complete (or undo) a rename_with_results() that a crash interrupted; a no-op else."""
-    out_dir = Path(out_dir)
-    try:
-        journal = json.loads((out_dir / JOURNAL).read_text())
-    except (OSError, ValueError):
-        return
-    try:  # the token alone decides, whatever else the JSON holds
-        done = json.loads((out_dir / results_file).read_text()).get("renaming") \
-            == journal["token"]
-    except (OSError, ValueError, AttributeError):
-        done = False
-    staging = out_dir / ".relabel"
-    for source, target in journal["moves"]:
-        staged = staging / target.replace("/", "__")
-        if staged.exists():
-            destination = out_dir / (target if done else source)
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, destination)
-    (out_dir / JOURNAL).unlink()
-    if staging.is_dir() and not any(staging.iterdir()):
-        staging.rmdir()
-
-
-def move_aside(out_dir, paths):
-    """Move ``paths`` (files in ``out_dir`` or its checkpoints/) into a new time-stamped
-    subfolder, keeping their relative places; return the subfolder."""
-    out_dir = Path(out_dir)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    target = out_dir / f"{EARLIER_PREFIX}{stamp}"
-    suffix = 1
-    while target.exists():
-        suffix += 1
-        target = out_dir / f"{EARLIER_PREFIX}{stamp}-{suffix}"
-    for path in paths:
-        destination = target / Path(path).relative_to(out_dir)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, destination)
-    checkpoints = out_dir / "checkpoints"
-    if checkpoints.is_dir() and not checkpoints.is_symlink() and not any(checkpoints.iterdir()):
-        checkpoints.rmdir()
-    return target
 
 
 @contextlib.contextmanager
@@ -251,11 +138,16 @@ def locked(out_dir):
 def load_results(path):
     """The results JSON at ``path``: a dict, None when absent, "unreadable" when broken or
     not of the shape this kit writes (a hand-edited file, say)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    if not path.is_file():  # a folder, or a named pipe that would never end a read
+        return "unreadable"
     try:
-        results = json.loads(Path(path).read_text())
+        results = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: a deeply nested one
         return "unreadable"
     return results if _well_formed(results) else "unreadable"
 
@@ -325,7 +217,10 @@ def save_weights(model, path):
     """A plain state_dict of the unwrapped model: loads with torch.load(weights_only=True),
     as CPU tensors, so weights trained on a GPU load on a machine without one too."""
     state = to_cpu(model.state_dict())
-    write_atomically(path, lambda file: torch.save(state, file))
+    try:
+        write_atomically(path, lambda file: torch.save(state, file))
+    except RuntimeError as error:  # torch.save's way of saying the disk is full
+        raise OSError(f"{path}: {str(error).splitlines()[0]}") from None
 
 
 def save_json(data, path):
@@ -340,7 +235,7 @@ def environment():
             "torchvision": torchvision.__version__, "platform": platform.platform()}
 
 
-def new_results(script, dataset, runtime, seed, argv):
+def new_results(script, dataset, normalization, runtime, seed, argv):
     """The run-level half of a results JSON; configs are appended as they finish."""
     launcher = "torchrun ..." if runtime.distributed else "python"
     return {
@@ -353,7 +248,8 @@ def new_results(script, dataset, runtime, seed, argv):
                                        and torch.cuda.device_count() > 1 else "single process"),
         "data": {"source": dataset.source, "train_images": len(dataset.train_labels),
                  "test_images": len(dataset.test_labels),
-                 "fingerprint": data_fingerprint(dataset)},
+                 "fingerprint": data_fingerprint(dataset),
+                 "normalization": [list(map(float, values)) for values in normalization]},
         "seed": seed,
         "precision": precision(runtime),
         "versions": environment(),

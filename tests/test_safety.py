@@ -349,7 +349,7 @@ def test_a_failed_download_ends_with_the_command_to_run(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.rstrip().splitlines()[-1] == (
-        "  python L2_regularization.py --data-dir DIR --epochs 1 --device cpu")
+        f"  python {REPO / 'L2_regularization.py'} --data-dir DIR --epochs 1 --device cpu")
     assert list(tmp_path.iterdir()) == []  # no empty ./data left behind
 
 

@@ -1,0 +1,494 @@
+"""A folder's results ledger: which earlier result belongs to which config, and every move.
+
+    earlier = ledger.open_folder(out, names)           # finish what a kill interrupted, read
+    plan = ledger.plan(earlier, found, current, ...)   # what stays, is renamed, goes aside
+    kept, lines = ledger.carry_out(out, names, earlier, plan, current_configs)
+
+Nothing else in the kit moves, renames or deletes a result. Every change of a folder (files
+renamed after a reorder, a changed config's files moved into ``earlier-<time>/``, --restart)
+is one transaction: a journal naming every move and the results JSONs to write is written
+first, then the files move and the JSONs are written, then the journal goes. A kill at any
+moment leaves the journal, and the next run of any script into that folder (or make_report)
+completes it before it reads anything, so a results entry is never apart from its weights and
+checkpoint. A file moves first to a hidden name in its own folder (an atomic rename), then to
+its place; across file systems (a checkpoints/ link to a scratch disk) it is copied, synced,
+renamed into place, and only then removed.
+
+A result's identity is what the experiment computes, not how it is named: the data by its
+content fingerprint (not the path spelling), the normalization, the config without naming
+keys and without values equal to the neutral ones (so a key added to the kit later, whose
+default trains as before, changes no identity), and the model's fingerprint.
+"""
+import contextlib
+import errno
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .errors import UserError
+from .outputs import PLOT_FILES, load_results, save_json, write_atomically
+
+EARLIER_PREFIX = "earlier-"  # subfolders holding results that a later run moved aside
+JOURNAL = ".ledger.json"     # a transaction in progress
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_NAME = re.compile(r"(?P<label>config_\d+)_seed(?P<seed>\d+)\.ckpt")
+TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # write_atomically's, cut short by a kill
+NAMING_KEYS = ("name", "reported_accuracy", "reported_seconds")  # change no computation
+CONFLICT = "two different configs under one id"
+
+
+@dataclass(frozen=True)
+class Names:
+    """How one script names its files in a folder."""
+    script: str         # the script's file name, recorded in its results JSON
+    results_file: str   # its results JSON
+    weights_file: str   # its weights pattern: "config_{number}.pth" or "model.pth"
+
+
+@dataclass
+class Configs:
+    """A script's CONFIGS as the ledger sees them."""
+    checked: dict    # config id -> the config, defaults filled in
+    neutral: dict    # key -> the value that trains as if the key were absent
+    identity: dict   # config id -> (config identity, model fingerprint)
+    selected: list   # the ids this run trains
+    every: bool      # no --configs: all are selected, and removed configs' results may go
+
+
+@dataclass
+class Plan:
+    """What happens to a folder's earlier results before training starts."""
+    everything: str = None                     # why every kit file goes aside, or None
+    aside: dict = field(default_factory=dict)  # config id -> why its results go aside
+    renamed: dict = field(default_factory=dict)  # old id -> new id
+
+
+# ----------------------------------------------------------------------------- file names
+
+def number_of(label):
+    """3 for "config_3"."""
+    return int(label.split("_")[1])
+
+
+def weights_stem(pattern, number):
+    """The weights file name of config ``number`` without ".pth" and the seed: config_3 for
+    "config_{number}.pth"; for a pattern without a number (the baseline's "model.pth"),
+    "model" for config 1 and "model_config_3" for the others, so configs never share one."""
+    if "{number}" in pattern:
+        return pattern.format(number=number)[:-len(".pth")]
+    return pattern[:-len(".pth")] + ("" if number == 1 else f"_config_{number}")
+
+
+def weights_name(pattern, number, seed, base_seed):
+    """config_N.pth for the run's own seed; config_N_seedS.pth for the extra seeds."""
+    stem = weights_stem(pattern, number)
+    return f"{stem}.pth" if seed == base_seed else f"{stem}_seed{seed}.pth"
+
+
+def _weights_regex(pattern, number=None):
+    """What weights_name() writes for config ``number`` (any config when None)."""
+    if number is not None:
+        stem = re.escape(weights_stem(pattern, number))
+    elif "{number}" in pattern:
+        stem = re.escape(pattern[:-len(".pth")]).replace(re.escape("{number}"), r"\d+")
+    else:
+        stem = re.escape(pattern[:-len(".pth")]) + r"(_config_\d+)?"
+    return re.compile(stem + r"(_seed\d+)?\.pth")
+
+
+def checkpoint_path(out, label, seed):
+    return Path(out) / CHECKPOINTS / f"{label}_seed{seed}.ckpt"
+
+
+def _files(folder, pattern):
+    """The regular files in ``folder`` whose names match ``pattern`` (never a pipe)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir()
+                  if pattern.fullmatch(path.name) and path.is_file())
+
+
+def config_files(out, label, weights_file):
+    """The weights (every seed) and checkpoints of one config (``label``: config_N)."""
+    return (_files(out, _weights_regex(weights_file, number_of(label)))
+            + _files(Path(out) / CHECKPOINTS, re.compile(re.escape(label) + r"_seed\d+\.ckpt")))
+
+
+def kit_files(out, names):
+    """The files in ``out`` that this kit writes (results JSONs, weights, PNGs, checkpoints):
+    the only ones it ever moves. Anything else there is left alone."""
+    out = Path(out)
+    found = [out / name for name in (names.results_file, *PLOT_FILES)]
+    for path in _files(out, re.compile(r".+\.json")):  # any script's results, and its weights
+        results = load_results(path)
+        if isinstance(results, dict):
+            found.append(path)
+            found += [out / entry["weights"] for entry in results["configs"]
+                      if isinstance(entry.get("weights"), str)
+                      and Path(entry["weights"]).name == entry["weights"]]
+    found += _files(out, _weights_regex(names.weights_file))
+    found += _files(out / CHECKPOINTS, CHECKPOINT_NAME)
+    return sorted({path for path in found if path.is_file()})
+
+
+def remove_temporaries(out):
+    """Delete what writes cut short by kill -9 or a power cut left behind (a ResNet
+    checkpoint's is 90 MB): files named as only write_atomically names them."""
+    for folder in (Path(out), Path(out) / CHECKPOINTS):
+        for path in _files(folder, TEMPORARY):
+            path.unlink()
+
+
+# ------------------------------------------------------------------------------- identity
+
+def config_identity(config, neutral):
+    """What a config makes the training compute: no naming keys, and no key whose value is
+    the neutral one (``neutral``: {key: value that trains as if the key were absent})."""
+    return {key: value for key, value in sorted(config.items())
+            if key not in NAMING_KEYS and not (key in neutral and neutral[key] == value)}
+
+
+def same_data(earlier, now):
+    """Whether two results JSONs' "data" records describe the same inputs: the images by
+    their content fingerprint and counts, and the normalization; not the path they were read
+    from. A record written before the normalization was recorded is taken as the same."""
+    if not isinstance(earlier, dict) or not isinstance(now, dict):
+        return False
+    keys = (set(earlier) | set(now)) - {"source"}
+    if "normalization" not in earlier:
+        keys.discard("normalization")
+    return all(earlier.get(key) == now.get(key) for key in keys)
+
+
+def describe_change(before, after):
+    """What changed between two configs (or data records), briefly:
+    "lr 0.01 -> 0.02, nesterov (unset) -> True"."""
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return "it is no longer in CONFIGS" if after is None else f"{before!r} -> {after!r}"
+    changes = []
+    for key in list(before) + [key for key in after if key not in before]:
+        old, new = before.get(key, "(unset)"), after.get(key, "(unset)")
+        if old != new and key != "source":
+            changes.append(describe_change(old, new) if isinstance(old, dict)
+                           and isinstance(new, dict) else f"{key} {old!r} -> {new!r}")
+    return ", ".join(changes)
+
+
+# ------------------------------------------------------------------------------ reading
+
+def open_folder(out, names):
+    """Finish a transaction a kill interrupted, remove cut-short writes, and return the
+    folder's results JSON: a dict, None when absent, "unreadable" when it cannot be used."""
+    recover(out)
+    remove_temporaries(out)
+    path = Path(out) / names.results_file
+    if path.exists() and not path.is_file():
+        return "unreadable"
+    return load_results(path)
+
+
+def whole_folder_problem(out, names, earlier, results):
+    """Why every kit file in ``out`` must go aside before this run can use the folder (it
+    holds another script's results, another seed's, other data's, or unreadable ones), or
+    None."""
+    if earlier is None:  # then no file named as the kit names its results is accounted for
+        strays = [path.name for path in kit_files(out, names) if path.parent == Path(out)]
+        if strays:
+            return (f"{out} holds {', '.join(strays[:3])}{', ...' if len(strays) > 3 else ''}"
+                    f", named as this kit names its results, but no {names.results_file} of "
+                    f"{names.script}")
+        return None
+    if earlier == "unreadable":
+        return f"{Path(out) / names.results_file} is not a results file this kit can read"
+    if earlier.get("script") != names.script:
+        return f"{Path(out) / names.results_file} was written by {earlier.get('script')}"
+    if earlier["seed"] != results["seed"]:
+        return f"--seed differs from the earlier run's ({earlier['seed']} -> {results['seed']})"
+    if not same_data(earlier["data"], results["data"]):
+        return (f"the data differs from the earlier run's "
+                f"({describe_change(earlier['data'], results['data'])})")
+    return None
+
+
+def found_configs(earlier, checkpoints, results, neutral):
+    """{config id: (config identity, model fingerprint)} of what the folder holds, from the
+    results JSON and the readable ``checkpoints`` ({path: identity}); CONFLICT where two
+    disagree, None for a checkpoint of another seed or data set."""
+    found = {}
+
+    def add(label, content):
+        found[label] = content if found.get(label, content) == content else CONFLICT
+
+    for entry in (earlier or {}).get("configs", []):
+        add(entry["id"], (config_identity(entry["config"], neutral), entry.get("model")))
+    for path, identity in sorted(checkpoints.items()):
+        name = CHECKPOINT_NAME.fullmatch(Path(path).name)
+        same_run = (identity.get("seed") == int(name["seed"])
+                    and same_data(identity.get("data"), results["data"]))
+        add(name["label"], (config_identity(identity.get("config") or {}, neutral),
+                            identity.get("model")) if same_run else None)
+    return found
+
+
+def read_checkpoints(out, read_identity):
+    """({path: identity}, {config id: why its checkpoint cannot be used}) for the kit's
+    checkpoints in ``out``; ``read_identity(path)`` raises UserError for one it cannot read."""
+    readable, unusable = {}, {}
+    for path in _files(Path(out) / CHECKPOINTS, CHECKPOINT_NAME):
+        try:
+            readable[path] = read_identity(path)
+        except UserError as error:
+            unusable[CHECKPOINT_NAME.fullmatch(path.name)["label"]] = str(error)
+    return readable, unusable
+
+
+# ------------------------------------------------------------------------------ deciding
+
+def plan(found, configs, restart, epochs_flag, unusable=()):
+    """Match what the folder holds (``found``: {id: identity}) to ``configs`` by content: a
+    config that moved in CONFIGS keeps its results under its new id; a changed config's
+    results go aside when it is selected (a removed one's when every config is);
+    ``restart``: the selected configs' results go aside, wherever they are now, and their
+    ``unusable`` checkpoints (ids) with them."""
+    current = configs.identity
+    changed = [label for label, content in found.items() if current.get(label) != content]
+    free = [label for label in current if found.get(label) != current[label]]
+    result = Plan()
+    for label in changed:
+        moved_to = next((other for other in free if current[other] == found[label]), None)
+        if moved_to is not None:
+            result.renamed[label] = moved_to
+            free.remove(moved_to)
+    for label in (label for label in changed if label not in result.renamed):
+        taken = label in result.renamed.values()
+        if configs.every or label in configs.selected or taken:
+            result.aside[label] = _why_changed(label, found[label], current.get(label), taken,
+                                               epochs_flag)
+    for label in unusable:  # a damaged checkpoint never stays under a new config's name
+        if label in result.renamed.values() and label not in result.aside:
+            result.aside[label] = f"{label}: its checkpoint cannot be used"
+    if restart:
+        owners = {result.renamed.get(label, label): label for label in found
+                  if label in result.renamed or label not in changed}
+        for label in configs.selected:
+            owner = owners.get(label, label if label in unusable else None)
+            if owner is not None:
+                result.renamed.pop(owner, None)
+                result.aside[owner] = f"--restart {label}"
+    return result
+
+
+def _why_changed(label, content, now, taken, epochs_flag):
+    if now is None or taken:
+        why = "it is no longer in CONFIGS"
+    elif not isinstance(content, tuple):
+        why = ("it was trained with another seed or data set" if content is None
+               else "its results hold two different configs")
+    elif content[0] == now[0]:
+        return f"{label}: the model class changed since its earlier results"
+    else:
+        why = describe_change(content[0], now[0])
+        if epochs_flag and content[0].get("num_epochs") != now[0].get("num_epochs"):
+            why += " (--epochs)"
+    return f"{label} differs from its earlier results: {why}"
+
+
+def blocked_checkpoints(plan_, unusable, precisions, precision, selected):
+    """Refuse a selected config's checkpoint that cannot be used (unreadable, or trained in
+    other arithmetic) unless the plan moves it aside; other configs' never block this run.
+    ``precisions``: {config id: the precision its checkpoint was trained in}."""
+    def resumed(label):  # the id whose checkpoint the selected config would carry on
+        owner = next((old for old, new in plan_.renamed.items() if new == label), label)
+        return None if owner in plan_.aside or (owner == label and label in plan_.renamed) \
+            else owner
+
+    for label in selected:
+        owner = resumed(label)
+        if owner in unusable:
+            raise UserError(f"{unusable[owner]} To start {label} over: --restart --configs "
+                            f"{number_of(label)}.")
+        if owner in precisions and precisions[owner] != precision:
+            raise UserError(
+                f"{label}: its checkpoint was trained in {precisions[owner]} so far; this run "
+                f"would carry it on in {precision} (another --amp, device or GPU). Rerun as it "
+                f"was started to resume it, or start it over with --restart --configs "
+                f"{number_of(label)} (its checkpoint is then moved aside).")
+
+
+# ------------------------------------------------------------------------------- acting
+
+def carry_out(out, names, earlier, plan_, current_configs):
+    """Perform ``plan_`` as one transaction; return (the results JSON the folder now holds,
+    or None; the lines that say what moved). ``current_configs``: {id: config} of CONFIGS,
+    whose naming keys (name, reported figures) the kept entries take."""
+    out = Path(out)
+    target = _earlier_folder(out)
+    moves, writes, lines = [], {}, []
+    if plan_.everything:
+        moves = [(path, target / path.relative_to(out)) for path in kit_files(out, names)]
+        lines.append(f"{plan_.everything}: the earlier results are kept in {target}/")
+        kept = None
+    else:
+        kept = _kept(earlier, plan_, current_configs, names.weights_file)
+        for label, reason in plan_.aside.items():
+            moves += [(path, target / path.relative_to(out))
+                      for path in config_files(out, label, names.weights_file)]
+            lines.append(f"{reason}: its earlier results are kept in {target}/")
+        moving = [entry for entry in (earlier or {}).get("configs", [])
+                  if entry["id"] in plan_.aside]
+        if moving:
+            writes[target / names.results_file] = dict(earlier, configs=moving)
+        moves += _renames(out, plan_.renamed, names.weights_file)
+        lines += [f"{old} is {new} now (the same config, moved in CONFIGS): its results are "
+                  f"kept, renamed to {new}" for old, new in plan_.renamed.items()]
+        if kept is not None and kept != earlier:
+            writes[out / names.results_file] = kept
+    if moves or writes:
+        _commit(out, moves, writes)
+    return kept, lines
+
+
+def _earlier_folder(out):
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    target, suffix = out / f"{EARLIER_PREFIX}{stamp}", 1
+    while os.path.lexists(target):
+        suffix += 1
+        target = out / f"{EARLIER_PREFIX}{stamp}-{suffix}"
+    return target
+
+
+def _renames(out, renamed, weights_file):
+    moves = []
+    for old, new in renamed.items():
+        old_stem, new_stem = (weights_stem(weights_file, number_of(label))
+                              for label in (old, new))
+        for path in config_files(out, old, weights_file):
+            name = (path.name.replace(old, new, 1) if path.suffix == ".ckpt"
+                    else new_stem + path.name[len(old_stem):])
+            moves.append((path, path.parent / name))
+    return moves
+
+
+def _kept(earlier, plan_, current_configs, weights_file):
+    """``earlier`` without the entries going aside, the renamed ones under their new ids
+    and weights names, each with the current config's naming keys."""
+    if not isinstance(earlier, dict):
+        return None
+    configs = []
+    for entry in earlier["configs"]:
+        if entry["id"] in plan_.aside:
+            continue
+        label = plan_.renamed.get(entry["id"], entry["id"])
+        entry = dict(entry, id=label)
+        if label in current_configs:
+            entry["config"] = current_configs[label]
+        if entry.get("weights"):
+            entry["weights"] = weights_name(weights_file, number_of(label), entry["seed"],
+                                            earlier["seed"])
+        configs.append(entry)
+    configs.sort(key=lambda entry: (number_of(entry["id"]), entry["seed"]))
+    return dict(earlier, configs=configs)
+
+
+# --------------------------------------------------------------------------- transactions
+
+def _commit(out, moves, writes):
+    """Record the transaction, then perform it (see the module docstring)."""
+    token = secrets.token_hex(4)
+    journal = {"phase": "stage", "writes": {}, "moves": []}
+    for index, (source, target) in enumerate(moves):
+        staged = Path(source).parent / f".ledger-{token}-{index}"
+        journal["moves"].append([str(Path(path).relative_to(out))
+                                 for path in (source, target, staged)])
+    for path, content in writes.items():
+        journal["writes"][str(Path(path).relative_to(out))] = content
+    with _signals_held():
+        try:
+            save_json(journal, out / JOURNAL)
+        except OSError as error:
+            raise UserError(f"{out}: cannot record the move of earlier results "
+                            f"({error.strerror or error}); nothing was moved. Free some "
+                            f"space there, or choose another folder with --out DIR.") from None
+        _attempt(out, lambda: _finish(out, journal))
+
+
+def recover(out):
+    """Complete the transaction that a kill (or a full disk) interrupted; a no-op else."""
+    out = Path(out)
+    path = out / JOURNAL
+    if not path.is_file():
+        return
+    try:
+        journal = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as error:
+        raise UserError(f"{path}: a move of earlier results was interrupted and its record "
+                        f"cannot be read ({error}). Move {path} away and rerun; then check "
+                        f"the earlier-* folders by hand.") from None
+    with _signals_held():
+        _attempt(out, lambda: _finish(out, journal))
+
+
+def _finish(out, journal):
+    """Carry a journal forward from wherever it stopped; every step can be done again."""
+    if journal["phase"] == "stage":
+        for source, _, staged in journal["moves"]:
+            if os.path.lexists(out / source) and not os.path.lexists(out / staged):
+                os.replace(out / source, out / staged)  # in its own folder: atomic
+        journal["phase"] = "place"
+        save_json(journal, out / JOURNAL)
+    for _, target, staged in journal["moves"]:
+        if os.path.lexists(out / staged):
+            _transfer(out / staged, out / target)
+    for name, content in journal["writes"].items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        save_json(content, out / name)
+    checkpoints = out / CHECKPOINTS
+    if checkpoints.is_dir() and not checkpoints.is_symlink() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
+    (out / JOURNAL).unlink()
+
+
+def _transfer(source, target):
+    """Move one file; across file systems, copy (synced, renamed into place), then remove."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(source, target)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        with open(source, "rb") as original:
+            write_atomically(target, lambda file: shutil.copyfileobj(original, file))
+        os.unlink(source)
+
+
+def _attempt(out, step):
+    try:
+        step()
+    except OSError as error:
+        raise UserError(f"{out}: moving earlier results failed ({error.strerror or error}: "
+                        f"{error.filename or ''}). Nothing is lost: the move is recorded in "
+                        f"{Path(out) / JOURNAL}, and the next run into this folder completes "
+                        f"it once that is fixed.") from None
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM wait until the transaction is done (kill -9 cannot, and needs not:
+    the journal is there for it)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, ValueError):  # Windows, or not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -1,0 +1,324 @@
+"""Faults an adversarial pass found where a folder's earlier results meet an edited CONFIGS
+(issue "Results that can never be separated from their weights"): each ends with the run
+doing what the user meant, or with one line before training that names the problem and a
+remedy that works. Nothing is lost, no advice loops, no traceback, no hang."""
+import importlib.util
+import io
+import json
+import os
+import shlex
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifarkit import checkpoints, config, outputs, train
+from test_ledger import A, B, D, Killed, run
+
+RESULTS = "training_result.json"
+
+
+def entries(out):
+    return {(entry["id"], entry["seed"]): entry
+            for entry in json.loads((out / RESULTS).read_text())["configs"]}
+
+
+def with_checkpoint(out, data_dir, monkeypatch, configs):
+    """Train ``configs``; the one of batch_size 30 (D) runs out of memory in its second
+    epoch and leaves its checkpoint."""
+    real_step, steps = train._train_step, []
+
+    def out_of_memory_in_epoch_2(model, optimizer, images, labels, index, *args):
+        steps.append(len(index))
+        if len(index) == 30 and steps.count(30) > 10:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_step(model, optimizer, images, labels, index, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "_train_step", out_of_memory_in_epoch_2)
+        assert run(out, data_dir, configs, patch) == 1
+
+
+def test_a_diverged_config_with_a_lower_lr_trains_again(pickled_data, tmp_path, monkeypatch,
+                                                        capsys):
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A, dict(B, lr=1e30)], monkeypatch) == 1
+    assert entries(out)[("config_2", 0)]["status"] == "diverged"
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0  # was "cannot write ...: rerun"
+    assert entries(out)[("config_2", 0)]["status"] == "finished"
+    (earlier,) = out.glob("earlier-*")
+    assert [entry["status"] for entry in json.loads((earlier / RESULTS).read_text())[
+        "configs"]] == ["diverged"]
+    assert run(out, pickled_data, [A, dict(B, lr=1e30)], monkeypatch) == 1
+    capsys.readouterr()
+    assert run(out, pickled_data, [A, dict(B, lr=1e30)], monkeypatch,
+               "--restart", "--configs", "2") == 1  # trains it again, and it diverges again
+    captured = capsys.readouterr()
+    assert "--restart config_2: its earlier results are kept in" in captured.out
+    assert "config_2: the loss became NaN or infinite" in captured.err
+    assert "cannot write" not in captured.err
+
+
+def test_another_configs_checkpoint_in_other_arithmetic_blocks_nothing(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    with_checkpoint(out, pickled_data, monkeypatch, [D, A])
+    path = out / "checkpoints" / "config_1_seed0.ckpt"
+    saved = torch.load(path, weights_only=True)
+    saved["identity"]["precision"] = "bf16 autocast"  # as on a GPU
+    torch.save(saved, path)
+    capsys.readouterr()
+    assert run(out, pickled_data, [D, A], monkeypatch, "--configs", "2") == 0
+    assert run(out, pickled_data, [D, A], monkeypatch) == 2  # config_1 itself: refused
+    message = capsys.readouterr().err
+    assert "config_1: its checkpoint was trained in bf16 autocast" in message
+    assert "--restart --configs 1" in message
+    assert run(out, pickled_data, [D, A], monkeypatch, "--restart", "--configs", "1") == 0
+    assert entries(out)[("config_1", 0)]["status"] == "finished"
+    assert (out / "config_2.pth").is_file()
+
+
+def test_restart_of_one_config_after_a_reorder_moves_only_its_results(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    a, b = ((out / name).read_bytes() for name in ("config_1.pth", "config_2.pth"))
+    capsys.readouterr()
+    assert run(out, pickled_data, [B, A], monkeypatch, "--restart", "--configs", "1") == 0
+    printed = capsys.readouterr().out
+    assert "config_1 epoch 1/1" in printed and "config_2 epoch" not in printed
+    (earlier,) = out.glob("earlier-*")
+    assert (earlier / "config_2.pth").read_bytes() == b  # b's old results, aside
+    assert (out / "config_2.pth").read_bytes() == a  # a's, kept under its new number
+    assert entries(out)[("config_2", 0)]["config"]["name"] == "a"
+
+
+def test_the_same_images_under_another_path_spelling_retrain_nothing(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A], monkeypatch) == 0
+    monkeypatch.chdir(pickled_data.parent)
+    capsys.readouterr()
+    assert run(out, Path("..") / pickled_data.parent.name / pickled_data.name, [A],
+               monkeypatch) == 0
+    assert "config_1: already finished" in capsys.readouterr().out
+    assert not list(out.glob("earlier-*"))
+
+
+def test_an_edited_normalization_never_resumes_or_keeps_a_result(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    with_checkpoint(out, pickled_data, monkeypatch, [A, D])
+    script = importlib.import_module("L2_regularization")
+    monkeypatch.setattr(script, "NORMALIZATION", ((0.4, 0.5, 0.6), (0.2, 0.2, 0.2)))
+    capsys.readouterr()
+    assert run(out, pickled_data, [A, D], monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "the data differs from the earlier run's (normalization" in printed
+    assert "resuming" not in printed and "already finished" not in printed
+    (earlier,) = out.glob("earlier-*")
+    assert (earlier / "checkpoints" / "config_2_seed0.ckpt").is_file()
+
+
+@pytest.mark.parametrize("blocker", ["training_result.json", "config_2.pth",
+                                     "checkpoints/config_1_seed0.ckpt", "dangling link"])
+def test_something_named_like_a_kit_file_is_refused_before_training(
+        blocker, pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    if blocker == "dangling link":
+        out.mkdir()
+        (out / "checkpoints").symlink_to(tmp_path / "unmounted-scratch")
+    else:
+        (out / blocker).mkdir(parents=True)
+    assert run(out, pickled_data, [A, B], monkeypatch) == 2
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and "epoch" not in message
+    if blocker == "dangling link":
+        assert "unmounted-scratch, which does not exist" in message
+    else:
+        assert f"{out / blocker} is in the way of a file or folder the kit writes" in message
+
+
+def test_an_unfinished_seed_outside_seeds_does_not_fail_the_run(pickled_data, tmp_path,
+                                                                monkeypatch):
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A], monkeypatch) == 0
+    results = json.loads((out / RESULTS).read_text())
+    other = dict(results["configs"][0], seed=1, status="out_of_memory", weights=None)
+    results["configs"].append(other)
+    outputs.save_json(results, out / RESULTS)
+    assert run(out, pickled_data, [A], monkeypatch) == 0  # was 1
+
+
+def test_the_resume_hint_names_the_script_that_ran_and_quotes_paths(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    copy = tmp_path / "my copy.py"
+    shutil.copy(Path(importlib.import_module("L2_regularization").__file__), copy)
+    spec = importlib.util.spec_from_file_location("my_copy", copy)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.CONFIGS = [A]
+    monkeypatch.setattr(train, "train_config", lambda *args, **kwargs: (_ for _ in ()).throw(
+        KeyboardInterrupt))  # a second Ctrl-C
+    out = tmp_path / "out with space"
+    assert script.main(["--data-dir", str(pickled_data), "--out", str(out), "--device",
+                        "cpu"]) == 130
+    captured = capsys.readouterr()
+    assert "my copy.py: 300 training and 100 test images" in captured.out
+    command = captured.err.split("To resume, run the same command:\n")[1]
+    words = shlex.split(command.strip())
+    assert Path(words[1]).resolve() == copy and words[words.index("--out") + 1] == str(out)
+
+
+def test_a_kill_as_a_config_ends_leaves_nothing_that_is_never_redone(
+        pickled_data, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real_save = outputs.save_json
+
+    def killed_after_the_finished_entry(content, path):
+        real_save(content, path)
+        if any(entry.get("status") == "finished" for entry in content.get("configs", [])):
+            raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(outputs, "save_json", killed_after_the_finished_entry)
+        with pytest.raises(Killed):
+            run(out, pickled_data, [A], patch)
+    assert run(out, pickled_data, [A], monkeypatch) == 0
+    assert "per_class_accuracy" in entries(out)[("config_1", 0)]
+    assert (out / "examples.png").is_file()
+
+
+def test_an_unreadable_checkpoint_is_not_called_damaged(pickled_data, tmp_path, monkeypatch,
+                                                         capsys):
+    out = tmp_path / "out"
+    with_checkpoint(out, pickled_data, monkeypatch, [D])
+    real_load = torch.load
+
+    def permission_denied(path, *args, **kwargs):
+        if str(path).endswith(".ckpt"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.torch, "load", permission_denied)
+    capsys.readouterr()
+    assert run(out, pickled_data, [D], monkeypatch) == 2
+    message = capsys.readouterr().err
+    assert "cannot be read (Permission denied)" in message and "damaged" not in message
+    assert "chmod u+r" in message
+
+
+@pytest.mark.parametrize("fault", ["closed pipe", "full device", "ASCII only"])
+def test_a_console_that_fails_never_stops_training(fault, pickled_data, tmp_path,
+                                                   monkeypatch):
+    class Failing(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe") if fault == "closed pipe" else \
+                OSError(28, "No space left on device")
+
+    console = (io.TextIOWrapper(io.BytesIO(), encoding="ascii") if fault == "ASCII only"
+               else Failing())
+    monkeypatch.setattr(sys, "stdout", console)
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A], monkeypatch, "--seeds", "2") == 0  # "±" in the summary
+    assert {entry["status"] for entry in entries(out).values()} == {"finished"}
+
+
+def test_the_disk_filling_between_checkpoint_and_weights_is_one_line(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    real_save = torch.save
+
+    def full_for_weights(state, file, *args, **kwargs):
+        if "format" not in state:  # the weights, not a checkpoint
+            raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter "
+                               "failed writing file data/0: file write failed")
+        return real_save(state, file, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(outputs.torch, "save", full_for_weights)
+        assert run(out, pickled_data, [A], patch) == 1
+    message = capsys.readouterr().err
+    assert message.startswith("error: cannot write to") and "Traceback" not in message
+    assert run(out, pickled_data, [A], monkeypatch) == 0
+    assert (out / "config_1.pth").is_file()
+
+
+def test_an_unreadable_class_folder_is_named(folder_data, tmp_path, monkeypatch, capsys):
+    real_iterdir = Path.iterdir
+
+    def denied(self):
+        if self.name == "cat" and self.parent.name == "train":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    assert run(tmp_path / "out", folder_data, [A], monkeypatch) == 2
+    message = capsys.readouterr().err
+    assert f"{folder_data / 'train' / 'cat'}: cannot be read (Permission denied)" in message
+
+
+def test_an_over_long_out_is_refused_in_one_line(pickled_data, tmp_path, monkeypatch, capsys):
+    assert run(tmp_path / ("x" * 300) / "out", pickled_data, [A], monkeypatch) == 2
+    assert "File name too long" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("odd", ["deeply nested", "named pipe"])
+def test_a_users_odd_json_in_the_folder_is_left_alone(odd, pickled_data, tmp_path,
+                                                      monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    if odd == "named pipe":
+        os.mkfifo(out / "stream.json")
+    else:
+        (out / "mine.json").write_text("[" * 100000 + "]" * 100000)
+
+    def hung(signum, frame):
+        raise TimeoutError("the run hung on the user's file")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)
+    try:
+        assert run(out, pickled_data, [A], monkeypatch) == 0
+        assert run(out, pickled_data, [A, B], monkeypatch) == 0  # with earlier results
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_name_or_a_reported_figure_edited_retrains_nothing(pickled_data, tmp_path,
+                                                             monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    capsys.readouterr()
+    assert run(out, pickled_data, [dict(A, name="first", reported_accuracy=60.0), B],
+               monkeypatch) == 0
+    assert "epoch 1/1" not in capsys.readouterr().out
+    assert entries(out)[("config_1", 0)]["config"]["name"] == "first"
+    assert not list(out.glob("earlier-*"))
+
+
+def test_a_key_added_to_the_kit_with_a_default_keeps_finished_results(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A], monkeypatch) == 0
+    monkeypatch.setitem(config.TRAINING_KEYS, "grad_clip",
+                        ("float", lambda value: value >= 0, "0 or more"))
+    monkeypatch.setitem(config.DEFAULTS, "grad_clip", 0.0)
+    monkeypatch.setitem(config.NEUTRAL, "grad_clip", 0.0)
+    capsys.readouterr()
+    assert run(out, pickled_data, [A], monkeypatch) == 0
+    assert "config_1: already finished" in capsys.readouterr().out
+    assert not list(out.glob("earlier-*"))
+
+
+def test_a_change_other_than_the_epochs_is_not_blamed_on_epochs(pickled_data, tmp_path,
+                                                                monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A], monkeypatch, "--epochs", "1") == 0
+    capsys.readouterr()
+    assert run(out, pickled_data, [dict(A, lr=0.05)], monkeypatch, "--epochs", "1") == 0
+    assert "lr 0.01 -> 0.05: its earlier" in capsys.readouterr().out
