@@ -25,7 +25,8 @@ import importlib
 import sys
 from pathlib import Path
 
-from cifarkit import outputs, report
+from cifarkit import ledger, outputs, report
+from cifarkit.errors import UserError
 
 
 def defined_configs():
@@ -56,6 +57,17 @@ def _foreign(modelset):
     return None
 
 
+def _complete_interrupted_moves(modelset):
+    """A run killed while it moved earlier results aside left a journal: completed here, as
+    the next run would, so the report never reads a results JSON apart from its weights."""
+    for journal in sorted(modelset.glob(f"*/{ledger.JOURNAL}")):
+        try:
+            with outputs.locked(journal.parent):
+                ledger.recover(journal.parent)
+        except UserError as error:  # a run is writing there now, or the move cannot finish
+            print(f"warning: {error}", file=sys.stderr)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="make_report.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,6 +85,7 @@ def main(argv=None):
     if refusal:
         print(f"error: --modelset {modelset}: {refusal}", file=sys.stderr)
         return 2
+    _complete_interrupted_moves(modelset)
     runs, skipped = report.load_runs(modelset)
     for path, why in skipped:  # the report lists them too; the terminal must not hide them
         print(f"warning: {path}: {why}; skipped.", file=sys.stderr)

@@ -151,3 +151,20 @@ def test_a_kill_at_every_step_of_a_move_loses_nothing(move, cross_fs, trained, p
         step += 1
     assert len(seen) >= 4 and step == len(seen) + 1  # every step was a kill point once
     assert finished_runs > 0
+
+
+def test_make_report_completes_a_move_that_a_kill_interrupted(trained, pickled_data, tmp_path,
+                                                              monkeypatch):
+    import make_report
+
+    out = copy_of(trained, tmp_path, cross_fs=False)
+    with monkeypatch.context() as patch:
+        for drawing in ("plot_run", "plot_examples"):
+            patch.setattr(outputs, drawing, lambda *args, **kwargs: None)
+        kill_at(patch, 4)  # the files are staged under hidden names; nothing is in place
+        with pytest.raises(Killed):
+            run(out, pickled_data, [D, B, A], patch)
+    assert (out / ledger.JOURNAL).is_file() and not (out / "config_1.pth").exists()
+    assert make_report.main(["--modelset", str(tmp_path)]) == 0
+    assert check_every_result_with_its_weights(out, data.load_cifar10(pickled_data)) == 2
+    assert "config_3" in (tmp_path / "REPORT.md").read_text()

@@ -276,8 +276,8 @@ def test_a_users_odd_json_in_the_folder_is_left_alone(odd, pickled_data, tmp_pat
     else:
         (out / "mine.json").write_text("[" * 100000 + "]" * 100000)
 
-    def hung(signum, frame):
-        raise TimeoutError("the run hung on the user's file")
+    def hung(signum, frame):  # not an OSError (as TimeoutError is): nothing may catch it
+        raise Killed("the run hung on the user's file")
 
     previous = signal.signal(signal.SIGALRM, hung)
     signal.alarm(120)

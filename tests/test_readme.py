@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cifarkit import data, experiment, outputs, train
+from cifarkit import data, experiment, ledger, outputs, train
 from conftest import REPO, write_image_folders, write_pickled_batches
 
 README = (REPO / "README.md").read_text()
@@ -49,7 +49,7 @@ def test_each_script_writes_the_folder_and_results_json_readme_names(row, monkey
     called = {}
     monkeypatch.setattr(experiment, "run", lambda **kwargs: called.update(kwargs) or 0)
     assert script.main([]) == 0
-    assert called["script"] == script_file
+    assert Path(called["script"]).name == script_file
     assert f"{called['out_dir']}/" == folder
     assert called["results_file"] == results_file
     # README: config_N.pth per config, model.pth for the baseline
@@ -254,11 +254,20 @@ def _output_folders(kit, tmp):
     in_the_way = tmp / "in-the-way"
     (in_the_way / "loss.png").mkdir(parents=True)
     kit.run("Original_version_model", *data, out=in_the_way)
+    unmounted = tmp / "unmounted"
+    unmounted.mkdir()
+    (unmounted / "checkpoints").symlink_to(tmp / "no-such-scratch-disk")
+    kit.run("Original_version_model", *data, out=unmounted)
     busy = tmp / "busy"
     with outputs.locked(busy):
         kit.run("Original_version_model", *data, out=busy)
     edited = kit.run("L2_regularization", *data, configs=[BASE], expected=0)
     kit.run("L2_regularization", *data, configs=[dict(BASE, lr=0.02)], out=edited, expected=0)
+    with pytest.MonkeyPatch.context() as full:  # the disk fills while results move aside
+        full.setattr(ledger, "_transfer", lambda *args: (_ for _ in ()).throw(
+            OSError(28, "No space left on device")))
+        kit.run("L2_regularization", *data, configs=[BASE], out=edited)
+    kit.run("L2_regularization", *data, configs=[BASE], out=edited, expected=0)
     (edited / "training_result.json").write_text("not JSON")
     kit.run("L2_regularization", *data, configs=[BASE], out=edited, expected=0)
 
@@ -286,12 +295,21 @@ def _failures_and_signals(kit):
     (foreign / "checkpoints" / "config_1_seed0.ckpt").write_bytes(
         pickle.dumps({"a": 1}, protocol=2))
     kit.run("L2_regularization", *kit.data, "--configs", "1", out=foreign)
+    with pytest.MonkeyPatch.context() as denied:  # intact, but not ours to read
+        denied.setattr(torch, "load", lambda path, **kwargs: (_ for _ in ()).throw(
+            PermissionError(13, "Permission denied", str(path))))
+        kit.run("L2_regularization", *kit.data, "--configs", "1", out=foreign)
     kit.run("L2_regularization", *kit.data, configs=[dict(BASE, lr=1e6)], expected=1)
     with pytest.MonkeyPatch.context() as memory:
         def out_of_memory(*args, **kwargs):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
         memory.setattr(train, "_train_step", out_of_memory)
+        kit.run("L2_regularization", *kit.data, configs=[BASE], expected=1)
+    with pytest.MonkeyPatch.context() as full:  # the disk fills as the weights are written
+        real_save = torch.save
+        full.setattr(outputs.torch, "save", lambda state, file: real_save(state, file)
+                     if "format" in state else (_ for _ in ()).throw(RuntimeError("disk full")))
         kit.run("L2_regularization", *kit.data, configs=[BASE], expected=1)
     with pytest.MonkeyPatch.context() as ctrl_c:
         interrupt(ctrl_c, signal.SIGINT, times=2)  # the second: at once

@@ -512,7 +512,8 @@ def test_a_checkpoint_is_not_carried_on_in_other_arithmetic(pickled_data, tmp_pa
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                     "--amp", "on", configs=configs, monkeypatch=monkeypatch) == 2
     error = capsys.readouterr().err
-    assert "this config was trained in fp32 so far; this run would carry it on in bf16" in error
+    assert "config_1: its checkpoint was trained in fp32 so far; this run would carry it on in " \
+           "bf16" in error
 
 
 def test_data_replaced_in_place_is_noticed(tmp_path, monkeypatch, capsys):
