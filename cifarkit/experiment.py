@@ -237,9 +237,12 @@ def _train_selected(script, argv, args, job, normalization, selected, dataset, r
             outputs.plot_run(results["configs"], out, results["script"], job.log_every,
                              run=results)
 
-    say(f"{Path(script).name}: {len(dataset.train_labels)} training and {len(dataset.test_labels)} test "
-        f"images from {dataset.source}; {', '.join(results['devices'])}; output {out}")
+    say(f"{Path(script).name}: {len(dataset.train_labels)} training and "
+        f"{len(dataset.test_labels)} test images from {dataset.source}; "
+        f"{', '.join(results['devices'])}; {results['precision']}; output {out}")
     job.on_device = data.to_device(dataset, normalization, runtime.device)
+    if runtime.is_main and kept and lines and (out / "examples.png").exists():
+        _redraw_examples(job, results)
     job.epochs_to_train = _epochs_to_train(selected, args.seeds, results)
     with _stop_on_signals(say, stop_at_once_on_repeat=not runtime.distributed) as stop:
         for number, chosen in selected:
@@ -262,6 +265,25 @@ def _train_selected(script, argv, args, job, normalization, selected, dataset, r
     return 0 if all(entry["status"] == "finished" for entry in finished) else 1
 
 
+def _redraw_examples(job, results):
+    """examples.png anew after configs moved in CONFIGS or went aside, so that its title
+    names the best finished config by its id now: predicted again from its weights."""
+    finished = [entry for entry in results["configs"] if entry["status"] == "finished"
+                and (job.out / entry["weights"]).is_file()]
+    if not finished:
+        (job.out / "examples.png").unlink()  # it showed a config that is no longer here
+        return
+    best = max(finished, key=lambda entry: entry["final_test_accuracy"])
+    model = job.build_model(best["config"])
+    model.load_state_dict(torch.load(job.out / best["weights"], map_location="cpu",
+                                     weights_only=True))
+    on_device = job.on_device
+    predictions = train.predict(model.to(job.runtime.device), on_device.test_images,
+                                on_device.scale, on_device.shift, job.runtime,
+                                best["config"].get("tta", False))
+    outputs.plot_examples(on_device, predictions, best, results["script"], job.out)
+
+
 ESTIMATE_STEPS = (10, 40)  # timed from the 10th step to the 40th, past the slow first ones
 
 
@@ -275,33 +297,45 @@ def _epochs_to_train(selected, seeds, results):
     return len(epochs), sum(epochs)
 
 
-def _estimator(job, run_name, batch_size):
-    """An on_step hook for the first config this run trains: after its first few dozen steps
-    it prints how long an epoch takes here and the whole run will take (at this config's
-    speed per image: a guess for configs of other batch sizes)."""
-    steps, marks = 0, []  # steps seen; the times at the steps of ESTIMATE_STEPS
+def _estimator(job, run_name, batch_size, steps_per_epoch):
+    """(on_step, on_epoch_end) hooks for the first config this run trains, that print how
+    long an epoch takes here and the whole run will take (at this config's speed per image:
+    a guess for configs of other batch sizes). An epoch of at least 40 steps is timed from
+    its 10th step to its 40th (past the slow first ones), plus the test pass's estimated
+    cost; a shorter one as a whole, test pass included, when it ends."""
+    started, steps, marks = time.perf_counter(), 0, []
+    long_epochs = steps_per_epoch >= ESTIMATE_STEPS[1]
 
     def on_step():
         nonlocal steps
         steps += 1
-        if steps not in ESTIMATE_STEPS:
+        if not long_epochs or steps not in ESTIMATE_STEPS:
             return
         if job.runtime.device.type == "cuda":
             torch.cuda.synchronize()
         marks.append(time.perf_counter())
         if steps == ESTIMATE_STEPS[1]:
-            first, last = marks
-            per_image = (last - first) / (ESTIMATE_STEPS[1] - ESTIMATE_STEPS[0]) / batch_size
-            epoch = per_image * len(job.on_device.train_labels)
-            where = ("this CPU" if job.runtime.device.type == "cpu" else
-                     f"this GPU ({torch.cuda.get_device_name(job.runtime.device)})")
-            runs, epochs = job.epochs_to_train
-            quick = (" For a quick look: --subset 5000 --epochs 2." if epochs * epoch > 600
-                     else "")
-            job.say(f"{run_name}: about {_duration(epoch)} an epoch on {where}; the {runs} "
-                    f"run(s) to train need about {_duration(epochs * epoch)} in all.{quick}")
+            per_image = (marks[1] - marks[0]) / (ESTIMATE_STEPS[1] - ESTIMATE_STEPS[0]) \
+                / batch_size
+            trained, tested = len(job.on_device.train_labels), len(job.on_device.test_labels)
+            scored = tested + len(train.train_sample(trained, tested))  # forward only: ~1/3
+            _tell_estimate(job, run_name, per_image * (trained + scored / 3))
 
-    return on_step
+    def on_epoch_end():
+        if not long_epochs and not marks:
+            marks.append(time.perf_counter())
+            _tell_estimate(job, run_name, marks[0] - started)
+
+    return on_step, on_epoch_end
+
+
+def _tell_estimate(job, run_name, epoch):
+    where = ("this CPU" if job.runtime.device.type == "cpu" else
+             f"this GPU ({torch.cuda.get_device_name(job.runtime.device)})")
+    runs, epochs = job.epochs_to_train
+    quick = " For a quick look: --subset 5000 --epochs 2." if epochs * epoch > 600 else ""
+    job.say(f"{run_name}: about {_duration(epoch)} an epoch on {where}; the {runs} run(s) to "
+            f"train need about {_duration(epochs * epoch)} in all.{quick}")
 
 
 def _duration(seconds):
@@ -389,7 +423,8 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
         say(f"{run_name}: already {done['status']} in {out} ({outputs.outcome(done)}); "
             f"skipped. Use --restart to train it again.")
         return done["status"]
-    say(f"{run_name}: {outputs.settings(chosen)}")
+    say(f"{run_name}{' ' + chosen['name'] if 'name' in chosen else ''}: "
+        f"{outputs.settings(chosen)}")
     train.seed_everything(seed)  # every config starts from the same weights
     model = rt.place_model(job.build_model(chosen), runtime, chosen.get("sync_bn", False))
     if runtime.rank:
@@ -507,9 +542,15 @@ def _train(job, label, chosen, seed, model, optimizer, scheduler, progress, stop
                    f"loss {record['train_loss']:.4f}, train acc {record['train_accuracy']:.2f}%, "
                    f"test acc {record['test_accuracy']:.2f}%, {record['seconds']:.1f} s")
         on_epoch(predictions)
+        if on_epoch_end is not None:
+            on_epoch_end()
 
     say, main = job.say, job.runtime.is_main
-    on_step = _estimator(job, label, chosen["batch_size"]) if job.estimate_due else None
+    on_step = on_epoch_end = None
+    if job.estimate_due:
+        steps = len(train.epoch_batches(len(job.on_device.train_labels), chosen["batch_size"],
+                                        seed, 1, job.runtime))
+        on_step, on_epoch_end = _estimator(job, label, chosen["batch_size"], steps)
     job.estimate_due = False
     status = train.train_config(model, optimizer, chosen, job.on_device, seed, progress, save,
                                 job.runtime, scheduler,

@@ -1,6 +1,7 @@
 """Figures readable on their own: titles, axis labels with units, legends naming the configs,
 and the same colour for a config (config_N) in every figure."""
 import io
+import re
 import textwrap
 
 import numpy as np
@@ -136,6 +137,10 @@ def draw_config_curves(axes, entries, key, labels, x_key=None, style_offset=0):
         seeds = f" (mean of {len(runs)} seeds)" if len(runs) > 1 else ""
         axes.plot(x, mean, color=color(config_id), label=labels[config_id] + seeds,
                   **line_style(index + style_offset, len(x)))
+        if len(x) == 1 and labels[config_id]:  # one epoch: a point, with its value beside it
+            axes.annotate(f"{mean[0]:.3g}", (x[0], mean[0]), xytext=(6, 0),
+                          textcoords="offset points", va="center", fontsize=8,
+                          color=color(config_id))
         if len(runs) > 1:
             axes.fill_between(x, mean - std, mean + std, color=color(config_id), alpha=0.15,
                               label=f"{config_id}: ±1 std over {len(runs)} seeds")
@@ -169,7 +174,13 @@ def subtitle(run, entries):
     precisions = sorted({entry["precision"] for entry in entries if entry.get("precision")})
     return (" · ".join([f"{data['train_images']:,} training / {data['test_images']:,} test "
                         f"images", ", ".join(run["devices"])] + precisions)
-            + f"\n{data['source']}")
+            + f"\n{short_source(data['source'])}")
+
+
+def short_source(source):
+    """The data source with each path cut to its last folder: "image folders in
+    cifar10-jpeg", not the whole absolute path (which the results JSON keeps)."""
+    return re.sub(r"(?:[^\s,;()]*/)+([^/\s,;()]+)/?", r"\1", source)
 
 
 def train_sample_size(run):
@@ -201,12 +212,15 @@ def history_figure(entries, key, title, y_label, span, note=None, sample=None):
     if key == "train_accuracy_eval":
         start, bands = len(axes.lines), len(axes.collections)
         draw_config_curves(axes, entries, "train_accuracy", {i: "" for i in labels})
-        for line in axes.lines[start:]:
-            line.set(alpha=0.35, linewidth=1, marker="", label="_running")
+        for line in axes.lines[start:]:  # a lone epoch keeps a small dot, else it is not seen
+            line.set(alpha=0.35, linewidth=1, label="_running",
+                     marker="." if len(line.get_xdata()) == 1 else "")
         for collection in axes.collections[bands:]:
             collection.remove()
+        dropout = ", dropout on" if any(entry["config"].get("dropout", 0) > 0
+                                        for entry in entries) else ""
         axes.plot([], [], color="grey", alpha=0.35, label="faint, same colour: the running "
-                  "mean during each epoch (weights changing, dropout on), as the logs print it")
+                  f"mean during each epoch (weights changing{dropout}), as the logs print it")
         on = f" on {sample:,} fixed training images" if sample else " on fixed training images"
         y_label = ("training accuracy (%): running (older results file)" if
                    uses_running(entries) else f"training accuracy (%), eval mode{on}")
@@ -244,7 +258,9 @@ def examples_figure(images, labels, predictions, class_names, title):
     plt = pyplot()
     columns = 8
     rows = -(-len(images) // columns)
-    figure, grid = plt.subplots(rows, columns, figsize=(columns * 1.4, rows * 1.6))
+    height = rows * 1.6 + 0.9  # room above the grid for the three lines of the title
+    figure, grid = plt.subplots(rows, columns, figsize=(columns * 1.4, height))
+    figure.subplots_adjust(top=1 - 0.9 / height, hspace=0.6)
     for axes, image, label, predicted in zip(grid.flat, images, labels, predictions):
         axes.imshow(image.permute(1, 2, 0).numpy())
         right = int(label) == int(predicted)
@@ -256,16 +272,28 @@ def examples_figure(images, labels, predictions, class_names, title):
     return figure
 
 
+def rounded_rows(percent):
+    """Whole percentages whose rows add up to 100 as the exact ones do (largest remainder:
+    the cells that lost most to rounding down get the missing points)."""
+    floors = np.floor(percent)
+    for row, exact in enumerate(percent):
+        missing = int(round(exact.sum() - floors[row].sum()))
+        for column in np.argsort(floors[row] - exact)[:missing]:
+            floors[row, column] += 1
+    return floors
+
+
 def confusion_figure(matrix, class_names, title):
     """Rows: true class; columns: predicted class; each row in percent of that class."""
     plt = pyplot()
     matrix = np.asarray(matrix, dtype=float)
     percent = 100 * matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    shown_percent = rounded_rows(percent)
     figure, axes = plt.subplots(figsize=(7, 6))
     shown = axes.imshow(percent, cmap="Blues", vmin=0, vmax=100)
     for row in range(len(class_names)):
         for column in range(len(class_names)):
-            axes.text(column, row, f"{percent[row, column]:.0f}", ha="center", va="center",
+            axes.text(column, row, f"{shown_percent[row, column]:.0f}", ha="center", va="center",
                       fontsize=7, color="white" if percent[row, column] > 50 else "black")
     axes.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", fontsize=8)
     axes.set_yticks(range(len(class_names)), class_names, fontsize=8)

@@ -527,7 +527,8 @@ def accuracy_time_figure(runs, path):
         if "reported_seconds" in config and "reported_accuracy" in config:
             axes.plot(config["reported_seconds"], config["reported_accuracy"], marker="*",
                       markersize=13, linestyle="none", color=colour,
-                      label=f"the report's {best[0]['id']}, on one A100 (50,000 images)")
+                      label=f"the report's {best[0]['id']}, on one A100 (50,000 images): "
+                            f"other hardware, its time not comparable with ours")
     _time_axes(axes, [value for line in axes.lines
                       for value in np.atleast_1d(line.get_xdata())])
     note = ("the best config of each folder; colour: script; solid: ResNet-18, dashed: LeNet"
@@ -899,8 +900,8 @@ def _task4_section(task_runs, runs, modelset, figures):
         claim += (f"; the report: ResNet-18 ({config['lr']:g} lr, {config['momentum']:g} "
                   f"momentum) {config['reported_accuracy']:g}% in "
                   f"{config['reported_seconds']:g} s on one A100"
-                  + (f", against {max(lenet_reported):g}% for the best LeNet config we ran"
-                     if lenet_reported else ""))
+                  + (f", against {max(lenet_reported):g}% for the report's best LeNet "
+                     f"among the configs we ran" if lenet_reported else ""))
     return lines + _claim(claim + ".")
 
 

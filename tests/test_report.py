@@ -579,3 +579,35 @@ def test_task3_time_figure_with_several_folders_and_one_with_nothing_finished(
     assert "## Task 3: learning rate" in text
     assert [str(warning.message) for warning in recwarn
             if issubclass(warning.category, (UserWarning, RuntimeWarning))] == []
+
+
+def test_task4_names_our_best_lenet_and_marks_the_reports_a100_figure(modelset, tmp_path,
+                                                                      monkeypatch):
+    """The Task 4 sentence sets the report's ResNet-18 beside the best LeNet *we ran* (by its
+    id and accuracy, however far below the report's 60% it is) and calls the report's LeNet
+    figure the report's; the report's A100 point is marked as other hardware."""
+    root = copy_of(modelset, tmp_path)
+    shutil.copytree(root / "L2_regularization_model", root / "Resnet")
+
+    def as_resnet(results):
+        results.update(script="Resnet_model.py")
+        for entry in results["configs"]:
+            entry["config"].update(reported_accuracy=89.56, reported_seconds=306.0)
+
+    rewrite(as_resnet)(root / "Resnet" / "training_result.json")
+    rewrite(lambda results: [entry["config"].update(reported_accuracy=60.0)
+                             for entry in results["configs"]])(
+        root / "L2_regularization_model" / "training_result.json")
+    drawn = record_figures(monkeypatch)
+    assert make_report.main(["--modelset", str(root)]) == 0
+    text = (root / "REPORT.md").read_text()
+    section = text[text.index("## Task 4"):]
+    lenet = json.loads((root / "L2_regularization_model" / "training_result.json").read_text())
+    best = max((entry for entry in lenet["configs"] if entry["status"] == "finished"),
+               key=lambda entry: entry["final_test_accuracy"])
+    assert f"LeNet's best here is {best['id']} of `L2_regularization_model`" in section
+    assert "for the best LeNet config we ran" not in section
+    assert "60% for the report's best LeNet among the configs we ran" in section
+    legend = [" ".join(label.get_text().split()) for label in  # unwrapped
+              drawn["task4_accuracy_vs_time.png"].axes[0].get_legend().get_texts()]
+    assert any("on one A100" in label and "not comparable" in label for label in legend)

@@ -1,0 +1,75 @@
+"""What a student sees in the first hour: figures and lines that are true for the folder in
+hand (issue "A student's first hour")."""
+import json
+
+import numpy as np
+import pytest
+
+from cifarkit import outputs, plots
+from test_ledger import A, B, run
+
+RESULTS = "training_result.json"
+
+
+def test_examples_png_follows_its_config_when_configs_are_removed(pickled_data, tmp_path,
+                                                                  monkeypatch):
+    titles = []
+    real_figure = plots.examples_figure
+    monkeypatch.setattr(plots, "examples_figure", lambda *args: titles.append(args[-1])
+                        or real_figure(*args))
+    hopeless = dict(A, name="hopeless", lr=1e-7)  # stays near chance: config_2 is the best
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [hopeless, B], monkeypatch) == 0
+    assert titles[-1].startswith("L2_regularization, config_2 b:")
+    assert run(out, pickled_data, [B], monkeypatch) == 0  # config_1 removed: b is config_1
+    assert titles[-1].startswith("L2_regularization, config_1 b:")
+
+
+def history_entry(config, accuracies):
+    return {"id": "config_1", "seed": 0, "config": config, "history": [
+        {"epoch": epoch, "train_loss": 1.0, "train_accuracy": value, "test_accuracy": value,
+         "train_accuracy_eval": value} for epoch, value in enumerate(accuracies, 1)]}
+
+
+@pytest.mark.parametrize("dropout, said", [(None, False), (0.0, False), (0.5, True)])
+def test_the_running_accuracy_says_dropout_only_where_there_is_dropout(dropout, said):
+    config = dict(A) if dropout is None else dict(A, dropout=dropout)
+    figure = plots.history_figure([history_entry(config, [40.0, 50.0])], "train_accuracy_eval",
+                                  "t", "y", 5.0)
+    legend = " ".join(text.get_text() for text in figure.axes[0].get_legend().get_texts())
+    assert ("dropout on" in legend) == said
+
+
+def test_a_one_epoch_run_is_a_point_with_its_value():
+    figure = plots.history_figure([history_entry(dict(A), [37.5])], "train_accuracy_eval", "t",
+                                  "y", 5.0)
+    axes = figure.axes[0]
+    assert [text.get_text() for text in axes.texts] == ["37.5"]
+    assert all(line.get_marker() not in ("", "None") for line in axes.lines
+               if len(line.get_xdata()) == 1)
+
+
+def test_confusion_rows_add_up_to_100():
+    counts = np.array([[1, 1, 1], [2, 2, 3], [0, 0, 5]])
+    percent = 100 * counts / counts.sum(axis=1, keepdims=True)
+    assert np.round(percent).sum(axis=1).tolist() != [100, 100, 100]  # 99: the fault
+    assert plots.rounded_rows(percent).sum(axis=1).tolist() == [100, 100, 100]
+
+
+def test_subtitles_name_the_data_folder_not_its_whole_path():
+    run_fields = {"data": {"train_images": 300, "test_images": 100,
+                           "source": "image folders in /home/me/data/cifar10-jpeg (subset)"},
+                  "devices": ["cpu"]}
+    assert plots.subtitle(run_fields, []).endswith("image folders in cifar10-jpeg (subset)")
+
+
+def test_short_epochs_get_an_estimate_and_lines_name_the_config(pickled_data, tmp_path,
+                                                                monkeypatch, capsys):
+    # 300 images at batch 32: 10 steps an epoch, fewer than the 40 the estimate used to wait
+    assert run(tmp_path / "out", pickled_data, [A], monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "config_1: about" in printed and "an epoch on this CPU" in printed
+    assert "config_1 a: num_epochs=1" in printed  # the name, as the summary shows it
+    assert "; fp32; output" in printed  # the precision in the run's header
+    results = json.loads((tmp_path / "out" / RESULTS).read_text())
+    assert outputs.config_label(results["configs"][0]).startswith("config_1 a:")
