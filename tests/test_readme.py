@@ -1,7 +1,9 @@
-"""What README.md states about file names and messages is what the kit writes and prints.
+"""What README.md and docs/ state about file names, messages and config keys is what the kit
+writes, prints and accepts, and every relative link in them leads to a file.
 
-The names and messages are read from README.md itself, so an edit on either side that the
-other does not follow fails here.
+The names, tables and messages are read from the pages themselves (README.md for the scripts'
+table and the config keys, docs/troubleshooting.md for the messages), so an edit on either side
+that the other does not follow fails here.
 """
 import contextlib
 import importlib
@@ -19,17 +21,21 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cifarkit import data, experiment, ledger, outputs, train
+from cifarkit import config, data, experiment, ledger, outputs, train
 from conftest import REPO, write_image_folders, write_pickled_batches
 
 README = (REPO / "README.md").read_text()
+PAGES = {path: path.read_text() for path in [REPO / "README.md", *sorted(REPO.glob("docs/*.md"))]}
+TROUBLESHOOTING = PAGES[REPO / "docs" / "troubleshooting.md"]
+SCRIPTS = ("Original_version_model", "L2_regularization", "Dropout_regularization",
+           "Original_version_model_multiGPU", "Resnet_model")
 BASE = {"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
 
 
-def table(heading):
-    """The rows (lists of cells) of the README table whose header row starts with
-    ``heading``."""
-    lines = README.splitlines()
+def table(heading, text=README):
+    """The rows (lists of cells) of the table in ``text`` (a page's markdown) whose header row
+    starts with ``heading``."""
+    lines = text.splitlines()
     start = next(index for index, line in enumerate(lines) if line.startswith(f"| {heading}"))
     rows = []
     for line in lines[start + 2:]:  # past the header and its |---| line
@@ -59,16 +65,16 @@ def test_each_script_writes_the_folder_and_results_json_readme_names(row, monkey
 
 
 def readme_names(pattern):
-    """Every file name of the form ``pattern`` (a regex) that README.md states."""
-    names = set(re.findall(pattern, README))
-    assert names, f"README.md states no name like {pattern}"
+    """Every file name of the form ``pattern`` (a regex) that README.md or a docs/ page states."""
+    names = {name for text in PAGES.values() for name in re.findall(pattern, text)}
+    assert names, f"neither README.md nor docs/ states a name like {pattern}"
     return names
 
 
 def test_checkpoints_and_extra_seed_weights_have_the_names_readme_gives(pickled_data, tmp_path,
                                                                        monkeypatch, capsys):
-    """README: checkpoints/config_N_seedS.ckpt while a config is unfinished, and
-    config_N_seedS.pth for the weights of the extra seeds of --seeds."""
+    """README and docs/results-format.md: checkpoints/config_N_seedS.ckpt while a config is
+    unfinished, and config_N_seedS.pth for the weights of the extra seeds of --seeds."""
     script = importlib.import_module("L2_regularization")
     out = tmp_path / "out"
     argv = ["--data-dir", str(pickled_data), "--configs", "2", "--seed", "3", "--seeds", "2",
@@ -90,8 +96,9 @@ def test_checkpoints_and_extra_seed_weights_have_the_names_readme_gives(pickled_
 
 # ---- messages ----
 
-MESSAGE_ROWS = table("message starts with")
-# README text -> the regex it stands for: N, B, E, S, K, G and R are numbers, another lone
+MESSAGE_ROWS = table("message starts with", TROUBLESHOOTING)
+# The message table's text (docs/troubleshooting.md) -> the regex it stands for: N, B, E, S,
+# K, G and R are numbers, another lone
 # capital letter a word (C: a class), 'x' any quoted word, … the rest of the message
 PLACEHOLDERS = {"config_N": r"config_\d+", "<checkpoint>": r"/\S+\.ckpt",
                 "<file>": r"/[^\s:]+", "…": r".*", "DIR": r"\S+",
@@ -106,7 +113,7 @@ SOURCE_LINES = [re.sub(r"\{[^{}]*\}", "0", line) for path in sorted(REPO.glob("c
 
 
 def message_pattern(fragment):
-    """The regex a README message stands for (see PLACEHOLDERS)."""
+    """The regex a message of the table stands for (see PLACEHOLDERS)."""
     parts, end = [], 0
     for match in PLACEHOLDER.finditer(fragment):
         token = match.group()
@@ -117,7 +124,7 @@ def message_pattern(fragment):
 
 
 def message_fragments():
-    """(fragment, whether it opens the message) for each message README lists: the first of
+    """(fragment, whether it opens the message) for each message the table lists: the first of
     a row's alternatives starts a message, the others may be its continuation."""
     for row in MESSAGE_ROWS:
         for index, fragment in enumerate(re.findall(r"`([^`]+)`", row[0])):
@@ -125,7 +132,7 @@ def message_fragments():
 
 
 class Mistakes:
-    """Runs scripts in this process the way a user gets each message of README's table,
+    """Runs scripts in this process the way a user gets each message of the message table,
     collecting everything they print (stdout and stderr)."""
 
     def __init__(self, tmp, pickled_data, patch):
@@ -359,11 +366,12 @@ def test_each_message_readme_explains_is_one_the_kit_prints(fragment, opens, kit
         assert any(pattern.search(line) for line in SOURCE_LINES), fragment
         return
     assert any(find(line) for line in kit_messages), (
-        f"README's {fragment!r} ({pattern.pattern}) is in none of the kit's messages")
+        f"docs/troubleshooting.md's {fragment!r} ({pattern.pattern}) is in none of the kit's "
+        f"messages")
 
 
 def test_the_message_patterns_are_strict_enough():
-    """The README-to-regex translation keeps the words: a message that differs in a word,
+    """The table-to-regex translation keeps the words: a message that differs in a word,
     or a placeholder filled with a word where a number belongs, does not match."""
     unknown = message_pattern("config_N: unknown key 'x'. Did you mean 'y'?")
     assert unknown.match("config_3: unknown key 'momentun'. Did you mean 'momentum'? Known")
@@ -373,3 +381,45 @@ def test_the_message_patterns_are_strict_enough():
     assert not nan.match("config_1: the loss became NaN or infinite at epoch one, step 10")
     assert message_pattern("<file>: …").match("/data/cifar-10-batches-py/test_batch: damaged")
     assert not message_pattern("<file>: …").match("config_1: something else")
+
+
+# ---- config keys ----
+
+def test_the_key_table_lists_every_key_a_config_may_hold():
+    """README's key table names each training key the kit accepts and each model setting a
+    script declares, and no key the kit would refuse."""
+    declared = set(config.TRAINING_KEYS)
+    for script in SCRIPTS:
+        declared |= set(getattr(importlib.import_module(script), "MODEL_SETTINGS", {}))
+    listed = [row[0].strip("`") for row in table("key")]
+    assert len(listed) == len(set(listed)), listed
+    assert set(listed) == declared
+    assert {"reported_accuracy", "reported_seconds", "dropout"} <= set(listed)
+
+
+# ---- links ----
+
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def relative_links(text):
+    """The targets of the markdown links and images in ``text`` that point into the
+    repository (no URL, no link within the page), without their #anchor."""
+    outside = ("http://", "https://", "mailto:", "#")
+    return [target.split("#")[0] for target in LINK.findall(text)
+            if not target.startswith(outside)]
+
+
+def test_every_relative_link_in_readme_and_docs_leads_to_a_file():
+    broken = [f"{path.relative_to(REPO)}: {target}" for path, text in PAGES.items()
+              for target in relative_links(text) if not (path.parent / target).exists()]
+    assert not broken, broken
+    # every docs/ page and figure is reachable from the README, directly or through docs/
+    linked = {(path.parent / target).resolve() for path, text in PAGES.items()
+              for target in relative_links(text)}
+    assert {*REPO.glob("docs/*.md"), *REPO.glob("docs/*.png")} <= linked
+
+
+def test_the_link_finder_finds_links_and_skips_urls():
+    text = "[a](docs/a.md) ![fig](b.png) [c](https://x.org/c.md) [d](#here) [e](c.md#part)"
+    assert relative_links(text) == ["docs/a.md", "b.png", "c.md"]
