@@ -8,8 +8,6 @@ results JSON beside it, or named with --script) and scored on all test images, s
 with --subset, whose own figures come from a slice of the test set, can be compared closely.
 """
 import argparse
-import importlib
-import json
 import sys
 from pathlib import Path
 
@@ -20,36 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cifarkit import data, train  # noqa: E402
 from cifarkit import runtime as rt  # noqa: E402
 from cifarkit.errors import UserError  # noqa: E402
-
-def load_model(script, weights, config):
-    model = script.build_model(config)
-    try:
-        model.load_state_dict(torch.load(weights, weights_only=True))
-    except Exception as error:  # not a state_dict, or one of another model
-        raise SystemExit(f"error: {weights} does not load as the weights of "
-                         f"{script.__name__}'s model ({type(error).__name__})") from None
-    return model
-
-
-def describe(weights, script_name):
-    """(script name, config) of a weights file, from the results JSON beside it."""
-    folder = Path(weights).parent
-    for path in folder.glob("*.json"):
-        try:
-            results = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # not a results JSON
-        if not isinstance(results, dict) or "script" not in results:
-            continue
-        for entry in results.get("configs", []):
-            if entry.get("weights") == Path(weights).name:
-                script = script_name or Path(results["script"]).stem
-                return script, entry["config"]
-    if script_name is None:
-        raise SystemExit(f"error: no results JSON in {folder} names {Path(weights).name}; "
-                         f"say which script wrote it with --script")
-    return script_name, {}
-
+from predict import load_trained  # noqa: E402
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
@@ -68,10 +37,12 @@ def main(argv=None):
     cpu = rt.Runtime(torch.device("cpu"))
     scores = {}
     for weights in args.weights:
-        script_name, config = describe(weights, args.script)
-        script = importlib.import_module(script_name)
-        scale, shift = data.normalizer(*script.NORMALIZATION, device="cpu")
-        model = rt.place_model(load_model(script, weights, config), cpu)
+        try:
+            model, normalization, script_name = load_trained(weights, args.script)
+        except UserError as error:
+            raise SystemExit(f"error: {error}") from None
+        scale, shift = data.normalizer(*normalization, device="cpu")
+        model = rt.place_model(model, cpu)
         scores[weights] = train.accuracy(
             train.predict(model, dataset.test_images, scale, shift, cpu), dataset.test_labels)
         print(f"{weights}: {scores[weights]:.2f}% of {len(dataset.test_labels)} test images "

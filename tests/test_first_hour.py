@@ -1,11 +1,18 @@
 """What a student sees in the first hour: figures and lines that are true for the folder in
 hand (issue "A student's first hour")."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
-from cifarkit import outputs, plots
+import predict
+from cifarkit import data, outputs, plots, train
+from cifarkit import runtime as rt
+from conftest import REPO
 from test_ledger import A, B, run
 
 RESULTS = "training_result.json"
@@ -73,3 +80,30 @@ def test_short_epochs_get_an_estimate_and_lines_name_the_config(pickled_data, tm
     assert "; fp32; output" in printed  # the precision in the run's header
     results = json.loads((tmp_path / "out" / RESULTS).read_text())
     assert outputs.config_label(results["configs"][0]).startswith("config_1 a:")
+
+
+def test_predict_names_the_classes_of_pictures_as_training_saw_them(pickled_data, tmp_path,
+                                                                    monkeypatch, capsys):
+    """predict.py, run from another folder, on pictures saved from the test set: its classes
+    are the ones the training's own test pass predicted (same model, same normalization)."""
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A], monkeypatch) == 0
+    dataset = data.load_cifar10(pickled_data)
+    pictures = []
+    for index in (0, 35, 99):
+        path = tmp_path / f"picture {index}.png"
+        Image.fromarray(dataset.test_images[index].permute(1, 2, 0).numpy()).save(path)
+        pictures.append(str(path))
+    result = subprocess.run([sys.executable, str(REPO / "predict.py"), str(out / "config_1.pth"),
+                             *pictures], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    model, normalization, _ = predict.load_trained(out / "config_1.pth")
+    scale, shift = data.normalizer(*normalization, device="cpu")
+    cpu = rt.Runtime(torch.device("cpu"))
+    expected = train.predict(model, dataset.test_images[[0, 35, 99]], scale, shift, cpu)
+    for line, picture, label in zip(result.stdout.splitlines(), pictures, expected.tolist()):
+        assert line.startswith(f"{picture}: {data.CLASSES[label]} ")
+    assert subprocess.run([sys.executable, str(REPO / "predict.py"), str(tmp_path / "nope.pth"),
+                           pictures[0]], capture_output=True, text=True,
+                          timeout=300).stderr.startswith("error: ")
