@@ -33,8 +33,8 @@ CONFIGS = [
     },
 ]
 
-# What this script's model reads from a config, checked like the training keys (README,
-# "Editing CONFIGS"): "min"/"max" inclusive, "below" exclusive; "default" when a config leaves
+# What this script's model reads from a config, checked like the training keys
+# (docs/configs.md): "min"/"max" inclusive, "below" exclusive; "default" when a config leaves
 # it out. Add a line here for each new setting your LeNet reads in build_model().
 MODEL_SETTINGS = {
     "dropout": {"kind": "float", "min": 0.0, "below": 1.0, "default": 0.5},  # rate after fc1, fc2

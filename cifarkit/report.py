@@ -632,7 +632,7 @@ def best_run(results):
 # numbers from the configs' reported_accuracy / reported_seconds).
 TASK2_CLAIM = ("L2 weight decay (1e-4) and dropout (0.5) reduce overfitting, i.e. shrink the "
                "gap between training and test accuracy")
-DATA_HELP = ("`DIR` is the folder holding your copy of CIFAR-10 (see README, section "
+DATA_HELP = ("`DIR` is the folder holding your copy of CIFAR-10 (see docs/data.md, "
              "\"Data: downloaded, local, or offline\"); leave `--data-dir DIR` out to download "
              "it into `./data`.")
 

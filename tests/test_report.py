@@ -393,7 +393,7 @@ def test_not_run_yet_commands_work_offline_and_keep_the_earlier_results(modelset
         patch.setattr(sweep, "CONFIGS", SWEEP_CONFIGS + [third])
         assert make_report.main(["--modelset", str(root)]) == 0
         missing = (root / "REPORT.md").read_text().split("## Not run yet")[1]
-        assert "README" in missing and "Data: downloaded, local, or offline" in missing
+        assert "docs/data.md" in missing and "Data: downloaded, local, or offline" in missing
         for script in ("Original_version_model.py", "Dropout_regularization.py",
                        "Resnet_model.py"):
             assert f"`python {script} --data-dir DIR`" in missing
