@@ -1,6 +1,9 @@
 """What a student sees in the first hour: figures and lines that are true for the folder in
 hand (issue "A student's first hour")."""
+import importlib
+import importlib.util
 import json
+import shlex
 import subprocess
 import sys
 
@@ -16,6 +19,9 @@ from conftest import REPO
 from test_ledger import A, B, run
 
 RESULTS = "training_result.json"
+quick_looks = importlib.util.module_from_spec(importlib.util.spec_from_file_location(
+    "quick_looks", REPO / "benchmarks" / "quick_looks.py"))
+quick_looks.__spec__.loader.exec_module(quick_looks)
 
 
 def test_examples_png_follows_its_config_when_configs_are_removed(pickled_data, tmp_path,
@@ -107,3 +113,18 @@ def test_predict_names_the_classes_of_pictures_as_training_saw_them(pickled_data
     assert subprocess.run([sys.executable, str(REPO / "predict.py"), str(tmp_path / "nope.pth"),
                            pictures[0]], capture_output=True, text=True,
                           timeout=300).stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("script, command", quick_looks.quick_looks())
+def test_each_quick_look_of_readme_runs(script, command, pickled_data, tmp_path):
+    """README's first-look commands, as written but on the tests' 300 images and for one
+    epoch (their times and accuracies on CIFAR-10: benchmarks/quick_looks.py)."""
+    words = shlex.split(command)
+    assert words[:2] == ["python", script]
+    for flag, small in (("--subset", "300"), ("--epochs", "1")):
+        if flag in words:
+            words[words.index(flag) + 1] = small
+    module = importlib.import_module(script.removesuffix(".py"))
+    assert module.main(words[2:] + ["--data-dir", str(pickled_data), "--out",
+                                    str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert (tmp_path / "out" / "test_accuracy.png").is_file()
