@@ -61,7 +61,6 @@ sys.path.insert(0, str(REPO))
 
 import Original_version_model  # noqa: E402
 import Original_version_model_multiGPU  # noqa: E402
-import Resnet_model  # noqa: E402
 from cifarkit import cli, config, data, outputs, train  # noqa: E402
 from cifarkit import runtime as rt  # noqa: E402
 
@@ -125,9 +124,9 @@ SHORT_NAMES = {"Original_version_model.py": "baseline", "L2_regularization.py": 
 PNGS = outputs.PLOT_FILES
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-# the report's best ResNet-18 (config 4): test accuracy %, seconds, one A100
-REPORT_CONFIG_4 = (Resnet_model.CONFIGS[3]["reported_accuracy"],
-                   Resnet_model.CONFIGS[3]["reported_seconds"])
+# the report's best ResNet-18 (its config 4): test accuracy %, seconds, one A100. The
+# report's figures, not read from CONFIGS, which a student may edit or reorder.
+REPORT_CONFIG_4 = (89.56, 305.84)
 REPORT_IMAGES_PER_S = 25 * 50_000 / REPORT_CONFIG_4[1]  # that run's average speed
 # The recipe's aim: a mean test accuracy of at least 94% over the seeds, each trained in at
 # most 40 s on one H100/H200 (README), in at most 25 epochs (the report's budget)

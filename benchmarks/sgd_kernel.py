@@ -18,13 +18,13 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cifarkit.cli import positive_int  # noqa: E402
-from Original_version_model import LeNet  # noqa: E402
+from Original_version_model import build_model  # noqa: E402
 
 
 def step_speed(fused, batch_size, steps, warmup=20):
     """Images/s of the bare LeNet step with the default SGD (fused=None) or the fused one."""
     torch.manual_seed(0)
-    model = LeNet().to(memory_format=torch.channels_last)
+    model = build_model({}).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, fused=fused)
     inputs = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     targets = torch.randint(0, 10, (batch_size,))

@@ -27,7 +27,7 @@ from cifarkit import data, train  # noqa: E402
 from cifarkit.cli import positive_int  # noqa: E402
 from cifarkit.errors import UserError  # noqa: E402
 from cifarkit import runtime as rt  # noqa: E402
-from Original_version_model import LeNet  # noqa: E402
+from Original_version_model import build_model  # noqa: E402
 
 PARTS = ("input", "model", "loss", "optimizer", "sums")
 
@@ -35,7 +35,7 @@ PARTS = ("input", "model", "loss", "optimizer", "sums")
 def profile_steps(images, labels, batch_size, steps, runtime, warmup=20):
     """(wall seconds, {part: own CPU seconds of its operators}) over ``steps`` kit steps."""
     torch.manual_seed(0)
-    model = rt.place_model(LeNet(), runtime)
+    model = rt.place_model(build_model({}), runtime)
     optimizer = train.make_optimizer(model, {"lr": 0.001, "momentum": 0.9, "weight_decay": 0.0},
                                      runtime)
     scale, shift = data.normalizer(*data.TUTORIAL_NORMALIZATION, device=runtime.device)

@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,12 +39,12 @@ from cifarkit import data, train  # noqa: E402
 from cifarkit.cli import positive_int  # noqa: E402
 from cifarkit.errors import UserError  # noqa: E402
 from cifarkit import runtime as rt  # noqa: E402
-from Original_version_model import LeNet  # noqa: E402
+import Original_version_model  # noqa: E402
 
-CASES = [  # name, model, its script's CPU_AMP, batch size, steps per round (full, --quick)
-    ("LeNet, batch 4", LeNet, False, 4, 3000, 20),
-    ("LeNet, batch 64", LeNet, False, 64, 400, 5),
-    ("ResNet-18, batch 128", Resnet_model.ResNet18, Resnet_model.CPU_AMP, 128, 12, 2),
+CASES = [  # name, its script, the script's CPU_AMP, batch size, steps a round (full, --quick)
+    ("LeNet, batch 4", Original_version_model, False, 4, 3000, 20),
+    ("LeNet, batch 64", Original_version_model, False, 64, 400, 5),
+    ("ResNet-18, batch 128", Resnet_model, Resnet_model.CPU_AMP, 128, 12, 2),
 ]
 WARMUP_STEPS = 5
 
@@ -141,13 +142,13 @@ def _now(device):
 def compare(dataset, device, amp, compile, cases, rounds, quick):
     rows = []
     warmup = 1 if quick else WARMUP_STEPS
-    for number, (name, build, cpu_amp, batch_size, steps, quick_steps) in enumerate(CASES, 1):
+    for number, (name, script, cpu_amp, batch_size, steps, quick_steps) in enumerate(CASES, 1):
         if number not in cases:
             continue
         steps = quick_steps if quick else steps
         runtime = rt.init_runtime(device, amp=amp, compile=compile, cpu_amp=cpu_amp)
-        normalization = (data.CIFAR10_NORMALIZATION if build is Resnet_model.ResNet18
-                         else data.TUTORIAL_NORMALIZATION)
+        normalization = script.NORMALIZATION
+        build = partial(script.build_model, {})  # the script's model, as its configs get it
         tutorial_data = TutorialDataset(dataset.train_images, dataset.train_labels, normalization)
         images = dataset.train_images.to(runtime.device)
         labels = dataset.train_labels.to(runtime.device)
@@ -180,7 +181,7 @@ def gpu_mode(args, dataset):
     """One full ResNet-18 epoch of the kit's loop, then the ResNet recipe end to end."""
     runtime = rt.init_runtime(args.device, amp=args.amp, cpu_amp=Resnet_model.CPU_AMP)
     torch.manual_seed(0)
-    model = rt.place_model(Resnet_model.ResNet18(), runtime)
+    model = rt.place_model(Resnet_model.build_model({}), runtime)
     images = dataset.train_images.to(runtime.device)
     labels = dataset.train_labels.to(runtime.device)
     warmup = 1 if args.quick else WARMUP_STEPS

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from cifarkit import data, train
 from cifarkit import runtime as rt
-from Original_version_model import LeNet
+from Original_version_model import build_model
 
 
 def labelled_images(count=16):
@@ -70,7 +70,7 @@ def test_one_step_matches_a_plain_reference_implementation():
     labels = torch.randint(0, 10, (32,))
     config = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True,
               "label_smoothing": 0.1}
-    model = LeNet()
+    model = build_model({})
     reference = copy.deepcopy(model)
     ours_loss = one_engine_step(model, images, labels, config, rt.Runtime(torch.device("cpu")))
 
@@ -93,7 +93,7 @@ def test_bf16_autocast_step_stays_close_to_fp32():
     images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (32,))
     config = {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0}
-    model = LeNet()
+    model = build_model({})
     twin = copy.deepcopy(model)
     fp32 = one_engine_step(model, images, labels, config, rt.Runtime(torch.device("cpu")))
     bf16 = one_engine_step(twin, images, labels, config,

@@ -12,7 +12,7 @@ from torch import nn
 from cifarkit import checkpoints, train
 from cifarkit import runtime as rt
 from cifarkit.errors import UserError
-from Original_version_model import LeNet
+from Original_version_model import build_model
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
@@ -85,7 +85,7 @@ def test_dataparallel_replicas_compute_in_the_recorded_dtype(monkeypatch):
     inputs = torch.randn(4, 3, 32, 32)
 
     torch.manual_seed(0)
-    bare = LeNet()
+    bare = build_model({})
     # the fault itself: a replica thread does not inherit the caller's autocast dtype
     assert dtypes_in_a_replica_thread(bare, inputs, "cpu", recorded) == {
         torch.get_autocast_dtype("cpu")}
@@ -96,7 +96,7 @@ def test_dataparallel_replicas_compute_in_the_recorded_dtype(monkeypatch):
     assert dtypes_in_a_replica_thread(placed, inputs, "cpu", recorded) == {recorded}
     # what gets saved is still the bare model, without any prefix
     assert rt.unwrap(placed) is bare
-    assert list(rt.unwrap(placed).state_dict()) == list(LeNet().state_dict())
+    assert list(rt.unwrap(placed).state_dict()) == list(build_model({}).state_dict())
 
 
 # bf16 only where the GPU has it in hardware; fp16 with a GradScaler that resumes

@@ -363,7 +363,8 @@ def test_resnet_recipe_keys_run_on_the_cpu_and_amp_off_records_fp32(pickled_data
     its augmentation and schedule, and its weights rescore (with TTA, as the recipe tests)
     to the recorded accuracy in fp32."""
     script = importlib.import_module("Resnet_model")
-    recipe = dict(script.CONFIGS[-1], batch_size=64, num_epochs=1)
+    recipe = dict(next(config for config in script.CONFIGS if config.get("name") == "recipe"),
+                  batch_size=64, num_epochs=1)
     monkeypatch.setattr(script, "CONFIGS", [recipe])
     monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: True)
     out = tmp_path / "out"
