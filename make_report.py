@@ -21,30 +21,36 @@ results are reported.
 Exit status: 0 report written; 1 a file could not be written; 2 --modelset is not a folder.
 """
 import argparse
-import importlib
+import ast
 import sys
 from pathlib import Path
 
-from cifarkit import ledger, outputs, report
+from cifarkit import ledger, report, results
 from cifarkit.errors import UserError
 
 
 def defined_configs():
-    """{script: how many configs its CONFIGS holds now}, for the report's "Not run yet" list;
-    the scripts are read here, not by the cifarkit package (importing one trains nothing)."""
+    """{script: how many configs its CONFIGS holds now}, for the report's "Not run yet" list.
+    The scripts are read as text, not imported: the report runs where torch is not
+    installed, and a script that no longer parses reports only what its JSON has."""
     counts = {}
     for script in report.TASKS:
         try:
-            counts[script] = len(importlib.import_module(Path(script).stem).CONFIGS)
-        except Exception:  # a script that no longer imports: report what the JSON has
+            tree = ast.parse((Path(__file__).resolve().parent / script).read_text())
+        except (OSError, SyntaxError, ValueError):
             counts[script] = 0
+            continue
+        lists = [node.value for node in tree.body if isinstance(node, ast.Assign)
+                 and any(getattr(target, "id", None) == "CONFIGS" for target in node.targets)]
+        counts[script] = len(lists[-1].elts) if lists and isinstance(
+            lists[-1], (ast.List, ast.Tuple)) else 0
     return counts
 
 
 def _foreign(modelset):
     """Why REPORT.md and figures/ must not be written into ``modelset``, or None: it is a
     project (a repository, source files), or holds a REPORT.md this command did not write."""
-    markers = outputs.foreign_entries(modelset)
+    markers = results.foreign_entries(modelset)
     if markers:
         return (f"that folder holds {', '.join(markers[:3])}: it looks like a project, not "
                 f"the scripts' output folder. Give the folder that holds their output "
@@ -62,7 +68,7 @@ def _complete_interrupted_moves(modelset):
     the next run would, so the report never reads a results JSON apart from its weights."""
     for journal in sorted(modelset.glob(f"*/{ledger.JOURNAL}")):
         try:
-            with outputs.locked(journal.parent):
+            with results.locked(journal.parent):
                 ledger.recover(journal.parent)
         except UserError as error:  # a run is writing there now, or the move cannot finish
             print(f"warning: {error}", file=sys.stderr)

@@ -61,7 +61,7 @@ sys.path.insert(0, str(REPO))
 
 import Original_version_model  # noqa: E402
 import Original_version_model_multiGPU  # noqa: E402
-from cifarkit import cli, config, data, outputs, train  # noqa: E402
+from cifarkit import cli, config, data, results, train  # noqa: E402
 from cifarkit import runtime as rt  # noqa: E402
 
 # What each check runs: (on the GPU(s), with --quick on the CPU). The comments give the
@@ -121,7 +121,7 @@ SCRIPTS = {  # script: the results JSON it writes
 SHORT_NAMES = {"Original_version_model.py": "baseline", "L2_regularization.py": "l2",
                "Dropout_regularization.py": "dropout",
                "Original_version_model_multiGPU.py": "multigpu", "Resnet_model.py": "resnet"}
-PNGS = outputs.PLOT_FILES
+PNGS = results.PLOT_FILES
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # the report's best ResNet-18 (its config 4): test accuracy %, seconds, one A100. The

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cifarkit import outputs  # noqa: E402
+from cifarkit import outputs, results  # noqa: E402
 
 
 def sweep_sized_entries(configs=11, epochs=50):
@@ -27,7 +27,7 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         for _ in range(10):
-            outputs.save_json({"script": "sweep", "configs": entries}, Path(folder) / "r.json")
+            results.save_json({"script": "sweep", "configs": entries}, Path(folder) / "r.json")
         json_seconds = (time.perf_counter() - started) / 10
         started = time.perf_counter()
         for _ in range(3):

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .outputs import to_cpu, write_atomically
+from .outputs import to_cpu
+from .results import write_atomically
 
 FORMAT = "cifarkit-checkpoint-1"
 

@@ -17,14 +17,13 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .results import CLASSES
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-           "dog", "frog", "horse", "ship", "truck")
 DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 DEFAULT_ROOT = "./data"
 DOWNLOAD_LOCK = ".cifarkit-download.lock"  # in the download root while one process fetches

@@ -24,6 +24,8 @@ import torch.distributed as dist
 from . import checkpoints, cli, config, data, ledger, outputs, train
 from . import runtime as rt
 from .errors import UserError
+from .results import (PLOT_FILES, config_entry, is_best, locked, outcome, save_json, settings,
+                      summary)
 
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 EXIT_WRITE_FAILED = 1  # the same status as a failed config, as the README says
@@ -70,7 +72,7 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
             results = outputs.new_results(names.script, dataset, normalization, runtime,
                                           args.seed, argv)
             # One run per folder: the lock is held until the run ends (rank 0 writes files).
-            rt.from_main(lambda: cleanup.enter_context(outputs.locked(out)) and None, runtime)
+            rt.from_main(lambda: cleanup.enter_context(locked(out)) and None, runtime)
             configs = _ledger_configs(all_configs, selected, models, model_settings, args)
             settled = rt.from_main(lambda: _settle(out, names, results, configs, args), runtime)
         except UserError as error:
@@ -187,7 +189,7 @@ def _plain_console():
 def _kit_names(names, selected, args):
     """The files this run may write in its folder, relative to it (to find what is in the
     way before anything trains)."""
-    written = [names.results_file, *outputs.PLOT_FILES]
+    written = [names.results_file, *PLOT_FILES]
     for number, _ in selected:
         for seed in range(args.seed, args.seed + args.seeds):
             written.append(ledger.weights_name(names.weights_file, number, seed, args.seed))
@@ -260,7 +262,7 @@ def _train_selected(script, argv, args, job, normalization, selected, dataset, r
               for seed in range(args.seed, args.seed + args.seeds)}
     finished = [entry for entry in results["configs"] if (entry["id"], entry["seed"]) in chosen]
     if runtime.is_main:
-        _print(outputs.summary(finished))
+        _print(summary(finished))
         _print(f"Results, weights and plots are in {out}/")
     return 0 if all(entry["status"] == "finished" for entry in finished) else 1
 
@@ -420,11 +422,11 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
     done = next((entry for entry in results["configs"]
                  if entry["id"] == label and entry["seed"] == seed), None)
     if done and done["status"] in ("finished", "diverged"):  # running, out_of_memory: resumed
-        say(f"{run_name}: already {done['status']} in {out} ({outputs.outcome(done)}); "
+        say(f"{run_name}: already {done['status']} in {out} ({outcome(done)}); "
             f"skipped. Use --restart to train it again.")
         return done["status"]
     say(f"{run_name}{' ' + chosen['name'] if 'name' in chosen else ''}: "
-        f"{outputs.settings(chosen)}")
+        f"{settings(chosen)}")
     train.seed_everything(seed)  # every config starts from the same weights
     model = rt.place_model(job.build_model(chosen), runtime, chosen.get("sync_bn", False))
     if runtime.rank:
@@ -460,7 +462,7 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
         a kill between the two leaves nothing that no rerun would redo."""
         entry = {"id": label, "seed": seed, "config": chosen, "status": status}
         if runtime.is_main:
-            entry = outputs.config_entry(label, seed, chosen, status, progress,
+            entry = config_entry(label, seed, chosen, status, progress,
                                          weights_path.name)
             entry.update(model=job.models[label], precision=rt.precision(runtime),
                          compiled=runtime.compile)
@@ -472,7 +474,7 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
             [e for e in results["configs"] if (e["id"], e["seed"]) != (label, seed)] + [entry],
             key=lambda e: (ledger.number_of(e["id"]), e["seed"]))
         if runtime.is_main:
-            if predictions is not None and outputs.is_best(entry, results["configs"]):
+            if predictions is not None and is_best(entry, results["configs"]):
                 outputs.plot_examples(job.on_device, predictions, entry, results["script"], out)
             _refresh(job, results, results_file, final=status != "running")
         return entry
@@ -510,7 +512,7 @@ REFRESH_RATIO = 20
 def _refresh(job, results, results_file, final):
     """Write the results JSON (every epoch: a few milliseconds) and redraw the PNGs (a few
     tenths of a second: at the end of each config, and between epochs when due)."""
-    outputs.save_json(results, job.out / results_file)
+    save_json(results, job.out / results_file)
     if final or time.monotonic() - job.drawn_at >= REFRESH_RATIO * job.drawing:
         started = time.monotonic()
         outputs.plot_run(results["configs"], job.out, results["script"], job.log_every,
@@ -656,6 +658,6 @@ def _tidy(job, results, results_file):
         if entry["status"] in ("finished", "diverged"):
             checkpoints.remove_checkpoint(ledger.checkpoint_path(job.out, entry["id"],
                                                                  entry["seed"]))
-    if not all((job.out / name).is_file() for name in outputs.PLOT_FILES[:3]):
+    if not all((job.out / name).is_file() for name in PLOT_FILES[:3]):
         outputs.plot_run(results["configs"], job.out, results["script"], job.log_every,
                          run=results)

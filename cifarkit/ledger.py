@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import UserError
-from .outputs import PLOT_FILES, load_results, save_json, write_atomically
+from .results import PLOT_FILES, load_results, save_json, write_atomically
 
 EARLIER_PREFIX = "earlier-"  # subfolders holding results that a later run moved aside
 JOURNAL = ".ledger.json"     # a transaction in progress

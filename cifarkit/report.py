@@ -13,8 +13,8 @@ from urllib.parse import quote
 import numpy as np
 
 from . import plots
-from .data import CLASSES
-from .outputs import config_label, mean_std, settings, write_atomically
+from .results import CLASSES
+from .results import config_label, mean_std, settings, write_atomically
 
 TASKS = {  # script -> the report task it reproduces
     "Original_version_model.py": "Task 1: tutorial LeNet baseline",

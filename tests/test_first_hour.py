@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import predict
-from cifarkit import data, outputs, plots, train
+from cifarkit import data, plots, results, train
 from cifarkit import runtime as rt
 from conftest import REPO
 from test_ledger import A, B, run
@@ -84,8 +84,8 @@ def test_short_epochs_get_an_estimate_and_lines_name_the_config(pickled_data, tm
     assert "config_1: about" in printed and "an epoch on this CPU" in printed
     assert "config_1 a: num_epochs=1" in printed  # the name, as the summary shows it
     assert "; fp32; output" in printed  # the precision in the run's header
-    results = json.loads((tmp_path / "out" / RESULTS).read_text())
-    assert outputs.config_label(results["configs"][0]).startswith("config_1 a:")
+    saved = json.loads((tmp_path / "out" / RESULTS).read_text())
+    assert results.config_label(saved["configs"][0]).startswith("config_1 a:")
 
 
 def test_predict_names_the_classes_of_pictures_as_training_saw_them(pickled_data, tmp_path,

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarkit import checkpoints, config, outputs, train
+from cifarkit import checkpoints, config, experiment, outputs, train
+from cifarkit.results import save_json
 from test_ledger import A, B, D, Killed, run
 
 RESULTS = "training_result.json"
@@ -149,7 +150,7 @@ def test_an_unfinished_seed_outside_seeds_does_not_fail_the_run(pickled_data, tm
     results = json.loads((out / RESULTS).read_text())
     other = dict(results["configs"][0], seed=1, status="out_of_memory", weights=None)
     results["configs"].append(other)
-    outputs.save_json(results, out / RESULTS)
+    save_json(results, out / RESULTS)
     assert run(out, pickled_data, [A], monkeypatch) == 0  # was 1
 
 
@@ -176,7 +177,7 @@ def test_the_resume_hint_names_the_script_that_ran_and_quotes_paths(
 def test_a_kill_as_a_config_ends_leaves_nothing_that_is_never_redone(
         pickled_data, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real_save = outputs.save_json
+    real_save = save_json
 
     def killed_after_the_finished_entry(content, path):
         real_save(content, path)
@@ -184,7 +185,7 @@ def test_a_kill_as_a_config_ends_leaves_nothing_that_is_never_redone(
             raise Killed
 
     with monkeypatch.context() as patch:
-        patch.setattr(outputs, "save_json", killed_after_the_finished_entry)
+        patch.setattr(experiment, "save_json", killed_after_the_finished_entry)
         with pytest.raises(Killed):
             run(out, pickled_data, [A], patch)
     assert run(out, pickled_data, [A], monkeypatch) == 0

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cifarkit import config, data, experiment, ledger, outputs, train
+from cifarkit import config, data, experiment, ledger, outputs, results, train
 from conftest import REPO, write_image_folders, write_pickled_batches
 
 README = (REPO / "README.md").read_text()
@@ -266,7 +266,7 @@ def _output_folders(kit, tmp):
     (unmounted / "checkpoints").symlink_to(tmp / "no-such-scratch-disk")
     kit.run("Original_version_model", *data, out=unmounted)
     busy = tmp / "busy"
-    with outputs.locked(busy):
+    with results.locked(busy):
         kit.run("Original_version_model", *data, out=busy)
     edited = kit.run("L2_regularization", *data, configs=[BASE], expected=0)
     kit.run("L2_regularization", *data, configs=[dict(BASE, lr=0.02)], out=edited, expected=0)

@@ -6,6 +6,8 @@ import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 import make_report
+from conftest import REPO
 from cifarkit import report
 
 L2_CONFIGS = [
@@ -611,3 +614,19 @@ def test_task4_names_our_best_lenet_and_marks_the_reports_a100_figure(modelset, 
     legend = [" ".join(label.get_text().split()) for label in  # unwrapped
               drawn["task4_accuracy_vs_time.png"].axes[0].get_legend().get_texts()]
     assert any("on one A100" in label and "not comparable" in label for label in legend)
+
+
+def test_make_report_runs_where_torch_cannot_be_imported(modelset, tmp_path):
+    """The report only reads JSON and draws: it runs on a machine without torch (here made
+    unimportable), from another folder, and writes the same sections."""
+    root = copy_of(modelset, tmp_path)
+    code = ("import runpy, sys; sys.modules['torch'] = None; "  # any import of torch fails
+            "script, folder = sys.argv[1:]; sys.argv = [script, '--modelset', folder]; "
+            "sys.path[0] = script.rsplit('/', 1)[0]; "  # as python path/to/make_report.py
+            "runpy.run_path(script, run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code, str(REPO / "make_report.py"),
+                             str(root)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = (root / "REPORT.md").read_text()
+    assert "## Task 2: LeNet + L2" in text and "## Task 3" in text

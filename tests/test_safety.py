@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from cifarkit import data, outputs, train
+from cifarkit import data, train
+from cifarkit.results import locked, save_json
 from conftest import REPO, write_image_folders, write_pickled_batches
 
 TINY = {"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
@@ -93,13 +94,13 @@ def test_an_out_folder_on_a_virtual_file_system_is_refused_as_such(pickled_data,
 def test_a_second_run_into_a_busy_folder_is_refused_and_a_killed_runs_lock_is_gone(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    with outputs.locked(out):  # a run in progress
+    with locked(out):  # a run in progress
         assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                         configs=[TINY], monkeypatch=monkeypatch) == 2
         assert "another run is writing to that folder" in capsys.readouterr().err
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from cifarkit import outputs\n"
-         "with outputs.locked(sys.argv[1]):\n    print('locked', flush=True); time.sleep(600)",
+        [sys.executable, "-c", "import sys, time; from cifarkit.results import locked\n"
+         "with locked(sys.argv[1]):\n    print('locked', flush=True); time.sleep(600)",
          str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     holder.kill()  # kill -9: no chance to clean anything up
@@ -359,7 +360,7 @@ def test_a_failed_download_ends_with_the_command_to_run(tmp_path):
 def test_output_files_follow_the_umask(umask, mode, tmp_path):
     previous = os.umask(umask)
     try:
-        outputs.save_json({"a": 1}, tmp_path / "results.json")
+        save_json({"a": 1}, tmp_path / "results.json")
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == mode
