@@ -89,7 +89,11 @@ def load_checkpoint(path):
 
 def identity(path):
     """The identity a checkpoint was saved with (what it is a checkpoint of)."""
-    return load_checkpoint(path)["identity"]
+    saved = load_checkpoint(path).get("identity")
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: a checkpoint of this kit's format that does not say what it "
+                        f"is a checkpoint of (damaged, or edited).")
+    return saved
 
 
 def restore(checkpoint, model, optimizer, scheduler, rank=0, scaler=None):

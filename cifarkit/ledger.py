@@ -232,7 +232,8 @@ def found_configs(earlier, checkpoints, results, neutral):
         name = CHECKPOINT_NAME.fullmatch(Path(path).name)
         same_run = (identity.get("seed") == int(name["seed"])
                     and same_data(identity.get("data"), results["data"]))
-        add(name["label"], (config_identity(identity.get("config") or {}, neutral),
+        saved = identity.get("config")
+        add(name["label"], (config_identity(saved if isinstance(saved, dict) else {}, neutral),
                             identity.get("model")) if same_run else None)
     return found
 
@@ -333,7 +334,8 @@ def carry_out(out, names, earlier, plan_, current_configs):
     moves, writes, lines = [], {}, []
     if plan_.everything:
         moves = [(path, target / path.relative_to(out)) for path in kit_files(out, names)]
-        lines.append(f"{plan_.everything}: the earlier results are kept in {target}/")
+        if moves:
+            lines.append(f"{plan_.everything}: the earlier results are kept in {target}/")
         kept = None
     else:
         kept = _kept(earlier, plan_, current_configs, names.weights_file)
