@@ -66,10 +66,12 @@ def _foreign(modelset):
 def _complete_interrupted_moves(modelset):
     """A run killed while it moved earlier results aside left a journal: completed here, as
     the next run would, so the report never reads a results JSON apart from its weights."""
-    for journal in sorted(modelset.glob(f"*/{ledger.JOURNAL}")):
+    folders = {path.parent for name in (ledger.JOURNAL, ledger.JOURNAL_COPY)
+               for path in modelset.glob(f"*/{name}")}
+    for folder in sorted(folders):
         try:
-            with results.locked(journal.parent):
-                ledger.recover(journal.parent)
+            with results.locked(folder):
+                ledger.recover(folder)
         except UserError as error:  # a run is writing there now, or the move cannot finish
             print(f"warning: {error}", file=sys.stderr)
 

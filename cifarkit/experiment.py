@@ -75,6 +75,11 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
             rt.from_main(lambda: cleanup.enter_context(locked(out)) and None, runtime)
             configs = _ledger_configs(all_configs, selected, models, model_settings, args)
             settled = rt.from_main(lambda: _settle(out, names, results, configs, args), runtime)
+            job = Run(runtime=runtime, out=out, build_model=build_model, models=models,
+                      weights_file=weights_file, log_every=log_every, run_data=results["data"],
+                      say=_print if runtime.is_main else _silent)
+            _show_folder(job, script, dataset, normalization, results, settled)
+            job.epochs_to_train = _epochs_to_train(selected, args.seeds, results)
         except UserError as error:
             if rt.is_main_process():
                 _print(f"error: {error}", file=sys.stderr)
@@ -90,14 +95,12 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
                 _print(f"\nStopped by {name} before training started; nothing was trained.",
                        file=sys.stderr)
             return SIGNAL_EXIT[signum]
+        except OSError as error:  # the PNGs redrawn after a move, on a full disk say
+            return _write_failed(out, error)
         finally:
             preparing.close()
         try:
-            job = Run(runtime=runtime, out=out, build_model=build_model, models=models,
-                      weights_file=weights_file, log_every=log_every, run_data=results["data"],
-                      say=_print if runtime.is_main else _silent)
-            status = _train_selected(script, argv, args, job, normalization, selected,
-                                     dataset, results, results_file, settled)
+            status = _train_selected(script, argv, args, job, selected, results, results_file)
         except UserError as error:  # found only once training began: a damaged checkpoint
             if runtime.is_main:
                 _print(f"error: {error}", file=sys.stderr)
@@ -110,9 +113,7 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
                 f"{_resume_hint(script, argv, runtime.distributed)}", file=sys.stderr)
             return SIGNAL_EXIT[signal.SIGINT]
         except OSError as error:  # disk full, folder removed: what was saved before stays
-            _print(f"error: cannot write to {out}: {error}. Results saved so far are kept; "
-                   f"once that is fixed, rerun the same command to carry on.", file=sys.stderr)
-            return EXIT_WRITE_FAILED  # no barrier: the other ranks cannot know of it
+            return _write_failed(out, error)  # no barrier: the other ranks cannot know of it
         except RuntimeError as error:  # dist.DistError is one; gloo raises plain ones
             if not (runtime.distributed and _peer_lost(error)):
                 raise
@@ -128,6 +129,12 @@ def run(*, script, description, build_model, configs, out_dir, results_file,
         # makes torchrun stop the others, rank 0 perhaps before it has written the results.
         rt.barrier(runtime)
         return status
+
+
+def _write_failed(out, error):
+    _print(f"error: cannot write to {out}: {error}. Results saved so far are kept; once that "
+           f"is fixed, rerun the same command to carry on.", file=sys.stderr)
+    return EXIT_WRITE_FAILED
 
 
 def _built(build_model, chosen, number):
@@ -227,8 +234,10 @@ def _settle(out, names, results, configs, args):
     return ledger.carry_out(out, names, earlier, plan, configs.checked)
 
 
-def _train_selected(script, argv, args, job, normalization, selected, dataset, results,
-                    results_file, settled):
+def _show_folder(job, script, dataset, normalization, results, settled):
+    """Say what moved, carry on from the results kept (the PNGs redrawn to show them), put
+    the data on the device. Before training: a signal here stops the run as one while the
+    data loads does."""
     out, runtime, say = job.out, job.runtime, job.say
     kept, lines = settled
     for line in lines:
@@ -238,14 +247,17 @@ def _train_selected(script, argv, args, job, normalization, selected, dataset, r
         if runtime.is_main and lines:  # the PNGs show what the folder holds
             outputs.plot_run(results["configs"], out, results["script"], job.log_every,
                              run=results)
-
     say(f"{Path(script).name}: {len(dataset.train_labels)} training and "
         f"{len(dataset.test_labels)} test images from {dataset.source}; "
         f"{', '.join(results['devices'])}; {results['precision']}; output {out}")
     job.on_device = data.to_device(dataset, normalization, runtime.device)
     if runtime.is_main and kept and lines and (out / "examples.png").exists():
         _redraw_examples(job, results)
-    job.epochs_to_train = _epochs_to_train(selected, args.seeds, results)
+    rt.barrier(runtime)  # the ranks start training together, once rank 0 has tidied up
+
+
+def _train_selected(script, argv, args, job, selected, results, results_file):
+    out, runtime, say = job.out, job.runtime, job.say
     with _stop_on_signals(say, stop_at_once_on_repeat=not runtime.distributed) as stop:
         for number, chosen in selected:
             for seed in range(args.seed, args.seed + args.seeds):

@@ -35,7 +35,9 @@ from .errors import UserError
 from .results import PLOT_FILES, load_results, save_json, write_atomically
 
 EARLIER_PREFIX = "earlier-"  # subfolders holding results that a later run moved aside
-JOURNAL = ".ledger.json"     # a transaction in progress
+JOURNAL = ".ledger.json"     # a transaction in progress...
+JOURNAL_COPY = ".ledger.copy.json"  # ...and its copy, should one be damaged or deleted
+STAGED = re.compile(r"\.ledger-[0-9a-f]{8}-\d+")  # a file on its way (see _commit)
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_NAME = re.compile(r"(?P<label>config_\d+)_seed(?P<seed>\d+)\.ckpt")
 TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # write_atomically's, cut short by a kill
@@ -338,7 +340,10 @@ def carry_out(out, names, earlier, plan_, current_configs):
             lines.append(f"{plan_.everything}: the earlier results are kept in {target}/")
         kept = None
     else:
-        kept = _kept(earlier, plan_, current_configs, names.weights_file)
+        lost = _lost_weights(out, earlier, plan_)
+        lines += [f"{entry['id']}: its weights {entry['weights']} are missing (moved or deleted "
+                  f"by hand?), so it trains again" for entry in lost]
+        kept = _kept(earlier, plan_, current_configs, names.weights_file, lost)
         for label, reason in plan_.aside.items():
             moves += [(path, target / path.relative_to(out))
                       for path in config_files(out, label, names.weights_file)]
@@ -378,14 +383,21 @@ def _renames(out, renamed, weights_file):
     return moves
 
 
-def _kept(earlier, plan_, current_configs, weights_file):
-    """``earlier`` without the entries going aside, the renamed ones under their new ids
-    and weights names, each with the current config's naming keys."""
+def _lost_weights(out, earlier, plan_):
+    """The finished entries that stay but whose weights file is not there."""
+    return [entry for entry in (earlier or {}).get("configs", [])
+            if entry["status"] == "finished" and entry["id"] not in plan_.aside
+            and not (isinstance(entry.get("weights"), str) and (out / entry["weights"]).is_file())]
+
+
+def _kept(earlier, plan_, current_configs, weights_file, lost=()):
+    """``earlier`` without the entries going aside or ``lost``, the renamed ones under their
+    new ids and weights names, each with the current config's naming keys."""
     if not isinstance(earlier, dict):
         return None
     configs = []
     for entry in earlier["configs"]:
-        if entry["id"] in plan_.aside:
+        if entry["id"] in plan_.aside or entry in lost:
             continue
         label = plan_.renamed.get(entry["id"], entry["id"])
         entry = dict(entry, id=label)
@@ -413,7 +425,7 @@ def _commit(out, moves, writes):
         journal["writes"][str(Path(path).relative_to(out))] = content
     with _signals_held():
         try:
-            save_json(journal, out / JOURNAL)
+            _record(out, journal)
         except OSError as error:
             raise UserError(f"{out}: cannot record the move of earlier results "
                             f"({error.strerror or error}); nothing was moved. Free some "
@@ -424,17 +436,48 @@ def _commit(out, moves, writes):
 def recover(out):
     """Complete the transaction that a kill (or a full disk) interrupted; a no-op else."""
     out = Path(out)
-    path = out / JOURNAL
-    if not path.is_file():
+    journal = _read_journal(out)
+    if journal is None:
+        stranded = [path.name for folder in (out, out / CHECKPOINTS)
+                    for path in _files(folder, STAGED)]
+        if stranded:
+            raise UserError(
+                f"{out}: files of an interrupted move are left under hidden names "
+                f"({', '.join(stranded[:3])}{', ...' if len(stranded) > 3 else ''}) and its "
+                f"record, {JOURNAL} (and {JOURNAL_COPY}), is gone, so where they belong is "
+                f"unknown. Put the record back if you can; else move those files out of "
+                f"the folder and rerun.")
         return
-    try:
-        journal = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as error:
-        raise UserError(f"{path}: a move of earlier results was interrupted and its record "
-                        f"cannot be read ({error}). Move {path} away and rerun; then check "
-                        f"the earlier-* folders by hand.") from None
     with _signals_held():
         _attempt(out, lambda: _finish(out, journal))
+
+
+def _record(out, journal):
+    """The journal, twice: a damaged or deleted one still leaves the other to finish by."""
+    for name in (JOURNAL, JOURNAL_COPY):
+        save_json(journal, out / name)
+
+
+def _read_journal(out):
+    """The journal of an unfinished transaction (from its copy if need be), or None."""
+    found, damaged = None, []
+    for name in (JOURNAL, JOURNAL_COPY):
+        path = out / name
+        if found is None and os.path.lexists(path):
+            try:
+                found = json.loads(path.read_text())
+                found = found if {"phase", "moves", "writes"} <= set(found) else None
+            except (OSError, ValueError, RecursionError, TypeError):
+                found = None
+            if found is None:
+                damaged.append(path.name)
+    if found is None and damaged:
+        raise UserError(f"{out}: a move of earlier results was interrupted and its record "
+                        f"({', '.join(damaged)}) cannot be read. Do not delete it: the files "
+                        f"it moves wait under hidden names (.ledger-*). Put back an intact "
+                        f"copy if you have one; else move those hidden files and the record "
+                        f"out of the folder and rerun.")
+    return found
 
 
 def _finish(out, journal):
@@ -444,7 +487,7 @@ def _finish(out, journal):
             if os.path.lexists(out / source) and not os.path.lexists(out / staged):
                 os.replace(out / source, out / staged)  # in its own folder: atomic
         journal["phase"] = "place"
-        save_json(journal, out / JOURNAL)
+        _record(out, journal)
     for _, target, staged in journal["moves"]:
         if os.path.lexists(out / staged):
             _transfer(out / staged, out / target)
@@ -454,7 +497,9 @@ def _finish(out, journal):
     checkpoints = out / CHECKPOINTS
     if checkpoints.is_dir() and not checkpoints.is_symlink() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()
-    (out / JOURNAL).unlink()
+    for name in (JOURNAL, JOURNAL_COPY):  # the first one gone already means "done"
+        if os.path.lexists(out / name):
+            os.unlink(out / name)
 
 
 def _transfer(source, target):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarkit import checkpoints, config, experiment, outputs, train
+from cifarkit import checkpoints, config, data, experiment, ledger, outputs, train
 from cifarkit.results import save_json
 from test_ledger import A, B, D, Killed, run
 
@@ -323,3 +323,57 @@ def test_a_change_other_than_the_epochs_is_not_blamed_on_epochs(pickled_data, tm
     capsys.readouterr()
     assert run(out, pickled_data, [dict(A, lr=0.05)], monkeypatch, "--epochs", "1") == 0
     assert "lr 0.01 -> 0.05: its earlier" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_after_the_move_lines_before_training_is_one_true_line(
+        signum, status, pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    real_plot = outputs.plot_run
+
+    def signalled(*args, **kwargs):  # the PNGs redrawn after the move: a signal comes
+        signal.raise_signal(signum)
+        return real_plot(*args, **kwargs)
+
+    monkeypatch.setattr(outputs, "plot_run", signalled)
+    capsys.readouterr()
+    assert run(out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == status
+    message = capsys.readouterr().err
+    assert "before training started; nothing was trained" in message
+    assert "checkpoint" not in message
+    monkeypatch.setattr(outputs, "plot_run", real_plot)
+    assert run(out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == 0
+
+
+def test_weights_deleted_by_hand_are_retrained_not_called_finished(pickled_data, tmp_path,
+                                                                     monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    (out / "config_2.pth").unlink()
+    capsys.readouterr()
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "config_2: its weights config_2.pth are missing" in printed
+    assert "config_2 epoch 1/1" in printed and "config_1 epoch" not in printed
+    assert (out / "config_2.pth").is_file()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_a_damaged_or_deleted_journal_is_finished_from_its_copy(damage, pickled_data, tmp_path,
+                                                               monkeypatch):
+    from test_ledger import check_every_result_with_its_weights, kill_at
+
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    with monkeypatch.context() as patch:
+        kill_at(patch, 6)  # both records written, the files staged
+        with pytest.raises(Killed):
+            run(out, pickled_data, [dict(B), dict(A, lr=0.05)], patch)
+    journal = out / ledger.JOURNAL
+    if damage == "deleted":
+        journal.unlink()
+    else:
+        journal.write_text(journal.read_text()[:100])
+    assert run(out, pickled_data, [dict(B), dict(A, lr=0.05)], monkeypatch) == 0
+    assert check_every_result_with_its_weights(out, data.load_cifar10(pickled_data)) == 3

@@ -275,6 +275,12 @@ def _output_folders(kit, tmp):
             OSError(28, "No space left on device")))
         kit.run("L2_regularization", *data, configs=[BASE], out=edited)
     kit.run("L2_regularization", *data, configs=[BASE], out=edited, expected=0)
+    stranded = tmp / "stranded"  # a move's hidden files, its record deleted by hand
+    stranded.mkdir()
+    (stranded / ".ledger-0123abcd-0").write_bytes(b"weights on their way")
+    kit.run("L2_regularization", *data, configs=[BASE], out=stranded)
+    (stranded / ledger.JOURNAL).write_text("{damaged")
+    kit.run("L2_regularization", *data, configs=[BASE], out=stranded)
     (edited / "training_result.json").write_text("not JSON")
     kit.run("L2_regularization", *data, configs=[BASE], out=edited, expected=0)
 
