@@ -65,15 +65,18 @@ def _foreign(modelset):
 
 def _complete_interrupted_moves(modelset):
     """A run killed while it moved earlier results aside left a journal: completed here, as
-    the next run would, so the report never reads a results JSON apart from its weights."""
+    the next run would, so the report never reads a results JSON apart from its weights.
+    Returns {folder: why} of those where that cannot be done now: left out of the report."""
     folders = {path.parent for name in (ledger.JOURNAL, ledger.JOURNAL_COPY)
                for path in modelset.glob(f"*/{name}")}
+    stuck = {}
     for folder in sorted(folders):
         try:
             with results.locked(folder):
                 ledger.recover(folder)
         except UserError as error:  # a run is writing there now, or the move cannot finish
-            print(f"warning: {error}", file=sys.stderr)
+            stuck[folder] = str(error)
+    return stuck
 
 
 def main(argv=None):
@@ -93,8 +96,11 @@ def main(argv=None):
     if refusal:
         print(f"error: --modelset {modelset}: {refusal}", file=sys.stderr)
         return 2
-    _complete_interrupted_moves(modelset)
+    stuck = _complete_interrupted_moves(modelset)
     runs, skipped = report.load_runs(modelset)
+    skipped += [(run.path, f"its folder is in the middle of a move ({stuck[run.path.parent]})")
+                for run in runs if run.path.parent in stuck]
+    runs = [run for run in runs if run.path.parent not in stuck]
     for path, why in skipped:  # the report lists them too; the terminal must not hide them
         print(f"warning: {path}: {why}; skipped.", file=sys.stderr)
     for run in runs:

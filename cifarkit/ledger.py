@@ -69,6 +69,7 @@ class Plan:
     everything: str = None                     # why every kit file goes aside, or None
     aside: dict = field(default_factory=dict)  # config id -> why its results go aside
     renamed: dict = field(default_factory=dict)  # old id -> new id
+    left: list = field(default_factory=list)   # changed configs not selected: left as they are
 
 
 # ----------------------------------------------------------------------------- file names
@@ -274,6 +275,8 @@ def plan(found, configs, restart, epochs_flag, unusable=()):
         if configs.every or label in configs.selected or taken:
             result.aside[label] = _why_changed(label, found[label], current.get(label), taken,
                                                epochs_flag)
+        else:  # its entries keep the config they were trained with
+            result.left.append(label)
     for label in unusable:  # a damaged checkpoint never stays under a new config's name
         if label in result.renamed.values() and label not in result.aside:
             result.aside[label] = f"{label}: its checkpoint cannot be used"
@@ -401,7 +404,7 @@ def _kept(earlier, plan_, current_configs, weights_file, lost=()):
             continue
         label = plan_.renamed.get(entry["id"], entry["id"])
         entry = dict(entry, id=label)
-        if label in current_configs:
+        if label in current_configs and label not in plan_.left:
             entry["config"] = current_configs[label]
         if entry.get("weights"):
             entry["weights"] = weights_name(weights_file, number_of(label), entry["seed"],

@@ -377,3 +377,36 @@ def test_a_damaged_or_deleted_journal_is_finished_from_its_copy(damage, pickled_
         journal.write_text(journal.read_text()[:100])
     assert run(out, pickled_data, [dict(B), dict(A, lr=0.05)], monkeypatch) == 0
     assert check_every_result_with_its_weights(out, data.load_cifar10(pickled_data)) == 3
+
+
+def test_a_changed_config_not_selected_keeps_the_config_it_was_trained_with(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    assert run(out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch, "--configs", "1") == 0
+    assert entries(out)[("config_2", 0)]["config"]["lr"] == 0.02  # what config_2.pth is
+    capsys.readouterr()
+    assert run(out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == 0
+    assert "config_2 differs from its earlier results: lr 0.02 -> 0.05" in \
+        capsys.readouterr().out
+    assert entries(out)[("config_2", 0)]["config"]["lr"] == 0.05
+
+
+def test_make_report_leaves_out_a_folder_stuck_in_a_move(pickled_data, tmp_path, monkeypatch,
+                                                         capsys):
+    import make_report
+    from test_ledger import kill_at
+
+    out = tmp_path / "modelset" / "l2"
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    with monkeypatch.context() as patch:
+        kill_at(patch, 4)
+        with pytest.raises(Killed):
+            run(out, pickled_data, [B, A], patch)
+    monkeypatch.setattr(ledger, "_transfer", lambda *args: (_ for _ in ()).throw(
+        OSError(30, "Read-only file system")))  # the move cannot finish now
+    assert make_report.main(["--modelset", str(tmp_path / "modelset")]) == 0
+    text = (tmp_path / "modelset" / "REPORT.md").read_text()
+    assert ".ledger" not in text.split("Skipped")[0]  # never read as results
+    assert "in the middle of a move" in text and "l2/training_result.json" in text
+    assert "## Task 2: LeNet + L2" not in text
