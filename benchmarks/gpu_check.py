@@ -722,10 +722,11 @@ def probe_precision(data_dir, device, amp):
                       (dataset.train_images, dataset.train_labels))
     scale, shift = data.normalizer(*script.NORMALIZATION, device=runtime.device)
     optimizer = train.make_optimizer(model, chosen, runtime)
-    train.train_epoch(model, optimizer, images, labels,
-                      [torch.arange(len(labels), device=runtime.device)], scale, shift,
-                      train.new_sums(runtime.device), runtime,
-                      train.step_recipe(chosen, runtime, None))
+    on_device = data.OnDevice(images, labels, test_images=None, test_labels=None, scale=scale,
+                              shift=shift)
+    train.train_epoch(train.make_step(model, optimizer, chosen, runtime), on_device,
+                      [torch.arange(len(labels), device=runtime.device)],
+                      train.new_sums(runtime.device))
     return {"precision": rt.precision(runtime), "wrapper": type(model).__name__,
             "tf32_allowed": {"matmul": torch.backends.cuda.matmul.allow_tf32,
                              "cudnn": torch.backends.cudnn.allow_tf32},

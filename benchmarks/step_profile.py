@@ -40,16 +40,16 @@ def profile_steps(images, labels, batch_size, steps, runtime, warmup=20):
                                      runtime)
     scale, shift = data.normalizer(*data.TUTORIAL_NORMALIZATION, device=runtime.device)
     batches = data.batch_order(len(labels), batch_size, 0, 1)[:warmup + steps]
-    recipe = train.step_recipe({}, runtime, None)
+    step = train.make_step(model, optimizer, {}, runtime)
+    on_device = data.OnDevice(images, labels, test_images=None, test_labels=None, scale=scale,
+                              shift=shift)
     sums = train.new_sums(runtime.device)
-    train.train_epoch(model, optimizer, images, labels, batches[:warmup], scale, shift, sums,
-                      runtime, recipe)
+    train.train_epoch(step, on_device, batches[:warmup], sums)
     parts = dict.fromkeys(PARTS, 0.0)
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         started = time.perf_counter()
         with record_function("steps"):
-            train.train_epoch(model, optimizer, images, labels, batches[warmup:], scale, shift,
-                              sums, runtime, recipe)
+            train.train_epoch(step, on_device, batches[warmup:], sums)
         wall = time.perf_counter() - started
     for event in profiler.events():
         parent = event.cpu_parent

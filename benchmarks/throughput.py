@@ -101,13 +101,13 @@ def kit_round(model, images, labels, normalization, batch_size, steps, runtime, 
                                      runtime)
     scale, shift = data.normalizer(*normalization, device=runtime.device)
     batches = data.batch_order(len(labels), batch_size, seed, 1)[:warmup + steps]
-    recipe = train.step_recipe({}, runtime, None)
+    step = train.make_step(model, optimizer, {}, runtime)
+    on_device = data.OnDevice(images, labels, test_images=None, test_labels=None, scale=scale,
+                              shift=shift)
     sums = train.new_sums(runtime.device)
-    train.train_epoch(model, optimizer, images, labels, batches[:warmup], scale, shift,
-                      sums, runtime, recipe)
+    train.train_epoch(step, on_device, batches[:warmup], sums)
     started = _now(runtime.device)
-    train.train_epoch(model, optimizer, images, labels, batches[warmup:], scale, shift,
-                      sums, runtime, recipe)
+    train.train_epoch(step, on_device, batches[warmup:], sums)
     return sum(len(index) for index in batches[warmup:]) / (_now(runtime.device) - started)
 
 

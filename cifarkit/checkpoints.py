@@ -13,6 +13,7 @@ import torch
 from .errors import UserError
 from .outputs import to_cpu
 from .results import write_atomically
+from .runtime import unwrap
 
 FORMAT = "cifarkit-checkpoint-1"
 
@@ -51,14 +52,16 @@ def set_rng_state(state):
     return None
 
 
-def save_checkpoint(path, identity, model, optimizer, scheduler, progress, rng_states,
-                    scaler=None):
+def save_checkpoint(path, identity, step, progress, rng_states):
     """Write atomically: a crash mid-write leaves the previous checkpoint in place.
 
-    ``rng_states`` holds one ``rng_state()`` per rank (one entry in one process); ``scaler``
-    is the fp16 run's GradScaler, whose scale a resumed run must carry on from."""
-    checkpoint = {"format": FORMAT, "identity": identity, "model": to_cpu(model.state_dict()),
-                  "optimizer": to_cpu(optimizer.state_dict()), "rng": rng_states,
+    ``step`` (train.Step) gives the model (saved unwrapped), the optimizer, the scheduler
+    and the fp16 run's GradScaler, whose scale a resumed run must carry on from;
+    ``rng_states`` holds one ``rng_state()`` per rank (one entry in one process)."""
+    scheduler, scaler = step.scheduler, step.scaler
+    checkpoint = {"format": FORMAT, "identity": identity,
+                  "model": to_cpu(unwrap(step.model).state_dict()),
+                  "optimizer": to_cpu(step.optimizer.state_dict()), "rng": rng_states,
                   "scheduler": scheduler.state_dict() if scheduler is not None else None,
                   "scaler": scaler.state_dict() if scaler is not None else None,
                   "progress": to_cpu(progress)}

@@ -448,6 +448,7 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
                                     seed, 1, runtime))
     scheduler = train.make_scheduler(optimizer, chosen, steps)
     scaler = train.make_scaler(runtime)
+    step = train.make_step(model, optimizer, chosen, runtime, scheduler, scaler)
     checkpoint_path = ledger.checkpoint_path(out, label, seed)
     checkpoint = rt.from_main(lambda: checkpoints.load_checkpoint(checkpoint_path), runtime)
     progress = train.new_progress()
@@ -464,8 +465,7 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
     def save(progress):
         rng_states = rt.gather_to_main(checkpoints.rng_state(), runtime)
         if runtime.is_main:
-            checkpoints.save_checkpoint(checkpoint_path, identity, rt.unwrap(model), optimizer,
-                                        scheduler, progress, rng_states, scaler)
+            checkpoints.save_checkpoint(checkpoint_path, identity, step, progress, rng_states)
 
     def record(status, predictions=None):
         """This run's entry in ``results`` (in full on rank 0), written out there: the JSON
@@ -497,8 +497,8 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
         latest["predictions"] = predictions
         record("running")
 
-    status = _train(job, run_name, chosen, seed, model, optimizer, scheduler, progress, stop,
-                    save, scaler, on_epoch=epoch_done)
+    status = _train(job, run_name, chosen, seed, step, progress, stop, save,
+                    on_epoch=epoch_done)
     if status == "interrupted":
         return status
     predictions = None
@@ -540,8 +540,7 @@ def _class_scores(predictions, test_labels):
             "confusion_matrix": matrix.tolist()}
 
 
-def _train(job, label, chosen, seed, model, optimizer, scheduler, progress, stop, save,
-           scaler, on_epoch):
+def _train(job, label, chosen, seed, step, progress, stop, save, on_epoch):
     """train.train_config with the run's messages; ``on_epoch(predictions)`` after each
     epoch's line, with that epoch's predictions on the test set."""
     def on_log(epoch, step, loss):
@@ -566,13 +565,12 @@ def _train(job, label, chosen, seed, model, optimizer, scheduler, progress, stop
                                         seed, 1, job.runtime))
         on_step, on_epoch_end = _estimator(job, label, chosen["batch_size"], steps)
     job.estimate_due = False
-    status = train.train_config(model, optimizer, chosen, job.on_device, seed, progress, save,
-                                job.runtime, scheduler,
-                                stop_requested=lambda: bool(stop.signals),
-                                log_every=job.log_every, on_log=on_log,
-                                on_evaluate=on_evaluate if main else None,
-                                on_epoch=epoch_done if main else None, scaler=scaler,
-                                on_step=on_step)
+    hooks = train.Hooks(stop_requested=lambda: bool(stop.signals),
+                        log_every=job.log_every, on_log=on_log,
+                        on_evaluate=on_evaluate if main else None,
+                        on_epoch=epoch_done if main else None, on_step=on_step)
+    status = train.train_config(step, chosen, job.on_device, seed, progress, save,
+                                hooks=hooks)
     if status == "out_of_memory":
         say(f"error: {label} ran out of GPU memory at batch_size {chosen['batch_size']}. "
             f"Try a smaller batch_size in CONFIGS; the other configs carry on, and its "

@@ -3,6 +3,8 @@ import contextlib
 import random
 import sys
 import time
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 import torch
@@ -53,91 +55,145 @@ def autocast(device_type, dtype):
     return torch.autocast(device_type, dtype=dtype)
 
 
-def train_epoch(model, optimizer, images, labels, batches, scale, shift, sums, runtime, recipe,
-                start_step=0, stop_requested=None, log_every=0, on_log=None, bar=None,
-                on_step=None):
-    """Train on ``batches[start_step:]``, adding into ``sums``; return (steps done, outcome).
+@dataclass
+class Step:
+    """What every training step needs besides the data (made by ``make_step``): the model
+    (placed: wrapped for DataParallel or DDP where the run uses them), its optimizer, the
+    runtime (ranks and devices; mixed precision in ``runtime.amp_dtype``), the learning-rate
+    scheduler (None for a constant lr), the GradScaler (fp16's loss scaling; a no-op in bf16
+    and fp32), and the config's augmentation and label smoothing."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    runtime: rt.Runtime
+    scheduler: object               # a torch.optim.lr_scheduler, stepped after every batch; or None
+    scaler: torch.amp.GradScaler
+    augment: str                    # a key of data.AUGMENTATIONS
+    label_smoothing: float
 
-    outcome is None (the epoch ended), "stopped" (``stop_requested()`` turned true),
+
+@dataclass
+class Hooks:
+    """What the caller hears and says while a config trains; each one optional.
+
+    ``stop_requested()`` asks training to stop (under torchrun it counts only at a look,
+    where the ranks agree on it). ``on_log(epoch, step, mean_loss)`` runs every
+    ``log_every`` steps (the tutorial's running loss; train_epoch is handed a copy whose
+    ``on_log(step, mean_loss)`` train_config has bound to the epoch); ``on_step()`` after
+    every step (the up-front time estimate). ``on_evaluate(epoch)`` runs as an epoch's test
+    pass starts, ``on_epoch(record, predictions)`` when it ends, with the test set's
+    predicted classes (rank 0 only)."""
+    stop_requested: Callable = None
+    log_every: int = 0
+    on_log: Callable = None
+    on_evaluate: Callable = None
+    on_epoch: Callable = None
+    on_step: Callable = None
+
+
+def train_epoch(step, data, batches, sums, start_step=0, hooks=None, bar=None):
+    """Train ``step.model`` on ``batches[start_step:]`` of ``data`` (data.OnDevice), adding
+    into ``sums``; return (steps done, outcome).
+
+    outcome is None (the epoch ended), "stopped" (``hooks.stop_requested()`` turned true),
     "diverged" (the loss stopped being finite) or "out_of_memory" (a CUDA out-of-memory
     error on any rank); the ranks of a torchrun job learn each of these together, at the next
     look (every ``SYNC_EVERY`` steps), and end the epoch together. Each batch is a global
-    batch; under torchrun this rank trains on its shard of it. ``on_log(step, mean_loss)``
-    runs every ``log_every`` steps (the tutorial's running loss); ``on_step()`` after every
-    step (the up-front time estimate). ``recipe`` (from
-    ``step_recipe``) holds augmentation, label smoothing, mixed precision and the
-    learning-rate scheduler.
+    batch; under torchrun this rank trains on its shard of it. ``hooks`` (Hooks) says when
+    to log, what to call after every step and whether to stop.
     """
-    model.train()
-    kind = "distributed" if runtime.distributed else images.device.type
+    hooks = hooks if hooks is not None else Hooks()
+    runtime, log_every = step.runtime, hooks.log_every
+    step.model.train()
+    kind = "distributed" if runtime.distributed else data.train_images.device.type
     sync_every = SYNC_EVERY[kind]
-    step, out_of_memory = start_step, False
+    done, out_of_memory = start_step, False
     for index in batches[start_step:]:
-        step += 1
+        done += 1
         if not out_of_memory:
-            try:
-                loss_sum = _train_step(model, optimizer, images, labels, index, scale, shift,
-                                       sums, runtime, recipe)
-                if log_every:
-                    sums["window"] += loss_sum / len(index)
-            except torch.cuda.OutOfMemoryError:
-                out_of_memory = True
-            if out_of_memory:  # outside the except block, whose traceback holds the memory
-                torch.cuda.empty_cache()
-                if not runtime.distributed:
-                    return step, "out_of_memory"
+            out_of_memory = _runs_out_of_memory(step, data, index, sums, log_every)
+            if out_of_memory and not runtime.distributed:
+                return done, "out_of_memory"
         if out_of_memory:
-            _keep_ranks_company(model, images, scale, shift, recipe)
-        elif on_step is not None:
-            on_step()
-        if bar is not None and not bar.disable:
-            bar.update(1)
-            if step % BAR_EVERY == 0:  # the live numbers cost a host sync: not every step
-                bar.set_postfix(loss=f"{sums['loss'].item() / max(sums['images'], 1):.3f}",
-                                acc=f"{100 * sums['correct'].item() / max(sums['images'], 1):.1f}%")
-        if log_every and step % log_every == 0:
-            on_log(step, rt.all_sum(sums["window"].clone(), runtime).item() / log_every)
+            _keep_ranks_company(step, data)
+        elif hooks.on_step is not None:
+            hooks.on_step()
+        _show_progress(bar, done, sums)
+        if log_every and done % log_every == 0:
+            hooks.on_log(done, rt.all_sum(sums["window"].clone(), runtime).item() / log_every)
             sums["window"].zero_()
-        at_look = step % sync_every == 0 or step == len(batches)
-        # Under torchrun a stop request counts only at a look, where the ranks agree on it.
-        stop = (at_look or not runtime.distributed) and stop_requested is not None \
-            and stop_requested()
-        if at_look:
-            # Losses are never negative, so one NaN or inf keeps the sum non-finite.
-            diverged, out_of_memory, stop = rt.any_rank_each(
-                [~sums["loss"].isfinite(), out_of_memory, stop], runtime)
-            if out_of_memory or diverged:
-                return step, "out_of_memory" if out_of_memory else "diverged"
-            if stop:
-                return step, "stopped"
-        elif stop and not runtime.distributed:  # one process needs nobody's agreement
-            return step, "stopped"
-    return step, None
+        at_look = done % sync_every == 0 or done == len(batches)
+        outcome = _outcome(at_look, out_of_memory, sums, hooks.stop_requested, runtime)
+        if outcome is not None:
+            return done, outcome
+    return done, None
 
 
-def _train_step(model, optimizer, images, labels, index, scale, shift, sums, runtime, recipe):
+def _runs_out_of_memory(step, data, index, sums, log_every):
+    """Train on the global batch ``index``; True when that ran out of CUDA memory."""
+    out_of_memory = False
+    try:
+        loss_sum = _train_step(step, data, index, sums)
+        if log_every:
+            sums["window"] += loss_sum / len(index)
+    except torch.cuda.OutOfMemoryError:
+        out_of_memory = True
+    if out_of_memory:  # outside the except block, whose traceback holds the memory
+        torch.cuda.empty_cache()
+    return out_of_memory
+
+
+def _show_progress(bar, done, sums):
+    if bar is not None and not bar.disable:
+        bar.update(1)
+        if done % BAR_EVERY == 0:  # the live numbers cost a host sync: not every step
+            bar.set_postfix(loss=f"{sums['loss'].item() / max(sums['images'], 1):.3f}",
+                            acc=f"{100 * sums['correct'].item() / max(sums['images'], 1):.1f}%")
+
+
+def _outcome(at_look, out_of_memory, sums, stop_requested, runtime):
+    """How the epoch ends after this step ("stopped", "diverged", "out_of_memory"), or None
+    when it goes on."""
+    # Under torchrun a stop request counts only at a look, where the ranks agree on it.
+    stop = (at_look or not runtime.distributed) and stop_requested is not None \
+        and stop_requested()
+    if at_look:
+        # Losses are never negative, so one NaN or inf keeps the sum non-finite.
+        diverged, out_of_memory, stop = rt.any_rank_each(
+            [~sums["loss"].isfinite(), out_of_memory, stop], runtime)
+        if out_of_memory or diverged:
+            return "out_of_memory" if out_of_memory else "diverged"
+        if stop:
+            return "stopped"
+    elif stop and not runtime.distributed:  # one process needs nobody's agreement
+        return "stopped"
+    return None
+
+
+def _train_step(step, data, index, sums):
     """One optimizer step on this rank's share of the global batch ``index``."""
-    inputs, targets = prepare_batch(images, labels, rt.shard(index, runtime), scale, shift,
-                                    recipe["augment"])
-    with autocast(images.device.type, recipe["amp_dtype"]):
-        outputs = model(rt.memory_format(inputs))
+    runtime, scaler = step.runtime, step.scaler
+    inputs, targets = prepare_batch(data.train_images, data.train_labels,
+                                    rt.shard(index, runtime), data.scale, data.shift,
+                                    step.augment)
+    with autocast(data.train_images.device.type, runtime.amp_dtype):
+        outputs = step.model(rt.memory_format(inputs))
         loss_sum = F.cross_entropy(outputs.float(), targets, reduction="sum",
-                                   label_smoothing=recipe["label_smoothing"])
+                                   label_smoothing=step.label_smoothing)
     # Divided by the global batch size (times the ranks that DDP averages over), the
     # gradient is the mean over the whole batch, however it is split.
-    optimizer.zero_grad(set_to_none=True)
-    recipe["scaler"].scale(loss_sum * (runtime.world_size / len(index))).backward()
-    recipe["scaler"].step(optimizer)
-    recipe["scaler"].update()
-    if recipe["scheduler"] is not None:
-        recipe["scheduler"].step()
+    step.optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss_sum * (runtime.world_size / len(index))).backward()
+    scaler.step(step.optimizer)
+    scaler.update()
+    if step.scheduler is not None:
+        step.scheduler.step()
     sums["loss"] += loss_sum.detach()
     sums["correct"] += (outputs.argmax(dim=1) == targets).sum()
     sums["images"] += len(targets)
     return loss_sum.detach()
 
 
-def _keep_ranks_company(model, images, scale, shift, recipe):
+def _keep_ranks_company(step, data):
     """After running out of memory under torchrun, until the ranks next compare notes: a
     forward and backward of one image with a zero loss, so that DistributedDataParallel's
     gradient all-reduce, which the other ranks are waiting in, has this rank's (zero) part
@@ -145,9 +201,9 @@ def _keep_ranks_company(model, images, scale, shift, recipe):
     and its in-memory weights are thrown away (its last checkpoint is kept). An
     out-of-memory error in the middle of the backward pass, after some of the all-reduces
     began, cannot be mended this way: then torchrun ends the job."""
-    batch = rt.memory_format(torch.addcmul(shift, images[:1].float(), scale))
-    with autocast(images.device.type, recipe["amp_dtype"]):
-        (model(batch).float().sum() * 0).backward()
+    batch = rt.memory_format(torch.addcmul(data.shift, data.train_images[:1].float(), data.scale))
+    with autocast(data.train_images.device.type, step.runtime.amp_dtype):
+        (step.model(batch).float().sum() * 0).backward()
 
 
 def predict(model, images, scale, shift, runtime, tta=False, batch_size=1000):
@@ -243,17 +299,18 @@ def make_scheduler(optimizer, config, steps):
 
 def make_scaler(runtime):
     """fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op). Made by
-    the caller, not per call of train_config, so that a checkpoint saves its scale and a
-    resumed run carries on from it."""
+    the caller and handed to make_step, not made per call of train_config, so that a
+    checkpoint saves its scale and a resumed run carries on from it."""
     return torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
 
 
-def step_recipe(config, runtime, scheduler, scaler=None):
-    """What every training step of ``config`` needs besides the model and the data."""
-    return {"augment": config.get("augment", "none"),
-            "label_smoothing": config.get("label_smoothing", 0.0),
-            "amp_dtype": runtime.amp_dtype, "scheduler": scheduler,
-            "scaler": scaler if scaler is not None else make_scaler(runtime)}
+def make_step(model, optimizer, config, runtime, scheduler=None, scaler=None):
+    """What every training step of ``config`` needs besides the data (a Step); a new
+    GradScaler (make_scaler) when ``scaler`` is None."""
+    return Step(model, optimizer, runtime, scheduler,
+                scaler if scaler is not None else make_scaler(runtime),
+                augment=config.get("augment", "none"),
+                label_smoothing=config.get("label_smoothing", 0.0))
 
 
 def new_progress():
@@ -262,68 +319,82 @@ def new_progress():
             "diverged_at": None}
 
 
-def train_config(model, optimizer, config, data, seed, progress, save, runtime, scheduler=None,
-                 stop_requested=None, log_every=0, on_log=None, on_evaluate=None,
-                 on_epoch=None, scaler=None, on_step=None):
+def train_config(step, config, data, seed, progress, save, hooks=None):
     """Carry ``progress`` (new, or from a checkpoint) to the end of ``config``.
 
-    ``data`` is the data set on the training device (data.OnDevice). ``save(progress)``
-    runs after every epoch (before its test pass, so a stop during the test pass loses
-    nothing) and on interruption, on every rank.
-    ``on_evaluate(epoch)`` runs as the test pass starts, ``on_epoch(record, predictions)``
-    when it ends, with the test set's predicted classes (rank 0 only). Returns "finished", "diverged", "out_of_memory" or "interrupted";
-    ``progress`` holds the history (test accuracy is measured on rank 0).
+    ``step`` (make_step) is what every training step needs; ``data`` is the data set on the
+    training device (data.OnDevice). ``save(progress)`` runs after every epoch (before its
+    test pass, so a stop during the test pass loses nothing) and on interruption, on every
+    rank. ``hooks`` (Hooks) are called as training goes. Returns "finished", "diverged",
+    "out_of_memory" or "interrupted"; ``progress`` holds the history (test accuracy is
+    measured on rank 0).
     """
-    device = data.train_images.device
-    recipe = step_recipe(config, runtime, scheduler, scaler)
-    history = progress["history"]
+    hooks = hooks if hooks is not None else Hooks()
+    runtime, history, tta = step.runtime, progress["history"], config.get("tta", False)
     if history and history[-1]["test_accuracy"] is None and runtime.is_main:
         # stopped during the last test pass: the weights are that epoch's, measure them now
-        history[-1].update(_measure(model, data, runtime, config.get("tta", False))[0])
+        history[-1].update(_measure(step.model, data, runtime, tta)[0])
     while progress["epoch"] < config["num_epochs"]:
         epoch = progress["epoch"] + 1
         batches = epoch_batches(len(data.train_labels), config["batch_size"], seed, epoch,
                                 runtime)
-        # Resumed partial sums are global: rank 0 carries them, the others start at zero.
-        sums = _sums_on(progress["sums"] if runtime.is_main else None, device)
-
-        def log(step, loss):
-            progress["batch_losses"].append({"epoch": epoch, "batch": step, "loss": loss})
-            on_log(epoch, step, loss)
-
-        started = time.perf_counter()
-        with progress_bar(len(batches), progress["step"], f"epoch {epoch}/{config['num_epochs']}",
-                          runtime.is_main) as bar:
-            step, outcome = train_epoch(model, optimizer, data.train_images, data.train_labels,
-                                        batches, data.scale, data.shift, sums, runtime, recipe,
-                                        progress["step"], stop_requested, log_every, log, bar,
-                                        on_step)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        sums["seconds"] += time.perf_counter() - started
-        sums = _global_sums(sums, runtime)
+        done, outcome, sums = _run_epoch(step, data, batches, progress,
+                                         _logging_into(progress, epoch, hooks),
+                                         f"epoch {epoch}/{config['num_epochs']}")
         if outcome == "diverged":
-            progress["diverged_at"] = {"epoch": epoch, "step": step}
+            progress["diverged_at"] = {"epoch": epoch, "step": done}
         if outcome in ("diverged", "out_of_memory"):
             return outcome
-        if step < len(batches):
-            progress.update(step=step, sums=sums)
+        if done < len(batches):
+            progress.update(step=done, sums=sums)
             save(progress)
             return "interrupted"
-        history.append(_train_record(epoch, sums, optimizer))
+        history.append(_train_record(epoch, sums, step.optimizer))
         progress.update(epoch=epoch, step=0, sums=None)
         save(progress)
         if runtime.is_main:  # the other ranks go on to the next epoch and wait for it there
-            if on_evaluate:
-                on_evaluate(epoch)
-            measured, predictions = _measure(model, data, runtime, config.get("tta", False))
-            history[-1].update(measured)
-            if on_epoch:
-                on_epoch(history[-1], predictions)
-        if stop_requested is not None and epoch < config["num_epochs"]:
-            if rt.any_rank(stop_requested(), runtime):
+            _test_pass(step, data, tta, epoch, history[-1], hooks)
+        if hooks.stop_requested is not None and epoch < config["num_epochs"]:
+            if rt.any_rank(hooks.stop_requested(), runtime):
                 return "interrupted"
     return "finished"
+
+
+def _logging_into(progress, epoch, hooks):
+    """``hooks`` for train_epoch in ``epoch``: each running loss logged is also kept in
+    ``progress["batch_losses"]``."""
+    def log(step, loss):
+        progress["batch_losses"].append({"epoch": epoch, "batch": step, "loss": loss})
+        hooks.on_log(epoch, step, loss)
+
+    return replace(hooks, on_log=log)
+
+
+def _run_epoch(step, data, batches, progress, hooks, description):
+    """train_epoch from ``progress["step"]`` under a progress bar, timed; returns (steps
+    done, outcome, the epoch's sums over every rank)."""
+    runtime, device = step.runtime, data.train_images.device
+    # Resumed partial sums are global: rank 0 carries them, the others start at zero.
+    sums = _sums_on(progress["sums"] if runtime.is_main else None, device)
+    started = time.perf_counter()
+    with progress_bar(len(batches), progress["step"], description, runtime.is_main) as bar:
+        done, outcome = train_epoch(step, data, batches, sums, progress["step"], hooks, bar)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    sums["seconds"] += time.perf_counter() - started
+    return done, outcome, _global_sums(sums, runtime)
+
+
+def _test_pass(step, data, tta, epoch, record, hooks):
+    """Rank 0's test pass after ``epoch``, its numbers added to the epoch's ``record``:
+    ``hooks.on_evaluate(epoch)`` as it starts, ``hooks.on_epoch(record, predictions)`` when
+    it ends."""
+    if hooks.on_evaluate:
+        hooks.on_evaluate(epoch)
+    measured, predictions = _measure(step.model, data, step.runtime, tta)
+    record.update(measured)
+    if hooks.on_epoch:
+        hooks.on_epoch(record, predictions)
 
 
 def _sums_on(saved, device):

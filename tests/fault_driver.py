@@ -30,11 +30,11 @@ FAULT = os.environ.get("FAULT")
 if FAULT == "oom":
     real_step, steps = train._train_step, []
 
-    def step_that_runs_out(model, optimizer, images, labels, index, *args):
+    def step_that_runs_out(step, data, index, *args):
         steps.append(len(index))
         if os.environ["RANK"] == "1" and len(index) == 16 and len(steps) == 3:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_step(model, optimizer, images, labels, index, *args)
+        return real_step(step, data, index, *args)
 
     train._train_step = step_that_runs_out
 

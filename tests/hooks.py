@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -63,9 +64,10 @@ def install():
         finally:
             where["inside_epoch"] = False
 
-    def instrumented(model, optimizer, config, data, seed, progress, save, runtime,
-                     scheduler=None, stop_requested=None, **kwargs):
+    def instrumented(step, config, data, seed, progress, save, hooks=None):
         where.update(config=where["config"] + 1, epoch=progress["epoch"])
+        hooks = hooks if hooks is not None else train.Hooks()
+        runtime, stop_requested = step.runtime, hooks.stop_requested
 
         def hooked_stop_requested():
             where["checks"] += 1
@@ -81,11 +83,10 @@ def install():
                     _pause(runtime.rank, stop_requested)
             return stop_requested()
 
-        status = real_train_config(model, optimizer, config, data, seed, progress, save,
-                                   runtime, scheduler, stop_requested=hooked_stop_requested,
-                                   **kwargs)
+        status = real_train_config(step, config, data, seed, progress, save,
+                                   replace(hooks, stop_requested=hooked_stop_requested))
         if os.environ.get("DDP_TEST_DUMP"):
-            torch.save(rt.unwrap(model).state_dict(),
+            torch.save(rt.unwrap(step.model).state_dict(),
                        Path(os.environ["DDP_TEST_DUMP"]) / f"rank{runtime.rank}.pth")
         return status
 

@@ -59,8 +59,10 @@ def one_engine_step(model, images, labels, config, runtime):
     scale, shift = data.normalizer(*data.TUTORIAL_NORMALIZATION, device="cpu")
     optimizer = train.make_optimizer(model, config, runtime)
     sums = train.new_sums(torch.device("cpu"))
-    train.train_epoch(model, optimizer, images, labels, [torch.arange(len(labels))], scale,
-                      shift, sums, runtime, train.step_recipe(config, runtime, None))
+    on_cpu = data.OnDevice(images, labels, test_images=None, test_labels=None, scale=scale,
+                           shift=shift)
+    train.train_epoch(train.make_step(model, optimizer, config, runtime), on_cpu,
+                      [torch.arange(len(labels))], sums)
     return sums["loss"] / len(labels)
 
 

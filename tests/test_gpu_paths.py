@@ -211,7 +211,8 @@ def test_a_run_saved_on_4_gpus_resumes_on_fewer(gpus_now, tmp_path, monkeypatch)
     state["cuda"] = [torch.full((16,), gpu, dtype=torch.uint8) for gpu in range(4)]
     expected_draw = torch.rand(3)  # what the CPU generator gives right after the save
     path = tmp_path / "run.ckpt"
-    checkpoints.save_checkpoint(path, {}, model, optimizer, None, {"epoch": 1}, [state])
+    step = train.make_step(model, optimizer, {}, rt.Runtime(torch.device("cpu")))
+    checkpoints.save_checkpoint(path, {}, step, {"epoch": 1}, [state])
     restored = fake_cuda_generators(monkeypatch, gpus_now)
 
     progress, note = checkpoints.restore(checkpoints.load_checkpoint(path), model, optimizer,
@@ -231,7 +232,8 @@ def test_a_resume_on_as_many_gpus_restores_all_without_a_note(tmp_path, monkeypa
     state = checkpoints.rng_state()
     state["cuda"] = [torch.full((16,), gpu, dtype=torch.uint8) for gpu in range(2)]
     path = tmp_path / "run.ckpt"
-    checkpoints.save_checkpoint(path, {}, model, optimizer, None, {"epoch": 1}, [state])
+    step = train.make_step(model, optimizer, {}, rt.Runtime(torch.device("cpu")))
+    checkpoints.save_checkpoint(path, {}, step, {"epoch": 1}, [state])
     restored = fake_cuda_generators(monkeypatch, 2)
     _, note = checkpoints.restore(checkpoints.load_checkpoint(path), model, optimizer, None)
     assert sorted(restored) == [0, 1] and note is None
@@ -359,7 +361,8 @@ def test_a_resumed_optimizer_keeps_the_kernel_chosen_for_this_run(saved_by, resu
     saved_model(torch.randn(3, 4)).sum().backward()
     saved.step()
     path = tmp_path / "checkpoint.pt"
-    checkpoints.save_checkpoint(path, {}, saved_model, saved, None, train.new_progress(),
+    saved_step = train.make_step(saved_model, saved, config, rt.Runtime(torch.device("cpu")))
+    checkpoints.save_checkpoint(path, {}, saved_step, train.new_progress(),
                                 [checkpoints.rng_state()])
     optimizer = train.make_optimizer(model, config,
                                      rt.Runtime(torch.device("cpu"), amp_dtype=resumed_by))

@@ -39,11 +39,11 @@ def trained(pickled_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("ledger") / "out"
     real_step, steps = train._train_step, []
 
-    def out_of_memory_in_epoch_2(model, optimizer, images, labels, index, *args):
+    def out_of_memory_in_epoch_2(step, data, index, *args):
         steps.append(len(index))
         if len(index) == 30 and steps.count(30) > 10:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_step(model, optimizer, images, labels, index, *args)
+        return real_step(step, data, index, *args)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train, "_train_step", out_of_memory_in_epoch_2)

@@ -32,11 +32,11 @@ def with_checkpoint(out, data_dir, monkeypatch, configs):
     epoch and leaves its checkpoint."""
     real_step, steps = train._train_step, []
 
-    def out_of_memory_in_epoch_2(model, optimizer, images, labels, index, *args):
+    def out_of_memory_in_epoch_2(step, data, index, *args):
         steps.append(len(index))
         if len(index) == 30 and steps.count(30) > 10:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_step(model, optimizer, images, labels, index, *args)
+        return real_step(step, data, index, *args)
 
     with monkeypatch.context() as patch:
         patch.setattr(train, "_train_step", out_of_memory_in_epoch_2)

@@ -6,6 +6,7 @@ table and the config keys, docs/troubleshooting.md for the messages), so an edit
 that the other does not follow fails here.
 """
 import contextlib
+import dataclasses
 import importlib
 import inspect
 import io
@@ -172,16 +173,16 @@ def interrupt(monkeypatch, signum, times=1, training=1):
     ``training``-th config (or seed) trained."""
     real_train_config, trainings, sent = train.train_config, [], []
 
-    def interrupted(*args, stop_requested, **kwargs):
+    def interrupted(*args, hooks):
         trainings.append(None)
 
         def ask():
             while len(trainings) == training and len(sent) < times:
                 sent.append(signum)
                 signal.raise_signal(signum)  # the kit's handler runs here
-            return stop_requested()
+            return hooks.stop_requested()
 
-        return real_train_config(*args, stop_requested=ask, **kwargs)
+        return real_train_config(*args, hooks=dataclasses.replace(hooks, stop_requested=ask))
 
     monkeypatch.setattr(train, "train_config", interrupted)
 

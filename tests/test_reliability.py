@@ -190,10 +190,10 @@ def test_out_of_memory_names_the_config_and_keeps_the_others(pickled_data, tmp_p
 
     real_step = train._train_step
 
-    def out_of_memory_on_big_batches(model, optimizer, images, labels, index, *args):
+    def out_of_memory_on_big_batches(step, data, index, *args):
         if len(index) > 100:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_step(model, optimizer, images, labels, index, *args)
+        return real_step(step, data, index, *args)
 
     monkeypatch.setattr(train, "_train_step", out_of_memory_on_big_batches)
     out = tmp_path / "out"
