@@ -217,8 +217,9 @@ def history_figure(entries, key, title, y_label, span, note=None, sample=None):
                      marker="." if len(line.get_xdata()) == 1 else "")
         for collection in axes.collections[bands:]:
             collection.remove()
-        dropout = ", dropout on" if any(entry["config"].get("dropout", 0) > 0
-                                        for entry in entries) else ""
+        with_dropout = [entry["config"].get("dropout", 0) > 0 for entry in entries]
+        dropout = ("" if not any(with_dropout) else ", dropout on" if all(with_dropout)
+                   else ", dropout on where the config has it")
         axes.plot([], [], color="grey", alpha=0.35, label="faint, same colour: the running "
                   f"mean during each epoch (weights changing{dropout}), as the logs print it")
         on = f" on {sample:,} fixed training images" if sample else " on fixed training images"
