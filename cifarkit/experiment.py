@@ -218,7 +218,7 @@ def _settle(out, names, results, configs, args):
     """Match the folder's earlier results to CONFIGS and carry out what that asks (renames,
     moves aside, --restart) as one transaction; return (the results this run carries on,
     or None; the lines saying what moved). Rank 0 only."""
-    earlier = ledger.open_folder(out, names)
+    earlier, completed = ledger.open_folder(out, names)
     everything = "--restart" if args.restart and configs.every else \
         ledger.whole_folder_problem(out, names, earlier, results)
     plan = ledger.Plan(everything=everything)
@@ -231,7 +231,8 @@ def _settle(out, names, results, configs, args):
                       if identity.get("precision")}
         ledger.blocked_checkpoints(plan, unusable, precisions, results["precision"],
                                    configs.selected)
-    return ledger.carry_out(out, names, earlier, plan, configs.checked)
+    kept, lines = ledger.carry_out(out, names, earlier, plan, configs.checked)
+    return kept, completed + lines
 
 
 def _show_folder(job, script, dataset, normalization, results, settled):

@@ -1,7 +1,7 @@
 """A folder's results ledger: which earlier result belongs to which config, and every move.
 
-    earlier = ledger.open_folder(out, names)           # finish what a kill interrupted, read
-    plan = ledger.plan(earlier, found, current, ...)   # what stays, is renamed, goes aside
+    earlier, completed = ledger.open_folder(out, names)  # finish what a kill left, read
+    plan = ledger.plan(found, configs, restart, ...)     # what stays, is renamed, goes aside
     kept, lines = ledger.carry_out(out, names, earlier, plan, current_configs)
 
 Nothing else in the kit moves, renames or deletes a result. Every change of a folder (files
@@ -187,14 +187,16 @@ def describe_change(before, after):
 # ------------------------------------------------------------------------------ reading
 
 def open_folder(out, names):
-    """Finish a transaction a kill interrupted, remove cut-short writes, and return the
-    folder's results JSON: a dict, None when absent, "unreadable" when it cannot be used."""
-    recover(out)
+    """Finish a transaction a kill interrupted, remove cut-short writes; return (the
+    folder's results JSON: a dict, None when absent, "unreadable" when it cannot be used;
+    the lines that say what a finished transaction moved)."""
+    finished = [f"{line} (a move that a stopped run had begun, completed now)"
+                for line in recover(out)]
     remove_temporaries(out)
     path = Path(out) / names.results_file
     if path.exists() and not path.is_file():
-        return "unreadable"
-    return load_results(path)
+        return "unreadable", finished
+    return load_results(path), finished
 
 
 def whole_folder_problem(out, names, earlier, results):
@@ -361,7 +363,7 @@ def carry_out(out, names, earlier, plan_, current_configs):
         if kept is not None and kept != earlier:
             writes[out / names.results_file] = kept
     if moves or writes:
-        _commit(out, moves, writes)
+        _commit(out, moves, writes, lines)
     return kept, lines
 
 
@@ -416,10 +418,10 @@ def _kept(earlier, plan_, current_configs, weights_file, lost=()):
 
 # --------------------------------------------------------------------------- transactions
 
-def _commit(out, moves, writes):
+def _commit(out, moves, writes, lines):
     """Record the transaction, then perform it (see the module docstring)."""
     token = secrets.token_hex(4)
-    journal = {"phase": "stage", "writes": {}, "moves": []}
+    journal = {"phase": "stage", "writes": {}, "moves": [], "lines": lines}
     for index, (source, target) in enumerate(moves):
         staged = Path(source).parent / f".ledger-{token}-{index}"
         journal["moves"].append([str(Path(path).relative_to(out))
@@ -437,7 +439,8 @@ def _commit(out, moves, writes):
 
 
 def recover(out):
-    """Complete the transaction that a kill (or a full disk) interrupted; a no-op else."""
+    """Complete the transaction that a kill (or a full disk) interrupted, and return the
+    lines it was to say (none when there was nothing to complete)."""
     out = Path(out)
     journal = _read_journal(out)
     if journal is None:
@@ -450,9 +453,10 @@ def recover(out):
                 f"record, {JOURNAL} (and {JOURNAL_COPY}), is gone, so where they belong is "
                 f"unknown. Put the record back if you can; else move those files out of "
                 f"the folder and rerun.")
-        return
+        return []
     with _signals_held():
         _attempt(out, lambda: _finish(out, journal))
+    return [line for line in journal.get("lines", []) if isinstance(line, str)]
 
 
 def _record(out, journal):

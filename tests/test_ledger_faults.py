@@ -410,3 +410,20 @@ def test_make_report_leaves_out_a_folder_stuck_in_a_move(pickled_data, tmp_path,
     assert ".ledger" not in text.split("Skipped")[0]  # never read as results
     assert "in the middle of a move" in text and "l2/training_result.json" in text
     assert "## Task 2: LeNet + L2" not in text
+
+
+def test_a_move_completed_after_a_kill_is_said(pickled_data, tmp_path, monkeypatch, capsys):
+    from test_ledger import kill_at
+
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    with monkeypatch.context() as patch:
+        kill_at(patch, 3)
+        with pytest.raises(Killed):
+            run(out, pickled_data, [B, A], patch)
+    capsys.readouterr()
+    assert run(out, pickled_data, [B, A], monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert ("config_1 is config_2 now (the same config, moved in CONFIGS): its results are "
+            "kept, renamed to config_2 (a move that a stopped run had begun, completed now)"
+            in printed)
