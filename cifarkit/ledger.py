@@ -357,7 +357,14 @@ def carry_out(out, names, earlier, plan_, current_configs):
                   if entry["id"] in plan_.aside]
         if moving:
             writes[target / names.results_file] = dict(earlier, configs=moving)
-        moves += _renames(out, plan_.renamed, names.weights_file)
+        renames = _renames(out, plan_.renamed, names.weights_file)
+        sources = {source for source, _ in moves + renames}
+        for _, new_name in renames:  # a file of no known config where a result now goes
+            if os.path.lexists(new_name) and new_name not in sources:
+                moves.append((new_name, target / new_name.relative_to(out)))
+                lines.append(f"{new_name.name} was in the way of a config's new name: it is "
+                             f"kept in {target}/")
+        moves += renames
         lines += [f"{old} is {new} now (the same config, moved in CONFIGS): its results are "
                   f"kept, renamed to {new}" for old, new in plan_.renamed.items()]
         if kept is not None and kept != earlier:

@@ -427,3 +427,16 @@ def test_a_move_completed_after_a_kill_is_said(pickled_data, tmp_path, monkeypat
     assert ("config_1 is config_2 now (the same config, moved in CONFIGS): its results are "
             "kept, renamed to config_2 (a move that a stopped run had begun, completed now)"
             in printed)
+
+
+def test_a_users_file_where_a_renamed_result_goes_is_kept(pickled_data, tmp_path, monkeypatch,
+                                                          capsys):
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A], monkeypatch) == 0
+    (out / "config_2.pth").write_bytes(b"my own file")  # no results entry names it
+    capsys.readouterr()
+    assert run(out, pickled_data, [B, A], monkeypatch) == 0  # a's results become config_2's
+    assert "config_2.pth was in the way of a config's new name" in capsys.readouterr().out
+    (earlier,) = out.glob("earlier-*")
+    assert (earlier / "config_2.pth").read_bytes() == b"my own file"
+    assert entries(out)[("config_2", 0)]["config"]["name"] == "a"
