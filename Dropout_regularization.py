@@ -72,15 +72,17 @@ def build_model(config):
 
 def main(argv=None):
     return experiment.run(
-        script=__file__,
-        description=__doc__,
-        build_model=build_model,
-        configs=CONFIGS,
-        out_dir="modelset/Dropout_regularization",
-        results_file="training_result.json",
-        normalization=NORMALIZATION,
-        model_settings=MODEL_SETTINGS,
-        argv=argv,
+        experiment.Script(
+            file=__file__,
+            description=__doc__,
+            build_model=build_model,
+            configs=CONFIGS,
+            out_dir="modelset/Dropout_regularization",
+            results_file="training_result.json",
+            normalization=NORMALIZATION,
+            model_settings=MODEL_SETTINGS,
+        ),
+        argv,
     )
 
 

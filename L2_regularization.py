@@ -65,14 +65,16 @@ def build_model(config):
 
 def main(argv=None):
     return experiment.run(
-        script=__file__,
-        description=__doc__,
-        build_model=build_model,
-        configs=CONFIGS,
-        out_dir="modelset/L2_regularization_model",
-        results_file="training_result.json",
-        normalization=NORMALIZATION,
-        argv=argv,
+        experiment.Script(
+            file=__file__,
+            description=__doc__,
+            build_model=build_model,
+            configs=CONFIGS,
+            out_dir="modelset/L2_regularization_model",
+            results_file="training_result.json",
+            normalization=NORMALIZATION,
+        ),
+        argv,
     )
 
 

@@ -55,17 +55,19 @@ def build_model(config):
 
 def main(argv=None):
     return experiment.run(
-        script=__file__,
-        description=__doc__,
-        build_model=build_model,
-        configs=CONFIGS,
-        out_dir="modelset/original_version_model",
-        results_file="training_loss.json",
-        weights_file="model.pth",
-        normalization=NORMALIZATION,
-        default_device="cpu",
-        log_every=1000,
-        argv=argv,
+        experiment.Script(
+            file=__file__,
+            description=__doc__,
+            build_model=build_model,
+            configs=CONFIGS,
+            out_dir="modelset/original_version_model",
+            results_file="training_loss.json",
+            weights_file="model.pth",
+            normalization=NORMALIZATION,
+            default_device="cpu",
+            log_every=1000,
+        ),
+        argv,
     )
 
 

@@ -103,15 +103,17 @@ def build_model(config):
 
 def main(argv=None):
     return experiment.run(
-        script=__file__,
-        description=__doc__,
-        build_model=build_model,
-        configs=CONFIGS,
-        out_dir="modelset/original_version_model_multiGPU",
-        results_file="training_result.json",
-        normalization=NORMALIZATION,
-        data_parallel=True,
-        argv=argv,
+        experiment.Script(
+            file=__file__,
+            description=__doc__,
+            build_model=build_model,
+            configs=CONFIGS,
+            out_dir="modelset/original_version_model_multiGPU",
+            results_file="training_result.json",
+            normalization=NORMALIZATION,
+            data_parallel=True,
+        ),
+        argv,
     )
 
 

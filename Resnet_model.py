@@ -114,15 +114,17 @@ def build_model(config):
 
 def main(argv=None):
     return experiment.run(
-        script=__file__,
-        description=__doc__,
-        build_model=build_model,
-        configs=CONFIGS,
-        out_dir="modelset/Resnet",
-        results_file="Resnet_model_result.json",
-        normalization=NORMALIZATION,
-        cpu_amp=CPU_AMP,
-        argv=argv,
+        experiment.Script(
+            file=__file__,
+            description=__doc__,
+            build_model=build_model,
+            configs=CONFIGS,
+            out_dir="modelset/Resnet",
+            results_file="Resnet_model_result.json",
+            normalization=NORMALIZATION,
+            cpu_amp=CPU_AMP,
+        ),
+        argv,
     )
 
 

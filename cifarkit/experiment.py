@@ -6,6 +6,7 @@ stopped by SIGINT / SIGTERM after saving a checkpoint.
 """
 import ast
 import contextlib
+import functools
 import hashlib
 import inspect
 import os
@@ -31,104 +32,173 @@ SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 EXIT_WRITE_FAILED = 1  # the same status as a failed config, as the README says
 
 
-def run(*, script, description, build_model, configs, out_dir, results_file,
-        normalization, default_device="auto", model_settings=None, data_parallel=False,
-        weights_file="config_{number}.pth", log_every=0, cpu_amp=False, argv=None):
-    """Run a report script; returns its exit status.
+@dataclass(frozen=True)
+class Script:
+    """What a report script hands the engine: everything but the flags, which run() reads."""
+    file: str                  # the script's __file__: its name, and the command to resume it
+    description: str           # its docstring, shown by --help
+    build_model: Callable      # config -> a fresh model (the script's own class)
+    configs: list              # its CONFIGS
+    out_dir: str               # the folder --out defaults to
+    results_file: str          # the results JSON's name in that folder
+    normalization: tuple       # (mean, std) per channel of the inputs
+    default_device: str = "auto"  # --device when the command gives none
+    model_settings: dict = None   # the config keys build_model reads (see config.model_rules)
+    # nn.DataParallel when several GPUs are visible (under torchrun every script uses
+    # DistributedDataParallel instead)
+    data_parallel: bool = False
+    weights_file: str = "config_{number}.pth"  # the weights' names ("model.pth": the baseline)
+    log_every: int = 0         # > 0: the running loss every that many mini-batches
+    # --amp auto uses bf16 on CPUs that have it in hardware (for models measured faster so)
+    cpu_amp: bool = False
 
-    ``build_model(config)`` returns a fresh model; ``model_settings`` declares the config
-    keys it reads (see config.model_rules); ``normalization`` is (mean, std) per
-    channel; ``log_every`` > 0 prints the running loss every that many mini-batches;
-    ``data_parallel`` wraps the model in nn.DataParallel when several GPUs are visible
-    (under torchrun every script uses DistributedDataParallel instead); ``cpu_amp`` makes
-    --amp auto use bf16 on CPUs that have it in hardware (for models measured faster so).
-    """
+
+@dataclass
+class Job:
+    """What every config of one run shares: where it trains, what it writes, how it speaks."""
+    runtime: rt.Runtime
+    out: Path
+    script: Script             # what the script handed in: its model, names, log_every...
+    argv: list                 # the flags it ran with (for the command that resumes it)
+    models: dict               # config id -> model_fingerprint of its model
+    results: dict              # the results JSON this run writes (in full on rank 0)
+    say: Callable              # print on rank 0, nothing elsewhere
+    on_device: data.OnDevice = None  # set once the data is on the device
+    epochs_to_train: tuple = (0, 0)  # (runs, epochs) left, for the estimate
+    estimate_due: bool = True  # the first config trained prints the time estimate
+    drawn_at: float = 0.0      # when the PNGs were last drawn (time.monotonic)...
+    drawing: float = 0.0       # ...and how long that took
+
+
+@dataclass
+class Training:
+    """One config trained with one seed: what it is, its Step, how far it has got, where
+    its files go."""
+    label: str                 # its config id, "config_N"
+    name: str                  # as messages name it: the label, with " (seed S)" for extra seeds
+    seed: int
+    config: dict               # the checked config (with --epochs applied)
+    step: train.Step           # model, optimizer, scheduler, scaler... (train.make_step)
+    progress: dict             # train.new_progress(), or its checkpoint's
+    steps_per_epoch: int       # its optimizer steps an epoch (the time estimate, the loss plot)
+    checkpoint_path: Path      # checkpoints/config_N_seedS.ckpt while it is unfinished
+    weights_path: Path         # its weights, once finished
+    predictions: object = None  # the last test pass's: the final weights' once finished
+
+
+def run(script, argv=None):
+    """Run a report script (``script``: a Script) with the flags ``argv`` (sys.argv[1:] when
+    None); returns its exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     _plain_console()
-    names = ledger.Names(Path(script).name, results_file, weights_file)
-    args = cli.parse_args(names.script, description, out_dir, default_device, argv, cpu_amp)
-    out = Path(args.out)
-    with contextlib.ExitStack() as cleanup:
-        preparing = contextlib.ExitStack()  # until training installs its own handlers
+    names = ledger.Names(Path(script.file).name, script.results_file, script.weights_file)
+    args = cli.parse_args(names.script, script.description, script.out_dir,
+                          script.default_device, argv, script.cpu_amp)
+    with contextlib.ExitStack() as cleanup:  # on leaving: close the runtime, unlock the folder
+        with _sigterm_as_interrupt():  # until training installs its own handlers
+            try:
+                job, selected = _prepare(script, names, args, argv, cleanup)
+            except (UserError, KeyboardInterrupt, OSError) as error:
+                return _stopped_before_training(error, Path(args.out))
         try:
-            preparing.enter_context(_sigterm_as_interrupt())
-            all_configs = _checked_configs(configs, model_settings, args)
-            selected = cli.select_configs(all_configs, args.configs)
-            cli.check_subset(args.subset, selected)
-            rt.check_device_request(args.device)
-            # Every rank loads (downloads) before the ranks wait on each other: a slow first
-            # download must not run into the process group's timeout.
-            dataset = _load_data(args, script, argv)
-            runtime = rt.init_runtime(args.device, data_parallel, args.amp, args.compile,
-                                      cpu_amp)
-            cleanup.callback(rt.close, runtime)
-            _check_configs_fit_ranks(selected, runtime)
-            models = {f"config_{number}": model_fingerprint(_built(build_model, chosen, number))
-                      for number, chosen in enumerate(all_configs, start=1)}
-            bytes_needed = _bytes_needed(build_model(selected[0][1]))
-            rt.from_main(lambda: outputs.check_out_dir(
-                args.out, bytes_needed, args.data_dir or data.DEFAULT_ROOT,
-                _kit_names(names, selected, args)), runtime)
-            results = outputs.new_results(names.script, dataset, normalization, runtime,
-                                          args.seed, argv)
-            # One run per folder: the lock is held until the run ends (rank 0 writes files).
-            rt.from_main(lambda: cleanup.enter_context(locked(out)) and None, runtime)
-            configs = _ledger_configs(all_configs, selected, models, model_settings, args)
-            settled = rt.from_main(lambda: _settle(out, names, results, configs, args), runtime)
-            job = Run(runtime=runtime, out=out, build_model=build_model, models=models,
-                      weights_file=weights_file, log_every=log_every, run_data=results["data"],
-                      say=_print if runtime.is_main else _silent)
-            _show_folder(job, script, dataset, normalization, results, settled)
-            job.epochs_to_train = _epochs_to_train(selected, args.seeds, results)
-        except UserError as error:
-            if rt.is_main_process():
-                _print(f"error: {error}", file=sys.stderr)
-            elif rt.launched_by_torchrun():
-                # Every rank meets the same refusal, and torchrun stops the others as soon
-                # as one has left: rank 0 was seen stopped before it had printed why.
-                time.sleep(3)
-            return 2
-        except KeyboardInterrupt as interrupt:
-            signum = getattr(interrupt, "signum", signal.SIGINT)
-            if rt.is_main_process():
-                name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-                _print(f"\nStopped by {name} before training started; nothing was trained.",
-                       file=sys.stderr)
-            return SIGNAL_EXIT[signum]
-        except OSError as error:  # the PNGs redrawn after a move, on a full disk say
-            return _write_failed(out, error)
-        finally:
-            preparing.close()
-        try:
-            status = _train_selected(script, argv, args, job, selected, results, results_file)
-        except UserError as error:  # found only once training began: a damaged checkpoint
-            if runtime.is_main:
-                _print(f"error: {error}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:  # a second Ctrl-C: stop at once, what was saved stays
-            say = print if runtime.is_main else _silent
-            say(f"\nStopped at once. What was saved stays: finished configs in "
-                f"{out / results_file}, the unfinished one's checkpoint (from its last "
-                f"epoch's end) in {out / 'checkpoints'}/.\n"
-                f"{_resume_hint(script, argv, runtime.distributed)}", file=sys.stderr)
-            return SIGNAL_EXIT[signal.SIGINT]
-        except OSError as error:  # disk full, folder removed: what was saved before stays
-            return _write_failed(out, error)  # no barrier: the other ranks cannot know of it
+            status = _train_selected(job, selected, args)
+        except (UserError, KeyboardInterrupt, OSError) as error:
+            return _stopped_while_training(error, job)
         except RuntimeError as error:  # dist.DistError is one; gloo raises plain ones
-            if not (runtime.distributed and _peer_lost(error)):
+            if not (job.runtime.distributed and _peer_lost(error)):
                 raise
-            _print(f"error: rank {runtime.rank} lost contact with the other ranks "
-                  f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Another "
-                  f"worker has probably died. Checkpoints are saved at every epoch's end in "
-                  f"{out / 'checkpoints'}/. {_resume_hint(script, argv, True)} (torchrun "
-                  f"--max-restarts=3 restarts the workers by itself).", file=sys.stderr)
-            return EXIT_WRITE_FAILED
+            return _lost_contact(error, job)
         # Every rank leaves together: a rank that tore its process group down while rank 0
         # was still writing files was once seen to abort ("terminate called without an
         # active exception", gloo, CI), and a rank leaving with status 1 (a config failed)
         # makes torchrun stop the others, rank 0 perhaps before it has written the results.
-        rt.barrier(runtime)
+        rt.barrier(job.runtime)
         return status
+
+
+def _prepare(script, names, args, argv, cleanup):
+    """Everything before training: the checks, the data, the runtime, the output folder
+    (checked, locked, its earlier results settled and shown). Returns (the Job, the
+    selected [(number, config)]). ``cleanup`` (an ExitStack) undoes what outlives it."""
+    all_configs = _checked_configs(script.configs, script.model_settings, args)
+    selected = cli.select_configs(all_configs, args.configs)
+    cli.check_subset(args.subset, selected)
+    rt.check_device_request(args.device)
+    # Every rank loads (downloads) before the ranks wait on each other: a slow first
+    # download must not run into the process group's timeout.
+    dataset = _load_data(args, script.file, argv)
+    runtime = rt.init_runtime(args.device, script.data_parallel, args.amp, args.compile,
+                              script.cpu_amp)
+    cleanup.callback(rt.close, runtime)
+    _check_configs_fit_ranks(selected, runtime)
+    models = {f"config_{number}": model_fingerprint(_built(script.build_model, chosen, number))
+              for number, chosen in enumerate(all_configs, start=1)}
+    bytes_needed = _bytes_needed(script.build_model(selected[0][1]))
+    rt.from_main(lambda: outputs.check_out_dir(
+        args.out, bytes_needed, args.data_dir or data.DEFAULT_ROOT,
+        _kit_names(names, selected, args)), runtime)
+    results = outputs.new_results(names.script, dataset, script.normalization, runtime,
+                                  args.seed, argv)
+    out = Path(args.out)
+    # One run per folder: the lock is held until the run ends (rank 0 writes files).
+    rt.from_main(lambda: cleanup.enter_context(locked(out)) and None, runtime)
+    configs = _ledger_configs(all_configs, selected, models, script.model_settings, args)
+    settled = rt.from_main(lambda: _settle(out, names, results, configs, args), runtime)
+    job = Job(runtime=runtime, out=out, script=script, argv=argv, models=models,
+              results=results, say=_print if runtime.is_main else _silent)
+    _show_folder(job, dataset, settled)
+    job.epochs_to_train = _epochs_to_train(selected, args.seeds, results)
+    return job, selected
+
+
+def _stopped_before_training(error, out):
+    """Say why the run stopped before anything trained (bad input, a signal, a file that
+    could not be written); return the exit status."""
+    if isinstance(error, UserError):
+        if rt.is_main_process():
+            _print(f"error: {error}", file=sys.stderr)
+        elif rt.launched_by_torchrun():
+            # Every rank meets the same refusal, and torchrun stops the others as soon
+            # as one has left: rank 0 was seen stopped before it had printed why.
+            time.sleep(3)
+        return 2
+    if isinstance(error, KeyboardInterrupt):
+        signum = getattr(error, "signum", signal.SIGINT)
+        if rt.is_main_process():
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            _print(f"\nStopped by {name} before training started; nothing was trained.",
+                   file=sys.stderr)
+        return SIGNAL_EXIT[signum]
+    return _write_failed(out, error)  # the PNGs redrawn after a move, on a full disk say
+
+
+def _stopped_while_training(error, job):
+    """Say why training stopped short (a damaged checkpoint, a second Ctrl-C, a file that
+    could not be written); return the exit status. What was saved before stays."""
+    if isinstance(error, UserError):  # found only once training began: a damaged checkpoint
+        if job.runtime.is_main:
+            _print(f"error: {error}", file=sys.stderr)
+        return 2
+    if isinstance(error, KeyboardInterrupt):  # a second Ctrl-C: stop at once
+        say = print if job.runtime.is_main else _silent
+        say(f"\nStopped at once. What was saved stays: finished configs in "
+            f"{job.out / job.script.results_file}, the unfinished one's checkpoint (from its "
+            f"last epoch's end) in {job.out / 'checkpoints'}/.\n"
+            f"{_resume_hint(job.script.file, job.argv, job.runtime.distributed)}",
+            file=sys.stderr)
+        return SIGNAL_EXIT[signal.SIGINT]
+    # disk full, folder removed: no barrier, the other ranks cannot know of it
+    return _write_failed(job.out, error)
+
+
+def _lost_contact(error, job):
+    """Say that another rank went away mid-training; return the exit status."""
+    _print(f"error: rank {job.runtime.rank} lost contact with the other ranks "
+           f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Another "
+           f"worker has probably died. Checkpoints are saved at every epoch's end in "
+           f"{job.out / 'checkpoints'}/. {_resume_hint(job.script.file, job.argv, True)} "
+           f"(torchrun --max-restarts=3 restarts the workers by itself).", file=sys.stderr)
+    return EXIT_WRITE_FAILED
 
 
 def _write_failed(out, error):
@@ -235,61 +305,62 @@ def _settle(out, names, results, configs, args):
     return kept, completed + lines
 
 
-def _show_folder(job, script, dataset, normalization, results, settled):
+def _show_folder(job, dataset, settled):
     """Say what moved, carry on from the results kept (the PNGs redrawn to show them), put
     the data on the device. Before training: a signal here stops the run as one while the
     data loads does."""
-    out, runtime, say = job.out, job.runtime, job.say
+    out, runtime, say, results = job.out, job.runtime, job.say, job.results
     kept, lines = settled
     for line in lines:
         say(line)
     if kept:  # every rank, the same as rank 0's JSON
         results.update(started=kept["started"], configs=kept["configs"])
         if runtime.is_main and lines:  # the PNGs show what the folder holds
-            outputs.plot_run(results["configs"], out, results["script"], job.log_every,
-                             run=results)
-    say(f"{Path(script).name}: {len(dataset.train_labels)} training and "
+            outputs.plot_run(results["configs"], out, results["script"],
+                             job.script.log_every, run=results)
+    say(f"{Path(job.script.file).name}: {len(dataset.train_labels)} training and "
         f"{len(dataset.test_labels)} test images from {dataset.source}; "
         f"{', '.join(results['devices'])}; {results['precision']}; output {out}")
-    job.on_device = data.to_device(dataset, normalization, runtime.device)
+    job.on_device = data.to_device(dataset, job.script.normalization, runtime.device)
     if runtime.is_main and kept and lines and (out / "examples.png").exists():
-        _redraw_examples(job, results)
+        _redraw_examples(job)
     rt.barrier(runtime)  # the ranks start training together, once rank 0 has tidied up
 
 
-def _train_selected(script, argv, args, job, selected, results, results_file):
-    out, runtime, say = job.out, job.runtime, job.say
-    with _stop_on_signals(say, stop_at_once_on_repeat=not runtime.distributed) as stop:
+def _train_selected(job, selected, args):
+    """Train each selected config with each seed of --seed/--seeds, in turn; say how they
+    ended; return the exit status."""
+    runtime, seeds = job.runtime, range(args.seed, args.seed + args.seeds)
+    with _stop_on_signals(job.say, stop_at_once_on_repeat=not runtime.distributed) as stop:
         for number, chosen in selected:
-            for seed in range(args.seed, args.seed + args.seeds):
-                status = _run_config(job, number, chosen, seed, results, results_file, stop)
+            for seed in seeds:
+                status = _run_config(job, number, chosen, seed, stop)
                 if status == "interrupted":
-                    return _interrupted(stop, number, out, script, argv, say,
-                                        runtime.distributed)
+                    return _interrupted(job, stop, number)
                 if rt.any_rank(bool(stop.signals), runtime):  # came as the config ended
-                    return _interrupted(stop, number, out, script, argv, say,
-                                        runtime.distributed, finished=True)
+                    return _interrupted(job, stop, number, finished=True)
     if runtime.is_main:
-        _tidy(job, results, results_file)
-    chosen = {(f"config_{number}", seed) for number, _ in selected
-              for seed in range(args.seed, args.seed + args.seeds)}
-    finished = [entry for entry in results["configs"] if (entry["id"], entry["seed"]) in chosen]
+        _tidy(job)
+    chosen = {(f"config_{number}", seed) for number, _ in selected for seed in seeds}
+    finished = [entry for entry in job.results["configs"]
+                if (entry["id"], entry["seed"]) in chosen]
     if runtime.is_main:
         _print(summary(finished))
-        _print(f"Results, weights and plots are in {out}/")
+        _print(f"Results, weights and plots are in {job.out}/")
     return 0 if all(entry["status"] == "finished" for entry in finished) else 1
 
 
-def _redraw_examples(job, results):
+def _redraw_examples(job):
     """examples.png anew after configs moved in CONFIGS or went aside, so that its title
     names the best finished config by its id now: predicted again from its weights."""
+    results = job.results
     finished = [entry for entry in results["configs"] if entry["status"] == "finished"
                 and (job.out / entry["weights"]).is_file()]
     if not finished:
         (job.out / "examples.png").unlink()  # it showed a config that is no longer here
         return
     best = max(finished, key=lambda entry: entry["final_test_accuracy"])
-    model = job.build_model(best["config"])
+    model = job.script.build_model(best["config"])
     model.load_state_dict(torch.load(job.out / best["weights"], map_location="cpu",
                                      weights_only=True))
     on_device = job.on_device
@@ -375,7 +446,7 @@ def _check_configs_fit_ranks(selected, runtime):
                             f"batch, split across them.")
 
 
-def _load_data(args, script, argv):
+def _load_data(args, script_file, argv):
     """The data set, decoded; a download failure ends with the command to run instead."""
     try:
         return data.load_cifar10(args.data_dir, args.subset, args.seed)
@@ -383,7 +454,7 @@ def _load_data(args, script, argv):
         if args.data_dir is not None:
             raise
         raise data.DataError(f"{error}\nWith a copy in DIR, run:\n  "
-                             f"{_command(script, ['--data-dir', 'DIR'] + argv)}") from None
+                             f"{_command(script_file, ['--data-dir', 'DIR'] + argv)}") from None
 
 
 def _checked_configs(configs, model_settings, args):
@@ -428,20 +499,36 @@ def model_fingerprint(model):
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def _run_config(job, number, chosen, seed, results, results_file, stop):
+def _run_config(job, number, chosen, seed, stop):
     """Train (or resume, or skip) one config with one seed; record it; return its status."""
-    label, out, runtime, say = f"config_{number}", job.out, job.runtime, job.say
-    run_name = label if seed == results["seed"] else f"{label} (seed {seed})"
+    label, results = f"config_{number}", job.results
+    name = label if seed == results["seed"] else f"{label} (seed {seed})"
     done = next((entry for entry in results["configs"]
                  if entry["id"] == label and entry["seed"] == seed), None)
     if done and done["status"] in ("finished", "diverged"):  # running, out_of_memory: resumed
-        say(f"{run_name}: already {done['status']} in {out} ({outcome(done)}); "
-            f"skipped. Use --restart to train it again.")
+        job.say(f"{name}: already {done['status']} in {job.out} ({outcome(done)}); "
+                f"skipped. Use --restart to train it again.")
         return done["status"]
-    say(f"{run_name}{' ' + chosen['name'] if 'name' in chosen else ''}: "
-        f"{settings(chosen)}")
+    job.say(f"{name}{' ' + chosen['name'] if 'name' in chosen else ''}: "
+            f"{settings(chosen)}")
+    training = _start(job, number, chosen, seed, name)
+
+    def epoch_done(predictions):
+        training.predictions = predictions
+        _record(job, training, "running")
+
+    status = _train(job, training, stop, on_epoch=epoch_done)
+    if status != "interrupted":
+        _finish(job, training, status)
+    return status
+
+
+def _start(job, number, chosen, seed, name):
+    """A new Training of ``chosen`` with ``seed``, carried on from its checkpoint if any."""
+    runtime, label = job.runtime, f"config_{number}"
     train.seed_everything(seed)  # every config starts from the same weights
-    model = rt.place_model(job.build_model(chosen), runtime, chosen.get("sync_bn", False))
+    model = rt.place_model(job.script.build_model(chosen), runtime,
+                           chosen.get("sync_bn", False))
     if runtime.rank:
         torch.manual_seed(seed + runtime.rank)  # each rank its own dropout masks
     optimizer = train.make_optimizer(model, chosen, runtime)
@@ -449,72 +536,86 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
                                     seed, 1, runtime))
     scheduler = train.make_scheduler(optimizer, chosen, steps)
     scaler = train.make_scaler(runtime)
-    step = train.make_step(model, optimizer, chosen, runtime, scheduler, scaler)
-    checkpoint_path = ledger.checkpoint_path(out, label, seed)
-    checkpoint = rt.from_main(lambda: checkpoints.load_checkpoint(checkpoint_path), runtime)
-    progress = train.new_progress()
-    if checkpoint:
-        progress, note = checkpoints.restore(checkpoint, rt.unwrap(model), optimizer,
-                                             scheduler, runtime.rank, scaler)
-        say(f"{run_name}: resuming from its checkpoint after epoch {progress['epoch']}, "
-            f"step {progress['step']}")
-        if note:
-            say(f"{run_name}: {note}")
-    identity = _identity(chosen, seed, job.run_data, job.models[label], rt.precision(runtime))
-    weights_path = out / ledger.weights_name(job.weights_file, number, seed, results["seed"])
+    training = Training(
+        label=label, name=name, seed=seed, config=chosen,
+        step=train.make_step(model, optimizer, chosen, runtime, scheduler, scaler),
+        progress=train.new_progress(), steps_per_epoch=steps,
+        checkpoint_path=ledger.checkpoint_path(job.out, label, seed),
+        weights_path=job.out / ledger.weights_name(job.script.weights_file, number, seed,
+                                                   job.results["seed"]))
+    _restore(job, training)
+    return training
 
-    def save(progress):
-        rng_states = rt.gather_to_main(checkpoints.rng_state(), runtime)
-        if runtime.is_main:
-            checkpoints.save_checkpoint(checkpoint_path, identity, step, progress, rng_states)
 
-    def record(status, predictions=None):
-        """This run's entry in ``results`` (in full on rank 0), written out there: the JSON
-        each time, the PNGs when they are due (see _refresh). A finished entry comes with
-        its per-class scores, and examples.png is drawn before the JSON says "finished", so
-        a kill between the two leaves nothing that no rerun would redo."""
-        entry = {"id": label, "seed": seed, "config": chosen, "status": status}
-        if runtime.is_main:
-            entry = config_entry(label, seed, chosen, status, progress,
-                                         weights_path.name)
-            entry.update(model=job.models[label], precision=rt.precision(runtime),
-                         compiled=runtime.compile)
-            if job.log_every:
-                entry["steps_per_epoch"] = steps
-            if predictions is not None:
-                entry.update(_class_scores(predictions, job.on_device.test_labels))
-        results["configs"] = sorted(
-            [e for e in results["configs"] if (e["id"], e["seed"]) != (label, seed)] + [entry],
-            key=lambda e: (ledger.number_of(e["id"]), e["seed"]))
-        if runtime.is_main:
-            if predictions is not None and is_best(entry, results["configs"]):
-                outputs.plot_examples(job.on_device, predictions, entry, results["script"], out)
-            _refresh(job, results, results_file, final=status != "running")
-        return entry
+def _restore(job, training):
+    """Carry ``training`` on from its checkpoint, where one was saved."""
+    step, name = training.step, training.name
+    checkpoint = rt.from_main(lambda: checkpoints.load_checkpoint(training.checkpoint_path),
+                              job.runtime)
+    if not checkpoint:
+        return
+    training.progress, note = checkpoints.restore(checkpoint, rt.unwrap(step.model),
+                                                  step.optimizer, step.scheduler,
+                                                  job.runtime.rank, step.scaler)
+    job.say(f"{name}: resuming from its checkpoint after epoch "
+            f"{training.progress['epoch']}, step {training.progress['step']}")
+    if note:
+        job.say(f"{name}: {note}")
 
-    latest = {}  # the last test pass's predictions: those of the final weights once finished
 
-    def epoch_done(predictions):
-        latest["predictions"] = predictions
-        record("running")
+def _save_checkpoint(job, training, progress):
+    """Every rank's random-number state, and on rank 0 the checkpoint of ``progress``."""
+    rng_states = rt.gather_to_main(checkpoints.rng_state(), job.runtime)
+    if job.runtime.is_main:
+        identity = _identity(training.config, training.seed, job.results["data"],
+                             job.models[training.label], rt.precision(job.runtime))
+        checkpoints.save_checkpoint(training.checkpoint_path, identity, training.step,
+                                    progress, rng_states)
 
-    status = _train(job, run_name, chosen, seed, step, progress, stop, save,
-                    on_epoch=epoch_done)
-    if status == "interrupted":
-        return status
+
+def _record(job, training, status, predictions=None):
+    """This training's entry in the results (in full on rank 0), written out there: the JSON
+    each time, the PNGs when they are due (see _refresh). A finished entry comes with its
+    per-class scores, and examples.png is drawn before the JSON says "finished", so a kill
+    between the two leaves nothing that no rerun would redo."""
+    label, seed, chosen = training.label, training.seed, training.config
+    runtime, results = job.runtime, job.results
+    entry = {"id": label, "seed": seed, "config": chosen, "status": status}
+    if runtime.is_main:
+        entry = config_entry(label, seed, chosen, status, training.progress,
+                             training.weights_path.name)
+        entry.update(model=job.models[label], precision=rt.precision(runtime),
+                     compiled=runtime.compile)
+        if job.script.log_every:
+            entry["steps_per_epoch"] = training.steps_per_epoch
+        if predictions is not None:
+            entry.update(_class_scores(predictions, job.on_device.test_labels))
+    results["configs"] = sorted(
+        [e for e in results["configs"] if (e["id"], e["seed"]) != (label, seed)] + [entry],
+        key=lambda e: (ledger.number_of(e["id"]), e["seed"]))
+    if runtime.is_main:
+        if predictions is not None and is_best(entry, results["configs"]):
+            outputs.plot_examples(job.on_device, predictions, entry, results["script"],
+                                  job.out)
+        _refresh(job, final=status != "running")
+
+
+def _finish(job, training, status):
+    """Save a finished training's weights, record how it ended, drop its checkpoint."""
+    runtime, model = job.runtime, rt.unwrap(training.step.model)
     predictions = None
     if runtime.is_main and status == "finished":
-        on_device = job.on_device
-        predictions = latest.get("predictions")
+        predictions = training.predictions
         if predictions is None:  # resumed with nothing left to train: no test pass ran
-            predictions = train.predict(rt.unwrap(model), on_device.test_images,
-                                        on_device.scale, on_device.shift, runtime,
-                                        chosen.get("tta", False))
-        outputs.save_weights(rt.unwrap(model), weights_path)
-    record(status, predictions)  # after the weights: the JSON never names a file not yet there
+            on_device = job.on_device
+            predictions = train.predict(model, on_device.test_images, on_device.scale,
+                                        on_device.shift, runtime,
+                                        training.config.get("tta", False))
+        outputs.save_weights(model, training.weights_path)
+    # After the weights: the JSON never names a file not yet there.
+    _record(job, training, status, predictions)
     if runtime.is_main and status != "out_of_memory":  # kept: a rerun carries on from it
-        checkpoints.remove_checkpoint(checkpoint_path)
-    return status
+        checkpoints.remove_checkpoint(training.checkpoint_path)
 
 
 # The PNGs are redrawn after an epoch only when at least this many times their last drawing
@@ -522,13 +623,14 @@ def _run_config(job, number, chosen, seed, results, results_file, stop):
 REFRESH_RATIO = 20
 
 
-def _refresh(job, results, results_file, final):
+def _refresh(job, final):
     """Write the results JSON (every epoch: a few milliseconds) and redraw the PNGs (a few
     tenths of a second: at the end of each config, and between epochs when due)."""
-    save_json(results, job.out / results_file)
+    results = job.results
+    save_json(results, job.out / job.script.results_file)
     if final or time.monotonic() - job.drawn_at >= REFRESH_RATIO * job.drawing:
         started = time.monotonic()
-        outputs.plot_run(results["configs"], job.out, results["script"], job.log_every,
+        outputs.plot_run(results["configs"], job.out, results["script"], job.script.log_every,
                          run=results)
         job.drawn_at, job.drawing = time.monotonic(), time.monotonic() - started
 
@@ -541,9 +643,11 @@ def _class_scores(predictions, test_labels):
             "confusion_matrix": matrix.tolist()}
 
 
-def _train(job, label, chosen, seed, step, progress, stop, save, on_epoch):
+def _train(job, training, stop, on_epoch):
     """train.train_config with the run's messages; ``on_epoch(predictions)`` after each
     epoch's line, with that epoch's predictions on the test set."""
+    chosen, main = training.config, job.runtime.is_main
+
     def on_log(epoch, step, loss):
         job.say(f"epoch {epoch}: batch {step} loss: {loss:.3f}")
 
@@ -552,54 +656,42 @@ def _train(job, label, chosen, seed, step, progress, stop, save, on_epoch):
 
     def epoch_done(record, predictions):  # rank 0 only: the test accuracy is measured there
         stop.doing = "the current step"
-        job.say(f"{label} epoch {record['epoch']}/{chosen['num_epochs']}: "
-                   f"loss {record['train_loss']:.4f}, train acc {record['train_accuracy']:.2f}%, "
-                   f"test acc {record['test_accuracy']:.2f}%, {record['seconds']:.1f} s")
+        job.say(f"{training.name} epoch {record['epoch']}/{chosen['num_epochs']}: "
+                f"loss {record['train_loss']:.4f}, train acc {record['train_accuracy']:.2f}%, "
+                f"test acc {record['test_accuracy']:.2f}%, {record['seconds']:.1f} s")
         on_epoch(predictions)
         if on_epoch_end is not None:
             on_epoch_end()
 
-    say, main = job.say, job.runtime.is_main
     on_step = on_epoch_end = None
     if job.estimate_due:
-        steps = len(train.epoch_batches(len(job.on_device.train_labels), chosen["batch_size"],
-                                        seed, 1, job.runtime))
-        on_step, on_epoch_end = _estimator(job, label, chosen["batch_size"], steps)
+        on_step, on_epoch_end = _estimator(job, training.name, chosen["batch_size"],
+                                           training.steps_per_epoch)
     job.estimate_due = False
     hooks = train.Hooks(stop_requested=lambda: bool(stop.signals),
-                        log_every=job.log_every, on_log=on_log,
+                        log_every=job.script.log_every, on_log=on_log,
                         on_evaluate=on_evaluate if main else None,
                         on_epoch=epoch_done if main else None, on_step=on_step)
-    status = train.train_config(step, chosen, job.on_device, seed, progress, save,
+    status = train.train_config(training.step, chosen, job.on_device, training.seed,
+                                training.progress,
+                                functools.partial(_save_checkpoint, job, training),
                                 hooks=hooks)
-    if status == "out_of_memory":
-        say(f"error: {label} ran out of GPU memory at batch_size {chosen['batch_size']}. "
-            f"Try a smaller batch_size in CONFIGS; the other configs carry on, and its "
-            f"checkpoint is kept.", file=sys.stderr)
-    if status == "diverged":
-        where = progress["diverged_at"]
-        say(f"{label}: the loss became NaN or infinite at epoch {where['epoch']}, step "
-            f"{where['step']}; this config is stopped and marked diverged. A smaller lr "
-            f"usually helps.", file=sys.stderr)
+    _say_failed(job, training, status)
     return status
 
 
-@dataclass
-class Run:
-    """What every config of one run shares: where it trains, what it writes, how it speaks."""
-    runtime: rt.Runtime
-    out: Path
-    build_model: Callable      # config -> a fresh model (the script's)
-    models: dict               # config id -> model_fingerprint of its model
-    weights_file: str          # the script's weights name pattern
-    log_every: int             # the baseline's running-loss lines, every N steps; 0: none
-    run_data: dict             # the results JSON's "data" record
-    say: Callable              # print on rank 0, nothing elsewhere
-    on_device: data.OnDevice = None  # set once the data is on the device
-    epochs_to_train: tuple = (0, 0)  # (runs, epochs) left, for the estimate
-    estimate_due: bool = True  # the first config trained prints the time estimate
-    drawn_at: float = 0.0      # when the PNGs were last drawn (time.monotonic)...
-    drawing: float = 0.0       # ...and how long that took
+def _say_failed(job, training, status):
+    """The line for a training that ran out of memory or diverged (nothing otherwise)."""
+    name, chosen = training.name, training.config
+    if status == "out_of_memory":
+        job.say(f"error: {name} ran out of GPU memory at batch_size {chosen['batch_size']}. "
+                f"Try a smaller batch_size in CONFIGS; the other configs carry on, and its "
+                f"checkpoint is kept.", file=sys.stderr)
+    if status == "diverged":
+        where = training.progress["diverged_at"]
+        job.say(f"{name}: the loss became NaN or infinite at epoch {where['epoch']}, step "
+                f"{where['step']}; this config is stopped and marked diverged. A smaller lr "
+                f"usually helps.", file=sys.stderr)
 
 
 @dataclass
@@ -653,22 +745,25 @@ def _stop_on_signals(say, stop_at_once_on_repeat=True):
             signal.signal(signum, old)
 
 
-def _interrupted(stop, number, out, script, argv, say, distributed, finished=False):
+def _interrupted(job, stop, number, finished=False):
+    """Say where the signal in ``stop`` stopped the run; return the exit status."""
     name = signal.Signals(stop.signals[0]).name
     where = (f"after config_{number} ended; the next configs have not started" if finished
-             else f"during config_{number}; its checkpoint is in {out / 'checkpoints'}/")
-    say(f"Stopped by {name} {where}. {_resume_hint(script, argv, distributed)}",
-        file=sys.stderr)
+             else f"during config_{number}; its checkpoint is in {job.out / 'checkpoints'}/")
+    job.say(f"Stopped by {name} {where}. "
+            f"{_resume_hint(job.script.file, job.argv, job.runtime.distributed)}",
+            file=sys.stderr)
     return SIGNAL_EXIT[stop.signals[0]]
 
 
-def _tidy(job, results, results_file):
+def _tidy(job):
     """What a run stopped at the wrong moment (kill -9 between writing a config's results
     and its PNGs, or removing its checkpoint) left undone: done at the end of every run."""
+    results = job.results
     for entry in results["configs"]:
         if entry["status"] in ("finished", "diverged"):
             checkpoints.remove_checkpoint(ledger.checkpoint_path(job.out, entry["id"],
                                                                  entry["seed"]))
     if not all((job.out / name).is_file() for name in PLOT_FILES[:3]):
-        outputs.plot_run(results["configs"], job.out, results["script"], job.log_every,
+        outputs.plot_run(results["configs"], job.out, results["script"], job.script.log_every,
                          run=results)

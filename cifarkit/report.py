@@ -313,7 +313,7 @@ def summary_table(results):
     for config_id, runs in plots.group_runs(results["configs"]).items():
         finished = [run for run in runs if run["status"] == "finished"]
 
-        def stat(values):
+        def spread(values):
             return mean_std(values) if values else "—"
 
         running = any(train_eval(run)[1] for run in finished)
@@ -325,13 +325,13 @@ def summary_table(results):
         precisions = sorted({run["precision"] for run in runs if "precision" in run})
         where = "; ".join([devices] + precisions)
         name = f" ({runs[0]['config']['name']})" if "name" in runs[0]["config"] else ""
-        eval_cell = "—" if running else stat([train_eval(run)[0] for run in finished])
+        eval_cell = "—" if running else spread([train_eval(run)[0] for run in finished])
         rows.append(f"| {config_id}{name} | {settings(runs[0]['config'])} | {len(runs)} | "
-                    f"{stat([run['final_test_accuracy'] for run in finished])} | "
-                    f"{stat([run['best_test_accuracy'] for run in finished])} | {eval_cell} | "
-                    f"{stat([run['final_train_accuracy'] for run in finished])} | "
-                    f"{stat([_gap(run) for run in finished])}{mark if finished else ''} | "
-                    f"{stat([run['train_seconds'] for run in finished])} | {where} | {marks} |")
+                    f"{spread([run['final_test_accuracy'] for run in finished])} | "
+                    f"{spread([run['best_test_accuracy'] for run in finished])} | {eval_cell} | "
+                    f"{spread([run['final_train_accuracy'] for run in finished])} | "
+                    f"{spread([_gap(run) for run in finished])}{mark if finished else ''} | "
+                    f"{spread([run['train_seconds'] for run in finished])} | {where} | {marks} |")
     return "\n".join(rows + ([f"\n{RUNNING_NOTE}"] if any_running else []))
 
 

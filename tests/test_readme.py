@@ -8,7 +8,6 @@ that the other does not follow fails here.
 import contextlib
 import dataclasses
 import importlib
-import inspect
 import io
 import itertools
 import os
@@ -52,17 +51,19 @@ def table(heading, text=README):
 def test_each_script_writes_the_folder_and_results_json_readme_names(row, monkeypatch):
     script_file, folder, results_file = (cell.strip("`") for cell in row[1:4])
     script = importlib.import_module(script_file.removesuffix(".py"))
-    default_weights = inspect.signature(experiment.run).parameters["weights_file"].default
-    called = {}
-    monkeypatch.setattr(experiment, "run", lambda **kwargs: called.update(kwargs) or 0)
+    default_weights = next(field.default for field in dataclasses.fields(experiment.Script)
+                           if field.name == "weights_file")
+    assert default_weights == "config_{number}.pth"
+    called = []
+    monkeypatch.setattr(experiment, "run", lambda script, argv=None: called.append(script) or 0)
     assert script.main([]) == 0
-    assert Path(called["script"]).name == script_file
-    assert f"{called['out_dir']}/" == folder
-    assert called["results_file"] == results_file
+    [handed] = called
+    assert Path(handed.file).name == script_file
+    assert f"{handed.out_dir}/" == folder
+    assert handed.results_file == results_file
     # README: config_N.pth per config, model.pth for the baseline
-    weights = called.get("weights_file", default_weights)
-    assert weights == ("model.pth" if script_file == "Original_version_model.py"
-                       else "config_{number}.pth")
+    assert handed.weights_file == ("model.pth" if script_file == "Original_version_model.py"
+                                   else default_weights)
 
 
 def readme_names(pattern):
