@@ -355,7 +355,8 @@ def _redraw_examples(job):
     names the best finished config by its id now: predicted again from its weights."""
     results = job.results
     finished = [entry for entry in results["configs"] if entry["status"] == "finished"
-                and (job.out / entry["weights"]).is_file()]
+                and isinstance(entry.get("weights"), str) and (job.out / entry["weights"]).is_file()
+                and entry.get("model") == job.models.get(entry["id"])]  # not an older model's
     if not finished:
         (job.out / "examples.png").unlink()  # it showed a config that is no longer here
         return

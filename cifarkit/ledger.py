@@ -280,7 +280,8 @@ def plan(found, configs, restart, epochs_flag, unusable=()):
         else:  # its entries keep the config they were trained with
             result.left.append(label)
     for label in unusable:  # a damaged checkpoint never stays under a new config's name
-        if label in result.renamed.values() and label not in result.aside:
+        if label in result.renamed.values() and label not in result.aside \
+                and label not in result.renamed:  # one that moves, moves with its config
             result.aside[label] = f"{label}: its checkpoint cannot be used"
     if restart:
         owners = {result.renamed.get(label, label): label for label in found
@@ -365,6 +366,10 @@ def carry_out(out, names, earlier, plan_, current_configs):
                 lines.append(f"{new_name.name} was in the way of a config's new name: it is "
                              f"kept in {target}/")
         moves += renames
+        for path in _unnamed_weights(out, names, kept, moves, current_configs):
+            moves.append((path, target / path.relative_to(out)))
+            lines.append(f"{path.name}, which no results entry names, is kept in {target}/ "
+                         f"(this run may write there)")
         lines += [f"{old} is {new} now (the same config, moved in CONFIGS): its results are "
                   f"kept, renamed to {new}" for old, new in plan_.renamed.items()]
         if kept is not None and kept != earlier:
@@ -372,6 +377,16 @@ def carry_out(out, names, earlier, plan_, current_configs):
     if moves or writes:
         _commit(out, moves, writes, lines)
     return kept, lines
+
+
+def _unnamed_weights(out, names, kept, moves, current_configs):
+    """Weights files where this run may write that no results entry names (a user's own, or
+    one whose entry was deleted by hand): moved aside, never overwritten."""
+    named = {entry.get("weights") for entry in (kept or {}).get("configs", [])}
+    sources = {source for source, _ in moves}
+    return [path for label in current_configs
+            for path in config_files(out, label, names.weights_file)
+            if path.suffix == ".pth" and path.name not in named and path not in sources]
 
 
 def _earlier_folder(out):
@@ -505,6 +520,9 @@ def _finish(out, journal):
     for _, target, staged in journal["moves"]:
         if os.path.lexists(out / staged):
             _transfer(out / staged, out / target)
+        elif not (out / staged).parent.is_dir():  # a scratch disk not mounted, say
+            raise OSError(errno.ENOENT, "cannot reach the folder of a file on its way "
+                          "(a scratch disk not mounted?)", str((out / staged).parent))
     for name, content in journal["writes"].items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         save_json(content, out / name)
@@ -524,6 +542,8 @@ def _transfer(source, target):
     except OSError as error:
         if error.errno != errno.EXDEV:
             raise
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # a copy a kill cut short
+            stale.unlink()
         with open(source, "rb") as original:
             write_atomically(target, lambda file: shutil.copyfileobj(original, file))
         os.unlink(source)

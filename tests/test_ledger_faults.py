@@ -2,6 +2,7 @@
 (issue "Results that can never be separated from their weights"): each ends with the run
 doing what the user meant, or with one line before training that names the problem and a
 remedy that works. Nothing is lost, no advice loops, no traceback, no hang."""
+import importlib
 import importlib.util
 import io
 import json
@@ -440,3 +441,49 @@ def test_a_users_file_where_a_renamed_result_goes_is_kept(pickled_data, tmp_path
     (earlier,) = out.glob("earlier-*")
     assert (earlier / "config_2.pth").read_bytes() == b"my own file"
     assert entries(out)[("config_2", 0)]["config"]["name"] == "a"
+
+
+def test_weights_no_entry_names_are_kept_not_overwritten(pickled_data, tmp_path, monkeypatch,
+                                                        capsys):
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A], monkeypatch) == 0
+    (out / "config_2.pth").write_bytes(b"my own file")  # where a new config_2 will write
+    capsys.readouterr()
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    assert "config_2.pth, which no results entry names, is kept in" in capsys.readouterr().out
+    (earlier,) = out.glob("earlier-*")
+    assert (earlier / "config_2.pth").read_bytes() == b"my own file"
+
+
+def test_an_edited_model_class_and_one_config_selected_is_no_traceback(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    script = importlib.import_module("L2_regularization")
+    wider = script.LeNet
+
+    class Wider(wider):  # fc2 84 -> 80: the earlier weights no longer fit
+        def __init__(self):
+            super().__init__()
+            self.fc2, self.fc3 = torch.nn.Linear(120, 80), torch.nn.Linear(80, 10)
+
+    monkeypatch.setattr(script, "build_model", lambda config: Wider())
+    capsys.readouterr()
+    assert run(out, pickled_data, [A, B], monkeypatch, "--configs", "1") == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "config_1 epoch 1/1" in captured.out
+
+
+def test_a_garbage_checkpoint_of_a_swapped_config_travels_with_it(pickled_data, tmp_path,
+                                                                  monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    b = (out / "config_2.pth").read_bytes()
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "config_2_seed0.ckpt").write_bytes(b"garbage")
+    capsys.readouterr()
+    assert run(out, pickled_data, [B, A], monkeypatch, "--configs", "2") == 0
+    printed = capsys.readouterr().out
+    assert "its checkpoint cannot be used" not in printed  # it was not moved aside...
+    assert (out / "config_1.pth").read_bytes() == b  # ...b's result went with its config
+    assert not list(out.glob("earlier-*"))
