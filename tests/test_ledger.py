@@ -33,10 +33,9 @@ def run(out, data_dir, configs, monkeypatch, *flags, name=SCRIPT):
                         *flags])
 
 
-@pytest.fixture(scope="module")
-def trained(pickled_data, tmp_path_factory):
-    """A folder with two finished configs and one whose checkpoint was left by an OOM."""
-    out = tmp_path_factory.mktemp("ledger") / "out"
+def with_checkpoint(out, data_dir, configs):
+    """Train ``configs``; the one of batch_size 30 (D) runs out of memory in its second
+    epoch and leaves its checkpoint (of epoch 1)."""
     real_step, steps = train._train_step, []
 
     def out_of_memory_in_epoch_2(step, data, index, *args):
@@ -47,7 +46,14 @@ def trained(pickled_data, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train, "_train_step", out_of_memory_in_epoch_2)
-        assert run(out, pickled_data, [A, B, D], patch) == 1
+        assert run(out, data_dir, configs, patch) == 1
+
+
+@pytest.fixture(scope="module")
+def trained(pickled_data, tmp_path_factory):
+    """A folder with two finished configs and one whose checkpoint was left by an OOM."""
+    out = tmp_path_factory.mktemp("ledger") / "out"
+    with_checkpoint(out, pickled_data, [A, B, D])
     assert (out / "checkpoints" / "config_3_seed0.ckpt").is_file()
     return out
 

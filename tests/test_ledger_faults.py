@@ -18,7 +18,7 @@ import torch
 
 from cifarkit import checkpoints, config, data, experiment, ledger, outputs, train
 from cifarkit.results import save_json
-from test_ledger import A, B, D, Killed, run
+from test_ledger import A, B, D, Killed, run, with_checkpoint
 
 RESULTS = "training_result.json"
 
@@ -26,22 +26,6 @@ RESULTS = "training_result.json"
 def entries(out):
     return {(entry["id"], entry["seed"]): entry
             for entry in json.loads((out / RESULTS).read_text())["configs"]}
-
-
-def with_checkpoint(out, data_dir, monkeypatch, configs):
-    """Train ``configs``; the one of batch_size 30 (D) runs out of memory in its second
-    epoch and leaves its checkpoint."""
-    real_step, steps = train._train_step, []
-
-    def out_of_memory_in_epoch_2(step, data, index, *args):
-        steps.append(len(index))
-        if len(index) == 30 and steps.count(30) > 10:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_step(step, data, index, *args)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train, "_train_step", out_of_memory_in_epoch_2)
-        assert run(out, data_dir, configs, patch) == 1
 
 
 def test_a_diverged_config_with_a_lower_lr_trains_again(pickled_data, tmp_path, monkeypatch,
@@ -67,7 +51,7 @@ def test_a_diverged_config_with_a_lower_lr_trains_again(pickled_data, tmp_path, 
 def test_another_configs_checkpoint_in_other_arithmetic_blocks_nothing(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    with_checkpoint(out, pickled_data, monkeypatch, [D, A])
+    with_checkpoint(out, pickled_data, [D, A])
     path = out / "checkpoints" / "config_1_seed0.ckpt"
     saved = torch.load(path, weights_only=True)
     saved["identity"]["precision"] = "bf16 autocast"  # as on a GPU
@@ -113,7 +97,7 @@ def test_the_same_images_under_another_path_spelling_retrain_nothing(
 def test_an_edited_normalization_never_resumes_or_keeps_a_result(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    with_checkpoint(out, pickled_data, monkeypatch, [A, D])
+    with_checkpoint(out, pickled_data, [A, D])
     script = importlib.import_module("L2_regularization")
     monkeypatch.setattr(script, "NORMALIZATION", ((0.4, 0.5, 0.6), (0.2, 0.2, 0.2)))
     capsys.readouterr()
@@ -197,7 +181,7 @@ def test_a_kill_as_a_config_ends_leaves_nothing_that_is_never_redone(
 def test_an_unreadable_checkpoint_is_not_called_damaged(pickled_data, tmp_path, monkeypatch,
                                                          capsys):
     out = tmp_path / "out"
-    with_checkpoint(out, pickled_data, monkeypatch, [D])
+    with_checkpoint(out, pickled_data, [D])
     real_load = torch.load
 
     def permission_denied(path, *args, **kwargs):
