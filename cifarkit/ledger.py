@@ -520,8 +520,8 @@ def _finish(out, journal):
     for _, target, staged in journal["moves"]:
         if os.path.lexists(out / staged):
             _transfer(out / staged, out / target)
-        elif not (out / staged).parent.is_dir():  # a scratch disk not mounted, say
-            raise OSError(errno.ENOENT, "cannot reach the folder of a file on its way "
+        elif not os.path.lexists(out / target) and _dangling(out / staged):
+            raise OSError(  # a scratch disk not mounted, say: the file is there, not hereerrno.ENOENT, "cannot reach the folder of a file on its way "
                           "(a scratch disk not mounted?)", str((out / staged).parent))
     for name, content in journal["writes"].items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
@@ -532,6 +532,12 @@ def _finish(out, journal):
     for name in (JOURNAL, JOURNAL_COPY):  # the first one gone already means "done"
         if os.path.lexists(out / name):
             os.unlink(out / name)
+
+
+def _dangling(path):
+    """Whether a folder on ``path``'s way is a link to nothing (the checkpoints link to a
+    scratch disk that is not mounted)."""
+    return any(folder.is_symlink() and not folder.exists() for folder in path.parents)
 
 
 def _transfer(source, target):
