@@ -473,8 +473,9 @@ def recover(out):
                 f"{out}: files of an interrupted move are left under hidden names "
                 f"({', '.join(stranded[:3])}{', ...' if len(stranded) > 3 else ''}) and its "
                 f"record, {JOURNAL} (and {JOURNAL_COPY}), is gone, so where they belong is "
-                f"unknown. Put the record back if you can; else move those files out of "
-                f"the folder and rerun.")
+                f"unknown. Put the record back if you can; else the files here may no longer "
+                f"match their results entries: move the whole folder away, keep it for "
+                f"reference, and rerun into a fresh one.")
         return []
     with _signals_held():
         _attempt(out, lambda: _finish(out, journal))
@@ -504,8 +505,9 @@ def _read_journal(out):
         raise UserError(f"{out}: a move of earlier results was interrupted and its record "
                         f"({', '.join(damaged)}) cannot be read. Do not delete it: the files "
                         f"it moves wait under hidden names (.ledger-*). Put back an intact "
-                        f"copy if you have one; else move those hidden files and the record "
-                        f"out of the folder and rerun.")
+                        f"copy if you have one; else the files here may no longer match their "
+                        f"results entries: move the whole folder away, keep it for reference, "
+                        f"and rerun into a fresh one.")
     return found
 
 
