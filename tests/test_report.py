@@ -394,6 +394,10 @@ def test_not_run_yet_commands_work_offline_and_keep_the_earlier_results(modelset
     third = {"num_epochs": 2, "lr": 0.005, "momentum": 0.9, "batch_size": 32}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sweep, "CONFIGS", SWEEP_CONFIGS + [third])
+        # make_report reads the scripts' CONFIGS as text: here, as if the file held these
+        counts = dict(make_report.defined_configs(),
+                      **{"Original_version_model_multiGPU.py": len(sweep.CONFIGS)})
+        patch.setattr(make_report, "defined_configs", lambda: counts)
         assert make_report.main(["--modelset", str(root)]) == 0
         missing = (root / "REPORT.md").read_text().split("## Not run yet")[1]
         assert "docs/data.md" in missing and "Data: downloaded, local, or offline" in missing
