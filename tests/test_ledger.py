@@ -152,6 +152,8 @@ def test_a_kill_at_every_step_of_a_move_loses_nothing(move, cross_fs, trained, p
             assert run(out, pickled_data, [A], monkeypatch, "--epochs", "1",
                        name="Dropout_regularization") == 0
         finished_runs += check_every_result_with_its_weights(out, dataset)
+        if cross_fs:  # the scratch folder in /dev/shm is not under tmp_path: not left there
+            shutil.rmtree((out / "checkpoints").resolve(), ignore_errors=True)
         if status != "killed":
             break
         step += 1
