@@ -1,6 +1,6 @@
 """Predict the class of your own pictures with weights that one of the scripts trained.
 
-    python predict.py modelset/resnet_model/config_1.pth my_cat.jpg my_plane.png
+    python predict.py modelset/Resnet/config_1.pth my_cat.jpg my_plane.png
 
 The results JSON beside the weights says which script, config and input normalization made
 them, so the model is built and fed exactly as in training. Each picture is shrunk to 32x32
