@@ -82,6 +82,17 @@ def _in_entry(number, **change):
     return rewrite(lambda results: results["configs"][number - 1]["config"].update(change))
 
 
+def skipped_when_damaged(tmp_path, capsys, damage, why):
+    """A good folder beside one whose results ``damage`` spoils: the report skips the
+    spoiled one, saying ``why``, and still reports the good one."""
+    results_file(tmp_path, "good", "Original_version_model.py")
+    bad = results_file(tmp_path, "sweep")
+    damage(bad)
+    status, text, err = report_of(tmp_path, capsys)
+    assert_skipped(tmp_path, bad, status, text, err, why)
+    assert "), `sweep`\n" not in text
+
+
 @pytest.mark.parametrize("damage, why", [
     (rewrite(lambda results: results.update(world_size=None)),
      "'world_size' is not a whole number"),
@@ -108,12 +119,7 @@ def _in_entry(number, **change):
         "train_images-a-string", "precision-a-number", "train_accuracy_eval-a-string",
         "lr-true", "config-value-a-list", "finished-without-history", "script-a-list"])
 def test_a_field_of_the_wrong_kind_skips_its_file_by_name(tmp_path, capsys, damage, why):
-    results_file(tmp_path, "good", "Original_version_model.py")
-    bad = results_file(tmp_path, "sweep")
-    damage(bad)
-    status, text, err = report_of(tmp_path, capsys)
-    assert_skipped(tmp_path, bad, status, text, err, why)
-    assert "), `sweep`\n" not in text
+    skipped_when_damaged(tmp_path, capsys, damage, why)
 
 
 @pytest.mark.parametrize("script, number, change", [  # entries: configs 1, 2, 3, 3, 12
@@ -199,12 +205,7 @@ def _append_copy(index, **change):
 ], ids=["one-seed-twice", "another-lr-under-one-id", "a-key-missing", "another-model"])
 def test_two_results_for_one_config_and_seed_or_two_configs_under_one_id_skip_the_file(
         tmp_path, capsys, damage, why):
-    results_file(tmp_path, "good", "Original_version_model.py")
-    bad = results_file(tmp_path, "sweep")
-    damage(bad)
-    status, text, err = report_of(tmp_path, capsys)
-    assert_skipped(tmp_path, bad, status, text, err, why)
-    assert "), `sweep`\n" not in text
+    skipped_when_damaged(tmp_path, capsys, damage, why)
 
 
 def test_seeds_differing_only_in_naming_fields_are_one_config(tmp_path, capsys):
