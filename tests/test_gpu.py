@@ -31,8 +31,12 @@ def cuda_run(pickled_data, tmp_path_factory):
     config and the recipe (augmentation, one-cycle, TTA)."""
     out = tmp_path_factory.mktemp("cuda") / "out"
     script = importlib.import_module("Original_version_model_multiGPU")
-    assert script.main(["--data-dir", str(pickled_data), "--configs", "4,recipe",
-                        "--epochs", "2", "--out", str(out), "--device", "cuda"]) == 0
+    recipe = next(config for config in script.CONFIGS if config.get("name") == "recipe")
+    with pytest.MonkeyPatch.context() as patch:  # the configs chosen by content, not position
+        patch.setattr(script, "CONFIGS", [{"num_epochs": 2, "lr": 0.001, "momentum": 0.9,
+                                           "batch_size": 32}, recipe])
+        assert script.main(["--data-dir", str(pickled_data), "--epochs", "2", "--out",
+                            str(out), "--device", "cuda"]) == 0
     return script, out, json.loads((out / "training_result.json").read_text())
 
 

@@ -18,7 +18,7 @@ import gpu_check  # noqa: E402
 # Every check --quick runs, in order: dropping or renaming one must be a decision.
 QUICK_CHECKS = ["script-baseline", "script-l2", "script-dropout", "script-multigpu",
                 "script-resnet", "weights-on-cpu", "precision-auto", "precision-on", "torchrun",
-                "resume", "speed-bf16", "speed-fp32", "resnet-config-4", "resnet-recipe"]
+                "resume", "speed-bf16", "speed-fp32", "resnet-best", "resnet-recipe"]
 
 
 def run_gpu_check(data_dir, out, *flags):
@@ -64,22 +64,22 @@ def test_quick_mode_runs_every_check_and_each_passes(tmp_path):
 
 
 def test_a_failing_check_is_reported_and_the_others_still_run(tmp_path):
-    # 300 training images: too few for the resume check's 5,000-image subset, enough for the
-    # 128 of the config-4 check that runs after it
+    # 300 training images: too few for the resume check's 4,040-image subset, enough for the
+    # 200 of the script-l2 check that runs after it
     data_dir = write_pickled_batches(tmp_path / "data")
     out = tmp_path / "out"
-    result = run_gpu_check(data_dir, out, "--only", "resume,resnet-config-4")
+    result = run_gpu_check(data_dir, out, "--only", "resume,script-l2")
     assert result.returncode == 1
     report = json.loads((out / "gpu_check.json").read_text())
-    resume, config_4 = report["checks"]
+    l2, resume = report["checks"]  # in the checks' own order
     assert (resume["id"], resume["result"]) == ("resume", "fail")
     assert "exit status 2" in resume["error"]
-    assert "--subset 5000: must be between 10 and the 300" in resume["error_tail"]
-    assert (config_4["id"], config_4["result"]) == ("resnet-config-4", "pass")
+    assert "--subset 4040: must be between 10 and the 300" in resume["error_tail"]
+    assert (l2["id"], l2["result"]) == ("script-l2", "pass")
     table = (out / "gpu_check.md").read_text()
     assert "| resume | " in table and "**FAIL**" in table
     assert "**1 of 2 checks passed.**" in table
-    assert "--subset 5000: must be between 10" in table  # the failure's output tail
+    assert "--subset 4040: must be between 10" in table  # the failure's output tail
 
 
 def recipe_entries(*runs):
@@ -111,12 +111,28 @@ def test_the_recipe_is_judged_on_the_mean_of_its_seeds(runs, verdict):
         assert f"seed {seed}: {accuracy:.2f}% in {seconds:.1f} s" in found["figure"]
 
 
-def test_an_unknown_check_or_a_missing_data_dir_is_refused(tmp_path):
+@pytest.mark.parametrize("quick", [False, True])
+def test_a_recipe_below_its_aim_fails_the_check_on_a_gpu(quick, tmp_path):
+    """The aim is judged where it can be met: on a GPU. --quick's tiny CPU runs never meet
+    it, and pass on their figures alone."""
+    setting = gpu_check.Setting(tmp_path, tmp_path, {}, gpus=0 if quick else 1, quick=quick)
+    below = gpu_check.recipe_verdict(recipe_entries((0, 93.2, 38.0, 16)), 50_000)
+    met = gpu_check.recipe_verdict(recipe_entries((0, 94.2, 38.0, 16)), 50_000)
+    assert gpu_check.judged(met, setting) == met
+    if quick:
+        assert gpu_check.judged(below, setting) == below
+    else:
+        with pytest.raises(gpu_check.CheckFailed, match="aim NOT met: mean accuracy below 94%"):
+            gpu_check.judged(below, setting)
+
+
+def test_an_unknown_check_or_a_missing_data_dir_is_refused(tmp_path, capsys):
     data_dir = write_pickled_batches(tmp_path / "data")
-    result = run_gpu_check(data_dir, tmp_path / "out", "--only", "resume,warp-drive")
-    assert result.returncode == 2 and "no check warp-drive" in result.stderr
-    result = run_gpu_check(tmp_path / "nowhere", tmp_path / "out")
-    assert result.returncode == 2 and "no such folder" in result.stderr
+    quick = ["--quick", "--out", str(tmp_path / "out")]
+    assert gpu_check.main([*quick, "--data-dir", str(data_dir), "--only", "resume,warp-drive"]) == 2
+    assert "no check warp-drive" in capsys.readouterr().err
+    assert gpu_check.main([*quick, "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "no such folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

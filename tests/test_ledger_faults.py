@@ -444,9 +444,9 @@ def test_an_edited_model_class_and_one_config_selected_is_no_traceback(
     out = tmp_path / "out"
     assert run(out, pickled_data, [A, B], monkeypatch) == 0
     script = importlib.import_module("L2_regularization")
-    wider = script.LeNet
+    lenet = type(script.build_model({}))  # the script's model class, whatever its name
 
-    class Wider(wider):  # fc2 84 -> 80: the earlier weights no longer fit
+    class Wider(lenet):  # fc2 84 -> 80: the earlier weights no longer fit
         def __init__(self):
             super().__init__()
             self.fc2, self.fc3 = torch.nn.Linear(120, 80), torch.nn.Linear(80, 10)

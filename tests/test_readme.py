@@ -219,9 +219,11 @@ def _configs_and_flags(kit):
         not_a_model.setattr(importlib.import_module("L2_regularization"), "build_model",
                             lambda config: None)
         kit.run("L2_regularization", *data, configs=[BASE])
-    kit.run("Original_version_model_multiGPU", *data, "--configs", "13")
-    kit.run("Original_version_model_multiGPU", *data, "--subset", "100000")
-    kit.run("Original_version_model_multiGPU", *data, "--subset", "20", "--configs", "4")
+    three = [BASE, dict(BASE, batch_size=32), dict(BASE, name="recipe")]
+    kit.run("Original_version_model_multiGPU", *data, "--configs", "13", configs=three)
+    kit.run("Original_version_model_multiGPU", *data, "--subset", "100000", configs=three)
+    kit.run("Original_version_model_multiGPU", *data, "--subset", "20", "--configs", "2",
+            configs=three)
     kit.run("Original_version_model", *data, "--seed", "4294967296")
 
 

@@ -197,14 +197,16 @@ def test_out_of_memory_names_the_config_and_keeps_the_others(pickled_data, tmp_p
 
     monkeypatch.setattr(train, "_train_step", out_of_memory_on_big_batches)
     out = tmp_path / "out"
+    configs = [dict(BASE, batch_size=512), dict(BASE, batch_size=32)]
     status = run_main("Original_version_model_multiGPU", "--data-dir", pickled_data,
-                      "--configs", "4,1", "--epochs", "1", "--out", out)
+                      "--configs", "2,1", "--out", out, configs=configs,
+                      monkeypatch=monkeypatch)
     captured = capsys.readouterr()
     assert status == 1
     assert "config_1 ran out of GPU memory at batch_size 512" in captured.err
     results = {entry["id"]: entry for entry in
                json.loads((out / "training_result.json").read_text())["configs"]}
-    assert results["config_4"]["status"] == "finished"
+    assert results["config_2"]["status"] == "finished"
     assert results["config_1"]["status"] == "out_of_memory"
 
 
@@ -280,19 +282,21 @@ def test_bad_configs_are_refused(name, configs, message, pickled_data, existing_
 
 
 BAD_FLAGS = [
-    (["--configs", "13"], "--configs 13: '13' is not a config of this script"),
+    (["--configs", "4"], "--configs 4: '4' is not a config of this script"),
     (["--configs", "1,recipes"], "'recipes' is not a config of this script (it has config_1 "
-                                 "to config_12, or a name: recipe, speedrun)"),
+                                 "to config_3, or a name: recipe, speedrun)"),
     (["--subset", "100000"], "--subset 100000: must be between 10 and the 300"),
-    (["--subset", "20", "--configs", "4"], "--subset 20 is smaller than one batch of config_4"),
+    (["--subset", "20", "--configs", "2"], "--subset 20 is smaller than one batch of config_2"),
 ]
 
 
 @pytest.mark.parametrize("flags, message", BAD_FLAGS)
-def test_bad_flags_are_refused(flags, message, pickled_data, existing_out, capsys):
+def test_bad_flags_are_refused(flags, message, pickled_data, existing_out, monkeypatch,
+                               capsys):
     before = snapshot(existing_out)
+    configs = [BASE, dict(BASE, batch_size=32, name="recipe"), dict(BASE, name="speedrun")]
     assert run_main("Original_version_model_multiGPU", "--data-dir", pickled_data,
-                    "--out", existing_out, *flags) == 2
+                    "--out", existing_out, *flags, configs=configs, monkeypatch=monkeypatch) == 2
     assert message in capsys.readouterr().err
     assert snapshot(existing_out) == before
 
