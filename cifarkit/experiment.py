@@ -15,20 +15,18 @@ import signal
 import sys
 import textwrap
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 
-from . import checkpoints, cli, config, data, ledger, outputs, train
+from . import checkpoints, cli, config, data, ledger, outputs, signals, train
 from . import runtime as rt
-from .errors import UserError
+from .errors import RankError, UserError
 from .results import (PLOT_FILES, config_entry, is_best, locked, outcome, save_json, settings,
                       summary)
 
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 EXIT_WRITE_FAILED = 1  # the same status as a failed config, as the README says
 
 
@@ -95,25 +93,30 @@ def run(script, argv=None):
     args = cli.parse_args(names.script, script.description, script.out_dir,
                           script.default_device, argv, script.cpu_amp)
     with contextlib.ExitStack() as cleanup:  # on leaving: close the runtime, unlock the folder
-        with _sigterm_as_interrupt():  # until training installs its own handlers
+        with signals.sigterm_as_interrupt():  # until training installs its own handlers
             try:
                 job, selected = _prepare(script, names, args, argv, cleanup)
             except (UserError, KeyboardInterrupt, OSError) as error:
                 return _stopped_before_training(error, Path(args.out))
-        try:
-            status = _train_selected(job, selected, args)
-        except (UserError, KeyboardInterrupt, OSError) as error:
-            return _stopped_while_training(error, job)
-        except RuntimeError as error:  # dist.DistError is one; gloo raises plain ones
-            if not (job.runtime.distributed and _peer_lost(error)):
-                raise
-            return _lost_contact(error, job)
-        # Every rank leaves together: a rank that tore its process group down while rank 0
-        # was still writing files was once seen to abort ("terminate called without an
-        # active exception", gloo, CI), and a rank leaving with status 1 (a config failed)
-        # makes torchrun stop the others, rank 0 perhaps before it has written the results.
-        rt.barrier(job.runtime)
-        return status
+        return _train_job(job, selected, args)
+
+
+def _train_job(job, selected, args):
+    """Train the selected configs; returns the exit status, saying why when it is not 0."""
+    try:
+        status = _train_selected(job, selected, args)
+    except (UserError, KeyboardInterrupt, OSError) as error:
+        return _stopped_while_training(error, job)
+    except RuntimeError as error:  # dist.DistError is one; gloo raises plain ones
+        if not (job.runtime.distributed and rt.peer_lost(error)):
+            raise
+        return _lost_contact(error, job)
+    # Every rank leaves together: a rank that tore its process group down while rank 0
+    # was still writing files was once seen to abort ("terminate called without an
+    # active exception", gloo, CI), and a rank leaving with status 1 (a config failed)
+    # makes torchrun stop the others, rank 0 perhaps before it has written the results.
+    rt.barrier(job.runtime)
+    return status
 
 
 def _prepare(script, names, args, argv, cleanup):
@@ -130,7 +133,7 @@ def _prepare(script, names, args, argv, cleanup):
     runtime = rt.init_runtime(args.device, script.data_parallel, args.amp, args.compile,
                               script.cpu_amp)
     cleanup.callback(rt.close, runtime)
-    _check_configs_fit_ranks(selected, runtime)
+    rt.check_configs_fit(selected, runtime)
     models = {f"config_{number}": model_fingerprint(_built(script.build_model, chosen, number))
               for number, chosen in enumerate(all_configs, start=1)}
     bytes_needed = _bytes_needed(script.build_model(selected[0][1]))
@@ -155,7 +158,7 @@ def _stopped_before_training(error, out):
     """Say why the run stopped before anything trained (bad input, a signal, a file that
     could not be written); return the exit status."""
     if isinstance(error, UserError):
-        if rt.is_main_process():
+        if rt.is_main_process() or isinstance(error, RankError):
             _print(f"error: {error}", file=sys.stderr)
         elif rt.launched_by_torchrun():
             # Every rank meets the same refusal, and torchrun stops the others as soon
@@ -168,7 +171,7 @@ def _stopped_before_training(error, out):
             name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             _print(f"\nStopped by {name} before training started; nothing was trained.",
                    file=sys.stderr)
-        return SIGNAL_EXIT[signum]
+        return signals.EXIT[signum]
     return _write_failed(out, error)  # the PNGs redrawn after a move, on a full disk say
 
 
@@ -186,7 +189,7 @@ def _stopped_while_training(error, job):
             f"last epoch's end) in {job.out / 'checkpoints'}/.\n"
             f"{_resume_hint(job.script.file, job.argv, job.runtime.distributed)}",
             file=sys.stderr)
-        return SIGNAL_EXIT[signal.SIGINT]
+        return signals.EXIT[signal.SIGINT]
     # disk full, folder removed: no barrier, the other ranks cannot know of it
     return _write_failed(job.out, error)
 
@@ -214,14 +217,6 @@ def _built(build_model, chosen, number):
         raise UserError(f"config_{number}: build_model(config) must return a torch.nn.Module; "
                         f"it returned {type(model).__name__}.")
     return model
-
-
-def _peer_lost(error):
-    """Whether ``error`` says another rank went away (killed, crashed) mid-collective."""
-    text = str(error)
-    return isinstance(error, dist.DistError) or any(
-        sign in text for sign in ("Connection closed by peer", "Connection reset by peer",
-                                  "remote worker", "Broken pipe"))
 
 
 def _command(script, argv):
@@ -331,7 +326,7 @@ def _train_selected(job, selected, args):
     """Train each selected config with each seed of --seed/--seeds, in turn; say how they
     ended; return the exit status."""
     runtime, seeds = job.runtime, range(args.seed, args.seed + args.seeds)
-    with _stop_on_signals(job.say, stop_at_once_on_repeat=not runtime.distributed) as stop:
+    with signals.stop_on_signals(job.say, stop_at_once_on_repeat=not runtime.distributed) as stop:
         for number, chosen in selected:
             for seed in seeds:
                 status = _run_config(job, number, chosen, seed, stop)
@@ -434,17 +429,6 @@ def _duration(seconds):
 
 def _silent(*args, **kwargs):
     pass
-
-
-def _check_configs_fit_ranks(selected, runtime):
-    for number, chosen in selected:
-        if chosen.get("sync_bn") and runtime.distributed and runtime.device.type != "cuda":
-            raise UserError(f"config_{number}: sync_bn needs GPUs (PyTorch's SyncBatchNorm "
-                            f"runs on CUDA only); remove it to train on CPU processes.")
-        if chosen["batch_size"] < runtime.world_size:
-            raise UserError(f"config_{number}: batch_size {chosen['batch_size']} is smaller than "
-                            f"the {runtime.world_size} processes; batch_size is the global "
-                            f"batch, split across them.")
 
 
 def _load_data(args, script_file, argv):
@@ -566,7 +550,7 @@ def _restore(job, training):
 
 def _save_checkpoint(job, training, progress):
     """Every rank's random-number state, and on rank 0 the checkpoint of ``progress``."""
-    rng_states = rt.gather_to_main(checkpoints.rng_state(), job.runtime)
+    rng_states = rt.gather(checkpoints.rng_state(), job.runtime)
     if job.runtime.is_main:
         identity = _identity(training.config, training.seed, job.results["data"],
                              job.models[training.label], rt.precision(job.runtime))
@@ -598,7 +582,8 @@ def _record(job, training, status, predictions=None):
         if predictions is not None and is_best(entry, results["configs"]):
             outputs.plot_examples(job.on_device, predictions, entry, results["script"],
                                   job.out)
-        _refresh(job, final=status != "running")
+        last_epoch = training.progress["epoch"] >= chosen["num_epochs"]
+        _refresh(job, final=status != "running", drawn_next=status == "running" and last_epoch)
 
 
 def _finish(job, training, status):
@@ -624,12 +609,14 @@ def _finish(job, training, status):
 REFRESH_RATIO = 20
 
 
-def _refresh(job, final):
+def _refresh(job, final, drawn_next=False):
     """Write the results JSON (every epoch: a few milliseconds) and redraw the PNGs (a few
-    tenths of a second: at the end of each config, and between epochs when due)."""
+    tenths of a second: at the end of each config, and between epochs when due, unless
+    ``drawn_next``: the config's end, with its own drawing, follows at once)."""
     results = job.results
     save_json(results, job.out / job.script.results_file)
-    if final or time.monotonic() - job.drawn_at >= REFRESH_RATIO * job.drawing:
+    due = not drawn_next and time.monotonic() - job.drawn_at >= REFRESH_RATIO * job.drawing
+    if final or due:
         started = time.monotonic()
         outputs.plot_run(results["configs"], job.out, results["script"], job.script.log_every,
                          run=results)
@@ -695,57 +682,6 @@ def _say_failed(job, training, status):
                 f"usually helps.", file=sys.stderr)
 
 
-@dataclass
-class StopRequest:
-    """The signals received so far, and what a first one waits for before the run stops."""
-    signals: list = field(default_factory=list)
-    doing: str = "the current step"
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM before training started: handled as Ctrl-C is, with the signal's name."""
-    signum = signal.SIGTERM
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """While the data loads and the folder is prepared, SIGTERM stops the run as Ctrl-C does
-    (one line, the download's partial files removed) instead of killing it without a word."""
-    def handler(signum, frame):
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _stop_on_signals(say, stop_at_once_on_repeat=True):
-    """SIGINT / SIGTERM ask training to stop after the current step (or test pass); a second
-    one stops now, except under torchrun, which sends its workers SIGTERM twice (and SIGKILL
-    later)."""
-    stop = StopRequest()
-
-    def handler(signum, frame):
-        if stop.signals:
-            if stop_at_once_on_repeat:
-                raise KeyboardInterrupt
-            return
-        stop.signals.append(signum)
-        again = " (send it again to stop at once)" if stop_at_once_on_repeat else ""
-        say(f"\n{signal.Signals(signum).name}: waiting for {stop.doing} to end, then saving "
-            f"a checkpoint and stopping{again}.", file=sys.stderr, flush=True)
-
-    previous = {signum: signal.signal(signum, handler) for signum in SIGNAL_EXIT}
-    try:
-        yield stop
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-
 def _interrupted(job, stop, number, finished=False):
     """Say where the signal in ``stop`` stopped the run; return the exit status."""
     name = signal.Signals(stop.signals[0]).name
@@ -754,7 +690,7 @@ def _interrupted(job, stop, number, finished=False):
     job.say(f"Stopped by {name} {where}. "
             f"{_resume_hint(job.script.file, job.argv, job.runtime.distributed)}",
             file=sys.stderr)
-    return SIGNAL_EXIT[stop.signals[0]]
+    return signals.EXIT[stop.signals[0]]
 
 
 def _tidy(job):

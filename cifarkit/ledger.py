@@ -19,18 +19,17 @@ content fingerprint (not the path spelling), the normalization, the config witho
 keys and without values equal to the neutral ones (so a key added to the kit later, whose
 default trains as before, changes no identity), and the model's fingerprint.
 """
-import contextlib
 import errno
 import json
 import os
 import re
 import secrets
 import shutil
-import signal
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from . import signals
 from .errors import UserError
 from .results import PLOT_FILES, load_results, save_json, write_atomically
 
@@ -450,7 +449,7 @@ def _commit(out, moves, writes, lines):
                                  for path in (source, target, staged)])
     for path, content in writes.items():
         journal["writes"][str(Path(path).relative_to(out))] = content
-    with _signals_held():
+    with signals.held():
         try:
             _record(out, journal)
         except OSError as error:
@@ -477,7 +476,7 @@ def recover(out):
                 f"match their results entries: move the whole folder away, keep it for "
                 f"reference, and rerun into a fresh one.")
         return []
-    with _signals_held():
+    with signals.held():
         _attempt(out, lambda: _finish(out, journal))
     return [line for line in journal.get("lines", []) if isinstance(line, str)]
 
@@ -523,7 +522,8 @@ def _finish(out, journal):
         if os.path.lexists(out / staged):
             _transfer(out / staged, out / target)
         elif not os.path.lexists(out / target) and _dangling(out / staged):
-            raise OSError(  # a scratch disk not mounted, say: the file is there, not hereerrno.ENOENT, "cannot reach the folder of a file on its way "
+            # a scratch disk not mounted, say: the file is there, not here
+            raise OSError(errno.ENOENT, "cannot reach the folder of a file on its way "
                           "(a scratch disk not mounted?)", str((out / staged).parent))
     for name, content in journal["writes"].items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
@@ -567,17 +567,3 @@ def _attempt(out, step):
                         f"it once that is fixed.") from None
 
 
-@contextlib.contextmanager
-def _signals_held():
-    """Ctrl-C and SIGTERM wait until the transaction is done (kill -9 cannot, and needs not:
-    the journal is there for it)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    except (AttributeError, ValueError):  # Windows, or not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -1,6 +1,7 @@
 """What a run writes beside its results JSON: the output folder checked before anything
 trains, the weights, the run's record of itself, the PNGs. The JSON itself: results.py.
 """
+import importlib.metadata
 import os
 import platform
 import shutil
@@ -13,7 +14,7 @@ from . import plots
 from .data import data_fingerprint
 from .errors import UserError
 from .results import CLASSES, PLOT_FILES, config_label, foreign_entries, write_atomically
-from .runtime import device_names, precision
+from .runtime import precision, recorded_devices
 
 
 def check_out_dir(path, bytes_needed, data_dir, kit_names=PLOT_FILES):
@@ -105,10 +106,16 @@ def save_weights(model, path):
 
 
 def environment():
-    import torchvision
-
+    # torchvision's version from its package record: importing it costs 2 s (torch._dynamo)
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "platform": platform.platform()}
+            "torchvision": _installed_version("torchvision"), "platform": platform.platform()}
+
+
+def _installed_version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def new_results(script, dataset, normalization, runtime, seed, argv):
@@ -118,7 +125,7 @@ def new_results(script, dataset, normalization, runtime, seed, argv):
         "script": script,
         "command": " ".join([launcher, script] + list(argv)),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "devices": device_names(runtime),
+        "devices": recorded_devices(runtime),
         "world_size": runtime.world_size,
         "backend": runtime.backend or ("DataParallel" if runtime.data_parallel
                                        and torch.cuda.device_count() > 1 else "single process"),

@@ -255,20 +255,29 @@ def batch_loss_figure(entries, title, log_every, note=None):
 
 
 def examples_figure(images, labels, predictions, class_names, title):
-    """A grid of test images, each titled with its true and predicted class."""
+    """A grid of test images, each captioned with its true and predicted class.
+
+    One axes holds the whole grid as a single picture, the captions written above each
+    image: an axes per image drew about six times slower (0.9 s a figure on a 2-core CPU),
+    and the figure is redrawn after every config that becomes the best."""
     plt = pyplot()
     columns = 8
+    cell_width, cell_height, top_margin = 40, 50, 16  # pixels, around each 32x32 image
     rows = -(-len(images) // columns)
-    height = rows * 1.6 + 0.9  # room above the grid for the three lines of the title
-    figure, grid = plt.subplots(rows, columns, figsize=(columns * 1.4, height))
-    figure.subplots_adjust(top=1 - 0.9 / height, hspace=0.6)
-    for axes, image, label, predicted in zip(grid.flat, images, labels, predictions):
-        axes.imshow(image.permute(1, 2, 0).numpy())
+    mosaic = np.full((rows * cell_height, columns * cell_width, 3), 255, dtype=np.uint8)
+    height = rows * 1.6 + 1.0  # inches: 1.0 above the grid for the four lines of the title
+    figure = plt.figure(figsize=(columns * 1.4, height))
+    axes = figure.add_axes((0.01, 0.01, 0.98, 1 - 1.05 / height))
+    for index, (image, label, predicted) in enumerate(zip(images, labels, predictions)):
+        row, column = divmod(index, columns)
+        top, left = row * cell_height + top_margin, column * cell_width + 4
+        mosaic[top:top + 32, left:left + 32] = image.permute(1, 2, 0).numpy()
         right = int(label) == int(predicted)
-        axes.set_title(f"{class_names[label]}\n-> {class_names[predicted]}", fontsize=7,
-                       color="black" if right else "red")
-    for axes in grid.flat:
-        axes.axis("off")
+        axes.text(left + 16, top - 1.5, f"{class_names[label]}\n-> {class_names[predicted]}",
+                  ha="center", va="bottom", fontsize=7, color="black" if right else "red")
+    axes.imshow(mosaic, interpolation="nearest")
+    axes.set_anchor("N")  # the grid right under the title
+    axes.axis("off")
     figure.suptitle(f"{title}\n(true class -> predicted; red: wrong)", fontsize=9)
     return figure
 

@@ -1,0 +1,30 @@
+"""The engine stays readable: every function in cifarkit/ fits on a screen (at most 50
+lines) and takes at most 7 parameters, as in the small codebases the kit takes as models.
+Counted with ast; a failure lists each function over, with its size."""
+import ast
+
+from conftest import REPO
+
+MAX_LINES, MAX_PARAMETERS = 50, 7
+
+
+def functions():
+    """(file:line name, lines, parameters) of every function and method in cifarkit/."""
+    for path in sorted((REPO / "cifarkit").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                arguments = node.args
+                named = arguments.posonlyargs + arguments.args + arguments.kwonlyargs
+                parameters = len([arg for arg in named if arg.arg not in ("self", "cls")])
+                parameters += bool(arguments.vararg) + bool(arguments.kwarg)
+                yield (f"{path.name}:{node.lineno} {node.name}",
+                       node.end_lineno - node.lineno + 1, parameters)
+
+
+def test_every_function_is_short_and_takes_few_parameters():
+    found = list(functions())
+    assert len(found) > 100  # the walk saw the engine
+    too_long = [f"{where}: {lines} lines" for where, lines, _ in found if lines > MAX_LINES]
+    too_many = [f"{where}: {count} parameters" for where, _, count in found
+                if count > MAX_PARAMETERS]
+    assert not too_long + too_many, "\n".join(too_long + too_many)
