@@ -10,8 +10,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.constants import default_pg_nccl_timeout, default_pg_timeout
 
-from .errors import UserError
+from .errors import RankError, UserError
+
+
+# How long a rank waits for the others, at start-up and in every collective: torch's own
+# defaults for each backend. The store, where ranks find each other, gets the same: its
+# own default (5 min) would end a multi-machine start while the first machine downloads.
+TIMEOUTS = {"nccl": default_pg_nccl_timeout, "gloo": default_pg_timeout}
 
 
 @dataclass
@@ -24,6 +31,7 @@ class Runtime:
     data_parallel: bool = False
     amp_dtype: torch.dtype = None   # autocast dtype (bf16, or fp16 on older GPUs); None: fp32
     compile: bool = False           # wrap the model in torch.compile
+    devices: list = None            # under torchrun, each rank's device_names
 
     @property
     def distributed(self):
@@ -79,12 +87,30 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
         # "fp32" is then exactly what ran.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    auto_on = runtime.device.type == "cuda" or (cpu_amp and cpu_has_native_bf16())
-    if amp == "on" or (amp == "auto" and auto_on):
-        runtime.amp_dtype = (cuda_amp_dtype(runtime) if runtime.device.type == "cuda"
-                             else torch.bfloat16)
+    runtime.amp_dtype = agreed_amp_dtype(gather(local_amp_dtype(runtime, amp, cpu_amp), runtime))
+    if runtime.distributed:
+        runtime.devices = gather(device_names(runtime), runtime)
     runtime.compile = compile
     return runtime
+
+
+def local_amp_dtype(runtime, amp, cpu_amp):
+    """The autocast dtype this process would pick alone (None: fp32)."""
+    auto_on = runtime.device.type == "cuda" or (cpu_amp and cpu_has_native_bf16())
+    if amp == "on" or (amp == "auto" and auto_on):
+        return cuda_amp_dtype(runtime) if runtime.device.type == "cuda" else torch.bfloat16
+    return None
+
+
+def agreed_amp_dtype(choices):
+    """One autocast dtype for every rank, from each rank's own choice: ranks that train in
+    different arithmetic (bf16 beside fp16 with a loss scale, on GPUs of two generations)
+    would average gradients scaled differently and update their copies differently. fp32
+    where any rank is in fp32, else fp16 (with loss scaling) where any rank lacks bf16,
+    else bf16."""
+    if None in choices:
+        return None
+    return torch.float16 if torch.float16 in choices else choices[0]
 
 
 def cuda_amp_dtype(runtime):
@@ -131,9 +157,38 @@ def _init_devices(requested, data_parallel):
     if use_cuda:
         torch.cuda.set_device(device)
     backend = "nccl" if use_cuda else "gloo"
-    dist.init_process_group(backend, store=_attempt_store(rank, world_size), rank=rank,
-                            world_size=world_size, device_id=device if use_cuda else None)
+    timeout = TIMEOUTS[backend]
+    try:
+        dist.init_process_group(backend, store=_attempt_store(rank, world_size, timeout),
+                                rank=rank, world_size=world_size, timeout=timeout,
+                                device_id=device if use_cuda else None)
+    except dist.DistError as error:  # a rank that never came: its machine is still downloading?
+        raise RankError(f"rank {rank} waited {timeout} for the other ranks to start, in vain "
+                        f"({str(error).splitlines()[0][:200]}). Is torchrun running on every "
+                        f"machine? A first download can be started beforehand with one "
+                        f"plain `python` run.") from None
     return Runtime(device, rank, world_size, local_rank, backend)
+
+
+def check_configs_fit(selected, runtime):
+    """Refuse configs the ranks cannot train: a global batch smaller than the ranks, sync_bn
+    on CPU processes."""
+    for number, chosen in selected:
+        if chosen.get("sync_bn") and runtime.distributed and runtime.device.type != "cuda":
+            raise UserError(f"config_{number}: sync_bn needs GPUs (PyTorch's SyncBatchNorm "
+                            f"runs on CUDA only); remove it to train on CPU processes.")
+        if chosen["batch_size"] < runtime.world_size:
+            raise UserError(f"config_{number}: batch_size {chosen['batch_size']} is smaller than "
+                            f"the {runtime.world_size} processes; batch_size is the global "
+                            f"batch, split across them.")
+
+
+def peer_lost(error):
+    """Whether ``error`` says another rank went away (killed, crashed) mid-collective."""
+    text = str(error)
+    return isinstance(error, dist.DistError) or any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset by peer",
+                                  "remote worker", "Broken pipe"))
 
 
 def torchrun_device(requested, local_world, gpus):
@@ -153,7 +208,7 @@ def torchrun_device(requested, local_world, gpus):
     return "cuda"
 
 
-def _attempt_store(rank, world_size):
+def _attempt_store(rank, world_size, timeout):
     """torchrun's key-value store, with keys of their own for each restart of the workers.
 
     Without the prefix, workers restarted by --max-restarts can read the addresses that the
@@ -161,7 +216,8 @@ def _attempt_store(rank, world_size):
     torch 2.14: "Gloo connectFullMesh failed ... Connection refused")."""
     agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                          world_size, is_master=rank == 0 and not agent_hosts_store)
+                          world_size, is_master=rank == 0 and not agent_hosts_store,
+                          timeout=timeout)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return dist.PrefixStore(f"cifarkit/attempt-{attempt}", store)
 
@@ -172,17 +228,21 @@ def close(runtime):
 
 
 def device_names(runtime):
-    """What the results JSON records as the devices used, by this process or by all ranks."""
+    """What this process computes on: ["cpu"], its GPU, or every GPU DataParallel uses."""
     if runtime.device.type != "cuda":
-        names = ["cpu"]
-    elif runtime.data_parallel:
-        names = [f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-                 for index in range(torch.cuda.device_count())]
-    else:
-        names = [f"{runtime.device} ({torch.cuda.get_device_name(runtime.device)})"]
-    if runtime.distributed:
-        return [f"{runtime.world_size} ranks: {name} each" for name in names]
-    return names
+        return ["cpu"]
+    if runtime.data_parallel:
+        return [f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+                for index in range(torch.cuda.device_count())]
+    return [f"{runtime.device} ({torch.cuda.get_device_name(runtime.device)})"]
+
+
+def recorded_devices(runtime):
+    """The results JSON's devices: this process's, or under torchrun one line per rank
+    (each machine's GPUs may differ)."""
+    if not runtime.distributed:
+        return device_names(runtime)
+    return [f"rank {rank}: {', '.join(names)}" for rank, names in enumerate(runtime.devices)]
 
 
 def place_model(model, runtime, sync_bn=False):
@@ -195,7 +255,15 @@ def place_model(model, runtime, sync_bn=False):
     model = model.to(runtime.device, memory_format=torch.channels_last)
     if runtime.distributed:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        # No broadcast of BatchNorm's buffers before each forward: an out-of-memory error
+        # inside a forward, and the step that keeps the ranks company after it, would put
+        # that broadcast out of step with the gradient all-reduce, and the ranks would hang.
+        # Nothing changes for rank 0, the one rank that tests, saves and checkpoints: the
+        # broadcast copied its buffers to the others, and its own were only ever updated
+        # from its own batches, as now (tests/test_distributed.py: the weights, with their
+        # buffers, match the run with the broadcast).
+        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                                    broadcast_buffers=False)
     elif runtime.data_parallel:
         if runtime.amp_dtype is not None:
             model = Autocast(model, runtime.device.type, runtime.amp_dtype)
@@ -281,7 +349,7 @@ def from_main(produce, runtime):
     return value
 
 
-def gather_to_main(value, runtime):
+def gather(value, runtime):
     """Every rank's ``value``, as a list on every rank (one entry in one process)."""
     if not runtime.distributed:
         return [value]

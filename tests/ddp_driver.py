@@ -5,16 +5,38 @@
 
 300 generated images at batch 8: 38 steps an epoch, so under torchrun one stop check inside
 each epoch (at step 25) and one after it.
+
+TEST_RANK_PRECISIONS=bf16,fp16: the precision each rank would pick alone, as on an A100
+beside a V100 (simulated on the CPU). TEST_BATCHNORM=1: a model with BatchNorm (hooks.py);
+=broadcast: and DDP broadcasting its buffers before each forward (its default).
 """
+import os
 import sys
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hooks  # noqa: E402  (tests/, this file's folder)
 import Original_version_model_multiGPU as script  # noqa: E402
+from cifarkit import runtime as rt  # noqa: E402
 
 script.CONFIGS = [{"num_epochs": 3, "lr": 0.01, "momentum": 0.9, "batch_size": 8}]
+
+if os.environ.get("TEST_BATCHNORM"):  # "broadcast": with DDP's default buffer broadcast
+    script.build_model = lambda config: hooks.BatchNormNet()
+    if os.environ["TEST_BATCHNORM"] == "broadcast":
+        class Broadcasting(rt.nn.parallel.DistributedDataParallel):
+            def __init__(self, module, **kwargs):
+                super().__init__(module, **dict(kwargs, broadcast_buffers=True))
+
+        rt.nn.parallel.DistributedDataParallel = Broadcasting
+
+if os.environ.get("TEST_RANK_PRECISIONS"):
+    OWN = [{"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+           for name in os.environ["TEST_RANK_PRECISIONS"].split(",")]
+    rt.local_amp_dtype = lambda runtime, amp, cpu_amp: OWN[int(os.environ["RANK"])]
 
 if __name__ == "__main__":
     hooks.install()

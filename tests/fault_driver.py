@@ -4,9 +4,15 @@
 
 Environment: FAULT=oom            rank 1 runs out of CUDA memory (simulated) at the 3rd step
                                   of config_1 of the first attempt
+             FAULT=oom_batchnorm  the same, inside the forward of a model with BatchNorm
+                                  (after DDP would broadcast its buffers), timeout 20 s
              FAULT=slow_download  no --data-dir: "downloading" CIFAR-10 (a copy from
                                   FAULT_SOURCE) takes FAULT_SECONDS on whichever rank fetches
-                                  it, while the process group's timeout is 10 s
+                                  it, while the process group's timeout is 4 s
+             FAULT=late_rank0     rank 0 comes FAULT_SECONDS late to the start (as when its
+                                  machine downloads the data), the ranks' timeout FAULT_TIMEOUT;
+                                  rank 0 hosts the ranks' store (on FAULT_PORT), as without
+                                  torchrun's agent store, so the others wait in the store
 """
 import datetime
 import os
@@ -44,7 +50,7 @@ if FAULT == "slow_download":
     real_init = dist.init_process_group
 
     def short_timeout(*args, **kwargs):
-        return real_init(*args, **dict(kwargs, timeout=datetime.timedelta(seconds=10)))
+        return real_init(*args, **dict(kwargs, timeout=datetime.timedelta(seconds=4)))
 
     class SlowCIFAR10:
         def __init__(self, root, train, download):
@@ -56,6 +62,28 @@ if FAULT == "slow_download":
 
     dist.init_process_group = short_timeout
     torchvision.datasets.CIFAR10 = SlowCIFAR10
+
+if FAULT == "oom_batchnorm":
+    import hooks  # tests/, this file's folder
+
+    from cifarkit import runtime as rt
+
+    rt.TIMEOUTS["gloo"] = datetime.timedelta(seconds=20)  # a hang ends soon, and fails
+    script.build_model = lambda config: hooks.BatchNormNet(oom_at=3)
+
+if FAULT == "late_rank0":
+    from cifarkit import runtime as rt
+
+    rt.TIMEOUTS["gloo"] = datetime.timedelta(seconds=float(os.environ["FAULT_TIMEOUT"]))
+    os.environ.update(TORCHELASTIC_USE_AGENT_STORE="False", MASTER_PORT=os.environ["FAULT_PORT"])
+    real_store = rt._attempt_store
+
+    def late_store(rank, world_size, timeout):
+        if rank == 0:
+            time.sleep(float(os.environ["FAULT_SECONDS"]))
+        return real_store(rank, world_size, timeout)
+
+    rt._attempt_store = late_store
 
 if __name__ == "__main__":
     sys.exit(script.main())

@@ -100,3 +100,24 @@ def run(main):
         rank = os.environ.get("RANK", "0")
         Path(os.environ["DDP_TEST_DUMP"], f"exit-rank{rank}").write_text(str(status))
     sys.exit(status)
+
+
+class BatchNormNet(torch.nn.Module):
+    """A small model with BatchNorm, for the DDP tests of its buffers. With ``oom_at`` = N,
+    rank 1's N-th training forward in this process (of any config) runs out of CUDA memory
+    (simulated) after the BatchNorm layer has run."""
+    steps = 0  # training forwards of every instance
+
+    def __init__(self, oom_at=None):
+        super().__init__()
+        self.conv, self.norm = torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8, 10)
+        self.oom_at = oom_at
+
+    def forward(self, x):
+        x = torch.relu(self.norm(self.conv(x)))
+        if self.training:
+            BatchNormNet.steps += 1
+            if os.environ.get("RANK") == "1" and BatchNormNet.steps == self.oom_at:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.fc(x.mean(dim=(2, 3)))

@@ -1,4 +1,5 @@
 """DistributedDataParallel under torchrun, on the CPU with gloo: two processes, one machine."""
+import importlib
 import json
 import os
 import signal
@@ -14,18 +15,18 @@ from conftest import REPO
 DRIVER = REPO / "tests" / "ddp_driver.py"  # Task 3's LeNet, 3 epochs of 38 steps, test hooks
 
 
-def torchrun_command(data_dir, out, dump, launcher_args=(), device="cpu"):
+def torchrun_command(data_dir, out, dump, launcher_args=(), device="cpu", script_args=()):
     """The torchrun command (two CPU processes unless ``device`` says) and its environment."""
     dump.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, DDP_TEST_DUMP=str(dump), TEST_MARKERS=str(dump), OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc-per-node=2", *launcher_args, str(DRIVER), "--data-dir", str(data_dir),
-               "--out", str(out), "--device", device]
+               "--out", str(out), "--device", device, *script_args]
     return command, env
 
 
-def torchrun(data_dir, out, dump, launcher_args=(), device="cpu", **hooks):
-    command, env = torchrun_command(data_dir, out, dump, launcher_args, device)
+def torchrun(data_dir, out, dump, launcher_args=(), device="cpu", script_args=(), **hooks):
+    command, env = torchrun_command(data_dir, out, dump, launcher_args, device, script_args)
     return subprocess.run(command, cwd=REPO, env=dict(env, **hooks), capture_output=True,
                           text=True, timeout=600)
 
@@ -61,7 +62,7 @@ def test_two_ranks_write_one_set_of_outputs(two_rank_run):
         "training_result.json"]
     results = json.loads((out / "training_result.json").read_text())
     assert results["world_size"] == 2 and results["backend"] == "gloo"
-    assert results["devices"] == ["2 ranks: cpu each"]
+    assert results["devices"] == ["rank 0: cpu", "rank 1: cpu"]
     assert results["data"]["train_images"] == 300  # the whole set, not one shard of it
     (entry,) = results["configs"]
     assert entry["status"] == "finished" and len(entry["history"]) == 3
@@ -116,13 +117,21 @@ def test_a_rank_killed_mid_epoch_is_restarted_and_the_run_ends_as_if_uninterrupt
     assert_same_as_uninterrupted(tmp_path / "out", two_rank_run)
 
 
-def test_device_cuda_with_too_few_gpus_is_refused(pickled_data, tmp_path):
+def test_device_cuda_with_too_few_gpus_is_refused(pickled_data, tmp_path, monkeypatch,
+                                                 capsys):
+    """Rank 0 of two torchrun processes on this machine (its environment, set here: the
+    refusal comes before any process group)."""
     if torch.cuda.device_count() >= 2:
         pytest.skip("this machine has enough GPUs for two processes")
-    result = torchrun(pickled_data, tmp_path / "out", tmp_path / "dump", device="cuda")
-    assert result.returncode != 0
-    assert ("error: --device cuda: no CUDA GPU is visible" in result.stderr
-            or "one GPU per process is needed" in result.stderr)
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+                        "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    script = importlib.import_module("Original_version_model_multiGPU")
+    assert script.main(["--data-dir", str(pickled_data), "--out", str(tmp_path / "out"),
+                        "--device", "cuda"]) == 2
+    stderr = capsys.readouterr().err
+    assert ("error: --device cuda: no CUDA GPU is visible" in stderr
+            or "one GPU per process is needed" in stderr)
     assert not (tmp_path / "out").exists()
 
 
@@ -159,14 +168,44 @@ def test_sigterm_to_torchrun_mid_epoch_saves_and_the_same_command_resumes(two_ra
 
 
 def test_checks_for_ranks_refuse_a_too_small_batch_and_sync_bn_on_cpus():
-    from cifarkit import experiment
     from cifarkit import runtime as rt
     from cifarkit.errors import UserError
 
     two_cpu_ranks = rt.Runtime(torch.device("cpu"), rank=0, world_size=2, backend="gloo")
     with pytest.raises(UserError, match="config_2: batch_size 1 is smaller than the 2"):
-        experiment._check_configs_fit_ranks([(1, {"batch_size": 4}), (2, {"batch_size": 1})],
-                                            two_cpu_ranks)
+        rt.check_configs_fit([(1, {"batch_size": 4}), (2, {"batch_size": 1})], two_cpu_ranks)
     with pytest.raises(UserError, match="config_1: sync_bn needs GPUs"):
-        experiment._check_configs_fit_ranks([(1, {"batch_size": 4, "sync_bn": True})],
-                                            two_cpu_ranks)
+        rt.check_configs_fit([(1, {"batch_size": 4, "sync_bn": True})], two_cpu_ranks)
+
+
+def test_ranks_whose_gpus_differ_agree_on_one_precision_and_stay_identical(pickled_data,
+                                                                           tmp_path):
+    """An A100 beside a V100 (simulated: alone, rank 0 would pick bf16 and rank 1 fp16 with
+    loss scaling): the ranks agree on fp16 with loss scaling, so their gradients are scaled
+    alike and both end with the same weights; the JSON says so and names each rank's
+    device."""
+    out, dump = tmp_path / "out", tmp_path / "dump"
+    result = torchrun(pickled_data, out, dump, script_args=["--epochs", "1"],
+                      TEST_RANK_PRECISIONS="bf16,fp16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "training_result.json").read_text())
+    assert results["precision"] == "fp16 autocast with loss scaling"
+    assert results["devices"] == ["rank 0: cpu", "rank 1: cpu"]
+    ranks = [torch.load(dump / f"rank{rank}.pth", weights_only=True) for rank in (0, 1)]
+    assert all(torch.equal(ranks[0][key], ranks[1][key]) for key in ranks[0])
+
+
+def test_batchnorm_statistics_saved_are_those_of_the_buffer_broadcast(pickled_data, tmp_path):
+    """The kit turns DDP's broadcast of BatchNorm buffers off (it cannot survive an
+    out-of-memory error inside a forward): rank 0, which tests and saves, ends with the same
+    weights and running statistics, bit for bit, as with the broadcast."""
+    saved = {}
+    for mode in ("1", "broadcast"):
+        out = tmp_path / mode
+        result = torchrun(pickled_data, out, tmp_path / f"dump-{mode}",
+                          script_args=["--epochs", "1"],
+                          TEST_BATCHNORM=mode)
+        assert result.returncode == 0, result.stderr[-3000:]
+        saved[mode] = torch.load(out / "config_1.pth", weights_only=True)
+    assert "norm.running_mean" in saved["1"]
+    assert all(torch.equal(saved["1"][key], saved["broadcast"][key]) for key in saved["1"])

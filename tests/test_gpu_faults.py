@@ -2,6 +2,7 @@
 first download. Both must end the same way on every rank, quickly, with nothing lost."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -35,11 +36,46 @@ def test_out_of_memory_on_one_rank_stops_that_config_on_both_and_the_next_trains
     assert (out / "config_2.pth").exists() and not (out / "config_1.pth").exists()
 
 
+def test_out_of_memory_inside_the_forward_of_a_batchnorm_model_stops_both_ranks_at_once(
+        pickled_data, tmp_path):
+    """DDP would broadcast BatchNorm's buffers before each forward: an out-of-memory error in
+    the forward on one rank, and its recovery step, put the ranks' collectives out of step
+    (a hang until the timeout, 20 s here, then a lost job). Both ranks stop that config and
+    train the next."""
+    out = tmp_path / "out"
+    result, _ = torchrun("oom_batchnorm", "--data-dir", pickled_data, "--out", out)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "config_1 ran out of GPU memory at batch_size 16" in result.stderr
+    entries = {entry["id"]: entry for entry in
+               json.loads((out / "training_result.json").read_text())["configs"]}
+    assert entries["config_1"]["status"] == "out_of_memory"
+    assert entries["config_2"]["status"] == "finished"
+
+
 def test_a_download_slower_than_the_process_group_timeout_does_not_kill_the_job(
         pickled_data, tmp_path):
     """Every rank fetches (or finds) the data before the ranks wait on each other."""
     result, seconds = torchrun("slow_download", "--epochs", "1", "--out", tmp_path / "out",
-                               cwd=tmp_path, FAULT_SOURCE=str(pickled_data), FAULT_SECONDS="15")
+                               cwd=tmp_path, FAULT_SOURCE=str(pickled_data), FAULT_SECONDS="8")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "config_1.pth").exists()
     assert (tmp_path / "data" / "cifar-10-batches-py").is_dir()
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+def test_the_ranks_wait_for_a_late_rank_as_long_as_the_timeout_says(pickled_data, tmp_path):
+    """Where the ranks find each other (the store, here hosted by rank 0) they wait as long
+    as the process group's timeout, not the store's own 5 minutes: a rank 0 later than that
+    timeout (its machine downloading the data) makes the others stop with one message at
+    the timeout (with the store's own, rank 1 would have waited for it, and trained)."""
+    too_late, seconds = torchrun("late_rank0", "--data-dir", pickled_data, "--out",
+                                 tmp_path / "too-late", FAULT_SECONDS="40", FAULT_TIMEOUT="6",
+                                 FAULT_PORT=free_port())
+    assert too_late.returncode != 0
+    assert "error: rank 1 waited 0:00:06 for the other ranks to start" in too_late.stderr
+    assert seconds < 40  # rank 1 gave up at its timeout; rank 0 then never started training

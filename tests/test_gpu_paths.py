@@ -4,12 +4,13 @@ with a plain thread, which is what torch.nn.parallel.parallel_apply starts for e
 import importlib
 import signal
 import threading
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
-from cifarkit import checkpoints, train
+from cifarkit import checkpoints, data, train
 from cifarkit import runtime as rt
 from cifarkit.errors import UserError
 from Original_version_model import build_model
@@ -371,3 +372,28 @@ def test_a_resumed_optimizer_keeps_the_kernel_chosen_for_this_run(saved_by, resu
     checkpoints.restore(checkpoints.load_checkpoint(path), model, optimizer, None)
     assert optimizer.param_groups[0]["fused"] is chosen
     assert optimizer.state[next(iter(model.parameters()))]["momentum_buffer"] is not None
+
+
+def test_a_first_step_skipped_by_the_loss_scaler_warns_nothing():
+    """fp16's loss scaler skips a step whose scaled gradients overflow, as it may on the very
+    first while it finds its scale; with a one-cycle schedule, torch would then warn that
+    the schedule stepped before the optimizer. The run says nothing of it, and the schedule
+    still counts the step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    config = {"num_epochs": 1, "lr": 0.1, "momentum": 0.9, "schedule": "onecycle"}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = train.make_scheduler(optimizer, config, steps=10)
+    overflowing = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
+    step = train.make_step(model, optimizer, config, rt.Runtime(torch.device("cpu")),
+                           scheduler, overflowing)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    # inputs up to 100: gradients above 2, times the scale 2^127, overflow fp32
+    on_device = data.OnDevice(images, torch.arange(8), images[:2], torch.arange(2),
+                              *data.normalizer((0.0,) * 3, (0.01,) * 3, device="cpu"))
+    before = model[1].weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train._train_step(step, on_device, torch.arange(8), train.new_sums("cpu"))
+    assert torch.equal(model[1].weight, before)  # the step was skipped
+    assert scheduler.last_epoch == 1
