@@ -14,6 +14,8 @@ and then checks what they left behind:
                  step with forward hooks on every Conv2d and Linear: the precision the layers
                  really computed in (dtype, and TF32 told from fp32 by the rounding error) against
                  the precision the results JSON records
+  fp16-scaler    fp16 with loss scaling forced on a GPU that has bf16 (a V100's or T4's path)
+  compile        one --compile epoch: plain weights that rescore to the recorded accuracy
   torchrun       DistributedDataParallel, one process per GPU (NCCL): world_size and backend
   resume         SIGTERM mid-epoch, exit 143, then the same command again: the same weights
                  as a run never interrupted (bit for bit on the CPU; within a tolerance on GPUs)
@@ -29,7 +31,9 @@ OUT/gpu_check.json (every figure; every failure with its output tail), OUT/gpu_c
 table row per check) and OUT/checks/<check>/ (each run's outputs and log), and prints the
 table. Exit status: 0 every check passed, 1 a check failed, 2 bad input.
 
-Budget on one H100/H200: about 8 minutes in all (PLAN below, check by check); --pytest adds
+Budget on one H100/H200: about 7 minutes in all (PLAN below, check by check; the two long
+ResNet-18 checks about half of it, so --only can split it into two commands of under 5
+minutes each; fp16-scaler ~12 s, compile ~30 s with the compiler's first run); --pytest adds
 the test suite's own time. --quick runs every check on the CPU on tiny subsets, 1-2 epochs,
 torchrun with gloo and 2 processes (the tests run this, so it never rots): its figures mean
 nothing, only pass and fail do. --only ID,ID reruns some checks.
@@ -337,6 +341,40 @@ def check_weights_on_cpu(setting, folder):
                       f"{entries[0]['final_test_accuracy']:.2f}% within {gap:.2f} points"}
 
 
+def check_fp16_scaler(setting, folder):
+    """fp16 with loss scaling, forced on a GPU that has bf16 (the path of a V100 or T4): a
+    Task 3 config trains, the JSON says so, and its weights rescore in that precision."""
+    script, out = "Original_version_model_multiGPU.py", folder / "run"
+    run_ok(script_command(script, setting, out, "--configs", PROBE_CONFIG, "--epochs", 1,
+                          "--amp", "on", *subset_args(setting.plan["script_subset"])),
+           folder / "run.log", setting.plan["timeout_run"], env={rt.FORCE_FP16: "1"})
+    return rescored_entry(setting, script, out, PROBE_CONFIG, folder,
+                          {"precision": "fp16 autocast with loss scaling"})
+
+
+def check_compile(setting, folder):
+    """One --compile epoch of a LeNet: the JSON says compiled, the weights saved are plain
+    (no torch.compile prefix) and rescore to the recorded accuracy."""
+    script, out = "L2_regularization.py", folder / "run"
+    run_ok(script_command(script, setting, out, "--configs", 1, "--epochs", 1, "--compile",
+                          *subset_args(setting.plan["script_subset"])),
+           folder / "run.log", setting.plan["timeout_run"])
+    return rescored_entry(setting, script, out, "1", folder, {"compiled": True})
+
+
+def rescored_entry(setting, script, out, configs, folder, expected):
+    """The one finished entry of ``configs``, checked for the ``expected`` {field: value},
+    its weights rescored; its figure."""
+    (entry,) = finished_entries(read_results(out, script), selected_ids(script, configs))
+    for key, value in expected.items():
+        if entry[key] != value:
+            raise CheckFailed(f"the results JSON says {key} {entry[key]!r}, not {value!r}")
+    gap = rescore_gap(setting, out / SCRIPTS[script], [entry], folder, setting.device)
+    return {"figure": f"{entry['final_test_accuracy']:.2f}% after 1 epoch "
+                      f"({entry['precision']}{', compiled' if entry['compiled'] else ''}), "
+                      f"{entry['train_seconds']:.1f} s; weights rescore within {gap:.2f} points"}
+
+
 def data_parallel_note(results, setting):
     """The Task 3 script must spread over every visible GPU (nn.DataParallel) when several."""
     devices, backend = results["devices"], results["backend"]
@@ -451,18 +489,21 @@ def check_resume(setting, folder):
     plan, script = setting.plan, "Original_version_model.py"
     args = ["--epochs", plan["resume_epochs"], *subset_args(plan["resume_subset"])]
     reference, resumed = folder / "uninterrupted", folder / "interrupted"
+    alike = {rt.DETERMINISTIC: "1"}  # like with like: the same cuDNN kernels in every run
     run_ok(script_command(script, setting, reference, *args), folder / "1-uninterrupted.log",
-           plan["timeout_run"])
+           plan["timeout_run"], env=alike)
     command = script_command(script, setting, resumed, *args)
     progress = interrupt_mid_epoch(command, resumed, folder / "2-interrupted.log",
-                                   plan["timeout_run"])
-    run_ok(command, folder / "3-resumed.log", plan["timeout_run"])
+                                   plan["timeout_run"], env=alike)
+    run_ok(command, folder / "3-resumed.log", plan["timeout_run"], env=alike)
     if "resuming from its checkpoint after epoch 1" not in tail(folder / "3-resumed.log", 10**6):
         raise CheckFailed("the rerun did not say it resumed from the checkpoint",
                           tail(folder / "3-resumed.log"))
     figure = f"SIGTERM at epoch {progress['epoch'] + 1}, step {progress['step']}; "
     if setting.device == "cpu":  # exact; the GPU's measure as well, so that it runs in --quick
         figure += same_run_exactly(reference, resumed) + "; "
+    else:  # with deterministic cuDNN, exact is likely: said, and judged within a tolerance
+        figure += exactly_or_not(reference, resumed) + "; "
     return {"figure": figure + same_run_within_tolerance(reference, resumed),
             "notes": [f"GPU tolerance: test accuracy within {RESUME_ACCURACY_POINTS} point, "
                       f"weights within {RESUME_WEIGHTS_SHARE:.0%} of the distance training "
@@ -470,12 +511,12 @@ def check_resume(setting, folder):
                       f"in the last bits); on the CPU bit-identical"]}
 
 
-def interrupt_mid_epoch(command, out, log, timeout):
+def interrupt_mid_epoch(command, out, log, timeout, env=None):
     """Start ``command``; once epoch 1's checkpoint exists and epoch 2 has printed its loss at
     mini-batch 1000 (well inside the epoch, whatever the speed), send SIGTERM. Returns the
     progress saved in the checkpoint."""
     checkpoint = out / "checkpoints" / "config_1_seed0.ckpt"
-    process = start_logged(command, log)
+    process = start_logged(command, log, env)
     deadline = time.monotonic() + timeout
     try:
         while not (checkpoint.exists() and RESUME_SIGNAL_LINE in log.read_text()):
@@ -519,6 +560,14 @@ def same_run_exactly(reference_out, resumed_out):
     if differing:
         raise CheckFailed(f"weights differ from the uninterrupted run's: {', '.join(differing)}")
     return "weights and history bit-identical to the uninterrupted run"
+
+
+def exactly_or_not(reference_out, resumed_out):
+    """same_run_exactly's verdict as words, not as a failure."""
+    try:
+        return same_run_exactly(reference_out, resumed_out)
+    except CheckFailed as difference:
+        return f"not bit-identical ({difference.message})"
 
 
 def without_seconds(records):
@@ -684,6 +733,12 @@ def all_checks(setting, with_pytest):
                 f"place_model(data_parallel=True), --amp {amp}; hooks on every Conv2d/Linear")
         found.append((f"precision-{amp}", what,
                       partial(check_precision, setting, amp, number == 0)))
+    found.append(("fp16-scaler", f"`Original_version_model_multiGPU.py --configs "
+                                 f"{PROBE_CONFIG} --amp on --epochs 1` with fp16 and loss "
+                                 f"scaling forced ({rt.FORCE_FP16}=1); weights rescored",
+                  partial(check_fp16_scaler, setting)))
+    found.append(("compile", "`L2_regularization.py --configs 1 --epochs 1 --compile`; "
+                             "weights rescored", partial(check_compile, setting)))
     found.append(("torchrun", f"`torchrun --nproc-per-node={torchrun_processes(setting)} "
                               f"Resnet_model.py "
                               f"--configs best --epochs 1 --subset {plan['torchrun_subset']}`",

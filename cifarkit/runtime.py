@@ -21,6 +21,12 @@ from .errors import RankError, UserError
 TIMEOUTS = {"nccl": default_pg_nccl_timeout, "gloo": default_pg_timeout}
 
 
+# Not user flags: benchmarks/gpu_check.py sets these to run fp16 with loss scaling, the path
+# of GPUs without bf16 (V100, T4), on a GPU that has bf16,
+FORCE_FP16 = "CIFARKIT_FORCE_FP16"
+DETERMINISTIC = "CIFARKIT_DETERMINISTIC"  # and the resume check's cuDNN kernels fixed
+
+
 @dataclass
 class Runtime:
     device: torch.device
@@ -79,8 +85,11 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
                         f"--compile.")
     if runtime.device.type == "cuda":
         # Batch shapes repeat every epoch (the last, smaller batch is one more shape, tuned
-        # once), so cuDNN's autotuning pays for itself.
-        torch.backends.cudnn.benchmark = True
+        # once), so cuDNN's autotuning pays for itself. gpu_check's resume check turns it
+        # off (DETERMINISTIC): two processes then pick the same kernels.
+        deterministic = os.environ.get(DETERMINISTIC) == "1"
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
         # Never TF32: --amp off is the report's IEEE fp32 (cuDNN convolutions would
         # otherwise run in TF32 by default), and under autocast every convolution and matmul
         # already runs in bf16 or fp16, so TF32 would speed up nothing there. The results'
@@ -98,6 +107,8 @@ def local_amp_dtype(runtime, amp, cpu_amp):
     """The autocast dtype this process would pick alone (None: fp32)."""
     auto_on = runtime.device.type == "cuda" or (cpu_amp and cpu_has_native_bf16())
     if amp == "on" or (amp == "auto" and auto_on):
+        if os.environ.get(FORCE_FP16) == "1":  # benchmarks/gpu_check.py's fp16-scaler check
+            return torch.float16
         return cuda_amp_dtype(runtime) if runtime.device.type == "cuda" else torch.bfloat16
     return None
 

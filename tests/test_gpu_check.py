@@ -4,20 +4,22 @@ comparison catches the mismatches it is there for."""
 import json
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import REPO, write_pickled_batches
+from conftest import REPO, write_image_folders, write_pickled_batches
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_check  # noqa: E402
 
 # Every check --quick runs, in order: dropping or renaming one must be a decision.
 QUICK_CHECKS = ["script-baseline", "script-l2", "script-dropout", "script-multigpu",
-                "script-resnet", "weights-on-cpu", "precision-auto", "precision-on", "torchrun",
+                "script-resnet", "weights-on-cpu", "precision-auto", "precision-on",
+                "fp16-scaler", "compile", "torchrun",
                 "resume", "speed-bf16", "speed-fp32", "resnet-best", "resnet-recipe"]
 
 
@@ -124,6 +126,25 @@ def test_a_recipe_below_its_aim_fails_the_check_on_a_gpu(quick, tmp_path):
     else:
         with pytest.raises(gpu_check.CheckFailed, match="aim NOT met: mean accuracy below 94%"):
             gpu_check.judged(below, setting)
+
+
+def test_the_lent_machine_command_unzips_the_data_checks_and_keeps_the_record(tmp_path):
+    """benchmarks/lent_gpu.py: the data from a zip of image folders, the check run on it,
+    and under --out the JSON, the table and the logs, without weights."""
+    import lent_gpu
+
+    folders = write_image_folders(tmp_path / "images")
+    with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
+        for path in folders.rglob("*.png"):
+            archive.write(path, path.relative_to(folders))
+    out = tmp_path / "record"
+    assert lent_gpu.main(["--zip", str(tmp_path / "data.zip"), "--out", str(out), "--quick",
+                          "--only", "script-l2"]) == 0
+    (check,) = json.loads((out / "gpu_check.json").read_text())["checks"]
+    assert (check["id"], check["result"]) == ("script-l2", "pass")
+    assert "| script-l2 | " in (out / "gpu_check.md").read_text()
+    assert list(out.rglob("run.log")) and not list(out.rglob("*.pth"))
+    assert lent_gpu.main(["--zip", str(out / "gpu_check.md"), "--out", str(out)]) == 2
 
 
 def test_an_unknown_check_or_a_missing_data_dir_is_refused(tmp_path, capsys):

@@ -22,11 +22,11 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 def backend_flags():
     """init_runtime sets process-wide cuDNN and matmul flags for a CUDA runtime: put them
     back after the test, as it found them."""
-    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
-             torch.backends.cuda.matmul.allow_tf32)
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     yield
-    (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
-     torch.backends.cuda.matmul.allow_tf32) = saved
+    (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = saved
 
 
 def fake_gpus(monkeypatch, capabilities):
@@ -271,6 +271,21 @@ def test_torchrun_device_choice(requested, processes, gpus, device):
 
 
 # --amp off is IEEE fp32 on CUDA, and recorded as what ran
+
+def test_the_gpu_checks_switches_fix_cudnn_kernels_and_force_fp16(monkeypatch, backend_flags):
+    """gpu_check's switches (not user flags): deterministic cuDNN for its resume check, fp16
+    with loss scaling on a GPU that has bf16 for its fp16-scaler check. Unset: autotuned
+    kernels and bf16."""
+    fake_gpus(monkeypatch, [(9, 0)])
+    runtime = rt.init_runtime("cuda")
+    assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    assert rt.precision(runtime) == "bf16 autocast"
+    monkeypatch.setenv(rt.DETERMINISTIC, "1")
+    monkeypatch.setenv(rt.FORCE_FP16, "1")
+    runtime = rt.init_runtime("cuda")
+    assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+    assert rt.precision(runtime) == "fp16 autocast with loss scaling"
+
 
 def test_cuda_never_runs_tf32_so_amp_off_is_the_fp32_it_records(monkeypatch, backend_flags):
     fake_gpus(monkeypatch, [(8, 0)])

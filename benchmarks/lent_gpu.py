@@ -1,0 +1,78 @@
+"""Everything a lent GPU machine needs, in one command:
+
+    python benchmarks/lent_gpu.py --zip gpu-data/cifar10-jpeg.zip --out "$OUT"
+
+Unzips the CIFAR-10 copy (a zip of the image-folder tree train/<class>/, test/<class>/, as
+../shared/cifar10-jpeg.zip is) into a scratch folder, decodes it once into torchvision's batch
+files (each of the check's some 25 processes then reads them in a fraction of a second,
+instead of decoding 60,000 JPEGs), runs benchmarks/gpu_check.py on them, and puts what the
+record needs under --out: gpu_check.json, gpu_check.md and every check's log
+(no weights, no PNGs, no data). Any other flag goes to gpu_check.py (--quick, --only ID,ID,
+--pytest). Exit status: gpu_check's (0 every check passed, 1 one failed, 2 bad input).
+"""
+import argparse
+import pickle
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gpu_check  # noqa: E402  (it puts the repository on the path, for cifarkit)
+from cifarkit import data  # noqa: E402
+
+KEPT = ("gpu_check.json", "gpu_check.md", "*.log")  # no weights: they would not fit, nor help
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--zip", required=True, type=Path, help="the CIFAR-10 image-folder zip")
+    parser.add_argument("--out", required=True, type=Path, help="where the record goes")
+    args, passed_on = parser.parse_known_args(argv)
+    if not zipfile.is_zipfile(args.zip):
+        print(f"error: --zip {args.zip}: not a zip file", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="lent-gpu-") as scratch:
+        data_dir, checked = Path(scratch) / "data", Path(scratch) / "gpu-check"
+        with zipfile.ZipFile(args.zip) as archive:
+            archive.extractall(data_dir / "images")
+        as_batch_files(data_dir / "images", data_dir)
+        status = gpu_check.main(["--data-dir", str(data_dir), "--out", str(checked),
+                                 *passed_on])
+        copy_record(checked, args.out)
+    print(f"The record (JSON, table, logs): {args.out}/")
+    return status
+
+
+def as_batch_files(image_folders, root):
+    """The images of ``image_folders``, decoded, as ``root``/cifar-10-batches-py/: five
+    training batches, the test batch and batches.meta, as torchvision's download has them."""
+    dataset = data.load_cifar10(image_folders)
+    batches = root / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    chunks = np.array_split(np.arange(len(dataset.train_labels)), 5)
+    parts = [(f"data_batch_{number}", dataset.train_images[chunk], dataset.train_labels[chunk])
+             for number, chunk in enumerate(chunks, start=1)]
+    for name, images, labels in parts + [("test_batch", dataset.test_images,
+                                          dataset.test_labels)]:
+        batch = {"data": images.reshape(len(labels), -1).numpy(), "labels": labels.tolist()}
+        (batches / name).write_bytes(pickle.dumps(batch))
+    (batches / "batches.meta").write_bytes(pickle.dumps({"label_names": list(data.CLASSES)}))
+
+
+def copy_record(checked, out):
+    """The JSON, the table and the logs of ``checked`` into ``out``, in the same folders."""
+    for pattern in KEPT:
+        for path in checked.rglob(pattern):
+            target = out / path.relative_to(checked)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
