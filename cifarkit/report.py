@@ -402,6 +402,96 @@ def gap_figure(task2_runs, path):
     return _save(figure, path)
 
 
+# Task 2's strength: the key each script regularises with, its axis name, the strength the
+# report chose, and whether its axis is logarithmic.
+STRENGTHS = {"L2_regularization.py": ("weight_decay", "weight decay", 1e-4, True),
+             "Dropout_regularization.py": ("dropout", "dropout probability", 0.5, False)}
+
+
+def strength_sweep(run):
+    """[(strength, [finished entries, one per seed])], by strength: the largest family of
+    the run's configs that differ in the script's strength key alone (so one image count,
+    one number of epochs), when it holds three strengths or more; else []."""
+    if run.script not in STRENGTHS:
+        return []
+    key, families = STRENGTHS[run.script][0], {}
+    for finished in _finished_groups(run.results).values():
+        config = finished[0]["config"]
+        rest = json.dumps({name: value for name, value in config.items()
+                           if name != key and name not in plots.NOT_SETTINGS}, sort_keys=True)
+        strengths = families.setdefault(rest, {})
+        strengths.setdefault(float(config.get(key, 0.0)), []).extend(finished)
+    family = max(families.values(), key=len, default={})
+    return sorted(family.items()) if len(family) >= 3 else []
+
+
+def _spread(values):
+    """Mean and standard deviation over seeds (0 for one seed)."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _strength_positions(strengths, chosen, log):
+    """x positions: the strengths, with 0 drawn a decade left of the smallest other (or of
+    the report's ``chosen`` strength, marked too) on a log axis, where 0 has no place."""
+    if not log:
+        return strengths
+    smallest = min([strength for strength in strengths if strength > 0] + [chosen])
+    return [strength if strength > 0 else smallest / 10 for strength in strengths]
+
+
+def strength_figure(run, points, path):
+    """The final gap and test accuracy against the strength, mean ± std over seeds."""
+    key, name, chosen, log = STRENGTHS[run.script]
+    strengths = [strength for strength, _ in points]
+    x = _strength_positions(strengths, chosen, log)
+    plt = plots.pyplot()
+    figure, panels = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
+    for axes, measure, label in (
+            (panels[0], _gap, "final gap: train (eval mode) − test (points)"),
+            (panels[1], lambda entry: entry["final_test_accuracy"], "final test accuracy (%)")):
+        spreads = [_spread([measure(entry) for entry in entries]) for _, entries in points]
+        axes.errorbar(x, [mean for mean, _ in spreads], yerr=[std for _, std in spreads],
+                      marker="o", capsize=4, label="mean ± std over seeds")
+        axes.axvline(chosen, color="grey", linestyle="--", label=f"the report's {name}: {chosen:g}")
+        if log:
+            axes.set_xscale("log")
+        axes.set_xticks(x, [f"{strength:g}" for strength in strengths])
+        axes.minorticks_off()
+        plots.min_span(axes, plots.ACCURACY_SPAN)
+        axes.set(xlabel=f"{name} ({key})" + (" — 0 drawn at the far left" if log else ""),
+                 ylabel=label)
+        axes.grid(alpha=0.3)
+        plots.add_legend(axes)
+    seeds = sorted({len(entries) for _, entries in points})
+    figure.suptitle(f"{TASKS[run.script]} ({run.name}): how strong must it be?\n"
+                    f"{plots.subtitle(run.results, points[0][1])}; seeds per strength: "
+                    f"{', '.join(map(str, seeds))}", fontsize=10)
+    return _save(figure, path)
+
+
+def strength_sentence(run, points):
+    """The smallest strength whose gap is smaller than the control's (strength 0) by more
+    than the seeds' spread (the larger of the two standard deviations), and the test
+    accuracy there, in words."""
+    name = STRENGTHS[run.script][1]
+    measured = {strength: (_spread([_gap(entry) for entry in entries]),
+                           _spread([entry["final_test_accuracy"] for entry in entries]))
+                for strength, entries in points}
+    if 0.0 not in measured:
+        return f"{run.script} ({run.name}): the sweep has no control ({name} 0) to compare with"
+    (control_gap, control_spread), (control_test, _) = measured[0.0]
+    for strength, ((gap, spread), (test, _)) in measured.items():
+        if strength > 0 and control_gap - gap > max(control_spread, spread):
+            return (f"{run.script} ({run.name}): the smallest {name} whose gap is smaller "
+                    f"than the control's by more than the seeds' spread is {strength:g} "
+                    f"({gap:.2f} ± {spread:.2f} against {control_gap:.2f} ± "
+                    f"{control_spread:.2f} points), with a test accuracy of {test:.2f}% "
+                    f"against the control's {control_test:.2f}%")
+    return (f"{run.script} ({run.name}): no {name} up to {max(measured):g} makes the gap "
+            f"smaller than the control's ({control_gap:.2f} ± {control_spread:.2f} points) by "
+            f"more than the seeds' spread")
+
+
 SWEEP_AXES = (("lr", "learning rate", True), ("momentum", "momentum", False),
               ("batch_size", "batch size", True))  # key, axis name, log scale
 
@@ -751,8 +841,21 @@ def _task2_section(task_runs, runs, modelset, figures):
         lines += ["", RUNNING_NOTE]
     said = [_gap_sentence(run) for run in task_runs]
     said = [text for text in said if text]
-    return lines + [""] + (_claim("; ".join(said) + f"; the report: {TASK2_CLAIM}.")
-                           if said else [])
+    lines += [""] + (_claim("; ".join(said) + f"; the report: {TASK2_CLAIM}.") if said else [])
+    return lines + _strength_lines(task_runs, modelset, figures)
+
+
+def _strength_lines(task_runs, modelset, figures):
+    """A strength figure and its sentence for every Task 2 run that holds a sweep."""
+    lines = []
+    for run in task_runs:
+        points = strength_sweep(run)
+        if points:
+            path = figures / f"task2_strength_{run.name}.png"
+            lines += _link(strength_figure(run, points, path), modelset,
+                           f"{STRENGTHS[run.script][1]} against the gap and test accuracy")
+            lines += _claim(strength_sentence(run, points) + ".")
+    return lines
 
 
 def _gap_sentence(run):
