@@ -66,7 +66,7 @@ def test_quick_mode_runs_every_check_and_each_passes(tmp_path):
 
 
 def test_a_failing_check_is_reported_and_the_others_still_run(tmp_path):
-    # 300 training images: too few for the resume check's 4,040-image subset, enough for the
+    # 300 training images: too few for the resume check's 5,000-image subset, enough for the
     # 200 of the script-l2 check that runs after it
     data_dir = write_pickled_batches(tmp_path / "data")
     out = tmp_path / "out"
@@ -76,12 +76,12 @@ def test_a_failing_check_is_reported_and_the_others_still_run(tmp_path):
     l2, resume = report["checks"]  # in the checks' own order
     assert (resume["id"], resume["result"]) == ("resume", "fail")
     assert "exit status 2" in resume["error"]
-    assert "--subset 4040: must be between 10 and the 300" in resume["error_tail"]
+    assert "--subset 5000: must be between 10 and the 300" in resume["error_tail"]
     assert (l2["id"], l2["result"]) == ("script-l2", "pass")
     table = (out / "gpu_check.md").read_text()
     assert "| resume | " in table and "**FAIL**" in table
     assert "**1 of 2 checks passed.**" in table
-    assert "--subset 4040: must be between 10" in table  # the failure's output tail
+    assert "--subset 5000: must be between 10" in table  # the failure's output tail
 
 
 def recipe_entries(*runs):
