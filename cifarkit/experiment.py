@@ -660,12 +660,30 @@ def _train(job, training, stop, on_epoch):
                         log_every=job.script.log_every, on_log=on_log,
                         on_evaluate=on_evaluate if main else None,
                         on_epoch=epoch_done if main else None, on_step=on_step)
-    status = train.train_config(training.step, chosen, job.on_device, training.seed,
-                                training.progress,
-                                functools.partial(_save_checkpoint, job, training),
-                                hooks=hooks)
+    try:
+        status = train.train_config(training.step, chosen, job.on_device, training.seed,
+                                    training.progress,
+                                    functools.partial(_save_checkpoint, job, training),
+                                    hooks=hooks)
+    except train.OutOfMemoryInSync:
+        _leave_out_of_step(job, training)
     _say_failed(job, training, status)
     return status
+
+
+def _leave_out_of_step(job, training):
+    """Out of GPU memory inside a forward with SyncBatchNorm: the other ranks wait in one of
+    its collectives, which this rank cannot meet, so it leaves at once, before any teardown
+    that would wait for them; torchrun then ends the others. Everything saved stays: the
+    results JSON and the checkpoint of the last epoch's end (a rerun resumes from it)."""
+    _print(f"error: rank {job.runtime.rank}: {training.name} ran out of GPU memory at "
+           f"batch_size {training.config['batch_size']} inside a forward with SyncBatchNorm "
+           f"(sync_bn), whose collectives the other ranks wait in: the ranks cannot stop this "
+           f"config together, so the whole run stops. Its checkpoint from the last epoch's end "
+           f"is kept. Try a smaller batch_size in CONFIGS, or drop sync_bn.", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_WRITE_FAILED)
 
 
 def _say_failed(job, training, status):

@@ -4,6 +4,7 @@ Launched with plain ``python``, a script is one process on one device (or, for t
 script, nn.DataParallel over every visible GPU). Launched by ``torchrun``, each process is
 one rank of DistributedDataParallel: NCCL on GPUs, gloo on the CPU.
 """
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -256,6 +257,12 @@ def recorded_devices(runtime):
     return [f"rank {rank}: {', '.join(names)}" for rank, names in enumerate(runtime.devices)]
 
 
+# DDP's word for it: forward_sync_buffers from torch 2.13 on (broadcast_buffers warns there)
+NO_BUFFER_BROADCAST = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                       inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                       else {"broadcast_buffers": False})
+
+
 def place_model(model, runtime, sync_bn=False):
     """Move ``model`` to the device and wrap it: DDP under torchrun, else DataParallel when
     the runtime uses it (several GPUs)."""
@@ -274,7 +281,7 @@ def place_model(model, runtime, sync_bn=False):
         # from its own batches, as now (tests/test_distributed.py: the weights, with their
         # buffers, match the run with the broadcast).
         model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
-                                                    broadcast_buffers=False)
+                                                    **NO_BUFFER_BROADCAST)
     elif runtime.data_parallel:
         if runtime.amp_dtype is not None:
             model = Autocast(model, runtime.device.type, runtime.amp_dtype)

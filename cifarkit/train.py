@@ -70,6 +70,12 @@ class Step:
     scaler: torch.amp.GradScaler
     augment: str                    # a key of data.AUGMENTATIONS
     label_smoothing: float
+    sync_bn: bool = False           # SyncBatchNorm under torchrun: collectives in the forward
+
+
+class OutOfMemoryInSync(Exception):
+    """Out of memory inside a forward whose SyncBatchNorm layers hold collectives: the other
+    ranks wait in one of them, which no step of this rank can meet (train_epoch)."""
 
 
 @dataclass
@@ -98,7 +104,8 @@ def train_epoch(step, data, batches, sums, start_step=0, hooks=None, bar=None):
     outcome is None (the epoch ended), "stopped" (``hooks.stop_requested()`` turned true),
     "diverged" (the loss stopped being finite) or "out_of_memory" (a CUDA out-of-memory
     error on any rank); the ranks of a torchrun job learn each of these together, at the next
-    look (every ``SYNC_EVERY`` steps), and end the epoch together. Each batch is a global
+    look (every ``SYNC_EVERY`` steps), and end the epoch together. With SyncBatchNorm they
+    cannot: OutOfMemoryInSync is raised instead. Each batch is a global
     batch; under torchrun this rank trains on its shard of it. ``hooks`` (Hooks) says when
     to log, what to call after every step and whether to stop.
     """
@@ -112,6 +119,8 @@ def train_epoch(step, data, batches, sums, start_step=0, hooks=None, bar=None):
         done += 1
         if not out_of_memory:
             out_of_memory = _runs_out_of_memory(step, data, index, sums, log_every)
+            if out_of_memory and step.sync_bn:
+                raise OutOfMemoryInSync()
             if out_of_memory and not runtime.distributed:
                 return done, "out_of_memory"
         if out_of_memory:
@@ -323,7 +332,8 @@ def make_step(model, optimizer, config, runtime, scheduler=None, scaler=None):
     return Step(model, optimizer, runtime, scheduler,
                 scaler if scaler is not None else make_scaler(runtime),
                 augment=config.get("augment", "none"),
-                label_smoothing=config.get("label_smoothing", 0.0))
+                label_smoothing=config.get("label_smoothing", 0.0),
+                sync_bn=bool(config.get("sync_bn")) and runtime.distributed)
 
 
 def new_progress():

@@ -6,6 +6,8 @@ Environment: FAULT=oom            rank 1 runs out of CUDA memory (simulated) at 
                                   of config_1 of the first attempt
              FAULT=oom_batchnorm  the same, inside the forward of a model with BatchNorm
                                   (after DDP would broadcast its buffers), timeout 20 s
+             FAULT=oom_sync_bn    the same, with sync_bn, in epoch 2 (BatchNormNet's
+                                  collectives stand in for SyncBatchNorm's), timeout 20 s
              FAULT=slow_download  no --data-dir: "downloading" CIFAR-10 (a copy from
                                   FAULT_SOURCE) takes FAULT_SECONDS on whichever rank fetches
                                   it, while the process group's timeout is 4 s
@@ -26,7 +28,9 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import hooks  # noqa: E402  (tests/, this file's folder)
 import Original_version_model_multiGPU as script  # noqa: E402
+from cifarkit import runtime as rt  # noqa: E402
 from cifarkit import train  # noqa: E402
 
 script.CONFIGS = [{"num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 16},
@@ -64,16 +68,19 @@ if FAULT == "slow_download":
     torchvision.datasets.CIFAR10 = SlowCIFAR10
 
 if FAULT == "oom_batchnorm":
-    import hooks  # tests/, this file's folder
-
-    from cifarkit import runtime as rt
-
     rt.TIMEOUTS["gloo"] = datetime.timedelta(seconds=20)  # a hang ends soon, and fails
     script.build_model = lambda config: hooks.BatchNormNet(oom_at=3)
 
-if FAULT == "late_rank0":
-    from cifarkit import runtime as rt
+if FAULT == "oom_sync_bn":  # 300 images at batch 16: 19 steps an epoch
+    rt.TIMEOUTS["gloo"] = datetime.timedelta(seconds=20)  # a hang ends soon, and fails
+    script.CONFIGS[0]["sync_bn"] = True
+    script.build_model = lambda config: hooks.BatchNormNet(oom_at=22, collectives=True)
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm = lambda module, *args, **kwargs: module
+    real_fit = rt.check_configs_fit  # which refuses sync_bn on CPU processes
+    rt.check_configs_fit = lambda selected, runtime: real_fit(
+        [(number, dict(chosen, sync_bn=False)) for number, chosen in selected], runtime)
 
+if FAULT == "late_rank0":
     rt.TIMEOUTS["gloo"] = datetime.timedelta(seconds=float(os.environ["FAULT_TIMEOUT"]))
     os.environ.update(TORCHELASTIC_USE_AGENT_STORE="False", MASTER_PORT=os.environ["FAULT_PORT"])
     real_store = rt._attempt_store

@@ -105,19 +105,27 @@ def run(main):
 class BatchNormNet(torch.nn.Module):
     """A small model with BatchNorm, for the DDP tests of its buffers. With ``oom_at`` = N,
     rank 1's N-th training forward in this process (of any config) runs out of CUDA memory
-    (simulated) after the BatchNorm layer has run."""
+    (simulated) after the BatchNorm layer has run. With ``collectives``, each training
+    forward all-reduces batch statistics before and after that point, as SyncBatchNorm
+    layers do (which run on CUDA only)."""
     steps = 0  # training forwards of every instance
 
-    def __init__(self, oom_at=None):
+    def __init__(self, oom_at=None, collectives=False):
         super().__init__()
         self.conv, self.norm = torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)
         self.fc = torch.nn.Linear(8, 10)
-        self.oom_at = oom_at
+        self.oom_at, self.collectives = oom_at, collectives
 
     def forward(self, x):
         x = torch.relu(self.norm(self.conv(x)))
         if self.training:
             BatchNormNet.steps += 1
+            self.synced(x)
             if os.environ.get("RANK") == "1" and BatchNormNet.steps == self.oom_at:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            self.synced(x)
         return self.fc(x.mean(dim=(2, 3)))
+
+    def synced(self, x):
+        if self.collectives:
+            torch.distributed.all_reduce(x.detach().mean(dim=(0, 2, 3)))

@@ -52,6 +52,24 @@ def test_out_of_memory_inside_the_forward_of_a_batchnorm_model_stops_both_ranks_
     assert entries["config_2"]["status"] == "finished"
 
 
+def test_out_of_memory_inside_a_forward_with_sync_bn_ends_the_run_at_once_keeping_the_checkpoint(
+        pickled_data, tmp_path):
+    """SyncBatchNorm all-reduces inside the forward: after an out-of-memory error there, no
+    step of the failed rank can meet the collective the others wait in. That rank says so
+    and leaves at once; the others lose contact and stop; the last epoch's checkpoint stays
+    for a rerun. (Before: collectives out of step, a hang until the timeout.)"""
+    out = tmp_path / "out"
+    result, seconds = torchrun("oom_sync_bn", "--data-dir", pickled_data, "--out", out)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert ("config_1 ran out of GPU memory at batch_size 16 inside a forward with "
+            "SyncBatchNorm (sync_bn)") in result.stderr
+    assert "rank 0 lost contact with the other ranks" in result.stderr
+    assert seconds < 20  # no wait for the process group's timeout
+    (entry,) = json.loads((out / "training_result.json").read_text())["configs"]
+    assert entry["status"] == "running" and len(entry["history"]) == 1
+    assert (out / "checkpoints" / "config_1_seed0.ckpt").exists()
+
+
 def test_a_download_slower_than_the_process_group_timeout_does_not_kill_the_job(
         pickled_data, tmp_path):
     """Every rank fetches (or finds) the data before the ranks wait on each other."""
