@@ -14,6 +14,8 @@ and then checks what they left behind:
                  step with forward hooks on every Conv2d and Linear: the precision the layers
                  really computed in (dtype, and TF32 told from fp32 by the rounding error) against
                  the precision the results JSON records
+  dp-replicas    the same step through DataParallel's replica threads, two replicas on one
+                 device (so one GPU checks it): the dtype each replica really computed in
   fp16-scaler    fp16 with loss scaling forced on a GPU that has bf16 (a V100's or T4's path)
   compile        one --compile epoch: plain weights that rescore to the recorded accuracy
   torchrun       DistributedDataParallel, one process per GPU (NCCL): world_size and backend
@@ -31,12 +33,15 @@ OUT/gpu_check.json (every figure; every failure with its output tail), OUT/gpu_c
 table row per check) and OUT/checks/<check>/ (each run's outputs and log), and prints the
 table. Exit status: 0 every check passed, 1 a check failed, 2 bad input.
 
-Budget on one H100/H200: about 7 minutes in all (PLAN below, check by check; the two long
-ResNet-18 checks about half of it, so --only can split it into two commands of under 5
-minutes each; fp16-scaler ~12 s, compile ~30 s with the compiler's first run); --pytest adds
-the test suite's own time. --quick runs every check on the CPU on tiny subsets, 1-2 epochs,
-torchrun with gloo and 2 processes (the tests run this, so it never rots): its figures mean
-nothing, only pass and fail do. --only ID,ID reruns some checks.
+Budget on one H100/H200, estimated (PLAN below, check by check; nothing measured yet): about
+7-8 minutes in all, the most important checks first, the report saved after each one. The
+two long ResNet-18 runs (the report's 25 epochs, the recipe's 3 seeds) take about half, so a
+machine lent for 5 minutes at a time runs it as two commands:
+    --skip resnet-best,resnet-recipe     (every path: about 4 minutes)
+    --only resnet-best,resnet-recipe     (accuracy and time against the report: 4-6 minutes)
+--pytest adds the test suite's own time. --quick runs every check on the CPU on tiny subsets,
+1-2 epochs, torchrun with gloo and 2 processes (the tests run this, so it never rots): its
+figures mean nothing, only pass and fail do. --only ID,ID reruns some checks.
 """
 import argparse
 import importlib
@@ -49,6 +54,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -70,9 +76,9 @@ from cifarkit import runtime as rt  # noqa: E402
 
 # What each check runs: (on the GPU(s), with --quick on the CPU). The comments give the
 # expected time of each check on one H200 (16 CPU cores), none of it measured yet: about 8
-# minutes in all (~7 at the low ends, ~9 at the high ends): starting Python with torch and
-# CUDA costs ~5 s a process, decoding the 60,000 JPEGs ~5 s, ResNet-18 trains at roughly
-# 10-20k images/s in bf16 at batch 128, more at 512. --quick needs a copy with at least 500
+# minutes in all (~7 at the low ends, ~9 at the high ends; dp-replicas ~8 s): starting
+# Python with torch and CUDA costs ~5 s a process, decoding the 60,000 JPEGs ~5 s, ResNet-18
+# trains at roughly 10-20k images/s in bf16 at batch 128, more at 512. --quick needs a copy with at least 500
 # training images a class (the resume check's epoch must pass 1000 mini-batches of 4).
 PLAN = {
     "device": ("cuda", "cpu"),
@@ -406,11 +412,7 @@ def check_precision(setting, amp, with_script, folder):
         (entry,) = finished_entries(results, selected_ids(script, PROBE_CONFIG))
         recorded = entry["precision"]
         notes.append(data_parallel_note(results, setting))
-    probe_path = folder / "layers.json"
-    run_ok([sys.executable, Path(__file__).resolve(), "--probe", "precision", "--amp", amp,
-            "--data-dir", setting.data_dir, "--device", setting.device,
-            "--probe-out", probe_path], folder / "probe.log", plan["timeout_run"])
-    probe = json.loads(probe_path.read_text())
+    probe = layer_probe(setting, "precision", amp, folder)
     label = probe["precision"]
     problems = precision_mismatches(label, probe["layers"], expected_devices(setting))
     if recorded is not None and recorded != label:
@@ -425,6 +427,36 @@ def check_precision(setting, amp, with_script, folder):
                       f"calls computed in {', '.join(seen)} on {', '.join(where)} "
                       f"({probe['wrapper']})", "notes": notes,
             "layers": probe["layers"]}
+
+
+def layer_probe(setting, kind, amp, folder):
+    """PROBES[kind]'s answer: in a fresh process on a GPU (CUDA's state is set once a
+    process), in this one with --quick (the CPU: each fresh process costs ~4 s)."""
+    if setting.quick:
+        return PROBES[kind](setting.data_dir, setting.device, amp)
+    answer = folder / f"{kind}.json"
+    run_ok([sys.executable, Path(__file__).resolve(), "--probe", kind, "--amp", amp,
+            "--data-dir", setting.data_dir, "--device", setting.device, "--probe-out", answer],
+           folder / f"{kind}.log", setting.plan["timeout_run"])
+    return json.loads(answer.read_text())
+
+
+def check_replicas(setting, folder):
+    """DataParallel's replicas compute in the precision the run records: each runs in a
+    thread of its own, where autocast's dtype is not the caller's (runtime.Autocast carries
+    it there). Two replicas on one device, so that a machine with one GPU checks it too."""
+    probe = layer_probe(setting, "replicas", "on", folder)
+    label, layers = probe["precision"], probe["layers"]
+    problems = precision_mismatches(label, layers, expected_devices(setting)[:1])
+    threads = sorted({layer["thread"] for layer in layers} - {"main"})
+    if len(threads) != 2:
+        problems.append(f"the layers ran in {len(threads)} replica thread(s), not 2")
+    if problems:
+        raise CheckFailed("; ".join(problems), layer_table(layers))
+    seen = sorted({layer["computed_in"] for layer in layers})
+    return {"figure": f"recorded {label!r}; {len(layers)} Conv2d/Linear calls in 2 replica "
+                      f"threads computed in {', '.join(seen)} ({probe['how']})",
+            "layers": layers}
 
 
 def expected_devices(setting):
@@ -598,8 +630,8 @@ def same_run_within_tolerance(reference_out, resumed_out):
 
 
 def check_speed(setting, amp, folder):
-    """ResNet-18, batch 128 (the config named best), on PLAN["speed_subset"] images: images/s of the last
-    epoch."""
+    """ResNet-18, batch 128 (the config named best), on PLAN["speed_subset"] images: images/s
+    of the last epoch."""
     plan, script, out = setting.plan, "Resnet_model.py", folder / "run"
     epochs = plan["speed_epochs"]
     run_ok(script_command(script, setting, out, "--configs", "best", "--epochs", epochs,
@@ -737,6 +769,10 @@ def all_checks(setting, with_pytest):
                 f"place_model(data_parallel=True), --amp {amp}; hooks on every Conv2d/Linear")
         found.append((f"precision-{amp}", what,
                       partial(check_precision, setting, amp, number == 0)))
+    found.append(("dp-replicas", "one train_epoch step of the Task 3 LeNet through "
+                                 "DataParallel's replica threads, two replicas on one "
+                                 "device, --amp on; hooks on every Conv2d/Linear",
+                  partial(check_replicas, setting)))
     found.append(("fp16-scaler", f"`Original_version_model_multiGPU.py --configs "
                                  f"{PROBE_CONFIG} --amp on --epochs 1` with fp16 and loss "
                                  f"scaling forced ({rt.FORCE_FP16}=1); weights rescored",
@@ -778,8 +814,19 @@ def sized(subset):
 def probe_precision(data_dir, device, amp):
     """One training step of the Task 3 script's model, placed as the script places it, with
     every Conv2d and Linear call recorded: device, output dtype, and what it computed in."""
-    script = Original_version_model_multiGPU
     runtime = rt.init_runtime(device, data_parallel=True, amp=amp)
+    model, layers = one_step_with_hooks(data_dir, runtime)
+    return {"precision": rt.precision(runtime), "wrapper": type(model).__name__,
+            "tf32_allowed": {"matmul": torch.backends.cuda.matmul.allow_tf32,
+                             "cudnn": torch.backends.cudnn.allow_tf32},
+            "layers": layers}
+
+
+def one_step_with_hooks(data_dir, runtime, rewrap=lambda model: None):
+    """The Task 3 config PROBE_CONFIG's model, placed by place_model (then changed by
+    ``rewrap``), trained one step by train_epoch on one batch; the placed model and the
+    record of every Conv2d and Linear call."""
+    script = Original_version_model_multiGPU
     ((_, chosen),) = cli.select_configs(config.check_configs(script.CONFIGS), PROBE_CONFIG)
     dataset = data.load_cifar10(data_dir, chosen["batch_size"], 0)
     model, layers = script.build_model(chosen), []
@@ -787,6 +834,7 @@ def probe_precision(data_dir, device, amp):
         if isinstance(module, (nn.Conv2d, nn.Linear)):  # replicas share these hooks
             module.register_forward_hook(partial(record_layer, layers, name))
     model = rt.place_model(model, runtime)
+    rewrap(model)
     images, labels = (tensor.to(runtime.device) for tensor in
                       (dataset.train_images, dataset.train_labels))
     scale, shift = data.normalizer(*script.NORMALIZATION, device=runtime.device)
@@ -796,10 +844,54 @@ def probe_precision(data_dir, device, amp):
     train.train_epoch(train.make_step(model, optimizer, chosen, runtime), on_device,
                       [torch.arange(len(labels), device=runtime.device)],
                       train.new_sums(runtime.device))
-    return {"precision": rt.precision(runtime), "wrapper": type(model).__name__,
-            "tf32_allowed": {"matmul": torch.backends.cuda.matmul.allow_tf32,
-                             "cudnn": torch.backends.cudnn.allow_tf32},
-            "layers": layers}
+    return model, layers
+
+
+def probe_replicas(data_dir, device, amp):
+    """One training step of the Task 3 script's model through DataParallel's replica
+    threads (two_replicas), placed as the script places it over several GPUs, with every
+    Conv2d and Linear call recorded."""
+    runtime = rt.init_runtime(device, data_parallel=True, amp=amp)
+    runtime.data_parallel = True  # one device: place_model wraps as over several GPUs
+    if runtime.device.type == "cpu":
+        # A new thread's autocast dtype on the CPU is bf16, the kit's own CPU choice: in
+        # fp16, a replica that lost the run's dtype shows (on a GPU, the default is fp16)
+        runtime.amp_dtype = torch.float16
+    model, layers = one_step_with_hooks(data_dir, runtime, two_replicas)
+    return {"precision": rt.precision(runtime), "how": model.replicas_by, "layers": layers}
+
+
+def two_replicas(model):
+    """Make the DataParallel ``model`` run two replicas on its one device, each in a thread
+    of its own as over two GPUs. On a GPU: DataParallel's own forward (scatter,
+    parallel_apply's threads, gather), with the module itself as both replicas (replicate()
+    copies through a broadcast meant for distinct GPUs). On the CPU, where DataParallel
+    runs no threads: what parallel_apply does, each half of the batch in a new thread with
+    autocast re-entered there by its on/off switch only."""
+    if model.device_ids:
+        model.device_ids = model.device_ids[:1] * 2
+        model.replicate = lambda module, device_ids: [module] * len(device_ids)
+        model.replicas_by = "DataParallel's forward, two replicas on one GPU"
+        return
+    module, outputs = model.module, {}
+
+    def replica(number, images, enabled):
+        with torch.autocast("cpu", enabled=enabled):
+            outputs[number] = module(images)
+
+    def forward(images):
+        threads = [threading.Thread(target=replica, args=(number, half,
+                                                          torch.is_autocast_enabled("cpu")))
+                   for number, half in enumerate(images.chunk(2))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with torch.autocast("cpu", enabled=False):  # gathered as they came, as on a GPU
+            return torch.cat([outputs.pop(0), outputs.pop(1)])
+
+    model.forward = forward
+    model.replicas_by = "on the CPU: parallel_apply's threads, as DataParallel runs none here"
 
 
 def record_layer(layers, name, module, inputs, output):
@@ -817,7 +909,9 @@ def record_layer(layers, name, module, inputs, output):
     kind = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(output.dtype)
     if output.dtype == torch.float32:
         kind = "tf32" if error > TF32_THRESHOLD else "fp32"
+    thread = threading.current_thread()
     layers.append({"layer": name, "device": str(output.device), "relative_error": error,
+                   "thread": "main" if thread is threading.main_thread() else thread.name,
                    "dtype": str(output.dtype).replace("torch.", ""),
                    "computed_in": kind or str(output.dtype)})
 
@@ -943,6 +1037,7 @@ def parse_args(argv):
                         help="also run `pytest -m gpu` and the whole test suite")
     parser.add_argument("--only", metavar="ID,ID", help="run only these checks (ids as listed "
                                                         "in the table)")
+    parser.add_argument("--skip", metavar="ID,ID", help="run all but these checks")
     for flag in ("--probe", "--results", "--device", "--amp", "--subset", "--probe-out"):
         parser.add_argument(flag, help=argparse.SUPPRESS)  # the children's own flags
     return parser.parse_args(argv)
@@ -950,13 +1045,16 @@ def parse_args(argv):
 
 def probe_main(args):
     """A child process's work: its answer goes to --probe-out as JSON."""
-    if args.probe == "precision":
-        answer = probe_precision(args.data_dir, args.device, args.amp)
+    if args.probe in PROBES:
+        answer = PROBES[args.probe](args.data_dir, args.device, args.amp)
     else:
         answer = rescore(args.results, args.data_dir, args.device,
                          int(args.subset) if args.subset else None)
     Path(args.probe_out).write_text(json.dumps(answer, indent=2) + "\n")
     return 0
+
+
+PROBES = {"precision": probe_precision, "replicas": probe_replicas}
 
 
 def main(argv=None):
@@ -976,14 +1074,15 @@ def main(argv=None):
                       {key: value[args.quick] for key, value in PLAN.items()},
                       0 if args.quick else torch.cuda.device_count(), args.quick)
     checks = all_checks(setting, args.pytest)
-    if args.only:
-        wanted, known = args.only.split(","), [check_id for check_id, _, _ in checks]
-        unknown = [name for name in wanted if name not in known]
+    known = [check_id for check_id, _, _ in checks]
+    for flag, named, keep in (("--only", args.only, True), ("--skip", args.skip, False)):
+        unknown = [name for name in (named or "").split(",") if name and name not in known]
         if unknown:
-            print(f"error: --only: no check {', '.join(unknown)}; the checks: "
+            print(f"error: {flag}: no check {', '.join(unknown)}; the checks: "
                   f"{', '.join(known)}", file=sys.stderr)
             return 2
-        checks = [check for check in checks if check[0] in wanted]
+        if named:
+            checks = [check for check in checks if (check[0] in named.split(",")) == keep]
     return run_all(setting, checks, argv)
 
 

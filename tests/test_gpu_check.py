@@ -15,10 +15,11 @@ from conftest import REPO, write_image_folders, write_pickled_batches
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_check  # noqa: E402
+from cifarkit import runtime as rt  # noqa: E402
 
 # Every check --quick runs, in order: dropping or renaming one must be a decision.
 QUICK_CHECKS = ["script-baseline", "script-l2", "script-dropout", "script-multigpu",
-                "script-resnet", "weights-on-cpu", "precision-auto", "precision-on",
+                "script-resnet", "weights-on-cpu", "precision-auto", "precision-on", "dp-replicas",
                 "fp16-scaler", "compile", "torchrun",
                 "resume", "speed-bf16", "speed-fp32", "resnet-best", "resnet-recipe"]
 
@@ -65,19 +66,21 @@ def test_quick_mode_runs_every_check_and_each_passes(tmp_path):
     assert "89.56%, 305.84 s" in table  # the report's figure beside ours
 
 
-def test_a_failing_check_is_reported_and_the_others_still_run(tmp_path):
+def test_a_failing_check_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
     # 300 training images: too few for the resume check's 5,000-image subset, enough for the
-    # 200 of the script-l2 check that runs after it
+    # one batch of the dp-replicas check that runs before it
     data_dir = write_pickled_batches(tmp_path / "data")
     out = tmp_path / "out"
-    result = run_gpu_check(data_dir, out, "--only", "resume,script-l2")
-    assert result.returncode == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what --quick sets for its children
+    status = gpu_check.main(["--quick", "--data-dir", str(data_dir), "--out", str(out),
+                             "--only", "resume,dp-replicas"])
+    assert status == 1
     report = json.loads((out / "gpu_check.json").read_text())
-    l2, resume = report["checks"]  # in the checks' own order
+    replicas, resume = report["checks"]  # in the checks' own order
     assert (resume["id"], resume["result"]) == ("resume", "fail")
     assert "exit status 2" in resume["error"]
     assert "--subset 5000: must be between 10 and the 300" in resume["error_tail"]
-    assert (l2["id"], l2["result"]) == ("script-l2", "pass")
+    assert (replicas["id"], replicas["result"]) == ("dp-replicas", "pass")
     table = (out / "gpu_check.md").read_text()
     assert "| resume | " in table and "**FAIL**" in table
     assert "**1 of 2 checks passed.**" in table
@@ -126,6 +129,27 @@ def test_a_recipe_below_its_aim_fails_the_check_on_a_gpu(quick, tmp_path):
     else:
         with pytest.raises(gpu_check.CheckFailed, match="aim NOT met: mean accuracy below 94%"):
             gpu_check.judged(below, setting)
+
+
+def test_a_replica_that_loses_the_runs_precision_fails_the_replica_check(pickled_data,
+                                                                        tmp_path,
+                                                                        monkeypatch):
+    """DataParallel runs each replica in a thread of its own, where autocast's dtype is the
+    default, not the run's: without runtime.Autocast around the model the replicas compute
+    in the wrong precision, and the dp-replicas check says so."""
+    plan = {key: value[True] for key, value in gpu_check.PLAN.items()}
+    setting = gpu_check.Setting(pickled_data, tmp_path, plan, gpus=0, quick=True)
+    assert "in 2 replica threads computed in fp16" in gpu_check.check_replicas(
+        setting, tmp_path)["figure"]
+
+    class Forgetful(rt.Autocast):  # what place_model would be without the wrapper
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    monkeypatch.setattr(rt, "Autocast", Forgetful)
+    with pytest.raises(gpu_check.CheckFailed, match="recorded 'fp16 autocast with loss "
+                                                    "scaling', but layers computed in bf16"):
+        gpu_check.check_replicas(setting, tmp_path)
 
 
 def test_the_lent_machine_command_unzips_the_data_checks_and_keeps_the_record(tmp_path):
