@@ -478,7 +478,10 @@ def recover(out):
         return []
     with signals.held():
         _attempt(out, lambda: _finish(out, journal))
-    return [line for line in journal.get("lines", []) if isinstance(line, str)]
+    gone = [target for _, target, _ in journal["moves"] if not os.path.lexists(out / target)]
+    return [line for line in journal.get("lines", []) if isinstance(line, str)] + [
+        f"{target}: gone while it was being moved (its hidden .ledger-* file deleted by "
+        f"hand?): the results entry that names it has no weights now" for target in gone]
 
 
 def _record(out, journal):

@@ -364,6 +364,29 @@ def test_a_damaged_or_deleted_journal_is_finished_from_its_copy(damage, pickled_
     assert check_every_result_with_its_weights(out, data.load_cifar10(pickled_data)) == 3
 
 
+def test_a_file_deleted_by_hand_while_it_was_moved_aside_is_named(pickled_data, tmp_path,
+                                                                  monkeypatch, capsys):
+    """The one loss the ledger cannot prevent: a user deletes a file the kill left on its way
+    under a hidden name. The move is completed and the entry left without its weights is
+    named (it was said nowhere)."""
+    from test_ledger import kill_at
+
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    with monkeypatch.context() as patch:
+        kill_at(patch, 4)  # the records written, config_2.pth staged
+        with pytest.raises(Killed):
+            run(out, pickled_data, [A, dict(B, lr=0.05)], patch)
+    (staged,) = out.glob(".ledger-*")
+    staged.unlink()
+    capsys.readouterr()
+    assert run(out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == 0
+    (earlier,) = out.glob("earlier-*")
+    assert (f"{earlier.name}/config_2.pth: gone while it was being moved (its hidden "
+            f".ledger-* file deleted by hand?)") in capsys.readouterr().out
+    assert not (earlier / "config_2.pth").exists() and (out / "config_2.pth").exists()
+
+
 def test_a_changed_config_not_selected_keeps_the_config_it_was_trained_with(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
