@@ -366,7 +366,9 @@ def _redraw_examples(job):
     outputs.plot_examples(on_device, predictions, best, results["script"], job.out)
 
 
-ESTIMATE_STEPS = (10, 40)  # timed from the 10th step to the 40th, past the slow first ones
+# An epoch is timed from its 10th step (past the slow first ones) to its 40th, or later, until
+# 2 s have passed: a window of a few steps, on a busy machine, once gave 99 s for 42 s.
+ESTIMATE_STEPS, ESTIMATE_SECONDS = (10, 40), 2.0
 
 
 def _epochs_to_train(selected, seeds, results):
@@ -379,34 +381,35 @@ def _epochs_to_train(selected, seeds, results):
     return len(epochs), sum(epochs)
 
 
-def _estimator(job, run_name, batch_size, steps_per_epoch):
+def _estimator(job, run_name, batch_size):
     """(on_step, on_epoch_end) hooks for the first config this run trains, that print how
     long an epoch takes here and the whole run will take (at this config's speed per image:
-    a guess for configs of other batch sizes). An epoch of at least 40 steps is timed from
-    its 10th step to its 40th (past the slow first ones), plus the test pass's estimated
-    cost; a shorter one as a whole, test pass included, when it ends."""
+    a guess for configs of other batch sizes). An epoch is timed over ESTIMATE_STEPS and
+    ESTIMATE_SECONDS, plus the test pass's estimated cost; one that ends sooner, as a whole,
+    test pass included."""
     started, steps, marks = time.perf_counter(), 0, []
-    long_epochs = steps_per_epoch >= ESTIMATE_STEPS[1]
 
     def on_step():
         nonlocal steps
         steps += 1
-        if not long_epochs or steps not in ESTIMATE_STEPS:
+        if steps < ESTIMATE_STEPS[0] or len(marks) == 2 or steps % ESTIMATE_STEPS[0]:
             return
         if job.runtime.device.type == "cuda":
             torch.cuda.synchronize()
         marks.append(time.perf_counter())
-        if steps == ESTIMATE_STEPS[1]:
-            per_image = (marks[1] - marks[0]) / (ESTIMATE_STEPS[1] - ESTIMATE_STEPS[0]) \
-                / batch_size
+        if len(marks) == 2 and (steps < ESTIMATE_STEPS[1]
+                                or marks[1] - marks[0] < ESTIMATE_SECONDS):
+            marks.pop()  # not yet
+        elif len(marks) == 2:
+            per_image = (marks[1] - marks[0]) / (steps - ESTIMATE_STEPS[0]) / batch_size
             trained, tested = len(job.on_device.train_labels), len(job.on_device.test_labels)
             scored = tested + len(train.train_sample(trained, tested))  # forward only: ~1/3
             _tell_estimate(job, run_name, per_image * (trained + scored / 3))
 
     def on_epoch_end():
-        if not long_epochs and not marks:
-            marks.append(time.perf_counter())
-            _tell_estimate(job, run_name, marks[0] - started)
+        if len(marks) < 2:
+            marks[:] = [started, time.perf_counter()]
+            _tell_estimate(job, run_name, marks[1] - started)
 
     return on_step, on_epoch_end
 
@@ -653,8 +656,7 @@ def _train(job, training, stop, on_epoch):
 
     on_step = on_epoch_end = None
     if job.estimate_due:
-        on_step, on_epoch_end = _estimator(job, training.name, chosen["batch_size"],
-                                           training.steps_per_epoch)
+        on_step, on_epoch_end = _estimator(job, training.name, chosen["batch_size"])
     job.estimate_due = False
     hooks = train.Hooks(stop_requested=lambda: bool(stop.signals),
                         log_every=job.script.log_every, on_log=on_log,

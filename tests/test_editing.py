@@ -8,12 +8,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from cifarkit import train
+from cifarkit import experiment, train
 from conftest import REPO
 
 A = {"name": "a", "num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
@@ -167,14 +168,22 @@ def test_kill_9_during_the_live_refresh_leaves_whole_files(pickled_data, tmp_pat
     assert seen_running
 
 
-def test_an_estimate_comes_before_the_long_wait(pickled_data, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("window", [0.0, 1e9])
+def test_an_estimate_comes_before_the_long_wait(window, pickled_data, tmp_path, monkeypatch,
+                                                capsys):
+    """Timed over 40 steps and ESTIMATE_SECONDS: inside the first epoch when it lasts longer
+    (75 steps here, the window shrunk to nothing), else from the whole first epoch."""
+    monkeypatch.setattr(experiment, "ESTIMATE_SECONDS", window)
     configs = [dict(A, batch_size=4, num_epochs=2), dict(B, batch_size=4, num_epochs=3)]
     assert run("L2_regularization", tmp_path / "out", pickled_data, configs, monkeypatch) == 0
     printed = capsys.readouterr().out
-    line = next(line for line in printed.splitlines() if "an epoch on this CPU" in line)
+    (line,) = [line for line in printed.splitlines() if "an epoch on this CPU" in line]
     assert line.startswith("config_1: about ")
     assert "the 2 run(s) to train need about " in line
-    assert printed.index(line) < printed.index("config_1 epoch 1/2")
+    if window:
+        assert printed.index("config_1 epoch 1/2") < printed.index(line)
+    else:
+        assert printed.index(line) < printed.index("config_1 epoch 1/2")
 
 
 def test_each_script_defines_its_own_model_and_opens_on_its_configs():
