@@ -73,13 +73,23 @@ def _complete_interrupted_moves(modelset):
     for folder in sorted(folders):
         try:
             with results.locked(folder):
-                ledger.recover(folder)
+                for line in ledger.recover(folder):  # what the killed run was to say
+                    print(f"{folder}: {line}")
         except UserError as error:  # a run is writing there now, or the move cannot finish
             stuck[folder] = str(error)
     return stuck
 
 
 def main(argv=None):
+    try:
+        return _make_report(argv)
+    except KeyboardInterrupt:  # any move it completed is whole: the ledger holds signals
+        print("\nStopped by Ctrl-C; the report is not finished. Run the same command again.",
+              file=sys.stderr)
+        return 130
+
+
+def _make_report(argv):
     parser = argparse.ArgumentParser(prog="make_report.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modelset", default="modelset", metavar="DIR",

@@ -169,14 +169,15 @@ def same_data(earlier, now):
     return all(earlier.get(key) == now.get(key) for key in keys)
 
 
-def describe_change(before, after):
+def describe_change(before, after, neutral=None):
     """What changed between two configs (or data records), briefly:
-    "lr 0.01 -> 0.02, nesterov (unset) -> True"."""
+    "lr 0.01 -> 0.02, nesterov (unset) -> True"; a key absent from a config identity shows
+    its ``neutral`` value where it has one (the identity leaves neutral values out)."""
     if not isinstance(before, dict) or not isinstance(after, dict):
         return "it is no longer in CONFIGS" if after is None else f"{before!r} -> {after!r}"
-    changes = []
+    changes, neutral = [], neutral or {}
     for key in list(before) + [key for key in after if key not in before]:
-        old, new = before.get(key, "(unset)"), after.get(key, "(unset)")
+        old, new = (config.get(key, neutral.get(key, "(unset)")) for config in (before, after))
         if old != new and key != "source":
             changes.append(describe_change(old, new) if isinstance(old, dict)
                            and isinstance(new, dict) else f"{key} {old!r} -> {new!r}")
@@ -275,7 +276,7 @@ def plan(found, configs, restart, epochs_flag, unusable=()):
         taken = label in result.renamed.values()
         if configs.every or label in configs.selected or taken:
             result.aside[label] = _why_changed(label, found[label], current.get(label), taken,
-                                               epochs_flag)
+                                               epochs_flag, configs.neutral)
         else:  # its entries keep the config they were trained with
             result.left.append(label)
     for label in unusable:  # a damaged checkpoint never stays under a new config's name
@@ -293,7 +294,7 @@ def plan(found, configs, restart, epochs_flag, unusable=()):
     return result
 
 
-def _why_changed(label, content, now, taken, epochs_flag):
+def _why_changed(label, content, now, taken, epochs_flag, neutral):
     if now is None or taken:
         why = "it is no longer in CONFIGS"
     elif not isinstance(content, tuple):
@@ -302,7 +303,7 @@ def _why_changed(label, content, now, taken, epochs_flag):
     elif content[0] == now[0]:
         return f"{label}: the model class changed since its earlier results"
     else:
-        why = describe_change(content[0], now[0])
+        why = describe_change(content[0], now[0], neutral)
         if epochs_flag and content[0].get("num_epochs") != now[0].get("num_epochs"):
             why += " (--epochs)"
     return f"{label} differs from its earlier results: {why}"
@@ -453,9 +454,12 @@ def _commit(out, moves, writes, lines):
         try:
             _record(out, journal)
         except OSError as error:
+            remedy = ("Free some space there" if error.errno in (errno.ENOSPC, errno.EDQUOT)
+                      else "Make sure you can write there (permissions, a read-only or "
+                           "append-only folder)")
             raise UserError(f"{out}: cannot record the move of earlier results "
-                            f"({error.strerror or error}); nothing was moved. Free some "
-                            f"space there, or choose another folder with --out DIR.") from None
+                            f"({error.strerror or error}); nothing was moved. {remedy}, or "
+                            f"choose another folder with --out DIR.") from None
         _attempt(out, lambda: _finish(out, journal))
 
 

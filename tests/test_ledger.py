@@ -162,7 +162,7 @@ def test_a_kill_at_every_step_of_a_move_loses_nothing(move, cross_fs, trained, p
 
 
 def test_make_report_completes_a_move_that_a_kill_interrupted(trained, pickled_data, tmp_path,
-                                                              monkeypatch):
+                                                              monkeypatch, capsys):
     import make_report
 
     out = copy_of(trained, tmp_path, cross_fs=False)
@@ -173,6 +173,8 @@ def test_make_report_completes_a_move_that_a_kill_interrupted(trained, pickled_d
         with pytest.raises(Killed):
             run(out, pickled_data, [D, B, A], patch)
     assert (out / ledger.JOURNAL).is_file() and not (out / "config_1.pth").exists()
+    capsys.readouterr()
     assert make_report.main(["--modelset", str(tmp_path)]) == 0
+    assert f"{out}: config_" in capsys.readouterr().out  # what moved, said by whoever moves it
     assert check_every_result_with_its_weights(out, data.load_cifar10(pickled_data)) == 2
     assert "config_3" in (tmp_path / "REPORT.md").read_text()

@@ -2,6 +2,7 @@
 (issue "Results that can never be separated from their weights"): each ends with the run
 doing what the user meant, or with one line before training that names the problem and a
 remedy that works. Nothing is lost, no advice loops, no traceback, no hang."""
+import errno
 import importlib
 import importlib.util
 import io
@@ -385,6 +386,26 @@ def test_a_file_deleted_by_hand_while_it_was_moved_aside_is_named(pickled_data, 
     assert (f"{earlier.name}/config_2.pth: gone while it was being moved (its hidden "
             f".ledger-* file deleted by hand?)") in capsys.readouterr().out
     assert not (earlier / "config_2.pth").exists() and (out / "config_2.pth").exists()
+
+
+@pytest.mark.parametrize("error, remedy", [
+    (errno.ENOSPC, "Free some space there, or choose another folder with --out DIR."),
+    (errno.EPERM, "Make sure you can write there (permissions, a read-only or append-only "
+                  "folder), or choose another folder with --out DIR.")])
+def test_a_move_that_cannot_be_recorded_names_the_remedy_for_its_cause(
+        error, remedy, pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+
+    def refused(*args):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(ledger, "_record", refused)
+    capsys.readouterr()
+    assert run(out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == 2
+    assert f"cannot record the move of earlier results ({os.strerror(error)}); nothing " \
+           f"was moved. {remedy}" in capsys.readouterr().err
+    assert entries(out)[("config_2", 0)]["config"]["lr"] == 0.02  # nothing moved
 
 
 def test_a_changed_config_not_selected_keeps_the_config_it_was_trained_with(

@@ -620,6 +620,19 @@ def test_task4_names_our_best_lenet_and_marks_the_reports_a100_figure(modelset, 
     assert any("on one A100" in label and "not comparable" in label for label in legend)
 
 
+def test_ctrl_c_during_make_report_is_one_line_not_a_traceback(modelset, tmp_path,
+                                                              monkeypatch, capsys):
+    root = copy_of(modelset, tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_report", interrupted)
+    assert make_report.main(["--modelset", str(root)]) == 130
+    assert capsys.readouterr().err == ("\nStopped by Ctrl-C; the report is not finished. "
+                                       "Run the same command again.\n")
+
+
 def test_make_report_runs_where_torch_cannot_be_imported(modelset, tmp_path):
     """The report only reads JSON and draws: it runs on a machine without torch (here made
     unimportable), from another folder, and writes the same sections."""

@@ -319,6 +319,18 @@ def test_the_move_aside_message_says_what_changed(pickled_data, tmp_path, monkey
     assert "(--epochs)" not in line  # --epochs was typed, but only lr changed
 
 
+def test_a_change_from_the_scripts_default_value_names_the_value_it_had(pickled_data, tmp_path,
+                                                                       monkeypatch, capsys):
+    """The Dropout script's default rate, 0.5, written out in a config, then changed."""
+    out, config = tmp_path / "out", dict(TINY, dropout=0.5)
+    for configs in ([config], [dict(config, dropout=0.3)]):
+        capsys.readouterr()
+        assert run_main("Dropout_regularization", "--data-dir", pickled_data, "--out", out,
+                        configs=configs, monkeypatch=monkeypatch) == 0
+    assert "config_1 differs from its earlier results: dropout 0.5 -> 0.3" in \
+        capsys.readouterr().out
+
+
 def test_subset_too_large_for_one_class_names_the_number_typed_and_the_split(tmp_path,
                                                                              capsys):
     root = write_image_folders(tmp_path / "data")
