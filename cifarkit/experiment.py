@@ -385,8 +385,8 @@ def _estimator(job, run_name, batch_size):
     """(on_step, on_epoch_end) hooks for the first config this run trains, that print how
     long an epoch takes here and the whole run will take (at this config's speed per image:
     a guess for configs of other batch sizes). An epoch is timed over ESTIMATE_STEPS and
-    ESTIMATE_SECONDS, plus the test pass's estimated cost; one that ends sooner, as a whole,
-    test pass included."""
+    ESTIMATE_SECONDS, plus the test pass's estimated cost; one that ends sooner, from its
+    10th step to its end, test pass included (as a whole when shorter than 10 steps)."""
     started, steps, marks = time.perf_counter(), 0, []
 
     def on_step():
@@ -408,8 +408,11 @@ def _estimator(job, run_name, batch_size):
 
     def on_epoch_end():
         if len(marks) < 2:
-            marks[:] = [started, time.perf_counter()]
-            _tell_estimate(job, run_name, marks[1] - started)
+            begun, skipped = ((marks[0], ESTIMATE_STEPS[0]) if marks and steps > ESTIMATE_STEPS[0]
+                              else (started, 0))
+            marks[:] = [begun, time.perf_counter()]
+            _tell_estimate(job, run_name,
+                           (marks[1] - begun) * max(steps, 1) / max(steps - skipped, 1))
 
     return on_step, on_epoch_end
 
@@ -650,9 +653,9 @@ def _train(job, training, stop, on_epoch):
         job.say(f"{training.name} epoch {record['epoch']}/{chosen['num_epochs']}: "
                 f"loss {record['train_loss']:.4f}, train acc {record['train_accuracy']:.2f}%, "
                 f"test acc {record['test_accuracy']:.2f}%, {record['seconds']:.1f} s")
-        on_epoch(predictions)
-        if on_epoch_end is not None:
+        if on_epoch_end is not None:  # before the drawing, which most epochs skip
             on_epoch_end()
+        on_epoch(predictions)
 
     on_step = on_epoch_end = None
     if job.estimate_due:
