@@ -141,7 +141,7 @@ def _now(device):
 
 def compare(dataset, device, amp, compile, cases, rounds, quick):
     rows = []
-    warmup = 1 if quick else WARMUP_STEPS
+    warmup = 0 if quick else WARMUP_STEPS  # --quick: no warm-up
     for number, (name, script, cpu_amp, batch_size, steps, quick_steps) in enumerate(CASES, 1):
         if number not in cases:
             continue
@@ -185,7 +185,7 @@ def gpu_mode(args, dataset):
     model = rt.place_model(Resnet_model.build_model({}), runtime)
     images = dataset.train_images.to(runtime.device)
     labels = dataset.train_labels.to(runtime.device)
-    warmup = 1 if args.quick else WARMUP_STEPS
+    warmup = 0 if args.quick else WARMUP_STEPS
     steps = 1 if args.quick else -(-len(labels) // 128) - warmup  # the epoch's rest
     speed = kit_round(model, images, labels, data.CIFAR10_NORMALIZATION, 128, steps, runtime, 0,
                       warmup)

@@ -2,7 +2,6 @@
 GPU user runs first cannot rot unnoticed; a failing check fails the command; the precision
 comparison catches the mismatches it is there for."""
 import json
-import subprocess
 import sys
 import zipfile
 
@@ -24,23 +23,19 @@ QUICK_CHECKS = ["script-baseline", "script-l2", "script-dropout", "script-multig
                 "resume", "speed-bf16", "speed-fp32", "resnet-best", "resnet-recipe"]
 
 
-def run_gpu_check(data_dir, out, *flags):
-    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--quick",
-                           "--data-dir", str(data_dir), "--out", str(out), *flags],
-                          cwd=REPO, capture_output=True, text=True, timeout=1200)
-
-
-def test_quick_mode_runs_every_check_and_each_passes(tmp_path):
+def test_quick_mode_runs_every_check_and_each_passes(tmp_path, monkeypatch, capsys):
     # 500 training images a class: the resume check interrupts an epoch of more than 1000
     # mini-batches of 4 (subset 5,000), and the recipe needs one batch of 512
     data_dir = write_pickled_batches(tmp_path / "data", train_per_class=500)
     out = tmp_path / "out"
-    result = run_gpu_check(data_dir, out)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what --quick sets for its children
+    status = gpu_check.main(["--quick", "--data-dir", str(data_dir), "--out", str(out)])
+    printed = capsys.readouterr().out
     report = json.loads((out / "gpu_check.json").read_text())
     failed = {check["id"]: (check["error"], check["error_tail"][-1500:])
               for check in report["checks"] if check["result"] != "pass"}
     assert not failed, failed
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert status == 0
     assert [check["id"] for check in report["checks"]] == QUICK_CHECKS
     assert report["quick"] and "figures mean nothing" in report["note"]
 
@@ -52,9 +47,8 @@ def test_quick_mode_runs_every_check_and_each_passes(tmp_path):
     assert {layer["computed_in"] for layer in checks["precision-on"]["layers"]} == {"bf16"}
     assert checks["speed-bf16"]["images_per_s"] > 0
     recipe = checks["resnet-recipe"]
-    assert "--seeds 2" in recipe["what"] and "mean of 2 seeds" in recipe["figure"]
-    assert [run["seed"] for run in recipe["seeds"]] == [0, 1]
-    assert recipe["accuracy"] == pytest.approx(sum(run["accuracy"] for run in recipe["seeds"]) / 2)
+    assert "--seeds 1" in recipe["what"] and "mean of 1 seed:" in recipe["figure"]
+    assert [run["seed"] for run in recipe["seeds"]] == [0]
     assert 0 <= recipe["accuracy"] <= 100
 
     table = (out / "gpu_check.md").read_text()
@@ -62,7 +56,7 @@ def test_quick_mode_runs_every_check_and_each_passes(tmp_path):
     assert "| Check | What ran | Result | Figure | Report / aim | Time |" in table
     for check_id in QUICK_CHECKS:
         row = f"| {check_id} | "
-        assert row in table and row in result.stdout  # written, and printed at the end
+        assert row in table and row in printed  # written, and printed at the end
     assert "89.56%, 305.84 s" in table  # the report's figure beside ours
 
 

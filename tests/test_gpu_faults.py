@@ -74,7 +74,7 @@ def test_a_download_slower_than_the_process_group_timeout_does_not_kill_the_job(
         pickled_data, tmp_path):
     """Every rank fetches (or finds) the data before the ranks wait on each other."""
     result, seconds = torchrun("slow_download", "--epochs", "1", "--out", tmp_path / "out",
-                               cwd=tmp_path, FAULT_SOURCE=str(pickled_data), FAULT_SECONDS="8")
+                               cwd=tmp_path, FAULT_SOURCE=str(pickled_data), FAULT_SECONDS="6")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "config_1.pth").exists()
     assert (tmp_path / "data" / "cifar-10-batches-py").is_dir()
