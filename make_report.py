@@ -49,12 +49,18 @@ def defined_configs():
 
 def _foreign(modelset):
     """Why REPORT.md and figures/ must not be written into ``modelset``, or None: it is a
-    project (a repository, source files), or holds a REPORT.md this command did not write."""
+    project (a repository, source files), one script's output folder, or holds a REPORT.md
+    this command did not write."""
     markers = results.foreign_entries(modelset)
     if markers:
         return (f"that folder holds {', '.join(markers[:3])}: it looks like a project, not "
                 f"the scripts' output folder. Give the folder that holds their output "
                 f"folders (default: modelset).")
+    own = [path.name for path in sorted(modelset.glob("[!.]*.json"))
+           if report.is_results_file(path)]
+    if own:
+        return (f"that folder holds {own[0]}: it is one script's output folder. Give the "
+                f"folder that holds the output folders: --modelset {modelset.resolve().parent}")
     existing = modelset / "REPORT.md"
     if existing.is_file() and not existing.read_text(errors="replace").startswith(
             report.REPORT_HEADER):

@@ -82,6 +82,11 @@ def load_runs(modelset):
     return sorted(runs, key=lambda run: (list(TASKS).index(run.script), run.name)), skipped
 
 
+def is_results_file(path):
+    """Whether ``path`` is a results JSON this report can read."""
+    return _read(path)[1] is None
+
+
 def _read(path):
     """(results, None, [naming fields dropped, in words]), or (None, what is wrong with the
     file, in words, []). Only a regular file is read: a named pipe called x.json would

@@ -620,6 +620,17 @@ def test_task4_names_our_best_lenet_and_marks_the_reports_a100_figure(modelset, 
     assert any("on one A100" in label and "not comparable" in label for label in legend)
 
 
+def test_one_scripts_output_folder_as_modelset_is_refused_naming_the_folder_above(
+        modelset, capsys):
+    folder = next(path for path in sorted(modelset.iterdir())
+                  if path.is_dir() and list(path.glob("*.json")))
+    assert make_report.main(["--modelset", str(folder)]) == 2
+    error = capsys.readouterr().err
+    assert "it is one script's output folder" in error
+    assert f"--modelset {modelset.resolve()}" in error
+    assert not (folder / "REPORT.md").exists()
+
+
 def test_ctrl_c_during_make_report_is_one_line_not_a_traceback(modelset, tmp_path,
                                                               monkeypatch, capsys):
     root = copy_of(modelset, tmp_path)
