@@ -372,11 +372,30 @@ def carry_out(out, names, earlier, plan_, current_configs):
                          f"(this run may write there)")
         lines += [f"{old} is {new} now (the same config, moved in CONFIGS): its results are "
                   f"kept, renamed to {new}" for old, new in plan_.renamed.items()]
+        lines += _relabelled(earlier, kept, plan_)
         if kept is not None and kept != earlier:
             writes[out / names.results_file] = kept
     if moves or writes:
         _commit(out, moves, writes, lines)
     return kept, lines
+
+
+def _relabelled(earlier, kept, plan_):
+    """A line for each kept config whose naming keys (its name, the report's figures) were
+    edited: nothing retrains, and the PNGs are redrawn with the new labels."""
+    if kept is None:
+        return []
+    before = {entry["id"]: entry["config"] for entry in earlier["configs"]}
+    lines = {}
+    for entry in kept["configs"]:
+        label = entry["id"]
+        if label in before and label not in plan_.renamed.values():
+            was, now = ({key: config[key] for key in NAMING_KEYS if key in config}
+                        for config in (before[label], entry["config"]))
+            if was != now:
+                lines[label] = (f"{label}: {describe_change(was, now)} (a label: its results "
+                                f"are kept)")
+    return list(lines.values())
 
 
 def _unnamed_weights(out, names, kept, moves, current_configs):

@@ -408,6 +408,21 @@ def test_a_move_that_cannot_be_recorded_names_the_remedy_for_its_cause(
     assert entries(out)[("config_2", 0)]["config"]["lr"] == 0.02  # nothing moved
 
 
+def test_a_renamed_config_is_said_and_its_plots_redrawn_nothing_retrained(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [dict(A, name="a"), B], monkeypatch) == 0
+    drawn, weights = (out / "loss.png").stat().st_mtime_ns, (out / "config_1.pth").read_bytes()
+    capsys.readouterr()
+    assert run(out, pickled_data, [dict(A, name="x"), B], monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "config_1: name 'a' -> 'x' (a label: its results are kept)" in printed
+    assert "config_1: already finished" in printed  # nothing retrains
+    assert (out / "loss.png").stat().st_mtime_ns != drawn  # its legend names config_1 (x)
+    assert (out / "config_1.pth").read_bytes() == weights
+    assert entries(out)[("config_1", 0)]["config"]["name"] == "x"
+
+
 def test_a_changed_config_not_selected_keeps_the_config_it_was_trained_with(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
