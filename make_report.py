@@ -82,7 +82,9 @@ def _complete_interrupted_moves(modelset):
                 for line in ledger.recover(folder):  # what the killed run was to say
                     print(f"{folder}: {line}")
         except UserError as error:  # a run is writing there now, or the move cannot finish
-            stuck[folder] = str(error)
+            stuck[folder] = ("a run is writing there right now: run make_report.py again "
+                             "once it has finished" if "another run is writing" in str(error)
+                             else str(error))
     return stuck
 
 

@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scripts and cifarkit
 
 from cifarkit.data import CLASSES, normalizer  # noqa: E402
+from cifarkit import ledger  # noqa: E402
 from cifarkit.errors import UserError  # noqa: E402
 
 
@@ -44,7 +45,12 @@ def load_trained(weights, script_name=None):
     a weights file; ``script_name`` when no results JSON describes it (normalization then the
     script's)."""
     if not Path(weights).is_file():
-        raise UserError(f"{weights}: no such weights file.")
+        pending = any((Path(weights).parent / name).exists()
+                      for name in (ledger.JOURNAL, ledger.JOURNAL_COPY))
+        raise UserError(f"{weights}: no such weights file." + (
+            " A move of that folder's results was interrupted and may hold it under a hidden "
+            "name: run the script that wrote the folder once more (or make_report.py) to "
+            "complete the move, then try again." if pending else ""))
     results, entry = trained_with(weights) if script_name is None else ({}, {"config": {}})
     script_name = script_name or Path(results["script"]).stem
     try:

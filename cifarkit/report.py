@@ -771,7 +771,8 @@ def _skipped_section(skipped, modelset):
     if not skipped:
         return []
     return (["## Skipped results files", "",
-             "Left out of every table and figure below; fix or remove them and rerun.", ""]
+             "Left out of every table and figure below; once each is mended as said, rerun.",
+             ""]
             + [f"- `{path.relative_to(modelset)}`: {why}." for path, why in skipped] + [""])
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarkit import checkpoints, config, data, experiment, ledger, outputs, train
+from cifarkit import checkpoints, config, data, experiment, ledger, outputs, results, train
+from cifarkit.errors import UserError
 from cifarkit.results import save_json
 from test_ledger import A, B, D, Killed, run, with_checkpoint
 
@@ -454,6 +455,31 @@ def test_make_report_leaves_out_a_folder_stuck_in_a_move(pickled_data, tmp_path,
     assert ".ledger" not in text.split("Skipped")[0]  # never read as results
     assert "in the middle of a move" in text and "l2/training_result.json" in text
     assert "## Task 2: LeNet + L2" not in text
+
+
+def test_weights_on_their_way_and_a_folder_locked_by_a_run_get_advice_that_works(
+        pickled_data, tmp_path, monkeypatch):
+    """predict.py on weights a killed move holds under a hidden name, and make_report.py on
+    a folder a run is writing: each says what completes it (they said 'no such weights file'
+    and 'give this run a folder of its own with --out', which make_report does not have)."""
+    import make_report
+    import predict
+    from test_ledger import kill_at
+
+    out = tmp_path / "modelset" / "l2"
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    with monkeypatch.context() as patch:
+        kill_at(patch, 4)
+        with pytest.raises(Killed):
+            run(out, pickled_data, [B, A], patch)
+    with pytest.raises(UserError, match="A move of that folder's results was interrupted"):
+        predict.load_trained(out / "config_1.pth")
+    with results.locked(out):  # as a run holds it
+        assert make_report.main(["--modelset", str(tmp_path / "modelset")]) == 0
+    text = (tmp_path / "modelset" / "REPORT.md").read_text()
+    assert "a run is writing there right now: run make_report.py again once it has " \
+           "finished" in text
+    assert "--out" not in text.split("## Skipped results files")[1].split("##")[0]
 
 
 def test_a_move_completed_after_a_kill_is_said(pickled_data, tmp_path, monkeypatch, capsys):
