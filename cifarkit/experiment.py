@@ -205,8 +205,14 @@ def _lost_contact(error, job):
 
 
 def _write_failed(out, error):
-    _print(f"error: cannot write to {out}: {error}. Results saved so far are kept; once that "
-           f"is fixed, rerun the same command to carry on.", file=sys.stderr)
+    link, elsewhere = Path(out) / "checkpoints", ""
+    try:  # a scratch disk behind checkpoints/ may be the full one, not the folder's own
+        if link.is_symlink() and link.stat().st_dev != Path(out).stat().st_dev:
+            elsewhere = f" (or to {link.resolve()}, another disk, which checkpoints/ links to)"
+    except OSError:
+        pass
+    _print(f"error: cannot write to {out}{elsewhere}: {error}. Results saved so far are kept; "
+           f"once that is fixed, rerun the same command to carry on.", file=sys.stderr)
     return EXIT_WRITE_FAILED
 
 
@@ -720,10 +726,7 @@ def _tidy(job):
     """What a run stopped at the wrong moment (kill -9 between writing a config's results
     and its PNGs, or removing its checkpoint) left undone: done at the end of every run."""
     results = job.results
-    for entry in results["configs"]:
-        if entry["status"] in ("finished", "diverged"):
-            checkpoints.remove_checkpoint(ledger.checkpoint_path(job.out, entry["id"],
-                                                                 entry["seed"]))
+    ledger.remove_stale_checkpoints(job.out, results)
     if not all((job.out / name).is_file() for name in PLOT_FILES[:3]):
         outputs.plot_run(results["configs"], job.out, results["script"], job.script.log_every,
                          run=results)

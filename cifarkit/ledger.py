@@ -148,6 +148,25 @@ def remove_temporaries(out):
             path.unlink()
 
 
+def remove_stale_checkpoints(out, results):
+    """Delete the checkpoints of the entries that ended (finished or diverged), which a kill
+    between recording an entry and removing its checkpoint leaves (carried into earlier-*
+    for ever otherwise). A finished entry whose weights are gone keeps its checkpoint: the
+    config finishes again from it."""
+    out = Path(out)
+    for entry in results["configs"] if isinstance(results, dict) else []:
+        ended = entry["status"] == "diverged" or (
+            entry["status"] == "finished" and isinstance(entry.get("weights"), str)
+            and Path(entry["weights"]).name == entry["weights"]
+            and (out / entry["weights"]).is_file())
+        path = checkpoint_path(out, entry["id"], entry["seed"])
+        if ended and path.is_file():
+            path.unlink()
+    folder = out / CHECKPOINTS  # a link to a scratch disk stays
+    if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
 # ------------------------------------------------------------------------------- identity
 
 def config_identity(config, neutral):
@@ -196,7 +215,9 @@ def open_folder(out, names):
     path = Path(out) / names.results_file
     if path.exists() and not path.is_file():
         return "unreadable", finished
-    return load_results(path), finished
+    earlier = load_results(path)
+    remove_stale_checkpoints(out, earlier)
+    return earlier, finished
 
 
 def whole_folder_problem(out, names, earlier, results):
@@ -462,7 +483,7 @@ def _kept(earlier, plan_, current_configs, weights_file, lost=()):
 def _commit(out, moves, writes, lines):
     """Record the transaction, then perform it (see the module docstring)."""
     token = secrets.token_hex(4)
-    journal = {"phase": "stage", "writes": {}, "moves": [], "lines": lines}
+    journal = {"phase": "stage", "writes": {}, "moves": [], "lines": lines, "out": str(out)}
     for index, (source, target) in enumerate(moves):
         staged = Path(source).parent / f".ledger-{token}-{index}"
         journal["moves"].append([str(Path(path).relative_to(out))
@@ -502,7 +523,9 @@ def recover(out):
     with signals.held():
         _attempt(out, lambda: _finish(out, journal))
     gone = [target for _, target, _ in journal["moves"] if not os.path.lexists(out / target)]
-    return [line for line in journal.get("lines", []) if isinstance(line, str)] + [
+    was = journal.get("out")  # the folder moved since (mv out moved): its lines name it now
+    return [line.replace(was + os.sep, f"{out}{os.sep}") if isinstance(was, str) else line
+            for line in journal.get("lines", []) if isinstance(line, str)] + [
         f"{target}: gone while it was being moved (its hidden .ledger-* file deleted by "
         f"hand?): the results entry that names it has no weights now" for target in gone]
 
@@ -527,12 +550,16 @@ def _read_journal(out):
             if found is None:
                 damaged.append(path.name)
     if found is None and damaged:
+        waiting = any(_files(folder, STAGED) for folder in (out, out / CHECKPOINTS))
+        where = ("the files it moves wait under hidden names (.ledger-*)" if waiting else
+                 "no file of it waits under a hidden name (.ledger-*), so either it had not "
+                 "begun or its files are in place and the results JSON was still to be "
+                 "rewritten")
         raise UserError(f"{out}: a move of earlier results was interrupted and its record "
-                        f"({', '.join(damaged)}) cannot be read. Do not delete it: the files "
-                        f"it moves wait under hidden names (.ledger-*). Put back an intact "
-                        f"copy if you have one; else the files here may no longer match their "
-                        f"results entries: move the whole folder away, keep it for reference, "
-                        f"and rerun into a fresh one.")
+                        f"({', '.join(damaged)}) cannot be read. Do not delete it: {where}. "
+                        f"Put back an intact copy if you have one; else the files here may no "
+                        f"longer match their results entries: move the whole folder away, "
+                        f"keep it for reference, and rerun into a fresh one.")
     return found
 
 

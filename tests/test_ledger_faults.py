@@ -180,6 +180,32 @@ def test_a_kill_as_a_config_ends_leaves_nothing_that_is_never_redone(
     assert (out / "examples.png").is_file()
 
 
+def test_a_finished_configs_checkpoint_left_by_a_kill_is_not_carried_aside(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    """Killed after config_1's entry said finished, before its checkpoint was removed; then
+    config_1 edited: its results go aside without that stale checkpoint (a ResNet's is
+    90 MB, and no run would ever remove it there)."""
+    out = tmp_path / "out"
+    real_save = save_json
+
+    def killed_after_the_finished_entry(content, path):
+        real_save(content, path)
+        if any(entry.get("status") == "finished" for entry in content.get("configs", [])):
+            raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(experiment, "save_json", killed_after_the_finished_entry)
+        with pytest.raises(Killed):
+            run(out, pickled_data, [A, B], patch)
+    assert (out / "checkpoints" / "config_1_seed0.ckpt").is_file()
+    capsys.readouterr()
+    assert run(out, pickled_data, [dict(A, lr=0.05), B], monkeypatch) == 0
+    assert "its earlier results are kept in" in capsys.readouterr().out
+    (earlier,) = out.glob("earlier-*")
+    assert (earlier / "config_1.pth").is_file()
+    assert not (earlier / "checkpoints").exists() and not (out / "checkpoints").exists()
+
+
 def test_an_unreadable_checkpoint_is_not_called_damaged(pickled_data, tmp_path, monkeypatch,
                                                          capsys):
     out = tmp_path / "out"
@@ -233,6 +259,33 @@ def test_the_disk_filling_between_checkpoint_and_weights_is_one_line(
     assert message.startswith("error: cannot write to") and "Traceback" not in message
     assert run(out, pickled_data, [A], monkeypatch) == 0
     assert (out / "config_1.pth").is_file()
+
+
+def test_a_full_scratch_disk_behind_checkpoints_is_named(pickled_data, tmp_path, monkeypatch,
+                                                         capsys):
+    import tempfile
+
+    out, scratch = tmp_path / "out", Path(tempfile.mkdtemp(dir="/dev/shm"))
+    out.mkdir()
+    (out / "checkpoints").symlink_to(scratch)
+    assert scratch.stat().st_dev != out.stat().st_dev  # /dev/shm: another file system
+    real_save = torch.save
+
+    def full_for_checkpoints(state, file, *args, **kwargs):
+        if "format" in state:  # a checkpoint, not the weights
+            raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter "
+                               "failed writing file data/0: file write failed")
+        return real_save(state, file, *args, **kwargs)
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(checkpoints.torch, "save", full_for_checkpoints)
+            assert run(out, pickled_data, [A], patch) == 1
+        message = capsys.readouterr().err
+        assert f"error: cannot write to {out} (or to {scratch}, another disk, which " \
+               f"checkpoints/ links to)" in message
+    finally:
+        shutil.rmtree(scratch)
 
 
 def test_an_unreadable_class_folder_is_named(folder_data, tmp_path, monkeypatch, capsys):
@@ -366,6 +419,29 @@ def test_a_damaged_or_deleted_journal_is_finished_from_its_copy(damage, pickled_
     assert check_every_result_with_its_weights(out, data.load_cifar10(pickled_data)) == 3
 
 
+def test_an_unreadable_journal_says_only_what_is_there(pickled_data, tmp_path, monkeypatch,
+                                                      capsys):
+    from test_ledger import kill_at
+
+    out = tmp_path / "out"
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    (out / ledger.JOURNAL).write_text("{garbage")  # nothing in flight: no hidden files
+    capsys.readouterr()
+    assert run(out, pickled_data, [A, B], monkeypatch) == 2
+    message = capsys.readouterr().err
+    assert ".ledger.json) cannot be read" in message
+    assert "no file of it waits under a hidden name (.ledger-*)" in message
+    (out / ledger.JOURNAL).unlink()
+    with monkeypatch.context() as patch:
+        kill_at(patch, 4)  # config_2.pth staged under a hidden name
+        with pytest.raises(Killed):
+            run(out, pickled_data, [A, dict(B, lr=0.05)], patch)
+    for name in (ledger.JOURNAL, ledger.JOURNAL_COPY):
+        (out / name).write_text("{garbage")
+    assert run(out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == 2
+    assert "the files it moves wait under hidden names (.ledger-*)" in capsys.readouterr().err
+
+
 def test_a_file_deleted_by_hand_while_it_was_moved_aside_is_named(pickled_data, tmp_path,
                                                                   monkeypatch, capsys):
     """The one loss the ledger cannot prevent: a user deletes a file the kill left on its way
@@ -497,6 +573,26 @@ def test_a_move_completed_after_a_kill_is_said(pickled_data, tmp_path, monkeypat
     assert ("config_1 is config_2 now (the same config, moved in CONFIGS): its results are "
             "kept, renamed to config_2 (a move that a stopped run had begun, completed now)"
             in printed)
+
+
+def test_a_move_completed_in_a_folder_moved_since_names_where_it_is_now(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    from test_ledger import kill_at
+
+    out, moved = tmp_path / "out", tmp_path / "moved"
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    with monkeypatch.context() as patch:
+        kill_at(patch, 4)
+        with pytest.raises(Killed):
+            run(out, pickled_data, [A, dict(B, lr=0.05)], patch)
+    out.rename(moved)
+    capsys.readouterr()
+    assert run(moved, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == 0
+    printed = capsys.readouterr().out
+    (earlier,) = moved.glob("earlier-*")
+    assert (f"its earlier results are kept in {earlier}/ (a move that a stopped run had "
+            f"begun, completed now)") in printed
+    assert str(out) + os.sep not in printed
 
 
 def test_a_users_file_where_a_renamed_result_goes_is_kept(pickled_data, tmp_path, monkeypatch,
