@@ -45,8 +45,7 @@ def load_trained(weights, script_name=None):
     a weights file; ``script_name`` when no results JSON describes it (normalization then the
     script's)."""
     if not Path(weights).is_file():
-        pending = any((Path(weights).parent / name).exists()
-                      for name in (ledger.JOURNAL, ledger.JOURNAL_COPY))
+        pending = ledger.read_journal(Path(weights).parent)  # refused when unreadable
         raise UserError(f"{weights}: no such weights file." + (
             " A move of that folder's results was interrupted and may hold it under a hidden "
             "name: run the script that wrote the folder once more (or make_report.py) to "

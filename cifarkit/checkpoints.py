@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .ledger import remove_if_empty
 from .outputs import to_cpu
 from .results import write_atomically
 from .runtime import unwrap
@@ -125,6 +126,4 @@ def remove_checkpoint(path):
     """Delete a finished config's checkpoint, and its folder once empty."""
     path = Path(path)
     path.unlink(missing_ok=True)
-    folder = path.parent  # a symlink to a scratch disk, say, stays
-    if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
-        folder.rmdir()
+    remove_if_empty(path.parent)

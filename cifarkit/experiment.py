@@ -289,6 +289,7 @@ def _settle(out, names, results, configs, args):
     """Match the folder's earlier results to CONFIGS and carry out what that asks (renames,
     moves aside, --restart) as one transaction; return (the results this run carries on,
     or None; the lines saying what moved). Rank 0 only."""
+    out = out.absolute()  # in the lines a move records, for a rerun from another folder
     earlier, completed = ledger.open_folder(out, names)
     everything = "--restart" if args.restart and configs.every else \
         ledger.whole_folder_problem(out, names, earlier, results)

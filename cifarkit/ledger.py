@@ -162,8 +162,14 @@ def remove_stale_checkpoints(out, results):
         path = checkpoint_path(out, entry["id"], entry["seed"])
         if ended and path.is_file():
             path.unlink()
-    folder = out / CHECKPOINTS  # a link to a scratch disk stays
-    if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+    remove_if_empty(out / CHECKPOINTS)
+
+
+def remove_if_empty(folder):
+    """checkpoints/ once empty; a link to a scratch disk, or a disk mounted there, stays."""
+    folder = Path(folder)
+    if (folder.is_dir() and not folder.is_symlink() and not folder.is_mount()
+            and not any(folder.iterdir())):
         folder.rmdir()
 
 
@@ -483,6 +489,8 @@ def _kept(earlier, plan_, current_configs, weights_file, lost=()):
 def _commit(out, moves, writes, lines):
     """Record the transaction, then perform it (see the module docstring)."""
     token = secrets.token_hex(4)
+    # the lines name the folder absolutely (see _settle): a rerun completing this may start
+    # elsewhere, or find the folder moved
     journal = {"phase": "stage", "writes": {}, "moves": [], "lines": lines, "out": str(out)}
     for index, (source, target) in enumerate(moves):
         staged = Path(source).parent / f".ledger-{token}-{index}"
@@ -507,7 +515,7 @@ def recover(out):
     """Complete the transaction that a kill (or a full disk) interrupted, and return the
     lines it was to say (none when there was nothing to complete)."""
     out = Path(out)
-    journal = _read_journal(out)
+    journal = read_journal(out)
     if journal is None:
         stranded = [path.name for folder in (out, out / CHECKPOINTS)
                     for path in _files(folder, STAGED)]
@@ -524,7 +532,9 @@ def recover(out):
         _attempt(out, lambda: _finish(out, journal))
     gone = [target for _, target, _ in journal["moves"] if not os.path.lexists(out / target)]
     was = journal.get("out")  # the folder moved since (mv out moved): its lines name it now
-    return [line.replace(was + os.sep, f"{out}{os.sep}") if isinstance(was, str) else line
+    moved = (re.compile(re.escape(was) + r"(?=[/\s:,)]|$)")
+             if isinstance(was, str) and os.path.isabs(was) else None)
+    return [moved.sub(lambda _: str(out.absolute()), line) if moved else line
             for line in journal.get("lines", []) if isinstance(line, str)] + [
         f"{target}: gone while it was being moved (its hidden .ledger-* file deleted by "
         f"hand?): the results entry that names it has no weights now" for target in gone]
@@ -536,7 +546,7 @@ def _record(out, journal):
         save_json(journal, out / name)
 
 
-def _read_journal(out):
+def read_journal(out):
     """The journal of an unfinished transaction (from its copy if need be), or None."""
     found, damaged = None, []
     for name in (JOURNAL, JOURNAL_COPY):
@@ -581,9 +591,7 @@ def _finish(out, journal):
     for name, content in journal["writes"].items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         save_json(content, out / name)
-    checkpoints = out / CHECKPOINTS
-    if checkpoints.is_dir() and not checkpoints.is_symlink() and not any(checkpoints.iterdir()):
-        checkpoints.rmdir()
+    remove_if_empty(out / CHECKPOINTS)
     for name in (JOURNAL, JOURNAL_COPY):  # the first one gone already means "done"
         if os.path.lexists(out / name):
             os.unlink(out / name)

@@ -288,6 +288,19 @@ def test_a_full_scratch_disk_behind_checkpoints_is_named(pickled_data, tmp_path,
         shutil.rmtree(scratch)
 
 
+def test_a_disk_mounted_at_checkpoints_is_never_removed(pickled_data, tmp_path, monkeypatch):
+    """A scratch disk mounted at OUT/checkpoints (not linked): its mount point stays, as a link
+    does (removing it failed with 'Device or resource busy' and stopped every run)."""
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    real_is_mount = Path.is_mount
+    monkeypatch.setattr(Path, "is_mount", lambda path: path == out / "checkpoints"
+                        or real_is_mount(path))
+    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    assert run(out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == 0  # a move too
+    assert (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir())
+
+
 def test_an_unreadable_class_folder_is_named(folder_data, tmp_path, monkeypatch, capsys):
     real_iterdir = Path.iterdir
 
@@ -440,6 +453,10 @@ def test_an_unreadable_journal_says_only_what_is_there(pickled_data, tmp_path, m
         (out / name).write_text("{garbage")
     assert run(out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == 2
     assert "the files it moves wait under hidden names (.ledger-*)" in capsys.readouterr().err
+    import predict  # it advised rerunning the script, which refuses the folder
+
+    with pytest.raises(UserError, match=r"\.ledger\.json, \.ledger\.copy\.json\) cannot be read"):
+        predict.load_trained(out / "config_2.pth")
 
 
 def test_a_file_deleted_by_hand_while_it_was_moved_aside_is_named(pickled_data, tmp_path,
@@ -575,24 +592,35 @@ def test_a_move_completed_after_a_kill_is_said(pickled_data, tmp_path, monkeypat
             in printed)
 
 
+@pytest.mark.parametrize("spelling", ["absolute", "dot", "whole folder"])
 def test_a_move_completed_in_a_folder_moved_since_names_where_it_is_now(
-        pickled_data, tmp_path, monkeypatch, capsys):
+        spelling, pickled_data, tmp_path, monkeypatch, capsys):
+    """Killed mid-move, the folder then moved (mv out moved) and the run started elsewhere:
+    the completed move's lines name where things are now (they named the old path, or a
+    path relative to the killed run's folder: `--out .`)."""
     from test_ledger import kill_at
 
     out, moved = tmp_path / "out", tmp_path / "moved"
     assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    if spelling == "whole folder":  # weights without their results JSON: all goes aside
+        (out / RESULTS).unlink()
     with monkeypatch.context() as patch:
         kill_at(patch, 4)
+        if spelling == "dot":
+            patch.chdir(out)
         with pytest.raises(Killed):
-            run(out, pickled_data, [A, dict(B, lr=0.05)], patch)
+            run(Path(".") if spelling == "dot" else out, pickled_data,
+                [A, dict(B, lr=0.05)], patch)
     out.rename(moved)
     capsys.readouterr()
     assert run(moved, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == 0
     printed = capsys.readouterr().out
     (earlier,) = moved.glob("earlier-*")
-    assert (f"its earlier results are kept in {earlier}/ (a move that a stopped run had "
-            f"begun, completed now)") in printed
-    assert str(out) + os.sep not in printed
+    assert (f"kept in {earlier}/ (a move that a stopped run had begun, completed "
+            f"now)") in printed
+    assert str(out) not in printed.replace(str(moved), "")
+    if spelling == "whole folder":
+        assert printed.startswith(f"{moved} holds config_1.pth")
 
 
 def test_a_users_file_where_a_renamed_result_goes_is_kept(pickled_data, tmp_path, monkeypatch,
