@@ -161,20 +161,26 @@ def test_the_resume_hint_names_the_script_that_ran_and_quotes_paths(
     assert Path(words[1]).resolve() == copy and words[words.index("--out") + 1] == str(out)
 
 
-def test_a_kill_as_a_config_ends_leaves_nothing_that_is_never_redone(
-        pickled_data, tmp_path, monkeypatch):
-    out = tmp_path / "out"
+def killed_after_the_first_finished_entry(out, data_dir, configs):
+    """Run ``configs``, killed right after the results JSON first says a config finished
+    (its PNGs, per-class results and checkpoint removal still to come)."""
     real_save = save_json
 
-    def killed_after_the_finished_entry(content, path):
+    def killed(content, path):
         real_save(content, path)
         if any(entry.get("status") == "finished" for entry in content.get("configs", [])):
             raise Killed
 
-    with monkeypatch.context() as patch:
-        patch.setattr(experiment, "save_json", killed_after_the_finished_entry)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiment, "save_json", killed)
         with pytest.raises(Killed):
-            run(out, pickled_data, [A], patch)
+            run(out, data_dir, configs, patch)
+
+
+def test_a_kill_as_a_config_ends_leaves_nothing_that_is_never_redone(
+        pickled_data, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    killed_after_the_first_finished_entry(out, pickled_data, [A])
     assert run(out, pickled_data, [A], monkeypatch) == 0
     assert "per_class_accuracy" in entries(out)[("config_1", 0)]
     assert (out / "examples.png").is_file()
@@ -186,17 +192,7 @@ def test_a_finished_configs_checkpoint_left_by_a_kill_is_not_carried_aside(
     config_1 edited: its results go aside without that stale checkpoint (a ResNet's is
     90 MB, and no run would ever remove it there)."""
     out = tmp_path / "out"
-    real_save = save_json
-
-    def killed_after_the_finished_entry(content, path):
-        real_save(content, path)
-        if any(entry.get("status") == "finished" for entry in content.get("configs", [])):
-            raise Killed
-
-    with monkeypatch.context() as patch:
-        patch.setattr(experiment, "save_json", killed_after_the_finished_entry)
-        with pytest.raises(Killed):
-            run(out, pickled_data, [A, B], patch)
+    killed_after_the_first_finished_entry(out, pickled_data, [A, B])
     assert (out / "checkpoints" / "config_1_seed0.ckpt").is_file()
     capsys.readouterr()
     assert run(out, pickled_data, [dict(A, lr=0.05), B], monkeypatch) == 0
