@@ -34,7 +34,7 @@ table row per check) and OUT/checks/<check>/ (each run's outputs and log), and p
 table. Exit status: 0 every check passed, 1 a check failed, 2 bad input.
 
 Budget on one H100/H200, estimated (PLAN below, check by check; nothing measured yet): about
-7-8 minutes in all, the most important checks first, the report saved after each one. The
+8 minutes in all (7-9), the most important checks first, the report saved after each one. The
 two long ResNet-18 runs (the report's 25 epochs, the recipe's 3 seeds) take about half, so a
 machine lent for 5 minutes at a time runs it as two commands:
     --skip resnet-best,resnet-recipe     (every path: about 4 minutes)
