@@ -25,7 +25,8 @@ import ast
 import sys
 from pathlib import Path
 
-from cifarkit import ledger, report, results
+from cifarkit import report, results, store
+from cifarkit.results import load_results
 from cifarkit.errors import UserError
 
 
@@ -69,29 +70,27 @@ def _foreign(modelset):
     return None
 
 
-def _complete_interrupted_moves(modelset):
-    """A run killed while it moved earlier results aside left a journal: completed here, as
-    the next run would, so the report never reads a results JSON apart from its weights.
-    Returns {folder: why} of those where that cannot be done now: left out of the report."""
-    folders = {path.parent for name in (ledger.JOURNAL, ledger.JOURNAL_COPY)
-               for path in modelset.glob(f"*/{name}")}
-    stuck = {}
-    for folder in sorted(folders):
-        try:
-            with results.locked(folder):
-                for line in ledger.recover(folder):  # what the killed run was to say
+def _rebuild_views(modelset):
+    """Each output folder's views, rebuilt from its runs: a folder of the kit before the
+    store is taken into it first; then the results JSON, the weights files and the PNGs show
+    the runs it names as they are now (a kill may have left a view stale)."""
+    for folder in sorted(path for path in modelset.iterdir() if path.is_dir()):
+        for path in sorted(folder.glob("[!.]*.json")):
+            results = load_results(path)
+            if not isinstance(results, dict) and not (folder / store.JOURNAL).exists():
+                continue
+            with store.store_lock(folder):
+                if store.legacy_folder(folder, path.name):
+                    for line in store.migrate(folder, path.name):
+                        print(line)
+                for line in store.rebuild_views(folder, path.name):
                     print(f"{folder}: {line}")
-        except UserError as error:  # a run is writing there now, or the move cannot finish
-            stuck[folder] = ("a run is writing there right now: run make_report.py again "
-                             "once it has finished" if "another run is writing" in str(error)
-                             else str(error))
-    return stuck
 
 
 def main(argv=None):
     try:
         return _make_report(argv)
-    except KeyboardInterrupt:  # any move it completed is whole: the ledger holds signals
+    except KeyboardInterrupt:  # every view and run it wrote is whole (written by renames)
         print("\nStopped by Ctrl-C; the report is not finished. Run the same command again.",
               file=sys.stderr)
         return 130
@@ -114,11 +113,12 @@ def _make_report(argv):
     if refusal:
         print(f"error: --modelset {modelset}: {refusal}", file=sys.stderr)
         return 2
-    stuck = _complete_interrupted_moves(modelset)
+    try:
+        _rebuild_views(modelset)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     runs, skipped = report.load_runs(modelset)
-    skipped += [(run.path, f"its folder is in the middle of a move ({stuck[run.path.parent]})")
-                for run in runs if run.path.parent in stuck]
-    runs = [run for run in runs if run.path.parent not in stuck]
     for path, why in skipped:  # the report lists them too; the terminal must not hide them
         print(f"warning: {path}: {why}; skipped.", file=sys.stderr)
     for run in runs:

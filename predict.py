@@ -2,8 +2,9 @@
 
     python predict.py modelset/Resnet/config_1.pth my_cat.jpg my_plane.png
 
-The results JSON beside the weights says which script, config and input normalization made
-them, so the model is built and fed exactly as in training. Each picture is shrunk to 32x32
+The run behind the weights (its record in runs/, named by the results JSON beside them) says
+which script, config and input normalization made them, so the model is built and fed exactly
+as in training; if the script's model has changed since, it says so instead of predicting. Each picture is shrunk to 32x32
 RGB (CIFAR-10's size: a small, centred object works best) and the three likeliest of the ten
 classes are printed. Works from any folder: `python path/to/kit/predict.py ...`.
 
@@ -11,7 +12,6 @@ Exit status: 0 done; 2 a file that cannot be used (named in one line).
 """
 import argparse
 import importlib
-import json
 import sys
 from pathlib import Path
 
@@ -19,23 +19,27 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scripts and cifarkit
 
+from cifarkit import config, experiment, store  # noqa: E402
 from cifarkit.data import CLASSES, normalizer  # noqa: E402
-from cifarkit import ledger  # noqa: E402
 from cifarkit.errors import UserError  # noqa: E402
+from cifarkit.results import load_results  # noqa: E402
 
 
 def trained_with(weights):
-    """(results JSON, its entry) that names ``weights`` as a finished config's weights."""
+    """(what made ``weights``: a run record, or for a folder of the kit before the store its
+    results JSON with the entry's fields; the run's folder or None)."""
     weights = Path(weights)
+    if weights.name == store.WEIGHTS and store.read_record(weights.parent):
+        return store.read_record(weights.parent), weights.parent
     for path in sorted(weights.parent.glob("*.json")):
-        try:
-            results = json.loads(path.read_text()) if path.is_file() else None
-        except (OSError, ValueError, RecursionError):
-            continue
-        entries = results.get("configs") if isinstance(results, dict) else None
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, dict) and entry.get("weights") == weights.name:
-                return results, entry
+        results = load_results(path)
+        for entry in results["configs"] if isinstance(results, dict) else []:
+            if entry.get("weights") == weights.name:
+                run = entry.get("run")
+                record = store.read_record(weights.parent / run) if isinstance(run, str) else None
+                if record is not None:
+                    return record, weights.parent / run
+                return dict(results, **entry), None
     raise UserError(f"{weights}: no results JSON beside it names this file, so which script, "
                     f"config and normalization made it is unknown.")
 
@@ -43,27 +47,40 @@ def trained_with(weights):
 def load_trained(weights, script_name=None):
     """(model in eval mode on the CPU, its normalization (mean, std), its script's name) for
     a weights file; ``script_name`` when no results JSON describes it (normalization then the
-    script's)."""
-    if not Path(weights).is_file():
-        pending = ledger.read_journal(Path(weights).parent)  # refused when unreadable
-        raise UserError(f"{weights}: no such weights file." + (
-            " A move of that folder's results was interrupted and may hold it under a hidden "
-            "name: run the script that wrote the folder once more (or make_report.py) to "
-            "complete the move, then try again." if pending else ""))
-    results, entry = trained_with(weights) if script_name is None else ({}, {"config": {}})
-    script_name = script_name or Path(results["script"]).stem
+    script's). A model whose script has changed since the run is refused, not used."""
+    weights = Path(weights)
+    if not weights.is_file():
+        there = sorted(path.name for path in weights.parent.glob("*.pth")) \
+            if weights.parent.is_dir() else []
+        raise UserError(f"{weights}: no such weights file. " + (
+            f"The weights in {weights.parent}: {', '.join(there)}." if there else
+            "Train first: the scripts write config_N.pth (model.pth for the baseline)."))
+    record, run_dir = trained_with(weights) if script_name is None else ({"config": {}}, None)
+    script_name = script_name or Path(record["script"]).stem
     try:
         script = importlib.import_module(script_name)
     except ImportError:
         raise UserError(f"{weights}: made by {script_name}.py, which is not beside "
                         f"predict.py.") from None
-    model = script.build_model(entry["config"])
+    # a MODEL_SETTINGS key the script added since: its default, as a rerun would train it
+    chosen = dict(config.model_rules(getattr(script, "MODEL_SETTINGS", {}))[1],
+                  **record["config"])
+    recorded = (record.get("identity") or {}).get("model")
+    if run_dir is not None and isinstance(recorded, dict) and "fingerprint" not in recorded:
+        now = experiment.model_identity(script.build_model, chosen,
+                                        str(record.get("label", "config_1")).split("_")[-1])
+        if not store.same_model(recorded, now):
+            raise UserError(f"{weights}: {script_name}.py's model has changed since these "
+                            f"weights were trained (run {run_dir.name}): its class, build_model "
+                            f"or a value its forward reads. Undo that edit to predict with "
+                            f"them, or rerun {script_name}.py to train the model as it is now.")
+    model = script.build_model(chosen)
     try:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except Exception as error:  # not a state_dict, or one of another model
         raise UserError(f"{weights}: does not load as the weights of {script_name}'s model "
                         f"({type(error).__name__}).") from None
-    normalization = results.get("data", {}).get("normalization") or script.NORMALIZATION
+    normalization = (record.get("data") or {}).get("normalization") or script.NORMALIZATION
     return model.eval(), normalization, script_name
 
 

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .ledger import remove_if_empty
 from .outputs import to_cpu
 from .results import write_atomically
 from .runtime import unwrap
@@ -120,10 +119,3 @@ def restore(checkpoint, model, optimizer, scheduler, rank=0, scaler=None):
     states = checkpoint["rng"]
     note = set_rng_state(states[rank] if rank < len(states) else states[0])
     return checkpoint["progress"], note
-
-
-def remove_checkpoint(path):
-    """Delete a finished config's checkpoint, and its folder once empty."""
-    path = Path(path)
-    path.unlink(missing_ok=True)
-    remove_if_empty(path.parent)

@@ -1,5 +1,8 @@
 """The one call a script's main() makes: flags -> checks -> data -> train each config -> files.
 
+Every (config, seed) trains in a run folder of its own in OUT/runs/ (cifarkit/store.py); the
+results JSON, config_N.pth and the PNGs in OUT are views of the runs CONFIGS selects.
+
 Exit status: 0 every selected config finished; 1 a config diverged, ran out of memory or a
 file could not be written; 2 bad input (nothing trained, nothing written); 130 / 143
 stopped by SIGINT / SIGTERM after saving a checkpoint.
@@ -15,20 +18,18 @@ import signal
 import sys
 import textwrap
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from . import checkpoints, cli, config, data, ledger, outputs, signals, train
+from . import checkpoints, cli, config, data, outputs, plots, signals, store, train
 from . import runtime as rt
 from .errors import RankError, UserError
-from .results import (PLOT_FILES, config_entry, is_best, locked, outcome, save_json, settings,
-                      summary)
+from .results import PLOT_FILES, config_entry, load_results, outcome, settings, summary
 
 EXIT_WRITE_FAILED = 1  # the same status as a failed config, as the README says
-
 
 @dataclass(frozen=True)
 class Script:
@@ -50,7 +51,6 @@ class Script:
     # --amp auto uses bf16 on CPUs that have it in hardware (for models measured faster so)
     cpu_amp: bool = False
 
-
 @dataclass
 class Job:
     """What every config of one run shares: where it trains, what it writes, how it speaks."""
@@ -58,20 +58,31 @@ class Job:
     out: Path
     script: Script             # what the script handed in: its model, names, log_every...
     argv: list                 # the flags it ran with (for the command that resumes it)
-    models: dict               # config id -> model_fingerprint of its model
-    results: dict              # the results JSON this run writes (in full on rank 0)
+    configs: dict              # config id -> the checked config, for every config of CONFIGS
+    models: dict               # config id -> model_identity of its model
+    neutral: dict              # key -> the value that trains as if the key were absent
+    header: dict               # the results JSON's run-level fields (outputs.new_results)
+    restart: bool              # --restart: each selected (config, seed) trains a new run
     say: Callable              # print on rank 0, nothing elsewhere
+    results: dict = None       # the results JSON as last written (rank 0)
     on_device: data.OnDevice = None  # set once the data is on the device
     epochs_to_train: tuple = (0, 0)  # (runs, epochs) left, for the estimate
     estimate_due: bool = True  # the first config trained prints the time estimate
     drawn_at: float = 0.0      # when the PNGs were last drawn (time.monotonic)...
     drawing: float = 0.0       # ...and how long that took
+    locks: dict = field(default_factory=dict)  # run folder -> its lock, while it trains
+
+    def identity(self, label, seed):
+        """What a run must match to be ``label`` trained with ``seed`` here and now."""
+        return store.identity(self.header["script"], self.configs[label], self.neutral, seed,
+                              self.header["data"], self.header["precision"],
+                              self.models[label])
 
 
 @dataclass
 class Training:
-    """One config trained with one seed: what it is, its Step, how far it has got, where
-    its files go."""
+    """One config trained with one seed in its run folder: what it is, its Step, how far it
+    has got."""
     label: str                 # its config id, "config_N"
     name: str                  # as messages name it: the label, with " (seed S)" for extra seeds
     seed: int
@@ -79,27 +90,24 @@ class Training:
     step: train.Step           # model, optimizer, scheduler, scaler... (train.make_step)
     progress: dict             # train.new_progress(), or its checkpoint's
     steps_per_epoch: int       # its optimizer steps an epoch (the time estimate, the loss plot)
-    checkpoint_path: Path      # checkpoints/config_N_seedS.ckpt while it is unfinished
-    weights_path: Path         # its weights, once finished
+    run_dir: Path              # its folder in the store
+    record: dict               # its run record (rank 0)
     predictions: object = None  # the last test pass's: the final weights' once finished
-
 
 def run(script, argv=None):
     """Run a report script (``script``: a Script) with the flags ``argv`` (sys.argv[1:] when
     None); returns its exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     _plain_console()
-    names = ledger.Names(Path(script.file).name, script.results_file, script.weights_file)
-    args = cli.parse_args(names.script, script.description, script.out_dir,
+    args = cli.parse_args(Path(script.file).name, script.description, script.out_dir,
                           script.default_device, argv, script.cpu_amp)
-    with contextlib.ExitStack() as cleanup:  # on leaving: close the runtime, unlock the folder
+    with contextlib.ExitStack() as cleanup:  # on leaving: close the runtime, free the runs
         with signals.sigterm_as_interrupt():  # until training installs its own handlers
             try:
-                job, selected = _prepare(script, names, args, argv, cleanup)
+                job, selected = _prepare(script, args, argv, cleanup)
             except (UserError, KeyboardInterrupt, OSError) as error:
                 return _stopped_before_training(error, Path(args.out))
         return _train_job(job, selected, args)
-
 
 def _train_job(job, selected, args):
     """Train the selected configs; returns the exit status, saying why when it is not 0."""
@@ -118,11 +126,10 @@ def _train_job(job, selected, args):
     rt.barrier(job.runtime)
     return status
 
-
-def _prepare(script, names, args, argv, cleanup):
+def _prepare(script, args, argv, cleanup):
     """Everything before training: the checks, the data, the runtime, the output folder
-    (checked, locked, its earlier results settled and shown). Returns (the Job, the
-    selected [(number, config)]). ``cleanup`` (an ExitStack) undoes what outlives it."""
+    (checked, taken into the store if an older kit wrote it, its views rebuilt). Returns
+    (the Job, the selected [(number, config)])."""
     all_configs = _checked_configs(script.configs, script.model_settings, args)
     selected = cli.select_configs(all_configs, args.configs)
     cli.check_subset(args.subset, selected)
@@ -134,25 +141,30 @@ def _prepare(script, names, args, argv, cleanup):
                               script.cpu_amp)
     cleanup.callback(rt.close, runtime)
     rt.check_configs_fit(selected, runtime)
-    models = {f"config_{number}": model_fingerprint(_built(script.build_model, chosen, number))
+    models = {f"config_{number}": model_identity(script.build_model, chosen, number)
               for number, chosen in enumerate(all_configs, start=1)}
     bytes_needed = _bytes_needed(script.build_model(selected[0][1]))
     rt.from_main(lambda: outputs.check_out_dir(
         args.out, bytes_needed, args.data_dir or data.DEFAULT_ROOT,
-        _kit_names(names, selected, args)), runtime)
-    results = outputs.new_results(names.script, dataset, script.normalization, runtime,
-                                  args.seed, argv)
-    out = Path(args.out)
-    # One run per folder: the lock is held until the run ends (rank 0 writes files).
-    rt.from_main(lambda: cleanup.enter_context(locked(out)) and None, runtime)
-    configs = _ledger_configs(all_configs, selected, models, script.model_settings, args)
-    settled = rt.from_main(lambda: _settle(out, names, results, configs, args), runtime)
-    job = Job(runtime=runtime, out=out, script=script, argv=argv, models=models,
-              results=results, say=_print if runtime.is_main else _silent)
-    _show_folder(job, dataset, settled)
-    job.epochs_to_train = _epochs_to_train(selected, args.seeds, results)
+        _kit_names(script, selected, args)), runtime)
+    header = outputs.new_results(Path(script.file).name, dataset, script.normalization,
+                                 runtime, args.seed, argv, script.log_every,
+                                 script.weights_file)
+    job = Job(runtime=runtime, out=Path(args.out), script=script, argv=argv,
+              configs={f"config_{number}": chosen
+                       for number, chosen in enumerate(all_configs, start=1)},
+              models=models, neutral=config.neutral_values(script.model_settings),
+              header=header, restart=args.restart,
+              say=_print if runtime.is_main else _silent)
+    cleanup.callback(_release_runs, job)
+    for line in rt.from_main(lambda: _open_store(job, selected, args.seeds), runtime):
+        job.say(line)
+    job.say(f"{Path(script.file).name}: {len(dataset.train_labels)} training and "
+            f"{len(dataset.test_labels)} test images from {dataset.source}; "
+            f"{', '.join(header['devices'])}; {header['precision']}; output {job.out}")
+    job.on_device = data.to_device(dataset, script.normalization, runtime.device)
+    rt.barrier(runtime)  # the ranks start training together, once rank 0 has tidied up
     return job, selected
-
 
 def _stopped_before_training(error, out):
     """Say why the run stopped before anything trained (bad input, a signal, a file that
@@ -174,7 +186,6 @@ def _stopped_before_training(error, out):
         return signals.EXIT[signum]
     return _write_failed(out, error)  # the PNGs redrawn after a move, on a full disk say
 
-
 def _stopped_while_training(error, job):
     """Say why training stopped short (a damaged checkpoint, a second Ctrl-C, a file that
     could not be written); return the exit status. What was saved before stays."""
@@ -185,36 +196,33 @@ def _stopped_while_training(error, job):
     if isinstance(error, KeyboardInterrupt):  # a second Ctrl-C: stop at once
         say = print if job.runtime.is_main else _silent
         say(f"\nStopped at once. What was saved stays: finished configs in "
-            f"{job.out / job.script.results_file}, the unfinished one's checkpoint (from its "
-            f"last epoch's end) in {job.out / 'checkpoints'}/.\n"
+            f"{job.out / store.RUNS}/, the unfinished one's checkpoint (from its last "
+            f"epoch's end) in its run folder there.\n"
             f"{_resume_hint(job.script.file, job.argv, job.runtime.distributed)}",
             file=sys.stderr)
         return signals.EXIT[signal.SIGINT]
     # disk full, folder removed: no barrier, the other ranks cannot know of it
     return _write_failed(job.out, error)
 
-
 def _lost_contact(error, job):
     """Say that another rank went away mid-training; return the exit status."""
     _print(f"error: rank {job.runtime.rank} lost contact with the other ranks "
            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Another "
            f"worker has probably died. Checkpoints are saved at every epoch's end in "
-           f"{job.out / 'checkpoints'}/. {_resume_hint(job.script.file, job.argv, True)} "
+           f"each run's folder in {job.out / store.RUNS}/. {_resume_hint(job.script.file, job.argv, True)} "
            f"(torchrun --max-restarts=3 restarts the workers by itself).", file=sys.stderr)
     return EXIT_WRITE_FAILED
 
-
 def _write_failed(out, error):
-    link, elsewhere = Path(out) / "checkpoints", ""
-    try:  # a scratch disk behind checkpoints/ may be the full one, not the folder's own
+    link, elsewhere = Path(out) / store.RUNS, ""
+    try:  # a scratch disk behind runs/ may be the full one, not the folder's own
         if link.is_symlink() and link.stat().st_dev != Path(out).stat().st_dev:
-            elsewhere = f" (or to {link.resolve()}, another disk, which checkpoints/ links to)"
+            elsewhere = f" (or to {link.resolve()}, another disk, which runs/ links to)"
     except OSError:
         pass
     _print(f"error: cannot write to {out}{elsewhere}: {error}. Results saved so far are kept; "
            f"once that is fixed, rerun the same command to carry on.", file=sys.stderr)
     return EXIT_WRITE_FAILED
-
 
 def _built(build_model, chosen, number):
     """``build_model(chosen)``, refused by name when it is not a model."""
@@ -223,7 +231,6 @@ def _built(build_model, chosen, number):
         raise UserError(f"config_{number}: build_model(config) must return a torch.nn.Module; "
                         f"it returned {type(model).__name__}.")
     return model
-
 
 def _command(script, argv):
     """The command that ran this script, as one can paste it (paths with spaces quoted)."""
@@ -234,13 +241,11 @@ def _command(script, argv):
         shown = min(str(path), os.path.relpath(path), key=len)
     return shlex.join(["python", shown, *argv])
 
-
 def _resume_hint(script, argv, distributed):
     """How to carry on, with the command on a line of its own so it can be copied."""
     if distributed:
         return "To resume, run the same torchrun command again"
     return "To resume, run the same command:\n  " + _command(script, argv)
-
 
 def _print(*args, file=None, **kwargs):
     """print, for a run that must go on when nobody reads it any more: a closed pipe or a
@@ -255,7 +260,6 @@ def _print(*args, file=None, **kwargs):
         else:
             sys.stdout = null
 
-
 def _plain_console():
     """A console that cannot show "±" (an ASCII-only locale) gets "+/-"-like escapes instead
     of an error at the summary."""
@@ -263,71 +267,129 @@ def _plain_console():
         with contextlib.suppress(AttributeError, ValueError, OSError):
             stream.reconfigure(errors="backslashreplace")
 
-
-def _kit_names(names, selected, args):
+def _kit_names(script, selected, args):
     """The files this run may write in its folder, relative to it (to find what is in the
     way before anything trains)."""
-    written = [names.results_file, *PLOT_FILES]
+    written = [script.results_file, *PLOT_FILES]
     for number, _ in selected:
         for seed in range(args.seed, args.seed + args.seeds):
-            written.append(ledger.weights_name(names.weights_file, number, seed, args.seed))
-            written.append(f"{ledger.CHECKPOINTS}/config_{number}_seed{seed}.ckpt")
+            written.append(store.weights_name(script.weights_file, number, seed, args.seed))
     return written
 
 
-def _ledger_configs(all_configs, selected, models, model_settings, args):
-    checked = {f"config_{number}": chosen for number, chosen in enumerate(all_configs, 1)}
-    neutral = config.neutral_values(model_settings)
-    return ledger.Configs(
-        checked=checked, neutral=neutral,
-        identity={label: (ledger.config_identity(chosen, neutral), models[label])
-                  for label, chosen in checked.items()},
-        selected=[f"config_{number}" for number, _ in selected], every=args.configs is None)
+def _open_store(job, selected, seeds):
+    """Rank 0: take in what an older kit left in the folder, rebuild the views from the runs
+    CONFIGS selects now, and say what changed since the folder's last views. Returns the
+    lines to say."""
+    out, script = job.out, job.script
+    with store.store_lock(out):
+        lines = store.migrate(out, script.results_file) \
+            if store.legacy_folder(out, script.results_file) else []
+        before = load_results(out / script.results_file)
+        lines += _refresh(job, final=True, locked=True)
+    lines += _changes(job, before if isinstance(before, dict) else None)
+    done = {(entry["id"], entry["seed"]) for entry in job.results["configs"]
+            if entry["status"] in store.ENDED}
+    epochs = [chosen["num_epochs"] for number, chosen in selected
+              for seed in range(job.header["seed"], job.header["seed"] + seeds)
+              if job.restart or (f"config_{number}", seed) not in done]
+    job.epochs_to_train = (len(epochs), sum(epochs))
+    return lines
 
 
-def _settle(out, names, results, configs, args):
-    """Match the folder's earlier results to CONFIGS and carry out what that asks (renames,
-    moves aside, --restart) as one transaction; return (the results this run carries on,
-    or None; the lines saying what moved). Rank 0 only."""
-    out = out.absolute()  # in the lines a move records, for a rerun from another folder
-    earlier, completed = ledger.open_folder(out, names)
-    everything = "--restart" if args.restart and configs.every else \
-        ledger.whole_folder_problem(out, names, earlier, results)
-    plan = ledger.Plan(everything=everything)
-    if not everything:
-        readable, unusable = ledger.read_checkpoints(out, checkpoints.identity)
-        found = ledger.found_configs(earlier, readable, results, configs.neutral)
-        plan = ledger.plan(found, configs, args.restart, bool(args.epochs), unusable)
-        precisions = {ledger.CHECKPOINT_NAME.fullmatch(path.name)["label"]:
-                      identity.get("precision") for path, identity in readable.items()
-                      if identity.get("precision")}
-        ledger.blocked_checkpoints(plan, unusable, precisions, results["precision"],
-                                   configs.selected)
-    kept, lines = ledger.carry_out(out, names, earlier, plan, configs.checked)
-    return kept, completed + lines
+def _changes(job, before):
+    """What the views show differently from the folder's last ones: configs edited (their
+    earlier runs stay in the store), moved in CONFIGS, back to an earlier run, renamed, or
+    removed."""
+    if before is None:
+        return []
+    lines, now = [], {(entry["id"], entry["seed"]): entry for entry in job.results["configs"]}
+    where = {entry["run"]: label for (label, _), entry in now.items()}
+    for entry in before["configs"]:
+        label, seed, run = entry.get("id"), entry.get("seed"), entry.get("run")
+        if seed != job.header["seed"] or not isinstance(run, str):
+            continue
+        named = f"{label}{' ' + repr(entry['config']['name']) if 'name' in entry['config'] else ''}"
+        shown = now.get((label, seed))
+        if shown and shown["run"] == run:
+            was, new = ({key: config[key] for key in store.NAMING_KEYS if key in config}
+                        for config in (entry["config"], shown["config"]))
+            if was != new:
+                lines.append(f"{label}: {store.describe_change(was, new)} (a label: its "
+                             f"results are kept)")
+        elif run in where:
+            lines.append(f"{named} is {where[run]} now (the same config, moved in CONFIGS): "
+                         f"its results are kept")
+        elif label in job.configs and job.configs[label].get("name") == \
+                entry["config"].get("name"):
+            record = store.read_record(job.out / run) or {}
+            change = store.what_differs(record, job.identity(label, seed), job.neutral)
+            lines.append(f"{label} differs from its earlier results: {change}; "
+                         + (f"it shows its earlier run {job.out / shown['run']} again, nothing "
+                            f"to train" if shown else "it trains anew")
+                         + f" (the run it replaces stays in {job.out / run}/)")
+        else:
+            lines.append(f"{named}: it is no longer in CONFIGS; its run stays in "
+                         f"{job.out / run}/")
+    return lines
 
 
-def _show_folder(job, dataset, settled):
-    """Say what moved, carry on from the results kept (the PNGs redrawn to show them), put
-    the data on the device. Before training: a signal here stops the run as one while the
-    data loads does."""
-    out, runtime, say, results = job.out, job.runtime, job.say, job.results
-    kept, lines = settled
-    for line in lines:
-        say(line)
-    if kept:  # every rank, the same as rank 0's JSON
-        results.update(started=kept["started"], configs=kept["configs"])
-        if runtime.is_main and lines:  # the PNGs show what the folder holds
-            outputs.plot_run(results["configs"], out, results["script"],
-                             job.script.log_every, run=results)
-    say(f"{Path(job.script.file).name}: {len(dataset.train_labels)} training and "
-        f"{len(dataset.test_labels)} test images from {dataset.source}; "
-        f"{', '.join(results['devices'])}; {results['precision']}; output {out}")
-    job.on_device = data.to_device(dataset, job.script.normalization, runtime.device)
-    if runtime.is_main and kept and lines and (out / "examples.png").exists():
-        _redraw_examples(job)
-    rt.barrier(runtime)  # the ranks start training together, once rank 0 has tidied up
+def _shown(job):
+    """[(label, config, run folder, record)]: for each config of CONFIGS and each seed, the
+    latest run that matches it. Call under the store lock."""
+    every = store.runs(job.out)
+    shown = []
+    for label, chosen in job.configs.items():
+        latest = {}
+        for run_dir, record in every.items():  # oldest first: the latest one stays
+            seed = record.get("seed")
+            if isinstance(seed, int) and store.matches(record, job.identity(label, seed),
+                                                       job.neutral):
+                latest[seed] = (run_dir, record)
+        for seed in sorted(latest):
+            store.tidy(*latest[seed])
+            shown.append((label, chosen, *latest[seed]))
+    return shown
 
+
+def _claim(job, label, chosen, seed, name):
+    """Rank 0: the run that (``label``, ``seed``) trains in, as (its folder, its record,
+    whether it is done already). An unfinished run is resumed; one another process trains
+    is waited for; --restart, or no matching run, makes a new one. The run's lock is held
+    (job.locks) until it ends."""
+    wanted = job.identity(label, seed)
+    while True:
+        busy = None
+        with store.store_lock(job.out):
+            matching = [(run_dir, record) for run_dir, record in store.runs(job.out).items()
+                        if store.matches(record, wanted, job.neutral)]
+            if matching and not job.restart:
+                run_dir, record = matching[-1]
+                store.tidy(run_dir, record)
+                if store.usable(run_dir, record):
+                    return run_dir, record, True
+                if record["status"] == "finished":
+                    job.say(f"{name}: its weights {run_dir / store.WEIGHTS} are missing "
+                            f"(deleted by hand?), so it trains again in a new run")
+                else:
+                    lock = store.lock(run_dir, blocking=False)
+                    if lock is not None:
+                        job.locks[run_dir] = lock
+                        return run_dir, store.read_record(run_dir) or record, False
+                    busy = run_dir
+            if busy is None:
+                run_dir = store.new_run(job.out, label, chosen, seed, job.header, wanted)
+                job.locks[run_dir] = store.lock(run_dir, blocking=False)
+                return run_dir, store.read_record(run_dir), False
+        job.say(f"{name}: another process is training it right now (in {busy}); waiting "
+                f"for it to finish.")
+        os.close(store.lock(busy, blocking=True))
+
+
+def _release_runs(job):
+    for lock in job.locks.values():
+        os.close(lock)
+    job.locks.clear()
 
 def _train_selected(job, selected, args):
     """Train each selected config with each seed of --seed/--seeds, in turn; say how they
@@ -341,52 +403,20 @@ def _train_selected(job, selected, args):
                     return _interrupted(job, stop, number)
                 if rt.any_rank(bool(stop.signals), runtime):  # came as the config ended
                     return _interrupted(job, stop, number, finished=True)
-    if runtime.is_main:
-        _tidy(job)
+    if not runtime.is_main:
+        return 0
+    _refresh(job, final=True)
     chosen = {(f"config_{number}", seed) for number, _ in selected for seed in seeds}
     finished = [entry for entry in job.results["configs"]
                 if (entry["id"], entry["seed"]) in chosen]
-    if runtime.is_main:
-        _print(summary(finished))
-        _print(f"Results, weights and plots are in {job.out}/")
+    _print(summary(finished))
+    _print(f"Results, weights and plots are in {job.out}/ (every run in {job.out / store.RUNS}/)")
     return 0 if all(entry["status"] == "finished" for entry in finished) else 1
 
-
-def _redraw_examples(job):
-    """examples.png anew after configs moved in CONFIGS or went aside, so that its title
-    names the best finished config by its id now: predicted again from its weights."""
-    results = job.results
-    finished = [entry for entry in results["configs"] if entry["status"] == "finished"
-                and isinstance(entry.get("weights"), str) and (job.out / entry["weights"]).is_file()
-                and entry.get("model") == job.models.get(entry["id"])]  # not an older model's
-    if not finished:
-        (job.out / "examples.png").unlink()  # it showed a config that is no longer here
-        return
-    best = max(finished, key=lambda entry: entry["final_test_accuracy"])
-    model = job.script.build_model(best["config"])
-    model.load_state_dict(torch.load(job.out / best["weights"], map_location="cpu",
-                                     weights_only=True))
-    on_device = job.on_device
-    predictions = train.predict(model.to(job.runtime.device), on_device.test_images,
-                                on_device.scale, on_device.shift, job.runtime,
-                                best["config"].get("tta", False))
-    outputs.plot_examples(on_device, predictions, best, results["script"], job.out)
-
-
 # An epoch is timed from its 10th step (past the slow first ones) to its 40th, or later, until
+
 # 2 s have passed: a window of a few steps, on a busy machine, once gave 99 s for 42 s.
 ESTIMATE_STEPS, ESTIMATE_SECONDS = (10, 40), 2.0
-
-
-def _epochs_to_train(selected, seeds, results):
-    """(runs, epochs) this run still has to train: for the up-front estimate."""
-    done = {(entry["id"], entry["seed"]) for entry in results["configs"]
-            if entry["status"] in ("finished", "diverged")}
-    epochs = [chosen["num_epochs"] for number, chosen in selected
-              for seed in range(results["seed"], results["seed"] + seeds)
-              if (f"config_{number}", seed) not in done]
-    return len(epochs), sum(epochs)
-
 
 def _estimator(job, run_name, batch_size):
     """(on_step, on_epoch_end) hooks for the first config this run trains, that print how
@@ -423,7 +453,6 @@ def _estimator(job, run_name, batch_size):
 
     return on_step, on_epoch_end
 
-
 def _tell_estimate(job, run_name, epoch):
     where = ("this CPU" if job.runtime.device.type == "cpu" else
              f"this GPU ({torch.cuda.get_device_name(job.runtime.device)})")
@@ -432,17 +461,14 @@ def _tell_estimate(job, run_name, epoch):
     job.say(f"{run_name}: about {_duration(epoch)} an epoch on {where}; the {runs} run(s) to "
             f"train need about {_duration(epochs * epoch)} in all.{quick}")
 
-
 def _duration(seconds):
     """'42 s', '7.5 min', '11.8 h'."""
     if seconds < 120:
         return f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.2f} s"
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
-
 def _silent(*args, **kwargs):
     pass
-
 
 def _load_data(args, script_file, argv):
     """The data set, decoded; a download failure ends with the command to run instead."""
@@ -454,13 +480,11 @@ def _load_data(args, script_file, argv):
         raise data.DataError(f"{error}\nWith a copy in DIR, run:\n  "
                              f"{_command(script_file, ['--data-dir', 'DIR'] + argv)}") from None
 
-
 def _checked_configs(configs, model_settings, args):
     checked = config.check_configs(configs, model_settings)
     if args.epochs:
         checked = [dict(chosen, num_epochs=args.epochs) for chosen in checked]
     return checked
-
 
 def _bytes_needed(model):
     """Room for the weights, a checkpoint (model and momentum) while its next version is
@@ -468,17 +492,44 @@ def _bytes_needed(model):
     weights = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
     return 5 * weights + 20 * 2**20  # + the temporary copy of a checkpoint being replaced
 
+def model_identity(build_model, chosen, number):
+    """What the freshly built model of ``chosen`` computes, to know a run of it again: its
+    parameter and buffer names and shapes, the sum and sum of squares of each initial
+    tensor, and its outputs on a fixed probe batch (in eval mode, and in train mode with
+    fixed dropout masks). An edit to the class, to build_model, to the initialisation or to a
+    module-level value the forward reads changes it; a comment does not. Also checks that
+    the model gives 10 scores an image, before anything trains."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = _built(build_model, chosen, number)
+        state = model.state_dict()
+        probe = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        try:
+            with torch.no_grad():
+                outputs_ = [model.eval()(probe)]
+                torch.manual_seed(1)
+                outputs_.append(model.train()(probe))
+        except Exception as error:  # noqa: BLE001 (the student's model: any error is theirs)
+            raise UserError(f"config_{number}: the model fails on a batch of two 3x32x32 "
+                            f"images ({type(error).__name__}: {str(error).splitlines()[0]})"
+                            ) from None
+    if any(tuple(output.shape) != (2, 10) for output in outputs_):
+        raise UserError(f"config_{number}: the model must give 10 scores per image (one per "
+                        f"CIFAR-10 class); for a batch of 2 images it gives a tensor of shape "
+                        f"{tuple(outputs_[0].shape)}. Check the last layer (e.g. "
+                        f"nn.Linear(84, 10)).")
+    shapes = "\n".join(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}"
+                       for name, tensor in state.items())
+    init = [value for tensor in state.values() if tensor.is_floating_point()
+            for value in (float(tensor.double().sum()), float(tensor.double().square().sum()))]
+    return {"shapes": hashlib.sha256(shapes.encode()).hexdigest()[:16], "init": init,
+            "probe": torch.cat(outputs_).flatten().double().tolist(),
+            "legacy": legacy_fingerprint(model)}
 
-def _identity(chosen, seed, run_data, model, precision):
-    """What must match for a checkpoint or a finished result to count as this run's."""
-    return {"config": chosen, "seed": seed, "data": run_data, "model": model,
-            "precision": precision}
 
-
-def model_fingerprint(model):
-    """A short digest of what makes ``model`` this model: its parameter and buffer names and
-    shapes, and the code of its own classes (those not from torch), with comments,
-    docstrings and layout ignored. Editing the model class in a script changes it."""
+def legacy_fingerprint(model):
+    """The model fingerprint of the kit before the store (the source of the model's own
+    classes, names and shapes): runs taken in from then are known again by it."""
     parts = [f"{name}:{tuple(tensor.shape)}" for name, tensor in model.state_dict().items()]
     classes = {type(module) for module in model.modules()
                if not type(module).__module__.startswith("torch.")}
@@ -498,18 +549,18 @@ def model_fingerprint(model):
 
 
 def _run_config(job, number, chosen, seed, stop):
-    """Train (or resume, or skip) one config with one seed; record it; return its status."""
-    label, results = f"config_{number}", job.results
-    name = label if seed == results["seed"] else f"{label} (seed {seed})"
-    done = next((entry for entry in results["configs"]
-                 if entry["id"] == label and entry["seed"] == seed), None)
-    if done and done["status"] in ("finished", "diverged"):  # running, out_of_memory: resumed
-        job.say(f"{name}: already {done['status']} in {job.out} ({outcome(done)}); "
+    """Train (or resume, or skip) one config with one seed in its run; return its status."""
+    label = f"config_{number}"
+    name = label if seed == job.header["seed"] else f"{label} (seed {seed})"
+    run_dir, record, done = rt.from_main(lambda: _claim(job, label, chosen, seed, name),
+                                         job.runtime)
+    if done:
+        job.say(f"{name}: already {record['status']} in {run_dir} ({outcome(record)}); "
                 f"skipped. Use --restart to train it again.")
-        return done["status"]
+        return record["status"]
     job.say(f"{name}{' ' + chosen['name'] if 'name' in chosen else ''}: "
             f"{settings(chosen)}")
-    training = _start(job, number, chosen, seed, name)
+    training = _start(job, number, chosen, seed, name, Path(run_dir), record)
 
     def epoch_done(predictions):
         training.predictions = predictions
@@ -521,7 +572,7 @@ def _run_config(job, number, chosen, seed, stop):
     return status
 
 
-def _start(job, number, chosen, seed, name):
+def _start(job, number, chosen, seed, name, run_dir, record):
     """A new Training of ``chosen`` with ``seed``, carried on from its checkpoint if any."""
     runtime, label = job.runtime, f"config_{number}"
     train.seed_everything(seed)  # every config starts from the same weights
@@ -537,19 +588,15 @@ def _start(job, number, chosen, seed, name):
     training = Training(
         label=label, name=name, seed=seed, config=chosen,
         step=train.make_step(model, optimizer, chosen, runtime, scheduler, scaler),
-        progress=train.new_progress(), steps_per_epoch=steps,
-        checkpoint_path=ledger.checkpoint_path(job.out, label, seed),
-        weights_path=job.out / ledger.weights_name(job.script.weights_file, number, seed,
-                                                   job.results["seed"]))
+        progress=train.new_progress(), steps_per_epoch=steps, run_dir=run_dir, record=record)
     _restore(job, training)
     return training
 
-
 def _restore(job, training):
-    """Carry ``training`` on from its checkpoint, where one was saved."""
+    """Carry ``training`` on from its run's checkpoint, where one was saved."""
     step, name = training.step, training.name
-    checkpoint = rt.from_main(lambda: checkpoints.load_checkpoint(training.checkpoint_path),
-                              job.runtime)
+    path = training.run_dir / store.CHECKPOINT
+    checkpoint = rt.from_main(lambda: checkpoints.load_checkpoint(path), job.runtime)
     if not checkpoint:
         return
     training.progress, note = checkpoints.restore(checkpoint, rt.unwrap(step.model),
@@ -565,56 +612,60 @@ def _save_checkpoint(job, training, progress):
     """Every rank's random-number state, and on rank 0 the checkpoint of ``progress``."""
     rng_states = rt.gather(checkpoints.rng_state(), job.runtime)
     if job.runtime.is_main:
-        identity = _identity(training.config, training.seed, job.results["data"],
-                             job.models[training.label], rt.precision(job.runtime))
-        checkpoints.save_checkpoint(training.checkpoint_path, identity, training.step,
-                                    progress, rng_states)
+        checkpoints.save_checkpoint(training.run_dir / store.CHECKPOINT,
+                                    training.record["identity"], training.step, progress,
+                                    rng_states)
 
 
 def _record(job, training, status, predictions=None):
-    """This training's entry in the results (in full on rank 0), written out there: the JSON
-    each time, the PNGs when they are due (see _refresh). A finished entry comes with its
-    per-class scores, and examples.png is drawn before the JSON says "finished", so a kill
-    between the two leaves nothing that no rerun would redo."""
-    label, seed, chosen = training.label, training.seed, training.config
-    runtime, results = job.runtime, job.results
-    entry = {"id": label, "seed": seed, "config": chosen, "status": status}
-    if runtime.is_main:
-        entry = config_entry(label, seed, chosen, status, training.progress,
-                             training.weights_path.name)
-        entry.update(model=job.models[label], precision=rt.precision(runtime),
-                     compiled=runtime.compile)
-        if job.script.log_every:
-            entry["steps_per_epoch"] = training.steps_per_epoch
-        if predictions is not None:
-            entry.update(_class_scores(predictions, job.on_device.test_labels))
-    results["configs"] = sorted(
-        [e for e in results["configs"] if (e["id"], e["seed"]) != (label, seed)] + [entry],
-        key=lambda e: (ledger.number_of(e["id"]), e["seed"]))
-    if runtime.is_main:
-        if predictions is not None and is_best(entry, results["configs"]):
-            outputs.plot_examples(job.on_device, predictions, entry, results["script"],
-                                  job.out)
-        last_epoch = training.progress["epoch"] >= chosen["num_epochs"]
-        _refresh(job, final=status != "running", drawn_next=status == "running" and last_epoch)
+    """Rank 0: write the run's record as it stands (its history so far, how it ended; a
+    finished one with its per-class scores), then rebuild the views."""
+    if not job.runtime.is_main:
+        return
+    chosen = training.config
+    entry = config_entry(training.label, training.seed, chosen, status, training.progress,
+                         store.WEIGHTS)
+    entry.pop("id")
+    record = dict(training.record, **entry, precision=rt.precision(job.runtime),
+                  compiled=job.runtime.compile)
+    if job.script.log_every:
+        record["steps_per_epoch"] = training.steps_per_epoch
+    if predictions is not None:
+        record.update(_class_scores(predictions, job.on_device.test_labels))
+        record["weights_sha256"] = store.sha256(training.run_dir / store.WEIGHTS)
+    if status in store.ENDED:
+        record["ended"] = time.time()
+    store.write_record(training.run_dir, record)
+    training.record = record
+    last_epoch = training.progress["epoch"] >= chosen["num_epochs"]
+    _refresh(job, final=status != "running", drawn_next=status == "running" and last_epoch)
 
 
 def _finish(job, training, status):
-    """Save a finished training's weights, record how it ended, drop its checkpoint."""
+    """Save a finished training's weights and predictions, record how it ended (the run's
+    last write), drop its checkpoint (kept after out-of-memory: a rerun carries on)."""
     runtime, model = job.runtime, rt.unwrap(training.step.model)
     predictions = None
     if runtime.is_main and status == "finished":
         predictions = training.predictions
+        on_device = job.on_device
         if predictions is None:  # resumed with nothing left to train: no test pass ran
-            on_device = job.on_device
             predictions = train.predict(model, on_device.test_images, on_device.scale,
                                         on_device.shift, runtime,
                                         training.config.get("tta", False))
-        outputs.save_weights(model, training.weights_path)
-    # After the weights: the JSON never names a file not yet there.
+        outputs.save_weights(model, training.run_dir / store.WEIGHTS)
+        labels = on_device.test_labels.cpu()
+        pick = torch.linspace(0, len(labels) - 1, min(32, len(labels))).long()
+        store.save_predictions(training.run_dir, predictions.cpu().numpy(), labels.numpy(),
+                               pick.numpy(), on_device.test_images[pick].cpu().numpy())
+    # After the weights: a record never says "finished" before they are there.
     _record(job, training, status, predictions)
-    if runtime.is_main and status != "out_of_memory":  # kept: a rerun carries on from it
-        checkpoints.remove_checkpoint(training.checkpoint_path)
+    if runtime.is_main:
+        if status in store.ENDED:
+            (training.run_dir / store.CHECKPOINT).unlink(missing_ok=True)
+        lock = job.locks.pop(training.run_dir, None)
+        if lock is not None:
+            os.close(lock)
 
 
 # The PNGs are redrawn after an epoch only when at least this many times their last drawing
@@ -622,18 +673,22 @@ def _finish(job, training, status):
 REFRESH_RATIO = 20
 
 
-def _refresh(job, final, drawn_next=False):
-    """Write the results JSON (every epoch: a few milliseconds) and redraw the PNGs (a few
-    tenths of a second: at the end of each config, and between epochs when due, unless
-    ``drawn_next``: the config's end, with its own drawing, follows at once)."""
-    results = job.results
-    save_json(results, job.out / job.script.results_file)
-    due = not drawn_next and time.monotonic() - job.drawn_at >= REFRESH_RATIO * job.drawing
-    if final or due:
-        started = time.monotonic()
-        outputs.plot_run(results["configs"], job.out, results["script"], job.script.log_every,
-                         run=results)
-        job.drawn_at, job.drawing = time.monotonic(), time.monotonic() - started
+def _refresh(job, final, drawn_next=False, locked=False):
+    """Rank 0: rebuild the views from the store: the results JSON and the weights every time
+    (milliseconds), the PNGs (a few tenths of a second) at the end of each config and
+    between epochs when due, unless ``drawn_next`` (the config's end follows at once).
+    Returns the lines that say what could not be a view."""
+    def draw(results):
+        due = not drawn_next and time.monotonic() - job.drawn_at >= REFRESH_RATIO * job.drawing
+        if final or due:
+            started = time.monotonic()
+            plots.draw_views(job.out, results, store.examples(job.out, results))
+            job.drawn_at, job.drawing = time.monotonic(), time.monotonic() - started
+        job.results = results
+
+    with contextlib.nullcontext() if locked else store.store_lock(job.out):
+        return store.write_views(job.out, job.script.results_file, job.script.weights_file,
+                                 job.header, _shown(job), draw)
 
 
 def _class_scores(predictions, test_labels):
@@ -642,7 +697,6 @@ def _class_scores(predictions, test_labels):
     per_class = (100.0 * matrix.diag() / matrix.sum(dim=1).clamp(min=1)).tolist()
     return {"per_class_accuracy": dict(zip(data.CLASSES, per_class)),
             "confusion_matrix": matrix.tolist()}
-
 
 def _train(job, training, stop, on_epoch):
     """train.train_config with the run's messages; ``on_epoch(predictions)`` after each
@@ -682,7 +736,6 @@ def _train(job, training, stop, on_epoch):
     _say_failed(job, training, status)
     return status
 
-
 def _leave_out_of_step(job, training):
     """Out of GPU memory inside a forward with SyncBatchNorm: the other ranks wait in one of
     its collectives, which this rank cannot meet, so it leaves at once, before any teardown
@@ -697,7 +750,6 @@ def _leave_out_of_step(job, training):
     sys.stderr.flush()
     os._exit(EXIT_WRITE_FAILED)
 
-
 def _say_failed(job, training, status):
     """The line for a training that ran out of memory or diverged (nothing otherwise)."""
     name, chosen = training.name, training.config
@@ -711,23 +763,13 @@ def _say_failed(job, training, status):
                 f"{where['step']}; this config is stopped and marked diverged. A smaller lr "
                 f"usually helps.", file=sys.stderr)
 
-
 def _interrupted(job, stop, number, finished=False):
     """Say where the signal in ``stop`` stopped the run; return the exit status."""
     name = signal.Signals(stop.signals[0]).name
     where = (f"after config_{number} ended; the next configs have not started" if finished
-             else f"during config_{number}; its checkpoint is in {job.out / 'checkpoints'}/")
+             else f"during config_{number}; its checkpoint is in its run folder in "
+             f"{job.out / store.RUNS}/")
     job.say(f"Stopped by {name} {where}. "
             f"{_resume_hint(job.script.file, job.argv, job.runtime.distributed)}",
             file=sys.stderr)
     return signals.EXIT[stop.signals[0]]
-
-
-def _tidy(job):
-    """What a run stopped at the wrong moment (kill -9 between writing a config's results
-    and its PNGs, or removing its checkpoint) left undone: done at the end of every run."""
-    results = job.results
-    ledger.remove_stale_checkpoints(job.out, results)
-    if not all((job.out / name).is_file() for name in PLOT_FILES[:3]):
-        outputs.plot_run(results["configs"], job.out, results["script"], job.script.log_every,
-                         run=results)

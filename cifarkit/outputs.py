@@ -1,5 +1,5 @@
-"""What a run writes beside its results JSON: the output folder checked before anything
-trains, the weights, the run's record of itself, the PNGs. The JSON itself: results.py.
+"""The output folder checked before anything trains, the weights written, the run-level
+record of a run (its data, devices, versions). The JSON itself: results.py; the runs: store.py.
 """
 import importlib.metadata
 import os
@@ -10,10 +10,9 @@ from pathlib import Path
 
 import torch
 
-from . import plots
 from .data import data_fingerprint
 from .errors import UserError
-from .results import CLASSES, PLOT_FILES, config_label, foreign_entries, write_atomically
+from .results import PLOT_FILES, foreign_entries, write_atomically
 from .runtime import precision, recorded_devices
 
 
@@ -52,16 +51,16 @@ def _check_out_dir(path, bytes_needed, data_dir, kit_names):
 
 def _check_nothing_in_the_way(out, path, kit_names):
     """A folder (or pipe) where the kit writes a file, or a file or broken link where it
-    keeps its checkpoints, would stop the run only after its first config had trained."""
-    checkpoints = out / "checkpoints"
-    if checkpoints.is_symlink() and not checkpoints.exists():
-        raise UserError(f"--out {path}: {checkpoints} is a link to {os.readlink(checkpoints)}, "
-                        f"which does not exist. Create that folder (a scratch disk not "
-                        f"mounted?), or remove the link.")
+    keeps its runs, would stop the run only after its first config had trained."""
+    runs = out / "runs"
+    if runs.is_symlink() and not runs.exists():
+        raise UserError(f"--out {path}: {runs} is a link to {os.readlink(runs)}, which does "
+                        f"not exist. Create that folder (a scratch disk not mounted?), or "
+                        f"remove the link.")
     blocked = [out / name for name in kit_names
                if (out / name).exists() and not (out / name).is_file()]
-    if checkpoints.exists() and not checkpoints.is_dir():
-        blocked.append(checkpoints)
+    if runs.exists() and not runs.is_dir():
+        blocked.append(runs)
     if blocked:
         raise UserError(f"--out {path}: {blocked[0]} is in the way of a file or folder the "
                         f"kit writes there. Move it, or choose another folder with --out DIR.")
@@ -118,8 +117,9 @@ def _installed_version(package):
         return "not installed"
 
 
-def new_results(script, dataset, normalization, runtime, seed, argv):
-    """The run-level half of a results JSON; configs are appended as they finish."""
+def new_results(script, dataset, normalization, runtime, seed, argv, log_every=0,
+                weights_file="config_{number}.pth"):
+    """The run-level half of a results JSON (the header of every run record, too)."""
     launcher = "torchrun ..." if runtime.distributed else "python"
     return {
         "script": script,
@@ -137,42 +137,6 @@ def new_results(script, dataset, normalization, runtime, seed, argv):
         "precision": precision(runtime),
         "versions": environment(),
         "accuracy_unit": "percent",
-        "configs": [],
+        "log_every": log_every,
+        "weights_file": weights_file,
     }
-
-
-def plot_run(entries, out_dir, script, log_every, run=None):
-    """loss.png, train_accuracy.png, test_accuracy.png; the baseline's loss.png shows the
-    running loss it prints every ``log_every`` mini-batches. ``run``: the results JSON (its
-    data, devices), for the subtitle saying what the curves were measured on."""
-    title = Path(script).stem
-    note = plots.subtitle(run, entries)
-    with_batch_losses = log_every and any(entry.get("batch_losses") for entry in entries)
-    for file_name, key, y_label, span in plots.PLOTS:
-        if file_name == "loss.png" and with_batch_losses:
-            figure = plots.batch_loss_figure(
-                entries, f"{title}: loss every {log_every} mini-batches", log_every, note)
-        else:
-            figure = plots.history_figure(entries, key, f"{title}: {y_label.split(' (')[0]}",
-                                          y_label, span, note,
-                                          plots.train_sample_size(run))
-        content = plots.png_bytes(figure)
-        write_atomically(Path(out_dir) / file_name, lambda file: file.write(content))
-
-
-def plot_examples(on_device, predictions, entry, script, out_dir, count=32):
-    """examples.png: ``count`` test images, spread over the test set, with the predictions
-    of the best run so far."""
-    test_images, test_labels = on_device.test_images, on_device.test_labels
-    pick = torch.linspace(0, len(test_labels) - 1, min(count, len(test_labels))).long()
-    correct = sum(int(predictions[index]) == int(test_labels[index]) for index in pick)
-    figure = plots.examples_figure(test_images.cpu()[pick], test_labels.cpu()[pick].tolist(),
-                                   predictions[pick].tolist(), CLASSES,
-                                   f"{Path(script).stem}, {config_label(entry)}\n"
-                                   f"{correct} of these {len(pick)} right; "
-                                   f"{entry['final_test_accuracy']:.1f}% of all "
-                                   f"{len(test_labels):,} test images")
-    content = plots.png_bytes(figure)
-    write_atomically(Path(out_dir) / "examples.png", lambda file: file.write(content))
-
-

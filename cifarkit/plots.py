@@ -3,6 +3,7 @@ and the same colour for a config (config_N) in every figure."""
 import io
 import re
 import textwrap
+from pathlib import Path
 
 import numpy as np
 
@@ -271,7 +272,7 @@ def examples_figure(images, labels, predictions, class_names, title):
     for index, (image, label, predicted) in enumerate(zip(images, labels, predictions)):
         row, column = divmod(index, columns)
         top, left = row * cell_height + top_margin, column * cell_width + 4
-        mosaic[top:top + 32, left:left + 32] = image.permute(1, 2, 0).numpy()
+        mosaic[top:top + 32, left:left + 32] = np.asarray(image).transpose(1, 2, 0)
         right = int(label) == int(predicted)
         axes.text(left + 16, top - 1.5, f"{class_names[label]}\n-> {class_names[predicted]}",
                   ha="center", va="bottom", fontsize=7, color="black" if right else "red")
@@ -310,3 +311,34 @@ def confusion_figure(matrix, class_names, title):
     axes.set(title=title, xlabel="predicted class", ylabel="true class")
     figure.colorbar(shown, label="% of the true class")
     return figure
+
+
+def draw_views(out_dir, results, examples=None):
+    """The PNGs of a results JSON: loss.png, train_accuracy.png, test_accuracy.png (the
+    baseline's loss.png shows the running loss it prints every log_every mini-batches), and
+    examples.png from ``examples`` (store.examples: images, labels, predictions, entry)."""
+    from .results import CLASSES, config_label, write_atomically  # results imports plots
+
+    entries, log_every = results["configs"], results.get("log_every") or 0
+    title = Path(results["script"]).stem
+    note = subtitle(results, entries)
+    with_batch_losses = log_every and any(entry.get("batch_losses") for entry in entries)
+    figures = {}
+    for file_name, key, y_label, span in PLOTS:
+        if file_name == "loss.png" and with_batch_losses:
+            figures[file_name] = batch_loss_figure(
+                entries, f"{title}: loss every {log_every} mini-batches", log_every, note)
+        else:
+            figures[file_name] = history_figure(entries, key, f"{title}: {y_label.split(' (')[0]}",
+                                                y_label, span, note, train_sample_size(results))
+    if examples is not None:
+        images, labels, predictions, best = examples
+        correct = int((np.asarray(labels) == np.asarray(predictions)).sum())
+        tested = results["data"]["test_images"]
+        figures["examples.png"] = examples_figure(
+            images, [int(label) for label in labels], [int(p) for p in predictions], CLASSES,
+            f"{title}, {config_label(best)}\n{correct} of these {len(labels)} right; "
+            f"{best['final_test_accuracy']:.1f}% of all {tested:,} test images")
+    for file_name, figure in figures.items():
+        content = png_bytes(figure)
+        write_atomically(Path(out_dir) / file_name, lambda file: file.write(content))

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from . import plots
+from . import plots, store
 from .results import CLASSES
 from .results import config_label, mean_std, settings, write_atomically
 
@@ -793,7 +793,81 @@ def _run_section(run, modelset, figures):
              f"{', '.join(results['devices'])}; world size {results.get('world_size', 1)}; "
              f"seed {results.get('seed', 0)}.", "",
              summary_table(results), ""]
-            + _best_section(run, modelset, figures))
+            + _best_section(run, modelset, figures) + _earlier_section(run, modelset, figures))
+
+
+def earlier_runs(run):
+    """{config id: (its shown run's record, [earlier records of it])} for the configs of a
+    results JSON (its base seed) whose store holds earlier runs: runs of the same script
+    with the same config name (or, unnamed, trained under the same id) that are not shown."""
+    folder, base = run.path.parent, run.results.get("seed", 0)
+    records, found = store.runs(folder), {}
+    for entry in run.results["configs"]:
+        current = records.get(folder / entry["run"]) if isinstance(entry.get("run"), str) \
+            else None
+        if entry["seed"] != base or current is None:
+            continue
+        name = entry["config"].get("name")
+        earlier = [record for run_dir, record in records.items()
+                   if run_dir != folder / entry["run"] and record["seed"] == base
+                   and record["history"] and record["identity"].get("script") == run.script
+                   and (record["config"].get("name") == name if name is not None
+                        else "name" not in record["config"]
+                        and record.get("label") == entry["id"])]
+        if earlier:
+            found[entry["id"]] = (current, earlier)
+    return found
+
+
+def change_label(earlier, current):
+    """What differs between an earlier run of a config and its run now, as the legend says
+    it: "lr 0.001 -> 0.005" (earlier -> now)."""
+    was, now = (store.config_identity(record["identity"].get("config") or {}, {})
+                for record in (earlier, current))
+    change = store.describe_change(was, now)
+    if not change and earlier["identity"].get("model") != current["identity"].get("model"):
+        change = "the model changed"
+    return change or "the same config, trained again (--restart)"
+
+
+def earlier_figure(config_id, current, earlier, title, path):
+    """A config's earlier runs and its run now: test accuracy against the epoch, each
+    earlier curve labelled by what changed since."""
+    plt = plots.pyplot()
+    figure, axes = plt.subplots(figsize=(9, 5.5))
+    for record in earlier:
+        epochs = [point["epoch"] for point in record["history"]]
+        axes.plot(epochs, [point["test_accuracy"] for point in record["history"]], "--",
+                  marker="o" if len(epochs) == 1 else None, alpha=0.8,
+                  label=f"earlier ({change_label(record, current)})")
+    epochs = [point["epoch"] for point in current["history"]]
+    axes.plot(epochs, [point["test_accuracy"] for point in current["history"]], "-",
+              color="black", linewidth=2, marker="o" if len(epochs) == 1 else None,
+              label=f"now: {config_id}")
+    axes.set(title=f"{title}: {config_id}, earlier runs and now", xlabel="epoch",
+             ylabel="test accuracy (%)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def _earlier_section(run, modelset, figures):
+    lines = []
+    for config_id, (current, earlier) in earlier_runs(run).items():
+        path = earlier_figure(config_id, current, earlier, Path(run.script).stem,
+                              figures / f"{run.name}_{config_id}_earlier.png")
+        changes = "; ".join(f"{change_label(record, current)}: "
+                            f"{_final(record)}" for record in earlier)
+        lines += [f"**{config_id}, earlier runs** (kept in `{run.path.parent.name}/runs/`): "
+                  f"{changes}; now {_final(current)}.", ""]
+        lines += _link(path, modelset, f"{config_id}: earlier runs and now")
+    return lines
+
+
+def _final(record):
+    history = record["history"]
+    return (f"{history[-1]['test_accuracy']:.2f}% after {history[-1]['epoch']} epoch(s)"
+            + ("" if record["status"] == "finished" else f" ({record['status']})"))
 
 
 def _link(path, modelset, caption):

@@ -4,7 +4,6 @@ summarised. No torch here: make_report.py reads results where torch is not insta
 Every file is written to a temporary name in the same folder and then renamed over the
 target, so a crash mid-write never leaves a half-written result.
 """
-import contextlib
 import json
 import math
 import os
@@ -15,16 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .errors import UserError
 
 # CIFAR-10's classes in label order (0..9), as the results name them.
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck")
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
 
 PLOT_FILES = ("loss.png", "train_accuracy.png", "test_accuracy.png", "examples.png")
 # A folder holding any of these is somebody's project, not a place for results.
@@ -37,34 +30,6 @@ def foreign_entries(folder):
     sorted: such a folder is no place for the kit's outputs."""
     return sorted(entry.name for entry in Path(folder).iterdir()
                   if entry.name in FOREIGN_MARKERS or entry.suffix in SOURCE_SUFFIXES)
-
-
-@contextlib.contextmanager
-def locked(out_dir):
-    """Hold an exclusive lock on ``out_dir`` (created if need be) for the whole run, so two
-    runs never write one folder at once. The lock is the kernel's (flock on the folder
-    itself): it goes with the process, so a run killed with kill -9 leaves nothing that
-    blocks the next one, and no lock file is written."""
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"--out {out_dir}: cannot write there ({error.strerror or error}). "
-                        f"Choose another folder with --out DIR.") from None
-    if fcntl is None:  # Windows: no flock; one run per folder is then up to the user
-        yield
-        return
-    handle = os.open(out_dir, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"--out {out_dir}: another run is writing to that folder right "
-                            f"now. Wait for it to finish, or give this run a folder of its "
-                            f"own with --out DIR.") from None
-        yield
-    finally:
-        os.close(handle)  # closing releases the lock
 
 
 def load_results(path):

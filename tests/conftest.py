@@ -136,3 +136,27 @@ def shared_jpeg_or_skip():
     if os.environ.get("CI"):
         pytest.fail(f"{SHARED_JPEG} is missing, and CI must run the real-image test.")
     pytest.skip(f"{SHARED_JPEG} not found: the real-image test needs the CIFAR-10 JPEG copy.")
+
+
+def run_script(name, out, data_dir, configs, monkeypatch, *flags):
+    """Run script ``name`` in this process with ``configs`` as its CONFIGS; its exit status."""
+    import importlib
+
+    script = importlib.import_module(name)
+    monkeypatch.setattr(script, "CONFIGS", configs)
+    return script.main(["--data-dir", str(data_dir), "--out", str(out), "--device", "cpu",
+                        *flags])
+
+
+def finished_runs(out):
+    """{run folder name: {file: bytes}} of every finished or diverged run in ``out``'s store:
+    what nothing may ever rename, move, rewrite or delete (a checkpoint is no part of it)."""
+    found = {}
+    for record_path in sorted(Path(out).glob("runs/*/run.json")):
+        import json
+
+        if json.loads(record_path.read_text())["status"] in ("finished", "diverged"):
+            found[record_path.parent.name] = {
+                path.name: path.read_bytes() for path in record_path.parent.iterdir()
+                if path.name != "checkpoint.ckpt"}
+    return found

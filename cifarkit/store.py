@@ -1,0 +1,543 @@
+"""The run store: one folder per trained (config, seed), written once, never moved.
+
+    OUT/runs/config_2-l2-s0-20261206-101500-3f9a/
+        run.json          the record: the config as trained, its identity, history, outcome
+        weights.pth       the final weights (a finished run)
+        predictions.npz   the final test predictions and the example images (a finished run)
+        checkpoint.ckpt   while it trains: where a stopped run carries on
+
+A run is written in place while it trains. Once its record says "finished" or "diverged",
+nothing in the kit renames, moves, rewrites or deletes its record, weights or predictions (a
+leftover checkpoint is no part of a finished run: the next look at the store removes it).
+What a user sees by name in OUT (config_N.pth, the results JSON, the PNGs) are views of the
+runs that the script's CONFIGS select, rebuilt by every run and by make_report.py: a kill
+leaves at worst a stale view, which the next command rebuilds. Deleting old runs is the
+user's act (``rm -r OUT/runs/NAME``).
+
+No torch here: make_report.py reads and rebuilds views where torch is not installed.
+"""
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .results import PLOT_FILES, load_results, save_json, write_atomically
+
+try:
+    import fcntl
+except ImportError:  # Windows: no locks; one writer per folder is then up to the user
+    fcntl = None
+
+RUNS, RECORD, WEIGHTS, PREDICTIONS, CHECKPOINT = (
+    "runs", "run.json", "weights.pth", "predictions.npz", "checkpoint.ckpt")
+FORMAT = "cifarkit-run-1"
+ENDED = ("finished", "diverged")
+NAMING_KEYS = ("name", "reported_accuracy", "reported_seconds")  # change no computation
+# What the results JSON's header holds; the rest of a run record is its entry.
+HEADER_KEYS = ("script", "command", "started", "devices", "world_size", "backend", "data",
+               "versions", "accuracy_unit", "log_every", "weights_file")
+TOLERANCE = dict(rtol=1e-3, atol=1e-5)  # the model's probe, across machines and BLAS builds
+
+
+# ------------------------------------------------------------------------------- identity
+
+def config_identity(config, neutral):
+    """What a config makes the training compute: no naming keys, and no key whose value is
+    the neutral one (``neutral``: {key: value that trains as if the key were absent}), so a
+    key the kit adds later, whose default trains as before, changes no identity."""
+    return {key: value for key, value in sorted(config.items())
+            if key not in NAMING_KEYS and not (key in neutral and neutral[key] == value)}
+
+
+def data_identity(data):
+    """The inputs by their content, not the path they were read from."""
+    return {key: data.get(key) for key in ("fingerprint", "train_images", "test_images",
+                                           "normalization")}
+
+
+def identity(script, config, neutral, seed, data, precision, model):
+    """What must match for a run to count as ``config`` trained with ``seed`` now.
+    ``model``: experiment.model_identity's (what the freshly built model computes)."""
+    return {"script": script, "config": config_identity(config, neutral), "seed": seed,
+            "data": data_identity(data), "precision": precision, "model": model}
+
+
+def same_model(recorded, model):
+    """Whether a run's recorded model identity is the model built now: names, shapes and
+    initial values, and its outputs on a fixed probe batch, within TOLERANCE. A run taken in
+    from a folder of the kit before the store records only its source fingerprint, which
+    ``model["legacy"]`` holds for the model built now."""
+    if not isinstance(recorded, dict) or not isinstance(model, dict):
+        return False
+    if "fingerprint" in recorded:
+        return recorded["fingerprint"] == model.get("legacy")
+    try:
+        return (recorded["shapes"] == model["shapes"]
+                and all(len(recorded[key]) == len(model[key])
+                        and np.allclose(recorded[key], model[key], **TOLERANCE)
+                        for key in ("init", "probe")))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def matches(record, wanted, neutral):
+    """Whether run ``record`` is the run of identity ``wanted`` (configs compared as
+    config_identity sees them, so a key the kit adds later with its neutral value, or a
+    run taken in from before the store, still matches)."""
+    recorded = record.get("identity")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("config"), dict):
+        return False
+    return (config_identity(recorded["config"], neutral) == wanted["config"]
+            and all(recorded.get(key) == wanted[key]
+                    for key in ("script", "seed", "data", "precision"))
+            and same_model(recorded.get("model"), wanted["model"]))
+
+
+def describe_change(before, after, neutral=None):
+    """What changed between two configs, briefly: "lr 0.01 -> 0.02, nesterov False -> True"
+    (a key absent from an identity shows its ``neutral`` value where it has one)."""
+    changes, neutral = [], neutral or {}
+    for key in list(before) + [key for key in after if key not in before]:
+        old, new = (config.get(key, neutral.get(key, "(unset)")) for config in (before, after))
+        if old != new:
+            changes.append(f"{key} {old!r} -> {new!r}")
+    return ", ".join(changes)
+
+
+def what_differs(earlier, now, neutral=None):
+    """Why run record ``earlier`` is not the run of identity ``now``, in words."""
+    was = earlier.get("identity") or {}
+    parts = [describe_change(config_identity(was.get("config") or {}, neutral or {}),
+                             now["config"], neutral)]
+    for key, words in (("seed", "seed"), ("data", "the data"), ("precision", "precision")):
+        if was.get(key) != now[key]:
+            parts.append(f"{words} {was.get(key)!r} -> {now[key]!r}" if key != "data"
+                         else "the data")
+    if not same_model(was.get("model"), now["model"]):
+        parts.append("the model")
+    return ", ".join(part for part in parts if part) or "nothing"
+
+
+# ---------------------------------------------------------------------------------- locks
+
+def lock(folder, blocking):
+    """A file descriptor holding an exclusive lock on ``folder`` (close it to let go), or
+    None when another process holds it and not ``blocking``. The lock is the kernel's
+    (flock): it goes with the process, so a kill -9 leaves nothing that blocks the next one.
+    Where there is no flock (Windows), one writer per folder is up to the user."""
+    handle = os.open(folder, os.O_RDONLY)
+    if fcntl is None:
+        return handle
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(handle)
+        return None
+    return handle
+
+
+@contextlib.contextmanager
+def store_lock(out):
+    """Held while runs are chosen or created and while views are rebuilt: moments, not the
+    length of a training (a run is locked on its own while it trains)."""
+    folder = Path(out) / RUNS
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot write there ({error.strerror or error}). "
+                        f"Choose another folder with --out DIR.") from None
+    handle = lock(folder, blocking=True)
+    try:
+        yield
+    finally:
+        os.close(handle)
+
+
+# ------------------------------------------------------------------------------- the runs
+
+def read_record(run_dir):
+    """A run's record, or None (no record yet: a kill between creating its folder and
+    writing the record; or one damaged by hand)."""
+    try:
+        record = json.loads((Path(run_dir) / RECORD).read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    ok = (isinstance(record, dict) and record.get("format") == FORMAT
+          and isinstance(record.get("identity"), dict) and isinstance(record.get("config"), dict)
+          and record.get("status") in ("finished", "diverged", "out_of_memory", "running")
+          and isinstance(record.get("history"), list) and isinstance(record.get("created"),
+                                                                      (int, float)))
+    return record if ok else None
+
+
+def runs(out):
+    """{run folder: record} of every readable run in ``out``'s store, oldest first."""
+    folder = Path(out) / RUNS
+    found = {}
+    if folder.is_dir():
+        for run_dir in folder.iterdir():
+            if run_dir.name.startswith(".") or not run_dir.is_dir():
+                continue
+            record = read_record(run_dir)
+            if record is not None:
+                found[run_dir] = record
+    return dict(sorted(found.items(), key=lambda item: (item[1]["created"], item[0].name)))
+
+
+def usable(run_dir, record):
+    """Whether a run counts as done: diverged, or finished with its weights there."""
+    return record["status"] == "diverged" or (
+        record["status"] == "finished" and (Path(run_dir) / WEIGHTS).is_file())
+
+
+def tidy(run_dir, record):
+    """A finished run's checkpoint that a kill left (between the record and its removal)."""
+    if record["status"] in ENDED:
+        (Path(run_dir) / CHECKPOINT).unlink(missing_ok=True)
+
+
+def new_run(out, label, config, seed, header, wanted):
+    """Create a run's folder and its first record; returns the folder. Call under
+    store_lock, so that two processes never create one run twice."""
+    name = re.sub(r"[^\w.+-]+", "_", config.get("name", ""))[:40]
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(out) / RUNS / "-".join(
+        part for part in (label, name, f"s{seed}", stamp, secrets.token_hex(2)) if part)
+    run_dir.mkdir()
+    write_record(run_dir, dict(header, format=FORMAT, created=time.time(), label=label,
+                               identity=wanted, config=config, seed=seed, status="running",
+                               history=[], weights=None))
+    return run_dir
+
+
+def write_record(run_dir, record):
+    save_json(record, Path(run_dir) / RECORD)
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_predictions(run_dir, predictions, test_labels, pick, images):
+    """The final test predictions, the labels, and the example images examples.png shows."""
+    def write(file):
+        np.savez(file, predictions=np.asarray(predictions, dtype=np.int16),
+                 labels=np.asarray(test_labels, dtype=np.int16), pick=np.asarray(pick),
+                 images=np.asarray(images, dtype=np.uint8))
+    write_atomically(Path(run_dir) / PREDICTIONS, write)
+
+
+# -------------------------------------------------------------------------------- views
+
+def weights_name(pattern, number, seed, base_seed):
+    """config_N.pth for the run's own seed, config_N_seedS.pth for extra seeds; a pattern
+    without a number (the baseline's model.pth) gives model.pth for config 1 and
+    model_config_N.pth for the others."""
+    if "{number}" in pattern:
+        stem = pattern.format(number=number)[:-len(".pth")]
+    else:
+        stem = pattern[:-len(".pth")] + ("" if number == 1 else f"_config_{number}")
+    return f"{stem}.pth" if seed == base_seed else f"{stem}_seed{seed}.pth"
+
+
+def weights_pattern(pattern):
+    """Every name weights_name() can give."""
+    if "{number}" in pattern:
+        stem = re.escape(pattern[:-len(".pth")]).replace(re.escape("{number}"), r"\d+")
+    else:
+        stem = re.escape(pattern[:-len(".pth")]) + r"(_config_\d+)?"
+    return re.compile(stem + r"(_seed\d+)?\.pth")
+
+
+def entry(label, config, run_dir, record, out, weights):
+    """The results JSON's entry for a run shown as ``label`` with today's ``config`` (its
+    naming keys: the name, the report's figures)."""
+    shown = {key: value for key, value in record.items()
+             if key not in HEADER_KEYS + ("format", "identity", "label", "created")}
+    shown.update(id=label, config=config, run=str(Path(run_dir).relative_to(out)),
+                 weights=weights if record["status"] == "finished" else None)
+    return shown
+
+
+def _is_view(path, run_weights):
+    """Whether the file at ``path`` is one of the runs' weights (the same file, or a copy)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    same_size = []
+    for weights, digest in run_weights:
+        try:
+            other = os.stat(weights)
+        except OSError:
+            continue
+        if (other.st_ino, other.st_dev) == (stat.st_ino, stat.st_dev):
+            return True
+        if other.st_size == stat.st_size:
+            same_size.append(digest)
+    return bool(same_size) and sha256(path) in same_size
+
+
+def _link(source, target):
+    """``target`` becomes a view of ``source``: a hard link where the file system allows
+    one, else a copy; put in place by a rename, so it is never half there."""
+    temporary = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        os.link(source, temporary)
+    except OSError:
+        with open(source, "rb") as original:
+            write_atomically(temporary, lambda file: file.write(original.read()))
+    try:
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_views(out, results_file, weights_file, header, shown, draw):
+    """Rebuild the views in ``out``: the weights files, the results JSON (``header`` and
+    ``shown``: [(label, config, run folder, record)]), then ``draw(results)`` the PNGs.
+    Returns the lines that say what could not be a view. Call under store_lock."""
+    out = Path(out)
+    every = runs(out)
+    run_weights = [(run_dir / WEIGHTS, record.get("weights_sha256"))
+                   for run_dir, record in every.items() if record["status"] == "finished"]
+    lines, entries, wanted = [], [], {}
+    for label, config, run_dir, record in shown:
+        view = None
+        if record["status"] == "finished" and (run_dir / WEIGHTS).is_file():
+            number, base = int(label.split("_")[1]), header["seed"]
+            view = weights_name(weights_file, number, record["seed"], base)
+            target = out / view
+            if os.path.lexists(target) and not _is_view(target, run_weights):
+                lines.append(f"{target} is not the weights of any run in {out / RUNS}/ (a "
+                             f"file of your own?): left as it is, so {label}'s weights are "
+                             f"only in {run_dir / WEIGHTS}")
+                view = str((run_dir / WEIGHTS).relative_to(out))
+            else:
+                wanted[view] = run_dir / WEIGHTS
+        entries.append(entry(label, config, run_dir, record, out, view))
+    for name, source in wanted.items():
+        target = out / name
+        try:
+            same = os.path.samefile(source, target)
+        except OSError:
+            same = False
+        if not same:
+            _link(source, target)
+    pattern = weights_pattern(weights_file)
+    for stale in sorted(out.iterdir()):  # views of runs no config shows any more
+        if (pattern.fullmatch(stale.name) and stale.name not in wanted and stale.is_file()
+                and _is_view(stale, run_weights)):
+            stale.unlink()
+    results = dict(header, configs=sorted(entries, key=lambda e: (int(e["id"].split("_")[1]),
+                                                                  e["seed"])))
+    save_json(results, out / results_file)
+    draw(results)
+    return lines
+
+
+def rebuild_views(out, results_file):
+    """The views of the runs a results JSON names, as those runs are now (make_report.py,
+    which has no CONFIGS: the last run's choice of runs stands). Returns the lines to say."""
+    from .plots import draw_views  # matplotlib only where views are drawn
+
+    out = Path(out)
+    results = load_results(out / results_file)
+    if not isinstance(results, dict) or "weights_file" not in results:
+        return []
+    shown, lines = [], []
+    for shown_entry in results["configs"]:
+        run = shown_entry.get("run")
+        record = read_record(out / run) if isinstance(run, str) else None
+        if record is None:
+            lines.append(f"{shown_entry['id']}: its run {run} is gone (deleted by hand?): left "
+                         f"out of the views until the script trains it again")
+            continue
+        shown.append((shown_entry["id"], shown_entry["config"], out / run, record))
+    header = {key: value for key, value in results.items() if key != "configs"}
+    lines += write_views(out, results_file, results["weights_file"], header, shown,
+                         lambda new: draw_views(out, new, examples(out, new)))
+    return lines
+
+
+def examples(out, results):
+    """(images, labels, predictions, the entry) for examples.png: the best finished entry's
+    saved predictions; None when no shown run saved them."""
+    finished = [entry for entry in results["configs"] if entry["status"] == "finished"
+                and (Path(out) / entry["run"] / PREDICTIONS).is_file()]
+    if not finished:
+        return None
+    best = max(finished, key=lambda entry: entry["final_test_accuracy"])
+    try:
+        with np.load(Path(out) / best["run"] / PREDICTIONS) as saved:
+            pick = saved["pick"]
+            return saved["images"], saved["labels"][pick], saved["predictions"][pick], best
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+# ----------------------------------------------------------------------------- legacy
+
+JOURNAL, JOURNAL_COPY = ".ledger.json", ".ledger.copy.json"
+EARLIER = "earlier-"
+LEGACY_CHECKPOINT = re.compile(r"(?P<label>config_\d+)_seed(?P<seed>\d+)\.ckpt")
+
+
+def legacy_folder(out, results_file):
+    """Whether ``out`` holds what the kit wrote before the store: a results JSON whose
+    entries name no run, earlier-*/ folders, a journal of an interrupted move, checkpoints/."""
+    out = Path(out)
+    results = load_results(out / results_file)
+    return (any((out / name).exists() for name in (JOURNAL, JOURNAL_COPY, "checkpoints"))
+            or any(out.glob(EARLIER + "*"))
+            or (isinstance(results, dict)
+                and any("run" not in entry for entry in results["configs"])))
+
+
+def _complete_move(out):
+    """A move that the kit before the store began and a kill cut short: its journal names
+    each file's source, hidden name and target, and the JSONs to write."""
+    journal = None
+    for name in (JOURNAL, JOURNAL_COPY):
+        with contextlib.suppress(OSError, ValueError, RecursionError):
+            journal = journal or json.loads((out / name).read_text())
+    if not isinstance(journal, dict) or not {"moves", "writes"} <= set(journal):
+        if any(out.glob(".ledger-*")) or any(out.glob("checkpoints/.ledger-*")):
+            raise UserError(f"{out}: files of a move interrupted by an earlier version of the "
+                            f"kit wait under hidden names (.ledger-*), and its record "
+                            f"({JOURNAL}) is gone or unreadable. Put the record back if you "
+                            f"can, or move those files out of the folder, then rerun.")
+        return
+    for source, target, staged in journal["moves"]:
+        where = next((out / path for path in (staged, source) if os.path.lexists(out / path)),
+                     None)
+        if where is not None and not os.path.lexists(out / target):
+            (out / target).parent.mkdir(parents=True, exist_ok=True)
+            _link(where, out / target)
+        if where is not None and os.path.lexists(out / target):
+            where.unlink()
+    for name, content in journal["writes"].items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        save_json(content, out / name)
+    for name in (JOURNAL, JOURNAL_COPY):
+        (out / name).unlink(missing_ok=True)
+
+
+def migrate(out, results_file):
+    """Take a folder written by the kit before the store into it, losing nothing: every entry
+    of its results JSON and of each earlier-*/ becomes a run, with its weights (and the
+    checkpoint of an unfinished one). Each run is whole before it appears (written under a
+    hidden name, then renamed), and named by where it came from, so a kill at any moment is
+    completed by the next command. Returns the lines that say what was taken in."""
+    out = Path(out)
+    _complete_move(out)
+    for staging in (out / RUNS).glob(".*"):  # a run being taken in when a kill came
+        if staging.is_dir():
+            for path in staging.iterdir():
+                path.unlink()
+            staging.rmdir()
+    lines, sources = [], [out / results_file] + sorted(
+        path for folder in sorted(out.glob(EARLIER + "*")) if folder.is_dir()
+        for path in folder.glob("[!.]*.json"))
+    taken, done = 0, []
+    for path in sources:
+        results = load_results(path)
+        if not isinstance(results, dict):
+            continue  # unreadable: left where it is, with whatever it names
+        for legacy in results["configs"]:
+            if "run" in legacy:
+                continue
+            key = f"{path.relative_to(out)}|{legacy['id']}|{legacy['seed']}|{results['started']}"
+            name = f"{legacy['id']}-s{legacy['seed']}-before-the-store-" + \
+                hashlib.sha256(key.encode()).hexdigest()[:8]
+            if not (out / RUNS / name).exists():
+                taken += 1
+                _take_in(path.parent, results, legacy, out / RUNS / name)
+            legacy["run"] = f"{RUNS}/{name}"
+        done.append((path, results))
+        if path == out / results_file:  # the view of the runs it now names
+            model = any(str(entry.get("weights")).startswith("model") for entry in
+                        results["configs"])
+            results.setdefault("weights_file", "model.pth" if model else "config_{number}.pth")
+            save_json(results, path)
+    for path, results in done:  # each file below is in the store now (linked or copied)
+        folder = path.parent
+        for legacy in results["configs"]:
+            checkpoint = folder / "checkpoints" / f"{legacy['id']}_seed{legacy['seed']}.ckpt"
+            if checkpoint.is_file():
+                checkpoint.unlink()
+            weights = legacy.get("weights")
+            if folder != out and isinstance(weights, str) and Path(weights).name == weights:
+                (folder / weights).unlink(missing_ok=True)
+        for stale in (folder / "checkpoints").glob(".*.tmp"):
+            stale.unlink()
+        _remove_if_empty(folder / "checkpoints")
+        if folder != out:
+            for name in PLOT_FILES:
+                (folder / name).unlink(missing_ok=True)
+            path.unlink()
+            _remove_if_empty(folder)
+    if taken:
+        lines.append(f"{out}: {taken} result(s) written by an earlier version of the kit "
+                     f"(earlier-*/ folders included) are now runs in {out / RUNS}/, each with "
+                     f"its weights")
+    return lines
+
+
+def _remove_if_empty(folder):
+    """A folder once empty; a link to a scratch disk, or a disk mounted there, stays."""
+    with contextlib.suppress(OSError):
+        if folder.is_dir() and not folder.is_symlink() and not folder.is_mount() \
+                and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _take_in(folder, results, legacy, target):
+    staging = target.parent / f".{target.name}.{secrets.token_hex(4)}"
+    staging.mkdir(parents=True)
+    weights = legacy.get("weights")
+    has_weights = (legacy["status"] == "finished" and isinstance(weights, str)
+                   and Path(weights).name == weights and (folder / weights).is_file())
+    if has_weights:
+        _link(folder / weights, staging / WEIGHTS)
+    checkpoint = folder / "checkpoints" / f"{legacy['id']}_seed{legacy['seed']}.ckpt"
+    if legacy["status"] not in ENDED and checkpoint.is_file():
+        _link(checkpoint, staging / CHECKPOINT)
+    header = {key: results[key] for key in HEADER_KEYS if key in results}
+    precision = legacy.get("precision") or results.get("precision")
+    record = dict(header)
+    record.update((key, value) for key, value in legacy.items() if key != "id")
+    record.update(format=FORMAT, created=_timestamp(results.get("started")), label=legacy["id"],
+                  precision=precision, weights=WEIGHTS if has_weights else None,
+                  identity={"script": results["script"], "config": legacy["config"],
+                            "seed": legacy["seed"], "data": data_identity(results["data"]),
+                            "precision": precision,
+                            "model": {"fingerprint": legacy.get("model")}})
+    if has_weights:
+        record["weights_sha256"] = sha256(staging / WEIGHTS)
+    if legacy["status"] == "finished" and not has_weights:
+        record["note"] = f"its weights {weights} were missing when the store took it in"
+    write_record(staging, record)
+    os.rename(staging, target)
+
+
+def _timestamp(started):
+    try:
+        return datetime.fromisoformat(started).astimezone(timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+
+

@@ -1,0 +1,302 @@
+"""The run store: every (config, seed) trains in a folder of its own under runs/, written once;
+config_N.pth, the results JSON and the PNGs are views of the runs CONFIGS selects. Edits,
+undos, reorders, --restart, kills, two writers at once and folders of the kit before the store
+never rename, move, rewrite or delete a finished run."""
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+import torch
+
+import make_report
+import predict
+from cifarkit import data, train
+from cifarkit import runtime as rt
+from conftest import REPO, finished_runs, run_script
+
+A = {"name": "a", "num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
+B = {"name": "b", "num_epochs": 1, "lr": 0.02, "momentum": 0.9, "batch_size": 32}
+SCRIPT = "L2_regularization"
+RESULTS = "training_result.json"
+
+
+def views(out, results_file=RESULTS):
+    """{config id: (its run, its weights view's bytes or None)} of the results JSON."""
+    results = json.loads((out / results_file).read_text())
+    return {entry["id"]: (entry["run"], (out / entry["weights"]).read_bytes()
+                          if entry["weights"] else None) for entry in results["configs"]}
+
+
+def assert_still_there(before, out):
+    """Every finished run of ``before`` is in ``out``'s store, byte for byte."""
+    now = finished_runs(out)
+    for name, files in before.items():
+        assert now.get(name) == files, name
+
+
+def assert_views_are_the_runs(out, results_file=RESULTS):
+    """Each view's weights are its run's weights, and reload to its recorded accuracy."""
+    results = json.loads((out / results_file).read_text())
+    script = importlib.import_module(results["script"][:-3])
+    dataset = data.load_cifar10(DATA[0], None, results["seed"])
+    for entry in results["configs"]:
+        record = json.loads((out / entry["run"] / "run.json").read_text())
+        assert record["history"] == entry["history"]
+        if entry["status"] != "finished":
+            continue
+        assert (out / entry["weights"]).read_bytes() == \
+            (out / entry["run"] / "weights.pth").read_bytes()
+        model = script.build_model(entry["config"])
+        model.load_state_dict(torch.load(out / entry["weights"], weights_only=True))
+        scale, shift = data.normalizer(*script.NORMALIZATION, device="cpu")
+        predictions = train.predict(model, dataset.test_images, scale, shift,
+                                    train_runtime())
+        assert train.accuracy(predictions, dataset.test_labels) == pytest.approx(
+            entry["final_test_accuracy"]), entry["id"]
+
+
+DATA = []
+
+
+def train_runtime():
+    return rt.Runtime(torch.device("cpu"))
+
+
+@pytest.fixture(autouse=True)
+def data_dir(pickled_data):
+    DATA[:] = [pickled_data]
+    return pickled_data
+
+
+def test_edits_reorders_restarts_and_undos_never_touch_a_finished_run(data_dir, tmp_path,
+                                                                      monkeypatch, capsys):
+    out = tmp_path / "out"
+    steps = [([A, B], []), ([A, dict(B, lr=0.05)], []), ([dict(B, lr=0.05), A], []),
+             ([dict(B, lr=0.05), A], ["--restart", "--configs", "2"]), ([A], []), ([A, B], [])]
+    seen = {}
+    for configs, flags in steps:
+        assert run_script(SCRIPT, out, data_dir, configs, monkeypatch, *flags) == 0
+        assert_still_there(seen, out)
+        seen = finished_runs(out)
+        assert_views_are_the_runs(out)
+    assert len(seen) == 4  # a, b, b with lr 0.05, a again (--restart)
+    printed = capsys.readouterr().out
+    assert "config_2 differs from its earlier results: lr 0.02 -> 0.05; it trains anew" in printed
+
+
+def test_undoing_an_edit_trains_nothing_and_brings_back_every_view(data_dir, tmp_path,
+                                                                   monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run_script(SCRIPT, out, data_dir, [A, B], monkeypatch) == 0
+    first, results = views(out), json.loads((out / RESULTS).read_text())
+    assert run_script(SCRIPT, out, data_dir, [A, dict(B, lr=0.05)], monkeypatch) == 0
+    assert views(out)["config_2"] != first["config_2"]
+    capsys.readouterr()
+    (out / "test_accuracy.png").unlink()  # a view a kill left out: rebuilt too
+    assert run_script(SCRIPT, out, data_dir, [A, B], monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert " epoch " not in printed and "config_2: already finished" in printed
+    assert "it shows its earlier run" in printed
+    assert views(out) == first
+    now = json.loads((out / RESULTS).read_text())
+    assert [entry["history"] for entry in now["configs"]] == \
+        [entry["history"] for entry in results["configs"]]
+    assert all((out / name).is_file() for name in ("loss.png", "test_accuracy.png",
+                                                   "train_accuracy.png", "examples.png"))
+
+
+PROBE_SCRIPT = '''
+"""A script whose forward reads a module-level value, as students write them."""
+import sys
+import torch
+import torch.nn.functional as F
+from torch import nn
+from cifarkit import data, experiment
+
+CONFIGS = [{"num_epochs": 1, "lr": 0.05, "momentum": 0.9, "batch_size": 32}]
+HIDDEN_ACT = F.relu
+MODEL_SETTINGS_LINE
+
+
+class Net(nn.Module):
+    def __init__(self, width=16):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 4, stride=4)
+        self.fc1 = nn.Linear(4 * 8 * 8, width)
+        self.fc2 = nn.Linear(width, 10)
+
+    def forward(self, x):
+        return self.fc2(HIDDEN_ACT(self.fc1(self.conv(x).relu().flatten(1))))
+
+
+def build_model(config):
+    model = Net(BUILD_ARGS)
+    INIT_LINE
+    return model
+
+
+def main(argv=None):
+    return experiment.run(experiment.Script(
+        file=__file__, description=__doc__, build_model=build_model, configs=CONFIGS,
+        out_dir="modelset/probe", results_file="probe.json",
+        normalization=data.TUTORIAL_NORMALIZATION, MODEL_SETTINGS_ARG), argv)
+'''
+ORIGINAL = {"MODEL_SETTINGS_LINE": "", "BUILD_ARGS": "", "INIT_LINE": "pass",
+            "MODEL_SETTINGS_ARG": "model_settings=None"}
+
+
+def write_probe(folder, **edits):
+    text = PROBE_SCRIPT
+    for key, value in dict(ORIGINAL, **edits).items():
+        text = text.replace(key, value)
+    (folder / "probe_script.py").write_text(text)
+    sys.modules.pop("probe_script", None)
+    importlib.invalidate_caches()
+    return importlib.import_module("probe_script")
+
+
+@pytest.mark.parametrize("edit, retrains", [
+    ({"INIT_LINE": "torch.nn.init.zeros_(model.fc1.weight)"}, True),
+    ({"HIDDEN_ACT = F.relu": "HIDDEN_ACT = torch.tanh"}, True),
+    ({"pass": "pass  # a comment, and a blank line\n"}, False),
+], ids=["build_model's initialisation", "a module-level activation", "a comment"])
+def test_what_the_model_computes_decides_whether_it_retrains(edit, retrains, data_dir, tmp_path,
+                                                             monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    script = write_probe(tmp_path)
+    assert script.main(["--data-dir", str(data_dir), "--out", str(out), "--device", "cpu"]) == 0
+    edits = {key: value for key, value in edit.items() if key in ORIGINAL}
+    script = write_probe(tmp_path, **edits) if edits else None
+    if not edits:  # an edit of the template's text itself
+        key, value = next(iter(edit.items()))
+        (tmp_path / "probe_script.py").write_text(
+            (tmp_path / "probe_script.py").read_text().replace(key, value))
+        sys.modules.pop("probe_script", None)
+        script = importlib.import_module("probe_script")
+    capsys.readouterr()
+    assert script.main(["--data-dir", str(data_dir), "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert ("already finished" not in printed) == retrains, printed
+    if retrains:
+        assert "config_1 differs from its earlier results: the model; it trains anew" in printed
+
+
+def test_predict_refuses_a_changed_model_and_fills_a_new_model_setting(data_dir, tmp_path,
+                                                                      monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    script = write_probe(tmp_path)
+    assert script.main(["--data-dir", str(data_dir), "--out", str(out), "--device", "cpu"]) == 0
+    picture = tmp_path / "picture.png"
+    from PIL import Image
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(picture)
+    write_probe(tmp_path, MODEL_SETTINGS_LINE='MODEL_SETTINGS = {"width": {"kind": "int", '
+                '"min": 1, "default": 16}}', BUILD_ARGS='config["width"]',
+                MODEL_SETTINGS_ARG="model_settings=MODEL_SETTINGS")
+    capsys.readouterr()
+    assert predict.main([str(out / "config_1.pth"), str(picture)]) == 0
+    assert "picture.png: " in capsys.readouterr().out
+    write_probe(tmp_path, **{"INIT_LINE": "torch.nn.init.zeros_(model.fc1.weight)"})
+    assert predict.main([str(out / "config_1.pth"), str(picture)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "probe_script.py's model has changed since these weights were trained" in error
+
+
+def test_the_report_shows_a_configs_earlier_curve_beside_its_current_one(data_dir, tmp_path,
+                                                                        monkeypatch):
+    out = tmp_path / "modelset" / "L2_regularization_model"
+    assert run_script(SCRIPT, out, data_dir, [A, B], monkeypatch) == 0
+    assert run_script(SCRIPT, out, data_dir, [A, dict(B, lr=0.05)], monkeypatch) == 0
+    assert make_report.main(["--modelset", str(tmp_path / "modelset")]) == 0
+    report = (tmp_path / "modelset" / "REPORT.md").read_text()
+    assert "**config_2, earlier runs**" in report and "lr 0.02 -> 0.05" in report
+    assert "**config_1, earlier runs**" not in report
+    figure = tmp_path / "modelset" / "figures" / "L2_regularization_model_config_2_earlier.png"
+    assert figure.is_file() and f"({figure.relative_to(tmp_path / 'modelset')})" in report
+
+
+def launch(data_dir, out, *flags, torchrun=False, epochs=2):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node=2"] if torchrun else [sys.executable]
+    return subprocess.Popen([*launcher, f"{SCRIPT}.py", "--data-dir", str(data_dir), "--out",
+                             str(out), "--device", "cpu", "--epochs", str(epochs), *flags], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("torchrun", [False, True], ids=["two processes", "torchrun beside one"])
+def test_two_runs_into_one_folder_at_once_both_land(torchrun, data_dir, tmp_path):
+    out = tmp_path / "out"
+    first = launch(data_dir, out, "--configs", "1", torchrun=torchrun)
+    second = launch(data_dir, out, "--configs", "2")
+    outputs = [process.communicate(timeout=300)[0] for process in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    results = json.loads((out / RESULTS).read_text())
+    assert [(entry["id"], entry["status"]) for entry in results["configs"]] == \
+        [("config_1", "finished"), ("config_2", "finished")]
+    assert (out / "config_1.pth").is_file() and (out / "config_2.pth").is_file()
+    assert len(finished_runs(out)) == 2
+
+
+def test_a_second_run_of_the_same_config_waits_for_the_first(data_dir, tmp_path):
+    out = tmp_path / "out"
+    first = launch(data_dir, out, "--configs", "1", epochs=40)
+    for _ in range(600):  # until the first has claimed its run
+        if list(out.glob("runs/*/run.json")):
+            break
+        time.sleep(0.05)
+    second = launch(data_dir, out, "--configs", "1", epochs=40)
+    outputs = [process.communicate(timeout=300)[0] for process in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    assert "another process is training it right now" in outputs[1] \
+        and "config_1: already finished" in outputs[1], outputs[1]
+    assert len(finished_runs(out)) == 1
+
+
+def test_a_folder_of_the_kit_before_the_store_is_taken_in_with_nothing_lost(data_dir, tmp_path,
+                                                                            monkeypatch,
+                                                                            capsys):
+    """The fixture was written by the ledger's last version (tests/fixtures/
+    make_legacy_folder.py): config_2 finished, config_3 stopped by out-of-memory with its
+    checkpoint, an earlier-*/ holding config_2's first run, and a move of config_1 into a
+    second earlier-*/ cut by a kill (journal and hidden file left)."""
+    with tarfile.open(REPO / "tests" / "fixtures" / "legacy-f2187f3.tar.gz") as archive:
+        archive.extractall(tmp_path / "modelset", filter="data")
+    out = tmp_path / "modelset" / "tiny"
+    weights = {path.read_bytes() for path in out.rglob("*") if path.is_file()
+               and (path.suffix == ".pth" or path.name.startswith(".ledger-"))}
+    assert len(weights) == 3
+    assert make_report.main(["--modelset", str(tmp_path / "modelset")]) == 0
+    assert "4 result(s) written by an earlier version of the kit" in capsys.readouterr().out
+    records = {path.parent.name: json.loads(path.read_text())
+               for path in out.glob("runs/*/run.json")}
+    assert sorted((record["label"], record["status"], record["config"]["lr"])
+                  for record in records.values()) == [
+        ("config_1", "finished", 0.05), ("config_2", "finished", 0.02),
+        ("config_2", "finished", 0.03), ("config_3", "out_of_memory", 0.01)]
+    assert {path.read_bytes() for path in out.glob("runs/*/weights.pth")} == weights
+    assert len(list(out.glob("runs/*/checkpoint.ckpt"))) == 1
+    assert not list(out.glob(".ledger*")) and not list(out.glob("earlier-*"))
+    before = finished_runs(out)
+    sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+    try:
+        tiny = importlib.import_module("tiny_script")
+    finally:
+        sys.path.remove(str(REPO / "tests" / "fixtures"))
+    C = {"name": "c", "num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 30}
+    configs = [dict(tiny.CONFIGS[0], lr=0.04), dict(tiny.CONFIGS[1], lr=0.03), C]
+    monkeypatch.setattr(tiny, "CONFIGS", configs)
+    capsys.readouterr()
+    assert tiny.main(["--data-dir", str(data_dir), "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "config_2: already finished" in printed  # known again by its old fingerprint
+    assert "config_3: resuming from its checkpoint after epoch 1" in printed
+    assert "config_1 a: num_epochs=1, lr=0.04" in printed  # a new config: trained
+    assert_still_there(before, out)
