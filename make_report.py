@@ -75,16 +75,26 @@ def _rebuild_views(modelset):
     store is taken into it first; then the results JSON, the weights files and the PNGs show
     the runs it names as they are now (a kill may have left a view stale)."""
     for folder in sorted(path for path in modelset.iterdir() if path.is_dir()):
-        for path in sorted(folder.glob("[!.]*.json")):
+        found = sorted(folder.glob("[!.]*.json"))
+        if not found and (folder / store.RUNS).is_dir():
+            print(f"warning: {folder} holds runs but no results JSON (deleted?): run its "
+                  f"script once (nothing trains again) to rebuild it.", file=sys.stderr)
+        for path in found:
             results = load_results(path)
             if not isinstance(results, dict) and not (folder / store.JOURNAL).exists():
                 continue
-            with store.store_lock(folder):
-                if store.legacy_folder(folder, path.name):
-                    for line in store.migrate(folder, path.name):
-                        print(line)
-                for line in store.rebuild_views(folder, path.name):
-                    print(f"{folder}: {line}")
+            try:
+                with store.store_lock(folder):
+                    if store.legacy_folder(folder, path.name):
+                        for line in store.migrate(folder, path.name):
+                            print(line)
+                    store.remove_temporaries(folder)
+                    for line in store.rebuild_views(folder, path.name):
+                        print(f"{folder}: {line}")
+            except (OSError, UserError) as error:  # a read-only folder: reported as it is
+                why = error.strerror if isinstance(error, OSError) and error.strerror else error
+                print(f"warning: cannot rebuild the views in {folder} ({why}); its results "
+                      f"JSON is reported as it is.", file=sys.stderr)
 
 
 def main(argv=None):
@@ -113,11 +123,7 @@ def _make_report(argv):
     if refusal:
         print(f"error: --modelset {modelset}: {refusal}", file=sys.stderr)
         return 2
-    try:
-        _rebuild_views(modelset)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    _rebuild_views(modelset)
     runs, skipped = report.load_runs(modelset)
     for path, why in skipped:  # the report lists them too; the terminal must not hide them
         print(f"warning: {path}: {why}; skipped.", file=sys.stderr)

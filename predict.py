@@ -65,6 +65,10 @@ def load_trained(weights, script_name=None):
     # a MODEL_SETTINGS key the script added since: its default, as a rerun would train it
     chosen = dict(config.model_rules(getattr(script, "MODEL_SETTINGS", {}))[1],
                   **record["config"])
+    if run_dir is not None and record.get("weights_sha256") not in (None, store.sha256(weights)):
+        raise UserError(f"{weights}: not the weights its run {run_dir.name} finished with (the "
+                        f"file was changed since); rerun {script_name}.py to rebuild the views, "
+                        f"or use {run_dir / store.WEIGHTS}.")
     recorded = (record.get("identity") or {}).get("model")
     if run_dir is not None and isinstance(recorded, dict) and "fingerprint" not in recorded:
         now = experiment.model_identity(script.build_model, chosen,

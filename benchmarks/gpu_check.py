@@ -551,11 +551,11 @@ def interrupt_mid_epoch(command, out, log, timeout, env=None):
     """Start ``command``; once epoch 1's checkpoint exists and epoch 2 has printed its loss at
     mini-batch 1000 (well inside the epoch, whatever the speed), send SIGTERM. Returns the
     progress saved in the checkpoint."""
-    checkpoint = out / "checkpoints" / "config_1_seed0.ckpt"
     process = start_logged(command, log, env)
     deadline = time.monotonic() + timeout
     try:
-        while not (checkpoint.exists() and RESUME_SIGNAL_LINE in log.read_text()):
+        while not (any(out.glob("runs/*/checkpoint.ckpt"))
+                   and RESUME_SIGNAL_LINE in log.read_text()):
             if process.poll() is not None:
                 raise CheckFailed(f"the run ended (status {process.returncode}) before epoch 2 "
                                   f"printed {RESUME_SIGNAL_LINE!r}", tail(log))
@@ -569,6 +569,7 @@ def interrupt_mid_epoch(command, out, log, timeout, env=None):
     status = wait_logged(process, log, timeout)
     if status != 143:
         raise CheckFailed(f"SIGTERM: exit status {status}, expected 143", tail(log))
+    (checkpoint,) = out.glob("runs/*/checkpoint.ckpt")
     progress = torch.load(checkpoint, map_location="cpu", weights_only=True)["progress"]
     if progress["step"] <= 0:
         raise CheckFailed(f"the checkpoint is at step {progress['step']} of epoch "

@@ -66,8 +66,8 @@ def build_parser(script, description, default_out, default_device, cpu_amp=False
                         help="train every selected config K times, with seeds SEED, SEED+1, "
                              "...; summaries and plots show mean and spread (default: 1)")
     parser.add_argument("--restart", action="store_true",
-                        help="start over: move the folder's earlier results and checkpoints "
-                             "into a time-stamped earlier-* subfolder instead of resuming")
+                        help="start over: train each selected config in a new run instead "
+                             "of resuming (the old run stays in OUT/runs/)")
     return parser
 
 

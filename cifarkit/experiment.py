@@ -71,6 +71,8 @@ class Job:
     drawn_at: float = 0.0      # when the PNGs were last drawn (time.monotonic)...
     drawing: float = 0.0       # ...and how long that took
     locks: dict = field(default_factory=dict)  # run folder -> its lock, while it trains
+    said: set = field(default_factory=set)     # the view lines said already
+    pngs_show: list = None     # what the PNGs show, once drawn (see _drawn)
 
     def identity(self, label, seed):
         """What a run must match to be ``label`` trained with ``seed`` here and now."""
@@ -147,9 +149,7 @@ def _prepare(script, args, argv, cleanup):
     rt.from_main(lambda: outputs.check_out_dir(
         args.out, bytes_needed, args.data_dir or data.DEFAULT_ROOT,
         _kit_names(script, selected, args)), runtime)
-    header = outputs.new_results(Path(script.file).name, dataset, script.normalization,
-                                 runtime, args.seed, argv, script.log_every,
-                                 script.weights_file)
+    header = outputs.new_results(script, dataset, runtime, args.seed, argv)
     job = Job(runtime=runtime, out=Path(args.out), script=script, argv=argv,
               configs={f"config_{number}": chosen
                        for number, chosen in enumerate(all_configs, start=1)},
@@ -242,10 +242,13 @@ def _command(script, argv):
     return shlex.join(["python", shown, *argv])
 
 def _resume_hint(script, argv, distributed):
-    """How to carry on, with the command on a line of its own so it can be copied."""
+    """How to carry on, with the command on a line of its own so it can be copied (without
+    --restart, which would start over once more)."""
     if distributed:
-        return "To resume, run the same torchrun command again"
-    return "To resume, run the same command:\n  " + _command(script, argv)
+        return ("To resume, run the same torchrun command again"
+                + (" without --restart" if "--restart" in argv else ""))
+    return "To resume, run:\n  " + _command(script, [arg for arg in argv if arg != "--restart"]) \
+        if "--restart" in argv else "To resume, run the same command:\n  " + _command(script, argv)
 
 def _print(*args, file=None, **kwargs):
     """print, for a run that must go on when nobody reads it any more: a closed pipe or a
@@ -285,8 +288,9 @@ def _open_store(job, selected, seeds):
     with store.store_lock(out):
         lines = store.migrate(out, script.results_file) \
             if store.legacy_folder(out, script.results_file) else []
+        store.remove_temporaries(out)
         before = load_results(out / script.results_file)
-        lines += _refresh(job, final=True, locked=True)
+        lines += _refresh(job, final=True, locked=True, drawn=_drawn(out, before, script))
     lines += _changes(job, before if isinstance(before, dict) else None)
     done = {(entry["id"], entry["seed"]) for entry in job.results["configs"]
             if entry["status"] in store.ENDED}
@@ -318,19 +322,24 @@ def _changes(job, before):
                 lines.append(f"{label}: {store.describe_change(was, new)} (a label: its "
                              f"results are kept)")
         elif run in where:
-            lines.append(f"{named} is {where[run]} now (the same config, moved in CONFIGS): "
+            lines.append(f"{label} is {where[run]} now (the same config, moved in CONFIGS): "
                          f"its results are kept")
         elif label in job.configs and job.configs[label].get("name") == \
                 entry["config"].get("name"):
-            record = store.read_record(job.out / run) or {}
-            change = store.what_differs(record, job.identity(label, seed), job.neutral)
+            record = store.read_record(job.out / run)
+            change = "its run's record cannot be read (run.json edited or deleted?)" \
+                if record is None else \
+                store.what_differs(record, job.identity(label, seed), job.neutral)
+            if change == "nothing":  # another run of the very same: a copy of the folder
+                continue
             lines.append(f"{label} differs from its earlier results: {change}; "
                          + (f"it shows its earlier run {job.out / shown['run']} again, nothing "
                             f"to train" if shown else "it trains anew")
                          + f" (the run it replaces stays in {job.out / run}/)")
         else:
-            lines.append(f"{named}: it is no longer in CONFIGS; its run stays in "
-                         f"{job.out / run}/")
+            lines.append(f"{label} differs from its earlier results: it is no longer in CONFIGS"
+                         f"{named[len(label):] and ' (it was' + named[len(label):] + ')'}; its "
+                         f"run stays in {job.out / run}/")
     return lines
 
 
@@ -345,7 +354,9 @@ def _shown(job):
             seed = record.get("seed")
             if isinstance(seed, int) and store.matches(record, job.identity(label, seed),
                                                        job.neutral):
-                latest[seed] = (run_dir, record)
+                if record.get("label") == label or seed not in latest \
+                        or latest[seed][1].get("label") != label:
+                    latest[seed] = (run_dir, record)
         for seed in sorted(latest):
             store.tidy(*latest[seed])
             shown.append((label, chosen, *latest[seed]))
@@ -363,14 +374,16 @@ def _claim(job, label, chosen, seed, name):
         with store.store_lock(job.out):
             matching = [(run_dir, record) for run_dir, record in store.runs(job.out).items()
                         if store.matches(record, wanted, job.neutral)]
-            if matching and not job.restart:
-                run_dir, record = matching[-1]
+            if matching and not job.restart:  # the latest, one trained as ``label`` first
+                run_dir, record = max(matching, key=lambda item: (
+                    item[1].get("label") == label, item[1]["created"]))
                 store.tidy(run_dir, record)
                 if store.usable(run_dir, record):
                     return run_dir, record, True
                 if record["status"] == "finished":
-                    job.say(f"{name}: its weights {run_dir / store.WEIGHTS} are missing "
-                            f"(deleted by hand?), so it trains again in a new run")
+                    job.say(f"{name}: its weights {run_dir / store.WEIGHTS} are missing or "
+                            f"not those it finished with (deleted or overwritten by hand?), "
+                            f"so it trains again in a new run")
                 else:
                     lock = store.lock(run_dir, blocking=False)
                     if lock is not None:
@@ -395,23 +408,24 @@ def _train_selected(job, selected, args):
     """Train each selected config with each seed of --seed/--seeds, in turn; say how they
     ended; return the exit status."""
     runtime, seeds = job.runtime, range(args.seed, args.seed + args.seeds)
+    statuses = []
     with signals.stop_on_signals(job.say, stop_at_once_on_repeat=not runtime.distributed) as stop:
         for number, chosen in selected:
             for seed in seeds:
-                status = _run_config(job, number, chosen, seed, stop)
-                if status == "interrupted":
+                statuses.append(_run_config(job, number, chosen, seed, stop))
+                if statuses[-1] == "interrupted":
                     return _interrupted(job, stop, number)
                 if rt.any_rank(bool(stop.signals), runtime):  # came as the config ended
                     return _interrupted(job, stop, number, finished=True)
-    if not runtime.is_main:
-        return 0
-    _refresh(job, final=True)
-    chosen = {(f"config_{number}", seed) for number, _ in selected for seed in seeds}
-    finished = [entry for entry in job.results["configs"]
-                if (entry["id"], entry["seed"]) in chosen]
-    _print(summary(finished))
-    _print(f"Results, weights and plots are in {job.out}/ (every run in {job.out / store.RUNS}/)")
-    return 0 if all(entry["status"] == "finished" for entry in finished) else 1
+    if runtime.is_main:
+        _refresh(job, final=True, drawn=job.pngs_show)
+        chosen = {(f"config_{number}", seed) for number, _ in selected for seed in seeds}
+        _print(summary([entry for entry in job.results["configs"]
+                        if (entry["id"], entry["seed"]) in chosen]))
+        _print(f"Results, weights and plots are in {job.out}/ (every run in "
+               f"{job.out / store.RUNS}/)")
+    return 0 if all(status == "finished" for status in statuses) else 1
+
 
 # An epoch is timed from its 10th step (past the slow first ones) to its 40th, or later, until
 
@@ -638,7 +652,11 @@ def _record(job, training, status, predictions=None):
     store.write_record(training.run_dir, record)
     training.record = record
     last_epoch = training.progress["epoch"] >= chosen["num_epochs"]
-    _refresh(job, final=status != "running", drawn_next=status == "running" and last_epoch)
+    for line in _refresh(job, final=status != "running",
+                         drawn_next=status == "running" and last_epoch):
+        if line not in job.said:  # once, not every epoch
+            job.said.add(line)
+            job.say(line)
 
 
 def _finish(job, training, status):
@@ -673,17 +691,36 @@ def _finish(job, training, status):
 REFRESH_RATIO = 20
 
 
-def _refresh(job, final, drawn_next=False, locked=False):
+def _drawn(out, results, script):
+    """What the PNGs in ``out`` show, when they were drawn after its results JSON was last
+    written (so a kill cut no drawing short): its configs and what they ran on; else None."""
+    try:
+        written = (out / script.results_file).stat().st_mtime
+        if isinstance(results, dict) and all((out / name).stat().st_mtime >= written
+                                             for name in PLOT_FILES[:3]):
+            return [results[key] for key in ("configs", "devices", "data")]
+    except OSError:
+        pass
+    return None
+
+
+def _refresh(job, final, drawn_next=False, locked=False, drawn=None):
     """Rank 0: rebuild the views from the store: the results JSON and the weights every time
     (milliseconds), the PNGs (a few tenths of a second) at the end of each config and
-    between epochs when due, unless ``drawn_next`` (the config's end follows at once).
-    Returns the lines that say what could not be a view."""
+    between epochs when due, unless ``drawn_next`` (the config's end follows at once) or they
+    show already what they would (``drawn``: _drawn's). Returns the lines that say what
+    could not be a view."""
     def draw(results):
         due = not drawn_next and time.monotonic() - job.drawn_at >= REFRESH_RATIO * job.drawing
-        if final or due:
+        showing = [results[key] for key in ("configs", "devices", "data")]
+        if (final or due) and drawn != showing:
             started = time.monotonic()
+            job.pngs_show = None  # until they are all drawn
             plots.draw_views(job.out, results, store.examples(job.out, results))
             job.drawn_at, job.drawing = time.monotonic(), time.monotonic() - started
+            job.pngs_show = showing
+        elif drawn == showing:
+            job.pngs_show = showing
         job.results = results
 
     with contextlib.nullcontext() if locked else store.store_lock(job.out):

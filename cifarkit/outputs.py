@@ -117,13 +117,14 @@ def _installed_version(package):
         return "not installed"
 
 
-def new_results(script, dataset, normalization, runtime, seed, argv, log_every=0,
-                weights_file="config_{number}.pth"):
-    """The run-level half of a results JSON (the header of every run record, too)."""
+def new_results(script, dataset, runtime, seed, argv):
+    """The run-level half of a results JSON (the header of every run record, too), for
+    ``script`` (experiment.Script)."""
+    normalization, name = script.normalization, Path(script.file).name
     launcher = "torchrun ..." if runtime.distributed else "python"
     return {
-        "script": script,
-        "command": " ".join([launcher, script] + list(argv)),
+        "script": name,
+        "command": " ".join([launcher, name] + list(argv)),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "devices": recorded_devices(runtime),
         "world_size": runtime.world_size,
@@ -137,6 +138,6 @@ def new_results(script, dataset, normalization, runtime, seed, argv, log_every=0
         "precision": precision(runtime),
         "versions": environment(),
         "accuracy_unit": "percent",
-        "log_every": log_every,
-        "weights_file": weights_file,
+        "log_every": script.log_every,
+        "weights_file": script.weights_file,
     }

@@ -323,7 +323,15 @@ def draw_views(out_dir, results, examples=None):
     title = Path(results["script"]).stem
     note = subtitle(results, entries)
     with_batch_losses = log_every and any(entry.get("batch_losses") for entry in entries)
-    figures = {}
+    figures = {}  # examples.png first: the others drawn after the JSON say all were (_drawn)
+    if examples is not None:
+        images, labels, predictions, best = examples
+        correct = int((np.asarray(labels) == np.asarray(predictions)).sum())
+        figures["examples.png"] = examples_figure(
+            images, [int(label) for label in labels], [int(p) for p in predictions], CLASSES,
+            f"{title}, {config_label(best)}\n{correct} of these {len(labels)} right; "
+            f"{best['final_test_accuracy']:.1f}% of all {results['data']['test_images']:,} "
+            f"test images")
     for file_name, key, y_label, span in PLOTS:
         if file_name == "loss.png" and with_batch_losses:
             figures[file_name] = batch_loss_figure(
@@ -331,14 +339,8 @@ def draw_views(out_dir, results, examples=None):
         else:
             figures[file_name] = history_figure(entries, key, f"{title}: {y_label.split(' (')[0]}",
                                                 y_label, span, note, train_sample_size(results))
-    if examples is not None:
-        images, labels, predictions, best = examples
-        correct = int((np.asarray(labels) == np.asarray(predictions)).sum())
-        tested = results["data"]["test_images"]
-        figures["examples.png"] = examples_figure(
-            images, [int(label) for label in labels], [int(p) for p in predictions], CLASSES,
-            f"{title}, {config_label(best)}\n{correct} of these {len(labels)} right; "
-            f"{best['final_test_accuracy']:.1f}% of all {tested:,} test images")
+    if examples is None:  # it showed a run no config shows now
+        (Path(out_dir) / "examples.png").unlink(missing_ok=True)
     for file_name, figure in figures.items():
         content = png_bytes(figure)
         write_atomically(Path(out_dir) / file_name, lambda file: file.write(content))

@@ -23,7 +23,6 @@ TASKS = {  # script -> the report task it reproduces
     "Original_version_model_multiGPU.py": "Task 3: LeNet hyper-parameter sweep",
     "Resnet_model.py": "Task 4: ResNet-18",
 }
-TASK2_SCRIPTS = ("L2_regularization.py", "Dropout_regularization.py")
 SWEEP_SCRIPT = "Original_version_model_multiGPU.py"
 NUMBER = (int, float)
 KIND_NAMES = {dict: "an object", list: "a list", str: "a string", NUMBER: "a number",

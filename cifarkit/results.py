@@ -133,12 +133,6 @@ def config_entry(label, seed, config, status, progress, weights_name):
     return entry
 
 
-def is_best(entry, entries):
-    """Whether ``entry`` has the highest final test accuracy among the finished runs."""
-    finished = [other for other in entries if other["status"] == "finished"]
-    return entry["final_test_accuracy"] >= max(other["final_test_accuracy"] for other in finished)
-
-
 def outcome(entry):
     if entry["status"] == "diverged":
         where = entry["diverged_at"]

@@ -11,8 +11,9 @@ nothing in the kit renames, moves, rewrites or deletes its record, weights or pr
 leftover checkpoint is no part of a finished run: the next look at the store removes it).
 What a user sees by name in OUT (config_N.pth, the results JSON, the PNGs) are views of the
 runs that the script's CONFIGS select, rebuilt by every run and by make_report.py: a kill
-leaves at worst a stale view, which the next command rebuilds. Deleting old runs is the
-user's act (``rm -r OUT/runs/NAME``).
+leaves at worst a stale view, which the next command rebuilds. A weights view is a copy, not
+a link: saving over config_N.pth must not reach into a run. Deleting old runs is the user's
+act (``rm -r OUT/runs/NAME``).
 
 No torch here: make_report.py reads and rebuilds views where torch is not installed.
 """
@@ -133,7 +134,7 @@ def lock(folder, blocking):
     None when another process holds it and not ``blocking``. The lock is the kernel's
     (flock): it goes with the process, so a kill -9 leaves nothing that blocks the next one.
     Where there is no flock (Windows), one writer per folder is up to the user."""
-    handle = os.open(folder, os.O_RDONLY)
+    handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))  # never a pipe
     if fcntl is None:
         return handle
     try:
@@ -193,9 +194,34 @@ def runs(out):
 
 
 def usable(run_dir, record):
-    """Whether a run counts as done: diverged, or finished with its weights there."""
+    """Whether a run counts as done: diverged, or finished with its weights there, as they
+    were written (changed by hand, they are no longer what its record describes)."""
+    weights = Path(run_dir) / WEIGHTS
     return record["status"] == "diverged" or (
-        record["status"] == "finished" and (Path(run_dir) / WEIGHTS).is_file())
+        record["status"] == "finished" and weights.is_file()
+        and record.get("weights_sha256") in (None, sha256(weights)))
+
+
+TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # write_atomically's, cut short by a kill
+
+
+def remove_temporaries(out):
+    """Delete what writes cut short by a kill left (a ResNet checkpoint's is 90 MB): in OUT
+    (views, written under the store lock, which the caller holds) and in each run folder no
+    process holds (one that trains may be writing its own right now)."""
+    for folder in [Path(out)] + sorted((Path(out) / RUNS).glob("[!.]*")):
+        if folder.is_symlink() or not folder.is_dir():  # never outside OUT, never a pipe
+            continue
+        held = lock(folder, blocking=False) if folder != Path(out) else None
+        if folder != Path(out) and held is None:
+            continue
+        try:
+            for path in folder.iterdir():
+                if TEMPORARY.fullmatch(path.name) and path.is_file():
+                    path.unlink()
+        finally:
+            if held is not None:
+                os.close(held)
 
 
 def tidy(run_dir, record):
@@ -222,12 +248,19 @@ def write_record(run_dir, record):
     save_json(record, Path(run_dir) / RECORD)
 
 
+_DIGESTS = {}  # (path, inode, size, mtime) -> sha256: views are compared every epoch
+
+
 def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    stat = os.stat(path)
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def save_predictions(run_dir, predictions, test_labels, pick, images):
@@ -272,27 +305,19 @@ def entry(label, config, run_dir, record, out, weights):
 
 
 def _is_view(path, run_weights):
-    """Whether the file at ``path`` is one of the runs' weights (the same file, or a copy)."""
+    """Whether the file at ``path`` holds one of the runs' weights ([(weights, sha256)])."""
     try:
-        stat = path.stat()
+        size = path.stat().st_size
     except OSError:
         return False
-    same_size = []
-    for weights, digest in run_weights:
-        try:
-            other = os.stat(weights)
-        except OSError:
-            continue
-        if (other.st_ino, other.st_dev) == (stat.st_ino, stat.st_dev):
-            return True
-        if other.st_size == stat.st_size:
-            same_size.append(digest)
-    return bool(same_size) and sha256(path) in same_size
+    digests = [digest or sha256(weights) for weights, digest in run_weights
+               if os.path.isfile(weights) and os.stat(weights).st_size == size]
+    return bool(digests) and sha256(path) in digests
 
 
 def _link(source, target):
-    """``target`` becomes a view of ``source``: a hard link where the file system allows
-    one, else a copy; put in place by a rename, so it is never half there."""
+    """Put ``source`` at ``target`` by a rename, so that it is never half there: a hard link
+    where the file system allows one, else a copy (a move, or a run taken in)."""
     temporary = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
     try:
         os.link(source, temporary)
@@ -304,6 +329,14 @@ def _link(source, target):
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _copy(source, target):
+    """``target`` becomes a copy of ``source``, put in place by a rename. A copy, never a
+    hard link: a user who saves over config_N.pth (torch.save, cp) writes into the file in
+    place, which would rewrite the run's weights through a link."""
+    with open(source, "rb") as original:
+        write_atomically(target, lambda file: file.write(original.read()))
 
 
 def write_views(out, results_file, weights_file, header, shown, draw):
@@ -332,11 +365,11 @@ def write_views(out, results_file, weights_file, header, shown, draw):
     for name, source in wanted.items():
         target = out / name
         try:
-            same = os.path.samefile(source, target)
+            copied = not os.path.samefile(source, target) and sha256(target) == sha256(source)
         except OSError:
-            same = False
-        if not same:
-            _link(source, target)
+            copied = False
+        if not copied:
+            _copy(source, target)
     pattern = weights_pattern(weights_file)
     for stale in sorted(out.iterdir()):  # views of runs no config shows any more
         if (pattern.fullmatch(stale.name) and stale.name not in wanted and stale.is_file()
@@ -344,7 +377,15 @@ def write_views(out, results_file, weights_file, header, shown, draw):
             stale.unlink()
     results = dict(header, configs=sorted(entries, key=lambda e: (int(e["id"].split("_")[1]),
                                                                   e["seed"])))
-    save_json(results, out / results_file)
+    old = load_results(out / results_file)
+    if old == "unreadable":  # edited by hand? kept, not lost
+        kept = out / f"{results_file}.unreadable-{datetime.now():%Y%m%d-%H%M%S}"
+        os.replace(out / results_file, kept)
+        lines.append(f"{out / results_file} could not be read (edited by hand?): kept as "
+                     f"{kept.name}, and written anew from the runs")
+    if not (isinstance(old, dict) and all(old.get(key) == results.get(key) for key in (
+            "configs", "devices", "data", "seed", "precision", "script"))):
+        save_json(results, out / results_file)  # else as it was: the PNGs can tell they show it
     draw(results)
     return lines
 
@@ -363,8 +404,9 @@ def rebuild_views(out, results_file):
         run = shown_entry.get("run")
         record = read_record(out / run) if isinstance(run, str) else None
         if record is None:
-            lines.append(f"{shown_entry['id']}: its run {run} is gone (deleted by hand?): left "
-                         f"out of the views until the script trains it again")
+            lines.append(f"{shown_entry['id']}: its run {run} is gone or its run.json cannot "
+                         f"be read (deleted or edited by hand?): left out of the views until "
+                         f"the script trains it again")
             continue
         shown.append((shown_entry["id"], shown_entry["config"], out / run, record))
     header = {key: value for key, value in results.items() if key != "configs"}
@@ -393,7 +435,6 @@ def examples(out, results):
 
 JOURNAL, JOURNAL_COPY = ".ledger.json", ".ledger.copy.json"
 EARLIER = "earlier-"
-LEGACY_CHECKPOINT = re.compile(r"(?P<label>config_\d+)_seed(?P<seed>\d+)\.ckpt")
 
 
 def legacy_folder(out, results_file):
@@ -402,7 +443,7 @@ def legacy_folder(out, results_file):
     out = Path(out)
     results = load_results(out / results_file)
     return (any((out / name).exists() for name in (JOURNAL, JOURNAL_COPY, "checkpoints"))
-            or any(out.glob(EARLIER + "*"))
+            or any(out.glob(EARLIER + "*")) or any(out.glob(".ledger-*"))
             or (isinstance(results, dict)
                 and any("run" not in entry for entry in results["configs"])))
 

@@ -160,3 +160,17 @@ def finished_runs(out):
                 path.name: path.read_bytes() for path in record_path.parent.iterdir()
                 if path.name != "checkpoint.ckpt"}
     return found
+
+
+def checkpoint_of(out, label="config_1", seed=0):
+    """The checkpoint of the latest run of ``label`` with ``seed`` in ``out``'s store (a path
+    that does not exist when there is none)."""
+    import json
+
+    found = Path(out) / "runs" / f"{label}-none" / "checkpoint.ckpt"
+    for record_path in sorted(Path(out).glob(f"runs/{label}-*/run.json"),
+                              key=lambda path: json.loads(path.read_text())["created"]):
+        record = json.loads(record_path.read_text())
+        if record["label"] == label and record["seed"] == seed:
+            found = record_path.parent / "checkpoint.ckpt"
+    return found

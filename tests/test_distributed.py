@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, checkpoint_of
 
 DRIVER = REPO / "tests" / "ddp_driver.py"  # Task 3's LeNet, 3 epochs of 38 steps, test hooks
 
@@ -58,8 +58,9 @@ def test_two_ranks_write_one_set_of_outputs(two_rank_run):
     base, result = two_rank_run
     out = base / "out"
     assert sorted(path.name for path in out.iterdir()) == [
-        "config_1.pth", "examples.png", "loss.png", "test_accuracy.png", "train_accuracy.png",
-        "training_result.json"]
+        "config_1.pth", "examples.png", "loss.png", "runs", "test_accuracy.png",
+        "train_accuracy.png", "training_result.json"]
+    assert len(list(out.glob("runs/*"))) == 1
     results = json.loads((out / "training_result.json").read_text())
     assert results["world_size"] == 2 and results["backend"] == "gloo"
     assert results["devices"] == ["rank 0: cpu", "rank 1: cpu"]
@@ -156,8 +157,7 @@ def test_sigterm_to_torchrun_mid_epoch_saves_and_the_same_command_resumes(two_ra
     assert {(dump / f"exit-rank{rank}").read_text() for rank in (0, 1)} == {"143"}
     assert "Stopped by SIGTERM during config_1" in stderr
     assert "run the same torchrun command again" in stderr
-    progress = torch.load(out / "checkpoints" / "config_1_seed0.ckpt",
-                          weights_only=True)["progress"]
+    progress = torch.load(checkpoint_of(out), weights_only=True)["progress"]
     assert (progress["epoch"], progress["step"]) == (1, 25)
 
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
@@ -201,7 +201,8 @@ def test_batchnorm_statistics_saved_are_those_of_the_buffer_broadcast(pickled_da
     weights and running statistics, bit for bit, as with the broadcast (config_2: the same
     config, trained with it)."""
     out, dump = tmp_path / "out", tmp_path / "dump"
-    result = torchrun(pickled_data, out, dump, TEST_BATCHNORM="1")
+    # --restart: config_2 trains its own run (the same values would otherwise share one)
+    result = torchrun(pickled_data, out, dump, script_args=["--restart"], TEST_BATCHNORM="1")
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in (0, 1):  # what each rank's DDP was told, config by config
         assert (dump / f"broadcast-rank{rank}").read_text().split() == ["False", "True"]

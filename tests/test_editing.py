@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from cifarkit import experiment, train
-from conftest import REPO
+from conftest import REPO, checkpoint_of
 
 A = {"name": "a", "num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
 B = {"name": "b", "num_epochs": 1, "lr": 0.02, "momentum": 0.9, "batch_size": 32}
@@ -40,6 +40,7 @@ def test_changing_one_value_of_one_config_trains_only_that_config(pickled_data, 
     assert run("L2_regularization", out, pickled_data, [A, B, C], monkeypatch) == 0
     kept = {name: (out / name).read_bytes() for name in ("config_1.pth", "config_3.pth")}
     old_b = (out / "config_2.pth").read_bytes()
+    old_run = entries(out)["config_2"]["run"]
     capsys.readouterr()
     assert run("L2_regularization", out, pickled_data, [A, dict(B, lr=0.05), C],
                monkeypatch) == 0
@@ -48,29 +49,23 @@ def test_changing_one_value_of_one_config_trains_only_that_config(pickled_data, 
     assert "config_2 differs from its earlier results: lr 0.02 -> 0.05" in printed
     assert "config_2 epoch 1/1" in printed and "config_1 epoch" not in printed
     assert {name: (out / name).read_bytes() for name in kept} == kept  # not retrained
-    (earlier,) = out.glob("earlier-*")
-    assert sorted(path.name for path in earlier.iterdir()) == ["config_2.pth",
-                                                               "training_result.json"]
-    assert (earlier / "config_2.pth").read_bytes() == old_b
-    assert list(entries(earlier)) == ["config_2"]
-    assert entries(earlier)["config_2"]["config"]["lr"] == 0.02
+    assert (out / old_run / "weights.pth").read_bytes() == old_b  # the earlier run stays
+    assert json.loads((out / old_run / "run.json").read_text())["config"]["lr"] == 0.02
     now = entries(out)
     assert [now[label]["config"]["name"] for label in sorted(now)] == ["a", "b", "c"]
-    assert now["config_2"]["config"]["lr"] == 0.05
+    assert now["config_2"]["config"]["lr"] == 0.05 and now["config_2"]["run"] != old_run
 
 
-def test_removing_a_config_keeps_its_results_aside(pickled_data, tmp_path, monkeypatch,
-                                                   capsys):
+def test_removing_a_config_keeps_its_run(pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     assert run("L2_regularization", out, pickled_data, [A, B], monkeypatch) == 0
-    weights = (out / "config_2.pth").read_bytes()
+    weights, run_b = (out / "config_2.pth").read_bytes(), entries(out)["config_2"]["run"]
     capsys.readouterr()
     assert run("L2_regularization", out, pickled_data, [A], monkeypatch) == 0
-    assert "config_2 differs from its earlier results: it is no longer in CONFIGS" in \
-        capsys.readouterr().out
-    (earlier,) = out.glob("earlier-*")
-    assert (earlier / "config_2.pth").read_bytes() == weights
-    assert list(entries(earlier)) == ["config_2"] and list(entries(out)) == ["config_1"]
+    assert "config_2 differs from its earlier results: it is no longer in CONFIGS (it was " \
+        "'b'); its run stays in" in capsys.readouterr().out
+    assert (out / run_b / "weights.pth").read_bytes() == weights
+    assert list(entries(out)) == ["config_1"] and not (out / "config_2.pth").exists()
 
 
 class WiderLeNet(nn.Module):
@@ -102,40 +97,39 @@ class GeluLeNet(WiderLeNet):
         return self.fc3(F.gelu(self.fc2(x)))
 
 
-def test_a_changed_model_class_moves_finished_and_unfinished_results_aside(
+def test_a_changed_model_class_retrains_finished_and_unfinished_configs(
         pickled_data, tmp_path, monkeypatch, capsys):
     script = importlib.import_module("L2_regularization")
     out = tmp_path / "out"
     long_b = dict(B, num_epochs=3)
     assert run("L2_regularization", out, pickled_data, [A], monkeypatch) == 0
-    real_measure = train._measure
+    real_accuracy = train.accuracy
 
     def ctrl_c_at_the_first_test_pass(*args, **kwargs):  # leaves config_2 unfinished
         signal.raise_signal(signal.SIGINT)
-        return real_measure(*args, **kwargs)
+        return real_accuracy(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_measure", ctrl_c_at_the_first_test_pass)
+    monkeypatch.setattr(train, "accuracy", ctrl_c_at_the_first_test_pass)
     assert run("L2_regularization", out, pickled_data, [A, long_b], monkeypatch) == 130
-    assert (out / "checkpoints" / "config_2_seed0.ckpt").exists()
-    monkeypatch.setattr(train, "_measure", real_measure)
+    unfinished = checkpoint_of(out, "config_2")
+    assert unfinished.exists()
+    monkeypatch.setattr(train, "accuracy", real_accuracy)
 
     monkeypatch.setattr(script, "LeNet", WiderLeNet)
     capsys.readouterr()
     assert run("L2_regularization", out, pickled_data, [A, long_b], monkeypatch) == 0
     captured = capsys.readouterr()
-    assert "config_1: the model class changed since its earlier results" in captured.out
-    assert "config_2: the model class changed since its earlier results" in captured.out
+    assert "config_1 differs from its earlier results: the model; it trains anew" in captured.out
+    assert "config_2 epoch 1/3" in captured.out and "resuming" not in captured.out
     assert "Traceback" not in captured.err and "RuntimeError" not in captured.err
-    (earlier,) = out.glob("earlier-*")
-    assert (earlier / "checkpoints" / "config_2_seed0.ckpt").exists()
-    assert (earlier / "config_1.pth").exists()
+    assert unfinished.exists()  # the earlier, unfinished run keeps its checkpoint
     weights = torch.load(out / "config_1.pth", weights_only=True)
     assert weights["conv2.weight"].shape[0] == 32  # retrained with the new model
 
     monkeypatch.setattr(script, "LeNet", GeluLeNet)  # same shapes, other code
     capsys.readouterr()
     assert run("L2_regularization", out, pickled_data, [A, long_b], monkeypatch) == 0
-    assert "config_1: the model class changed" in capsys.readouterr().out
+    assert "config_1 differs from its earlier results: the model" in capsys.readouterr().out
 
 
 def test_kill_9_during_the_live_refresh_leaves_whole_files(pickled_data, tmp_path):
@@ -230,7 +224,6 @@ def test_inserting_or_swapping_configs_retrains_nothing_and_files_follow(
     assert "config_1 is config_2 now (the same config, moved in CONFIGS)" in printed
     assert "config_2: already finished" in printed and "config_3: already finished" in printed
     assert "config_2 epoch" not in printed and "config_3 epoch" not in printed
-    assert not list(out.glob("earlier-*"))
 
     def by_name():
         return {entry["config"]["name"]: entry for entry in entries(out).values()}

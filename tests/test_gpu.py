@@ -14,7 +14,7 @@ from torchvision.transforms import functional as TF
 
 from cifarkit import data, train
 from cifarkit import runtime as rt
-from conftest import REPO
+from conftest import REPO, checkpoint_of
 from test_fast_path import labelled_images
 from test_recipe_options import blanked_squares, windows_found
 
@@ -139,7 +139,7 @@ def test_resume_after_sigterm_on_cuda_ends_close_to_an_uninterrupted_run(pickled
     stopped.send_signal(signal.SIGTERM)
     _, stderr = stopped.communicate(timeout=300)
     assert stopped.returncode == 143, stderr[-3000:]
-    checkpoint = torch.load(out / "checkpoints" / "config_2_seed0.ckpt", weights_only=True)
+    checkpoint = torch.load(checkpoint_of(out, "config_2"), weights_only=True)
     assert (checkpoint["progress"]["epoch"], checkpoint["progress"]["step"]) == (1, 30)
     assert len(checkpoint["rng"][0]["cuda"]) >= 1  # the GPU's generator, for dropout
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO
+from conftest import REPO, checkpoint_of
 
 DRIVER = REPO / "tests" / "fault_driver.py"
 
@@ -67,7 +67,7 @@ def test_out_of_memory_inside_a_forward_with_sync_bn_ends_the_run_at_once_keepin
     assert seconds < 20  # no wait for the process group's timeout
     (entry,) = json.loads((out / "training_result.json").read_text())["configs"]
     assert entry["status"] == "running" and len(entry["history"]) == 1
-    assert (out / "checkpoints" / "config_1_seed0.ckpt").exists()
+    assert checkpoint_of(out).exists()
 
 
 def test_a_download_slower_than_the_process_group_timeout_does_not_kill_the_job(

@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import io
 import itertools
+import json
 import os
 import pickle
 import re
@@ -21,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cifarkit import config, data, experiment, ledger, outputs, results, train
+from cifarkit import config, data, experiment, outputs, train
 from conftest import REPO, write_image_folders, write_pickled_batches
 
 README = (REPO / "README.md").read_text()
@@ -75,7 +76,7 @@ def readme_names(pattern):
 
 def test_checkpoints_and_extra_seed_weights_have_the_names_readme_gives(pickled_data, tmp_path,
                                                                        monkeypatch, capsys):
-    """README and docs/results-format.md: checkpoints/config_N_seedS.ckpt while a config is
+    """README and docs/results-format.md: runs/NAME/checkpoint.ckpt while a run is
     unfinished, and config_N_seedS.pth for the weights of the extra seeds of --seeds."""
     script = importlib.import_module("L2_regularization")
     out = tmp_path / "out"
@@ -83,10 +84,9 @@ def test_checkpoints_and_extra_seed_weights_have_the_names_readme_gives(pickled_
             "--epochs", "1", "--out", str(out), "--device", "cpu"]
     interrupt(monkeypatch, signal.SIGTERM, training=2)
     assert script.main(argv) == 143  # seed 3 finished, seed 4 stopped
-    for template in readme_names(r"checkpoints/config_N[\w]*\.ckpt"):
-        written = template.replace("config_N", "config_2").replace("seedS", "seed4")
-        assert sorted(str(path.relative_to(out)) for path in out.glob("checkpoints/*")) == [
-            written]
+    assert readme_names(r"runs/[\w<>./-]*/(checkpoint\.ckpt)`") == {"checkpoint.ckpt"}
+    (checkpoint,) = out.glob("runs/*/checkpoint.ckpt")
+    assert json.loads((checkpoint.parent / "run.json").read_text())["seed"] == 4
 
     monkeypatch.undo()
     assert script.main(argv) == 0  # the same command finishes seed 4
@@ -94,6 +94,7 @@ def test_checkpoints_and_extra_seed_weights_have_the_names_readme_gives(pickled_
     for template in readme_names(r"`(config_N_seed\w*\.pth)`"):
         assert (out / template.replace("config_N", "config_2").replace("seedS", "seed4")).is_file()
     assert (out / "config_2.pth").is_file()  # the first seed's, under the plain name
+    assert not list(out.glob("runs/*/checkpoint.ckpt"))
 
 
 # ---- messages ----
@@ -267,23 +268,22 @@ def _output_folders(kit, tmp):
     kit.run("Original_version_model", *data, out=in_the_way)
     unmounted = tmp / "unmounted"
     unmounted.mkdir()
-    (unmounted / "checkpoints").symlink_to(tmp / "no-such-scratch-disk")
+    (unmounted / "runs").symlink_to(tmp / "no-such-scratch-disk")
     kit.run("Original_version_model", *data, out=unmounted)
-    busy = tmp / "busy"
-    with results.locked(busy):
-        kit.run("Original_version_model", *data, out=busy)
     edited = kit.run("L2_regularization", *data, configs=[BASE], expected=0)
     kit.run("L2_regularization", *data, configs=[dict(BASE, lr=0.02)], out=edited, expected=0)
-    with pytest.MonkeyPatch.context() as full:  # the disk fills while results move aside
-        full.setattr(ledger, "_transfer", lambda *args: (_ for _ in ()).throw(
-            OSError(28, "No space left on device")))
-        kit.run("L2_regularization", *data, configs=[BASE], out=edited)
+    kit.run("L2_regularization", *data, configs=[BASE], out=edited, expected=0)  # undone
+    kit.run("L2_regularization", *data, configs=[BASE, dict(BASE, lr=0.02)], out=edited,
+            expected=0)  # a config added: the lr 0.02 run shows again
+    kit.run("L2_regularization", *data, configs=[dict(BASE, lr=0.02), BASE], out=edited,
+            expected=0)  # reordered
+    kit.run("L2_regularization", *data, configs=[BASE], out=edited, expected=0)  # removed
+    (edited / "config_1.pth").unlink()
+    (edited / "config_1.pth").write_bytes(b"my own weights")  # not a view of any run
     kit.run("L2_regularization", *data, configs=[BASE], out=edited, expected=0)
-    stranded = tmp / "stranded"  # a move's hidden files, its record deleted by hand
+    stranded = tmp / "stranded"  # an older kit's move: its hidden files, the record deleted
     stranded.mkdir()
     (stranded / ".ledger-0123abcd-0").write_bytes(b"weights on their way")
-    kit.run("L2_regularization", *data, configs=[BASE], out=stranded)
-    (stranded / ledger.JOURNAL).write_text("{damaged")
     kit.run("L2_regularization", *data, configs=[BASE], out=stranded)
     (edited / "training_result.json").write_text("not JSON")
     kit.run("L2_regularization", *data, configs=[BASE], out=edited, expected=0)
@@ -307,10 +307,12 @@ def _data(kit, tmp, tmp_path_factory):
 
 
 def _failures_and_signals(kit):
-    foreign = kit.tmp / "foreign"
-    (foreign / "checkpoints").mkdir(parents=True)
-    (foreign / "checkpoints" / "config_1_seed0.ckpt").write_bytes(
-        pickle.dumps({"a": 1}, protocol=2))
+    foreign = kit.run("L2_regularization", *kit.data, "--configs", "1", expected=0)
+    (record_path,) = foreign.glob("runs/*/run.json")  # made unfinished by hand, with a file
+    record = json.loads(record_path.read_text())  # of another program as its checkpoint
+    record_path.write_text(json.dumps(dict(record, status="running")))
+    (record_path.parent / "weights.pth").unlink()
+    (record_path.parent / "checkpoint.ckpt").write_bytes(pickle.dumps({"a": 1}, protocol=2))
     kit.run("L2_regularization", *kit.data, "--configs", "1", out=foreign)
     with pytest.MonkeyPatch.context() as denied:  # intact, but not ours to read
         denied.setattr(torch, "load", lambda path, **kwargs: (_ for _ in ()).throw(
@@ -331,11 +333,6 @@ def _failures_and_signals(kit):
     with pytest.MonkeyPatch.context() as ctrl_c:
         interrupt(ctrl_c, signal.SIGINT, times=2)  # the second: at once
         kit.run("L2_regularization", *kit.data, configs=[BASE], expected=130)
-    with pytest.MonkeyPatch.context() as ctrl_c:  # a bf16 checkpoint, then --amp off
-        interrupt(ctrl_c, signal.SIGINT)
-        bf16 = kit.run("L2_regularization", *kit.data, "--amp", "on", configs=[BASE],
-                       expected=130)
-    kit.run("L2_regularization", *kit.data, "--amp", "off", configs=[BASE], out=bf16)
     with pytest.MonkeyPatch.context() as ctrl_c:
         def pressed_while_loading(*args, **kwargs):
             raise KeyboardInterrupt

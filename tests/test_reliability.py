@@ -10,14 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, write_image_folders, write_pickled_batches
+from conftest import REPO, checkpoint_of, write_image_folders, write_pickled_batches
 
 LONG_RUN = REPO / "tests" / "long_run.py"  # two configs with dropout, and the test hooks
 CONFIG_2_STEPS = 75  # mini-batches an epoch of config_2 (300 images at batch 4)
@@ -74,7 +73,7 @@ def assert_same_as_reference(out, reference_run):
         assert history == reference_history, run_id
         assert weights.keys() == reference_weights.keys()
         assert all(torch.equal(weights[key], reference_weights[key]) for key in weights), run_id
-    assert not (out / "checkpoints").exists()  # removed once every config finished
+    assert not list(out.glob("runs/*/checkpoint.ckpt"))  # removed once every config finished
 
 
 def test_kill_9_mid_epoch_then_rerun_ends_bit_identical(pickled_data, tmp_path, reference_run):
@@ -109,7 +108,7 @@ def test_signal_mid_epoch_of_a_later_config_saves_and_rerun_resumes(signum, stat
     assert process.returncode == status, stderr
     assert "To resume, run the same command:" in stderr
     assert "Traceback" not in stderr
-    checkpoint = torch.load(out / "checkpoints" / "config_2_seed0.ckpt", weights_only=True)
+    checkpoint = torch.load(checkpoint_of(out, "config_2"), weights_only=True)
     assert (checkpoint["progress"]["epoch"], checkpoint["progress"]["step"]) == (1, 30)
     assert 0 < checkpoint["progress"]["step"] < CONFIG_2_STEPS  # mid-epoch
     kept = json.loads((out / "training_result.json").read_text())["configs"]
@@ -134,35 +133,35 @@ def run_main(name, *args, configs=None, monkeypatch=None, device="cpu"):
     return script.main([str(arg) for arg in args] + ["--device", device])
 
 
-def test_changed_configs_move_earlier_results_aside(pickled_data, tmp_path, monkeypatch,
-                                                    capsys):
+def test_a_changed_config_trains_a_new_run_beside_its_earlier_one(pickled_data, tmp_path,
+                                                                  monkeypatch, capsys):
     out = tmp_path / "out"
     first = [{"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}]
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                     configs=first, monkeypatch=monkeypatch) == 0
     earlier_weights = (out / "config_1.pth").read_bytes()
 
-    # The same command again: nothing retrained, nothing moved.
+    # The same command again: nothing retrained, nothing new in the store.
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                     configs=first, monkeypatch=monkeypatch) == 0
     assert "config_1: already finished" in capsys.readouterr().out
-    assert not list(out.glob("earlier-*"))
+    assert len(list(out.glob("runs/*"))) == 1
 
     changed = [dict(first[0], lr=0.02)]
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                     configs=changed, monkeypatch=monkeypatch) == 0
     assert "config_1 differs from its earlier results: lr 0.01 -> 0.02" in capsys.readouterr().out
-    (earlier,) = out.glob("earlier-*")
-    assert (earlier / "config_1.pth").read_bytes() == earlier_weights
-    old = json.loads((earlier / "training_result.json").read_text())
+    records = sorted((json.loads(path.read_text()) for path in out.glob("runs/*/run.json")),
+                     key=lambda record: record["created"])
+    assert [record["config"]["lr"] for record in records] == [0.01, 0.02]
+    assert earlier_weights in {path.read_bytes() for path in out.glob("runs/*/weights.pth")}
     new = json.loads((out / "training_result.json").read_text())
-    assert old["configs"][0]["config"]["lr"] == 0.01
     assert new["configs"][0]["config"]["lr"] == 0.02
 
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out, "--restart",
                     configs=changed, monkeypatch=monkeypatch) == 0
-    assert len(list(out.glob("earlier-*"))) == 2
-    assert "--restart: the earlier results are kept in" in capsys.readouterr().out
+    assert len(list(out.glob("runs/*/weights.pth"))) == 3  # --restart: a new run beside
+    assert "config_1 epoch 1/1" in capsys.readouterr().out
 
 
 def test_a_diverging_config_is_marked_and_the_next_one_runs(pickled_data, tmp_path,
@@ -220,20 +219,29 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_a_foreign_checkpoint_is_refused_never_run(pickled_data, tmp_path, capsys):
+def test_a_foreign_checkpoint_is_refused_never_run(pickled_data, tmp_path, monkeypatch,
+                                                  capsys):
+    """A file put by hand where an unfinished run keeps its checkpoint is read only as data:
+    refused by name, never unpickled."""
     out = tmp_path / "out"
+    configs = [BASE]
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=configs, monkeypatch=monkeypatch) == 0
+    (record_path,) = out.glob("runs/*/run.json")
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps(dict(record, status="running")))  # as if unfinished
+    (record_path.parent / "weights.pth").unlink()
     marker = tmp_path / "pwned"
-    (out / "checkpoints").mkdir(parents=True)
-    (out / "checkpoints" / "config_1_seed0.ckpt").write_bytes(pickle.dumps(Payload(marker)))
-    status = run_main("L2_regularization", "--data-dir", pickled_data, "--epochs", "1",
-                      "--out", out)
-    assert status == 2
-    assert "config_1_seed0.ckpt: not a checkpoint written by this kit" in capsys.readouterr().err
+    checkpoint = record_path.parent / "checkpoint.ckpt"
+    checkpoint.write_bytes(pickle.dumps(Payload(marker)))
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=configs, monkeypatch=monkeypatch) == 2
+    assert "checkpoint.ckpt: not a checkpoint written by this kit" in capsys.readouterr().err
     assert not marker.exists()
 
-    torch.save({"some": "dict"}, out / "checkpoints" / "config_1_seed0.ckpt")
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--epochs", "1",
-                    "--out", out) == 2
+    torch.save({"some": "dict"}, checkpoint)
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=configs, monkeypatch=monkeypatch) == 2
     assert "not a checkpoint written by this kit" in capsys.readouterr().err
 
 
@@ -346,11 +354,12 @@ def test_a_failed_write_exits_1_keeps_what_was_saved_and_a_rerun_carries_on(
         pickled_data, tmp_path, monkeypatch, capsys):
     from cifarkit import outputs
 
-    real_save_weights = outputs.save_weights
+    real_save_weights, saved = outputs.save_weights, []
 
     def disk_full_after_config_1(model, path):
-        if Path(path).name != "config_1.pth":
+        if saved:
             raise OSError(errno.ENOSPC, "No space left on device")
+        saved.append(path)
         real_save_weights(model, path)
 
     monkeypatch.setattr(outputs, "save_weights", disk_full_after_config_1)

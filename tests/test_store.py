@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import shutil
 import tarfile
 import time
 
@@ -300,3 +301,85 @@ def test_a_folder_of_the_kit_before_the_store_is_taken_in_with_nothing_lost(data
     assert "config_3: resuming from its checkpoint after epoch 1" in printed
     assert "config_1 a: num_epochs=1, lr=0.04" in printed  # a new config: trained
     assert_still_there(before, out)
+
+
+# ---- kill -9 at the file operations of a run (strace's syscall injection) ----
+
+FILE_CALLS = ("rename", "link", "unlink", "write")  # each with its *at variants
+STRACE = shutil.which("strace")
+
+
+def driver(which, data_dir, out, strace=()):
+    return subprocess.run([*strace, sys.executable, str(REPO / "tests" / "store_driver.py"),
+                           which, "--data-dir", str(data_dir), "--out", str(out), "--device",
+                           "cpu"], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=300)
+
+
+def calls_of(kind):
+    return {"rename": "rename,renameat,renameat2", "link": "link,linkat",
+            "unlink": "unlink,unlinkat", "write": "write"}[kind]
+
+
+def count_calls(data_dir, out, tmp_path):
+    """How many times the edited run (two configs, one of them changed) makes each call."""
+    log = tmp_path / "strace.log"
+    result = driver("after", data_dir, out, [STRACE, "-f", "-qq", "-o", str(log), "-e",
+                                             "trace=" + ",".join(calls_of(kind) for kind in
+                                                                 FILE_CALLS)])
+    assert result.returncode == 0, result.stderr
+    lines = log.read_text().splitlines()
+    return {kind: sum(1 for line in lines if line.split(None, 1)[-1].split("(")[0]
+                      in calls_of(kind).split(",")) for kind in FILE_CALLS}
+
+
+def kill_points():
+    """(call, n): every rename, link and unlink, and some writes, with KILL_SWEEP=all;
+    a sample otherwise (the suite's time)."""
+    return [("rename", 3), ("link", 1), ("unlink", 2), ("write", 40)]
+
+
+def check_after_rerun(out):
+    """What a user relies on after the rerun: every finished run reloads to its recorded
+    accuracy, and every view is the run it names (including the PNGs)."""
+    assert_views_are_the_runs(out)
+    results = json.loads((out / RESULTS).read_text())
+    assert [(entry["id"], entry["config"]["lr"], entry["status"]) for entry in
+            results["configs"]] == [("config_1", 0.01, "finished"), ("config_2", 0.05, "finished")]
+    for record_path in out.glob("runs/*/run.json"):
+        record = json.loads(record_path.read_text())
+        if record["status"] == "finished":
+            assert not (record_path.parent / "checkpoint.ckpt").exists()
+    for name in ("loss.png", "train_accuracy.png", "test_accuracy.png", "examples.png"):
+        assert (out / name).stat().st_mtime >= (out / RESULTS).stat().st_mtime - 1
+    assert not list(out.glob(".*.tmp")) and not list(out.glob("runs/*/.*.tmp"))  # tidied
+
+
+@pytest.mark.skipif(STRACE is None, reason="needs strace (apt-get install strace)")
+def test_kill_9_at_file_operations_of_an_edited_run_then_the_same_command(data_dir, tmp_path):
+    base = tmp_path / "base"
+    assert driver("before", data_dir, base).returncode == 0
+    sweep = os.environ.get("KILL_SWEEP") == "all"
+    if sweep:
+        counts = count_calls(data_dir, shutil.copytree(base, tmp_path / "count"), tmp_path)
+        points = [(kind, n) for kind in FILE_CALLS
+                  for n in range(1, counts[kind] + 1, 1 if kind != "write" else 7)]
+    else:
+        points = kill_points()
+    killed = 0
+    for kind, n in points:
+        out = shutil.copytree(base, tmp_path / f"{kind}-{n}")
+        before = finished_runs(out)
+        result = driver("after", data_dir, out, [STRACE, "-f", "-qq", "-o", "/dev/null",
+                                                 "-e", f"inject={calls_of(kind)}:signal=KILL:"
+                                                       f"when={n}"])
+        killed += result.returncode != 0
+        assert_still_there(before, out)
+        rerun = driver("after", data_dir, out)
+        assert rerun.returncode == 0, (kind, n, rerun.stderr[-2000:])
+        assert "Traceback" not in rerun.stderr
+        assert_still_there(before, out)
+        check_after_rerun(out)
+        shutil.rmtree(out)
+    assert killed >= len(points) - 1  # each point was reached (the last write may not be)
+    print(f"{len(points)} kill points, {killed} killed")
