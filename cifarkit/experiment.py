@@ -289,9 +289,12 @@ def _open_store(job, selected, seeds):
         lines = store.migrate(out, script.results_file) \
             if store.legacy_folder(out, script.results_file) else []
         store.remove_temporaries(out)
+        for run_dir, record in store.runs(out).items():
+            store.tidy(run_dir, record)
         before = load_results(out / script.results_file)
         lines += _refresh(job, final=True, locked=True, drawn=_drawn(out, before, script))
-    lines += _changes(job, before if isinstance(before, dict) else None)
+    lines += _changes(job, before if isinstance(before, dict) else None,
+                      {f"config_{number}" for number, _ in selected})
     done = {(entry["id"], entry["seed"]) for entry in job.results["configs"]
             if entry["status"] in store.ENDED}
     epochs = [chosen["num_epochs"] for number, chosen in selected
@@ -301,7 +304,7 @@ def _open_store(job, selected, seeds):
     return lines
 
 
-def _changes(job, before):
+def _changes(job, before, selected):
     """What the views show differently from the folder's last ones: configs edited (their
     earlier runs stay in the store), moved in CONFIGS, back to an earlier run, renamed, or
     removed."""
@@ -334,7 +337,8 @@ def _changes(job, before):
                 continue
             lines.append(f"{label} differs from its earlier results: {change}; "
                          + (f"it shows its earlier run {job.out / shown['run']} again, nothing "
-                            f"to train" if shown else "it trains anew")
+                            f"to train" if shown else "it trains anew" if label in selected
+                            else "it trains once selected (it is not in --configs)")
                          + f" (the run it replaces stays in {job.out / run}/)")
         else:
             lines.append(f"{label} differs from its earlier results: it is no longer in CONFIGS"
@@ -712,16 +716,17 @@ def _refresh(job, final, drawn_next=False, locked=False, drawn=None):
     could not be a view."""
     def draw(results):
         due = not drawn_next and time.monotonic() - job.drawn_at >= REFRESH_RATIO * job.drawing
-        showing = [results[key] for key in ("configs", "devices", "data")]
+        showing, kept = [results[key] for key in ("configs", "devices", "data")], []
         if (final or due) and drawn != showing:
             started = time.monotonic()
             job.pngs_show = None  # until they are all drawn
-            plots.draw_views(job.out, results, store.examples(job.out, results))
+            kept = plots.draw_views(job.out, results, store.examples(job.out, results))
             job.drawn_at, job.drawing = time.monotonic(), time.monotonic() - started
             job.pngs_show = showing
         elif drawn == showing:
             job.pngs_show = showing
         job.results = results
+        return kept
 
     with contextlib.nullcontext() if locked else store.store_lock(job.out):
         return store.write_views(job.out, job.script.results_file, job.script.weights_file,

@@ -1,8 +1,10 @@
 """Figures readable on their own: titles, axis labels with units, legends naming the configs,
 and the same colour for a config (config_N) in every figure."""
 import io
+import os
 import re
 import textwrap
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +50,25 @@ def line_style(index, points):
             "markerfacecolor": "none", "markevery": (index % every, every)}
 
 
+SIGNATURE = "cifarkit"
+
+
+def drawn_here(path):
+    """Whether the PNG at ``path`` was drawn by this kit: its Software text says so (or says
+    Matplotlib, as the kit's PNGs before the run store did)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4096)
+    except OSError:
+        return False
+    return any(f"Software\x00{name}".encode() in head for name in (SIGNATURE, "Matplotlib"))
+
+
 def png_bytes(figure):
     """The figure as PNG bytes (the caller writes them atomically)."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")  # keeps the legend
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight",  # keeps the legend
+                   metadata={"Software": SIGNATURE})  # how draw_views knows its own files
     pyplot().close(figure)
     return buffer.getvalue()
 
@@ -339,8 +356,16 @@ def draw_views(out_dir, results, examples=None):
         else:
             figures[file_name] = history_figure(entries, key, f"{title}: {y_label.split(' (')[0]}",
                                                 y_label, span, note, train_sample_size(results))
+    out_dir, kept = Path(out_dir), []
+    for file_name in ("examples.png", *figures):  # a PNG of the user's own is kept aside
+        path = out_dir / file_name
+        if path.is_file() and not path.is_symlink() and not drawn_here(path):
+            aside = path.with_name(f"{path.stem}.yours-{datetime.now():%Y%m%d-%H%M%S-%f}.png")
+            os.replace(path, aside)
+            kept.append(f"{path} was not drawn by this kit: kept as {aside.name}")
     if examples is None:  # it showed a run no config shows now
-        (Path(out_dir) / "examples.png").unlink(missing_ok=True)
+        (out_dir / "examples.png").unlink(missing_ok=True)
     for file_name, figure in figures.items():
         content = png_bytes(figure)
-        write_atomically(Path(out_dir) / file_name, lambda file: file.write(content))
+        write_atomically(out_dir / file_name, lambda file: file.write(content))
+    return kept

@@ -118,10 +118,13 @@ def what_differs(earlier, now, neutral=None):
     was = earlier.get("identity") or {}
     parts = [describe_change(config_identity(was.get("config") or {}, neutral or {}),
                              now["config"], neutral)]
-    for key, words in (("seed", "seed"), ("data", "the data"), ("precision", "precision")):
+    for key in ("seed", "precision"):
         if was.get(key) != now[key]:
-            parts.append(f"{words} {was.get(key)!r} -> {now[key]!r}" if key != "data"
-                         else "the data")
+            parts.append(f"{key} {was.get(key)!r} -> {now[key]!r}")
+    if was.get("data") != now["data"]:
+        sizes = [{key: data[key] for key in data if key != "fingerprint"}
+                 for data in (was.get("data") or {}, now["data"])]
+        parts.append(f"the data ({describe_change(*sizes) or 'other images, as many'})")
     if not same_model(was.get("model"), now["model"]):
         parts.append("the model")
     return ", ".join(part for part in parts if part) or "nothing"
@@ -379,15 +382,14 @@ def write_views(out, results_file, weights_file, header, shown, draw):
                                                                   e["seed"])))
     old = load_results(out / results_file)
     if old == "unreadable":  # edited by hand? kept, not lost
-        kept = out / f"{results_file}.unreadable-{datetime.now():%Y%m%d-%H%M%S}"
+        kept = out / f"{results_file}.unreadable-{datetime.now():%Y%m%d-%H%M%S-%f}"
         os.replace(out / results_file, kept)
         lines.append(f"{out / results_file} could not be read (edited by hand?): kept as "
                      f"{kept.name}, and written anew from the runs")
     if not (isinstance(old, dict) and all(old.get(key) == results.get(key) for key in (
             "configs", "devices", "data", "seed", "precision", "script"))):
         save_json(results, out / results_file)  # else as it was: the PNGs can tell they show it
-    draw(results)
-    return lines
+    return lines + (draw(results) or [])
 
 
 def rebuild_views(out, results_file):

@@ -174,3 +174,34 @@ def checkpoint_of(out, label="config_1", seed=0):
         if record["label"] == label and record["seed"] == seed:
             found = record_path.parent / "checkpoint.ckpt"
     return found
+
+
+UNRENDERED = b"\x89PNG\r\n\x1a\n Software\x00cifarkit (not rendered)"
+
+
+@pytest.fixture
+def unrendered(monkeypatch):
+    """The PNGs' figures are built but not rendered (for files that ask with
+    ``pytestmark = pytest.mark.usefixtures("unrendered")``), except in tests that ask for
+    ``rendered``: rendering is most of what a run costs here (1.7 of the 1.9 s of a run with
+    nothing to train), and those tests are not about what the PNGs show."""
+    from cifarkit import plots
+
+    monkeypatch.setattr(plots, "png_bytes", lambda figure: (
+        plots.pyplot().close(figure), UNRENDERED)[1])
+
+
+@pytest.fixture
+def rendered(monkeypatch, unrendered):
+    """Real PNGs, in a file that renders none otherwise."""
+    from cifarkit import plots
+
+    monkeypatch.setattr(plots, "png_bytes", REAL_PNG_BYTES)
+
+
+def _real_png_bytes():
+    from cifarkit import plots
+    return plots.png_bytes
+
+
+REAL_PNG_BYTES = _real_png_bytes()

@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from cifarkit import data, train
-from cifarkit.results import locked, save_json
-from conftest import REPO, write_image_folders, write_pickled_batches
+from cifarkit import data, store, train
+from cifarkit.results import save_json
+from conftest import REPO, checkpoint_of, finished_runs, write_image_folders, write_pickled_batches
 
 TINY = {"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
+
+
+pytestmark = pytest.mark.usefixtures("unrendered")
 
 
 def run_main(name, *args, configs=None, monkeypatch=None):
@@ -35,26 +38,33 @@ def tree(folder):
             for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-# ---- moving aside touches the kit's own files only ----
+# ---- --restart trains new runs and touches nothing else ----
 
-def test_restart_moves_only_the_files_the_kit_wrote(pickled_data, tmp_path, monkeypatch,
-                                                    capsys):
+def test_restart_of_some_configs_trains_new_runs_and_touches_nothing_else(
+        pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
+    configs = [TINY, dict(TINY, lr=0.02)]
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=[TINY], monkeypatch=monkeypatch) == 0
-    kit = tree(out)
+                    configs=configs, monkeypatch=monkeypatch) == 0
+    before, first = finished_runs(out), (out / "config_1.pth").read_bytes()
     mine = {"notes.txt": b"my notes", "my_model.pth": b"not the kit's",
             "figures/plot.png": b"mine", "checkpoints/config_1_seed0.bak.ckpt": b"a backup"}
     for name, content in mine.items():
         (out / name).parent.mkdir(exist_ok=True)
         (out / name).write_bytes(content)
+    capsys.readouterr()
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    "--restart", configs=[TINY], monkeypatch=monkeypatch) == 0
-    assert "--restart: the earlier results are kept in" in capsys.readouterr().out
-    (earlier,) = out.glob("earlier-*")
-    assert tree(earlier) == kit  # every file of the first run, unchanged, and only those
-    after = tree(out)
-    assert all(after[name] == content for name, content in mine.items())
+                    "--restart", "--configs", "2", configs=configs,
+                    monkeypatch=monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "config_2 epoch 1/1" in printed and "config_1 epoch" not in printed
+    after = finished_runs(out)
+    assert len(after) == 3 and {name: after[name] for name in before} == before
+    assert (out / "config_1.pth").read_bytes() == first
+    (entry,) = [entry for entry in json.loads((out / "training_result.json").read_text())[
+        "configs"] if entry["id"] == "config_2"]
+    assert Path(entry["run"]).name not in before  # config_2 shows its new run
+    assert all((out / name).read_bytes() == content for name, content in mine.items())
 
 
 @pytest.mark.parametrize("where", ["repository", "source folder", "data folder",
@@ -89,42 +99,26 @@ def test_an_out_folder_on_a_virtual_file_system_is_refused_as_such(pickled_data,
     assert "MiB free" not in error
 
 
-# ---- one run per output folder ----
+# ---- locks: a killed process leaves none behind ----
 
-def test_a_second_run_into_a_busy_folder_is_refused_and_a_killed_runs_lock_is_gone(
-        pickled_data, tmp_path, monkeypatch, capsys):
+def test_a_process_killed_while_it_holds_the_store_leaves_no_lock_behind(
+        pickled_data, tmp_path, monkeypatch):
+    """Processes share a folder (tests/test_store.py); the locks are the kernel's, so a kill
+    -9 while one holds the store leaves nothing that blocks the next run."""
     out = tmp_path / "out"
-    with locked(out):  # a run in progress
-        assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                        configs=[TINY], monkeypatch=monkeypatch) == 2
-        assert "another run is writing to that folder" in capsys.readouterr().err
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from cifarkit.results import locked\n"
-         "with locked(sys.argv[1]):\n    print('locked', flush=True); time.sleep(600)",
+        [sys.executable, "-c", "import sys, time; from cifarkit import store\n"
+         "with store.store_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(600)",
          str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
+    assert store.lock(out / "runs", blocking=False) is None  # held
     holder.kill()  # kill -9: no chance to clean anything up
     holder.wait()
+    handle = store.lock(out / "runs", blocking=False)
+    assert handle is not None
+    os.close(handle)
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                     configs=[TINY], monkeypatch=monkeypatch) == 0
-
-
-def test_two_runs_started_together_never_lose_a_config(pickled_data, tmp_path):
-    out = tmp_path / "out"
-    code = ("import sys, L2_regularization as s; "
-            "s.CONFIGS = [dict(name='a', num_epochs=2, lr=0.01, batch_size=32), "
-            "dict(name='b', num_epochs=2, lr=0.02, batch_size=32)]; "
-            "sys.exit(s.main(sys.argv[1:]))")
-    runs = [subprocess.Popen([sys.executable, "-c", code, "--data-dir", str(pickled_data),
-                              "--out", str(out), "--configs", which, "--device", "cpu"],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for which in ("1", "2")]
-    outcomes = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
-    for status, stderr in outcomes:  # each finished, or was refused with the message
-        assert status == 0 or (status == 2 and "another run is writing" in stderr), stderr
-    finished = json.loads((out / "training_result.json").read_text())["configs"]
-    assert {entry["id"] for entry in finished} == {
-        f"config_{number}" for number, (status, _) in zip((1, 2), outcomes) if status == 0}
 
 
 # ---- numpy numbers in CONFIGS ----
@@ -143,7 +137,7 @@ def test_numpy_numbers_in_configs_train_save_and_resume(pickled_data, tmp_path, 
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                     configs=configs, monkeypatch=monkeypatch) == 0
     assert "config_1: already finished" in capsys.readouterr().out
-    assert not list(out.glob("earlier-*"))
+    assert len(finished_runs(out)) == 1
 
 
 # ---- Ctrl-C at every phase ----
@@ -206,8 +200,7 @@ def test_ctrl_c_during_the_test_pass_loses_nothing(presses, pickled_data, tmp_pa
     assert "waiting for the test pass of epoch 2" in error
     assert "Traceback" not in error
     assert "To resume, run the same command:\n  python Dropout_regularization.py" in error
-    progress = torch.load(out / "checkpoints" / "config_1_seed0.ckpt",
-                          weights_only=True)["progress"]
+    progress = torch.load(checkpoint_of(out), weights_only=True)["progress"]
     assert progress["epoch"] == 2  # the interrupted epoch is not lost
 
     monkeypatch.setattr(train, "_measure", real_measure)
@@ -257,46 +250,68 @@ def test_configs_that_would_mislead_are_refused(configs, message, pickled_data, 
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("edit", ["entry without status", "configs not a list", "a list"])
+HAND_EDITS = ["entry without status", "configs not a list", "a list",
+              ("final_test_accuracy", None), ("train_seconds", "abc"), ("status", "diverged"),
+              ("status", "whatever")]
+
+
 def test_a_hand_edited_results_json_is_kept_aside_and_the_run_goes_on(
-        edit, pickled_data, tmp_path, monkeypatch, capsys):
+        pickled_data, tmp_path, monkeypatch, capsys):
+    """The results JSON is a view of the runs: whatever was done to it by hand (a field
+    removed, a value of the wrong kind, diverged without diverged_at), the next run keeps the
+    edited file aside, retrains nothing and writes the view anew."""
     out = tmp_path / "out"
+    configs = [TINY, dict(TINY, lr=0.02)]
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=[TINY], monkeypatch=monkeypatch) == 0
+                    configs=configs, monkeypatch=monkeypatch) == 0
     path = out / "training_result.json"
-    results = json.loads(path.read_text())
-    if edit == "entry without status":
-        del results["configs"][0]["status"]
-    elif edit == "configs not a list":
-        results["configs"] = {"config_1": results["configs"][0]}
-    else:
-        results = [results]
-    path.write_text(json.dumps(results))
-    edited = path.read_bytes()
+    shown = json.loads(path.read_text())["configs"]
+    for edit in HAND_EDITS:
+        results = json.loads(path.read_text())
+        if edit == "entry without status":
+            del results["configs"][0]["status"]
+        elif edit == "configs not a list":
+            results["configs"] = {"config_1": results["configs"][0]}
+        elif edit == "a list":
+            results = [results]
+        else:
+            results["configs"][0][edit[0]] = edit[1]
+        path.write_text(json.dumps(results))
+        edited = path.read_bytes()
+        capsys.readouterr()
+        assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                        "--configs", "2", configs=configs, monkeypatch=monkeypatch) == 0, edit
+        captured = capsys.readouterr()
+        assert "config_2: already finished" in captured.out and captured.err == "", edit
+        said = f"{path} could not be read (edited by hand?): kept as "
+        assert said in captured.out, edit
+        kept = captured.out.split(said)[1].split(",")[0]
+        assert (out / kept).read_bytes() == edited, edit
+        assert json.loads(path.read_text())["configs"] == shown, edit
+
+
+def test_a_corrupt_checkpoint_never_suggests_unpickling_it(pickled_data, tmp_path,
+                                                          monkeypatch, capsys):
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:  # a second Ctrl-C as training starts: a run, unfinished
+        patch.setattr(train, "train_config", lambda *args, **kwargs: (_ for _ in ()).throw(
+            KeyboardInterrupt))
+        assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                        configs=[TINY], monkeypatch=patch) == 130
+    checkpoint = checkpoint_of(out)
+    checkpoint.write_bytes(b"PK\x03\x04 not a zip")
     capsys.readouterr()
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=[TINY], monkeypatch=monkeypatch) == 0
-    assert "is not a results file this kit can read: the earlier results are kept in" in \
-        capsys.readouterr().out
-    (earlier,) = out.glob("earlier-*")
-    assert (earlier / "training_result.json").read_bytes() == edited
-    assert json.loads(path.read_text())["configs"][0]["status"] == "finished"
-
-
-def test_a_corrupt_checkpoint_never_suggests_unpickling_it(pickled_data, tmp_path, capsys):
-    out = tmp_path / "out"
-    (out / "checkpoints").mkdir(parents=True)
-    (out / "checkpoints" / "config_1_seed0.ckpt").write_bytes(b"PK\x03\x04 not a zip")
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--epochs", "1",
-                    "--out", out) == 2
+                    configs=[TINY], monkeypatch=monkeypatch) == 2
     error = capsys.readouterr().err
-    assert "config_1_seed0.ckpt: not a checkpoint written by this kit" in error
+    assert f"{checkpoint}: not a checkpoint written by this kit" in error
     assert "weights_only" not in error
 
 
 # ---- messages say what differs ----
 
-def test_the_move_aside_message_says_what_changed(pickled_data, tmp_path, monkeypatch, capsys):
+def test_the_line_for_a_changed_config_says_what_changed(pickled_data, tmp_path, monkeypatch,
+                                                         capsys):
     out = tmp_path / "out"
 
     def rerun(*flags, configs=(TINY,)):
@@ -306,17 +321,14 @@ def test_the_move_aside_message_says_what_changed(pickled_data, tmp_path, monkey
         return capsys.readouterr().out
 
     rerun("--subset", "100")
-    assert "the data differs from the earlier run's (train_images 100 -> 200, test_images " \
-           "33 -> 67" in rerun("--subset", "200")
-    assert "--seed differs from the earlier run's (0 -> 1)" in rerun("--subset", "200",
-                                                                     "--seed", "1")
-    assert "config_1 differs from its earlier results: num_epochs 1 -> 2 (--epochs)" in \
-        rerun("--subset", "200", "--seed", "1", "--epochs", "2")
-    printed = rerun("--subset", "200", "--seed", "1", "--epochs", "2",
-                    configs=[dict(TINY, lr=0.02)])
+    assert ("config_1 differs from its earlier results: the data (train_images 100 -> 200, "
+            "test_images 33 -> 67); it trains anew") in rerun("--subset", "200")
+    assert "config_1 differs from its earlier results: num_epochs 1 -> 2; it trains anew" in \
+        rerun("--subset", "200", "--epochs", "2")
+    printed = rerun("--subset", "200", "--epochs", "2", configs=[dict(TINY, lr=0.02)])
     (line,) = [line for line in printed.splitlines() if "config_1 differs" in line]
-    assert "config_1 differs from its earlier results: lr 0.01 -> 0.02" in line
-    assert "(--epochs)" not in line  # --epochs was typed, but only lr changed
+    assert "config_1 differs from its earlier results: lr 0.01 -> 0.02; it trains anew" in line
+    assert "num_epochs" not in line  # --epochs was typed, but only lr changed
 
 
 def test_a_change_from_the_scripts_default_value_names_the_value_it_had(pickled_data, tmp_path,
@@ -399,7 +411,7 @@ def test_a_rank_killed_without_restarts_says_how_to_resume(pickled_data, tmp_pat
 
 # ---- found by trying to break it (each failed before its fix) ----
 
-def test_files_named_like_the_kits_but_not_its_results_are_moved_not_overwritten(
+def test_files_named_like_the_kits_but_not_its_results_are_never_overwritten(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -408,27 +420,35 @@ def test_files_named_like_the_kits_but_not_its_results_are_moved_not_overwritten
     (out / "notes.txt").write_text("notes")
     assert run_main("Original_version_model", "--data-dir", pickled_data, "--out", out,
                     "--epochs", "1") == 0
-    assert "named as this kit names its results, but no training_loss.json" in \
-        capsys.readouterr().out
-    (earlier,) = out.glob("earlier-*")
-    assert (earlier / "model.pth").read_bytes() == b"my precious model"
-    assert (earlier / "loss.png").read_bytes() == b"my plot"
+    assert (f"{out / 'model.pth'} is not the weights of any run in {out / 'runs'}/ (a file "
+            f"of your own?): left as it is") in capsys.readouterr().out
+    assert (out / "model.pth").read_bytes() == b"my precious model"
     assert (out / "notes.txt").read_text() == "notes"
+    assert any(path.read_bytes() == b"my plot" for path in out.rglob("*") if path.is_file())
 
 
-def test_another_scripts_results_move_aside_with_the_weights_they_name(
+def test_another_script_into_the_same_folder_keeps_the_first_ones_results(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                     configs=[TINY], monkeypatch=monkeypatch) == 0
-    l2 = tree(out)
+    l2 = {name: (out / name).read_bytes() for name in ("training_result.json", "config_1.pth")}
+    before = finished_runs(out)
     assert run_main("Original_version_model", "--data-dir", pickled_data, "--out", out,
                     "--epochs", "1") == 0
-    (earlier,) = out.glob("earlier-*")
-    assert tree(earlier) == l2  # L2's JSON, its config_1.pth and PNGs, together
+    assert all((out / name).read_bytes() == content for name, content in l2.items())
+    after = finished_runs(out)
+    assert len(after) == 2 and {name: after[name] for name in before} == before
+    baseline = (out / "model.pth").read_bytes()
+    capsys.readouterr()
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    configs=[TINY], monkeypatch=monkeypatch) == 0
+    assert "config_1: already finished" in capsys.readouterr().out
+    assert (out / "model.pth").read_bytes() == baseline  # not a view of L2's to tidy away
 
 
-def test_what_a_kill_left_undone_is_done_by_the_next_run(pickled_data, tmp_path, monkeypatch):
+def test_what_a_kill_left_undone_is_done_by_the_next_run(pickled_data, tmp_path, monkeypatch,
+                                                         rendered):
     out = tmp_path / "out"
     configs = [dict(TINY, num_epochs=2)]
     real_measure = train._measure
@@ -436,41 +456,27 @@ def test_what_a_kill_left_undone_is_done_by_the_next_run(pickled_data, tmp_path,
         signal.raise_signal(signal.SIGINT), real_measure(*args, **kwargs))[1])
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                     configs=configs, monkeypatch=monkeypatch) == 130
-    checkpoint = (out / "checkpoints" / "config_1_seed0.ckpt").read_bytes()
+    checkpoint = checkpoint_of(out)
+    saved = checkpoint.read_bytes()
     monkeypatch.setattr(train, "_measure", real_measure)
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                     configs=configs, monkeypatch=monkeypatch) == 0
-    # killed after writing the results JSON, before the PNGs and the checkpoint's removal:
+    # killed after writing the run's record, before the views and the checkpoint's removal,
+    # and once in the middle of writing a checkpoint:
     (out / "loss.png").unlink()
-    (out / "checkpoints").mkdir()
-    (out / "checkpoints" / "config_1_seed0.ckpt").write_bytes(checkpoint)
-    (out / "checkpoints" / ".config_1_seed0.ckpt.0123abcd.tmp").write_bytes(b"a cut write")
+    checkpoint.write_bytes(saved)
+    cut = checkpoint.parent / ".checkpoint.ckpt.0123abcd.tmp"
+    cut.write_bytes(b"a cut write")
     (out / ".my-notes.tmp").write_text("not the kit's")
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                     configs=configs, monkeypatch=monkeypatch) == 0
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not (out / "checkpoints").exists()
+    assert not checkpoint.exists()
     assert (out / ".my-notes.tmp").exists()
+    assert not cut.exists()  # a checkpoint's size, in a run that nothing would clean again
 
 
-@pytest.mark.parametrize("edit", [("final_test_accuracy", None), ("train_seconds", "abc"),
-                                  ("status", "diverged"), ("status", "whatever")])
-def test_a_results_json_with_wrong_values_is_kept_aside(edit, pickled_data, tmp_path,
-                                                       monkeypatch, capsys):
-    out = tmp_path / "out"
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=[TINY, dict(TINY, lr=0.02)], monkeypatch=monkeypatch) == 0
-    results = json.loads((out / "training_result.json").read_text())
-    results["configs"][0][edit[0]] = edit[1]  # diverged without diverged_at, say
-    (out / "training_result.json").write_text(json.dumps(results))
-    capsys.readouterr()
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    "--configs", "2", configs=[TINY, dict(TINY, lr=0.02)],
-                    monkeypatch=monkeypatch) == 0
-    assert "is not a results file this kit can read" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("blocker", ["loss.png", "checkpoints"])
+@pytest.mark.parametrize("blocker", ["loss.png", "runs"])
 def test_something_in_the_way_of_the_kits_files_is_refused_up_front(blocker, pickled_data,
                                                                     tmp_path, capsys):
     out = tmp_path / "out"
@@ -484,14 +490,14 @@ def test_something_in_the_way_of_the_kits_files_is_refused_up_front(blocker, pic
     assert f"{out / blocker} is in the way" in capsys.readouterr().err
 
 
-def test_a_symlinked_checkpoints_folder_is_kept(pickled_data, tmp_path, monkeypatch):
+def test_a_symlinked_runs_folder_is_kept(pickled_data, tmp_path, monkeypatch):
     out, scratch = tmp_path / "out", tmp_path / "scratch"
     out.mkdir()
     scratch.mkdir()
-    (out / "checkpoints").symlink_to(scratch)
+    (out / "runs").symlink_to(scratch)
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                     configs=[TINY, dict(TINY, lr=0.02)], monkeypatch=monkeypatch) == 0
-    assert (out / "checkpoints").is_symlink() and list(scratch.iterdir()) == []
+    assert (out / "runs").is_symlink() and len(list(scratch.glob("*/weights.pth"))) == 2
     assert (out / "config_2.pth").exists()
 
 
@@ -511,24 +517,33 @@ def test_configs_by_their_printed_label_and_a_stop_as_a_config_ends(
     captured = capsys.readouterr()
     assert "Stopped by SIGINT after config_1 ended; the next configs have not started" in \
         captured.err
-    assert "config_2:" not in captured.out and not (out / "checkpoints").exists()
+    assert "config_2:" not in captured.out and not list(out.glob("runs/config_2-*"))
+    assert not list(out.glob("runs/*/checkpoint.ckpt"))
 
 
-def test_a_checkpoint_is_not_carried_on_in_other_arithmetic(pickled_data, tmp_path,
-                                                            monkeypatch, capsys):
+def test_a_checkpoint_is_never_carried_on_in_other_arithmetic_and_blocks_nothing(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    """Another precision is another run: config_1's fp32 checkpoint is neither resumed in bf16
+    nor in the way of any config; it stays, and fp32 carries it on later."""
     out = tmp_path / "out"
-    monkeypatch.setattr(train, "_measure", lambda *args, **kwargs: (
-        signal.raise_signal(signal.SIGINT), ({"test_accuracy": 10.0,
-                                              "train_accuracy_eval": 10.0}, None))[1])
-    configs = [dict(TINY, num_epochs=2)]
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=configs, monkeypatch=monkeypatch) == 130  # an fp32 checkpoint
+    configs = [dict(TINY, num_epochs=2), TINY]
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "_measure", lambda *args, **kwargs: (
+            signal.raise_signal(signal.SIGINT), ({"test_accuracy": 10.0,
+                                                  "train_accuracy_eval": 10.0}, None))[1])
+        assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                        configs=configs, monkeypatch=patch) == 130  # an fp32 checkpoint
+    checkpoint = checkpoint_of(out)
     capsys.readouterr()
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    "--amp", "on", configs=configs, monkeypatch=monkeypatch) == 2
-    error = capsys.readouterr().err
-    assert "config_1: its checkpoint was trained in fp32 so far; this run would carry it on in " \
-           "bf16" in error
+                    "--amp", "on", configs=configs, monkeypatch=monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "; bf16 autocast; output" in printed and "resuming" not in printed
+    assert "config_1 epoch 1/2" in printed and "config_2 epoch 1/1" in printed
+    assert checkpoint.is_file() and checkpoint_of(out) != checkpoint
+    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
+                    "--configs", "1", configs=configs, monkeypatch=monkeypatch) == 0
+    assert "config_1: resuming from its checkpoint after epoch 1" in capsys.readouterr().out
 
 
 def test_data_replaced_in_place_is_noticed(tmp_path, monkeypatch, capsys):
@@ -543,7 +558,8 @@ def test_data_replaced_in_place_is_noticed(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert run_main("L2_regularization", "--data-dir", data_dir, "--out", out,
                     configs=[TINY], monkeypatch=monkeypatch) == 0
-    assert "the data differs from the earlier run's (fingerprint" in capsys.readouterr().out
+    assert ("config_1 differs from its earlier results: the data (other images, as many); it "
+            "trains anew") in capsys.readouterr().out
 
 
 def test_an_oversized_image_is_refused_before_it_is_decoded(tmp_path, capsys):
@@ -554,21 +570,3 @@ def test_an_oversized_image_is_refused_before_it_is_decoded(tmp_path, capsys):
     assert run_main("L2_regularization", "--data-dir", root, "--out", tmp_path / "out",
                     "--epochs", "1") == 2
     assert "a 12000x12000 RGB image; CIFAR-10 images are 32x32 RGB" in capsys.readouterr().err
-
-
-def test_restart_of_some_configs_moves_only_theirs(pickled_data, tmp_path, monkeypatch,
-                                                   capsys):
-    out = tmp_path / "out"
-    configs = [TINY, dict(TINY, lr=0.02)]
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=configs, monkeypatch=monkeypatch) == 0
-    first = (out / "config_1.pth").read_bytes()
-    capsys.readouterr()
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    "--restart", "--configs", "2", configs=configs,
-                    monkeypatch=monkeypatch) == 0
-    assert "--restart config_2: its earlier results are kept in" in capsys.readouterr().out
-    (earlier,) = out.glob("earlier-*")
-    assert sorted(path.name for path in earlier.iterdir()) == ["config_2.pth",
-                                                               "training_result.json"]
-    assert (out / "config_1.pth").read_bytes() == first
