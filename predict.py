@@ -50,7 +50,7 @@ def load_trained(weights, script_name=None):
     script's). A model whose script has changed since the run is refused, not used."""
     weights = Path(weights)
     if not weights.is_file():
-        there = sorted(path.name for path in weights.parent.glob("*.pth")) \
+        there = sorted(path.name for path in weights.parent.glob("*.pth") if path.is_file()) \
             if weights.parent.is_dir() else []
         raise UserError(f"{weights}: no such weights file. " + (
             f"The weights in {weights.parent}: {', '.join(there)}." if there else
@@ -70,7 +70,7 @@ def load_trained(weights, script_name=None):
                         f"file was changed since); rerun {script_name}.py to rebuild the views, "
                         f"or use {run_dir / store.WEIGHTS}.")
     recorded = (record.get("identity") or {}).get("model")
-    if run_dir is not None and isinstance(recorded, dict) and "fingerprint" not in recorded:
+    if run_dir is not None and isinstance(recorded, dict):
         now = experiment.model_identity(script.build_model, chosen,
                                         str(record.get("label", "config_1")).split("_")[-1])
         if not store.same_model(recorded, now):

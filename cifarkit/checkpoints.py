@@ -90,15 +90,6 @@ def load_checkpoint(path):
     return checkpoint
 
 
-def identity(path):
-    """The identity a checkpoint was saved with (what it is a checkpoint of)."""
-    saved = load_checkpoint(path).get("identity")
-    if not isinstance(saved, dict):
-        raise UserError(f"{path}: a checkpoint of this kit's format that does not say what it "
-                        f"is a checkpoint of (damaged, or edited).")
-    return saved
-
-
 def restore(checkpoint, model, optimizer, scheduler, rank=0, scaler=None):
     """Load a checkpoint's states into ``model``, ``optimizer``, ``scheduler`` and
     ``scaler``; return (its progress, a note for the user or None). Each rank takes back its

@@ -495,11 +495,14 @@ def migrate(out, results_file):
     lines, sources = [], [out / results_file] + sorted(
         path for folder in sorted(out.glob(EARLIER + "*")) if folder.is_dir()
         for path in folder.glob("[!.]*.json"))
-    taken, done = 0, []
+    taken, done = [], []
     for path in sources:
         results = load_results(path)
-        if not isinstance(results, dict):
-            continue  # unreadable: left where it is, with whatever it names
+        if not isinstance(results, dict):  # left where it is, with whatever it names
+            if path.exists():
+                lines.append(f"{path} cannot be read, so the results it holds were not taken "
+                             f"into the store; it is left where it is")
+            continue
         for legacy in results["configs"]:
             if "run" in legacy:
                 continue
@@ -507,8 +510,7 @@ def migrate(out, results_file):
             name = f"{legacy['id']}-s{legacy['seed']}-before-the-store-" + \
                 hashlib.sha256(key.encode()).hexdigest()[:8]
             if not (out / RUNS / name).exists():
-                taken += 1
-                _take_in(path.parent, results, legacy, out / RUNS / name)
+                taken.append(_take_in(path.parent, results, legacy, out / RUNS / name))
             legacy["run"] = f"{RUNS}/{name}"
         done.append((path, results))
         if path == out / results_file:  # the view of the runs it now names
@@ -525,8 +527,9 @@ def migrate(out, results_file):
             weights = legacy.get("weights")
             if folder != out and isinstance(weights, str) and Path(weights).name == weights:
                 (folder / weights).unlink(missing_ok=True)
-        for stale in (folder / "checkpoints").glob(".*.tmp"):
-            stale.unlink()
+        for stale in [*(folder / "checkpoints").glob(".*.tmp"), *folder.glob(".*.tmp")]:
+            if TEMPORARY.fullmatch(stale.name):  # a copy a kill cut short
+                stale.unlink()
         _remove_if_empty(folder / "checkpoints")
         if folder != out:
             for name in PLOT_FILES:
@@ -534,9 +537,11 @@ def migrate(out, results_file):
             path.unlink()
             _remove_if_empty(folder)
     if taken:
-        lines.append(f"{out}: {taken} result(s) written by an earlier version of the kit "
-                     f"(earlier-*/ folders included) are now runs in {out / RUNS}/, each with "
-                     f"its weights")
+        missing = taken.count(False)
+        lines.append(f"{out}: {len(taken)} result(s) written by an earlier version of the kit "
+                     f"(earlier-*/ folders included) are now runs in {out / RUNS}/"
+                     + (f"; {missing} finished one(s) without weights (missing when taken in)"
+                        if missing else ", each with its weights"))
     return lines
 
 
@@ -575,6 +580,7 @@ def _take_in(folder, results, legacy, target):
         record["note"] = f"its weights {weights} were missing when the store took it in"
     write_record(staging, record)
     os.rename(staging, target)
+    return has_weights or legacy["status"] != "finished"
 
 
 def _timestamp(started):
