@@ -845,6 +845,7 @@ def earlier_figure(config_id, current, earlier, title, path):
               label=f"now: {config_id}")
     axes.set(title=f"{title}: {config_id}, earlier runs and now", xlabel="epoch",
              ylabel="test accuracy (%)")
+    plots.whole_epochs(axes, max([len(record["history"]) for record in earlier] + epochs))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return _save(figure, path)
