@@ -383,3 +383,47 @@ def test_kill_9_at_file_operations_of_an_edited_run_then_the_same_command(data_d
         shutil.rmtree(out)
     assert killed >= len(points) - 1  # each point was reached (the last write may not be)
     print(f"{len(points)} kill points, {killed} killed")
+
+
+def test_saving_over_a_weights_view_never_reaches_its_run(data_dir, tmp_path, monkeypatch,
+                                                         capsys):
+    """config_1.pth is a copy of its run's weights: torch.save over it (a student keeping a
+    fine-tuned model) leaves the run as it finished; the rerun keeps the student's file and
+    says so, and predict.py refuses the file as the run's weights."""
+    out = tmp_path / "out"
+    assert run_script(SCRIPT, out, data_dir, [A], monkeypatch) == 0
+    before = finished_runs(out)
+    weights = torch.load(out / "config_1.pth", weights_only=True)
+    torch.save({key: value + 1 for key, value in weights.items()}, out / "config_1.pth")
+    assert finished_runs(out) == before
+    capsys.readouterr()
+    assert run_script(SCRIPT, out, data_dir, [A], monkeypatch) == 0
+    assert "config_1.pth is not the weights of any run" in capsys.readouterr().out
+    assert finished_runs(out) == before
+    picture = tmp_path / "picture.png"
+    from PIL import Image
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(picture)
+    (run_dir,) = out.glob("runs/*")
+    assert predict.main([str(run_dir / "weights.pth"), str(picture)]) == 0
+    weights_file = run_dir / "weights.pth"
+    torch.save({key: value * 2 for key, value in weights.items()}, weights_file)  # by hand
+    assert predict.main([str(weights_file), str(picture)]) == 2
+    assert "not the weights its run" in capsys.readouterr().err
+
+
+def test_a_file_a_pipe_and_a_broken_link_in_runs_are_passed_over(data_dir, tmp_path,
+                                                                 monkeypatch):
+    out = tmp_path / "out"
+    assert run_script(SCRIPT, out, data_dir, [A], monkeypatch) == 0
+    (out / "runs" / "notes.txt").write_text("mine")
+    os.mkfifo(out / "runs" / "a-pipe")  # opened, it would wait for a writer for ever
+    (out / "runs" / "gone").symlink_to(tmp_path / "nowhere")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".notes.0123abcd.tmp").write_text("mine too")  # named like a temporary
+    (out / "runs" / "linked").symlink_to(elsewhere)
+    assert run_script(SCRIPT, out, data_dir, [A, B], monkeypatch) == 0
+    assert make_report.main(["--modelset", str(tmp_path)]) == 0
+    assert (out / "runs" / "notes.txt").read_text() == "mine"
+    assert (elsewhere / ".notes.0123abcd.tmp").read_text() == "mine too"
+    assert len(finished_runs(out)) == 2
