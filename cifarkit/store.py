@@ -137,9 +137,9 @@ def lock(folder, blocking):
     None when another process holds it and not ``blocking``. The lock is the kernel's
     (flock): it goes with the process, so a kill -9 leaves nothing that blocks the next one.
     Where there is no flock (Windows), one writer per folder is up to the user."""
-    handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))  # never a pipe
-    if fcntl is None:
-        return handle
+    if fcntl is None:  # a handle to close all the same
+        return os.open(os.devnull, os.O_RDONLY)
+    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)  # never a pipe
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
     except BlockingIOError:
