@@ -3,6 +3,7 @@
 Each class gets its own colour and stripe direction plus noise, so a network that trains at
 all gets well above chance in an epoch or two, and one that does not stays near 10%.
 """
+import json
 import os
 import pickle
 import tarfile
@@ -153,8 +154,6 @@ def finished_runs(out):
     what nothing may ever rename, move, rewrite or delete (a checkpoint is no part of it)."""
     found = {}
     for record_path in sorted(Path(out).glob("runs/*/run.json")):
-        import json
-
         if json.loads(record_path.read_text())["status"] in ("finished", "diverged"):
             found[record_path.parent.name] = {
                 path.name: path.read_bytes() for path in record_path.parent.iterdir()
@@ -165,8 +164,6 @@ def finished_runs(out):
 def checkpoint_of(out, label="config_1", seed=0):
     """The checkpoint of the latest run of ``label`` with ``seed`` in ``out``'s store (a path
     that does not exist when there is none)."""
-    import json
-
     found = Path(out) / "runs" / f"{label}-none" / "checkpoint.ckpt"
     for record_path in sorted(Path(out).glob(f"runs/{label}-*/run.json"),
                               key=lambda path: json.loads(path.read_text())["created"]):
@@ -205,3 +202,77 @@ def _real_png_bytes():
 
 
 REAL_PNG_BYTES = _real_png_bytes()
+
+
+# ---- helpers that several test files use ----
+
+
+def labelled_images(count=16):
+    """Images filled with a value that encodes their label (label * 20 + 20)."""
+    labels = torch.arange(count) % 10
+    images = (labels * 20 + 20).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 32, 32)
+    return images.contiguous(), labels
+
+
+def windows_found(padded, image):
+    """Every (top, left) at which ``image`` is the 32x32 window of ``padded``."""
+    return [(top, left) for top in range(9) for left in range(9)
+            if torch.equal(padded[:, top:top + 32, left:left + 32], image)]
+
+
+def blanked_squares(batch):
+    """(top, left, height, width) of the zero pixels of each image: their bounding box, and
+    whether they fill it and are the same in every channel."""
+    boxes = []
+    for image in batch:
+        mask = image == 0
+        assert torch.equal(mask[0], mask[1]) and torch.equal(mask[0], mask[2])
+        rows = mask[0].any(dim=1).nonzero().flatten()
+        columns = mask[0].any(dim=0).nonzero().flatten()
+        top, left = rows.min().item(), columns.min().item()
+        height, width = rows.max().item() - top + 1, columns.max().item() - left + 1
+        assert mask[0].sum().item() == height * width  # a filled rectangle, nothing else
+        boxes.append((top, left, height, width))
+    return boxes
+
+
+def rewrite(change):
+    """A damage: load the results JSON, ``change`` it in place, write it back, as a file
+    make_report cannot rebuild from runs (no "weights_file": hand-written, or older), so the
+    report reads it as it is."""
+    def damage(path):
+        results = json.loads(path.read_text())
+        results.pop("weights_file", None)
+        change(results)
+        path.write_text(json.dumps(results))
+    return damage
+
+
+def hand_made(template, number, seed, history, status="finished", **config):
+    """A sweep entry built on ``template`` (a real finished one) with the given history,
+    [(training seconds of the epoch, test accuracy)], and config changes."""
+    records = [dict(template["history"][0], epoch=epoch, seconds=seconds, test_accuracy=accuracy)
+               for epoch, (seconds, accuracy) in enumerate(history, start=1)]
+    return dict(template, id=f"config_{number}", seed=seed, status=status, history=records,
+                config=dict(template["config"], num_epochs=len(history), **config),
+                final_test_accuracy=history[-1][1],
+                best_test_accuracy=max(accuracy for _, accuracy in history),
+                train_seconds=sum(seconds for seconds, _ in history))
+
+
+def hand_made_sweep(results, reported=True):
+    """Three finished configs and an unfinished one, the seconds and accuracies chosen so that
+    each answer is different when computed the wrong way."""
+    template = results["configs"][0]
+    best = {"reported_accuracy": 65.75} if reported else {}
+    results["configs"] = [
+        hand_made(template, 1, 0, [(5, 30), (5, 40), (5, 50)], lr=0.02,
+                  **({"reported_accuracy": 47.63} if reported else {})),
+        # Still training, and it would be the fastest: it must not count.
+        hand_made(template, 2, 0, [(1, 90)], status="running", lr=0.03),
+        # Two seeds: seed 0 reaches 65.75 at epoch 3 (30 s), seed 1 at epoch 4 (48 s); the
+        # mean over seeds (the line drawn) first reaches it at epoch 4, after (40 + 48) / 2 s.
+        hand_made(template, 3, 0, [(10, 50), (10, 60), (10, 66), (10, 70)], lr=0.001, **best),
+        hand_made(template, 3, 1, [(12, 50), (12, 62), (12, 65), (12, 71)], lr=0.001, **best),
+        hand_made(template, 12, 0, [(2, 40), (2, 66), (2, 68)], lr=0.1, name="speedrun"),
+    ]

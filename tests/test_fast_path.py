@@ -8,13 +8,9 @@ import torch.nn.functional as F
 from cifarkit import data, train
 from cifarkit import runtime as rt
 from Original_version_model import build_model
+from conftest import labelled_images
 
 
-def labelled_images(count=16):
-    """Images filled with a value that encodes their label (label * 20 + 20)."""
-    labels = torch.arange(count) % 10
-    images = (labels * 20 + 20).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 32, 32)
-    return images.contiguous(), labels
 
 
 @pytest.mark.parametrize("augment", data.AUGMENTATIONS)

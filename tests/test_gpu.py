@@ -14,9 +14,8 @@ from torchvision.transforms import functional as TF
 
 from cifarkit import data, train
 from cifarkit import runtime as rt
-from conftest import REPO, checkpoint_of
-from test_fast_path import labelled_images
-from test_recipe_options import blanked_squares, windows_found
+from conftest import (REPO, blanked_squares, checkpoint_of, labelled_images,
+                      windows_found)
 
 pytestmark = pytest.mark.gpu
 

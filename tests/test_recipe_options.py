@@ -5,12 +5,9 @@ import torch
 from torchvision.transforms import functional as TF
 
 from cifarkit import config, data, train
+from conftest import blanked_squares, windows_found
 
 
-def windows_found(padded, image):
-    """Every (top, left) at which ``image`` is the 32x32 window of ``padded``."""
-    return [(top, left) for top in range(9) for left in range(9)
-            if torch.equal(padded[:, top:top + 32, left:left + 32], image)]
 
 
 def test_reflect_crop_is_a_window_of_the_reflect_padded_image():
@@ -44,20 +41,6 @@ def test_zero_padded_crop_is_unchanged_by_the_new_option():
     assert all(len(windows_found(original, image)) >= 1 for original, image in zip(padded, default))
 
 
-def blanked_squares(batch):
-    """(top, left, height, width) of the zero pixels of each image: their bounding box, and
-    whether they fill it and are the same in every channel."""
-    boxes = []
-    for image in batch:
-        mask = image == 0
-        assert torch.equal(mask[0], mask[1]) and torch.equal(mask[0], mask[2])
-        rows = mask[0].any(dim=1).nonzero().flatten()
-        columns = mask[0].any(dim=0).nonzero().flatten()
-        top, left = rows.min().item(), columns.min().item()
-        height, width = rows.max().item() - top + 1, columns.max().item() - left + 1
-        assert mask[0].sum().item() == height * width  # a filled rectangle, nothing else
-        boxes.append((top, left, height, width))
-    return boxes
 
 
 def test_inside_cutout_blanks_a_whole_8x8_square_inside_every_image():

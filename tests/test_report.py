@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import make_report
-from conftest import REPO
+from conftest import REPO, hand_made_sweep, rewrite
 from cifarkit import report
 
 L2_CONFIGS = [
@@ -57,16 +57,6 @@ def copy_of(modelset, tmp_path):
     return copy
 
 
-def rewrite(change):
-    """A damage: load the results JSON, ``change`` it in place, write it back, as a file
-    make_report cannot rebuild from runs (no "weights_file": hand-written, or older), so the
-    report reads it as it is."""
-    def damage(path):
-        results = json.loads(path.read_text())
-        results.pop("weights_file", None)
-        change(results)
-        path.write_text(json.dumps(results))
-    return damage
 
 
 def record_figures(monkeypatch):
@@ -452,34 +442,8 @@ def test_the_report_never_overwrites_what_it_did_not_write(case, tmp_path, capsy
 TIME_FIGURE = "task3_accuracy_vs_time.png"
 
 
-def hand_made(template, number, seed, history, status="finished", **config):
-    """A sweep entry built on ``template`` (a real finished one) with the given history,
-    [(training seconds of the epoch, test accuracy)], and config changes."""
-    records = [dict(template["history"][0], epoch=epoch, seconds=seconds, test_accuracy=accuracy)
-               for epoch, (seconds, accuracy) in enumerate(history, start=1)]
-    return dict(template, id=f"config_{number}", seed=seed, status=status, history=records,
-                config=dict(template["config"], num_epochs=len(history), **config),
-                final_test_accuracy=history[-1][1],
-                best_test_accuracy=max(accuracy for _, accuracy in history),
-                train_seconds=sum(seconds for seconds, _ in history))
 
 
-def hand_made_sweep(results, reported=True):
-    """Three finished configs and an unfinished one, the seconds and accuracies chosen so that
-    each answer is different when computed the wrong way."""
-    template = results["configs"][0]
-    best = {"reported_accuracy": 65.75} if reported else {}
-    results["configs"] = [
-        hand_made(template, 1, 0, [(5, 30), (5, 40), (5, 50)], lr=0.02,
-                  **({"reported_accuracy": 47.63} if reported else {})),
-        # Still training, and it would be the fastest: it must not count.
-        hand_made(template, 2, 0, [(1, 90)], status="running", lr=0.03),
-        # Two seeds: seed 0 reaches 65.75 at epoch 3 (30 s), seed 1 at epoch 4 (48 s); the
-        # mean over seeds (the line drawn) first reaches it at epoch 4, after (40 + 48) / 2 s.
-        hand_made(template, 3, 0, [(10, 50), (10, 60), (10, 66), (10, 70)], lr=0.001, **best),
-        hand_made(template, 3, 1, [(12, 50), (12, 62), (12, 65), (12, 71)], lr=0.001, **best),
-        hand_made(template, 12, 0, [(2, 40), (2, 66), (2, 68)], lr=0.1, name="speedrun"),
-    ]
 
 
 def sweep_copy(modelset, tmp_path, reported=True):

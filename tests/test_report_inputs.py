@@ -11,7 +11,7 @@ import pytest
 
 import make_report
 from cifarkit.data import CLASSES
-from test_report import hand_made_sweep, rewrite
+from conftest import hand_made_sweep, rewrite
 
 SWEEP = "Original_version_model_multiGPU.py"
 RESNET = "Resnet_model.py"
