@@ -68,7 +68,7 @@ def load_runs(modelset):
     """([Run], [(path, why it was skipped)]) for every results JSON one folder below
     ``modelset``; the runs in TASKS order, then by folder."""
     loaded, skipped = [], []
-    for path in sorted(Path(modelset).glob("*/[!.]*.json")):  # not the ledger's hidden ones
+    for path in sorted(Path(modelset).glob("*/[!.]*.json")):  # not hidden ones
         results, problem, ignored = _read(path)
         if problem:
             skipped.append((path, problem))

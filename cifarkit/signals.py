@@ -2,8 +2,7 @@
 
 Before training: they stop the run at once, with one line (sigterm_as_interrupt makes
 SIGTERM act as Ctrl-C). During training: a first one asks the run to stop after the current
-step and save a checkpoint, a second stops it at once (stop_on_signals). While the ledger
-moves results: they wait until the move is done (held). Exit status: EXIT.
+step and save a checkpoint, a second stops it at once (stop_on_signals). Exit status: EXIT.
 """
 import contextlib
 import signal
@@ -62,19 +61,3 @@ def stop_on_signals(say, stop_at_once_on_repeat=True):
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
-
-
-@contextlib.contextmanager
-def held():
-    """Ctrl-C and SIGTERM wait until the transaction is done (kill -9 cannot, and needs not:
-    the journal is there for it)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    except (AttributeError, ValueError):  # Windows, or not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
