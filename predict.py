@@ -4,9 +4,10 @@
 
 The run behind the weights (its record in runs/, named by the results JSON beside them) says
 which script, config and input normalization made them, so the model is built and fed exactly
-as in training; if the script's model has changed since, it says so instead of predicting. Each picture is shrunk to 32x32
-RGB (CIFAR-10's size: a small, centred object works best) and the three likeliest of the ten
-classes are printed. Works from any folder: `python path/to/kit/predict.py ...`.
+as in training; if the script's model has changed since, it says so instead of predicting.
+Each picture is shrunk to 32x32 RGB (CIFAR-10's size: a small, centred object works best) and
+the three likeliest of the ten classes are printed. Works from any folder:
+`python path/to/kit/predict.py ...`.
 
 Exit status: 0 done; 2 a file that cannot be used (named in one line).
 """
@@ -29,8 +30,9 @@ def trained_with(weights):
     """(what made ``weights``: a run record, or for a folder of the kit before the store its
     results JSON with the entry's fields; the run's folder or None)."""
     weights = Path(weights)
-    if weights.name == store.WEIGHTS and store.read_record(weights.parent):
-        return store.read_record(weights.parent), weights.parent
+    record = store.read_record(weights.parent) if weights.name == store.WEIGHTS else None
+    if record is not None:
+        return record, weights.parent
     for path in sorted(weights.parent.glob("*.json")):
         results = load_results(path)
         for entry in results["configs"] if isinstance(results, dict) else []:

@@ -31,6 +31,7 @@ from .results import PLOT_FILES, config_entry, load_results, outcome, settings, 
 
 EXIT_WRITE_FAILED = 1  # the same status as a failed config, as the README says
 
+
 @dataclass(frozen=True)
 class Script:
     """What a report script hands the engine: everything but the flags, which run() reads."""
@@ -50,6 +51,7 @@ class Script:
     log_every: int = 0         # > 0: the running loss every that many mini-batches
     # --amp auto uses bf16 on CPUs that have it in hardware (for models measured faster so)
     cpu_amp: bool = False
+
 
 @dataclass
 class Job:
@@ -72,7 +74,6 @@ class Job:
     drawing: float = 0.0       # ...and how long that took
     locks: dict = field(default_factory=dict)  # run folder -> its lock, while it trains
     said: set = field(default_factory=set)     # the view lines said already
-    pngs_show: list = None     # what the PNGs show, once drawn (see _drawn)
 
     def identity(self, label, seed):
         """What a run must match to be ``label`` trained with ``seed`` here and now."""
@@ -96,6 +97,7 @@ class Training:
     record: dict               # its run record (rank 0)
     predictions: object = None  # the last test pass's: the final weights' once finished
 
+
 def run(script, argv=None):
     """Run a report script (``script``: a Script) with the flags ``argv`` (sys.argv[1:] when
     None); returns its exit status."""
@@ -110,6 +112,7 @@ def run(script, argv=None):
             except (UserError, KeyboardInterrupt, OSError) as error:
                 return _stopped_before_training(error, Path(args.out))
         return _train_job(job, selected, args)
+
 
 def _train_job(job, selected, args):
     """Train the selected configs; returns the exit status, saying why when it is not 0."""
@@ -127,6 +130,7 @@ def _train_job(job, selected, args):
     # makes torchrun stop the others, rank 0 perhaps before it has written the results.
     rt.barrier(job.runtime)
     return status
+
 
 def _prepare(script, args, argv, cleanup):
     """Everything before training: the checks, the data, the runtime, the output folder
@@ -166,6 +170,7 @@ def _prepare(script, args, argv, cleanup):
     rt.barrier(runtime)  # the ranks start training together, once rank 0 has tidied up
     return job, selected
 
+
 def _stopped_before_training(error, out):
     """Say why the run stopped before anything trained (bad input, a signal, a file that
     could not be written); return the exit status."""
@@ -186,6 +191,7 @@ def _stopped_before_training(error, out):
         return signals.EXIT[signum]
     return _write_failed(out, error)  # the PNGs redrawn after a move, on a full disk say
 
+
 def _stopped_while_training(error, job):
     """Say why training stopped short (a damaged checkpoint, a second Ctrl-C, a file that
     could not be written); return the exit status. What was saved before stays."""
@@ -204,14 +210,17 @@ def _stopped_while_training(error, job):
     # disk full, folder removed: no barrier, the other ranks cannot know of it
     return _write_failed(job.out, error)
 
+
 def _lost_contact(error, job):
     """Say that another rank went away mid-training; return the exit status."""
     _print(f"error: rank {job.runtime.rank} lost contact with the other ranks "
            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Another "
            f"worker has probably died. Checkpoints are saved at every epoch's end in "
-           f"each run's folder in {job.out / store.RUNS}/. {_resume_hint(job.script.file, job.argv, True)} "
+           f"each run's folder in {job.out / store.RUNS}/. "
+           f"{_resume_hint(job.script.file, job.argv, True)} "
            f"(torchrun --max-restarts=3 restarts the workers by itself).", file=sys.stderr)
     return EXIT_WRITE_FAILED
+
 
 def _write_failed(out, error):
     link, elsewhere = Path(out) / store.RUNS, ""
@@ -224,6 +233,7 @@ def _write_failed(out, error):
            f"once that is fixed, rerun the same command to carry on.", file=sys.stderr)
     return EXIT_WRITE_FAILED
 
+
 def _built(build_model, chosen, number):
     """``build_model(chosen)``, refused by name when it is not a model."""
     model = build_model(chosen)
@@ -231,6 +241,7 @@ def _built(build_model, chosen, number):
         raise UserError(f"config_{number}: build_model(config) must return a torch.nn.Module; "
                         f"it returned {type(model).__name__}.")
     return model
+
 
 def _command(script, argv):
     """The command that ran this script, as one can paste it (paths with spaces quoted)."""
@@ -241,14 +252,17 @@ def _command(script, argv):
         shown = min(str(path), os.path.relpath(path), key=len)
     return shlex.join(["python", shown, *argv])
 
+
 def _resume_hint(script, argv, distributed):
     """How to carry on, with the command on a line of its own so it can be copied (without
     --restart, which would start over once more)."""
+    kept = [arg for arg in argv if arg != "--restart"]
     if distributed:
-        return ("To resume, run the same torchrun command again"
-                + (" without --restart" if "--restart" in argv else ""))
-    return "To resume, run:\n  " + _command(script, [arg for arg in argv if arg != "--restart"]) \
-        if "--restart" in argv else "To resume, run the same command:\n  " + _command(script, argv)
+        return "To resume, run the same torchrun command again" + (
+            " without --restart" if kept != argv else "")
+    return (f"To resume, run {'the same command' if kept == argv else 'this'}:\n  "
+            + _command(script, kept))
+
 
 def _print(*args, file=None, **kwargs):
     """print, for a run that must go on when nobody reads it any more: a closed pipe or a
@@ -263,12 +277,14 @@ def _print(*args, file=None, **kwargs):
         else:
             sys.stdout = null
 
+
 def _plain_console():
     """A console that cannot show "±" (an ASCII-only locale) gets "+/-"-like escapes instead
     of an error at the summary."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError, OSError):
             stream.reconfigure(errors="backslashreplace")
+
 
 def _kit_names(script, selected, args):
     """The files this run may write in its folder, relative to it (to find what is in the
@@ -316,7 +332,6 @@ def _changes(job, before, selected):
         label, seed, run = entry.get("id"), entry.get("seed"), entry.get("run")
         if seed != job.header["seed"] or not isinstance(run, str):
             continue
-        named = f"{label}{' ' + repr(entry['config']['name']) if 'name' in entry['config'] else ''}"
         shown = now.get((label, seed))
         if shown and shown["run"] == run:
             was, new = ({key: config[key] for key in store.NAMING_KEYS if key in config}
@@ -341,29 +356,35 @@ def _changes(job, before, selected):
                             else "it trains once selected (it is not in --configs)")
                          + f" (the run it replaces stays in {job.out / run}/)")
         else:
+            name = entry["config"].get("name")
             lines.append(f"{label} differs from its earlier results: it is no longer in CONFIGS"
-                         f"{named[len(label):] and ' (it was' + named[len(label):] + ')'}; its "
-                         f"run stays in {job.out / run}/")
+                         f"{f' (it was {name!r})' if name else ''}; its run stays in "
+                         f"{job.out / run}/")
     return lines
 
 
-def _shown(job):
+def _latest(matching, label):
+    """The run to show or carry on among ``matching`` [(folder, record)]: the latest one
+    trained as ``label`` if any (two identical configs keep their own runs), else the
+    latest."""
+    return max(matching, key=lambda item: (item[1].get("label") == label, item[1]["created"]))
+
+
+def _shown(job, every):
     """[(label, config, run folder, record)]: for each config of CONFIGS and each seed, the
-    latest run that matches it. Call under the store lock."""
-    every = store.runs(job.out)
+    run of ``every`` ({folder: record}, store.runs) that shows it (_latest)."""
     shown = []
     for label, chosen in job.configs.items():
-        latest = {}
-        for run_dir, record in every.items():  # oldest first: the latest one stays
+        by_seed = {}
+        for run_dir, record in every.items():
             seed = record.get("seed")
             if isinstance(seed, int) and store.matches(record, job.identity(label, seed),
                                                        job.neutral):
-                if record.get("label") == label or seed not in latest \
-                        or latest[seed][1].get("label") != label:
-                    latest[seed] = (run_dir, record)
-        for seed in sorted(latest):
-            store.tidy(*latest[seed])
-            shown.append((label, chosen, *latest[seed]))
+                by_seed.setdefault(seed, []).append((run_dir, record))
+        for seed in sorted(by_seed):
+            run_dir, record = _latest(by_seed[seed], label)
+            store.tidy(run_dir, record)
+            shown.append((label, chosen, run_dir, record))
     return shown
 
 
@@ -378,9 +399,8 @@ def _claim(job, label, chosen, seed, name):
         with store.store_lock(job.out):
             matching = [(run_dir, record) for run_dir, record in store.runs(job.out).items()
                         if store.matches(record, wanted, job.neutral)]
-            if matching and not job.restart:  # the latest, one trained as ``label`` first
-                run_dir, record = max(matching, key=lambda item: (
-                    item[1].get("label") == label, item[1]["created"]))
+            if matching and not job.restart:
+                run_dir, record = _latest(matching, label)
                 store.tidy(run_dir, record)
                 if store.usable(run_dir, record):
                     return run_dir, record, True
@@ -408,6 +428,7 @@ def _release_runs(job):
         os.close(lock)
     job.locks.clear()
 
+
 def _train_selected(job, selected, args):
     """Train each selected config with each seed of --seed/--seeds, in turn; say how they
     ended; return the exit status."""
@@ -422,7 +443,8 @@ def _train_selected(job, selected, args):
                 if rt.any_rank(bool(stop.signals), runtime):  # came as the config ended
                     return _interrupted(job, stop, number, finished=True)
     if runtime.is_main:
-        _refresh(job, final=True, drawn=job.pngs_show)
+        results = load_results(job.out / job.script.results_file)
+        _refresh(job, final=True, drawn=_drawn(job.out, results, job.script))
         chosen = {(f"config_{number}", seed) for number, _ in selected for seed in seeds}
         _print(summary([entry for entry in job.results["configs"]
                         if (entry["id"], entry["seed"]) in chosen]))
@@ -432,9 +454,9 @@ def _train_selected(job, selected, args):
 
 
 # An epoch is timed from its 10th step (past the slow first ones) to its 40th, or later, until
-
 # 2 s have passed: a window of a few steps, on a busy machine, once gave 99 s for 42 s.
 ESTIMATE_STEPS, ESTIMATE_SECONDS = (10, 40), 2.0
+
 
 def _estimator(job, run_name, batch_size):
     """(on_step, on_epoch_end) hooks for the first config this run trains, that print how
@@ -471,6 +493,7 @@ def _estimator(job, run_name, batch_size):
 
     return on_step, on_epoch_end
 
+
 def _tell_estimate(job, run_name, epoch):
     where = ("this CPU" if job.runtime.device.type == "cpu" else
              f"this GPU ({torch.cuda.get_device_name(job.runtime.device)})")
@@ -479,14 +502,17 @@ def _tell_estimate(job, run_name, epoch):
     job.say(f"{run_name}: about {_duration(epoch)} an epoch on {where}; the {runs} run(s) to "
             f"train need about {_duration(epochs * epoch)} in all.{quick}")
 
+
 def _duration(seconds):
     """'42 s', '7.5 min', '11.8 h'."""
     if seconds < 120:
         return f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.2f} s"
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
+
 def _silent(*args, **kwargs):
     pass
+
 
 def _load_data(args, script_file, argv):
     """The data set, decoded; a download failure ends with the command to run instead."""
@@ -498,17 +524,20 @@ def _load_data(args, script_file, argv):
         raise data.DataError(f"{error}\nWith a copy in DIR, run:\n  "
                              f"{_command(script_file, ['--data-dir', 'DIR'] + argv)}") from None
 
+
 def _checked_configs(configs, model_settings, args):
     checked = config.check_configs(configs, model_settings)
     if args.epochs:
         checked = [dict(chosen, num_epochs=args.epochs) for chosen in checked]
     return checked
 
+
 def _bytes_needed(model):
     """Room for the weights, a checkpoint (model and momentum) while its next version is
     written beside it, and the small files."""
     weights = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
     return 5 * weights + 20 * 2**20  # + the temporary copy of a checkpoint being replaced
+
 
 def model_identity(build_model, chosen, number):
     """What the freshly built model of ``chosen`` computes, to know a run of it again: its
@@ -609,6 +638,7 @@ def _start(job, number, chosen, seed, name, run_dir, record):
         progress=train.new_progress(), steps_per_epoch=steps, run_dir=run_dir, record=record)
     _restore(job, training)
     return training
+
 
 def _restore(job, training):
     """Carry ``training`` on from its run's checkpoint, where one was saved."""
@@ -716,21 +746,18 @@ def _refresh(job, final, drawn_next=False, locked=False, drawn=None):
     could not be a view."""
     def draw(results):
         due = not drawn_next and time.monotonic() - job.drawn_at >= REFRESH_RATIO * job.drawing
-        showing, kept = [results[key] for key in ("configs", "devices", "data")], []
-        if (final or due) and drawn != showing:
+        kept = []
+        if (final or due) and drawn != [results[key] for key in ("configs", "devices", "data")]:
             started = time.monotonic()
-            job.pngs_show = None  # until they are all drawn
             kept = plots.draw_views(job.out, results, store.examples(job.out, results))
             job.drawn_at, job.drawing = time.monotonic(), time.monotonic() - started
-            job.pngs_show = showing
-        elif drawn == showing:
-            job.pngs_show = showing
         job.results = results
         return kept
 
     with contextlib.nullcontext() if locked else store.store_lock(job.out):
+        every = store.runs(job.out)
         return store.write_views(job.out, job.script.results_file, job.script.weights_file,
-                                 job.header, _shown(job), draw)
+                                 job.header, _shown(job, every), draw, every)
 
 
 def _class_scores(predictions, test_labels):
@@ -739,6 +766,7 @@ def _class_scores(predictions, test_labels):
     per_class = (100.0 * matrix.diag() / matrix.sum(dim=1).clamp(min=1)).tolist()
     return {"per_class_accuracy": dict(zip(data.CLASSES, per_class)),
             "confusion_matrix": matrix.tolist()}
+
 
 def _train(job, training, stop, on_epoch):
     """train.train_config with the run's messages; ``on_epoch(predictions)`` after each
@@ -778,6 +806,7 @@ def _train(job, training, stop, on_epoch):
     _say_failed(job, training, status)
     return status
 
+
 def _leave_out_of_step(job, training):
     """Out of GPU memory inside a forward with SyncBatchNorm: the other ranks wait in one of
     its collectives, which this rank cannot meet, so it leaves at once, before any teardown
@@ -792,6 +821,7 @@ def _leave_out_of_step(job, training):
     sys.stderr.flush()
     os._exit(EXIT_WRITE_FAILED)
 
+
 def _say_failed(job, training, status):
     """The line for a training that ran out of memory or diverged (nothing otherwise)."""
     name, chosen = training.name, training.config
@@ -804,6 +834,7 @@ def _say_failed(job, training, status):
         job.say(f"{name}: the loss became NaN or infinite at epoch {where['epoch']}, step "
                 f"{where['step']}; this config is stopped and marked diverged. A smaller lr "
                 f"usually helps.", file=sys.stderr)
+
 
 def _interrupted(job, stop, number, finished=False):
     """Say where the signal in ``stop`` stopped the run; return the exit status."""

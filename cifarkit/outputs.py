@@ -13,6 +13,7 @@ import torch
 from .data import data_fingerprint
 from .errors import UserError
 from .results import PLOT_FILES, foreign_entries, write_atomically
+from .store import RUNS
 from .runtime import precision, recorded_devices
 
 
@@ -52,7 +53,7 @@ def _check_out_dir(path, bytes_needed, data_dir, kit_names):
 def _check_nothing_in_the_way(out, path, kit_names):
     """A folder (or pipe) where the kit writes a file, or a file or broken link where it
     keeps its runs, would stop the run only after its first config had trained."""
-    runs = out / "runs"
+    runs = out / RUNS
     if runs.is_symlink() and not runs.exists():
         raise UserError(f"--out {path}: {runs} is a link to {os.readlink(runs)}, which does "
                         f"not exist. Create that folder (a scratch disk not mounted?), or "

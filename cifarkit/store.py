@@ -177,8 +177,8 @@ def read_record(run_dir):
     ok = (isinstance(record, dict) and record.get("format") == FORMAT
           and isinstance(record.get("identity"), dict) and isinstance(record.get("config"), dict)
           and record.get("status") in ("finished", "diverged", "out_of_memory", "running")
-          and isinstance(record.get("history"), list) and isinstance(record.get("created"),
-                                                                      (int, float)))
+          and isinstance(record.get("history"), list)
+          and isinstance(record.get("created"), (int, float)))
     return record if ok else None
 
 
@@ -342,12 +342,12 @@ def _copy(source, target):
         write_atomically(target, lambda file: file.write(original.read()))
 
 
-def write_views(out, results_file, weights_file, header, shown, draw):
+def write_views(out, results_file, weights_file, header, shown, draw, every):
     """Rebuild the views in ``out``: the weights files, the results JSON (``header`` and
     ``shown``: [(label, config, run folder, record)]), then ``draw(results)`` the PNGs.
-    Returns the lines that say what could not be a view. Call under store_lock."""
+    ``every``: runs(out). Returns the lines that say what could not be a view (and those
+    draw returns). Call under store_lock."""
     out = Path(out)
-    every = runs(out)
     run_weights = [(run_dir / WEIGHTS, record.get("weights_sha256"))
                    for run_dir, record in every.items() if record["status"] == "finished"]
     lines, entries, wanted = [], [], {}
@@ -413,7 +413,7 @@ def rebuild_views(out, results_file):
         shown.append((shown_entry["id"], shown_entry["config"], out / run, record))
     header = {key: value for key, value in results.items() if key != "configs"}
     lines += write_views(out, results_file, results["weights_file"], header, shown,
-                         lambda new: draw_views(out, new, examples(out, new)))
+                         lambda new: draw_views(out, new, examples(out, new)), runs(out))
     return lines
 
 
@@ -588,5 +588,3 @@ def _timestamp(started):
         return datetime.fromisoformat(started).astimezone(timezone.utc).timestamp()
     except (TypeError, ValueError):
         return 0.0
-
-
