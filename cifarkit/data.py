@@ -1,35 +1,23 @@
-"""CIFAR-10 from disk to uint8 tensors, once; then batches cut by index, on the device.
-
-Data flows one way: files -> ``Dataset`` (uint8 N x 3 x 32 x 32 tensors and int64 labels)
--> ``batch_order`` (which images make each batch) -> ``prepare_batch`` (float, normalised,
-on the training device, augmented there: random crop, flip and cutout for the whole batch).
-"""
+"""CIFAR-10 from disk to uint8 tensors, once; then batches cut by index and augmented on the
+training device (random crop, flip and cutout for the whole batch at once)."""
 import contextlib
 import hashlib
 import io
+import os
 import pickle
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
 from .errors import UserError
 from .results import CLASSES
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
+from .store import lock
 
 DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 DEFAULT_ROOT = "./data"
-DOWNLOAD_LOCK = ".cifarkit-download.lock"  # in the download root while one process fetches
-TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-TEST_BATCH = "test_batch"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # (mean, std) per channel. The tutorial's maps [0, 1] to [-1, 1]; the other is CIFAR-10's own.
 TUTORIAL_NORMALIZATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 CIFAR10_NORMALIZATION = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -59,9 +47,7 @@ class Dataset:
 
 
 @dataclass
-class OnDevice:
-    """The data set on the training device, still uint8, and the ``scale`` and ``shift``
-    that normalise it: what every training step and every test pass reads."""
+class OnDevice:  # the uint8 images on the training device, and how to normalise them
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
@@ -71,9 +57,7 @@ class OnDevice:
 
 
 def data_fingerprint(dataset):
-    """A digest of every image and label: a copy replaced in place (same path, same counts)
-    is told from the one earlier results were trained on. About half a second for all of
-    CIFAR-10."""
+    """Every image and label digested: tells apart a copy replaced in place (same path, counts)."""
     digest = hashlib.sha256()
     for tensor in (dataset.train_images, dataset.train_labels, dataset.test_images,
                    dataset.test_labels):
@@ -82,7 +66,6 @@ def data_fingerprint(dataset):
 
 
 def to_device(dataset, normalization, device):
-    """Every image on the training device as uint8, once; batches are cut from these."""
     scale, shift = normalizer(*normalization, device=device)
     return OnDevice(dataset.train_images.to(device), dataset.train_labels.to(device),
                     dataset.test_images.to(device), dataset.test_labels.to(device),
@@ -90,87 +73,65 @@ def to_device(dataset, normalization, device):
 
 
 def load_cifar10(data_dir=None, subset=None, seed=0, download_root=DEFAULT_ROOT):
-    """Decode CIFAR-10 once into uint8 tensors.
-
-    ``data_dir=None`` lets torchvision download (and checksum) the data into ``download_root``.
-    ``subset=N`` keeps N training images and a proportional slice of the test set, both
-    class-balanced and chosen with ``seed``; from image folders only those files are decoded.
-    """
+    """CIFAR-10 decoded once into uint8 tensors; torchvision downloads it when data_dir is None.
+    ``subset=N``: N training images and a test slice in proportion, class-balanced by ``seed``."""
+    note = "" if subset is None else f" (class-balanced subset, seed {seed})"
+    root = Path(download_root if data_dir is None else data_dir)
     if data_dir is None:
-        return _maybe_subset(_load_with_torchvision(download_root), subset, seed)
-    root = Path(data_dir)
-    if not root.is_dir():
+        import torchvision  # only the download path needs it
+        from torchvision.datasets.utils import check_integrity
+
+        try:  # one process per machine at a time: under torchrun the others find the files
+            root.mkdir(parents=True, exist_ok=True)
+            handle = lock(root, blocking=True)
+            try:
+                for train in (True, False):
+                    torchvision.datasets.CIFAR10(root=root, train=train, download=True)
+            finally:
+                os.close(handle)
+        except Exception as error:  # no network, refused, corrupt download: all end the same
+            with contextlib.suppress(OSError):  # leave no empty ./data behind
+                root.rmdir()
+            folder, why = root / "cifar-10-batches-py", f"{type(error).__name__}: {error}"
+            damaged = [name for name, md5 in torchvision.datasets.CIFAR10.train_list
+                       + torchvision.datasets.CIFAR10.test_list
+                       if not check_integrity(str(folder / name), md5)]
+            if folder.is_dir() and damaged:
+                raise DataError(
+                    f"{folder.absolute()}: a copy of CIFAR-10 is there but damaged ("
+                    f"{', '.join(damaged)} missing or failing torchvision's checksum), and "
+                    f"downloading a fresh one failed ({why}). Delete that folder to download "
+                    f"again, or use another copy.\n{HOW_TO_PROVIDE}") from None
+            raise DataError(f"Could not find or download CIFAR-10 in {root.absolute()} ({why})."
+                            f"\n{HOW_TO_PROVIDE}") from None
+        dataset = _load_batches(root / "cifar-10-batches-py")
+    elif not root.is_dir():
         raise DataError(f"--data-dir {root}: no such folder.\n{HOW_TO_PROVIDE}")
-    if (root / "cifar-10-batches-py").is_dir():
-        return _maybe_subset(_load_pickled_batches(root / "cifar-10-batches-py"), subset, seed)
-    if (root / "cifar-10-python.tar.gz").is_file():
-        return _maybe_subset(_load_tar_archive(root / "cifar-10-python.tar.gz"), subset, seed)
-    if (root / "train").is_dir() or (root / "test").is_dir():
-        return _load_image_folders(root, subset, seed)
-    raise DataError(f"--data-dir {root} holds no CIFAR-10 copy in a layout this kit reads.\n"
-                    f"{HOW_TO_PROVIDE}")
-
-
-def _load_with_torchvision(download_root):
-    """torchvision downloads and checks the archive; one process per machine at a time (under
-    torchrun every rank gets here: the first downloads, the others then find the files)."""
-    import torchvision  # imported here: only the download path needs it
-    from torchvision.datasets.utils import check_integrity
-
-    root = Path(download_root)
-    try:
-        with _download_lock(root):
-            for train in (True, False):
-                torchvision.datasets.CIFAR10(root=root, train=train, download=True)
-    except Exception as error:  # no network, refused, corrupt download: all end the same way
-        _remove_if_only_the_lock(root)
-        folder = root / "cifar-10-batches-py"
-        damaged = [name for name, md5 in torchvision.datasets.CIFAR10.train_list
-                   + torchvision.datasets.CIFAR10.test_list
-                   if not check_integrity(str(folder / name), md5)]
-        if folder.is_dir() and damaged:
-            raise DataError(
-                f"{folder.absolute()}: a copy of CIFAR-10 is there but damaged ("
-                f"{', '.join(damaged)} missing or failing torchvision's checksum), and "
-                f"downloading a fresh one failed ({type(error).__name__}: {error}). Delete that "
-                f"folder to download again, or use another copy.\n{HOW_TO_PROVIDE}") from None
-        raise DataError(
-            f"Could not find or download CIFAR-10 in {root.absolute()} "
-            f"({type(error).__name__}: {error}).\n{HOW_TO_PROVIDE}") from None
-    return _load_pickled_batches(root / "cifar-10-batches-py")
-
-
-def _remove_if_only_the_lock(root):
-    """A download that failed at once leaves no empty ./data with a lock file behind."""
-    lock = root / DOWNLOAD_LOCK
-    if [entry.name for entry in root.iterdir()] == [DOWNLOAD_LOCK]:
-        lock.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            root.rmdir()
-
-
-@contextlib.contextmanager
-def _download_lock(root):
-    """An exclusive lock on ``root`` while CIFAR-10 is fetched there, so that processes on
-    one machine never download into the same folder at once (a kernel lock: it dies with
-    the process)."""
-    root.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:  # Windows
-        yield
-        return
-    with open(root / DOWNLOAD_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    elif (root / "cifar-10-batches-py").is_dir():
+        dataset = _load_batches(root / "cifar-10-batches-py")
+    elif (root / "cifar-10-python.tar.gz").is_file():
+        dataset = _load_batches(root / "cifar-10-python.tar.gz")
+    elif (root / "train").is_dir() or (root / "test").is_dir():
+        return _load_image_folders(root, subset, seed, note)  # decodes the subset's files only
+    else:
+        raise DataError(f"--data-dir {root} holds no CIFAR-10 copy in a layout this kit reads."
+                        f"\n{HOW_TO_PROVIDE}")
+    if subset is None:
+        return dataset
+    train_index, test_index = subset_indices(dataset.train_labels, dataset.test_labels,
+                                             subset, seed)
+    return Dataset(dataset.train_images[train_index], dataset.train_labels[train_index],
+                   dataset.test_images[test_index], dataset.test_labels[test_index],
+                   source=dataset.source + note)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    """Reads CIFAR-10's pickled batches (dicts of lists and numpy arrays) and refuses any
-    other object, so a doctored batch file cannot run code."""
+    """Refuses any object a CIFAR-10 batch never holds, so a doctored file cannot run code."""
 
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
-               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype")} | {
+        (f"numpy.{core}.{module}", name) for core in ("core", "_core")
+        for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"),
+                             ("numeric", "_frombuffer"))}
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
@@ -179,85 +140,45 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle_batch(raw_bytes, name):
-    try:
-        batch = _ArrayUnpickler(io.BytesIO(raw_bytes), encoding="latin1").load()
-        images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch["labels"], dtype=np.int64)
-    except Exception as error:
-        raise DataError(f"{name}: not a readable CIFAR-10 batch file "
-                        f"({type(error).__name__}: {error}).") from None
-    if len(images) != len(labels):
-        raise DataError(f"{name}: {len(images)} images but {len(labels)} labels.")
-    if len(labels) and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{name}: labels outside 0-9 (found {labels.min()}..{labels.max()}).")
-    return images, labels
-
-
-def _dataset_from_batches(read_batch, source):
-    """``read_batch(name) -> bytes`` for each of the six batch files."""
-    train = [_unpickle_batch(read_batch(name), name) for name in TRAIN_BATCHES]
-    test_images, test_labels = _unpickle_batch(read_batch(TEST_BATCH), TEST_BATCH)
-    return Dataset(
-        train_images=torch.from_numpy(np.concatenate([images for images, _ in train])),
-        train_labels=torch.from_numpy(np.concatenate([labels for _, labels in train])),
-        test_images=torch.from_numpy(test_images),
-        test_labels=torch.from_numpy(test_labels),
-        source=source,
-    )
-
-
-def _load_pickled_batches(folder):
-    def read_batch(name):
-        path = folder / name
-        if not path.is_file():
-            raise DataError(f"{path}: batch file missing from the CIFAR-10 folder {folder}.")
-        return path.read_bytes()
-
-    return _dataset_from_batches(read_batch, f"pickled batches in {folder}")
-
-
-def _load_tar_archive(archive_path):
-    try:
-        with tarfile.open(archive_path, "r:gz") as archive:
-            contents = {Path(member.name).name: archive.extractfile(member).read()
-                        for member in archive.getmembers() if member.isfile()}
-    except (tarfile.TarError, OSError, EOFError) as error:
-        raise DataError(f"{archive_path}: not a readable .tar.gz archive ({error}).") from None
-
-    def read_batch(name):
-        if name not in contents:
-            raise DataError(f"{archive_path}: the archive has no {name}.")
-        return contents[name]
-
-    return _dataset_from_batches(read_batch, f"archive {archive_path}")
-
-
-def _list_image_folder(split_dir):
-    """[(path, label)] for one split of an image-folder tree; refuses a malformed tree."""
-    if not split_dir.is_dir():
-        raise DataError(f"{split_dir}: folder missing (an image-folder copy needs train/ and "
-                        f"test/, each with the ten class folders).")
-    found = sorted(entry.name for entry in _listing(split_dir) if entry.is_dir())
-    extra = [name for name in found if name not in CLASSES]
-    if extra:
-        raise DataError(f"{split_dir}: folders that are not CIFAR-10 classes: {', '.join(extra)} "
-                        f"(expected exactly {', '.join(CLASSES)}).")
-    files = []
-    for label, name in enumerate(CLASSES):
-        class_dir = split_dir / name
-        if not class_dir.is_dir():
-            raise DataError(f"{class_dir}: class folder missing.")
-        images = sorted(path for path in _listing(class_dir)
-                        if path.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise DataError(f"{class_dir}: class folder holds no .png or .jpg images.")
-        files += [(path, label) for path in images]
-    return files
+def _load_batches(path):
+    """The six pickled batches, from torchvision's unpacked folder or the .tar.gz archive."""
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    if path.is_dir():
+        contents = {name: (path / name).read_bytes() for name in names if (path / name).is_file()}
+    else:
+        try:
+            with tarfile.open(path, "r:gz") as archive:
+                contents = {Path(member.name).name: archive.extractfile(member).read()
+                            for member in archive.getmembers() if member.isfile()}
+        except (tarfile.TarError, OSError, EOFError) as error:
+            raise DataError(f"{path}: not a readable .tar.gz archive ({error}).") from None
+    missing = [name for name in names if name not in contents]
+    if missing and path.is_dir():
+        raise DataError(f"{path / missing[0]}: batch file missing from the CIFAR-10 folder {path}.")
+    if missing:
+        raise DataError(f"{path}: the archive has no {missing[0]}.")
+    arrays = []
+    for name in names:
+        try:
+            batch = _ArrayUnpickler(io.BytesIO(contents[name]), encoding="latin1").load()
+            images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels = np.asarray(batch["labels"], dtype=np.int64)
+        except Exception as error:
+            raise DataError(f"{name}: not a readable CIFAR-10 batch file "
+                            f"({type(error).__name__}: {error}).") from None
+        if len(images) != len(labels):
+            raise DataError(f"{name}: {len(images)} images but {len(labels)} labels.")
+        if len(labels) and (labels.min() < 0 or labels.max() > 9):
+            raise DataError(f"{name}: labels outside 0-9 (found {labels.min()}..{labels.max()}).")
+        arrays.append((images, labels))
+    train, (test_images, test_labels) = arrays[:-1], arrays[-1]
+    return Dataset(torch.from_numpy(np.concatenate([images for images, _ in train])),
+                   torch.from_numpy(np.concatenate([labels for _, labels in train])),
+                   torch.from_numpy(test_images), torch.from_numpy(test_labels),
+                   f"pickled batches in {path}" if path.is_dir() else f"archive {path}")
 
 
 def _listing(folder):
-    """The entries of ``folder``; one that may not be read is named, with the remedy."""
     try:
         return list(folder.iterdir())
     except OSError as error:
@@ -265,79 +186,72 @@ def _listing(folder):
                         f"read access to it (chmod -R u+rX), or use another copy.") from None
 
 
-def _decode_image(path):
+def _load_image_folders(root, subset, seed, note):
+    """train/ and test/, each with the ten class folders; decodes only the chosen files."""
     from PIL import Image  # Pillow comes with torchvision
 
-    try:
-        with Image.open(path) as image:  # reads the header only: check before decoding
-            size, mode = image.size, image.mode
-            if size != (32, 32) or mode != "RGB":
-                raise DataError(f"{path}: a {size[0]}x{size[1]} {mode} image; CIFAR-10 images "
-                                f"are 32x32 RGB.")
-            pixels = np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"{path}: cannot decode this image ({error}).") from None
-    return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
-
-
-def _decode_files(files, index):
-    images = torch.stack([_decode_image(files[i][0]) for i in index.tolist()])
-    return images, torch.tensor([files[i][1] for i in index.tolist()], dtype=torch.int64)
-
-
-def _load_image_folders(root, subset, seed):
-    train_files = _list_image_folder(root / "train")
-    test_files = _list_image_folder(root / "test")
-    train_labels = torch.tensor([label for _, label in train_files])
-    test_labels = torch.tensor([label for _, label in test_files])
-    train_index, test_index = subset_indices(train_labels, test_labels, subset, seed)
-    return Dataset(*_decode_files(train_files, train_index), *_decode_files(test_files, test_index),
-                   source=f"image folders in {root}" + _subset_note(subset, seed))
-
-
-def _balanced_indices(labels, count, seed, subset, split):
-    """Indices of ``count`` items of one split, spread evenly over the classes, chosen with
-    ``seed``; ``subset`` (what the user typed) and ``split`` are for the message."""
-    generator = torch.Generator().manual_seed(seed)
-    per_class = [count // len(CLASSES) + (1 if c < count % len(CLASSES) else 0)
-                 for c in range(len(CLASSES))]
-    chosen = []
-    for label, wanted in enumerate(per_class):
-        members = torch.nonzero(labels == label).flatten()
-        if wanted > len(members):
-            raise UserError(f"--subset {subset}: needs {wanted} {split} images of class "
-                            f"{CLASSES[label]} ({count} {split} images in all, spread evenly "
-                            f"over the classes), but this copy's {split} set has only "
-                            f"{len(members)}. Choose a smaller --subset.")
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:wanted]])
-    return torch.sort(torch.cat(chosen)).values
+    files = []  # per split: [(path, label)]
+    for split_dir in (root / "train", root / "test"):
+        if not split_dir.is_dir():
+            raise DataError(f"{split_dir}: folder missing (an image-folder copy needs train/ "
+                            f"and test/, each with the ten class folders).")
+        extra = sorted(entry.name for entry in _listing(split_dir)
+                       if entry.is_dir() and entry.name not in CLASSES)
+        if extra:
+            raise DataError(f"{split_dir}: folders that are not CIFAR-10 classes: "
+                            f"{', '.join(extra)} (expected exactly {', '.join(CLASSES)}).")
+        files.append([])
+        for label, name in enumerate(CLASSES):
+            class_dir = split_dir / name
+            if not class_dir.is_dir():
+                raise DataError(f"{class_dir}: class folder missing.")
+            images = sorted(path for path in _listing(class_dir)
+                            if path.suffix.lower() in (".png", ".jpg", ".jpeg"))
+            if not images:
+                raise DataError(f"{class_dir}: class folder holds no .png or .jpg images.")
+            files[-1] += [(path, label) for path in images]
+    labels = [torch.tensor([label for _, label in split], dtype=torch.int64) for split in files]
+    tensors = []
+    for split, split_labels, index in zip(files, labels, subset_indices(*labels, subset, seed)):
+        images = []
+        for path, _ in (split[i] for i in index.tolist()):
+            try:
+                with Image.open(path) as image:  # reads the header only: check, then decode
+                    if image.size != (32, 32) or image.mode != "RGB":
+                        raise DataError(f"{path}: a {image.size[0]}x{image.size[1]} "
+                                        f"{image.mode} image; CIFAR-10 images are 32x32 RGB.")
+                    pixels = np.asarray(image, dtype=np.uint8)
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+                raise DataError(f"{path}: cannot decode this image ({error}).") from None
+            images.append(torch.from_numpy(pixels.transpose(2, 0, 1).copy()))
+        tensors += [torch.stack(images), split_labels[index]]
+    return Dataset(*tensors, source=f"image folders in {root}{note}")
 
 
 def subset_indices(train_labels, test_labels, subset, seed):
-    """(train, test) indices: everything, or ``subset`` training images and a test slice in
-    the same proportion, both class-balanced."""
+    """(train, test) indices: all, or ``subset`` of train and as many in proportion of test."""
     if subset is None:
         return torch.arange(len(train_labels)), torch.arange(len(test_labels))
     if not 10 <= subset <= len(train_labels):
         raise UserError(f"--subset {subset}: must be between 10 and the {len(train_labels)} "
                         f"training images of this copy.")
     test_count = max(10, round(subset * len(test_labels) / len(train_labels)))
-    return (_balanced_indices(train_labels, subset, seed, subset, "training"),
-            _balanced_indices(test_labels, test_count, seed + 1, subset, "test"))
-
-
-def _subset_note(subset, seed):
-    return "" if subset is None else f" (class-balanced subset, seed {seed})"
-
-
-def _maybe_subset(dataset, subset, seed):
-    if subset is None:
-        return dataset
-    train_index, test_index = subset_indices(dataset.train_labels, dataset.test_labels,
-                                             subset, seed)
-    return Dataset(dataset.train_images[train_index], dataset.train_labels[train_index],
-                   dataset.test_images[test_index], dataset.test_labels[test_index],
-                   source=dataset.source + _subset_note(subset, seed))
+    chosen = []
+    for labels, count, split, split_seed in ((train_labels, subset, "training", seed),
+                                             (test_labels, test_count, "test", seed + 1)):
+        generator = torch.Generator().manual_seed(split_seed)
+        picked = []
+        for label, class_name in enumerate(CLASSES):
+            wanted = count // len(CLASSES) + (1 if label < count % len(CLASSES) else 0)
+            members = torch.nonzero(labels == label).flatten()
+            if wanted > len(members):
+                raise UserError(f"--subset {subset}: needs {wanted} {split} images of class "
+                                f"{class_name} ({count} {split} images in all, spread evenly "
+                                f"over the classes), but this copy's {split} set has only "
+                                f"{len(members)}. Choose a smaller --subset.")
+            picked.append(members[torch.randperm(len(members), generator=generator)[:wanted]])
+        chosen.append(torch.sort(torch.cat(picked)).values)
+    return tuple(chosen)
 
 
 def normalizer(mean, std, device):
@@ -348,53 +262,35 @@ def normalizer(mean, std, device):
 
 
 def batch_order(count, batch_size, seed, epoch):
-    """The shuffled batches of one epoch: a list of index tensors, a function of (seed, epoch).
-
-    Deriving the order from the epoch number, not from a running generator, is what lets a
-    resumed run see exactly the batches an uninterrupted one would.
-    """
+    """An epoch's batches of indices, from (seed, epoch): a resumed run sees the same ones."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(count, generator=generator).split(batch_size)
 
 
-@dataclass(frozen=True)
-class Augmentation:
-    """What one ``augment`` value does to each training batch, in this order."""
-    crop: Optional[str]    # random crop of the padded image: its border "zeros" or "reflect"
-    flip: bool             # mirror left-right with probability 1/2
-    cutout: Optional[str]  # one square blanked: "overhang" (may hang over the edge) or "inside"
-
-
-# The first four are the kit's original values, kept as they were so that earlier results stay
-# comparable; the "reflect-" ones are David Page's DAWNBench augmentation (crop of the
-# reflect-padded image, flip, 8x8 cutout kept inside the image).
+# name: (random crop's border: "zeros" or "reflect", left-right flip with probability 1/2,
+# cutout: "overhang" the edge or "inside" it). The "reflect-" ones are David Page's DAWNBench.
 AUGMENTATIONS = {
-    "none": Augmentation(crop=None, flip=False, cutout=None),
-    "flip": Augmentation(crop=None, flip=True, cutout=None),
-    "crop+flip": Augmentation(crop="zeros", flip=True, cutout=None),
-    "crop+flip+cutout": Augmentation(crop="zeros", flip=True, cutout="overhang"),
-    "reflect-crop+flip": Augmentation(crop="reflect", flip=True, cutout=None),
-    "reflect-crop+flip+inside-cutout": Augmentation(crop="reflect", flip=True, cutout="inside"),
+    "none": (None, False, None),
+    "flip": (None, True, None),
+    "crop+flip": ("zeros", True, None),
+    "crop+flip+cutout": ("zeros", True, "overhang"),
+    "reflect-crop+flip": ("reflect", True, None),
+    "reflect-crop+flip+inside-cutout": ("reflect", True, "inside"),
 }
-CROP_PADDING = 4   # pixels of padding around each image before a random 32x32 crop
-CUTOUT_SIZE = 8    # side of the square that cutout blanks (to the mean: 0 after normalising)
 
 
-def random_crop(batch, padding=CROP_PADDING, border="zeros"):
-    """Each image of a batch shifted by up to ``padding`` pixels: the same as torchvision's
-    RandomCrop(32, padding) per image, done for the whole batch at once. ``border`` "zeros"
-    fills the uncovered edge with 0 (padding_mode "constant"); "reflect" mirrors the image
-    there without repeating the edge pixel (padding_mode "reflect"). The mirroring is done on
-    the gather indices, not by padding, so it needs no uint8 reflect-pad kernel on any device
-    and costs no more than the zero-padded crop."""
+def random_crop(batch, padding=4, border="zeros"):
+    """torchvision's RandomCrop(32, padding, padding_mode "constant" or "reflect") per image, for
+    the whole batch; reflected on the gather indices: no uint8 reflect-pad kernel needed."""
     count, _, height, width = batch.shape
     top = torch.randint(0, 2 * padding + 1, (count, 1, 1), device=batch.device)
     left = torch.randint(0, 2 * padding + 1, (count, 1, 1), device=batch.device)
     rows = top + torch.arange(height, device=batch.device).view(1, -1, 1)       # (count, h, 1)
     columns = left + torch.arange(width, device=batch.device).view(1, 1, -1)    # (count, 1, w)
-    if border == "reflect":  # rows and columns of the padded image -> of the image itself
+    if border == "reflect":  # -1 -> 1, size -> size - 2: mirrored without repeating the edge
         source = batch
-        rows, columns = _reflect(rows - padding, height), _reflect(columns - padding, width)
+        rows = (height - 1) - ((height - 1) - (rows - padding).abs()).abs()
+        columns = (width - 1) - ((width - 1) - (columns - padding).abs()).abs()
     else:
         source = torch.nn.functional.pad(batch, (padding,) * 4)
     flat = (rows * source.shape[3] + columns).flatten(1)        # (count, height * width)
@@ -402,29 +298,18 @@ def random_crop(batch, padding=CROP_PADDING, border="zeros"):
     return pixels.view_as(batch)
 
 
-def _reflect(index, size):
-    """``index`` (from -(size - 1) to 2 * (size - 1)) mirrored into 0 .. size - 1 at both edges:
-    -1 -> 1, size -> size - 2."""
-    return (size - 1) - ((size - 1) - index.abs()).abs()
-
-
 def random_flip(batch):
-    """Each image mirrored left-right with probability 1/2."""
     flip = torch.rand(len(batch), device=batch.device) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
 
 
-def cutout(batch, size=CUTOUT_SIZE, placement="overhang"):
-    """One random ``size`` x ``size`` square per image set to 0 (the mean, once normalised).
-    "overhang": its centre anywhere in the image, so it may hang over the edge, as in the
-    cutout paper; "inside": always whole and inside the image, as in Page's DAWNBench code."""
+def cutout(batch, size=8, placement="overhang"):
+    """A random square per image set to 0 (the mean, once normalised); "overhang": its centre
+    anywhere, as in the cutout paper; "inside": as in Page's code."""
     count, _, height, width = batch.shape
-    if placement == "inside":
-        top = torch.randint(0, height - size + 1, (count, 1, 1), device=batch.device)
-        left = torch.randint(0, width - size + 1, (count, 1, 1), device=batch.device)
-    else:
-        top = torch.randint(-size // 2, height - size // 2, (count, 1, 1), device=batch.device)
-        left = torch.randint(-size // 2, width - size // 2, (count, 1, 1), device=batch.device)
+    low, overlap = (0, size - 1) if placement == "inside" else (-size // 2, size // 2)
+    top = torch.randint(low, height - overlap, (count, 1, 1), device=batch.device)
+    left = torch.randint(low, width - overlap, (count, 1, 1), device=batch.device)
     rows = torch.arange(height, device=batch.device).view(1, -1, 1)
     columns = torch.arange(width, device=batch.device).view(1, 1, -1)
     inside = (rows >= top) & (rows < top + size) & (columns >= left) & (columns < left + size)
@@ -432,20 +317,17 @@ def cutout(batch, size=CUTOUT_SIZE, placement="overhang"):
 
 
 def prepare_batch(images, labels, index, scale, shift, augment="none"):
-    """Cut one batch from uint8 tensors already on the device, augment it there (random crop,
-    flip and cutout as AUGMENTATIONS[augment] says, for the whole batch at once) and
-    normalise it."""
-    steps = AUGMENTATIONS[augment]
+    """Cut one batch from uint8 tensors already on the device, augment and normalise it."""
+    crop, flip, cutout_placement = AUGMENTATIONS[augment]
     index = index.to(images.device, non_blocking=True)
     batch = images.index_select(0, index)
-    if steps.crop:
-        batch = random_crop(batch, border=steps.crop)
-    if steps.flip:
+    if crop:
+        batch = random_crop(batch, border=crop)
+    if flip:
         batch = random_flip(batch)
-    # normalised straight into the channels_last layout the models use (runtime.place_model),
-    # which saves a copy per step
+    # straight into the channels_last layout the models use: saves a copy per step
     normalised = torch.empty(batch.shape, device=batch.device, memory_format=torch.channels_last)
     batch = torch.addcmul(shift, batch.float(), scale, out=normalised)
-    if steps.cutout:
-        batch = cutout(batch, placement=steps.cutout)
+    if cutout_placement:
+        batch = cutout(batch, placement=cutout_placement)
     return batch, labels.index_select(0, index)
