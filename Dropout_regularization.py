@@ -12,7 +12,7 @@ import sys
 import torch.nn.functional as F
 from torch import nn
 
-from cifarkit import data, experiment
+from cifarkit import data, train
 
 CONFIGS = [
     {
@@ -71,8 +71,8 @@ def build_model(config):
 
 
 def main(argv=None):
-    return experiment.run(
-        experiment.Script(
+    return train.run(
+        train.Script(
             file=__file__,
             description=__doc__,
             build_model=build_model,

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scripts and cifarkit
 
-from cifarkit import config, experiment, store  # noqa: E402
+from cifarkit import config, runs, store  # noqa: E402
 from cifarkit.data import CLASSES, normalizer  # noqa: E402
 from cifarkit.errors import UserError  # noqa: E402
 from cifarkit.results import load_results  # noqa: E402
@@ -73,8 +73,8 @@ def load_trained(weights, script_name=None):
                         f"or use {run_dir / store.WEIGHTS}.")
     recorded = (record.get("identity") or {}).get("model")
     if run_dir is not None and isinstance(recorded, dict):
-        now = experiment.model_identity(script.build_model, chosen,
-                                        str(record.get("label", "config_1")).split("_")[-1])
+        now = runs.model_identity(script.build_model, chosen,
+                                  str(record.get("label", "config_1")))
         if not store.same_model(recorded, now):
             raise UserError(f"{weights}: {script_name}.py's model has changed since these "
                             f"weights were trained (run {run_dir.name}): its class, build_model "

@@ -766,11 +766,11 @@ def all_checks(setting, with_pytest):
     for number, amp in enumerate(plan["precision_amps"]):
         script_run = (f"`Original_version_model_multiGPU.py --configs {PROBE_CONFIG} --amp {amp}`,"
                       f" then " if number == 0 else "")
-        what = (f"{script_run}one train_epoch step of its LeNet, placed with "
+        what = (f"{script_run}one training step of its LeNet, placed with "
                 f"place_model(data_parallel=True), --amp {amp}; hooks on every Conv2d/Linear")
         found.append((f"precision-{amp}", what,
                       partial(check_precision, setting, amp, number == 0)))
-    found.append(("dp-replicas", "one train_epoch step of the Task 3 LeNet through "
+    found.append(("dp-replicas", "one training step of the Task 3 LeNet through "
                                  "DataParallel's replica threads, two replicas on one "
                                  "device, --amp on; hooks on every Conv2d/Linear",
                   partial(check_replicas, setting)))
@@ -840,12 +840,8 @@ def one_step_with_hooks(data_dir, runtime, rewrap=lambda model: None):
     images, labels = (tensor.to(runtime.device) for tensor in
                       (dataset.train_images, dataset.train_labels))
     scale, shift = data.normalizer(*script.NORMALIZATION, device=runtime.device)
-    optimizer = train.make_optimizer(model, chosen, runtime)
-    on_device = data.OnDevice(images, labels, test_images=None, test_labels=None, scale=scale,
-                              shift=shift)
-    train.train_epoch(train.make_step(model, optimizer, chosen, runtime), on_device,
-                      [torch.arange(len(labels), device=runtime.device)],
-                      train.new_sums(runtime.device))
+    on_device = data.OnDevice(images, labels, images, labels, scale, shift)
+    train.fit(model, dict(chosen, num_epochs=1, batch_size=len(labels)), on_device, runtime)
     return model, layers
 
 

@@ -3,7 +3,7 @@
     python benchmarks/step_profile.py --data-dir ../shared/cifar10-jpeg            # LeNet, batch 4
     python benchmarks/step_profile.py --data-dir ../shared/cifar10-jpeg --batch-size 64
 
-Runs cifarkit.train.train_epoch (exactly what the scripts run: LeNet from
+Runs cifarkit.train.fit (exactly what the scripts run: LeNet from
 Original_version_model.py, plain SGD as in Task 1, fp32 on the CPU) for --steps steps under
 torch.profiler, then sorts every operator's own CPU time into the part of the step it
 belongs to: the input (cutting the batch by index, normalising it), the model (forward and
@@ -36,20 +36,21 @@ def profile_steps(images, labels, batch_size, steps, runtime, warmup=20):
     """(wall seconds, {part: own CPU seconds of its operators}) over ``steps`` kit steps."""
     torch.manual_seed(0)
     model = rt.place_model(build_model({}), runtime)
-    optimizer = train.make_optimizer(model, {"lr": 0.001, "momentum": 0.9, "weight_decay": 0.0},
-                                     runtime)
     scale, shift = data.normalizer(*data.TUTORIAL_NORMALIZATION, device=runtime.device)
-    batches = data.batch_order(len(labels), batch_size, 0, 1)[:warmup + steps]
-    step = train.make_step(model, optimizer, {}, runtime)
-    on_device = data.OnDevice(images, labels, test_images=None, test_labels=None, scale=scale,
-                              shift=shift)
-    sums = train.new_sums(runtime.device)
-    train.train_epoch(step, on_device, batches[:warmup], sums)
+    chosen = {"lr": 0.001, "momentum": 0.9, "weight_decay": 0.0, "batch_size": batch_size,
+              "num_epochs": 1}
+
+    def on_device(first, count):  # one epoch of ``count`` images; a test "set" of one image
+        part = slice(first, first + count)
+        return data.OnDevice(images[part], labels[part], images[:1], labels[:1], scale, shift)
+
+    train.fit(model, chosen, on_device(0, warmup * batch_size), runtime)  # the warm-up
     parts = dict.fromkeys(PARTS, 0.0)
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         started = time.perf_counter()
         with record_function("steps"):
-            train.train_epoch(step, on_device, batches[warmup:], sums)
+            train.fit(model, chosen, on_device(warmup * batch_size, steps * batch_size),
+                      runtime)
         wall = time.perf_counter() - started
     for event in profiler.events():
         parent = event.cpu_parent

@@ -6,7 +6,7 @@
 (a) the tutorial: a torchvision-style dataset that turns each uint8 image into a PIL image,
     then ToTensor + Normalize, batched by DataLoader(shuffle=True, num_workers=2); fp32, eager.
 (b) this kit: the same images as one uint8 tensor on the device, batches cut by index and
-    normalised as a whole (cifarkit.train.train_epoch), eager, in the precision the model's
+    normalised as a whole (cifarkit.train.fit), eager, in the precision the model's
     script picks by default (--amp auto: fp32 for LeNet on the CPU; bf16 autocast for
     ResNet-18 on CPUs with bf16 in hardware, and on GPUs). --amp off/on forces it.
 (c) the ceiling: (b)'s model step alone, on one batch that never changes. No input pipeline
@@ -97,18 +97,17 @@ def tutorial_round(model, dataset, batch_size, steps, device, warmup=WARMUP_STEP
 def kit_round(model, images, labels, normalization, batch_size, steps, runtime, seed,
               warmup=WARMUP_STEPS):
     """Images/s of cifarkit's training loop over ``steps`` batches (after a warm-up)."""
-    optimizer = train.make_optimizer(model, {"lr": 0.001, "momentum": 0.9, "weight_decay": 0.0},
-                                     runtime)
     scale, shift = data.normalizer(*normalization, device=runtime.device)
-    batches = data.batch_order(len(labels), batch_size, seed, 1)[:warmup + steps]
-    step = train.make_step(model, optimizer, {}, runtime)
-    on_device = data.OnDevice(images, labels, test_images=None, test_labels=None, scale=scale,
-                              shift=shift)
-    sums = train.new_sums(runtime.device)
-    train.train_epoch(step, on_device, batches[:warmup], sums)
-    started = _now(runtime.device)
-    train.train_epoch(step, on_device, batches[warmup:], sums)
-    return sum(len(index) for index in batches[warmup:]) / (_now(runtime.device) - started)
+    order = data.batch_order(len(labels), batch_size, seed, 1)
+    chosen = {"lr": 0.001, "momentum": 0.9, "weight_decay": 0.0, "batch_size": batch_size,
+              "num_epochs": 1}
+    seconds = []
+    for part in (torch.cat(order[:warmup]), torch.cat(order[warmup:warmup + steps])):
+        on_device = data.OnDevice(images[part], labels[part], images[:1], labels[:1], scale,
+                                  shift)  # a test "set" of one image
+        seconds.append(train.fit(model, chosen, on_device, runtime,
+                                 seed).progress["history"][0]["seconds"])
+    return steps * batch_size / seconds[1]
 
 
 def ceiling_round(model, images, labels, normalization, batch_size, steps, runtime,

@@ -52,19 +52,17 @@ def set_rng_state(state):
     return None
 
 
-def save_checkpoint(path, identity, step, progress, rng_states):
+def save_checkpoint(path, identity, training, rng_states):
     """Write atomically: a crash mid-write leaves the previous checkpoint in place.
-
-    ``step`` (train.Step) gives the model (saved unwrapped), the optimizer, the scheduler
-    and the fp16 run's GradScaler, whose scale a resumed run must carry on from;
-    ``rng_states`` holds one ``rng_state()`` per rank (one entry in one process)."""
-    scheduler, scaler = step.scheduler, step.scaler
+    ``training`` (runs.Training) gives the model (saved unwrapped), optimizer, scheduler and
+    GradScaler; ``rng_states`` holds one ``rng_state()`` per rank."""
+    scheduler, scaler = training.scheduler, training.scaler
     checkpoint = {"format": FORMAT, "identity": identity,
-                  "model": to_cpu(unwrap(step.model).state_dict()),
-                  "optimizer": to_cpu(step.optimizer.state_dict()), "rng": rng_states,
+                  "model": to_cpu(unwrap(training.model).state_dict()),
+                  "optimizer": to_cpu(training.optimizer.state_dict()), "rng": rng_states,
                   "scheduler": scheduler.state_dict() if scheduler is not None else None,
                   "scaler": scaler.state_dict() if scaler is not None else None,
-                  "progress": to_cpu(progress)}
+                  "progress": to_cpu(training.progress)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
         write_atomically(path, lambda file: torch.save(checkpoint, file))
@@ -90,22 +88,20 @@ def load_checkpoint(path):
     return checkpoint
 
 
-def restore(checkpoint, model, optimizer, scheduler, rank=0, scaler=None):
-    """Load a checkpoint's states into ``model``, ``optimizer``, ``scheduler`` and
-    ``scaler``; return (its progress, a note for the user or None). Each rank takes back its
-    own random-number state (rank 0's if the ranks changed)."""
-    model.load_state_dict(checkpoint["model"])
-    # load_state_dict also brings back the saved run's choice of SGD kernel (fused or not),
-    # which was made for its device and precision: keep the one made for this run
+def restore(checkpoint, training, rank=0):
+    """Load a checkpoint's states into ``training``'s model, optimizer, scheduler and scaler;
+    return (its progress, a note for the user or None). Each rank takes back its own
+    random-number state (rank 0's if the ranks changed)."""
+    unwrap(training.model).load_state_dict(checkpoint["model"])
+    optimizer, scheduler, scaler = training.optimizer, training.scheduler, training.scaler
+    # keep this run's choice of SGD kernel (fused or not), made for its device and precision
     kernels = [(group.get("fused"), group.get("foreach")) for group in optimizer.param_groups]
     optimizer.load_state_dict(checkpoint["optimizer"])
     for group, (fused, foreach) in zip(optimizer.param_groups, kernels):
         group.update(fused=fused, foreach=foreach)
     if scheduler is not None and checkpoint.get("scheduler"):
         scheduler.load_state_dict(checkpoint["scheduler"])
-    # saved by a GradScaler in use (fp16); {} or None from bf16 and fp32 runs, or from
-    # checkpoints older than the scaler's entry
-    if scaler is not None and checkpoint.get("scaler"):
+    if scaler is not None and checkpoint.get("scaler"):  # {} or None outside fp16
         scaler.load_state_dict(checkpoint["scaler"])
     states = checkpoint["rng"]
     note = set_rng_state(states[rank] if rank < len(states) else states[0])

@@ -120,7 +120,7 @@ def _installed_version(package):
 
 def new_results(script, dataset, runtime, seed, argv):
     """The run-level half of a results JSON (the header of every run record, too), for
-    ``script`` (experiment.Script)."""
+    ``script`` (train.Script)."""
     normalization, name = script.normalization, Path(script.file).name
     launcher = "torchrun ..." if runtime.distributed else "python"
     return {

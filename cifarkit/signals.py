@@ -1,15 +1,23 @@
-"""Signals: what SIGINT (Ctrl-C) and SIGTERM do at each phase of a run.
+"""How a run stops: what SIGINT (Ctrl-C) and SIGTERM do at each phase, and the line it says
+for every way of stopping.
 
-Before training: they stop the run at once, with one line (sigterm_as_interrupt makes
-SIGTERM act as Ctrl-C). During training: a first one asks the run to stop after the current
-step and save a checkpoint, a second stops it at once (stop_on_signals). Exit status: EXIT.
+Before training a signal stops the run at once, with one line (sigterm_as_interrupt makes
+SIGTERM act as Ctrl-C). During training a first one asks the run to stop after the current
+step and save a checkpoint, a second stops it at once (stop_on_signals).
 """
 import contextlib
+import os
+import shlex
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import RankError, UserError
 
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_WRITE_FAILED = 1  # the same status as a failed config, as the README says
 
 
 @dataclass
@@ -17,6 +25,10 @@ class StopRequest:
     """The signals received so far, and what a first one waits for before the run stops."""
     signals: list = field(default_factory=list)
     doing: str = "the current step"
+
+    def requested(self):
+        """Whether training should stop (asked after every step, or at each look)."""
+        return bool(self.signals)
 
 
 class Terminated(KeyboardInterrupt):
@@ -39,10 +51,9 @@ def sigterm_as_interrupt():
 
 
 @contextlib.contextmanager
-def stop_on_signals(say, stop_at_once_on_repeat=True):
+def stop_on_signals(say_, stop_at_once_on_repeat=True):
     """SIGINT / SIGTERM ask training to stop after the current step (or test pass); a second
-    one stops now, except under torchrun, which sends its workers SIGTERM twice (and SIGKILL
-    later)."""
+    one stops now, except under torchrun, which sends its workers SIGTERM twice."""
     stop = StopRequest()
 
     def handler(signum, frame):
@@ -52,8 +63,8 @@ def stop_on_signals(say, stop_at_once_on_repeat=True):
             return
         stop.signals.append(signum)
         again = " (send it again to stop at once)" if stop_at_once_on_repeat else ""
-        say(f"\n{signal.Signals(signum).name}: waiting for {stop.doing} to end, then saving "
-            f"a checkpoint and stopping{again}.", file=sys.stderr, flush=True)
+        say_(f"\n{signal.Signals(signum).name}: waiting for {stop.doing} to end, then saving "
+             f"a checkpoint and stopping{again}.", file=sys.stderr, flush=True)
 
     previous = {signum: signal.signal(signum, handler) for signum in EXIT}
     try:
@@ -61,3 +72,152 @@ def stop_on_signals(say, stop_at_once_on_repeat=True):
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+
+
+def say(*args, file=None, **kwargs):
+    """print, for a run that must go on when nobody reads it: a closed pipe or a full device
+    under stdout silences the run's messages, never stops its training."""
+    stream = file or sys.stdout
+    try:
+        print(*args, file=stream, **kwargs)
+    except OSError:
+        null = open(os.devnull, "w")  # noqa: SIM115 (for the rest of the process)
+        if stream is sys.stderr:
+            sys.stderr = null
+        else:
+            sys.stdout = null
+
+
+def silent(*args, **kwargs):
+    pass
+
+
+def plain_console():
+    """A console that cannot show "±" (an ASCII-only locale) gets escapes, not an error."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def duration(seconds):
+    """'42 s', '7.5 min', '11.8 h'."""
+    if seconds < 120:
+        return f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.2f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def command(script, argv):
+    """The command that ran this script, as one can paste it (paths with spaces quoted)."""
+    path, typed = Path(script).absolute(), sys.argv[0]
+    if typed and Path(typed).absolute() == path:
+        shown = typed  # as the user typed it
+    else:
+        shown = min(str(path), os.path.relpath(path), key=len)
+    return shlex.join(["python", shown, *argv])
+
+
+def resume_hint(script, argv, distributed):
+    """How to carry on, with the command on a line of its own so it can be copied (without
+    --restart, which would start over once more)."""
+    kept = [arg for arg in argv if arg != "--restart"]
+    if distributed:
+        return "To resume, run the same torchrun command again" + (
+            " without --restart" if kept != argv else "")
+    return (f"To resume, run {'the same command' if kept == argv else 'this'}:\n  "
+            + command(script, kept))
+
+
+def stopped_before_training(error, out):
+    """Say why the run stopped before anything trained; return the exit status."""
+    from . import runtime as rt
+
+    if isinstance(error, UserError):
+        if rt.is_main_process() or isinstance(error, RankError):
+            say(f"error: {error}", file=sys.stderr)
+        elif rt.launched_by_torchrun():
+            time.sleep(3)  # torchrun stops the others once one leaves: let rank 0 say why
+        return 2
+    if isinstance(error, KeyboardInterrupt):
+        signum = getattr(error, "signum", signal.SIGINT)
+        if rt.is_main_process():
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            say(f"\nStopped by {name} before training started; nothing was trained.",
+                file=sys.stderr)
+        return EXIT[signum]
+    return write_failed(out, error)
+
+
+def stopped_while_training(error, job):
+    """Say why training stopped short (a damaged checkpoint, a second Ctrl-C, a file that
+    could not be written); return the exit status. What was saved before stays."""
+    runs = job.out / "runs"
+    if isinstance(error, UserError):  # found only once training began: a damaged checkpoint
+        job.say(f"error: {error}", file=sys.stderr)
+        return 2
+    if isinstance(error, KeyboardInterrupt):  # a second Ctrl-C: stop at once
+        job.say(f"\nStopped at once. What was saved stays: finished configs in {runs}/, the "
+                f"unfinished one's checkpoint (from its last epoch's end) in its run folder "
+                f"there.\n{resume_hint(job.script.file, job.argv, job.runtime.distributed)}",
+                file=sys.stderr)
+        return EXIT[signal.SIGINT]
+    return write_failed(job.out, error)  # no barrier: the other ranks cannot know of it
+
+
+def lost_contact(error, job):
+    say(f"error: rank {job.runtime.rank} lost contact with the other ranks "
+        f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Another worker has "
+        f"probably died. Checkpoints are saved at every epoch's end in each run's folder in "
+        f"{job.out / 'runs'}/. {resume_hint(job.script.file, job.argv, True)} "
+        f"(torchrun --max-restarts=3 restarts the workers by itself).", file=sys.stderr)
+    return EXIT_WRITE_FAILED
+
+
+def write_failed(out, error):
+    link, elsewhere = Path(out) / "runs", ""
+    try:  # a scratch disk behind runs/ may be the full one, not the folder's own
+        if link.is_symlink() and link.stat().st_dev != Path(out).stat().st_dev:
+            elsewhere = f" (or to {link.resolve()}, another disk, which runs/ links to)"
+    except OSError:
+        pass
+    say(f"error: cannot write to {out}{elsewhere}: {error}. Results saved so far are kept; "
+        f"once that is fixed, rerun the same command to carry on.", file=sys.stderr)
+    return EXIT_WRITE_FAILED
+
+
+def interrupted(job, stop, number, finished=False):
+    """Say where the signal in ``stop`` stopped the run; return the exit status."""
+    where = (f"after config_{number} ended; the next configs have not started" if finished
+             else f"during config_{number}; its checkpoint is in its run folder in "
+             f"{job.out / 'runs'}/")
+    job.say(f"Stopped by {signal.Signals(stop.signals[0]).name} {where}. "
+            f"{resume_hint(job.script.file, job.argv, job.runtime.distributed)}",
+            file=sys.stderr)
+    return EXIT[stop.signals[0]]
+
+
+def say_failed(job, training, status):
+    """The line for a training that ran out of memory or diverged (nothing otherwise)."""
+    name, batch_size = training.name, training.config["batch_size"]
+    if status == "out_of_memory":
+        job.say(f"error: {name} ran out of GPU memory at batch_size {batch_size}. Try a "
+                f"smaller batch_size in CONFIGS; the other configs carry on, and its "
+                f"checkpoint is kept.", file=sys.stderr)
+    if status == "diverged":
+        where = training.progress["diverged_at"]
+        job.say(f"{name}: the loss became NaN or infinite at epoch {where['epoch']}, step "
+                f"{where['step']}; this config is stopped and marked diverged. A smaller lr "
+                f"usually helps.", file=sys.stderr)
+
+
+def leave_out_of_step(job, training):
+    """Out of GPU memory inside a forward with SyncBatchNorm: the other ranks wait in one of
+    its collectives, which this rank cannot meet, so it leaves at once; torchrun then ends
+    the others. The checkpoint of the last epoch's end stays."""
+    say(f"error: rank {job.runtime.rank}: {training.name} ran out of GPU memory at batch_size "
+        f"{training.config['batch_size']} inside a forward with SyncBatchNorm (sync_bn), whose "
+        f"collectives the other ranks wait in: the ranks cannot stop this config together, so "
+        f"the whole run stops. Its checkpoint from the last epoch's end is kept. Try a smaller "
+        f"batch_size in CONFIGS, or drop sync_bn.", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_WRITE_FAILED)

@@ -1,24 +1,322 @@
-"""The epoch loop and evaluation: numbers in, numbers out. Devices live in runtime.py."""
+"""Training, top to bottom: a script's main() calls run(), which checks the configs, loads the
+data, prepares the output folder and trains each selected config with each seed;
+train_config() is the epoch loop with the batch loop inside it.
+
+Exit status: 0 every selected config finished; 1 a config diverged, ran out of memory or a
+file could not be written; 2 bad input (nothing trained, nothing written); 130 / 143
+stopped by SIGINT / SIGTERM after saving a checkpoint.
+"""
 import contextlib
 import random
 import sys
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import checkpoints, cli, config, data, outputs, results, runs, signals, store
 from . import runtime as rt
-from .data import batch_order, prepare_batch
+from .errors import UserError
+from .results import settings, summary
+from .signals import say
 
-# Steps between looks at the loss for NaN and, under torchrun, at a stop request: each look
-# is a host sync (and, with several ranks, one all-reduce), so not every step on a GPU; on
-# the CPU a look costs about 30 microseconds, 2% of a LeNet step at batch 4.
+# Steps between looks at the loss for NaN and at a stop request: each look is a host sync
+# (and under torchrun an all-reduce), so not every step on a GPU.
 SYNC_EVERY = {"cpu": 10, "cuda": 100, "distributed": 25}
-BAR_EVERY = 50  # steps between updates of the progress bar's loss and accuracy
+BAR_EVERY = 50  # steps between updates of the progress bar's numbers (each is a host sync)
+TRAIN_SAMPLE = 5000  # training images scored in eval mode after each epoch (the gap)
+
+
+@dataclass(frozen=True)
+class Script:
+    """What a report script hands the engine: everything but the flags, which run() reads."""
+    file: str                  # the script's __file__: its name, and the command to resume it
+    description: str           # its docstring, shown by --help
+    build_model: Callable      # config -> a fresh model (the script's own class)
+    configs: list              # its CONFIGS
+    out_dir: str               # the folder --out defaults to
+    results_file: str          # the results JSON's name in that folder
+    normalization: tuple       # (mean, std) per channel of the inputs
+    default_device: str = "auto"  # --device when the command gives none
+    model_settings: dict = None   # the config keys build_model reads (see config.model_rules)
+    data_parallel: bool = False   # nn.DataParallel when several GPUs are visible
+    weights_file: str = "config_{number}.pth"  # the weights' names ("model.pth": the baseline)
+    log_every: int = 0         # > 0: the running loss every that many mini-batches
+    cpu_amp: bool = False      # --amp auto uses bf16 on CPUs that have it in hardware
+
+
+def run(script, argv=None):
+    """Run a report script with the flags ``argv`` (sys.argv[1:] when None); returns its exit
+    status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    signals.plain_console()
+    args = cli.parse_args(Path(script.file).name, script.description, script.out_dir,
+                          script.default_device, argv, script.cpu_amp)
+    with contextlib.ExitStack() as cleanup:  # on leaving: close the runtime, free the runs
+        with signals.sigterm_as_interrupt():  # until training installs its own handlers
+            try:
+                job, selected = prepare(script, args, argv, cleanup)
+            except (UserError, KeyboardInterrupt, OSError) as error:
+                return signals.stopped_before_training(error, Path(args.out))
+        try:
+            status = train_selected(job, selected, args)
+        except (UserError, KeyboardInterrupt, OSError) as error:
+            return signals.stopped_while_training(error, job)
+        except RuntimeError as error:  # dist.DistError is one; gloo raises plain ones
+            if not (job.runtime.distributed and rt.peer_lost(error)):
+                raise
+            return signals.lost_contact(error, job)
+        # Every rank leaves together: torchrun stops the others as soon as one has left.
+        rt.barrier(job.runtime)
+        return status
+
+
+def prepare(script, args, argv, cleanup):
+    """Everything before training: the checks, the data, the runtime, the output folder and
+    its store. Returns (the runs.Job, the selected [(number, config)])."""
+    all_configs = config.check_configs(script.configs, script.model_settings)
+    if args.epochs:
+        all_configs = [dict(chosen, num_epochs=args.epochs) for chosen in all_configs]
+    selected = cli.select_configs(all_configs, args.configs)
+    cli.check_subset(args.subset, selected)
+    rt.check_device_request(args.device)
+    # Every rank loads (downloads) before the ranks wait on each other: a slow first
+    # download must not run into the process group's timeout.
+    try:
+        dataset = data.load_cifar10(args.data_dir, args.subset, args.seed)
+    except data.DataError as error:
+        if args.data_dir is not None:
+            raise
+        raise data.DataError(f"{error}\nWith a copy in DIR, run:\n  " + signals.command(
+            script.file, ["--data-dir", "DIR"] + argv)) from None
+    runtime = rt.init_runtime(args.device, script.data_parallel, args.amp, args.compile,
+                              script.cpu_amp)
+    cleanup.callback(rt.close, runtime)
+    rt.check_configs_fit(selected, runtime)
+    configs = {f"config_{number}": chosen for number, chosen in enumerate(all_configs, 1)}
+    models = {label: runs.model_identity(script.build_model, chosen, label)
+              for label, chosen in configs.items()}
+    weights = sum(tensor.numel() * tensor.element_size()
+                  for tensor in script.build_model(selected[0][1]).state_dict().values())
+    # room for the weights and a checkpoint while its next version is written beside it
+    rt.from_main(lambda: outputs.check_out_dir(
+        args.out, 5 * weights + 20 * 2**20, args.data_dir or data.DEFAULT_ROOT,
+        runs.kit_names(script, selected, args)), runtime)
+    header = outputs.new_results(script, dataset, runtime, args.seed, argv)
+    job = runs.Job(runtime=runtime, out=Path(args.out), script=script, argv=argv,
+                   configs=configs, models=models,
+                   neutral=config.neutral_values(script.model_settings), header=header,
+                   restart=args.restart, say=say if runtime.is_main else signals.silent)
+    cleanup.callback(runs.release, job)
+    for line in rt.from_main(lambda: runs.open_store(job, selected, args.seeds), runtime):
+        job.say(line)
+    job.say(f"{Path(script.file).name}: {len(dataset.train_labels)} training and "
+            f"{len(dataset.test_labels)} test images from {dataset.source}; "
+            f"{', '.join(header['devices'])}; {header['precision']}; output {job.out}")
+    job.on_device = data.to_device(dataset, script.normalization, runtime.device)
+    rt.barrier(runtime)  # the ranks start training together, once rank 0 has tidied up
+    return job, selected
+
+
+def train_selected(job, selected, args):
+    """Train each selected config with each seed of --seed/--seeds, in turn; say how they
+    ended; return the exit status."""
+    runtime, seeds = job.runtime, range(args.seed, args.seed + args.seeds)
+    statuses = []
+    with signals.stop_on_signals(job.say, stop_at_once_on_repeat=not runtime.distributed) as stop:
+        for number, chosen in selected:
+            for seed in seeds:
+                statuses.append(train_one(job, number, chosen, seed, stop))
+                if statuses[-1] == "interrupted":
+                    return signals.interrupted(job, stop, number)
+                if rt.any_rank(stop.requested(), runtime):  # came as the config ended
+                    return signals.interrupted(job, stop, number, finished=True)
+    if runtime.is_main:
+        runs.refresh(job, final=True, drawn=runs.drawn(job))
+        chosen = {(f"config_{number}", seed) for number, _ in selected for seed in seeds}
+        say(summary([entry for entry in job.results["configs"]
+                     if (entry["id"], entry["seed"]) in chosen]))
+        say(f"Results, weights and plots are in {job.out}/ (every run in "
+            f"{job.out / store.RUNS}/)")
+    return 0 if all(status == "finished" for status in statuses) else 1
+
+
+def train_one(job, number, chosen, seed, stop):
+    """Train (or resume, or skip) one config with one seed in its run; return its status."""
+    runtime, label = job.runtime, f"config_{number}"
+    name = label if seed == job.header["seed"] else f"{label} (seed {seed})"
+    run_dir, record, done = rt.from_main(lambda: runs.claim(job, label, chosen, seed, name),
+                                         runtime)
+    if done:
+        job.say(f"{name}: already {record['status']} in {run_dir} "
+                f"({results.outcome(record)}); skipped. Use --restart to train it again.")
+        return record["status"]
+    job.say(f"{name}{' ' + chosen['name'] if 'name' in chosen else ''}: {settings(chosen)}")
+    seed_everything(seed)  # every config starts from the same weights
+    model = rt.place_model(job.script.build_model(chosen), runtime, chosen.get("sync_bn", False))
+    if runtime.rank:
+        torch.manual_seed(seed + runtime.rank)  # each rank its own dropout masks
+    optimizer = make_optimizer(model, chosen, runtime)
+    steps = steps_per_epoch(len(job.on_device.train_labels), chosen["batch_size"], runtime)
+    training = runs.Training(
+        label=label, name=name, seed=seed, config=chosen, model=model, optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, chosen, steps),
+        scaler=torch.amp.GradScaler(runtime.device.type,  # fp16 needs loss scaling
+                                    enabled=runtime.amp_dtype == torch.float16),
+        progress=new_progress(), steps_per_epoch=steps, run_dir=Path(run_dir), record=record)
+    checkpoint = rt.from_main(lambda: checkpoints.load_checkpoint(
+        training.run_dir / store.CHECKPOINT), runtime)
+    if checkpoint:
+        training.progress, note = checkpoints.restore(checkpoint, training, runtime.rank)
+        job.say(f"{name}: resuming from its checkpoint after epoch "
+                f"{training.progress['epoch']}, step {training.progress['step']}")
+        if note:
+            job.say(f"{name}: {note}")
+    status = train_config(job, training, stop)
+    signals.say_failed(job, training, status)
+    if status != "interrupted":
+        runs.finish(job, training, status)
+    return status
+
+
+def train_config(job, training, stop):
+    """Carry ``training`` (a runs.Training: new, or resumed from its checkpoint) to the end
+    of its config. Returns "finished", "diverged", "out_of_memory" or "interrupted"."""
+    runtime, data_, chosen, progress = job.runtime, job.on_device, training.config, \
+        training.progress
+    model, optimizer, scheduler, scaler = training.model, training.optimizer, \
+        training.scheduler, training.scaler
+    device, history, tta = data_.train_images.device, progress["history"], chosen.get("tta", False)
+    sync_every = SYNC_EVERY["distributed" if runtime.distributed else device.type]
+    estimate = Estimate(job, training) if job.estimate_due else None
+    job.estimate_due = False
+    if history and history[-1]["test_accuracy"] is None and runtime.is_main:
+        history[-1].update(measure(model, data_, runtime, tta)[0])  # stopped in its test pass
+    while progress["epoch"] < chosen["num_epochs"]:
+        epoch = progress["epoch"] + 1
+        batches = epoch_batches(len(data_.train_labels), chosen["batch_size"], training.seed,
+                                epoch, runtime)
+        # resumed partial sums are global: rank 0 carries them, the others start at zero
+        sums = new_sums(device, progress["sums"] if runtime.is_main else None)
+        done, outcome, out_of_memory = progress["step"], None, False
+        model.train()
+        started = time.perf_counter()
+        with progress_bar(len(batches), done, f"epoch {epoch}/{chosen['num_epochs']}",
+                          runtime.is_main) as bar:
+            for index in batches[done:]:
+                done += 1
+                if not out_of_memory:
+                    try:
+                        inputs, targets = data.prepare_batch(
+                            data_.train_images, data_.train_labels, rt.shard(index, runtime),
+                            data_.scale, data_.shift, chosen.get("augment", "none"))
+                        with autocast(device.type, runtime.amp_dtype):
+                            outputs = model(rt.memory_format(inputs))
+                            loss = F.cross_entropy(outputs.float(), targets, reduction="sum",
+                                                   label_smoothing=chosen.get("label_smoothing", 0.0))
+                        # the mean over the global batch, however the ranks split it
+                        optimizer.zero_grad(set_to_none=True)
+                        scaler.scale(loss * (runtime.world_size / len(index))).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                        if scheduler is not None:
+                            step_schedule(scheduler)
+                        sums["loss"] += loss.detach()
+                        if job.script.log_every:
+                            sums["window"] += loss.detach() / len(index)
+                        sums["correct"] += (outputs.argmax(dim=1) == targets).sum()
+                        sums["images"] += len(targets)
+                    except torch.cuda.OutOfMemoryError:
+                        out_of_memory = True
+                    if out_of_memory:  # outside the except block, whose traceback holds memory
+                        torch.cuda.empty_cache()
+                        if training.config.get("sync_bn") and runtime.distributed:
+                            signals.leave_out_of_step(job, training)
+                        if not runtime.distributed:
+                            outcome = "out_of_memory"
+                            break
+                if out_of_memory:  # until the ranks next agree: keep DDP's all-reduce company
+                    keep_company(model, data_, runtime)
+                elif estimate is not None:
+                    estimate.step()
+                show_progress(bar, done, sums)
+                if job.script.log_every and done % job.script.log_every == 0:
+                    loss = rt.all_sum(sums["window"].clone(), runtime).item() / job.script.log_every
+                    progress["batch_losses"].append({"epoch": epoch, "batch": done, "loss": loss})
+                    job.say(f"epoch {epoch}: batch {done} loss: {loss:.3f}")
+                    sums["window"].zero_()
+                # The look: losses are never negative, so one NaN keeps the sum non-finite.
+                # Under torchrun a stop counts only here, where the ranks agree on it.
+                look = done % sync_every == 0 or done == len(batches)
+                stopping = (look or not runtime.distributed) and stop.requested()
+                if look:
+                    diverged, out_of_memory, stopping = rt.any_rank_each(
+                        [~sums["loss"].isfinite(), out_of_memory, stopping], runtime)
+                    outcome = ("out_of_memory" if out_of_memory else "diverged" if diverged
+                               else "stopped" if stopping else None)
+                elif stopping:
+                    outcome = "stopped"
+                if outcome:
+                    break
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        sums["seconds"] += time.perf_counter() - started
+        sums = global_sums(sums, runtime)
+        if outcome == "diverged":
+            progress["diverged_at"] = {"epoch": epoch, "step": done}
+        if outcome in ("diverged", "out_of_memory"):
+            return outcome
+        if done < len(batches):
+            progress.update(step=done, sums=sums)
+            save_checkpoint(job, training)
+            return "interrupted"
+        history.append({"epoch": epoch, "train_loss": sums["loss"].item() / sums["images"],
+                        "train_accuracy": 100.0 * sums["correct"].item() / sums["images"],
+                        "test_accuracy": None, "lr": optimizer.param_groups[0]["lr"],
+                        "seconds": sums["seconds"]})
+        progress.update(epoch=epoch, step=0, sums=None)
+        save_checkpoint(job, training)  # before the test pass: a stop there loses nothing
+        if runtime.is_main:  # the other ranks go on to the next epoch and wait for it there
+            stop.doing = f"the test pass of epoch {epoch} (the epoch itself is saved)"
+            measured, training.predictions = measure(model, data_, runtime, tta)
+            history[-1].update(measured)
+            stop.doing = "the current step"
+            job.say(f"{training.name} epoch {epoch}/{chosen['num_epochs']}: loss "
+                    f"{history[-1]['train_loss']:.4f}, train acc "
+                    f"{history[-1]['train_accuracy']:.2f}%, test acc "
+                    f"{history[-1]['test_accuracy']:.2f}%, {history[-1]['seconds']:.1f} s")
+            if estimate is not None:
+                estimate.epoch_end()
+            if training.run_dir is not None:
+                runs.record(job, training, "running")
+        if epoch < chosen["num_epochs"] and rt.any_rank(stop.requested(), runtime):
+            return "interrupted"
+    return "finished"
+
+
+def fit(model, chosen, on_device, runtime, seed=0):
+    """Train ``model`` (placed) with the checked config ``chosen`` on ``on_device``
+    (data.OnDevice) by train_config, with no run folder: nothing is saved or said. What the
+    benchmarks time. Returns the runs.Training, whose progress holds the history."""
+    job = runs.Job(runtime=runtime, out=None, script=Script(None, None, None, None, None, None,
+                                                            None),
+                   argv=[], configs={}, models={}, neutral={}, header={}, restart=False,
+                   say=signals.silent, on_device=on_device, estimate_due=False)
+    optimizer = make_optimizer(model, chosen, runtime)
+    steps = steps_per_epoch(len(on_device.train_labels), chosen["batch_size"], runtime)
+    training = runs.Training(
+        label="config_1", name="config_1", seed=seed, config=chosen, model=model,
+        optimizer=optimizer, scheduler=make_scheduler(optimizer, chosen, steps),
+        scaler=torch.amp.GradScaler(runtime.device.type,
+                                    enabled=runtime.amp_dtype == torch.float16),
+        progress=new_progress(), steps_per_epoch=steps, run_dir=None, record={})
+    train_config(job, training, signals.StopRequest())
+    return training
 
 
 def seed_everything(seed):
@@ -27,244 +325,177 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def new_sums(device):
-    """Running totals of one epoch. They stay on the device and are read once an epoch, so a
-    GPU never waits for the host. Losses add up in float64, where adding float32 step losses
-    is exact, so the totals do not depend on the order of the additions: a run resumed
-    mid-epoch under torchrun (rank 0 carries the ranks' partial sums) records the history of
-    an uninterrupted one (in float32 its train_loss differed in the 7th digit)."""
-    return {"loss": torch.zeros((), dtype=torch.float64, device=device), "images": 0,
-            "seconds": 0.0, "correct": torch.zeros((), dtype=torch.int64, device=device),
-            "window": torch.zeros((), dtype=torch.float64, device=device)}
+def new_progress():
+    """Where a config's training stands; a checkpoint saves exactly this (plus the states)."""
+    return {"epoch": 0, "step": 0, "sums": None, "history": [], "batch_losses": [],
+            "diverged_at": None}
+
+
+def new_sums(device, saved=None):
+    """An epoch's running totals, kept on the device and read once an epoch. Losses add up
+    in float64, exact for float32 step losses, so a resumed run's totals do not depend on
+    the order of the additions."""
+    if saved is not None:
+        return {key: value.to(device) if isinstance(value, torch.Tensor) else value
+                for key, value in saved.items()}
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    return {"loss": zero, "window": zero.clone(), "images": 0, "seconds": 0.0,
+            "correct": torch.zeros((), dtype=torch.int64, device=device)}
+
+
+def epoch_batches(train_count, batch_size, seed, epoch, runtime):
+    """The global batches of one epoch; under torchrun a last batch smaller than the number
+    of ranks cannot be split, so it is dropped."""
+    batches = data.batch_order(train_count, batch_size, seed, epoch)
+    if runtime.distributed and len(batches[-1]) < runtime.world_size:
+        batches = batches[:-1]
+    return batches
+
+
+def steps_per_epoch(train_count, batch_size, runtime):
+    """len(epoch_batches(...)), without drawing them."""
+    last = train_count % batch_size
+    return train_count // batch_size + (last >= (runtime.world_size if runtime.distributed
+                                                 else 1))
+
+
+def make_optimizer(model, chosen, runtime):
+    """SGD, with torch's fused kernel where the device has one, but not beside fp16's
+    GradScaler: when it skips the first step, fused SGD leaves the momentum buffers it just
+    allocated uninitialised."""
+    parameters = list(model.parameters())  # read twice when the fused kernel is refused
+    options = dict(lr=chosen["lr"], momentum=chosen["momentum"],
+                   weight_decay=chosen["weight_decay"], nesterov=chosen.get("nesterov", False))
+    if runtime.amp_dtype != torch.float16:
+        with contextlib.suppress(RuntimeError):  # "fused=True requires ... supported devices"
+            return torch.optim.SGD(parameters, fused=True, **options)
+    return torch.optim.SGD(parameters, **options)
+
+
+def make_scheduler(optimizer, chosen, steps):
+    """None for a constant lr; "onecycle": linear warm-up over the first ``peak_at`` (default
+    20%) of all steps, then linear decay to zero, stepped after every batch."""
+    if chosen.get("schedule", "constant") == "constant":
+        return None
+    total = chosen["num_epochs"] * steps
+    warmup = max(1, int(chosen.get("peak_at", 0.2) * total))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (
+        (step + 1) / warmup if step < warmup else max(0.0, (total - step) / (total - warmup + 1))))
+
+
+def step_schedule(scheduler):
+    """Step the schedule; fp16's scaler may skip the very first optimizer step, which makes
+    torch warn that the schedule stepped first: true, harmless, not the user's to fix."""
+    if scheduler.last_epoch > 0:  # the warning concerns the first step only
+        return scheduler.step()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before")
+        scheduler.step()
+
+
+def autocast(device_type, dtype):
+    """Mixed precision in ``dtype``, or nothing when it is None (a disabled autocast still
+    costs microseconds a step)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
 
 
 def progress_bar(total, initial, description, enabled):
-    """A tqdm bar on a terminal; silent when output goes to a file or a pipe, so logs stay
-    readable, and on every rank but 0."""
+    """A tqdm bar on a terminal; silent into a file or a pipe, and on every rank but 0."""
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=description, unit="batch", leave=False,
                 dynamic_ncols=True, disable=not (enabled and sys.stderr.isatty()))
 
 
-def autocast(device_type, dtype):
-    """Mixed precision in ``dtype``, or nothing when it is None (entering a disabled
-    torch.autocast costs about 6 microseconds, which LeNet at batch 4 pays 12,500 times an
-    epoch)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=dtype)
-
-
-@dataclass
-class Step:
-    """What every training step needs besides the data (made by ``make_step``): the model
-    (placed: wrapped for DataParallel or DDP where the run uses them), its optimizer, the
-    runtime (ranks and devices; mixed precision in ``runtime.amp_dtype``), the learning-rate
-    scheduler (None for a constant lr), the GradScaler (fp16's loss scaling; a no-op in bf16
-    and fp32), and the config's augmentation and label smoothing."""
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    runtime: rt.Runtime
-    scheduler: object               # a torch.optim.lr_scheduler, stepped after every batch; or None
-    scaler: torch.amp.GradScaler
-    augment: str                    # a key of data.AUGMENTATIONS
-    label_smoothing: float
-    sync_bn: bool = False           # SyncBatchNorm under torchrun: collectives in the forward
-
-
-class OutOfMemoryInSync(Exception):
-    """Out of memory inside a forward whose SyncBatchNorm layers hold collectives: the other
-    ranks wait in one of them, which no step of this rank can meet (train_epoch)."""
-
-
-@dataclass
-class Hooks:
-    """What the caller hears and says while a config trains; each one optional.
-
-    ``stop_requested()`` asks training to stop (under torchrun it counts only at a look,
-    where the ranks agree on it). ``on_log(epoch, step, mean_loss)`` runs every
-    ``log_every`` steps (the tutorial's running loss; train_epoch is handed a copy whose
-    ``on_log(step, mean_loss)`` train_config has bound to the epoch); ``on_step()`` after
-    every step (the up-front time estimate). ``on_evaluate(epoch)`` runs as an epoch's test
-    pass starts, ``on_epoch(record, predictions)`` when it ends, with the test set's
-    predicted classes (rank 0 only)."""
-    stop_requested: Callable = None
-    log_every: int = 0
-    on_log: Callable = None
-    on_evaluate: Callable = None
-    on_epoch: Callable = None
-    on_step: Callable = None
-
-
-def train_epoch(step, data, batches, sums, start_step=0, hooks=None, bar=None):
-    """Train ``step.model`` on ``batches[start_step:]`` of ``data`` (data.OnDevice), adding
-    into ``sums``; return (steps done, outcome).
-
-    outcome is None (the epoch ended), "stopped" (``hooks.stop_requested()`` turned true),
-    "diverged" (the loss stopped being finite) or "out_of_memory" (a CUDA out-of-memory
-    error on any rank); the ranks of a torchrun job learn each of these together, at the next
-    look (every ``SYNC_EVERY`` steps), and end the epoch together. With SyncBatchNorm they
-    cannot: OutOfMemoryInSync is raised instead. Each batch is a global
-    batch; under torchrun this rank trains on its shard of it. ``hooks`` (Hooks) says when
-    to log, what to call after every step and whether to stop.
-    """
-    hooks = hooks if hooks is not None else Hooks()
-    runtime, log_every = step.runtime, hooks.log_every
-    step.model.train()
-    kind = "distributed" if runtime.distributed else data.train_images.device.type
-    sync_every = SYNC_EVERY[kind]
-    done, out_of_memory = start_step, False
-    for index in batches[start_step:]:
-        done += 1
-        if not out_of_memory:
-            out_of_memory = _runs_out_of_memory(step, data, index, sums, log_every)
-            if out_of_memory and step.sync_bn:
-                raise OutOfMemoryInSync()
-            if out_of_memory and not runtime.distributed:
-                return done, "out_of_memory"
-        if out_of_memory:
-            _keep_ranks_company(step, data)
-        elif hooks.on_step is not None:
-            hooks.on_step()
-        _show_progress(bar, done, sums)
-        if log_every and done % log_every == 0:
-            hooks.on_log(done, rt.all_sum(sums["window"].clone(), runtime).item() / log_every)
-            sums["window"].zero_()
-        at_look = done % sync_every == 0 or done == len(batches)
-        outcome = _outcome(at_look, out_of_memory, sums, hooks.stop_requested, runtime)
-        if outcome is not None:
-            return done, outcome
-    return done, None
-
-
-def _runs_out_of_memory(step, data, index, sums, log_every):
-    """Train on the global batch ``index``; True when that ran out of CUDA memory."""
-    out_of_memory = False
-    try:
-        loss_sum = _train_step(step, data, index, sums)
-        if log_every:
-            sums["window"] += loss_sum / len(index)
-    except torch.cuda.OutOfMemoryError:
-        out_of_memory = True
-    if out_of_memory:  # outside the except block, whose traceback holds the memory
-        torch.cuda.empty_cache()
-    return out_of_memory
-
-
-def _show_progress(bar, done, sums):
-    if bar is not None and not bar.disable:
+def show_progress(bar, done, sums):
+    if not bar.disable:
         bar.update(1)
-        if done % BAR_EVERY == 0:  # the live numbers cost a host sync: not every step
-            bar.set_postfix(loss=f"{sums['loss'].item() / max(sums['images'], 1):.3f}",
-                            acc=f"{100 * sums['correct'].item() / max(sums['images'], 1):.1f}%")
+        if done % BAR_EVERY == 0:
+            images = max(sums["images"], 1)
+            bar.set_postfix(loss=f"{sums['loss'].item() / images:.3f}",
+                            acc=f"{100 * sums['correct'].item() / images:.1f}%")
 
 
-def _outcome(at_look, out_of_memory, sums, stop_requested, runtime):
-    """How the epoch ends after this step ("stopped", "diverged", "out_of_memory"), or None
-    when it goes on."""
-    # Under torchrun a stop request counts only at a look, where the ranks agree on it.
-    stop = (at_look or not runtime.distributed) and stop_requested is not None \
-        and stop_requested()
-    if at_look:
-        # Losses are never negative, so one NaN or inf keeps the sum non-finite.
-        diverged, out_of_memory, stop = rt.any_rank_each(
-            [~sums["loss"].isfinite(), out_of_memory, stop], runtime)
-        if out_of_memory or diverged:
-            return "out_of_memory" if out_of_memory else "diverged"
-        if stop:
-            return "stopped"
-    elif stop and not runtime.distributed:  # one process needs nobody's agreement
-        return "stopped"
-    return None
+def keep_company(model, data_, runtime):
+    """After running out of memory under torchrun, until the ranks next agree to stop: a
+    forward and backward with a zero loss, so that DDP's gradient all-reduce, which the other
+    ranks wait in, gets this rank's (zero) part. The weights are not stepped."""
+    batch = rt.memory_format(torch.addcmul(data_.shift, data_.train_images[:1].float(),
+                                           data_.scale))
+    with autocast(data_.train_images.device.type, runtime.amp_dtype):
+        (model(batch).float().sum() * 0).backward()
 
 
-def _train_step(step, data, index, sums):
-    """One optimizer step on this rank's share of the global batch ``index``."""
-    runtime, scaler = step.runtime, step.scaler
-    inputs, targets = prepare_batch(data.train_images, data.train_labels,
-                                    rt.shard(index, runtime), data.scale, data.shift,
-                                    step.augment)
-    with autocast(data.train_images.device.type, runtime.amp_dtype):
-        outputs = step.model(rt.memory_format(inputs))
-        loss_sum = F.cross_entropy(outputs.float(), targets, reduction="sum",
-                                   label_smoothing=step.label_smoothing)
-    # Divided by the global batch size (times the ranks that DDP averages over), the
-    # gradient is the mean over the whole batch, however it is split.
-    step.optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss_sum * (runtime.world_size / len(index))).backward()
-    scaler.step(step.optimizer)
-    scaler.update()
-    if step.scheduler is not None:
-        _step_schedule(step.scheduler)
-    sums["loss"] += loss_sum.detach()
-    sums["correct"] += (outputs.argmax(dim=1) == targets).sum()
-    sums["images"] += len(targets)
-    return loss_sum.detach()
+def global_sums(sums, runtime):
+    """The epoch's totals over every rank (the same dict in one process)."""
+    if not runtime.distributed:
+        return sums
+    device = sums["loss"].device
+    totals = torch.stack([sums["loss"], sums["correct"].double(),
+                          torch.tensor(float(sums["images"]), dtype=torch.float64, device=device),
+                          sums["window"]])
+    loss, correct, images, window = rt.all_sum(totals, runtime).tolist()
+    return dict(sums, loss=torch.tensor(loss, dtype=torch.float64, device=device),
+                correct=torch.tensor(int(round(correct)), device=device), images=int(round(images)),
+                window=torch.tensor(window, dtype=torch.float64, device=device))
 
 
-def _step_schedule(scheduler):
-    """The schedule counts every step, skipped or not. A loss scaler that skips the very
-    first (its scale overflowed, as it may while it finds one) makes torch warn that the
-    schedule stepped before the optimizer: true, harmless, and not the user's to fix."""
-    if scheduler.last_epoch > 0:  # the warning concerns the first step only
-        scheduler.step()
+def save_checkpoint(job, training):
+    """Every rank's random-number state, and on rank 0 the checkpoint of the training."""
+    if training.run_dir is None:  # fit(): nothing is saved
         return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before")
-        scheduler.step()
-
-
-def _keep_ranks_company(step, data):
-    """After running out of memory under torchrun, until the ranks next compare notes: a
-    forward and backward of one image with a zero loss, so that DistributedDataParallel's
-    gradient all-reduce, which the other ranks are waiting in, has this rank's (zero) part
-    and nobody hangs. The weights are not stepped; the config is stopped at the next look
-    and its in-memory weights are thrown away (its last checkpoint is kept). An
-    out-of-memory error in the middle of the backward pass, after some of the all-reduces
-    began, cannot be mended this way: then torchrun ends the job."""
-    batch = rt.memory_format(torch.addcmul(data.shift, data.train_images[:1].float(), data.scale))
-    with autocast(data.train_images.device.type, step.runtime.amp_dtype):
-        (step.model(batch).float().sum() * 0).backward()
-
-
-def predict(model, images, scale, shift, runtime, tta=False, batch_size=1000):
-    """Predicted class of every image, as a CPU tensor; with ``tta`` the logits of each image
-    and of its mirror image are added (flip test-time augmentation)."""
-    plain, mirrored = _predictions(model, images, scale, shift, runtime, tta, batch_size)
-    return plain if mirrored is None else mirrored
+    rng_states = rt.gather(checkpoints.rng_state(), job.runtime)
+    if job.runtime.is_main:
+        checkpoints.save_checkpoint(training.run_dir / store.CHECKPOINT,
+                                    training.record["identity"], training, rng_states)
 
 
 @torch.inference_mode()
-def _predictions(model, images, scale, shift, runtime, tta, batch_size=1000):
-    """(predictions from each image alone, from each image and its mirror or None): with
-    TTA both come from one pass over the images."""
-    model.eval()
+def predict(model, images, scale, shift, runtime, tta=False, both=False, batch_size=1000):
+    """Predicted class of every image, as a CPU tensor; with ``tta`` the logits of each image
+    and of its mirror image are added. ``both``: (without TTA, with TTA or None)."""
+    model = rt.unwrap(model).eval()
     plain, mirrored = [], []
     for start in range(0, len(images), batch_size):
-        batch = torch.addcmul(shift, images[start:start + batch_size].float(), scale)
-        batch = rt.memory_format(batch)
+        batch = rt.memory_format(torch.addcmul(shift, images[start:start + batch_size].float(),
+                                               scale))
         with autocast(images.device.type, runtime.amp_dtype):
             logits = model(batch).float()
             plain.append(logits.argmax(dim=1).cpu())
             if tta:
                 logits += model(batch.flip(3)).float()
                 mirrored.append(logits.argmax(dim=1).cpu())
-    return torch.cat(plain), torch.cat(mirrored) if tta else None
+    plain, mirrored = torch.cat(plain), torch.cat(mirrored) if tta else None
+    return (plain, mirrored) if both else plain if mirrored is None else mirrored
 
 
-def evaluate(model, images, labels, scale, shift, runtime, tta=False):
-    """{"test_accuracy": ...} of ``model`` on ``images``; with ``tta`` that is the accuracy
-    with the mirror images and "test_accuracy_without_tta" the one without (no extra pass)."""
-    plain, mirrored = _predictions(rt.unwrap(model), images, scale, shift, runtime, tta)
-    return _accuracies(plain, mirrored, labels)
+def measure(model, data_, runtime, tta):
+    """An epoch's end, in eval mode: the test accuracy (with and without TTA when ``tta``) and
+    "train_accuracy_eval", the same on a fixed sample of training images, so that their
+    difference is the generalisation gap. Returns (that record, the test predictions)."""
+    plain, mirrored = predict(model, data_.test_images, data_.scale, data_.shift, runtime, tta,
+                              both=True)
+    record = {"test_accuracy": accuracy(plain if mirrored is None else mirrored,
+                                        data_.test_labels)}
+    if mirrored is not None:
+        record["test_accuracy_without_tta"] = accuracy(plain, data_.test_labels)
+    sample = train_sample(len(data_.train_labels), len(data_.test_labels))
+    sample = sample.to(data_.train_images.device)
+    record["train_accuracy_eval"] = accuracy(predict(
+        model, data_.train_images[sample], data_.scale, data_.shift, runtime, tta),
+        data_.train_labels[sample])
+    return record, plain if mirrored is None else mirrored
 
 
-def _accuracies(plain, mirrored, labels):
-    if mirrored is None:
-        return {"test_accuracy": accuracy(plain, labels)}
-    return {"test_accuracy": accuracy(mirrored, labels),
-            "test_accuracy_without_tta": accuracy(plain, labels)}
+def train_sample(train_count, test_count):
+    """The training images scored in eval mode after every epoch: the same ones every epoch
+    and run, as many as the test set up to TRAIN_SAMPLE."""
+    order = torch.randperm(train_count, generator=torch.Generator().manual_seed(0))
+    return order[:min(train_count, test_count, TRAIN_SAMPLE)].sort().values
+
+
+def accuracy(predictions, labels):
+    return 100.0 * (predictions == labels.cpu()).float().mean().item()
 
 
 def confusion_matrix(predictions, labels, classes=10):
@@ -273,210 +504,54 @@ def confusion_matrix(predictions, labels, classes=10):
     return torch.bincount(pairs, minlength=classes * classes).view(classes, classes)
 
 
-def accuracy(predictions, labels):
-    return 100.0 * (predictions == labels.cpu()).float().mean().item()
+# The first config trained is timed from its 10th step to its 40th, or later until 2 s have
+# passed: a short window on a busy machine misleads.
+ESTIMATE_STEPS, ESTIMATE_SECONDS = (10, 40), 2.0
 
 
-def make_optimizer(model, config, runtime):
-    """SGD with torch's fused kernel (one call per step for all parameters; on CUDA, and on
-    the CPU, where it steps the same weights to float rounding and measured 1.10x the default
-    kernel's speed for a LeNet step at batch 4 over 15 alternating rounds: within this
-    machine's drift, benchmarks/RESULTS.md), but not beside a GradScaler (fp16): when the
-    scaler skips the first step (an overflow, common at its first scale), the fused SGD
-    leaves the momentum buffers it just allocated uninitialised, and the next step spreads
-    that garbage into the weights (seen on the CPU kernel with torch 2.14). Where a device has no fused kernel, the default one."""
-    scaled = runtime.amp_dtype == torch.float16
-    parameters = list(model.parameters())  # read twice when the fused kernel is refused
-    settings = dict(lr=config["lr"], momentum=config["momentum"],
-                    weight_decay=config["weight_decay"], nesterov=config.get("nesterov", False))
-    if not scaled:
-        try:
-            return torch.optim.SGD(parameters, fused=True, **settings)
-        except RuntimeError:  # "fused=True requires ... tensors of supported devices"
-            pass
-    return torch.optim.SGD(parameters, **settings)
+class Estimate:
+    """Says how long an epoch takes here and the whole run will take (at the first config's
+    speed per image: a guess for other batch sizes), from a window of steps plus the test
+    pass's cost; an epoch that ends sooner is timed from its 10th step to its end."""
 
+    def __init__(self, job, training):
+        self.job, self.training = job, training
+        self.started, self.steps, self.marks = time.perf_counter(), 0, []
 
-def epoch_batches(train_count, batch_size, seed, epoch, runtime):
-    """The global batches of one epoch; under torchrun a last batch smaller than the number
-    of ranks cannot be split, so it is dropped."""
-    batches = batch_order(train_count, batch_size, seed, epoch)
-    if runtime.distributed and len(batches[-1]) < runtime.world_size:
-        batches = batches[:-1]
-    return batches
+    def step(self):
+        self.steps += 1
+        first, last = ESTIMATE_STEPS
+        if self.steps < first or len(self.marks) == 2 or self.steps % first:
+            return
+        if self.job.runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.marks.append(time.perf_counter())
+        if len(self.marks) == 2 and (self.steps < last
+                                     or self.marks[1] - self.marks[0] < ESTIMATE_SECONDS):
+            self.marks.pop()  # not yet
+        elif len(self.marks) == 2:
+            trained = len(self.job.on_device.train_labels)
+            tested = len(self.job.on_device.test_labels)
+            scored = tested + len(train_sample(trained, tested))  # forward only: ~1/3 a step
+            per_image = (self.marks[1] - self.marks[0]) / (self.steps - first) \
+                / self.training.config["batch_size"]
+            self.tell(per_image * (trained + scored / 3))
 
+    def epoch_end(self):
+        if len(self.marks) < 2:
+            first = ESTIMATE_STEPS[0]
+            begun, skipped = ((self.marks[0], first) if self.marks and self.steps > first
+                              else (self.started, 0))
+            self.marks[:] = [begun, time.perf_counter()]
+            self.tell((self.marks[1] - begun) * max(self.steps, 1)
+                      / max(self.steps - skipped, 1))
 
-def make_scheduler(optimizer, config, steps):
-    """None for a constant lr; "onecycle": linear warm-up over the first ``peak_at`` (default
-    20%) of all steps, then linear decay to zero, stepped after every batch. With
-    warmup = max(1, int(peak_at * total)), step s (from 0) trains at lr * (s + 1) / warmup
-    up to the peak at s = warmup - 1, then at lr * (total - s) / (total - warmup + 1)."""
-    if config.get("schedule", "constant") == "constant":
-        return None
-    total = config["num_epochs"] * steps
-    warmup = max(1, int(config.get("peak_at", 0.2) * total))  # 0.2: as before the key existed
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (
-        (step + 1) / warmup if step < warmup else max(0.0, (total - step) / (total - warmup + 1))))
-
-
-def make_scaler(runtime):
-    """fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op). Made by
-    the caller and handed to make_step, not made per call of train_config, so that a
-    checkpoint saves its scale and a resumed run carries on from it."""
-    return torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
-
-
-def make_step(model, optimizer, config, runtime, scheduler=None, scaler=None):
-    """What every training step of ``config`` needs besides the data (a Step); a new
-    GradScaler (make_scaler) when ``scaler`` is None."""
-    return Step(model, optimizer, runtime, scheduler,
-                scaler if scaler is not None else make_scaler(runtime),
-                augment=config.get("augment", "none"),
-                label_smoothing=config.get("label_smoothing", 0.0),
-                sync_bn=bool(config.get("sync_bn")) and runtime.distributed)
-
-
-def new_progress():
-    """Where a config's training stands; a checkpoint saves exactly this (plus the states)."""
-    return {"epoch": 0, "step": 0, "sums": None, "history": [], "batch_losses": [],
-            "diverged_at": None}
-
-
-def train_config(step, config, data, seed, progress, save, hooks=None):
-    """Carry ``progress`` (new, or from a checkpoint) to the end of ``config``.
-
-    ``step`` (make_step) is what every training step needs; ``data`` is the data set on the
-    training device (data.OnDevice). ``save(progress)`` runs after every epoch (before its
-    test pass, so a stop during the test pass loses nothing) and on interruption, on every
-    rank. ``hooks`` (Hooks) are called as training goes. Returns "finished", "diverged",
-    "out_of_memory" or "interrupted"; ``progress`` holds the history (test accuracy is
-    measured on rank 0).
-    """
-    hooks = hooks if hooks is not None else Hooks()
-    runtime, history, tta = step.runtime, progress["history"], config.get("tta", False)
-    if history and history[-1]["test_accuracy"] is None and runtime.is_main:
-        # stopped during the last test pass: the weights are that epoch's, measure them now
-        history[-1].update(_measure(step.model, data, runtime, tta)[0])
-    while progress["epoch"] < config["num_epochs"]:
-        epoch = progress["epoch"] + 1
-        batches = epoch_batches(len(data.train_labels), config["batch_size"], seed, epoch,
-                                runtime)
-        done, outcome, sums = _run_epoch(step, data, batches, progress,
-                                         _logging_into(progress, epoch, hooks),
-                                         f"epoch {epoch}/{config['num_epochs']}")
-        if outcome == "diverged":
-            progress["diverged_at"] = {"epoch": epoch, "step": done}
-        if outcome in ("diverged", "out_of_memory"):
-            return outcome
-        if done < len(batches):
-            progress.update(step=done, sums=sums)
-            save(progress)
-            return "interrupted"
-        history.append(_train_record(epoch, sums, step.optimizer))
-        progress.update(epoch=epoch, step=0, sums=None)
-        save(progress)
-        if runtime.is_main:  # the other ranks go on to the next epoch and wait for it there
-            _test_pass(step, data, tta, epoch, history[-1], hooks)
-        if hooks.stop_requested is not None and epoch < config["num_epochs"]:
-            if rt.any_rank(hooks.stop_requested(), runtime):
-                return "interrupted"
-    return "finished"
-
-
-def _logging_into(progress, epoch, hooks):
-    """``hooks`` for train_epoch in ``epoch``: each running loss logged is also kept in
-    ``progress["batch_losses"]``."""
-    def log(step, loss):
-        progress["batch_losses"].append({"epoch": epoch, "batch": step, "loss": loss})
-        hooks.on_log(epoch, step, loss)
-
-    return replace(hooks, on_log=log)
-
-
-def _run_epoch(step, data, batches, progress, hooks, description):
-    """train_epoch from ``progress["step"]`` under a progress bar, timed; returns (steps
-    done, outcome, the epoch's sums over every rank)."""
-    runtime, device = step.runtime, data.train_images.device
-    # Resumed partial sums are global: rank 0 carries them, the others start at zero.
-    sums = _sums_on(progress["sums"] if runtime.is_main else None, device)
-    started = time.perf_counter()
-    with progress_bar(len(batches), progress["step"], description, runtime.is_main) as bar:
-        done, outcome = train_epoch(step, data, batches, sums, progress["step"], hooks, bar)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    sums["seconds"] += time.perf_counter() - started
-    return done, outcome, _global_sums(sums, runtime)
-
-
-def _test_pass(step, data, tta, epoch, record, hooks):
-    """Rank 0's test pass after ``epoch``, its numbers added to the epoch's ``record``:
-    ``hooks.on_evaluate(epoch)`` as it starts, ``hooks.on_epoch(record, predictions)`` when
-    it ends."""
-    if hooks.on_evaluate:
-        hooks.on_evaluate(epoch)
-    measured, predictions = _measure(step.model, data, step.runtime, tta)
-    record.update(measured)
-    if hooks.on_epoch:
-        hooks.on_epoch(record, predictions)
-
-
-def _sums_on(saved, device):
-    if saved is None:
-        return new_sums(device)
-    return {key: value.to(device) if isinstance(value, torch.Tensor) else value
-            for key, value in saved.items()}
-
-
-def _global_sums(sums, runtime):
-    """The epoch's totals over every rank (the same dict in one process)."""
-    if not runtime.distributed:
-        return sums
-    totals = torch.stack([sums["loss"].double(), sums["correct"].double(),
-                          torch.tensor(float(sums["images"]), dtype=torch.float64,
-                                       device=sums["loss"].device),
-                          sums["window"].double()])
-    loss, correct, images, window = rt.all_sum(totals, runtime).tolist()
-    device = sums["loss"].device
-    return dict(sums, loss=torch.tensor(loss, dtype=torch.float64, device=device),
-                correct=torch.tensor(int(round(correct)), device=device),
-                images=int(round(images)),
-                window=torch.tensor(window, dtype=torch.float64, device=device))
-
-
-# At most this many training images are scored in eval mode at each epoch's end (half a test
-# pass at most): enough to measure the train-test gap to within about a point.
-TRAIN_SAMPLE = 5000
-
-
-def train_sample(train_count, test_count):
-    """The training images scored in eval mode after every epoch: the same ones every epoch,
-    in every config and run (a fixed draw), as many as the test set up to TRAIN_SAMPLE."""
-    order = torch.randperm(train_count, generator=torch.Generator().manual_seed(0))
-    return order[:min(train_count, test_count, TRAIN_SAMPLE)].sort().values
-
-
-def _measure(model, data, runtime, tta):
-    """An epoch's end, in eval mode: the test accuracy (with and without TTA when ``tta``),
-    and "train_accuracy_eval", the same measure on a fixed sample of the training images:
-    unlike the running "train_accuracy" (the mean over an epoch whose weights kept changing,
-    with dropout on), it is measured like the test accuracy, so their difference is the
-    generalisation gap. Returns (that record, the test predictions: what ``predict`` gives)."""
-    plain, mirrored = _predictions(rt.unwrap(model), data.test_images, data.scale, data.shift,
-                                   runtime, tta)
-    record = _accuracies(plain, mirrored, data.test_labels)
-    sample = train_sample(len(data.train_labels), len(data.test_labels))
-    sample = sample.to(data.train_images.device)
-    on_train = evaluate(model, data.train_images[sample], data.train_labels[sample],
-                        data.scale, data.shift, runtime, tta)
-    return (dict(record, train_accuracy_eval=on_train["test_accuracy"]),
-            plain if mirrored is None else mirrored)
-
-
-def _train_record(epoch, sums, optimizer):
-    """An epoch's line of the history; rank 0 adds the test accuracy after the save."""
-    return {"epoch": epoch,
-            "train_loss": sums["loss"].item() / sums["images"],
-            "train_accuracy": 100.0 * sums["correct"].item() / sums["images"],
-            "test_accuracy": None,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": sums["seconds"]}
+    def tell(self, epoch):
+        job = self.job
+        where = ("this CPU" if job.runtime.device.type == "cpu" else
+                 f"this GPU ({torch.cuda.get_device_name(job.runtime.device)})")
+        runs_, epochs = job.epochs_to_train
+        quick = " For a quick look: --subset 5000 --epochs 2." if epochs * epoch > 600 else ""
+        job.say(f"{self.training.name}: about {signals.duration(epoch)} an epoch on {where}; "
+                f"the {runs_} run(s) to train need about {signals.duration(epochs * epoch)} "
+                f"in all.{quick}")

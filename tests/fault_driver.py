@@ -31,22 +31,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hooks  # noqa: E402  (tests/, this file's folder)
 import Original_version_model_multiGPU as script  # noqa: E402
 from cifarkit import runtime as rt  # noqa: E402
-from cifarkit import train  # noqa: E402
 
 script.CONFIGS = [{"num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 16},
                   {"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}]
 FAULT = os.environ.get("FAULT")
 
-if FAULT == "oom":
-    real_step, steps = train._train_step, []
+if FAULT == "oom":  # a model that fails: the forward hook of rank 1's 3rd training step
+    real_build, steps = script.build_model, []
 
-    def step_that_runs_out(step, data, index, *args):
-        steps.append(len(index))
-        if os.environ["RANK"] == "1" and len(index) == 16 and len(steps) == 3:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_step(step, data, index, *args)
+    def build_model(config):
+        model = real_build(config)
 
-    train._train_step = step_that_runs_out
+        def run_out(module, inputs):
+            if module.training and torch.is_grad_enabled() and config["batch_size"] == 16:
+                steps.append(len(inputs[0]))
+                if os.environ["RANK"] == "1" and len(steps) == 3:
+                    raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+        model.register_forward_pre_hook(run_out)
+        return model
+
+    script.build_model = build_model
 
 if FAULT == "slow_download":
     import torchvision
@@ -83,14 +88,14 @@ if FAULT == "oom_sync_bn":  # 300 images at batch 16: 19 steps an epoch
 if FAULT == "late_rank0":
     rt.TIMEOUTS["gloo"] = datetime.timedelta(seconds=float(os.environ["FAULT_TIMEOUT"]))
     os.environ.update(TORCHELASTIC_USE_AGENT_STORE="False", MASTER_PORT=os.environ["FAULT_PORT"])
-    real_store = rt._attempt_store
+    real_store = dist.TCPStore
 
-    def late_store(rank, world_size, timeout):
-        if rank == 0:
+    def late_store(*args, **kwargs):
+        if os.environ["RANK"] == "0":
             time.sleep(float(os.environ["FAULT_SECONDS"]))
-        return real_store(rank, world_size, timeout)
+        return real_store(*args, **kwargs)
 
-    rt._attempt_store = late_store
+    dist.TCPStore = late_store
 
 if __name__ == "__main__":
     sys.exit(script.main())

@@ -1,5 +1,5 @@
-"""What the test drivers (long_run.py, ddp_driver.py) add to cifarkit.train, so that a test can
-interrupt a run at a known point of its training instead of guessing with sleeps.
+"""What the test drivers (long_run.py, ddp_driver.py) add to the kit's training, so that a
+test can interrupt a run at a known point of its training instead of guessing with sleeps.
 
 Environment, read by install():
     TEST_PAUSE_AT=C:E:K  at the K-th stop check inside epoch E of the C-th config this process
@@ -13,20 +13,19 @@ Environment, read by install():
     DDP_TEST_DUMP=DIR    every rank saves its final weights as DIR/rank<R>.pth and its exit
                          status as DIR/exit-rank<R>
 
-A stop check follows every step in one process, every 25th step under torchrun. Only a first
-attempt is paused or killed (torchrun's restarts, and reruns without the variables, run on).
+A stop check follows every step in one process, every 25th step under torchrun, and each
+epoch's end. Only a first attempt is paused or killed (torchrun's restarts, and reruns without the variables, run on).
 """
 import os
 import signal
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from cifarkit import runtime as rt
-from cifarkit import train
+from cifarkit import signals, train
 
 PAUSE_LIMIT_S = 300  # a paused run that no test signals gives up, rather than hang CI
 
@@ -50,47 +49,43 @@ def _pause(rank, stop_requested):
 
 
 def install():
-    """Wrap train.train_config and train.train_epoch (see the module docstring)."""
-    real_train_config, real_train_epoch = train.train_config, train.train_epoch
+    """Wrap train.train_config, train.epoch_batches and the stop check (see the module
+    docstring): public seams, each called once a config, once an epoch, once a check."""
+    real_train_config, real_epoch_batches = train.train_config, train.epoch_batches
+    real_requested = signals.StopRequest.requested
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
     pause_at, kill_at = _point("TEST_PAUSE_AT"), _point("TEST_KILL_AT")
     kill_at_check = int(os.environ.get("DDP_TEST_KILL", "0"))
-    where = {"config": 0, "epoch": 0, "check": 0, "inside_epoch": False, "checks": 0}
+    rank = int(os.environ.get("RANK", "0"))
+    where = {"config": 0, "epoch": 0, "check": 0, "checks": 0}
 
-    def tracked_train_epoch(*args, **kwargs):
-        where.update(epoch=where["epoch"] + 1, check=0, inside_epoch=True)
-        try:
-            return real_train_epoch(*args, **kwargs)
-        finally:
-            where["inside_epoch"] = False
+    def epoch_batches(*args, **kwargs):
+        where.update(epoch=where["epoch"] + 1, check=0)
+        return real_epoch_batches(*args, **kwargs)
 
-    def instrumented(step, config, data, seed, progress, save, hooks=None):
-        where.update(config=where["config"] + 1, epoch=progress["epoch"])
-        hooks = hooks if hooks is not None else train.Hooks()
-        runtime, stop_requested = step.runtime, hooks.stop_requested
+    def requested(stop):
+        where["checks"] += 1
+        if first_attempt and where["checks"] == kill_at_check and rank == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        where["check"] += 1
+        point = (where["config"], where["epoch"], where["check"])
+        if first_attempt and point == kill_at and rank == 1:
+            _marker("killed-rank1")
+            os.kill(os.getpid(), signal.SIGKILL)
+        if first_attempt and point == pause_at:
+            _pause(rank, lambda: real_requested(stop))
+        return real_requested(stop)
 
-        def hooked_stop_requested():
-            where["checks"] += 1
-            if first_attempt and where["checks"] == kill_at_check and runtime.rank == 1:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if where["inside_epoch"]:  # not the check that follows an epoch's end
-                where["check"] += 1
-                point = (where["config"], where["epoch"], where["check"])
-                if first_attempt and point == kill_at and runtime.rank == 1:
-                    _marker("killed-rank1")
-                    os.kill(os.getpid(), signal.SIGKILL)
-                if first_attempt and point == pause_at:
-                    _pause(runtime.rank, stop_requested)
-            return stop_requested()
-
-        status = real_train_config(step, config, data, seed, progress, save,
-                                   replace(hooks, stop_requested=hooked_stop_requested))
+    def train_config(job, training, stop):
+        where.update(config=where["config"] + 1, epoch=training.progress["epoch"])
+        status = real_train_config(job, training, stop)
         if os.environ.get("DDP_TEST_DUMP"):
-            torch.save(rt.unwrap(step.model).state_dict(),
-                       Path(os.environ["DDP_TEST_DUMP"]) / f"rank{runtime.rank}.pth")
+            torch.save(rt.unwrap(training.model).state_dict(),
+                       Path(os.environ["DDP_TEST_DUMP"]) / f"rank{rank}.pth")
         return status
 
-    train.train_config, train.train_epoch = instrumented, tracked_train_epoch
+    train.train_config, train.epoch_batches = train_config, epoch_batches
+    signals.StopRequest.requested = requested
 
 
 def run(main):

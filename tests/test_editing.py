@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from cifarkit import experiment, train
+from cifarkit import train
 from conftest import REPO, checkpoint_of
 
 A = {"name": "a", "num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
@@ -167,7 +167,7 @@ def test_an_estimate_comes_before_the_long_wait(window, pickled_data, tmp_path, 
                                                 capsys):
     """Timed over 40 steps and ESTIMATE_SECONDS: inside the first epoch when it lasts longer
     (75 steps here, the window shrunk to nothing), else from the whole first epoch."""
-    monkeypatch.setattr(experiment, "ESTIMATE_SECONDS", window)
+    monkeypatch.setattr(train, "ESTIMATE_SECONDS", window)
     configs = [dict(A, batch_size=4, num_epochs=2), dict(B, batch_size=4, num_epochs=3)]
     assert run("L2_regularization", tmp_path / "out", pickled_data, configs, monkeypatch) == 0
     printed = capsys.readouterr().out

@@ -49,17 +49,14 @@ def test_crop_is_a_window_of_the_padded_image_and_flip_a_mirror():
 
 
 def one_engine_step(model, images, labels, config, runtime):
-    """The loss of one step of train_epoch on the whole of ``images``, model placed (and laid
-    out channels_last) by the engine as the scripts do."""
+    """The loss of one step of the kit's loop (train.fit) on the whole of ``images``, model
+    placed (and laid out channels_last) by the engine as the scripts do."""
     model = rt.place_model(model, runtime)
     scale, shift = data.normalizer(*data.TUTORIAL_NORMALIZATION, device="cpu")
-    optimizer = train.make_optimizer(model, config, runtime)
-    sums = train.new_sums(torch.device("cpu"))
-    on_cpu = data.OnDevice(images, labels, test_images=None, test_labels=None, scale=scale,
-                           shift=shift)
-    train.train_epoch(train.make_step(model, optimizer, config, runtime), on_cpu,
-                      [torch.arange(len(labels))], sums)
-    return sums["loss"] / len(labels)
+    on_cpu = data.OnDevice(images, labels, images, labels, scale, shift)
+    chosen = dict(config, num_epochs=1, batch_size=len(labels))
+    history = train.fit(model, chosen, on_cpu, runtime).progress["history"]
+    return torch.tensor(history[0]["train_loss"])
 
 
 def test_one_step_matches_a_plain_reference_implementation():

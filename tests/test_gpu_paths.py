@@ -1,10 +1,12 @@
 """The CUDA paths, checked on the CPU: GPUs are faked with monkeypatch where the logic only
 asks torch what hardware there is, and DataParallel's per-replica threads are reproduced
 with a plain thread, which is what torch.nn.parallel.parallel_apply starts for each GPU."""
+import functools
 import importlib
 import signal
 import threading
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -140,8 +142,8 @@ def run_in_fp16_on_the_cpu(data_dir, out, monkeypatch):
         return runtime
 
     monkeypatch.setattr(rt, "init_runtime", fp16_runtime)
-    monkeypatch.setattr(train, "make_scaler", lambda runtime: torch.amp.GradScaler(
-        "cpu", init_scale=2.0**10, growth_interval=2))
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(
+        torch.amp.GradScaler, init_scale=2.0**10, growth_interval=2))
     status = script.main(["--data-dir", str(data_dir), "--out", str(out), "--device", "cpu",
                           "--amp", "on"])
     return status, out / "config_1.pth"
@@ -166,10 +168,10 @@ def test_fp16_run_resumes_at_the_saved_loss_scale(pickled_data, tmp_path, monkey
     assert saved["progress"]["epoch"] == 1
     assert saved["scaler"]["scale"] != 2.0**10  # the scale moved in epoch 1
 
-    def restore_and_look(checkpoint, *args, **kwargs):
-        progress = real_restore(checkpoint, *args, **kwargs)
-        resumed["scale"] = args[-1].get_scale()  # the scaler experiment passed in
-        return progress
+    def restore_and_look(checkpoint, training, *args, **kwargs):
+        restored = real_restore(checkpoint, training, *args, **kwargs)
+        resumed["scale"] = training.scaler.get_scale()
+        return restored
 
     monkeypatch.setattr(checkpoints, "save_checkpoint", real_save)
     monkeypatch.setattr(checkpoints, "restore", restore_and_look)
@@ -212,12 +214,12 @@ def test_a_run_saved_on_4_gpus_resumes_on_fewer(gpus_now, tmp_path, monkeypatch)
     state["cuda"] = [torch.full((16,), gpu, dtype=torch.uint8) for gpu in range(4)]
     expected_draw = torch.rand(3)  # what the CPU generator gives right after the save
     path = tmp_path / "run.ckpt"
-    step = train.make_step(model, optimizer, {}, rt.Runtime(torch.device("cpu")))
-    checkpoints.save_checkpoint(path, {}, step, {"epoch": 1}, [state])
+    training = SimpleNamespace(model=model, optimizer=optimizer, scheduler=None, scaler=None,
+                               progress={"epoch": 1})
+    checkpoints.save_checkpoint(path, {}, training, [state])
     restored = fake_cuda_generators(monkeypatch, gpus_now)
 
-    progress, note = checkpoints.restore(checkpoints.load_checkpoint(path), model, optimizer,
-                                         None)
+    progress, note = checkpoints.restore(checkpoints.load_checkpoint(path), training)
     assert progress == {"epoch": 1}
     assert sorted(restored) == list(range(gpus_now))
     assert all(torch.equal(restored[gpu], state["cuda"][gpu]) for gpu in restored)
@@ -233,10 +235,11 @@ def test_a_resume_on_as_many_gpus_restores_all_without_a_note(tmp_path, monkeypa
     state = checkpoints.rng_state()
     state["cuda"] = [torch.full((16,), gpu, dtype=torch.uint8) for gpu in range(2)]
     path = tmp_path / "run.ckpt"
-    step = train.make_step(model, optimizer, {}, rt.Runtime(torch.device("cpu")))
-    checkpoints.save_checkpoint(path, {}, step, {"epoch": 1}, [state])
+    training = SimpleNamespace(model=model, optimizer=optimizer, scheduler=None, scaler=None,
+                               progress={"epoch": 1})
+    checkpoints.save_checkpoint(path, {}, training, [state])
     restored = fake_cuda_generators(monkeypatch, 2)
-    _, note = checkpoints.restore(checkpoints.load_checkpoint(path), model, optimizer, None)
+    _, note = checkpoints.restore(checkpoints.load_checkpoint(path), training)
     assert sorted(restored) == [0, 1] and note is None
 
 
@@ -250,7 +253,7 @@ def test_torchrun_auto_with_fewer_gpus_than_processes_is_refused(monkeypatch):
     def no_process_group(*args, **kwargs):
         raise AssertionError("refused only after starting a process group")
 
-    monkeypatch.setattr(rt, "_attempt_store", no_process_group)
+    monkeypatch.setattr(torch.distributed, "TCPStore", no_process_group)
     monkeypatch.setattr(torch.distributed, "init_process_group", no_process_group)
     with pytest.raises(UserError) as refused:
         rt.init_runtime("auto")
@@ -377,31 +380,30 @@ def test_a_resumed_optimizer_keeps_the_kernel_chosen_for_this_run(saved_by, resu
     saved_model(torch.randn(3, 4)).sum().backward()
     saved.step()
     path = tmp_path / "checkpoint.pt"
-    saved_step = train.make_step(saved_model, saved, config, rt.Runtime(torch.device("cpu")))
-    checkpoints.save_checkpoint(path, {}, saved_step, train.new_progress(),
-                                [checkpoints.rng_state()])
+    checkpoints.save_checkpoint(path, {}, SimpleNamespace(
+        model=saved_model, optimizer=saved, scheduler=None, scaler=None,
+        progress=train.new_progress()), [checkpoints.rng_state()])
     optimizer = train.make_optimizer(model, config,
                                      rt.Runtime(torch.device("cpu"), amp_dtype=resumed_by))
     chosen = optimizer.param_groups[0]["fused"]
     assert bool(chosen) is (resumed_by != torch.float16)
-    checkpoints.restore(checkpoints.load_checkpoint(path), model, optimizer, None)
+    checkpoints.restore(checkpoints.load_checkpoint(path), SimpleNamespace(
+        model=model, optimizer=optimizer, scheduler=None, scaler=None))
     assert optimizer.param_groups[0]["fused"] is chosen
     assert optimizer.state[next(iter(model.parameters()))]["momentum_buffer"] is not None
 
 
-def test_a_first_step_skipped_by_the_loss_scaler_warns_nothing():
+def test_a_first_step_skipped_by_the_loss_scaler_warns_nothing(monkeypatch):
     """fp16's loss scaler skips a step whose scaled gradients overflow, as it may on the very
     first while it finds its scale; with a one-cycle schedule, torch would then warn that
     the schedule stepped before the optimizer. The run says nothing of it, and the schedule
     still counts the step."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
-    config = {"num_epochs": 1, "lr": 0.1, "momentum": 0.9, "schedule": "onecycle"}
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    scheduler = train.make_scheduler(optimizer, config, steps=10)
-    overflowing = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
-    step = train.make_step(model, optimizer, config, rt.Runtime(torch.device("cpu")),
-                           scheduler, overflowing)
+    config = {"num_epochs": 1, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0,
+              "schedule": "onecycle", "batch_size": 8}
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(
+        torch.amp.GradScaler, init_scale=2.0 ** 127))
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     # inputs up to 100: gradients above 2, times the scale 2^127, overflow fp32
     on_device = data.OnDevice(images, torch.arange(8), images[:2], torch.arange(2),
@@ -409,6 +411,7 @@ def test_a_first_step_skipped_by_the_loss_scaler_warns_nothing():
     before = model[1].weight.detach().clone()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        train._train_step(step, on_device, torch.arange(8), train.new_sums("cpu"))
+        training = train.fit(model, config, on_device,
+                             rt.Runtime(torch.device("cpu"), amp_dtype=torch.float16))
     assert torch.equal(model[1].weight, before)  # the step was skipped
-    assert scheduler.last_epoch == 1
+    assert training.scheduler.last_epoch == 1

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cifarkit import config, data, experiment, outputs, train
+from cifarkit import config, data, outputs, signals, train
 from conftest import REPO, write_image_folders, write_pickled_batches
 
 README = (REPO / "README.md").read_text()
@@ -52,11 +52,11 @@ def table(heading, text=README):
 def test_each_script_writes_the_folder_and_results_json_readme_names(row, monkeypatch):
     script_file, folder, results_file = (cell.strip("`") for cell in row[1:4])
     script = importlib.import_module(script_file.removesuffix(".py"))
-    default_weights = next(field.default for field in dataclasses.fields(experiment.Script)
+    default_weights = next(field.default for field in dataclasses.fields(train.Script)
                            if field.name == "weights_file")
     assert default_weights == "config_{number}.pth"
     called = []
-    monkeypatch.setattr(experiment, "run", lambda script, argv=None: called.append(script) or 0)
+    monkeypatch.setattr(train, "run", lambda script, argv=None: called.append(script) or 0)
     assert script.main([]) == 0
     [handed] = called
     assert Path(handed.file).name == script_file
@@ -173,20 +173,21 @@ class Mistakes:
 def interrupt(monkeypatch, signum, times=1, training=1):
     """Send ``signum`` ``times`` times at the first stop check (after the first step) of the
     ``training``-th config (or seed) trained."""
-    real_train_config, trainings, sent = train.train_config, [], []
+    real_train_config, real_requested = train.train_config, signals.StopRequest.requested
+    trainings, sent = [], []
 
-    def interrupted(*args, hooks):
+    def counted(*args):
         trainings.append(None)
+        return real_train_config(*args)
 
-        def ask():
-            while len(trainings) == training and len(sent) < times:
-                sent.append(signum)
-                signal.raise_signal(signum)  # the kit's handler runs here
-            return hooks.stop_requested()
+    def ask(stop):
+        while len(trainings) == training and len(sent) < times:
+            sent.append(signum)
+            signal.raise_signal(signum)  # the kit's handler runs here
+        return real_requested(stop)
 
-        return real_train_config(*args, hooks=dataclasses.replace(hooks, stop_requested=ask))
-
-    monkeypatch.setattr(train, "train_config", interrupted)
+    monkeypatch.setattr(train, "train_config", counted)
+    monkeypatch.setattr(signals.StopRequest, "requested", ask)
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +324,7 @@ def _failures_and_signals(kit):
         def out_of_memory(*args, **kwargs):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
-        memory.setattr(train, "_train_step", out_of_memory)
+        memory.setattr(torch.nn.functional, "cross_entropy", out_of_memory)
         kit.run("L2_regularization", *kit.data, configs=[BASE], expected=1)
     with pytest.MonkeyPatch.context() as full:  # the disk fills as the weights are written
         real_save = torch.save

@@ -185,16 +185,14 @@ def test_a_diverging_config_is_marked_and_the_next_one_runs(pickled_data, tmp_pa
 
 def test_out_of_memory_names_the_config_and_keeps_the_others(pickled_data, tmp_path,
                                                              monkeypatch, capsys):
-    from cifarkit import train
+    real_loss = torch.nn.functional.cross_entropy
 
-    real_step = train._train_step
-
-    def out_of_memory_on_big_batches(step, data, index, *args):
-        if len(index) > 100:
+    def out_of_memory_on_big_batches(outputs, targets, **kwargs):
+        if len(targets) > 100:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_step(step, data, index, *args)
+        return real_loss(outputs, targets, **kwargs)
 
-    monkeypatch.setattr(train, "_train_step", out_of_memory_on_big_batches)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", out_of_memory_on_big_batches)
     out = tmp_path / "out"
     configs = [dict(BASE, batch_size=512), dict(BASE, batch_size=32)]
     status = run_main("Original_version_model_multiGPU", "--data-dir", pickled_data,

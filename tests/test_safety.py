@@ -181,7 +181,7 @@ def test_ctrl_c_during_the_test_pass_loses_nothing(presses, pickled_data, tmp_pa
     reference = tmp_path / "reference"
     assert run_main("Dropout_regularization", "--data-dir", pickled_data, "--out", reference,
                     configs=configs, monkeypatch=monkeypatch) == 0
-    real_measure = train._measure  # an epoch's end: the test pass, and the training sample's
+    real_measure = train.measure  # an epoch's end: the test pass, and the training sample's
     calls = []
 
     def press_ctrl_c_in_epoch_2(*args, **kwargs):
@@ -191,7 +191,7 @@ def test_ctrl_c_during_the_test_pass_loses_nothing(presses, pickled_data, tmp_pa
                 os.kill(os.getpid(), signal.SIGINT)
         return real_measure(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_measure", press_ctrl_c_in_epoch_2)
+    monkeypatch.setattr(train, "measure", press_ctrl_c_in_epoch_2)
     out = tmp_path / "out"
     capsys.readouterr()
     assert run_main("Dropout_regularization", "--data-dir", pickled_data, "--out", out,
@@ -203,7 +203,7 @@ def test_ctrl_c_during_the_test_pass_loses_nothing(presses, pickled_data, tmp_pa
     progress = torch.load(checkpoint_of(out), weights_only=True)["progress"]
     assert progress["epoch"] == 2  # the interrupted epoch is not lost
 
-    monkeypatch.setattr(train, "_measure", real_measure)
+    monkeypatch.setattr(train, "measure", real_measure)
     assert run_main("Dropout_regularization", "--data-dir", pickled_data, "--out", out,
                     configs=configs, monkeypatch=monkeypatch) == 0
 
@@ -451,14 +451,14 @@ def test_what_a_kill_left_undone_is_done_by_the_next_run(pickled_data, tmp_path,
                                                          rendered):
     out = tmp_path / "out"
     configs = [dict(TINY, num_epochs=2)]
-    real_measure = train._measure
-    monkeypatch.setattr(train, "_measure", lambda *args, **kwargs: (
+    real_measure = train.measure
+    monkeypatch.setattr(train, "measure", lambda *args, **kwargs: (
         signal.raise_signal(signal.SIGINT), real_measure(*args, **kwargs))[1])
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                     configs=configs, monkeypatch=monkeypatch) == 130
     checkpoint = checkpoint_of(out)
     saved = checkpoint.read_bytes()
-    monkeypatch.setattr(train, "_measure", real_measure)
+    monkeypatch.setattr(train, "measure", real_measure)
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                     configs=configs, monkeypatch=monkeypatch) == 0
     # killed after writing the run's record, before the views and the checkpoint's removal,
@@ -504,13 +504,13 @@ def test_a_symlinked_runs_folder_is_kept(pickled_data, tmp_path, monkeypatch):
 def test_configs_by_their_printed_label_and_a_stop_as_a_config_ends(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    real_measure = train._measure
+    real_measure = train.measure
 
     def ctrl_c_in_the_last_test_pass(*args, **kwargs):
         signal.raise_signal(signal.SIGINT)
         return real_measure(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_measure", ctrl_c_in_the_last_test_pass)
+    monkeypatch.setattr(train, "measure", ctrl_c_in_the_last_test_pass)
     assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
                     "--configs", "config_1,config_2", configs=[TINY, dict(TINY, lr=0.02)],
                     monkeypatch=monkeypatch) == 130
@@ -528,7 +528,7 @@ def test_a_checkpoint_is_never_carried_on_in_other_arithmetic_and_blocks_nothing
     out = tmp_path / "out"
     configs = [dict(TINY, num_epochs=2), TINY]
     with monkeypatch.context() as patch:
-        patch.setattr(train, "_measure", lambda *args, **kwargs: (
+        patch.setattr(train, "measure", lambda *args, **kwargs: (
             signal.raise_signal(signal.SIGINT), ({"test_accuracy": 10.0,
                                                   "train_accuracy_eval": 10.0}, None))[1])
         assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,

@@ -117,7 +117,7 @@ import sys
 import torch
 import torch.nn.functional as F
 from torch import nn
-from cifarkit import data, experiment
+from cifarkit import data, train
 
 CONFIGS = [{"num_epochs": 1, "lr": 0.05, "momentum": 0.9, "batch_size": 32}]
 HIDDEN_ACT = F.relu
@@ -142,7 +142,7 @@ def build_model(config):
 
 
 def main(argv=None):
-    return experiment.run(experiment.Script(
+    return train.run(train.Script(
         file=__file__, description=__doc__, build_model=build_model, configs=CONFIGS,
         out_dir="modelset/probe", results_file="probe.json",
         normalization=data.TUTORIAL_NORMALIZATION, MODEL_SETTINGS_ARG), argv)

@@ -1,0 +1,360 @@
+"""The training side of the run store (store.py): what identifies a config's run, which run
+each (config, seed) trains in or shows, its record as training goes, and the views rebuilt
+from the runs CONFIGS selects."""
+import ast
+import contextlib
+import hashlib
+import inspect
+import os
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import data, outputs, plots, runtime as rt, store
+from .errors import UserError
+from .results import PLOT_FILES, config_entry, load_results
+
+# The PNGs are redrawn after an epoch only when at least this many times their last drawing
+# time has passed since: live plots cost at most about 1/REFRESH_RATIO of the run.
+REFRESH_RATIO = 20
+
+
+@dataclass
+class Job:
+    """What every config of one run of a script shares."""
+    runtime: rt.Runtime
+    out: Path
+    script: object             # the train.Script: its model, names, log_every...
+    argv: list                 # the flags it ran with (for the command that resumes it)
+    configs: dict              # config id -> the checked config, for every config of CONFIGS
+    models: dict               # config id -> model_identity of its model
+    neutral: dict              # key -> the value that trains as if the key were absent
+    header: dict               # the results JSON's run-level fields (outputs.new_results)
+    restart: bool              # --restart: each selected (config, seed) trains a new run
+    say: Callable              # print on rank 0, nothing elsewhere
+    results: dict = None       # the results JSON as last written (rank 0)
+    on_device: data.OnDevice = None  # set once the data is on the device
+    epochs_to_train: tuple = (0, 0)  # (runs, epochs) left, for the estimate
+    estimate_due: bool = True  # the first config trained prints the time estimate
+    drawn_at: float = 0.0      # when the PNGs were last drawn (time.monotonic)...
+    drawing: float = 0.0       # ...and how long that took
+    locks: dict = field(default_factory=dict)  # run folder -> its lock, while it trains
+    said: set = field(default_factory=set)     # the view lines said already
+
+    def identity(self, label, seed):
+        """What a run must match to be ``label`` trained with ``seed`` here and now."""
+        return store.identity(self.header["script"], self.configs[label], self.neutral, seed,
+                              self.header["data"], self.header["precision"],
+                              self.models[label])
+
+
+@dataclass
+class Training:
+    """One config trained with one seed in its run folder."""
+    label: str                 # its config id, "config_N"
+    name: str                  # as messages name it: the label, with " (seed S)" for extra seeds
+    seed: int
+    config: dict               # the checked config (with --epochs applied)
+    model: torch.nn.Module     # placed: wrapped for DataParallel or DDP where the run uses them
+    optimizer: torch.optim.Optimizer
+    scheduler: object          # stepped after every batch; None for a constant lr
+    scaler: torch.amp.GradScaler  # fp16's loss scaling; disabled in bf16 and fp32
+    progress: dict             # train.new_progress(), or its checkpoint's
+    steps_per_epoch: int
+    run_dir: Path              # its folder in the store
+    record: dict               # its run record (rank 0)
+    predictions: object = None  # the last test pass's: the final weights' once finished
+
+
+def model_identity(build_model, chosen, label):
+    """What the freshly built model of ``chosen`` computes, to know a run of it again: its
+    parameter names and shapes, the sums of its initial tensors, and its outputs on a fixed
+    probe batch in eval and in train mode. An edit to the class, build_model, the
+    initialisation or a module-level value the forward reads changes it; a comment does not.
+    Also refuses a model that does not give 10 scores an image, before anything trains."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(chosen)
+        if not isinstance(model, torch.nn.Module):
+            raise UserError(f"{label}: build_model(config) must return a torch.nn.Module; "
+                            f"it returned {type(model).__name__}.")
+        state = model.state_dict()
+        probe = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        try:
+            with torch.no_grad():
+                scores = [model.eval()(probe)]
+                torch.manual_seed(1)
+                scores.append(model.train()(probe))
+        except Exception as error:  # noqa: BLE001 (the student's model: any error is theirs)
+            raise UserError(f"{label}: the model fails on a batch of two 3x32x32 images "
+                            f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
+    if any(tuple(output.shape) != (2, 10) for output in scores):
+        raise UserError(f"{label}: the model must give 10 scores per image (one per CIFAR-10 "
+                        f"class); for a batch of 2 images it gives a tensor of shape "
+                        f"{tuple(scores[0].shape)}. Check the last layer (e.g. "
+                        f"nn.Linear(84, 10)).")
+    shapes = "\n".join(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}"
+                       for name, tensor in state.items())
+    init = [value for tensor in state.values() if tensor.is_floating_point()
+            for value in (float(tensor.double().sum()), float(tensor.double().square().sum()))]
+    return {"shapes": hashlib.sha256(shapes.encode()).hexdigest()[:16], "init": init,
+            "probe": torch.cat(scores).flatten().double().tolist(),
+            "legacy": legacy_fingerprint(model)}
+
+
+def legacy_fingerprint(model):
+    """The kit's model fingerprint before the store (the source of the model's own classes
+    without docstrings, names and shapes): runs taken in from then are known by it."""
+    parts = [f"{name}:{tuple(tensor.shape)}" for name, tensor in model.state_dict().items()]
+    classes = {type(module) for module in model.modules()
+               if not type(module).__module__.startswith("torch.")}
+    for cls in sorted(classes, key=lambda cls: cls.__qualname__):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        except (OSError, TypeError, SyntaxError):  # no source (defined in a notebook, say)
+            continue
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        parts.append(ast.unparse(tree))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def kit_names(script, selected, args):
+    """The files this run may write in its folder (to find what is in the way first)."""
+    written = [script.results_file, *PLOT_FILES]
+    for number, _ in selected:
+        for seed in range(args.seed, args.seed + args.seeds):
+            written.append(store.weights_name(script.weights_file, number, seed, args.seed))
+    return written
+
+
+def open_store(job, selected, seeds):
+    """Rank 0: take in what an older kit left in the folder, rebuild the views from the runs
+    CONFIGS selects now, and return the lines that say what changed since the last views."""
+    out, script = job.out, job.script
+    with store.store_lock(out):
+        lines = store.migrate(out, script.results_file) \
+            if store.legacy_folder(out, script.results_file) else []
+        store.remove_temporaries(out)
+        for run_dir, record in store.runs(out).items():
+            store.tidy(run_dir, record)
+        before = load_results(out / script.results_file)
+        lines += refresh(job, final=True, locked=True, drawn=drawn(job, before))
+    lines += changes(job, before if isinstance(before, dict) else None,
+                     {f"config_{number}" for number, _ in selected})
+    done = {(entry["id"], entry["seed"]) for entry in job.results["configs"]
+            if entry["status"] in store.ENDED}
+    epochs = [chosen["num_epochs"] for number, chosen in selected
+              for seed in range(job.header["seed"], job.header["seed"] + seeds)
+              if job.restart or (f"config_{number}", seed) not in done]
+    job.epochs_to_train = (len(epochs), sum(epochs))
+    return lines
+
+
+def changes(job, before, selected):
+    """What the views show differently from the folder's last ones: configs edited (their
+    earlier runs stay), moved in CONFIGS, back to an earlier run, renamed, or removed."""
+    if before is None:
+        return []
+    lines, now = [], {(entry["id"], entry["seed"]): entry for entry in job.results["configs"]}
+    where = {entry["run"]: label for (label, _), entry in now.items()}
+    for entry in before["configs"]:
+        label, seed, run = entry.get("id"), entry.get("seed"), entry.get("run")
+        if seed != job.header["seed"] or not isinstance(run, str):
+            continue
+        shown = now.get((label, seed))
+        if shown and shown["run"] == run:
+            was, new = ({key: config[key] for key in store.NAMING_KEYS if key in config}
+                        for config in (entry["config"], shown["config"]))
+            if was != new:
+                lines.append(f"{label}: {store.describe_change(was, new)} (a label: its "
+                             f"results are kept)")
+        elif run in where:
+            lines.append(f"{label} is {where[run]} now (the same config, moved in CONFIGS): "
+                         f"its results are kept")
+        elif label in job.configs and job.configs[label].get("name") == \
+                entry["config"].get("name"):
+            record = store.read_record(job.out / run)
+            change = "its run's record cannot be read (run.json edited or deleted?)" \
+                if record is None else \
+                store.what_differs(record, job.identity(label, seed), job.neutral)
+            if change == "nothing":  # another run of the very same: a copy of the folder
+                continue
+            lines.append(f"{label} differs from its earlier results: {change}; "
+                         + (f"it shows its earlier run {job.out / shown['run']} again, nothing "
+                            f"to train" if shown else "it trains anew" if label in selected
+                            else "it trains once selected (it is not in --configs)")
+                         + f" (the run it replaces stays in {job.out / run}/)")
+        else:
+            name = entry["config"].get("name")
+            lines.append(f"{label} differs from its earlier results: it is no longer in CONFIGS"
+                         f"{f' (it was {name!r})' if name else ''}; its run stays in "
+                         f"{job.out / run}/")
+    return lines
+
+
+def latest(matching, label):
+    """The run to show or carry on among ``matching`` [(folder, record)]: the latest one
+    trained as ``label`` if any (two identical configs keep their own runs), else the
+    latest."""
+    return max(matching, key=lambda item: (item[1].get("label") == label, item[1]["created"]))
+
+
+def shown(job, every):
+    """[(label, config, run folder, record)]: for each config of CONFIGS and each seed, the
+    run of ``every`` ({folder: record}) that shows it."""
+    rows = []
+    for label, chosen in job.configs.items():
+        by_seed = {}
+        for run_dir, record in every.items():
+            seed = record.get("seed")
+            if isinstance(seed, int) and store.matches(record, job.identity(label, seed),
+                                                       job.neutral):
+                by_seed.setdefault(seed, []).append((run_dir, record))
+        for seed in sorted(by_seed):
+            run_dir, record = latest(by_seed[seed], label)
+            store.tidy(run_dir, record)
+            rows.append((label, chosen, run_dir, record))
+    return rows
+
+
+def claim(job, label, chosen, seed, name):
+    """Rank 0: the run that (``label``, ``seed``) trains in, as (its folder, its record,
+    whether it is done already). An unfinished run is resumed; one another process trains
+    is waited for; --restart, or no matching run, makes a new one. The run's lock is held
+    (job.locks) until it ends."""
+    wanted = job.identity(label, seed)
+    while True:
+        busy = None
+        with store.store_lock(job.out):
+            matching = [(run_dir, record) for run_dir, record in store.runs(job.out).items()
+                        if store.matches(record, wanted, job.neutral)]
+            if matching and not job.restart:
+                run_dir, record = latest(matching, label)
+                store.tidy(run_dir, record)
+                if store.usable(run_dir, record):
+                    return run_dir, record, True
+                if record["status"] == "finished":
+                    job.say(f"{name}: its weights {run_dir / store.WEIGHTS} are missing or "
+                            f"not those it finished with (deleted or overwritten by hand?), "
+                            f"so it trains again in a new run")
+                else:
+                    lock = store.lock(run_dir, blocking=False)
+                    if lock is not None:
+                        job.locks[run_dir] = lock
+                        return run_dir, store.read_record(run_dir) or record, False
+                    busy = run_dir
+            if busy is None:
+                run_dir = store.new_run(job.out, label, chosen, seed, job.header, wanted)
+                job.locks[run_dir] = store.lock(run_dir, blocking=False)
+                return run_dir, store.read_record(run_dir), False
+        job.say(f"{name}: another process is training it right now (in {busy}); waiting "
+                f"for it to finish.")
+        os.close(store.lock(busy, blocking=True))
+
+
+def release(job):
+    for lock in job.locks.values():
+        os.close(lock)
+    job.locks.clear()
+
+
+def record(job, training, status, predictions=None):
+    """Rank 0: write the run's record as it stands (a finished one with its per-class
+    scores), then rebuild the views."""
+    if not job.runtime.is_main:
+        return
+    entry = config_entry(training.label, training.seed, training.config, status,
+                         training.progress, store.WEIGHTS)
+    entry.pop("id")
+    written = dict(training.record, **entry, precision=rt.precision(job.runtime),
+                   compiled=job.runtime.compile)
+    if job.script.log_every:
+        written["steps_per_epoch"] = training.steps_per_epoch
+    if predictions is not None:
+        matrix = torch.bincount(job.on_device.test_labels.cpu() * 10 + predictions.cpu(),
+                                minlength=100).view(10, 10)  # [true, predicted]
+        per_class = (100.0 * matrix.diag() / matrix.sum(dim=1).clamp(min=1)).tolist()
+        written.update(per_class_accuracy=dict(zip(data.CLASSES, per_class)),
+                       confusion_matrix=matrix.tolist(),
+                       weights_sha256=store.sha256(training.run_dir / store.WEIGHTS))
+    if status in store.ENDED:
+        written["ended"] = time.time()
+    store.write_record(training.run_dir, written)
+    training.record = written
+    last_epoch = training.progress["epoch"] >= training.config["num_epochs"]
+    for line in refresh(job, final=status != "running",
+                        drawn_next=status == "running" and last_epoch):
+        if line not in job.said:  # once, not every epoch
+            job.said.add(line)
+            job.say(line)
+
+
+def finish(job, training, status):
+    """Save a finished training's weights and predictions, record how it ended (the run's
+    last write), drop its checkpoint (kept after out-of-memory: a rerun carries on)."""
+    from .train import predict  # the loop's module imports this one
+
+    runtime, model = job.runtime, rt.unwrap(training.model)
+    predictions = None
+    if runtime.is_main and status == "finished":
+        predictions, on_device = training.predictions, job.on_device
+        if predictions is None:  # resumed with nothing left to train: no test pass ran
+            predictions = predict(model, on_device.test_images, on_device.scale,
+                                  on_device.shift, runtime, training.config.get("tta", False))
+        outputs.save_weights(model, training.run_dir / store.WEIGHTS)
+        labels = on_device.test_labels.cpu()
+        pick = torch.linspace(0, len(labels) - 1, min(32, len(labels))).long()
+        store.save_predictions(training.run_dir, predictions.cpu().numpy(), labels.numpy(),
+                               pick.numpy(), on_device.test_images[pick].cpu().numpy())
+    record(job, training, status, predictions)  # after the weights: "finished" follows them
+    if runtime.is_main:
+        if status in store.ENDED:
+            (training.run_dir / store.CHECKPOINT).unlink(missing_ok=True)
+        lock = job.locks.pop(training.run_dir, None)
+        if lock is not None:
+            os.close(lock)
+
+
+def drawn(job, results=None):
+    """What the PNGs show, when they were drawn after the results JSON was last written (so
+    a kill cut no drawing short): its configs and what they ran on; else None."""
+    path = job.out / job.script.results_file
+    results = load_results(path) if results is None else results
+    try:
+        written = path.stat().st_mtime
+        if isinstance(results, dict) and all((job.out / name).stat().st_mtime >= written
+                                             for name in PLOT_FILES[:3]):
+            return [results[key] for key in ("configs", "devices", "data")]
+    except OSError:
+        pass
+    return None
+
+
+def refresh(job, final, drawn_next=False, locked=False, drawn=None):
+    """Rank 0: rebuild the views from the store: the results JSON and the weights every time,
+    the PNGs at the end of each config and between epochs when due, unless ``drawn_next``
+    (the config's end follows at once) or they show already what they would (``drawn``).
+    Returns the lines that say what could not be a view."""
+    def draw(results):
+        due = not drawn_next and time.monotonic() - job.drawn_at >= REFRESH_RATIO * job.drawing
+        kept = []
+        if (final or due) and drawn != [results[key] for key in ("configs", "devices", "data")]:
+            started = time.monotonic()
+            kept = plots.draw_views(job.out, results, store.examples(job.out, results))
+            job.drawn_at, job.drawing = time.monotonic(), time.monotonic() - started
+        job.results = results
+        return kept
+
+    with contextlib.nullcontext() if locked else store.store_lock(job.out):
+        every = store.runs(job.out)
+        return store.write_views(job.out, job.script.results_file, job.script.weights_file,
+                                 job.header, shown(job, every), draw, every)
