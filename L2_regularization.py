@@ -14,6 +14,7 @@ from torch import nn
 
 from cifarkit import data, train
 
+REPORT_TASK = "Task 2: LeNet + L2 regularisation"  # where make_report.py puts its results
 CONFIGS = [
     {
         "name": "control",

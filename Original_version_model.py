@@ -14,6 +14,7 @@ from torch import nn
 
 from cifarkit import data, train
 
+REPORT_TASK = "Task 1: tutorial LeNet baseline"  # where make_report.py puts its results
 CONFIGS = [
     {
         "num_epochs": 5,     # the tutorial's 5 passes over the 50,000 training images

@@ -22,6 +22,7 @@ Exit status: 0 report written; 1 a file could not be written; 2 --modelset is no
 """
 import argparse
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -30,22 +31,28 @@ from cifarkit.results import load_results
 from cifarkit.errors import UserError
 
 
-def defined_configs():
-    """{script: how many configs its CONFIGS holds now}, for the report's "Not run yet" list.
-    The scripts are read as text, not imported: the report runs where torch is not
-    installed, and a script that no longer parses reports only what its JSON has."""
-    counts = {}
-    for script in report.TASKS:
+def read_scripts(folder=Path(__file__).resolve().parent):
+    """{script: (its REPORT_TASK, how many configs its CONFIGS holds now)} for the scripts in
+    ``folder``, in task order. Read as text, never imported: the report runs where torch is
+    not installed; a script that no longer parses still names its task (0 configs)."""
+    found = {}
+    for path in sorted(folder.glob("*.py")):
         try:
-            tree = ast.parse((Path(__file__).resolve().parent / script).read_text())
+            text = path.read_text()
+            line = re.search(r"^REPORT_TASK = .*$", text, re.MULTILINE)
+            task = ast.literal_eval(ast.parse(line.group(0)).body[0].value) if line else None
         except (OSError, SyntaxError, ValueError):
-            counts[script] = 0
             continue
-        lists = [node.value for node in tree.body if isinstance(node, ast.Assign)
-                 and any(getattr(target, "id", None) == "CONFIGS" for target in node.targets)]
-        counts[script] = len(lists[-1].elts) if lists and isinstance(
-            lists[-1], (ast.List, ast.Tuple)) else 0
-    return counts
+        if report.task_number(task) is None:
+            continue
+        try:
+            lists = [node.value for node in ast.parse(text).body if isinstance(node, ast.Assign)
+                     and any(getattr(target, "id", None) == "CONFIGS" for target in node.targets)]
+        except (SyntaxError, ValueError):
+            lists = []
+        found[path.name] = (task, len(lists[-1].elts) if lists and isinstance(
+            lists[-1], (ast.List, ast.Tuple)) else 0)
+    return dict(sorted(found.items(), key=lambda item: (item[1][0], item[0])))
 
 
 def _foreign(modelset):
@@ -58,7 +65,7 @@ def _foreign(modelset):
                 f"the scripts' output folder. Give the folder that holds their output "
                 f"folders (default: modelset).")
     own = [path.name for path in sorted(modelset.glob("[!.]*.json"))
-           if report.is_results_file(path)]
+           if results.read_results(path)[1] is None]
     if own:
         return (f"that folder holds {own[0]}: it is one script's output folder. Give the "
                 f"folder that holds the output folders: --modelset {modelset.resolve().parent}")
@@ -124,14 +131,15 @@ def _make_report(argv):
         print(f"error: --modelset {modelset}: {refusal}", file=sys.stderr)
         return 2
     _rebuild_views(modelset)
-    runs, skipped = report.load_runs(modelset)
+    scripts = read_scripts()
+    runs, skipped = report.load_runs(modelset, scripts)
     for path, why in skipped:  # the report lists them too; the terminal must not hide them
         print(f"warning: {path}: {why}; skipped.", file=sys.stderr)
     for run in runs:
         for why in run.ignored:
             print(f"warning: {run.path}: {why}; {report.IGNORED}.", file=sys.stderr)
     try:
-        path = report.write_report(modelset, runs, skipped, defined_configs())
+        path = report.write_report(modelset, runs, skipped, scripts)
     except OSError as error:  # read-only folder, full disk, a file where a folder should be
         where = error.filename2 or error.filename
         print(f"error: cannot write the report into {modelset}/: {error.strerror or error}"

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .results import PLOT_FILES, load_results, save_json, write_atomically
+from .results import PLOT_FILES, check_record, load_results, save_json, write_atomically
 
 try:
     import fcntl
@@ -174,12 +174,7 @@ def read_record(run_dir):
         record = json.loads((Path(run_dir) / RECORD).read_text())
     except (OSError, ValueError, RecursionError):
         return None
-    ok = (isinstance(record, dict) and record.get("format") == FORMAT
-          and isinstance(record.get("identity"), dict) and isinstance(record.get("config"), dict)
-          and record.get("status") in ("finished", "diverged", "out_of_memory", "running")
-          and isinstance(record.get("history"), list)
-          and isinstance(record.get("created"), (int, float)))
-    return record if ok else None
+    return record if check_record(record) is None else None
 
 
 def runs(out):

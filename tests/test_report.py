@@ -1,4 +1,5 @@
 """make_report.py on a small modelset made by the real scripts on generated data."""
+import ast
 import contextlib
 import errno
 import importlib
@@ -13,10 +14,11 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 import make_report
 from conftest import REPO, hand_made_sweep, rewrite
-from cifarkit import report
+from cifarkit import plots, report, results
 
 L2_CONFIGS = [
     {"name": "control", "num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 32},
@@ -60,16 +62,31 @@ def copy_of(modelset, tmp_path):
 
 
 def record_figures(monkeypatch):
-    """{file name: figure} for every figure the report saves, to read its panels and legend."""
-    drawn = {}
-    save = report._save
+    """[figure] for every figure saved from now on (matplotlib's own savefig), to read its
+    panels and legend; figure_of picks out one of the report's."""
+    drawn = []
+    savefig = Figure.savefig
 
-    def recording_save(figure, path):
-        drawn[Path(path).name] = figure
-        return save(figure, path)
+    def recording(figure, *args, **kwargs):
+        drawn.append(figure)
+        return savefig(figure, *args, **kwargs)
 
-    monkeypatch.setattr(report, "_save", recording_save)
+    monkeypatch.setattr(Figure, "savefig", recording)
     return drawn
+
+
+TIME_FIGURE = "task3_accuracy_vs_time.png"
+TITLES = {"task2_gap.png": "Task 2: does regularisation shrink the gap",
+          "task3_sweep.png": "Task 3 (Original_version_model_multiGPU.py): final test accuracy",
+          TIME_FIGURE: "Task 3: test accuracy against training time",
+          "task4_accuracy_vs_time.png": "Task 4: test accuracy against training time"}
+
+
+def figure_of(drawn, name):
+    """The one figure drawn for figures/``name``, known by its title as a reader knows it."""
+    (figure,) = [figure for figure in drawn if (
+        figure.get_suptitle() or figure.axes[0].get_title()).startswith(TITLES[name])]
+    return figure
 
 
 def test_seeds_are_kept_apart_and_summarised(modelset):
@@ -157,7 +174,7 @@ def _drop_key(key, index=0):
     (rewrite(lambda results: results["configs"][0].update(final_test_accuracy=None)),
      "configs entry 1: 'final_test_accuracy' is missing or not a number"),
     (rewrite(lambda results: results.update(script="My_model.py")),
-     "not a results file of the five scripts ('script' is 'My_model.py')"),
+     "not a results file of the kit's scripts ('script' is 'My_model.py')"),
     (lambda path: path.write_text("[1, 2, 3]"), "not a results file (it holds a list)"),
     (lambda path: path.write_bytes(b"\xff\xfe\x00\x01 binary"), "not valid JSON ('utf-8' codec"),
 ], ids=["entry-without-status", "entry-without-history", "entry-without-config",
@@ -202,11 +219,11 @@ def test_every_folder_of_a_script_gets_its_own_section_and_place_in_the_figures(
     assert [row.split(" | ")[1] for row in gap_rows] == [
         "L2_regularization_model", "L2_regularization_model", "L2_regularization_model (run 2)"]
 
-    panels = [axes.get_title() for axes in drawn["task2_gap.png"].axes]
+    panels = [axes.get_title() for axes in figure_of(drawn, "task2_gap.png").axes]
     assert len(panels) == 2 and "(L2_regularization_model (run 2))" in panels[1]
-    assert len(drawn["task3_sweep.png"].axes) == 6  # a row of three per sweep folder
+    assert len(figure_of(drawn, "task3_sweep.png").axes) == 6  # a row of three per sweep folder
     legend = [label.get_text() for label in
-              drawn["task4_accuracy_vs_time.png"].axes[0].get_legend().get_texts()]
+              figure_of(drawn, "task4_accuracy_vs_time.png").axes[0].get_legend().get_texts()]
     for folder, model in (("Resnet", "ResNet-18"), ("Resnet-run2", "ResNet-18"),
                           ("L2_regularization_model (run 2)", "LeNet")):
         # the best config of each folder: (run 2) holds config_2 only
@@ -214,7 +231,7 @@ def test_every_folder_of_a_script_gets_its_own_section_and_place_in_the_figures(
     assert any(label.startswith("LeNet L2_regularization_model (run 2): config_2")
                for label in legend)
     colours = {line.get_label().split(":")[0]: line.get_color()
-               for line in drawn["task4_accuracy_vs_time.png"].axes[0].lines}
+               for line in figure_of(drawn, "task4_accuracy_vs_time.png").axes[0].lines}
     assert colours["ResNet-18 Resnet"] == colours["ResNet-18 Resnet-run2"]  # by script
     assert colours["ResNet-18 Resnet"] != colours["LeNet L2_regularization_model"]
 
@@ -292,7 +309,8 @@ def test_the_gap_is_measured_with_the_eval_mode_train_accuracy(modelset, tmp_pat
     (gap_row,) = [line for line in text.splitlines()
                   if line.startswith("| L2_regularization.py |") and "config_2 l2" in line]
     assert gap_row.split(" | ")[3] == f"{expected:.2f}"
-    curves = {line.get_label(): line.get_ydata() for line in drawn["task2_gap.png"].axes[0].lines}
+    curves = {line.get_label(): line.get_ydata()
+              for line in figure_of(drawn, "task2_gap.png").axes[0].lines}
     (l2_curve,) = [y for label, y in curves.items() if label.startswith("config_2 (l2)")]
     assert l2_curve == pytest.approx([record["train_accuracy_eval"] - record["test_accuracy"]
                                       for record in l2["history"]])
@@ -317,8 +335,8 @@ def test_legends_name_each_config_with_only_the_settings_that_differ(modelset, t
                                                                       monkeypatch):
     results = json.loads((modelset / "L2_regularization_model" / "training_result.json")
                          .read_text())
-    drawn = record_pngs(monkeypatch, report.plots)
-    report.plots.draw_views(tmp_path, results)
+    drawn = record_pngs(monkeypatch, plots)
+    plots.draw_views(tmp_path, results)
     assert len(drawn) == 3
     for figure in drawn:
         legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
@@ -334,12 +352,12 @@ def test_epoch_axes_have_whole_number_ticks_only(modelset, tmp_path, monkeypatch
     results = json.loads((modelset / "L2_regularization_model" / "training_result.json")
                          .read_text())
     one_epoch = [dict(entry, history=entry["history"][:1]) for entry in results["configs"]]
-    drawn = record_pngs(monkeypatch, report.plots)
+    drawn = record_pngs(monkeypatch, plots)
     for entries in (results["configs"], one_epoch):
-        report.plots.draw_views(tmp_path, dict(results, configs=entries))
+        plots.draw_views(tmp_path, dict(results, configs=entries))
     figures = record_figures(monkeypatch)
     assert make_report.main(["--modelset", str(modelset)]) == 0
-    drawn = drawn[:6] + list(figures.values())  # and the report's Task 2 figure
+    drawn = drawn[:6] + [figure_of(figures, "task2_gap.png")]  # and the report's Task 2 one
     epoch_axes = [axes for figure in drawn for axes in figure.axes
                   if axes.get_xlabel() == "epoch"]
     assert len(epoch_axes) == 7
@@ -385,9 +403,10 @@ def test_not_run_yet_commands_work_offline_and_keep_the_earlier_results(modelset
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sweep, "CONFIGS", SWEEP_CONFIGS + [third])
         # make_report reads the scripts' CONFIGS as text: here, as if the file held these
-        counts = dict(make_report.defined_configs(),
-                      **{"Original_version_model_multiGPU.py": len(sweep.CONFIGS)})
-        patch.setattr(make_report, "defined_configs", lambda: counts)
+        scripts = make_report.read_scripts()
+        task = scripts["Original_version_model_multiGPU.py"][0]
+        scripts["Original_version_model_multiGPU.py"] = (task, len(sweep.CONFIGS))
+        patch.setattr(make_report, "read_scripts", lambda: scripts)
         assert make_report.main(["--modelset", str(root)]) == 0
         missing = (root / "REPORT.md").read_text().split("## Not run yet")[1]
         assert "docs/data.md" in missing and "Data: downloaded, local, or offline" in missing
@@ -439,9 +458,6 @@ def test_the_report_never_overwrites_what_it_did_not_write(case, tmp_path, capsy
     assert {path.name: path.read_bytes() for path in modelset.iterdir()} == before
 
 
-TIME_FIGURE = "task3_accuracy_vs_time.png"
-
-
 
 
 
@@ -484,7 +500,7 @@ def test_task3_time_figure_shows_when_each_config_first_reaches_the_reports_best
     assert speedrun in said and best in said and said.index(speedrun) < said.index(best)
     assert "2 of 3 finished configs reach it" in said and "config_2" not in said
 
-    axes = drawn[TIME_FIGURE].axes[0]
+    axes = figure_of(drawn, TIME_FIGURE).axes[0]
     assert [line.get_ydata()[0] for line in axes.lines if line.get_linestyle() == ":"
             and len(set(line.get_ydata())) == 1] == [65.75]  # the report's best, level
     assert sorted(marked_points(axes)) == [(4.0, 66.0), (44.0, 70.5)]
@@ -505,7 +521,7 @@ def test_task3_time_figure_without_a_reported_accuracy_has_no_line_and_no_senten
     text = (root / "REPORT.md").read_text()
     assert f"figures/{TIME_FIGURE}" in text
     assert "Time to the report's best LeNet" not in text
-    axes = drawn[TIME_FIGURE].axes[0]
+    axes = figure_of(drawn, TIME_FIGURE).axes[0]
     assert len([line for line in axes.lines if line.get_label().startswith("config_")]) == 3
     assert marked_points(axes) == []
     assert not any(line.get_linestyle() == ":" and len(set(line.get_ydata())) == 1
@@ -531,7 +547,7 @@ def test_task3_time_figure_with_several_folders_and_one_with_nothing_finished(
     assert said.count("config_12 (speedrun) first reaches it after 4.0 s") == 2
     assert "In `original_version_model_multiGPU` (" in said and "In `sweep-small` (400 " in said
     assert "sweep-unfinished" not in said
-    axes = drawn[TIME_FIGURE].axes[0]
+    axes = figure_of(drawn, TIME_FIGURE).axes[0]
     labels = [line.get_label() for line in axes.lines if "config_" in line.get_label()]
     for folder in ("original_version_model_multiGPU", "sweep-small"):
         assert len([label for label in labels if label.startswith(f"{folder}: config_")]) == 3
@@ -580,7 +596,7 @@ def test_task4_names_our_best_lenet_and_marks_the_reports_a100_figure(modelset, 
     assert "for the best LeNet config we ran" not in section
     assert "60% for the report's best LeNet among the configs we ran" in section
     legend = [" ".join(label.get_text().split()) for label in  # unwrapped
-              drawn["task4_accuracy_vs_time.png"].axes[0].get_legend().get_texts()]
+              figure_of(drawn, "task4_accuracy_vs_time.png").axes[0].get_legend().get_texts()]
     assert any("on one A100" in label and "not comparable" in label for label in legend)
 
 
@@ -622,3 +638,63 @@ def test_make_report_runs_where_torch_cannot_be_imported(modelset, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     text = (root / "REPORT.md").read_text()
     assert "## Task 2: LeNet + L2" in text and "## Task 3" in text
+
+
+READER = """
+import json, sys
+sys.modules["torch"] = sys.modules["matplotlib"] = None  # any import of either fails
+from pathlib import Path
+from cifarkit import results
+loaded = sorted(name for name in sys.modules if name.startswith("cifarkit."))
+good, bad = map(Path, sys.argv[1:])
+import make_report
+from cifarkit import report
+runs, skipped = report.load_runs(good.parent.parent, make_report.read_scripts())
+print(json.dumps({"loaded": loaded, "good": results.read_results(good)[1],
+                  "bad": results.read_results(bad)[1], "runs": [str(run.path) for run in runs],
+                  "skipped": [[str(path), why] for path, why in skipped]}))
+"""
+
+
+def test_results_are_read_and_checked_where_neither_torch_nor_matplotlib_imports(
+        modelset, tmp_path):
+    """cifarkit.results, the one reader of the results JSON, imports nothing that trains or
+    draws; it and make_report's reading path (the scripts' tasks, then each results JSON
+    through results) work where neither torch nor matplotlib can be imported."""
+    root = copy_of(modelset, tmp_path)
+    good = root / "L2_regularization_model" / "training_result.json"
+    bad = root / "original_version_model_multiGPU" / "training_result.json"
+    rewrite(lambda results: results["configs"][0].pop("status"))(bad)
+    result = subprocess.run([sys.executable, "-c", READER, str(good), str(bad)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = json.loads(result.stdout)
+    assert said["loaded"] == ["cifarkit.results"]  # not plots, store or anything with torch
+    assert said["good"] is None
+    assert said["bad"] == "configs entry 1: 'status' is missing or not a string"
+    assert said["runs"] == [str(good)] and said["skipped"] == [[str(bad), said["bad"]]]
+
+
+def test_predict_reads_the_results_json_through_the_one_schema(modelset, tmp_path):
+    """predict.py finds what made a weights file through cifarkit.results: a results JSON
+    the schema refuses names nothing, however the file looks to a plain json.load."""
+    import predict
+    from cifarkit.errors import UserError
+
+    folder = copy_of(modelset, tmp_path) / "L2_regularization_model"
+    results_file = folder / "training_result.json"
+    assert predict.trained_with(folder / "config_2.pth")[0]["config"]["name"] == "l2"
+    rewrite(lambda results: results["configs"][2]["config"].update(lr=True))(results_file)
+    assert results.read_results(results_file)[1] == (
+        "configs entry 3: its config: 'lr' is missing or not a number")
+    with pytest.raises(UserError, match="no results JSON beside it names this file"):
+        predict.trained_with(folder / "config_2.pth")
+
+
+def test_no_one_but_cifarkit_results_parses_a_results_json():
+    """make_report.py, predict.py and the report read results only through cifarkit.results."""
+    for path in (REPO / "make_report.py", REPO / "predict.py", REPO / "cifarkit" / "report.py"):
+        calls = [node.attr for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Attribute) and node.attr in ("load", "loads")
+                 and getattr(node.value, "id", None) == "json"]
+        assert calls == [], path.name

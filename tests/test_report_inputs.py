@@ -10,7 +10,7 @@ import signal
 import pytest
 
 import make_report
-from cifarkit.data import CLASSES
+from cifarkit.results import CLASSES
 from conftest import hand_made_sweep, rewrite
 
 SWEEP = "Original_version_model_multiGPU.py"
@@ -19,11 +19,13 @@ RECORD = {"epoch": 1, "seconds": 1.0, "train_loss": 1.5, "train_accuracy": 40.0,
           "train_accuracy_eval": 42.0, "test_accuracy": 40.0}
 TEMPLATE = {  # one finished entry: hand_made_sweep builds the configs list from it
     "id": "config_1", "seed": 0, "status": "finished", "history": [RECORD], "precision": "fp32",
+    "run": "runs/config_1-s0",  # as the kit writes it: make_report then takes in no old folder
     "config": {"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32},
     "final_test_accuracy": 40.0, "final_train_accuracy": 40.0, "best_test_accuracy": 40.0,
     "train_seconds": 1.0, "confusion_matrix": [[10] * len(CLASSES)] * len(CLASSES),
     "per_class_accuracy": {name: 40.0 for name in CLASSES}}
 RESULTS = {"script": SWEEP, "command": f"python {SWEEP} --epochs 1", "devices": ["cpu"],
+           "started": "2026-12-06T04:42:53+00:00",
            "world_size": 1, "seed": 0, "configs": [TEMPLATE],
            "data": {"source": "generated", "train_images": 300, "test_images": 100}}
 
@@ -32,8 +34,8 @@ RESULTS = {"script": SWEEP, "command": f"python {SWEEP} --epochs 1", "devices": 
 def twelve_configs_defined(monkeypatch):
     """Each script's CONFIGS taken to hold 12 configs, whatever the scripts hold now: the
     hand-made sweep has 1, 2, 3 and 12, so "Not run yet" proposes a rerun command."""
-    monkeypatch.setattr(make_report, "defined_configs",
-                        lambda: {script: 12 for script in make_report.report.TASKS})
+    scripts = {script: (task, 12) for script, (task, _) in make_report.read_scripts().items()}
+    monkeypatch.setattr(make_report, "read_scripts", lambda: scripts)
 
 
 def results_file(root, folder, script=SWEEP):
@@ -98,7 +100,8 @@ def skipped_when_damaged(tmp_path, capsys, damage, why):
      "'world_size' is not a whole number"),
     (rewrite(lambda results: results.update(world_size=0)), "'world_size' is less than 1"),
     (rewrite(lambda results: results.update(command=None)), "'command' is not a string"),
-    (rewrite(lambda results: results.update(seed="1")), "'seed' is not a whole number"),
+    (rewrite(lambda results: results.update(seed="1")),
+     "'seed' is missing or not a whole number"),
     (rewrite(lambda results: results.update(devices=None)),
      "'devices' is missing or not a list"),
     (rewrite(lambda results: results["data"].update(train_images="many")),
@@ -114,7 +117,7 @@ def skipped_when_damaged(tmp_path, capsys, damage, why):
     (rewrite(lambda results: results["configs"][0].update(history=[])),
      "configs entry 1: finished, but its 'history' holds no epoch"),
     (rewrite(lambda results: results.update(script=[SWEEP])),
-     "not a results file of the five scripts ('script' is a list)"),
+     "'script' is missing or not a string"),
 ], ids=["world_size-null", "world_size-0", "command-null", "seed-a-string", "devices-null",
         "train_images-a-string", "precision-a-number", "train_accuracy_eval-a-string",
         "lr-true", "config-value-a-list", "finished-without-history", "script-a-list"])
@@ -160,7 +163,7 @@ def test_a_json_nested_too_deeply_to_parse_is_skipped_as_unreadable(tmp_path, ca
     bad.write_text("[" * 100000 + "]" * 100000)
     status, text, err = report_of(tmp_path, capsys)
     assert_skipped(tmp_path, bad, status, text, err,
-                   "not valid JSON for this report (nested too deeply to read)")
+                   "not valid JSON (nested too deeply to read)")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
