@@ -6,17 +6,9 @@
         predictions.npz   the final test predictions and the example images (a finished run)
         checkpoint.ckpt   while it trains: where a stopped run carries on
 
-A run is written in place while it trains. Once its record says "finished" or "diverged",
-nothing in the kit renames, moves, rewrites or deletes its record, weights or predictions (a
-leftover checkpoint is no part of a finished run: the next look at the store removes it).
-What a user sees by name in OUT (config_N.pth, the results JSON, the PNGs) are views of the
-runs that the script's CONFIGS select, rebuilt by every run and by make_report.py: a kill
-leaves at worst a stale view, which the next command rebuilds. A weights view is a copy, not
-a link: saving over config_N.pth must not reach into a run. Deleting old runs is the user's
-act (``rm -r OUT/runs/NAME``).
-
-No torch here: make_report.py reads and rebuilds views where torch is not installed.
-"""
+Once its record says "finished" or "diverged", nothing moves, rewrites or deletes a run. What
+a user sees by name in OUT (config_N.pth, the results JSON, the PNGs) are views of the runs
+CONFIGS selects, rebuilt by every command. No torch: make_report.py runs without it."""
 import contextlib
 import hashlib
 import json
@@ -24,13 +16,14 @@ import os
 import re
 import secrets
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
-from .results import PLOT_FILES, check_record, load_results, save_json, write_atomically
+from .results import (NAMING_KEYS, PLOT_FILES, RECORD_FORMAT, check_record, load_results,
+                      save_json, write_atomically)
 
 try:
     import fcntl
@@ -39,21 +32,17 @@ except ImportError:  # Windows: no locks; one writer per folder is then up to th
 
 RUNS, RECORD, WEIGHTS, PREDICTIONS, CHECKPOINT = (
     "runs", "run.json", "weights.pth", "predictions.npz", "checkpoint.ckpt")
-FORMAT = "cifarkit-run-1"
 ENDED = ("finished", "diverged")
-NAMING_KEYS = ("name", "reported_accuracy", "reported_seconds")  # change no computation
 # What the results JSON's header holds; the rest of a run record is its entry.
 HEADER_KEYS = ("script", "command", "started", "devices", "world_size", "backend", "data",
                "versions", "accuracy_unit", "log_every", "weights_file")
 TOLERANCE = dict(rtol=1e-3, atol=1e-5)  # the model's probe, across machines and BLAS builds
+TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # write_atomically's, cut short by a kill
 
-
-# ------------------------------------------------------------------------------- identity
 
 def config_identity(config, neutral):
-    """What a config makes the training compute: no naming keys, and no key whose value is
-    the neutral one (``neutral``: {key: value that trains as if the key were absent}), so a
-    key the kit adds later, whose default trains as before, changes no identity."""
+    """What a config makes the training compute: no naming keys, and no key at its
+    ``neutral`` value (so a key the kit adds later, trained as before, changes nothing)."""
     return {key: value for key, value in sorted(config.items())
             if key not in NAMING_KEYS and not (key in neutral and neutral[key] == value)}
 
@@ -65,17 +54,14 @@ def data_identity(data):
 
 
 def identity(script, config, neutral, seed, data, precision, model):
-    """What must match for a run to count as ``config`` trained with ``seed`` now.
-    ``model``: experiment.model_identity's (what the freshly built model computes)."""
+    """What must match for a run to count as ``config`` trained with ``seed`` now."""
     return {"script": script, "config": config_identity(config, neutral), "seed": seed,
             "data": data_identity(data), "precision": precision, "model": model}
 
 
 def same_model(recorded, model):
-    """Whether a run's recorded model identity is the model built now: names, shapes and
-    initial values, and its outputs on a fixed probe batch, within TOLERANCE. A run taken in
-    from a folder of the kit before the store records only its source fingerprint, which
-    ``model["legacy"]`` holds for the model built now."""
+    """Whether a recorded model identity is the model built now (shapes, initial values, the
+    probe's outputs); a run from before the store has only a source fingerprint."""
     if not isinstance(recorded, dict) or not isinstance(model, dict):
         return False
     if "fingerprint" in recorded:
@@ -90,9 +76,7 @@ def same_model(recorded, model):
 
 
 def matches(record, wanted, neutral):
-    """Whether run ``record`` is the run of identity ``wanted`` (configs compared as
-    config_identity sees them, so a key the kit adds later with its neutral value, or a
-    run taken in from before the store, still matches)."""
+    """Whether run ``record`` is the run of identity ``wanted``."""
     recorded = record.get("identity")
     if not isinstance(recorded, dict) or not isinstance(recorded.get("config"), dict):
         return False
@@ -103,8 +87,7 @@ def matches(record, wanted, neutral):
 
 
 def describe_change(before, after, neutral=None):
-    """What changed between two configs, briefly: "lr 0.01 -> 0.02, nesterov False -> True"
-    (a key absent from an identity shows its ``neutral`` value where it has one)."""
+    """"lr 0.01 -> 0.02, nesterov False -> True" (an absent key shows its ``neutral`` value)."""
     changes, neutral = [], neutral or {}
     for key in list(before) + [key for key in after if key not in before]:
         old, new = (config.get(key, neutral.get(key, "(unset)")) for config in (before, after))
@@ -130,13 +113,9 @@ def what_differs(earlier, now, neutral=None):
     return ", ".join(part for part in parts if part) or "nothing"
 
 
-# ---------------------------------------------------------------------------------- locks
-
 def lock(folder, blocking):
-    """A file descriptor holding an exclusive lock on ``folder`` (close it to let go), or
-    None when another process holds it and not ``blocking``. The lock is the kernel's
-    (flock): it goes with the process, so a kill -9 leaves nothing that blocks the next one.
-    Where there is no flock (Windows), one writer per folder is up to the user."""
+    """A descriptor locking ``folder`` (close it to let go), or None when another process holds
+    it and not ``blocking``. flock dies with its process: a kill -9 leaves nothing behind."""
     if fcntl is None:  # a handle to close all the same
         return os.open(os.devnull, os.O_RDONLY)
     handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)  # never a pipe
@@ -150,8 +129,7 @@ def lock(folder, blocking):
 
 @contextlib.contextmanager
 def store_lock(out):
-    """Held while runs are chosen or created and while views are rebuilt: moments, not the
-    length of a training (a run is locked on its own while it trains)."""
+    """Held while runs are chosen or created and views rebuilt: moments, not a training."""
     folder = Path(out) / RUNS
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -164,8 +142,6 @@ def store_lock(out):
     finally:
         os.close(handle)
 
-
-# ------------------------------------------------------------------------------- the runs
 
 def read_record(run_dir):
     """A run's record, or None (no record yet: a kill between creating its folder and
@@ -192,21 +168,16 @@ def runs(out):
 
 
 def usable(run_dir, record):
-    """Whether a run counts as done: diverged, or finished with its weights there, as they
-    were written (changed by hand, they are no longer what its record describes)."""
+    """Whether a run counts as done: diverged, or finished with its weights as written."""
     weights = Path(run_dir) / WEIGHTS
     return record["status"] == "diverged" or (
         record["status"] == "finished" and weights.is_file()
         and record.get("weights_sha256") in (None, sha256(weights)))
 
 
-TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # write_atomically's, cut short by a kill
-
-
 def remove_temporaries(out):
-    """Delete what writes cut short by a kill left (a ResNet checkpoint's is 90 MB): in OUT
-    (views, written under the store lock, which the caller holds) and in each run folder no
-    process holds (one that trains may be writing its own right now)."""
+    """Delete what writes cut short by a kill left, in OUT (under the caller's store lock) and
+    in each run folder no process holds."""
     for folder in [Path(out)] + sorted((Path(out) / RUNS).glob("[!.]*")):
         if folder.is_symlink() or not folder.is_dir():  # never outside OUT, never a pipe
             continue
@@ -229,14 +200,13 @@ def tidy(run_dir, record):
 
 
 def new_run(out, label, config, seed, header, wanted):
-    """Create a run's folder and its first record; returns the folder. Call under
-    store_lock, so that two processes never create one run twice."""
+    """A run's folder with its first record, under store_lock (no run is created twice)."""
     name = re.sub(r"[^\w.+-]+", "_", config.get("name", ""))[:40]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(out) / RUNS / "-".join(
         part for part in (label, name, f"s{seed}", stamp, secrets.token_hex(2)) if part)
     run_dir.mkdir()
-    write_record(run_dir, dict(header, format=FORMAT, created=time.time(), label=label,
+    write_record(run_dir, dict(header, format=RECORD_FORMAT, created=time.time(), label=label,
                                identity=wanted, config=config, seed=seed, status="running",
                                history=[], weights=None))
     return run_dir
@@ -270,36 +240,14 @@ def save_predictions(run_dir, predictions, test_labels, pick, images):
     write_atomically(Path(run_dir) / PREDICTIONS, write)
 
 
-# -------------------------------------------------------------------------------- views
-
 def weights_name(pattern, number, seed, base_seed):
-    """config_N.pth for the run's own seed, config_N_seedS.pth for extra seeds; a pattern
-    without a number (the baseline's model.pth) gives model.pth for config 1 and
-    model_config_N.pth for the others."""
+    """config_N.pth, config_N_seedS.pth for extra seeds; a pattern without {number} (the
+    baseline's model.pth) gives model.pth for config 1 and model_config_N.pth for others."""
     if "{number}" in pattern:
         stem = pattern.format(number=number)[:-len(".pth")]
     else:
         stem = pattern[:-len(".pth")] + ("" if number == 1 else f"_config_{number}")
     return f"{stem}.pth" if seed == base_seed else f"{stem}_seed{seed}.pth"
-
-
-def weights_pattern(pattern):
-    """Every name weights_name() can give."""
-    if "{number}" in pattern:
-        stem = re.escape(pattern[:-len(".pth")]).replace(re.escape("{number}"), r"\d+")
-    else:
-        stem = re.escape(pattern[:-len(".pth")]) + r"(_config_\d+)?"
-    return re.compile(stem + r"(_seed\d+)?\.pth")
-
-
-def entry(label, config, run_dir, record, out, weights):
-    """The results JSON's entry for a run shown as ``label`` with today's ``config`` (its
-    naming keys: the name, the report's figures)."""
-    shown = {key: value for key, value in record.items()
-             if key not in HEADER_KEYS + ("format", "identity", "label", "created")}
-    shown.update(id=label, config=config, run=str(Path(run_dir).relative_to(out)),
-                 weights=weights if record["status"] == "finished" else None)
-    return shown
 
 
 def _is_view(path, run_weights):
@@ -313,35 +261,10 @@ def _is_view(path, run_weights):
     return bool(digests) and sha256(path) in digests
 
 
-def _link(source, target):
-    """Put ``source`` at ``target`` by a rename, so that it is never half there: a hard link
-    where the file system allows one, else a copy (a move, or a run taken in)."""
-    temporary = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        os.link(source, temporary)
-    except OSError:
-        with open(source, "rb") as original:
-            write_atomically(temporary, lambda file: file.write(original.read()))
-    try:
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _copy(source, target):
-    """``target`` becomes a copy of ``source``, put in place by a rename. A copy, never a
-    hard link: a user who saves over config_N.pth (torch.save, cp) writes into the file in
-    place, which would rewrite the run's weights through a link."""
-    with open(source, "rb") as original:
-        write_atomically(target, lambda file: file.write(original.read()))
-
-
 def write_views(out, results_file, weights_file, header, shown, draw, every):
-    """Rebuild the views in ``out``: the weights files, the results JSON (``header`` and
-    ``shown``: [(label, config, run folder, record)]), then ``draw(results)`` the PNGs.
-    ``every``: runs(out). Returns the lines that say what could not be a view (and those
-    draw returns). Call under store_lock."""
+    """Rebuild, under store_lock, the views in ``out``: the weights files, the results JSON
+    (``header`` and ``shown``: [(label, config, run folder, record)]) and ``draw(results)``'s
+    PNGs. ``every``: runs(out). Returns the lines that say what could not be a view."""
     out = Path(out)
     run_weights = [(run_dir / WEIGHTS, record.get("weights_sha256"))
                    for run_dir, record in every.items() if record["status"] == "finished"]
@@ -349,29 +272,34 @@ def write_views(out, results_file, weights_file, header, shown, draw, every):
     for label, config, run_dir, record in shown:
         view = None
         if record["status"] == "finished" and (run_dir / WEIGHTS).is_file():
-            number, base = int(label.split("_")[1]), header["seed"]
-            view = weights_name(weights_file, number, record["seed"], base)
-            target = out / view
-            if os.path.lexists(target) and not _is_view(target, run_weights):
-                lines.append(f"{target} is not the weights of any run in {out / RUNS}/ (a "
+            view = weights_name(weights_file, int(label.split("_")[1]), record["seed"],
+                                header["seed"])
+            if os.path.lexists(out / view) and not _is_view(out / view, run_weights):
+                lines.append(f"{out / view} is not the weights of any run in {out / RUNS}/ (a "
                              f"file of your own?): left as it is, so {label}'s weights are "
                              f"only in {run_dir / WEIGHTS}")
                 view = str((run_dir / WEIGHTS).relative_to(out))
             else:
                 wanted[view] = run_dir / WEIGHTS
-        entries.append(entry(label, config, run_dir, record, out, view))
+        entry = {key: value for key, value in record.items()
+                 if key not in HEADER_KEYS + ("format", "identity", "label", "created")}
+        entries.append(dict(entry, id=label, config=config, run=str(run_dir.relative_to(out)),
+                            weights=view if record["status"] == "finished" else None))
     for name, source in wanted.items():
-        target = out / name
         try:
-            copied = not os.path.samefile(source, target) and sha256(target) == sha256(source)
+            copied = not os.path.samefile(source, out / name) and sha256(out / name) == sha256(
+                source)
         except OSError:
             copied = False
-        if not copied:
-            _copy(source, target)
-    pattern = weights_pattern(weights_file)
+        if not copied:  # a copy, never a link: saving over config_N.pth must not reach a run
+            with open(source, "rb") as original:
+                write_atomically(out / name, lambda file: file.write(original.read()))
+    stem = re.escape(weights_file[:-len(".pth")])
+    stem = (stem.replace(re.escape("{number}"), r"\d+") if "{number}" in weights_file
+            else stem + r"(_config_\d+)?")
     for stale in sorted(out.iterdir()):  # views of runs no config shows any more
-        if (pattern.fullmatch(stale.name) and stale.name not in wanted and stale.is_file()
-                and _is_view(stale, run_weights)):
+        if (re.fullmatch(stem + r"(_seed\d+)?\.pth", stale.name) and stale.name not in wanted
+                and stale.is_file() and _is_view(stale, run_weights)):
             stale.unlink()
     results = dict(header, configs=sorted(entries, key=lambda e: (int(e["id"].split("_")[1]),
                                                                   e["seed"])))
@@ -388,8 +316,7 @@ def write_views(out, results_file, weights_file, header, shown, draw, every):
 
 
 def rebuild_views(out, results_file):
-    """The views of the runs a results JSON names, as those runs are now (make_report.py,
-    which has no CONFIGS: the last run's choice of runs stands). Returns the lines to say."""
+    """make_report.py's views: of the runs the results JSON names (it has no CONFIGS)."""
     from .plots import draw_views  # matplotlib only where views are drawn
 
     out = Path(out)
@@ -413,8 +340,7 @@ def rebuild_views(out, results_file):
 
 
 def examples(out, results):
-    """(images, labels, predictions, the entry) for examples.png: the best finished entry's
-    saved predictions; None when no shown run saved them."""
+    """(images, labels, predictions, entry) for examples.png from the best finished entry."""
     finished = [entry for entry in results["configs"] if entry["status"] == "finished"
                 and (Path(out) / entry["run"] / PREDICTIONS).is_file()]
     if not finished:
@@ -428,15 +354,13 @@ def examples(out, results):
         return None
 
 
-# ----------------------------------------------------------------------------- legacy
-
+# Folders the kit wrote before the store: a results JSON whose entries name no run,
+# earlier-*/ folders, the journal of a move a kill cut short, checkpoints/.
 JOURNAL, JOURNAL_COPY = ".ledger.json", ".ledger.copy.json"
 EARLIER = "earlier-"
 
 
 def legacy_folder(out, results_file):
-    """Whether ``out`` holds what the kit wrote before the store: a results JSON whose
-    entries name no run, earlier-*/ folders, a journal of an interrupted move, checkpoints/."""
     out = Path(out)
     results = load_results(out / results_file)
     return (any((out / name).exists() for name in (JOURNAL, JOURNAL_COPY, "checkpoints"))
@@ -445,9 +369,33 @@ def legacy_folder(out, results_file):
                 and any("run" not in entry for entry in results["configs"])))
 
 
+def _link(source, target):
+    """``source`` at ``target`` by a rename, never half there: a hard link where the file
+    system allows one, else a copy."""
+    temporary = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        os.link(source, temporary)
+    except OSError:
+        with open(source, "rb") as original:
+            write_atomically(temporary, lambda file: file.write(original.read()))
+    try:
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _remove_if_empty(folder):
+    """A folder once empty; a link to a scratch disk, or a disk mounted there, stays."""
+    with contextlib.suppress(OSError):
+        if folder.is_dir() and not folder.is_symlink() and not folder.is_mount() \
+                and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def _complete_move(out):
-    """A move that the kit before the store began and a kill cut short: its journal names
-    each file's source, hidden name and target, and the JSONs to write."""
+    """Finish a move that the kit before the store began and a kill cut short: its journal
+    names each file's source, hidden name and target, and the JSONs to write."""
     journal = None
     for name in (JOURNAL, JOURNAL_COPY):
         with contextlib.suppress(OSError, ValueError, RecursionError):
@@ -475,11 +423,9 @@ def _complete_move(out):
 
 
 def migrate(out, results_file):
-    """Take a folder written by the kit before the store into it, losing nothing: every entry
-    of its results JSON and of each earlier-*/ becomes a run, with its weights (and the
-    checkpoint of an unfinished one). Each run is whole before it appears (written under a
-    hidden name, then renamed), and named by where it came from, so a kill at any moment is
-    completed by the next command. Returns the lines that say what was taken in."""
+    """Every entry of a folder written before the store (its results JSON, each earlier-*/)
+    becomes a run with its weights (or checkpoint), built under a hidden name and renamed,
+    named by where it came from: the next command completes what a kill cut short."""
     out = Path(out)
     _complete_move(out)
     for staging in (out / RUNS).glob(".*"):  # a run being taken in when a kill came
@@ -540,15 +486,8 @@ def migrate(out, results_file):
     return lines
 
 
-def _remove_if_empty(folder):
-    """A folder once empty; a link to a scratch disk, or a disk mounted there, stays."""
-    with contextlib.suppress(OSError):
-        if folder.is_dir() and not folder.is_symlink() and not folder.is_mount() \
-                and not any(folder.iterdir()):
-            folder.rmdir()
-
-
 def _take_in(folder, results, legacy, target):
+    """One legacy entry as a run at ``target``; False for a finished one without weights."""
     staging = target.parent / f".{target.name}.{secrets.token_hex(4)}"
     staging.mkdir(parents=True)
     weights = legacy.get("weights")
@@ -559,11 +498,14 @@ def _take_in(folder, results, legacy, target):
     checkpoint = folder / "checkpoints" / f"{legacy['id']}_seed{legacy['seed']}.ckpt"
     if legacy["status"] not in ENDED and checkpoint.is_file():
         _link(checkpoint, staging / CHECKPOINT)
-    header = {key: results[key] for key in HEADER_KEYS if key in results}
+    try:
+        created = datetime.fromisoformat(results.get("started")).timestamp()
+    except (TypeError, ValueError):
+        created = 0.0
     precision = legacy.get("precision") or results.get("precision")
-    record = dict(header)
+    record = {key: results[key] for key in HEADER_KEYS if key in results}
     record.update((key, value) for key, value in legacy.items() if key != "id")
-    record.update(format=FORMAT, created=_timestamp(results.get("started")), label=legacy["id"],
+    record.update(format=RECORD_FORMAT, created=created, label=legacy["id"],
                   precision=precision, weights=WEIGHTS if has_weights else None,
                   identity={"script": results["script"], "config": legacy["config"],
                             "seed": legacy["seed"], "data": data_identity(results["data"]),
@@ -576,10 +518,3 @@ def _take_in(folder, results, legacy, target):
     write_record(staging, record)
     os.rename(staging, target)
     return has_weights or legacy["status"] != "finished"
-
-
-def _timestamp(started):
-    try:
-        return datetime.fromisoformat(started).astimezone(timezone.utc).timestamp()
-    except (TypeError, ValueError):
-        return 0.0
