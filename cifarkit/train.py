@@ -187,21 +187,21 @@ def train_one(job, number, chosen, seed, stop):
 def train_config(job, training, stop):
     """Carry ``training`` (a runs.Training: new, or resumed from its checkpoint) to the end
     of its config. Returns "finished", "diverged", "out_of_memory" or "interrupted"."""
-    runtime, data_, chosen, progress = job.runtime, job.on_device, training.config, \
+    runtime, on_device, chosen = job.runtime, job.on_device, training.config
+    model, optimizer, scaler, progress = training.model, training.optimizer, training.scaler, \
         training.progress
-    model, optimizer, scheduler, scaler = training.model, training.optimizer, \
-        training.scheduler, training.scaler
-    device, history, tta = data_.train_images.device, progress["history"], chosen.get("tta", False)
+    device, log_every = on_device.train_images.device, job.script.log_every
     sync_every = SYNC_EVERY["distributed" if runtime.distributed else device.type]
     estimate = Estimate(job, training) if job.estimate_due else None
     job.estimate_due = False
-    if history and history[-1]["test_accuracy"] is None and runtime.is_main:
-        history[-1].update(measure(model, data_, runtime, tta)[0])  # stopped in its test pass
+    if progress["history"] and progress["history"][-1]["test_accuracy"] is None \
+            and runtime.is_main:  # stopped during its last test pass: measure those weights
+        progress["history"][-1].update(measure(model, on_device, runtime, chosen.get("tta"))[0])
     while progress["epoch"] < chosen["num_epochs"]:
         epoch = progress["epoch"] + 1
-        batches = epoch_batches(len(data_.train_labels), chosen["batch_size"], training.seed,
-                                epoch, runtime)
-        # resumed partial sums are global: rank 0 carries them, the others start at zero
+        batches = epoch_batches(len(on_device.train_labels), chosen["batch_size"],
+                                training.seed, epoch, runtime)
+        # a resumed epoch's sums are global: rank 0 carries them, the others start at zero
         sums = new_sums(device, progress["sums"] if runtime.is_main else None)
         done, outcome, out_of_memory = progress["step"], None, False
         model.train()
@@ -210,93 +210,102 @@ def train_config(job, training, stop):
                           runtime.is_main) as bar:
             for index in batches[done:]:
                 done += 1
-                if not out_of_memory:
-                    try:
+                try:
+                    if not out_of_memory:
                         inputs, targets = data.prepare_batch(
-                            data_.train_images, data_.train_labels, rt.shard(index, runtime),
-                            data_.scale, data_.shift, chosen.get("augment", "none"))
+                            on_device.train_images, on_device.train_labels,
+                            rt.shard(index, runtime), on_device.scale, on_device.shift,
+                            chosen.get("augment", "none"))
                         with autocast(device.type, runtime.amp_dtype):
                             outputs = model(rt.memory_format(inputs))
                             loss = F.cross_entropy(outputs.float(), targets, reduction="sum",
                                                    label_smoothing=chosen.get("label_smoothing", 0.0))
-                        # the mean over the global batch, however the ranks split it
                         optimizer.zero_grad(set_to_none=True)
+                        # the mean over the global batch, however the ranks split it
                         scaler.scale(loss * (runtime.world_size / len(index))).backward()
                         scaler.step(optimizer)
                         scaler.update()
-                        if scheduler is not None:
-                            step_schedule(scheduler)
+                        if training.scheduler is not None:
+                            step_schedule(training.scheduler)
                         sums["loss"] += loss.detach()
-                        if job.script.log_every:
-                            sums["window"] += loss.detach() / len(index)
                         sums["correct"] += (outputs.argmax(dim=1) == targets).sum()
                         sums["images"] += len(targets)
-                    except torch.cuda.OutOfMemoryError:
-                        out_of_memory = True
-                    if out_of_memory:  # outside the except block, whose traceback holds memory
-                        torch.cuda.empty_cache()
-                        if training.config.get("sync_bn") and runtime.distributed:
-                            signals.leave_out_of_step(job, training)
-                        if not runtime.distributed:
-                            outcome = "out_of_memory"
-                            break
-                if out_of_memory:  # until the ranks next agree: keep DDP's all-reduce company
-                    keep_company(model, data_, runtime)
+                        if log_every:
+                            sums["window"] += loss.detach() / len(index)
+                except torch.cuda.OutOfMemoryError:
+                    out_of_memory = True
+                if out_of_memory and not runtime.distributed:
+                    outcome = "out_of_memory"
+                    break
+                if out_of_memory:  # outside the except block, whose traceback holds memory
+                    keep_company(job, training)
                 elif estimate is not None:
                     estimate.step()
                 show_progress(bar, done, sums)
-                if job.script.log_every and done % job.script.log_every == 0:
-                    loss = rt.all_sum(sums["window"].clone(), runtime).item() / job.script.log_every
-                    progress["batch_losses"].append({"epoch": epoch, "batch": done, "loss": loss})
-                    job.say(f"epoch {epoch}: batch {done} loss: {loss:.3f}")
-                    sums["window"].zero_()
-                # The look: losses are never negative, so one NaN keeps the sum non-finite.
+                if log_every and done % log_every == 0:
+                    log_loss(job, progress, sums, epoch, done)
+                # The look: a loss is never negative, so one NaN keeps the sum non-finite.
                 # Under torchrun a stop counts only here, where the ranks agree on it.
                 look = done % sync_every == 0 or done == len(batches)
                 stopping = (look or not runtime.distributed) and stop.requested()
                 if look:
                     diverged, out_of_memory, stopping = rt.any_rank_each(
                         [~sums["loss"].isfinite(), out_of_memory, stopping], runtime)
-                    outcome = ("out_of_memory" if out_of_memory else "diverged" if diverged
-                               else "stopped" if stopping else None)
-                elif stopping:
-                    outcome = "stopped"
+                    outcome = "out_of_memory" if out_of_memory else "diverged" if diverged \
+                        else None
+                outcome = outcome or ("stopped" if stopping else None)
                 if outcome:
                     break
         if device.type == "cuda":
             torch.cuda.synchronize()
         sums["seconds"] += time.perf_counter() - started
         sums = global_sums(sums, runtime)
-        if outcome == "diverged":
-            progress["diverged_at"] = {"epoch": epoch, "step": done}
         if outcome in ("diverged", "out_of_memory"):
+            if outcome == "diverged":
+                progress["diverged_at"] = {"epoch": epoch, "step": done}
             return outcome
         if done < len(batches):
             progress.update(step=done, sums=sums)
             save_checkpoint(job, training)
             return "interrupted"
-        history.append({"epoch": epoch, "train_loss": sums["loss"].item() / sums["images"],
-                        "train_accuracy": 100.0 * sums["correct"].item() / sums["images"],
-                        "test_accuracy": None, "lr": optimizer.param_groups[0]["lr"],
-                        "seconds": sums["seconds"]})
+        progress["history"].append({
+            "epoch": epoch, "train_loss": sums["loss"].item() / sums["images"],
+            "train_accuracy": 100.0 * sums["correct"].item() / sums["images"],
+            "test_accuracy": None, "lr": optimizer.param_groups[0]["lr"],
+            "seconds": sums["seconds"]})
         progress.update(epoch=epoch, step=0, sums=None)
         save_checkpoint(job, training)  # before the test pass: a stop there loses nothing
         if runtime.is_main:  # the other ranks go on to the next epoch and wait for it there
-            stop.doing = f"the test pass of epoch {epoch} (the epoch itself is saved)"
-            measured, training.predictions = measure(model, data_, runtime, tta)
-            history[-1].update(measured)
-            stop.doing = "the current step"
-            job.say(f"{training.name} epoch {epoch}/{chosen['num_epochs']}: loss "
-                    f"{history[-1]['train_loss']:.4f}, train acc "
-                    f"{history[-1]['train_accuracy']:.2f}%, test acc "
-                    f"{history[-1]['test_accuracy']:.2f}%, {history[-1]['seconds']:.1f} s")
-            if estimate is not None:
-                estimate.epoch_end()
-            if training.run_dir is not None:
-                runs.record(job, training, "running")
+            test_pass(job, training, stop, estimate)
         if epoch < chosen["num_epochs"] and rt.any_rank(stop.requested(), runtime):
             return "interrupted"
     return "finished"
+
+
+def log_loss(job, progress, sums, epoch, done):
+    """The tutorial's running loss over the last ``log_every`` steps, printed and kept."""
+    loss = rt.all_sum(sums["window"].clone(), job.runtime).item() / job.script.log_every
+    progress["batch_losses"].append({"epoch": epoch, "batch": done, "loss": loss})
+    job.say(f"epoch {epoch}: batch {done} loss: {loss:.3f}")
+    sums["window"].zero_()
+
+
+def test_pass(job, training, stop, estimate):
+    """Rank 0, after an epoch: measure the weights, say the epoch's line, record it."""
+    record, chosen, epoch = training.progress["history"][-1], training.config, \
+        training.progress["epoch"]
+    stop.doing = f"the test pass of epoch {epoch} (the epoch itself is saved)"
+    measured, training.predictions = measure(training.model, job.on_device, job.runtime,
+                                             chosen.get("tta", False))
+    record.update(measured)
+    stop.doing = "the current step"
+    job.say(f"{training.name} epoch {epoch}/{chosen['num_epochs']}: loss "
+            f"{record['train_loss']:.4f}, train acc {record['train_accuracy']:.2f}%, "
+            f"test acc {record['test_accuracy']:.2f}%, {record['seconds']:.1f} s")
+    if estimate is not None:
+        estimate.epoch_end()
+    if training.run_dir is not None:
+        runs.record(job, training, "running")
 
 
 def fit(model, chosen, on_device, runtime, seed=0):
@@ -416,14 +425,19 @@ def show_progress(bar, done, sums):
                             acc=f"{100 * sums['correct'].item() / images:.1f}%")
 
 
-def keep_company(model, data_, runtime):
+def keep_company(job, training):
     """After running out of memory under torchrun, until the ranks next agree to stop: a
-    forward and backward with a zero loss, so that DDP's gradient all-reduce, which the other
-    ranks wait in, gets this rank's (zero) part. The weights are not stepped."""
-    batch = rt.memory_format(torch.addcmul(data_.shift, data_.train_images[:1].float(),
-                                           data_.scale))
-    with autocast(data_.train_images.device.type, runtime.amp_dtype):
-        (model(batch).float().sum() * 0).backward()
+    zero-loss forward and backward, so that DDP's gradient all-reduce, which the other ranks
+    wait in, gets this rank's (zero) part; the weights are not stepped. SyncBatchNorm's
+    others wait inside a forward instead, which no step here can meet: leave."""
+    torch.cuda.empty_cache()
+    if training.config.get("sync_bn"):
+        signals.leave_out_of_step(job, training)
+    on_device = job.on_device
+    batch = rt.memory_format(torch.addcmul(on_device.shift, on_device.train_images[:1].float(),
+                                           on_device.scale))
+    with autocast(on_device.train_images.device.type, job.runtime.amp_dtype):
+        (training.model(batch).float().sum() * 0).backward()
 
 
 def global_sums(sums, runtime):

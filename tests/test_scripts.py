@@ -305,18 +305,18 @@ def test_a_finished_config_passes_over_the_test_set_once_an_epoch(pickled_data, 
     ResNet-18 test pass with TTA takes a minute). They stay those of the final weights: the
     per-class scores agree with the final test accuracy."""
     script = importlib.import_module("Original_version_model_multiGPU")
-    extra_passes = []
-    real_predict = train.predict
+    passes, real_predict, real_measure = [], train.predict, train.measure
 
-    def counted(*args, **kwargs):
-        extra_passes.append(1)
-        return real_predict(*args, **kwargs)
+    def counted(name, real):
+        return lambda *args, **kwargs: passes.append(name) or real(*args, **kwargs)
 
-    monkeypatch.setattr(train, "predict", counted)
+    monkeypatch.setattr(train, "predict", counted("predict", real_predict))
+    monkeypatch.setattr(train, "measure", counted("measure", real_measure))
     out = tmp_path / "out"
     assert script.main(["--data-dir", str(pickled_data), "--configs", "recipe", "--epochs", "2",
                         "--out", str(out)] + CPU) == 0
-    assert extra_passes == []  # the epochs' own test passes gave every prediction
+    # the epochs' own passes (each over the test set and a training sample) gave every prediction
+    assert passes == ["measure", "predict", "predict"] * 2
     (entry,) = json.loads((out / "training_result.json").read_text())["configs"]
     matrix = torch.tensor(entry["confusion_matrix"])
     assert 100 * matrix.diagonal().sum().item() / matrix.sum().item() == pytest.approx(
