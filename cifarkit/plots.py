@@ -9,16 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .results import CLASSES, NAMING_KEYS, config_label, group_runs, write_atomically
+
 PLOTS = (  # file, history key, y-axis label, smallest y span shown (so noise looks like noise)
     ("loss.png", "train_loss", "training loss (cross-entropy, mean per image)", 0.2),
     ("train_accuracy.png", "train_accuracy_eval", "training accuracy (%)", 5.0),
     ("test_accuracy.png", "test_accuracy", "test accuracy (%)", 5.0),
 )
 ACCURACY_SPAN = 5.0  # percentage points: the least y range of an accuracy or gap axis
-# Config keys that label a config or quote the report, not settings it trained with.
-NOT_SETTINGS = ("name", "reported_accuracy", "reported_seconds")
 LINE_STYLES = ("-", "--", "-.", ":")
 MARKERS = "osD^v<>ph*"
+SIGNATURE = "cifarkit"  # the PNGs' Software text: how draw_views knows its own files
 
 
 def pyplot():
@@ -30,45 +31,26 @@ def pyplot():
     return plt
 
 
-def config_number(config_id):
-    return int(config_id.split("_")[1])
-
-
 def color(config_id):
     """config_N gets the N-th colour (tab10, then Dark2: 18 distinct), in every figure."""
     plt = pyplot()
     palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
-    return palette[(config_number(config_id) - 1) % len(palette)]
+    return palette[(int(config_id.split("_")[1]) - 1) % len(palette)]
 
 
 def line_style(index, points):
-    """A line style and a hollow marker per curve (by its index), markers thinned out and
-    offset from curve to curve, so two curves that coincide both stay visible."""
+    """A line style and a hollow marker per curve, markers thinned out and offset from curve
+    to curve, so two curves that coincide both stay visible."""
     every = max(1, points // 12)
     return {"linestyle": LINE_STYLES[index % len(LINE_STYLES)],
             "marker": MARKERS[index % len(MARKERS)], "markersize": 5,
             "markerfacecolor": "none", "markevery": (index % every, every)}
 
 
-SIGNATURE = "cifarkit"
-
-
-def drawn_here(path):
-    """Whether the PNG at ``path`` was drawn by this kit: its Software text says so (or says
-    Matplotlib, as the kit's PNGs before the run store did)."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(4096)
-    except OSError:
-        return False
-    return any(f"Software\x00{name}".encode() in head for name in (SIGNATURE, "Matplotlib"))
-
-
 def png_bytes(figure):
-    """The figure as PNG bytes (the caller writes them atomically)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight",  # keeps the legend
-                   metadata={"Software": SIGNATURE})  # how draw_views knows its own files
+                   metadata={"Software": SIGNATURE})
     pyplot().close(figure)
     return buffer.getvalue()
 
@@ -82,19 +64,17 @@ def add_legend(axes, columns=1):
 
 
 def differing_keys(configs):
-    """The settings that every one of ``configs`` holds and whose values are not all the
-    same, in the order they first appear. A key some lack is a model setting of another
-    script (dropout beside L2's LeNet): not a difference worth a legend."""
+    """The settings every config holds whose values are not all the same, in order of first
+    appearance. A key some lack is another script's model setting: no legend-worthy change."""
     keys = []
     for config in configs:
-        keys += [key for key in config if key not in keys and key not in NOT_SETTINGS]
+        keys += [key for key in config if key not in keys and key not in NAMING_KEYS]
     return [key for key in keys if all(key in config for config in configs)
             and len({repr(config[key]) for config in configs}) > 1]
 
 
 def short_labels(entries):
-    """{config id: legend label}: the config's id and name, and only the settings that differ
-    between the configs shown (the full settings are in the JSON and the summary table)."""
+    """{config id: legend label} with only the settings that differ between the configs."""
     first = {entry["id"]: entry["config"] for entry in entries}
     differing = differing_keys(list(first.values()))
     return {config_id: legend_label(config_id, config, differing)
@@ -102,31 +82,21 @@ def short_labels(entries):
 
 
 def legend_label(config_id, config, differing):
-    """'config_3 (name): lr=0.001, momentum=0.95': the id, the name when the config has one,
-    and the settings named in ``differing``."""
+    """'config_3 (name): lr=0.001, momentum=0.95', the settings named in ``differing``."""
     name = f" ({config['name']})" if "name" in config else ""
     shown = ", ".join(f"{key}={config[key]}" for key in differing)
     return config_id + name + (f": {shown}" if shown else "")
 
 
-def group_runs(entries):
-    """{config id: [entries, one per seed]}, in config order."""
-    groups = {}
-    for entry in entries:
-        groups.setdefault(entry["id"], []).append(entry)
-    return groups
-
-
 def values_of(record, key):
-    """A history value; an older file without the eval-mode training accuracy falls back to
-    the running one (the caller says so: see uses_running)."""
+    """A history value; a file without the eval-mode training accuracy gives the running one
+    (see uses_running)."""
     if key == "train_accuracy_eval" and record.get(key) is None:
         return record.get("train_accuracy")
     return record.get(key)
 
 
 def uses_running(entries):
-    """Whether any history lacks the eval-mode training accuracy (files written before it)."""
     return any(record.get("train_accuracy_eval") is None
                for entry in entries for record in entry["history"])
 
@@ -145,8 +115,8 @@ def mean_curve(runs, key):
 
 
 def draw_config_curves(axes, entries, key, labels, x_key=None, style_offset=0):
-    """One line per config (the mean over its seeds), its own line style and marker, with a
-    band of one std labelled as such when it has several seeds. ``labels``: {id: label}."""
+    """One line per config (the mean over its seeds), with a band of one std, labelled as
+    such, when it has several seeds. ``labels``: {id: label}."""
     for index, (config_id, runs) in enumerate(group_runs(entries).items()):
         if not any(run["history"] for run in runs):
             continue
@@ -165,8 +135,7 @@ def draw_config_curves(axes, entries, key, labels, x_key=None, style_offset=0):
 
 
 def whole_epochs(axes, last_epoch):
-    """Epoch ticks at whole numbers only (never 0.96…1.04 or steps of 1.25), and room for a
-    run of one epoch."""
+    """Epoch ticks at whole numbers only, and room for a run of one epoch."""
     from matplotlib.ticker import MaxNLocator
 
     axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
@@ -175,8 +144,7 @@ def whole_epochs(axes, last_epoch):
 
 
 def min_span(axes, span):
-    """Widen the y axis to at least ``span`` around the data, so 0.2 points of noise is not
-    drawn as a trend."""
+    """The y axis at least ``span`` high, so 0.2 points of noise is not drawn as a trend."""
     low, high = axes.get_ylim()
     if high - low < span:
         middle = (low + high) / 2
@@ -184,30 +152,15 @@ def min_span(axes, span):
 
 
 def subtitle(run, entries):
-    """'2,000 training / 400 test images · device · precision' and, below, the data source,
-    from a results JSON's run fields (None: no subtitle)."""
+    """'2,000 training / 400 test images · device · precision' and below it the data source,
+    each path cut to its last folder (None: no subtitle)."""
     if not run:
         return None
     data = run["data"]
     precisions = sorted({entry["precision"] for entry in entries if entry.get("precision")})
+    source = re.sub(r"(?:[^\s,;()]*/)+([^/\s,;()]+)/?", r"\1", data["source"])
     return (" · ".join([f"{data['train_images']:,} training / {data['test_images']:,} test "
-                        f"images", ", ".join(run["devices"])] + precisions)
-            + f"\n{short_source(data['source'])}")
-
-
-def short_source(source):
-    """The data source with each path cut to its last folder: "image folders in
-    cifar10-jpeg", not the whole absolute path (which the results JSON keeps)."""
-    return re.sub(r"(?:[^\s,;()]*/)+([^/\s,;()]+)/?", r"\1", source)
-
-
-def train_sample_size(run):
-    """How many training images the eval-mode training accuracy is measured on (as
-    cifarkit.train.train_sample chooses them), or None when unknown."""
-    if not run:
-        return None
-    data = run["data"]
-    return min(data["train_images"], data["test_images"], 5000)
+                        f"images", ", ".join(run["devices"])] + precisions) + f"\n{source}")
 
 
 def titled(axes, title, note):
@@ -220,13 +173,21 @@ def last_epoch(entries):
 
 
 def history_figure(entries, key, title, y_label, span, note=None, sample=None):
-    """A per-run PNG: one curve per config against the epoch. The training-accuracy figure
-    draws the eval-mode value (on ``sample`` fixed training images) and, faint, the running
-    one the logs print."""
-    plt = pyplot()
-    figure, axes = plt.subplots(figsize=(9, 5.5))
+    """One curve per config against the epoch; "batch_losses": the loss the logs print every
+    log_every mini-batches, per seed. The training-accuracy figure draws the eval-mode value
+    (on ``sample`` fixed training images) and, faint, the running one the logs print."""
+    figure, axes = pyplot().subplots(figsize=(9, 5.5))
     labels = short_labels(entries)
-    draw_config_curves(axes, entries, key, labels)
+    if key == "batch_losses":
+        for index, entry in enumerate(entries):
+            points = entry.get("batch_losses", [])
+            x = [point["epoch"] - 1 + point["batch"] / entry["steps_per_epoch"]
+                 for point in points]
+            seed = f" (seed {entry['seed']})" if len(entries) > 1 else ""
+            axes.plot(x, [point["loss"] for point in points], color=color(entry["id"]),
+                      label=labels[entry["id"]] + seed, **line_style(index, len(x)))
+    else:
+        draw_config_curves(axes, entries, key, labels)
     if key == "train_accuracy_eval":
         start, bands = len(axes.lines), len(axes.collections)
         draw_config_curves(axes, entries, "train_accuracy", {i: "" for i in labels})
@@ -252,39 +213,15 @@ def history_figure(entries, key, title, y_label, span, note=None, sample=None):
     return figure
 
 
-def batch_loss_figure(entries, title, log_every, note=None):
-    """The loss printed every ``log_every`` mini-batches, against (fractional) epochs."""
-    plt = pyplot()
-    figure, axes = plt.subplots(figsize=(9, 5.5))
-    labels = short_labels(entries)
-    for index, entry in enumerate(entries):
-        points = entry.get("batch_losses", [])
-        x = [point["epoch"] - 1 + point["batch"] / entry["steps_per_epoch"] for point in points]
-        seed = f" (seed {entry['seed']})" if len(entries) > 1 else ""
-        axes.plot(x, [point["loss"] for point in points], color=color(entry["id"]),
-                  label=labels[entry["id"]] + seed, **line_style(index, len(x)))
-    axes.set(xlabel="epoch", ylabel=f"training loss (mean of {log_every} mini-batches)")
-    titled(axes, title, note)
-    whole_epochs(axes, last_epoch(entries))
-    min_span(axes, 0.2)
-    axes.grid(alpha=0.3)
-    add_legend(axes)
-    return figure
-
-
 def examples_figure(images, labels, predictions, class_names, title):
-    """A grid of test images, each captioned with its true and predicted class.
-
-    One axes holds the whole grid as a single picture, the captions written above each
-    image: an axes per image drew about six times slower (0.9 s a figure on a 2-core CPU),
-    and the figure is redrawn after every config that becomes the best."""
-    plt = pyplot()
+    """Test images captioned with their true and predicted class, drawn as one picture in one
+    axes: an axes per image drew six times slower, and this is redrawn for every new best."""
     columns = 8
     cell_width, cell_height, top_margin = 40, 50, 16  # pixels, around each 32x32 image
     rows = -(-len(images) // columns)
     mosaic = np.full((rows * cell_height, columns * cell_width, 3), 255, dtype=np.uint8)
     height = rows * 1.6 + 1.0  # inches: 1.0 above the grid for the four lines of the title
-    figure = plt.figure(figsize=(columns * 1.4, height))
+    figure = pyplot().figure(figsize=(columns * 1.4, height))
     axes = figure.add_axes((0.01, 0.01, 0.98, 1 - 1.05 / height))
     for index, (image, label, predicted) in enumerate(zip(images, labels, predictions)):
         row, column = divmod(index, columns)
@@ -301,8 +238,7 @@ def examples_figure(images, labels, predictions, class_names, title):
 
 
 def rounded_rows(percent):
-    """Whole percentages whose rows add up to 100 as the exact ones do (largest remainder:
-    the cells that lost most to rounding down get the missing points)."""
+    """Whole percentages whose rows add up to 100 as the exact ones do (largest remainder)."""
     floors = np.floor(percent)
     for row, exact in enumerate(percent):
         missing = int(round(exact.sum() - floors[row].sum()))
@@ -313,11 +249,10 @@ def rounded_rows(percent):
 
 def confusion_figure(matrix, class_names, title):
     """Rows: true class; columns: predicted class; each row in percent of that class."""
-    plt = pyplot()
     matrix = np.asarray(matrix, dtype=float)
     percent = 100 * matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     shown_percent = rounded_rows(percent)
-    figure, axes = plt.subplots(figsize=(7, 6))
+    figure, axes = pyplot().subplots(figsize=(7, 6))
     shown = axes.imshow(percent, cmap="Blues", vmin=0, vmax=100)
     for row in range(len(class_names)):
         for column in range(len(class_names)):
@@ -331,35 +266,42 @@ def confusion_figure(matrix, class_names, title):
 
 
 def draw_views(out_dir, results, examples=None):
-    """The PNGs of a results JSON: loss.png, train_accuracy.png, test_accuracy.png (the
-    baseline's loss.png shows the running loss it prints every log_every mini-batches), and
-    examples.png from ``examples`` (store.examples: images, labels, predictions, entry)."""
-    from .results import CLASSES, config_label, write_atomically  # results imports plots
-
+    """A results JSON's PNGs: loss.png (the baseline's: the loss printed every log_every
+    mini-batches), train_accuracy.png, test_accuracy.png, and examples.png from ``examples``
+    (store.examples). A PNG of the user's own is kept aside; returns the lines that say so."""
     entries, log_every = results["configs"], results.get("log_every") or 0
     title = Path(results["script"]).stem
     note = subtitle(results, entries)
-    with_batch_losses = log_every and any(entry.get("batch_losses") for entry in entries)
-    figures = {}  # examples.png first: the others drawn after the JSON say all were (_drawn)
+    data = results["data"]
+    sample = min(data["train_images"], data["test_images"], 5000)  # as train_sample chooses
+    figures = {}  # examples.png first: the others drawn after the JSON say all were
     if examples is not None:
         images, labels, predictions, best = examples
         correct = int((np.asarray(labels) == np.asarray(predictions)).sum())
         figures["examples.png"] = examples_figure(
             images, [int(label) for label in labels], [int(p) for p in predictions], CLASSES,
             f"{title}, {config_label(best)}\n{correct} of these {len(labels)} right; "
-            f"{best['final_test_accuracy']:.1f}% of all {results['data']['test_images']:,} "
-            f"test images")
+            f"{best['final_test_accuracy']:.1f}% of all {data['test_images']:,} test images")
     for file_name, key, y_label, span in PLOTS:
-        if file_name == "loss.png" and with_batch_losses:
-            figures[file_name] = batch_loss_figure(
-                entries, f"{title}: loss every {log_every} mini-batches", log_every, note)
+        if file_name == "loss.png" and log_every and any(
+                entry.get("batch_losses") for entry in entries):
+            figures[file_name] = history_figure(
+                entries, "batch_losses", f"{title}: loss every {log_every} mini-batches",
+                f"training loss (mean of {log_every} mini-batches)", 0.2, note)
         else:
-            figures[file_name] = history_figure(entries, key, f"{title}: {y_label.split(' (')[0]}",
-                                                y_label, span, note, train_sample_size(results))
+            figures[file_name] = history_figure(
+                entries, key, f"{title}: {y_label.split(' (')[0]}", y_label, span, note, sample)
     out_dir, kept = Path(out_dir), []
-    for file_name in ("examples.png", *figures):  # a PNG of the user's own is kept aside
-        path = out_dir / file_name
-        if path.is_file() and not path.is_symlink() and not drawn_here(path):
+    for path in (out_dir / name for name in ("examples.png", *figures)):
+        if not path.is_file() or path.is_symlink():
+            continue
+        try:
+            with open(path, "rb") as file:
+                head = file.read(4096)
+        except OSError:
+            head = b""
+        # the kit's PNGs from before the run store say Matplotlib
+        if not any(f"Software\x00{name}".encode() in head for name in (SIGNATURE, "Matplotlib")):
             aside = path.with_name(f"{path.stem}.yours-{datetime.now():%Y%m%d-%H%M%S-%f}.png")
             os.replace(path, aside)
             kept.append(f"{path} was not drawn by this kit: kept as {aside.name}")
