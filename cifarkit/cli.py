@@ -7,24 +7,23 @@ DEFAULT_SEED = 0
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
+def whole_number(low, high=None):
+    """An argparse type: a whole number from ``low`` (to ``high``)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} must be between {low} and {high}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} must be at least {low}")
+        return value
+
+    return parse
 
 
-def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"{text} must be between 0 and {MAX_SEED}")
-    return value
+positive_int = whole_number(1)
 
 
 def build_parser(script, description, default_out, default_device, cpu_amp=False):
@@ -59,7 +58,7 @@ def build_parser(script, description, default_out, default_device, cpu_amp=False
     parser.add_argument("--compile", action="store_true",
                         help="wrap the model in torch.compile (first epoch slower while it "
                              "compiles; works on the CPU too)")
-    parser.add_argument("--seed", type=_seed, default=DEFAULT_SEED,
+    parser.add_argument("--seed", type=whole_number(0, MAX_SEED), default=DEFAULT_SEED,
                         help=f"seed for weights, batch order and subsets (default: "
                              f"{DEFAULT_SEED}); the same seed gives the same result on the CPU")
     parser.add_argument("--seeds", type=positive_int, default=1, metavar="K",

@@ -20,68 +20,50 @@ from .runtime import precision, recorded_devices
 def check_out_dir(path, bytes_needed, data_dir, kit_names=PLOT_FILES):
     """Refuse an output folder that cannot be created or written, that belongs to something
     else (the data set, a repository, source code), or where something stands in the way of
-    a file the kit writes there (``kit_names``, relative to it), without touching it."""
+    a file the kit writes there (``kit_names``, relative to it), without touching it: each
+    would stop the run only after its first config had trained."""
+    def refuse(why, fix="Choose another folder with --out DIR."):
+        raise UserError(f"--out {path}: {why}. {fix}")
+
     try:
-        _check_out_dir(path, bytes_needed, data_dir, kit_names)
-    except OSError as error:  # a name too long, a loop of links, a folder we may not list
-        raise UserError(f"--out {path}: {error.strerror or error}. Choose another folder "
-                        f"with --out DIR.") from None
-
-
-def _check_out_dir(path, bytes_needed, data_dir, kit_names):
-    out = Path(path).absolute()
-    data = Path(data_dir).absolute()
-    special = {Path(out.anchor): "the root of the file system",
-               Path.home().resolve(): "your home folder"}
-    if out.resolve() in special:
-        raise UserError(f"--out {path}: that is {special[out.resolve()]}; results go into a "
-                        f"folder of their own: choose one with --out DIR.")
-    if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
-        raise UserError(f"--out {path}: that is the data folder {data_dir} or inside it; results "
-                        f"never go there. Choose another folder with --out DIR.")
-    if out.is_dir():
-        foreign = foreign_entries(out)
+        out, data = Path(path).absolute(), Path(data_dir).absolute()
+        special = {Path(out.anchor): "the root of the file system",
+                   Path.home().resolve(): "your home folder"}
+        if out.resolve() in special:
+            refuse(f"that is {special[out.resolve()]}; results go into a folder of their own",
+                   "Choose one with --out DIR.")
+        if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
+            refuse(f"that is the data folder {data_dir} or inside it; results never go there")
+        foreign = foreign_entries(out) if out.is_dir() else []
         if foreign:
-            raise UserError(f"--out {path}: that folder holds files this kit did not write "
-                            f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): "
-                            f"it looks like a project or source folder. Results go into a "
-                            f"folder of their own: choose one with --out DIR.")
-    _check_nothing_in_the_way(out, path, kit_names)
-    _check_disk(out, path, bytes_needed)
-
-
-def _check_nothing_in_the_way(out, path, kit_names):
-    """A folder (or pipe) where the kit writes a file, or a file or broken link where it
-    keeps its runs, would stop the run only after its first config had trained."""
-    runs = out / RUNS
-    if runs.is_symlink() and not runs.exists():
-        raise UserError(f"--out {path}: {runs} is a link to {os.readlink(runs)}, which does "
-                        f"not exist. Create that folder (a scratch disk not mounted?), or "
-                        f"remove the link.")
-    blocked = [out / name for name in kit_names
-               if (out / name).exists() and not (out / name).is_file()]
-    if runs.exists() and not runs.is_dir():
-        blocked.append(runs)
-    if blocked:
-        raise UserError(f"--out {path}: {blocked[0]} is in the way of a file or folder the "
-                        f"kit writes there. Move it, or choose another folder with --out DIR.")
-
-
-def _check_disk(out, path, bytes_needed):
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    if existing.is_dir() and shutil.disk_usage(existing).total == 0:  # /proc, /sys
-        raise UserError(f"--out {path}: {existing} is not on a disk (a virtual file system "
-                        f"such as /proc or /sys). Choose another folder with --out DIR.")
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--out {path}: cannot write there ({existing} is not a writable "
-                        f"folder). Choose another folder with --out DIR.")
-    free = shutil.disk_usage(existing).free
-    if free < bytes_needed:
-        raise UserError(f"--out {path}: only {free / 2**20:.0f} MiB free on that disk; this run "
-                        f"needs about {bytes_needed / 2**20:.0f} MiB. Free some space or "
-                        f"choose another folder with --out DIR.")
+            refuse(f"that folder holds files this kit did not write ({', '.join(foreign[:3])}"
+                   f"{', ...' if len(foreign) > 3 else ''}): it looks like a project or source "
+                   f"folder. Results go into a folder of their own",
+                   "Choose one with --out DIR.")
+        runs = out / RUNS
+        if runs.is_symlink() and not runs.exists():
+            refuse(f"{runs} is a link to {os.readlink(runs)}, which does not exist",
+                   "Create that folder (a scratch disk not mounted?), or remove the link.")
+        blocked = [out / name for name in kit_names
+                   if (out / name).exists() and not (out / name).is_file()]
+        blocked += [runs] if runs.exists() and not runs.is_dir() else []
+        if blocked:
+            refuse(f"{blocked[0]} is in the way of a file or folder the kit writes there",
+                   "Move it, or choose another folder with --out DIR.")
+        existing = out
+        while not existing.exists():
+            existing = existing.parent
+        if existing.is_dir() and shutil.disk_usage(existing).total == 0:  # /proc, /sys
+            refuse(f"{existing} is not on a disk (a virtual file system such as /proc or /sys)")
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            refuse(f"cannot write there ({existing} is not a writable folder)")
+        free = shutil.disk_usage(existing).free
+        if free < bytes_needed:
+            refuse(f"only {free / 2**20:.0f} MiB free on that disk; this run needs about "
+                   f"{bytes_needed / 2**20:.0f} MiB",
+                   "Free some space or choose another folder with --out DIR.")
+    except OSError as error:  # a name too long, a loop of links, a folder we may not list
+        refuse(error.strerror or error)
 
 
 def to_cpu(value):
@@ -107,15 +89,12 @@ def save_weights(model, path):
 
 def environment():
     # torchvision's version from its package record: importing it costs 2 s (torch._dynamo)
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": _installed_version("torchvision"), "platform": platform.platform()}
-
-
-def _installed_version(package):
     try:
-        return importlib.metadata.version(package)
+        torchvision = importlib.metadata.version("torchvision")
     except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+        torchvision = "not installed"
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision, "platform": platform.platform()}
 
 
 def new_results(script, dataset, runtime, seed, argv):

@@ -177,6 +177,10 @@ def train_one(job, number, chosen, seed, stop):
                 f"{training.progress['epoch']}, step {training.progress['step']}")
         if note:
             job.say(f"{name}: {note}")
+        last = training.progress["history"][-1:]
+        if last and last[0]["test_accuracy"] is None and runtime.is_main:  # stopped in its
+            last[0].update(measure(model, job.on_device, runtime,  # test pass: measure now
+                                   chosen.get("tta", False))[0])
     status = train_config(job, training, stop)
     signals.say_failed(job, training, status)
     if status != "interrupted":
@@ -192,16 +196,11 @@ def train_config(job, training, stop):
         training.progress
     device, log_every = on_device.train_images.device, job.script.log_every
     sync_every = SYNC_EVERY["distributed" if runtime.distributed else device.type]
-    estimate = Estimate(job, training) if job.estimate_due else None
-    job.estimate_due = False
-    if progress["history"] and progress["history"][-1]["test_accuracy"] is None \
-            and runtime.is_main:  # stopped during its last test pass: measure those weights
-        progress["history"][-1].update(measure(model, on_device, runtime, chosen.get("tta"))[0])
+    estimate, job.estimate_due = Estimate(job, training) if job.estimate_due else None, False
     while progress["epoch"] < chosen["num_epochs"]:
         epoch = progress["epoch"] + 1
         batches = epoch_batches(len(on_device.train_labels), chosen["batch_size"],
                                 training.seed, epoch, runtime)
-        # a resumed epoch's sums are global: rank 0 carries them, the others start at zero
         sums = new_sums(device, progress["sums"] if runtime.is_main else None)
         done, outcome, out_of_memory = progress["step"], None, False
         model.train()
@@ -219,7 +218,7 @@ def train_config(job, training, stop):
                         with autocast(device.type, runtime.amp_dtype):
                             outputs = model(rt.memory_format(inputs))
                             loss = F.cross_entropy(outputs.float(), targets, reduction="sum",
-                                                   label_smoothing=chosen.get("label_smoothing", 0.0))
+                                                   label_smoothing=chosen.get("label_smoothing", 0))
                         optimizer.zero_grad(set_to_none=True)
                         # the mean over the global batch, however the ranks split it
                         scaler.scale(loss * (runtime.world_size / len(index))).backward()
@@ -251,8 +250,7 @@ def train_config(job, training, stop):
                 if look:
                     diverged, out_of_memory, stopping = rt.any_rank_each(
                         [~sums["loss"].isfinite(), out_of_memory, stopping], runtime)
-                    outcome = "out_of_memory" if out_of_memory else "diverged" if diverged \
-                        else None
+                    outcome = "out_of_memory" if out_of_memory else "diverged" if diverged else None
                 outcome = outcome or ("stopped" if stopping else None)
                 if outcome:
                     break
@@ -343,7 +341,8 @@ def new_progress():
 def new_sums(device, saved=None):
     """An epoch's running totals, kept on the device and read once an epoch. Losses add up
     in float64, exact for float32 step losses, so a resumed run's totals do not depend on
-    the order of the additions."""
+    the order of the additions. A resumed epoch's sums are global: rank 0 carries them, the
+    other ranks start at zero."""
     if saved is not None:
         return {key: value.to(device) if isinstance(value, torch.Tensor) else value
                 for key, value in saved.items()}
@@ -465,14 +464,13 @@ def save_checkpoint(job, training):
 
 
 @torch.inference_mode()
-def predict(model, images, scale, shift, runtime, tta=False, both=False, batch_size=1000):
+def predict(model, images, scale, shift, runtime, tta=False, both=False):
     """Predicted class of every image, as a CPU tensor; with ``tta`` the logits of each image
     and of its mirror image are added. ``both``: (without TTA, with TTA or None)."""
     model = rt.unwrap(model).eval()
     plain, mirrored = [], []
-    for start in range(0, len(images), batch_size):
-        batch = rt.memory_format(torch.addcmul(shift, images[start:start + batch_size].float(),
-                                               scale))
+    for start in range(0, len(images), 1000):
+        batch = rt.memory_format(torch.addcmul(shift, images[start:start + 1000].float(), scale))
         with autocast(images.device.type, runtime.amp_dtype):
             logits = model(batch).float()
             plain.append(logits.argmax(dim=1).cpu())
