@@ -40,34 +40,21 @@ def task_number(task):
 
 @dataclass
 class Run:
-    """One usable results JSON; ``name`` (its folder's, plus the file's where one folder holds
-    two) labels its headings, legends and figure files, so no two overwrite each other."""
+    """One usable results JSON; ``name`` (the folder's, plus the file's where a folder holds
+    two) labels its headings, legends and figure files, so that none overwrites another."""
     path: Path
     results: dict
     name: str
     task: str  # its script's REPORT_TASK
     ignored: list = field(default_factory=list)  # naming fields of the wrong kind, dropped
 
-    @property
-    def script(self):
-        return self.results["script"]
-
-    @property
-    def groups(self):
-        """{config id: [finished entries, one per seed]}, configs with none left out."""
-        return group_runs([entry for entry in self.results["configs"]
-                           if entry["status"] == "finished"])
-
-    @property
-    def best(self):
-        """The finished config with the highest mean final test accuracy: its entries, or []."""
-        return max(self.groups.values(), key=lambda runs: _mean(runs, "final_test_accuracy"),
-                   default=[])
-
-    @property
-    def images(self):
-        data = self.results["data"]
-        return f"{data['train_images']:,} training / {data['test_images']:,} test images"
+    def __post_init__(self):
+        self.script, data = self.results["script"], self.results["data"]
+        self.images = f"{data['train_images']:,} training / {data['test_images']:,} test images"
+        self.groups = group_runs([entry for entry in self.results["configs"]  # finished ones,
+                                  if entry["status"] == "finished"])  # {config id: [a seed's]}
+        self.best = max(self.groups.values(), default=[],  # the best config's entries
+                        key=lambda entries: _mean(entries, "final_test_accuracy"))
 
 
 def load_runs(modelset, scripts):
@@ -77,7 +64,8 @@ def load_runs(modelset, scripts):
     for path in sorted(Path(modelset).glob("*/[!.]*.json")):  # not hidden ones
         results, problem, ignored = read_results(path)
         if problem is None and results["script"] not in scripts:
-            problem = f"not a results file of the kit's scripts ('script' is {results['script']!r})"
+            problem = (f"not a results file of the kit's scripts ('script' is "
+                       f"{results['script']!r})")
         if problem:
             skipped.append((path, problem))
         else:
@@ -90,11 +78,10 @@ def load_runs(modelset, scripts):
 
 
 def train_eval(entry):
-    """(final eval-mode training accuracy, whether it is the running one: an older file)."""
-    last = entry["history"][-1] if entry["history"] else {}
-    if last.get("train_accuracy_eval") is not None:
-        return last["train_accuracy_eval"], False
-    return entry["final_train_accuracy"], True
+    """(a finished entry's final eval-mode training accuracy, whether it is the running one
+    instead: files written before the eval-mode value was recorded)."""
+    value = entry["history"][-1].get("train_accuracy_eval")
+    return (entry["final_train_accuracy"], True) if value is None else (value, False)
 
 
 def _gap(entry):
@@ -122,10 +109,11 @@ def summary_table(results):
         finished = [run for run in runs if run["status"] == "finished"]
         running = any(train_eval(run)[1] for run in finished)
         any_running = any_running or running
-        cells = [mean_std([measure(run) for run in finished]) if finished else "—" for measure in (
-            lambda run: run["final_test_accuracy"], lambda run: run["best_test_accuracy"],
-            lambda run: train_eval(run)[0], lambda run: run["final_train_accuracy"], _gap,
-            lambda run: run["train_seconds"])]
+        measures = (lambda run: run["final_test_accuracy"], lambda run: run["best_test_accuracy"],
+                    lambda run: train_eval(run)[0], lambda run: run["final_train_accuracy"], _gap,
+                    lambda run: run["train_seconds"])
+        cells = [mean_std(list(map(measure, finished))) if finished else "—"
+                 for measure in measures]
         cells[2], cells[4] = ("—", cells[4] + " †") if running else (cells[2], cells[4])
         where = "; ".join([", ".join(results["devices"])]
                           + sorted({run["precision"] for run in runs if "precision" in run}))
@@ -198,9 +186,9 @@ def strength_sweep(run):
 
 
 def _strength_lines(run, modelset, figures):
-    """For a run whose configs sweep one regulariser's strength: the final gap and test
-    accuracy against it (mean ± std over seeds), and in words the smallest strength whose gap
-    is below the control's (0) by more than the seeds' spread (the larger std)."""
+    """The final gap and test accuracy against the strength a run sweeps (mean ± std over
+    seeds), and the smallest strength whose gap is below the control's (0) by more than the
+    seeds' spread (the larger std), in words."""
     key, points = strength_sweep(run)
     name, chosen, log = STRENGTHS[key]
     strengths = [strength for strength, _ in points]
@@ -214,7 +202,8 @@ def _strength_lines(run, modelset, figures):
             "final gap: train (eval mode) − test (points)", "final test accuracy (%)")):
         axes.errorbar(x, [mean for mean, _ in spread], yerr=[std for _, std in spread],
                       marker="o", capsize=4, label="mean ± std over seeds")
-        axes.axvline(chosen, color="grey", linestyle="--", label=f"the report's {name}: {chosen:g}")
+        axes.axvline(chosen, color="grey", linestyle="--",
+                     label=f"the report's {name}: {chosen:g}")
         axes.set_xscale("log" if log else "linear")
         axes.set_xticks(x, [f"{strength:g}" for strength in strengths])
         axes.minorticks_off()
@@ -225,8 +214,8 @@ def _strength_lines(run, modelset, figures):
                     f"{plots.subtitle(run.results, points[0][1])}; seeds per strength: "
                     f"{', '.join(map(str, sorted({len(entries) for _, entries in points})))}",
                     fontsize=10)
-    path = _save(figure, figures / f"task2_strength_{run.name}.png")
-    lines = _link(path, modelset, f"{name} against the gap and test accuracy")
+    lines = _link(_save(figure, figures / f"task2_strength_{run.name}.png"), modelset,
+                  f"{name} against the gap and test accuracy")
     if 0.0 not in strengths:
         return lines + _claim(f"{run.script} ({run.name}): the sweep has no control ({name} 0) "
                               f"to compare with.")
@@ -246,35 +235,36 @@ def _strength_lines(run, modelset, figures):
 def sweep_figure(sweep_runs, path):
     """Task 3: final test accuracy against lr, momentum and batch size, a row per run; in each
     panel a line joins the configs that differ only in that panel's setting."""
-    figure, grid = plots.pyplot().subplots(len(sweep_runs), 3, figsize=(17, 6 * len(sweep_runs)),
-                                           squeeze=False, layout="constrained")
-    palette = plots.pyplot().get_cmap("tab10").colors
+    plt = plots.pyplot()
+    figure, grid = plt.subplots(len(sweep_runs), 3, figsize=(17, 6 * len(sweep_runs)),
+                                squeeze=False, layout="constrained")
     for row, run in zip(grid, sweep_runs):
-        groups = list(run.groups.values())
-        configs = [runs[0]["config"] for runs in groups]
+        configs = [entries[0]["config"] for entries in run.groups.values()]
         for axes, (key, name, log) in zip(row, SWEEP_AXES):
             others = [other for other in plots.differing_keys(configs) if other != key]
             lines = {}
-            for runs in groups:
-                lines.setdefault(tuple((other, runs[0]["config"].get(other))
-                                       for other in others), []).append(runs)
+            for entries in run.groups.values():
+                lines.setdefault(tuple((other, entries[0]["config"].get(other))
+                                       for other in others), []).append(entries)
             for index, (line_key, members) in enumerate(lines.items()):
-                members.sort(key=lambda runs: runs[0]["config"][key])
-                finals = [[run["final_test_accuracy"] for run in runs] for runs in members]
-                names = [runs[0]["config"]["name"] for runs in members
-                         if "name" in runs[0]["config"]]
-                axes.errorbar([runs[0]["config"][key] for runs in members],
-                              [np.mean(values) for values in finals], capsize=3,
+                members.sort(key=lambda entries: entries[0]["config"][key])
+                finals = [[entry["final_test_accuracy"] for entry in entries]
+                          for entries in members]
+                names = [entries[0]["config"]["name"] for entries in members
+                         if "name" in entries[0]["config"]]
+                colour = plt.get_cmap("tab10").colors[index % 10]
+                axes.errorbar([entries[0]["config"][key] for entries in members],
+                              [np.mean(values) for values in finals], capsize=3, color=colour,
                               yerr=[np.std(values) for values in finals]
                               if max(map(len, finals)) > 1 else None,
-                              color=palette[index % 10], **plots.line_style(index, 1),
                               label=", ".join(names) or ", ".join(
-                                  f"{k}={v}" for k, v in line_key) or "all configs")
-                reported = [(runs[0]["config"][key], runs[0]["config"]["reported_accuracy"])
-                            for runs in members if "reported_accuracy" in runs[0]["config"]]
+                                  f"{k}={v}" for k, v in line_key) or "all configs",
+                              **plots.line_style(index, 1))
+                reported = [(entries[0]["config"][key], entries[0]["config"]["reported_accuracy"])
+                            for entries in members if "reported_accuracy" in entries[0]["config"]]
                 if reported:
                     axes.plot(*zip(*reported), linestyle="none", marker="*", markersize=11,
-                              color=palette[index % 10], alpha=0.7)
+                              color=colour, alpha=0.7)
             values = sorted({config[key] for config in configs})
             if values:
                 axes.set_xscale("log" if log else "linear")
@@ -293,11 +283,12 @@ def sweep_figure(sweep_runs, path):
                 axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14))
         row[1].set_title(f"{run.name}: {plots.subtitle(run.results, run.results['configs'])}"
                          f"\nfinal test accuracy against {SWEEP_AXES[1][1]}", fontsize=10)
-        if not groups:  # every config diverged or is unfinished: said on the empty axes
+        if not configs:  # every config diverged or is unfinished: said on the empty axes
             row[0].text(0.5, 0.5, "no finished config", ha="center", transform=row[0].transAxes)
     figure.suptitle(f"Task 3 ({', '.join(sorted({run.script for run in sweep_runs}))}): final "
                     "test accuracy of each config; a line joins configs that differ only in the "
-                    "setting on its x axis; ★ the report's accuracy for that config", fontsize=11)
+                    "setting on its x axis; ★ the report's accuracy for that config",
+                    fontsize=11)
     return _save(figure, path)
 
 
@@ -315,25 +306,28 @@ def _first_reach(curve, target):
     return (int(reached[0]) + 1, float(curve[0][reached[0]])) if len(reached) else None
 
 
-def _time_figure(lines, stars, best, title, subtitle, corner):
-    """Test accuracy against cumulative training time: per (label, entries of one config, line
-    style) the mean over seeds, a ±1 std band, and a dot where it first reaches ``best``
-    ((accuracy, config id): the report's best LeNet, drawn level); ``stars``: (seconds,
-    accuracy, colour, label) the report measured; ``corner``: a note in the top left."""
+def _time_figure(curves, stars, best, title, subtitle, corner):
+    """Test accuracy against cumulative training time, a line per (label prefix, run, entries
+    of one config, style): the mean over seeds, a ±1 std band, a dot where it first reaches
+    ``best`` ((accuracy, config id), drawn level); ``stars``: (seconds, accuracy, colour,
+    label) the report measured; ``corner``: a note at the top left."""
     figure, axes = plots.pyplot().subplots(figsize=(11, 6.5))
+    mixed = len({run.images for _, run, _, _ in curves}) > 1
+    differing = plots.differing_keys([entries[0]["config"] for _, _, entries, _ in curves])
     seconds = [star[0] for star in stars]
-    for label, entries, style in lines:
-        curve = _time_curve(entries)
-        seconds += list(curve[0])
-        axes.plot(curve[0], curve[1], label=label + (
-            f" (mean of {len(entries)} seeds)" if len(entries) > 1 else ""), **style)
-        if len(entries) > 1:
-            axes.fill_between(curve[0], curve[1] - curve[2], curve[1] + curve[2], alpha=0.15,
-                              color=style["color"],
-                              label=f"{entries[0]['id']}: ±1 std over {len(entries)} seeds")
-        reach = _first_reach(curve, best[0]) if best else None
+    for index, (prefix, run, entries, style) in enumerate(curves):
+        (x, y, std), seeds = _time_curve(entries), len(entries)
+        style, seconds = dict(plots.line_style(index, len(x)), **style), seconds + list(x)
+        axes.plot(x, y, **style, label=prefix + plots.legend_label(
+            entries[0]["id"], entries[0]["config"], differing)
+            + (f" [{run.results['data']['train_images']:,} images]" if mixed else "")
+            + (f" (mean of {seeds} seeds)" if seeds > 1 else ""))
+        if seeds > 1:
+            axes.fill_between(x, y - std, y + std, color=style["color"], alpha=0.15,
+                              label=f"{entries[0]['id']}: ±1 std over {seeds} seeds")
+        reach = _first_reach((x, y, std), best[0]) if best else None
         if reach:
-            axes.plot(reach[1], curve[1][reach[0] - 1], marker="o", markersize=9, zorder=5,
+            axes.plot(reach[1], y[reach[0] - 1], marker="o", markersize=9, zorder=5,
                       color=style["color"], markeredgecolor="black", linestyle="none")
     for x, y, colour, label in stars:
         axes.plot(x, y, marker="*", markersize=13, linestyle="none", color=colour, label=label)
@@ -344,9 +338,9 @@ def _time_figure(lines, stars, best, title, subtitle, corner):
         # at the left, where the curves are still low, so no curve hides it
         axes.text(0.005, best[0], f" the report's best LeNet: {best[0]:g}%", ha="left",
                   va="bottom", fontsize=9, transform=axes.get_yaxis_transform())
-    if corner:
-        axes.text(0.01, 0.99, corner, transform=axes.transAxes, va="top", fontsize=8,
-                  color="darkred" if MIXED_NOTE in corner else "black")
+    corner = "\n".join(note for note in (corner, MIXED_NOTE if mixed else None) if note)
+    axes.text(0.01, 0.99, corner, transform=axes.transAxes, va="top", fontsize=8,
+              color="darkred" if mixed else "black")
     seconds = [value for value in seconds if value > 0]
     if seconds and max(seconds) / min(seconds) > 30:  # LeNet's seconds beside hours
         axes.set_xscale("log")
@@ -393,47 +387,54 @@ def _task2_section(task_runs, runs, modelset, figures):
              + _link(gap_figure(task_runs, figures / "task2_gap.png"), modelset,
                      "train-test gap per epoch") + _mixed_warning(task_runs)
              + ["| script | folder | config | final gap, eval mode (pp) | final gap, running (pp)"
-                " | final test acc (%) | images (train / test) |", "|---|---|---|---|---|---|---|"])
-    said, running = [], False
+                " | final test acc (%) | images (train / test) |",
+                "|---|---|---|---|---|---|---|"])
+    running = False
     for run in task_runs:
-        groups, data = run.groups, run.results["data"]
-        for entries in groups.values():
+        for entries in run.groups.values():
             old = any(train_eval(entry)[1] for entry in entries)
             running = running or old
-            lines.append(f"| {run.script} | {run.name} | {config_label(entries[0])} | " + " | ".join(
-                ["— †" if old else mean_std([_gap(entry) for entry in entries])] + [mean_std(
-                    [entry[key] - entry["final_test_accuracy"] for entry in entries])
-                    for key in ("final_train_accuracy",)]
-                + [mean_std([entry["final_test_accuracy"] for entry in entries]),
-                   f"{data['train_images']:,} / {data['test_images']:,} |"]))
-        control = next((entries for entries in groups.values()
-                        if entries[0]["config"].get("name") == "control"),
-                       next(iter(groups.values()), None))
-        parts = []
-        for entries in groups.values() if len(groups) > 1 else []:
-            if entries is control:
-                continue
-            gap, new_gap = _mean(control, _gap), _mean(entries, _gap)
-            change = _mean(entries, "final_test_accuracy") - _mean(control, "final_test_accuracy")
-            what = ", ".join(f"{key} {entries[0]['config'].get(key)}" for key in plots.differing_keys(
-                [control[0]["config"], entries[0]["config"]])) or entries[0]["id"]
-            parts.append(what + (f" left the gap at {gap:.1f} points " if round(new_gap, 1) == round(
-                gap, 1) else f" {'narrowed' if new_gap < gap else 'widened'} the gap from "
-                f"{gap:.1f} to {new_gap:.1f} points ") + (
-                f"at a cost of {-change:.1f} points of test accuracy" if change < 0
-                else f"and gained {change:.1f} points of test accuracy"))
-        said += [f"in `{run.name}` ({run.images}, {_epochs(control)} epochs), "
-                 + "; ".join(parts)] if parts else []
+            lines.append(" | ".join([
+                f"| {run.script}", run.name, config_label(entries[0]),
+                "— †" if old else mean_std([_gap(entry) for entry in entries]),
+                mean_std([e["final_train_accuracy"] - e["final_test_accuracy"] for e in entries]),
+                mean_std([entry["final_test_accuracy"] for entry in entries]),
+                f"{run.results['data']['train_images']:,} / "
+                f"{run.results['data']['test_images']:,} |"]))
+    said = [sentence for sentence in map(_gap_sentence, task_runs) if sentence]
     lines += (["", RUNNING_NOTE] if running else []) + [""]
     lines += _claim("; ".join(said) + f"; the report: {TASK2_CLAIM}.") if said else []
     return lines + [line for run in task_runs if strength_sweep(run)
                     for line in _strength_lines(run, modelset, figures)]
 
 
+def _gap_sentence(run):
+    """What each regularised config did to the gap against the run's control, in words."""
+    groups = list(run.groups.values())
+    control = next((entries for entries in groups if entries[0]["config"].get("name")
+                    == "control"), groups[0] if groups else None)
+    if control is None:
+        return None
+    gap, parts = _mean(control, _gap), []
+    for entries in [entries for entries in groups if entries is not control]:
+        new_gap = _mean(entries, _gap)
+        change = _mean(entries, "final_test_accuracy") - _mean(control, "final_test_accuracy")
+        what = ", ".join(f"{key} {entries[0]['config'].get(key)}" for key in plots.differing_keys(
+            [control[0]["config"], entries[0]["config"]])) or entries[0]["id"]
+        moved = (f"left the gap at {gap:.1f} points" if round(new_gap, 1) == round(gap, 1) else
+                 f"{'narrowed' if new_gap < gap else 'widened'} the gap from {gap:.1f} to "
+                 f"{new_gap:.1f} points")
+        parts.append(f"{what} {moved} " + (f"at a cost of {-change:.1f} points of test accuracy"
+                                           if change < 0 else
+                                           f"and gained {change:.1f} points of test accuracy"))
+    return (f"in `{run.name}` ({run.images}, {_epochs(control)} epochs), " + "; ".join(parts)
+            if parts else None)
+
+
 def _task3_section(task_runs, runs, modelset, figures):
-    """The sweep figure, accuracy against time to the report's best LeNet (the highest
-    reported_accuracy among the configs run), and per run our best config beside the
-    report's and how soon the configs first reach that LeNet."""
+    """The sweep figure; accuracy against time with the report's best LeNet (the highest
+    reported_accuracy among the configs run); per run our best config beside the report's
+    and how soon the configs first reach that LeNet."""
     if not task_runs:
         return []
     lines = (["## Task 3: learning rate, momentum and batch size", ""]
@@ -443,47 +444,35 @@ def _task3_section(task_runs, runs, modelset, figures):
                default=None)
     shown = [run for run in task_runs if run.groups]
     if shown:
-        mixed, offset, curves = len({run.images for run in shown}) > 1, 0, []
-        differing = plots.differing_keys([entries[0]["config"] for run in shown
-                                          for entries in run.groups.values()])
-        for run in shown:
-            for index, (config_id, entries) in enumerate(run.groups.items(), start=offset):
-                curves.append(((f"{run.name}: " if len(shown) > 1 else "") + plots.legend_label(
-                    config_id, entries[0]["config"], differing) + (
-                    f" [{run.results['data']['train_images']:,} images]" if mixed else ""),
-                    entries, dict(plots.line_style(index, _epochs(entries)),
-                                  color=plots.color(config_id))))
-            offset += len(run.groups)
-        subtitle = plots.subtitle(shown[0].results, [entry for entries in shown[0].groups.values()
-                                                     for entry in entries]) \
-            if len(shown) == 1 else (f"folders {', '.join(run.name for run in shown)}; each "
-                                     "timed on its own device(s)")
-        figure = _time_figure(curves, [], best, "Task 3: test accuracy against training time, "
-                              "every finished config", subtitle, MIXED_NOTE if mixed else None)
+        figure = _time_figure(
+            [(f"{run.name}: " if len(shown) > 1 else "", run, entries,
+              {"color": plots.color(config_id)})
+             for run in shown for config_id, entries in run.groups.items()], [], best,
+            "Task 3: test accuracy against training time, every finished config",
+            plots.subtitle(shown[0].results, [entry for entries in shown[0].groups.values()
+                                              for entry in entries])
+            if len(shown) == 1 else f"folders {', '.join(run.name for run in shown)}; each "
+            "timed on its own device(s)", None)
         lines += _link(_save(figure, figures / "task3_accuracy_vs_time.png"), modelset,
                        "test accuracy against training time")
-    lines += _mixed_warning(task_runs)
-    said, timed = [], []
+    said = []
     for run in shown:
-        groups = run.groups
-
-        def describe(config_id):
-            config = groups[config_id][0]["config"]
-            return (f"{config_id} (lr {config['lr']:g}, momentum {config['momentum']:g}, "
-                    f"batch {config['batch_size']})")
-        ours = max(groups, key=lambda config_id: _mean(groups[config_id], "final_test_accuracy"))
-        reported = {config_id: entries[0]["config"]["reported_accuracy"]
-                    for config_id, entries in groups.items()
-                    if "reported_accuracy" in entries[0]["config"]}
-        theirs = max(reported, key=reported.get, default=None)
-        said.append(f"in `{run.name}` ({run.images}, {_epochs(groups[ours])} epochs) the best of "
-                    f"{len(groups)} finished configs is {describe(ours)} at "
-                    f"{_mean(groups[ours], 'final_test_accuracy'):.1f}%" + (
-                        f"; the report's best of the same configs: {describe(theirs)} at "
-                        f"{reported[theirs]:g}%" + (" (the same config)" if theirs == ours else "")
-                        if theirs else ""))
-        timed += [_time_sentence(run, best)] if best else []
-    return (lines + (_claim("; ".join(said) + ".") if said else [])
+        configs = {config_id: entries[0]["config"] for config_id, entries in run.groups.items()}
+        described = {config_id: f"{config_id} (lr {config['lr']:g}, momentum "
+                                f"{config['momentum']:g}, batch {config['batch_size']})"
+                     for config_id, config in configs.items()}
+        ours = run.best[0]["id"]
+        theirs = max((config_id for config_id in configs if "reported_accuracy"
+                      in configs[config_id]), default=None,
+                     key=lambda config_id: configs[config_id]["reported_accuracy"])
+        said.append(f"in `{run.name}` ({run.images}, {_epochs(run.best)} epochs) the best of "
+                    f"{len(configs)} finished configs is {described[ours]} at "
+                    f"{_mean(run.best, 'final_test_accuracy'):.1f}%" + (
+                        f"; the report's best of the same configs: {described[theirs]} at "
+                        f"{configs[theirs]['reported_accuracy']:g}%"
+                        + (" (the same config)" if theirs == ours else "") if theirs else ""))
+    timed = [_time_sentence(run, best) for run in shown] if best else []
+    return (lines + _mixed_warning(task_runs) + (_claim("; ".join(said) + ".") if said else [])
             + ([f"**Time to the report's best LeNet, {best[0]:g}% (its {best[1]}, all 50,000 "
                 f"training images):** " + " ".join(timed), ""] if timed else []))
 
@@ -491,27 +480,25 @@ def _task3_section(task_runs, runs, modelset, figures):
 def _time_sentence(run, best):
     """How soon the run's finished configs first reach ``best`` ((accuracy, config id)): the
     fastest two (the closest when none does), the report's best config, and how many do."""
-    groups = run.groups
-    curves = {config_id: _time_curve(entries) for config_id, entries in groups.items()}
+    curves = {config_id: _time_curve(entries) for config_id, entries in run.groups.items()}
     reaches = {config_id: _first_reach(curve, best[0]) for config_id, curve in curves.items()}
-    fastest = sorted((config_id for config_id in groups if reaches[config_id]),
+    fastest = sorted((config_id for config_id in curves if reaches[config_id]),
                      key=lambda config_id: reaches[config_id][1])
     told = fastest[:2] or [max(curves, key=lambda config_id: np.nanmax(curves[config_id][1]))]
-    told += [best[1]] if best[1] in groups and best[1] not in told else []
-    parts = []
-    for config_id in told:
-        config, epochs, reach = groups[config_id][0]["config"], _epochs(groups[config_id]), \
-            reaches[config_id]
+    parts, seeds = [], max(len(entries) for entries in run.groups.values())
+    for config_id in told + ([best[1]] if best[1] in curves and best[1] not in told else []):
+        config, epochs = run.groups[config_id][0]["config"], _epochs(run.groups[config_id])
         named = (config_id + (f" ({config['name']})" if "name" in config else "")
                  + (" (the report's best config)" if config_id == best[1] else ""))
+        reach = reaches[config_id]
         parts.append(f"{named} first reaches it after {duration(reach[1])} of training (epoch "
                      f"{reach[0]} of {epochs})" if reach else f"{named} does not reach it (its "
                      f"best: {np.nanmax(curves[config_id][1]):.1f}% in {epochs} epochs)")
-    seeds = max(len(entries) for entries in groups.values())
+    parts.append(f"{len(fastest)} of {len(curves)} finished configs reach"
+                 + ("es it" if len(fastest) == 1 else " it"))
     return (f"In `{run.name}` ({run.images}, {', '.join(run.results['devices'])}"
-            + (f"; means over up to {seeds} seeds" if seeds > 1 else "") + "), " + "; ".join(
-                parts + [f"{len(fastest)} of {len(groups)} finished configs "
-                         + ("reaches it" if len(fastest) == 1 else "reach it")]) + ".")
+            + (f"; means over up to {seeds} seeds" if seeds > 1 else "") + "), "
+            + "; ".join(parts) + ".")
 
 
 def _task4_section(task_runs, runs, modelset, figures):
@@ -520,40 +507,31 @@ def _task4_section(task_runs, runs, modelset, figures):
     if not task_runs:
         return []
     shown = [run for run in runs if run.best]
-    mixed, scripts = len({run.images for run in shown}) > 1, list(
-        dict.fromkeys(run.script for run in shown))
-    differing = plots.differing_keys([run.best[0]["config"] for run in shown])
-    palette = plots.pyplot().get_cmap("tab10").colors
-    curves, stars = [], []
-    for index, run in enumerate(shown):
-        config, colour = run.best[0]["config"], palette[scripts.index(run.script) % 10]
-        curves.append((f"{'ResNet-18' if run in task_runs else 'LeNet'} {run.name}: "
-                       + plots.legend_label(run.best[0]["id"], config, differing) + (
-                           f" [{run.results['data']['train_images']:,} images]" if mixed else ""),
-                       run.best, dict(plots.line_style(index, _epochs(run.best)), color=colour,
-                                      linestyle="-" if run in task_runs else "--")))
-        if {"reported_seconds", "reported_accuracy"} <= config.keys():
-            stars.append((config["reported_seconds"], config["reported_accuracy"], colour,
-                          f"the report's {run.best[0]['id']}, on one A100 (50,000 images): "
-                          f"other hardware, its time not comparable with ours"))
+    scripts, palette = list(dict.fromkeys(run.script for run in shown)), plots.pyplot().get_cmap(
+        "tab10").colors
+    curves = [(f"{'ResNet-18' if run in task_runs else 'LeNet'} {run.name}: ", run, run.best,
+               {"color": palette[scripts.index(run.script) % 10],
+                "linestyle": "-" if run in task_runs else "--"}) for run in shown]
+    stars = [(run.best[0]["config"]["reported_seconds"],
+              run.best[0]["config"]["reported_accuracy"], style["color"],
+              f"the report's {run.best[0]['id']}, on one A100 (50,000 images): other hardware, "
+              f"its time not comparable with ours") for _, run, _, style in curves
+             if {"reported_seconds", "reported_accuracy"} <= run.best[0]["config"].keys()]
     figure = _time_figure(curves, stars, None, "Task 4: test accuracy against training time",
                           None, "the best config of each folder; colour: script; solid: "
-                          "ResNet-18, dashed: LeNet" + (f"\n{MIXED_NOTE}" if mixed else ""))
+                          "ResNet-18, dashed: LeNet")
     lines = (["## Task 4: LeNet against ResNet-18, accuracy for time", ""] + _link(
         _save(figure, figures / "task4_accuracy_vs_time.png"), modelset, "accuracy against time")
         + _mixed_warning(shown))
-    resnet = [run for run in shown if run in task_runs]
-    if not resnet:
-        return lines
     said = [f"{model}'s best here is {run.best[0]['id']} of `{run.name}` at "
             f"{_mean(run.best, 'final_test_accuracy'):.1f}% in "
             f"{_mean(run.best, 'train_seconds'):.0f} s ({run.images}, {_epochs(run.best)} "
             f"epoch(s), {', '.join(run.results['devices'])})"
-            for model, pool in (("ResNet-18", resnet), ("LeNet", [run for run in shown
-                                                                  if run not in task_runs]))
+            for model, pool in (("ResNet-18", [run for run in shown if run in task_runs]),
+                                ("LeNet", [run for run in shown if run not in task_runs]))
             for run in sorted(pool, key=lambda run: -_mean(run.best, "final_test_accuracy"))[:1]]
-    reported = [run.best[0]["config"] for run in resnet  # a point needs both figures
-                if {"reported_seconds", "reported_accuracy"} <= run.best[0]["config"].keys()]
+    reported = [run.best[0]["config"] for _, run, _, _ in curves if run in task_runs
+                and {"reported_seconds", "reported_accuracy"} <= run.best[0]["config"].keys()]
     lenet = [entry["config"]["reported_accuracy"] for run in runs if run not in task_runs
              for entry in run.results["configs"] if "reported_accuracy" in entry["config"]]
     if reported:
@@ -562,39 +540,38 @@ def _task4_section(task_runs, runs, modelset, figures):
                     f"momentum) {config['reported_accuracy']:g}% in {config['reported_seconds']:g}"
                     f" s on one A100" + (f", against {max(lenet):g}% for the report's best LeNet "
                                          f"among the configs we ran" if lenet else ""))
-    return lines + _claim("; ".join(said) + ".")
+    return lines + (_claim("; ".join(said) + ".") if any(run in task_runs for run in shown)
+                    else [])
 
 
 def _earlier_section(run, modelset, figures):
-    """Each config whose folder keeps earlier runs of it (same script, base seed and config
-    name, or id when unnamed) not shown now: their test accuracy beside its run now."""
+    """Each config whose folder keeps earlier runs of it not shown now (same script, base seed
+    and config name, or id when unnamed): their test accuracy beside its run now."""
     folder, base, lines = run.path.parent, run.results["seed"], []
     records = store.runs(folder)
     for entry in run.results["configs"]:
         shown = folder / entry["run"] if isinstance(entry.get("run"), str) else None
-        if entry["seed"] != base or shown not in records:
-            continue
-        name, current = entry["config"].get("name"), records[shown]
+        name, current = entry["config"].get("name"), records.get(shown)
         earlier = [record for run_dir, record in records.items()
                    if run_dir != shown and record["seed"] == base and record["history"]
                    and record["identity"].get("script") == run.script
                    and (record["config"].get("name") == name if name is not None else
                         "name" not in record["config"] and record.get("label") == entry["id"])]
-        if not earlier:
+        if entry["seed"] != base or current is None or not earlier:
             continue
-        said, plt = [], plots.pyplot()
-        figure, axes = plt.subplots(figsize=(9, 5.5))
+        figure, axes = plots.pyplot().subplots(figsize=(9, 5.5))
+        said = []
         for record in [*earlier, current]:
             was, now = (store.config_identity(one["identity"].get("config") or {}, {})
                         for one in (record, current))
             change = store.describe_change(was, now) or (
                 "the model changed" if record["identity"].get("model")
                 != current["identity"].get("model") else "the same config, trained again "
-                                                         "(--restart)")
+                "(--restart)")
             last = record["history"][-1]
-            said.append(f"{last['test_accuracy']:.2f}% after {last['epoch']} epoch(s)" + (
-                "" if record["status"] == "finished" else f" ({record['status']})"))
-            said[-1] = said[-1] if record is current else f"{change}: {said[-1]}"
+            final = (f"{last['test_accuracy']:.2f}% after {last['epoch']} epoch(s)"
+                     + ("" if record["status"] == "finished" else f" ({record['status']})"))
+            said.append(final if record is current else f"{change}: {final}")
             axes.plot([point["epoch"] for point in record["history"]],
                       [point["test_accuracy"] for point in record["history"]],
                       marker="o" if len(record["history"]) == 1 else None, **(
@@ -627,18 +604,18 @@ def _run_section(run, modelset, figures):
                 if "confusion_matrix" in entry),
                key=lambda entry: entry["final_test_accuracy"], default=None)
     if best is not None:
+        confusion = plots.confusion_figure(best["confusion_matrix"], CLASSES,
+                                           f"{run.name}, {best['id']}: confusion matrix")
         per_class = best["per_class_accuracy"]
-        lines += [f"### Best config of `{run.script}` in `{run.name}`: {config_label(best)} "
-                  f"(seed {best['seed']})", ""] + _link(_save(plots.confusion_figure(
-                      best["confusion_matrix"], CLASSES, f"{run.name}, {best['id']}: confusion "
-                      f"matrix"), figures / f"confusion_{run.name}.png"), modelset,
-                      "confusion matrix") + [
-            "| " + " | ".join(per_class) + " |", "|" + "---|" * len(per_class),
-            "| " + " | ".join(f"{value:.1f}" for value in per_class.values()) + " |", ""]
-        examples = run.path.parent / "examples.png"
+        lines += ([f"### Best config of `{run.script}` in `{run.name}`: {config_label(best)} "
+                   f"(seed {best['seed']})", ""]
+                  + _link(_save(confusion, figures / f"confusion_{run.name}.png"), modelset,
+                          "confusion matrix")
+                  + ["| " + " | ".join(per_class) + " |", "|" + "---|" * len(per_class),
+                     "| " + " | ".join(f"{value:.1f}" for value in per_class.values()) + " |", ""])
+        examples, copy = run.path.parent / "examples.png", figures / f"examples_{run.name}.png"
         if examples.is_file():  # not a pipe or folder of that name: copying one hangs or fails
-            shutil.copyfile(examples, figures / f"examples_{run.name}.png")
-            lines += _link(figures / f"examples_{run.name}.png", modelset,
+            lines += _link(Path(shutil.copyfile(examples, copy)), modelset,
                            "test images with predictions")
     return lines + _earlier_section(run, modelset, figures)
 
@@ -648,10 +625,10 @@ def rerun_command(run, numbers):
     flags (data as recorded, subset, epochs, seeds), so the results there stay in the views."""
     words = run.results.get("command", "").split()
     flags = " ".join(words[words.index(run.script) + 1:] if run.script in words else [])
-    flags = re.sub(r"(?<!\S)--(configs|out)(=| +)\S+|(?<!\S)--restart(?!\S)", "", flags).split()
+    flags = re.sub(r"(?<!\S)--(configs|out)(=| +)\S+|(?<!\S)--restart(?!\S)", "", flags)
     world = run.results.get("world_size", 1)
     return " ".join([f"torchrun --standalone --nproc-per-node={world}" if world > 1 else "python",
-                     run.script, *flags, "--out", str(run.path.parent), "--configs",
+                     run.script, *flags.split(), "--out", str(run.path.parent), "--configs",
                      ",".join(numbers)])
 
 
@@ -693,14 +670,14 @@ def write_report(modelset, runs, skipped, scripts):
         done = {entry["id"] for run in own for entry in run.results["configs"]}
         numbers = [str(number) for number in range(1, defined + 1)
                    if f"config_{number}" not in done]  # in none of its folders
-        missing += [f"- `{script}` ({task}): no results; run `python {script} --data-dir DIR`."
-                    ] if not own else [
-            f"- `{script}`: config(s) {', '.join(numbers)} of its CONFIGS have no results in any "
-            f"folder; to add them beside the results of `{own[-1].name}` (same data and flags, "
-            f"so nothing is moved aside): `{rerun_command(own[-1], numbers)}`."] if numbers else []
+        if not own or numbers:
+            missing.append(f"- `{script}` ({task}): no results; run `python {script} --data-dir "
+                           f"DIR`." if not own else f"- `{script}`: config(s) {', '.join(numbers)}"
+                           f" of its CONFIGS have no results in any folder; to add them beside "
+                           f"the results of `{own[-1].name}` (same data and flags, so nothing is "
+                           f"moved aside): `{rerun_command(own[-1], numbers)}`.")
     lines += ["## Not run yet", ""] + ([DATA_HELP, ""] + missing if missing else [
         "Every script and every config has results.", ""]) + [""]
-    report = modelset / "REPORT.md"
     text = "\n".join(lines) + "\n"
-    write_atomically(report, lambda file: file.write(text.encode()))
-    return report
+    write_atomically(modelset / "REPORT.md", lambda file: file.write(text.encode()))
+    return modelset / "REPORT.md"
