@@ -14,7 +14,6 @@ from torch import nn
 
 from cifarkit import data, train
 
-REPORT_TASK = "Task 2: LeNet + L2 regularisation"  # where make_report.py puts its results
 CONFIGS = [
     {
         "name": "control",
@@ -62,6 +61,9 @@ class LeNet(nn.Module):
 def build_model(config):
     """A fresh model for one config (also what benchmarks/score.py loads weights into)."""
     return LeNet()
+
+
+REPORT_TASK = "Task 2: LeNet + L2 regularisation"  # where make_report.py puts its results
 
 
 def main(argv=None):

@@ -99,13 +99,6 @@ def plain_console():
             stream.reconfigure(errors="backslashreplace")
 
 
-def duration(seconds):
-    """'42 s', '7.5 min', '11.8 h'."""
-    if seconds < 120:
-        return f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.2f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
 def command(script, argv):
     """The command that ran this script, as one can paste it (paths with spaces quoted)."""
     path, typed = Path(script).absolute(), sys.argv[0]

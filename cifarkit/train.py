@@ -564,6 +564,6 @@ class Estimate:
                  f"this GPU ({torch.cuda.get_device_name(job.runtime.device)})")
         runs_, epochs = job.epochs_to_train
         quick = " For a quick look: --subset 5000 --epochs 2." if epochs * epoch > 600 else ""
-        job.say(f"{self.training.name}: about {signals.duration(epoch)} an epoch on {where}; "
-                f"the {runs_} run(s) to train need about {signals.duration(epochs * epoch)} "
+        job.say(f"{self.training.name}: about {results.duration(epoch)} an epoch on {where}; "
+                f"the {runs_} run(s) to train need about {results.duration(epochs * epoch)} "
                 f"in all.{quick}")
