@@ -826,7 +826,7 @@ def probe_precision(data_dir, device, amp):
 
 def one_step_with_hooks(data_dir, runtime, rewrap=lambda model: None):
     """The Task 3 config PROBE_CONFIG's model, placed by place_model (then changed by
-    ``rewrap``), trained one step by train_epoch on one batch; the placed model and the
+    ``rewrap``), trained one step by train.fit on one batch; the placed model and the
     record of every Conv2d and Linear call."""
     script = Original_version_model_multiGPU
     ((_, chosen),) = cli.select_configs(config.check_configs(script.CONFIGS), PROBE_CONFIG)

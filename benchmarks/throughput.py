@@ -115,7 +115,7 @@ def kit_round(model, images, labels, normalization, batch_size, steps, runtime, 
 def ceiling_round(model, images, labels, normalization, batch_size, steps, runtime,
                   warmup=WARMUP_STEPS):
     """Images/s of (b)'s model step alone: one batch, prepared once, trained on again and
-    again (the same forward, loss, backward and optimizer step as train_epoch)."""
+    again (the same forward, loss, backward and optimizer step as train.train_config)."""
     optimizer = train.make_optimizer(model, {"lr": 0.001, "momentum": 0.9, "weight_decay": 0.0},
                                      runtime)
     scale, shift = data.normalizer(*normalization, device=runtime.device)
