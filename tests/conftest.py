@@ -3,9 +3,12 @@
 Each class gets its own colour and stripe direction plus noise, so a network that trains at
 all gets well above chance in an epoch or two, and one that does not stays near 10%.
 """
+import importlib
 import json
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -139,14 +142,32 @@ def shared_jpeg_or_skip():
     pytest.skip(f"{SHARED_JPEG} not found: the real-image test needs the CIFAR-10 JPEG copy.")
 
 
-def run_script(name, out, data_dir, configs, monkeypatch, *flags):
-    """Run script ``name`` in this process with ``configs`` as its CONFIGS; its exit status."""
-    import importlib
+def run_script(script, out, data_dir, configs, monkeypatch, *flags, device="cpu"):
+    """Run ``script`` (a script's module name, or the module itself) in this process as
+    ``python SCRIPT.py --data-dir DATA_DIR --out OUT --device DEVICE FLAGS...``, with
+    ``configs`` as its CONFIGS; its exit status (argparse's refusals raise SystemExit).
+    ``configs`` None: the script's own CONFIGS (``monkeypatch`` may then be None too);
+    ``data_dir`` None: no --data-dir (the script's default, ./data)."""
+    if isinstance(script, str):
+        script = importlib.import_module(script)
+    if configs is not None:
+        monkeypatch.setattr(script, "CONFIGS", configs)
+    data = [] if data_dir is None else ["--data-dir", str(data_dir)]
+    return script.main([*data, "--out", str(out), "--device", device, *map(str, flags)])
 
-    script = importlib.import_module(name)
-    monkeypatch.setattr(script, "CONFIGS", configs)
-    return script.main(["--data-dir", str(data_dir), "--out", str(out), "--device", "cpu",
-                        *flags])
+
+def run_command(program, *args, cwd=None, env=None):
+    """``python PROGRAM ARGS...`` (PROGRAM a file of the repository: a script, predict.py) in
+    a process of its own, run from ``cwd``, as a user types it; the CompletedProcess, with
+    its output as text."""
+    return subprocess.run([sys.executable, str(REPO / program), *map(str, args)], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def entries(out, results_file="training_result.json"):
+    """{(config id, seed): entry} of the results JSON in ``out``: what it shows."""
+    return {(entry["id"], entry["seed"]): entry
+            for entry in json.loads((Path(out) / results_file).read_text())["configs"]}
 
 
 def finished_runs(out):
@@ -276,3 +297,110 @@ def hand_made_sweep(results, reported=True):
         hand_made(template, 3, 1, [(12, 50), (12, 62), (12, 65), (12, 71)], lr=0.001, **best),
         hand_made(template, 12, 0, [(2, 40), (2, 66), (2, 68)], lr=0.1, name="speedrun"),
     ]
+
+
+class Killed(BaseException):
+    """The process dies here: nothing in the kit catches it (as nothing can catch kill -9)."""
+
+
+def with_checkpoint(out, data_dir, configs):
+    """Train ``configs`` with the L2 script; the one of batch_size 30 (10 steps an epoch) runs
+    out of memory in its second epoch, and its run keeps its checkpoint (of epoch 1)."""
+    real_loss, batches = torch.nn.functional.cross_entropy, []
+
+    def out_of_memory_in_epoch_2(outputs, targets, *args, **kwargs):
+        batches.append(len(targets))
+        if len(targets) == 30 and batches.count(30) > 10:  # 10 steps an epoch
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_loss(outputs, targets, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.functional, "cross_entropy", out_of_memory_in_epoch_2)
+        assert run_script("L2_regularization", out, data_dir, configs, patch) == 1
+
+
+def assert_still_there(before, out):
+    """Every finished run of ``before`` is in ``out``'s store, byte for byte."""
+    now = finished_runs(out)
+    for name, files in before.items():
+        assert now.get(name) == files, name
+
+
+def assert_views_are_the_runs(out, data_dir, results_file="training_result.json"):
+    """Each view's weights are its run's weights, and reload to its recorded accuracy on the
+    test images of ``data_dir``."""
+    from cifarkit import data, train
+    from cifarkit import runtime as rt
+
+    results = json.loads((out / results_file).read_text())
+    script = importlib.import_module(results["script"][:-3])
+    dataset = data.load_cifar10(data_dir, None, results["seed"])
+    for entry in results["configs"]:
+        record = json.loads((out / entry["run"] / "run.json").read_text())
+        assert record["history"] == entry["history"]
+        if entry["status"] != "finished":
+            continue
+        assert (out / entry["weights"]).read_bytes() == \
+            (out / entry["run"] / "weights.pth").read_bytes()
+        model = script.build_model(entry["config"])
+        model.load_state_dict(torch.load(out / entry["weights"], weights_only=True))
+        scale, shift = data.normalizer(*script.NORMALIZATION, device="cpu")
+        predictions = train.predict(model, dataset.test_images, scale, shift,
+                                    rt.Runtime(torch.device("cpu")))
+        assert train.accuracy(predictions, dataset.test_labels) == pytest.approx(
+            entry["final_test_accuracy"]), entry["id"]
+
+
+# A script of its own for the tests that edit a model's code (write_probe)
+PROBE_SCRIPT = '''
+"""A script whose forward reads a module-level value, as students write them."""
+import sys
+import torch
+import torch.nn.functional as F
+from torch import nn
+from cifarkit import data, train
+
+CONFIGS = [{"num_epochs": 1, "lr": 0.05, "momentum": 0.9, "batch_size": 32}]
+HIDDEN_ACT = F.relu
+MODEL_SETTINGS_LINE
+
+
+class Net(nn.Module):
+    def __init__(self, width=16):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 4, stride=4)
+        self.fc1 = nn.Linear(4 * 8 * 8, width)
+        self.fc2 = nn.Linear(width, 10)
+
+    def forward(self, x):
+        return self.fc2(HIDDEN_ACT(self.fc1(self.conv(x).relu().flatten(1))))
+
+
+def build_model(config):
+    model = Net(BUILD_ARGS)
+    INIT_LINE
+    return model
+
+
+def main(argv=None):
+    return train.run(train.Script(
+        file=__file__, description=__doc__, build_model=build_model, configs=CONFIGS,
+        out_dir="modelset/probe", results_file="probe.json",
+        normalization=data.TUTORIAL_NORMALIZATION, MODEL_SETTINGS_ARG), argv)
+'''
+
+
+ORIGINAL = {"MODEL_SETTINGS_LINE": "", "BUILD_ARGS": "", "INIT_LINE": "pass",
+            "MODEL_SETTINGS_ARG": "model_settings=None"}
+
+
+def write_probe(folder, **edits):
+    """Write PROBE_SCRIPT as ``folder``/probe_script.py, each placeholder of ORIGINAL replaced
+    as ``edits`` say (else as ORIGINAL does), and import it afresh; the module."""
+    text = PROBE_SCRIPT
+    for key, value in dict(ORIGINAL, **edits).items():
+        text = text.replace(key, value)
+    (folder / "probe_script.py").write_text(text)
+    sys.modules.pop("probe_script", None)
+    importlib.invalidate_caches()
+    return importlib.import_module("probe_script")

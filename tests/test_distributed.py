@@ -1,5 +1,4 @@
 """DistributedDataParallel under torchrun, on the CPU with gloo: two processes, one machine."""
-import importlib
 import json
 import os
 import signal
@@ -10,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, checkpoint_of
+from conftest import REPO, checkpoint_of, run_script
 
 DRIVER = REPO / "tests" / "ddp_driver.py"  # Task 3's LeNet, 3 epochs of 38 steps, test hooks
 
@@ -127,9 +126,8 @@ def test_device_cuda_with_too_few_gpus_is_refused(pickled_data, tmp_path, monkey
     for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0",
                         "LOCAL_WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(name, value)
-    script = importlib.import_module("Original_version_model_multiGPU")
-    assert script.main(["--data-dir", str(pickled_data), "--out", str(tmp_path / "out"),
-                        "--device", "cuda"]) == 2
+    assert run_script("Original_version_model_multiGPU", tmp_path / "out", pickled_data, None,
+                      None, device="cuda") == 2
     stderr = capsys.readouterr().err
     assert ("error: --device cuda: no CUDA GPU is visible" in stderr
             or "one GPU per process is needed" in stderr)

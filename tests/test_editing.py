@@ -15,18 +15,11 @@ from PIL import Image
 from torch import nn
 
 from cifarkit import train
-from conftest import REPO, checkpoint_of
+from conftest import REPO, checkpoint_of, run_script
 
 A = {"name": "a", "num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
 B = {"name": "b", "num_epochs": 1, "lr": 0.02, "momentum": 0.9, "batch_size": 32}
 C = {"name": "c", "num_epochs": 1, "lr": 0.03, "momentum": 0.9, "batch_size": 32}
-
-
-def run(name, out, data_dir, configs, monkeypatch, *flags):
-    script = importlib.import_module(name)
-    monkeypatch.setattr(script, "CONFIGS", configs)
-    return script.main(["--data-dir", str(data_dir), "--out", str(out), "--device", "cpu",
-                        *flags])
 
 
 def entries(out, results_file="training_result.json"):
@@ -37,12 +30,12 @@ def entries(out, results_file="training_result.json"):
 def test_changing_one_value_of_one_config_trains_only_that_config(pickled_data, tmp_path,
                                                                   monkeypatch, capsys):
     out = tmp_path / "out"
-    assert run("L2_regularization", out, pickled_data, [A, B, C], monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, [A, B, C], monkeypatch) == 0
     kept = {name: (out / name).read_bytes() for name in ("config_1.pth", "config_3.pth")}
     old_b = (out / "config_2.pth").read_bytes()
     old_run = entries(out)["config_2"]["run"]
     capsys.readouterr()
-    assert run("L2_regularization", out, pickled_data, [A, dict(B, lr=0.05), C],
+    assert run_script("L2_regularization", out, pickled_data, [A, dict(B, lr=0.05), C],
                monkeypatch) == 0
     printed = capsys.readouterr().out
     assert "config_1: already finished" in printed and "config_3: already finished" in printed
@@ -58,10 +51,10 @@ def test_changing_one_value_of_one_config_trains_only_that_config(pickled_data, 
 
 def test_removing_a_config_keeps_its_run(pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    assert run("L2_regularization", out, pickled_data, [A, B], monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, [A, B], monkeypatch) == 0
     weights, run_b = (out / "config_2.pth").read_bytes(), entries(out)["config_2"]["run"]
     capsys.readouterr()
-    assert run("L2_regularization", out, pickled_data, [A], monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, [A], monkeypatch) == 0
     assert "config_2 differs from its earlier results: it is no longer in CONFIGS (it was " \
         "'b'); its run stays in" in capsys.readouterr().out
     assert (out / run_b / "weights.pth").read_bytes() == weights
@@ -102,7 +95,7 @@ def test_a_changed_model_class_retrains_finished_and_unfinished_configs(
     script = importlib.import_module("L2_regularization")
     out = tmp_path / "out"
     long_b = dict(B, num_epochs=3)
-    assert run("L2_regularization", out, pickled_data, [A], monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, [A], monkeypatch) == 0
     real_accuracy = train.accuracy
 
     def ctrl_c_at_the_first_test_pass(*args, **kwargs):  # leaves config_2 unfinished
@@ -110,14 +103,14 @@ def test_a_changed_model_class_retrains_finished_and_unfinished_configs(
         return real_accuracy(*args, **kwargs)
 
     monkeypatch.setattr(train, "accuracy", ctrl_c_at_the_first_test_pass)
-    assert run("L2_regularization", out, pickled_data, [A, long_b], monkeypatch) == 130
+    assert run_script("L2_regularization", out, pickled_data, [A, long_b], monkeypatch) == 130
     unfinished = checkpoint_of(out, "config_2")
     assert unfinished.exists()
     monkeypatch.setattr(train, "accuracy", real_accuracy)
 
     monkeypatch.setattr(script, "LeNet", WiderLeNet)
     capsys.readouterr()
-    assert run("L2_regularization", out, pickled_data, [A, long_b], monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, [A, long_b], monkeypatch) == 0
     captured = capsys.readouterr()
     assert "config_1 differs from its earlier results: the model; it trains anew" in captured.out
     assert "config_2 epoch 1/3" in captured.out and "resuming" not in captured.out
@@ -128,7 +121,7 @@ def test_a_changed_model_class_retrains_finished_and_unfinished_configs(
 
     monkeypatch.setattr(script, "LeNet", GeluLeNet)  # same shapes, other code
     capsys.readouterr()
-    assert run("L2_regularization", out, pickled_data, [A, long_b], monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, [A, long_b], monkeypatch) == 0
     assert "config_1 differs from its earlier results: the model" in capsys.readouterr().out
 
 
@@ -169,7 +162,7 @@ def test_an_estimate_comes_before_the_long_wait(window, pickled_data, tmp_path, 
     (75 steps here, the window shrunk to nothing), else from the whole first epoch."""
     monkeypatch.setattr(train, "ESTIMATE_SECONDS", window)
     configs = [dict(A, batch_size=4, num_epochs=2), dict(B, batch_size=4, num_epochs=3)]
-    assert run("L2_regularization", tmp_path / "out", pickled_data, configs, monkeypatch) == 0
+    assert run_script("L2_regularization", tmp_path / "out", pickled_data, configs, monkeypatch) == 0
     printed = capsys.readouterr().out
     (line,) = [line for line in printed.splitlines() if "an epoch on this CPU" in line]
     assert line.startswith("config_1: about ")
@@ -201,11 +194,11 @@ def test_a_model_setting_is_declared_by_its_script(pickled_data, tmp_path, monke
     script = importlib.import_module("Dropout_regularization")
     monkeypatch.setattr(script, "MODEL_SETTINGS", dict(
         script.MODEL_SETTINGS, width={"kind": "int", "min": 1, "default": 120}))
-    assert run("Dropout_regularization", tmp_path / "out", pickled_data,
+    assert run_script("Dropout_regularization", tmp_path / "out", pickled_data,
                [dict(A, width=0)], monkeypatch) == 2
     assert "config_1: 'width' must be at least 1, got 0." in capsys.readouterr().err
     monkeypatch.setattr(script, "MODEL_SETTINGS", {"dropout": {"kind": "float", "maxx": 1}})
-    assert run("Dropout_regularization", tmp_path / "out", pickled_data, [A],
+    assert run_script("Dropout_regularization", tmp_path / "out", pickled_data, [A],
                monkeypatch) == 2
     assert "MODEL_SETTINGS['dropout']: must be a dict with 'kind'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -214,12 +207,12 @@ def test_a_model_setting_is_declared_by_its_script(pickled_data, tmp_path, monke
 def test_inserting_or_swapping_configs_retrains_nothing_and_files_follow(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    assert run("L2_regularization", out, pickled_data, [A, B], monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, [A, B], monkeypatch) == 0
     weights = {name: (out / f"{label}.pth").read_bytes()
                for name, label in (("a", "config_1"), ("b", "config_2"))}
     new = dict(C, name="new")
     capsys.readouterr()
-    assert run("L2_regularization", out, pickled_data, [new, A, B], monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, [new, A, B], monkeypatch) == 0
     printed = capsys.readouterr().out
     assert "config_1 is config_2 now (the same config, moved in CONFIGS)" in printed
     assert "config_2: already finished" in printed and "config_3: already finished" in printed
@@ -236,7 +229,7 @@ def test_inserting_or_swapping_configs_retrains_nothing_and_files_follow(
     assert (out / by_name()["b"]["weights"]).read_bytes() == weights["b"]
 
     capsys.readouterr()
-    assert run("L2_regularization", out, pickled_data, [B, A], monkeypatch) == 0  # swap
+    assert run_script("L2_regularization", out, pickled_data, [B, A], monkeypatch) == 0  # swap
     printed = capsys.readouterr().out
     assert "epoch 1/1" not in printed  # nothing trained
     assert "config_1 differs from its earlier results: it is no longer in CONFIGS" in printed

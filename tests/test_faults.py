@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from cifarkit import config, plots, train
-from conftest import checkpoint_of, finished_runs, run_script
+from conftest import Killed, checkpoint_of, finished_runs, run_script, with_checkpoint
 
 A = {"name": "a", "num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
 B = {"name": "b", "num_epochs": 1, "lr": 0.02, "momentum": 0.9, "batch_size": 32}
@@ -32,50 +32,26 @@ RESULTS = "training_result.json"
 pytestmark = pytest.mark.usefixtures("unrendered")
 
 
-class Killed(BaseException):
-    """The process dies here: nothing in the kit catches it (as nothing can catch kill -9)."""
-
-
-def run(out, data_dir, configs, monkeypatch, *flags):
-    return run_script(SCRIPT, out, data_dir, configs, monkeypatch, *flags)
-
-
 def entries(out):
     return {(entry["id"], entry["seed"]): entry
             for entry in json.loads((out / RESULTS).read_text())["configs"]}
 
 
-def with_checkpoint(out, data_dir, configs):
-    """Train ``configs``; the one of batch_size 30 (D) runs out of memory in its second epoch
-    and its run keeps its checkpoint (of epoch 1)."""
-    real_loss, batches = torch.nn.functional.cross_entropy, []
-
-    def out_of_memory_in_epoch_2(outputs, targets, *args, **kwargs):
-        batches.append(len(targets))
-        if len(targets) == 30 and batches.count(30) > 10:  # 10 steps an epoch
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_loss(outputs, targets, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch.nn.functional, "cross_entropy", out_of_memory_in_epoch_2)
-        assert run(out, data_dir, configs, patch) == 1
-
-
 def test_a_diverged_config_with_a_lower_lr_trains_again(pickled_data, tmp_path, monkeypatch,
                                                         capsys):
     out = tmp_path / "out"
-    assert run(out, pickled_data, [dict(B, lr=1e30)], monkeypatch) == 1
+    assert run_script(SCRIPT, out, pickled_data, [dict(B, lr=1e30)], monkeypatch) == 1
     assert entries(out)[("config_1", 0)]["status"] == "diverged"
-    assert run(out, pickled_data, [B], monkeypatch) == 0  # was "cannot write ...: rerun"
+    assert run_script(SCRIPT, out, pickled_data, [B], monkeypatch) == 0  # was "cannot write ...: rerun"
     assert entries(out)[("config_1", 0)]["status"] == "finished"
     statuses = sorted(json.loads(files["run.json"])["status"]
                       for files in finished_runs(out).values())
     assert statuses == ["diverged", "finished"]  # the diverged run stays
     capsys.readouterr()
-    assert run(out, pickled_data, [dict(B, lr=1e30)], monkeypatch) == 1  # shown again
+    assert run_script(SCRIPT, out, pickled_data, [dict(B, lr=1e30)], monkeypatch) == 1  # shown again
     printed = capsys.readouterr().out
     assert "config_1: already diverged in" in printed and " epoch 1/1" not in printed
-    assert run(out, pickled_data, [dict(B, lr=1e30)], monkeypatch, "--restart") == 1
+    assert run_script(SCRIPT, out, pickled_data, [dict(B, lr=1e30)], monkeypatch, "--restart") == 1
     captured = capsys.readouterr()  # trained again, and it diverged again
     assert "config_1: the loss became NaN or infinite" in captured.err
     assert "cannot write" not in captured.err
@@ -85,11 +61,11 @@ def test_a_diverged_config_with_a_lower_lr_trains_again(pickled_data, tmp_path, 
 def test_the_same_images_under_another_path_spelling_retrain_nothing(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    assert run(out, pickled_data, [A], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
     before = finished_runs(out)
     monkeypatch.chdir(pickled_data.parent)
     capsys.readouterr()
-    assert run(out, Path("..") / pickled_data.parent.name / pickled_data.name, [A],
+    assert run_script(SCRIPT, out, Path("..") / pickled_data.parent.name / pickled_data.name, [A],
                monkeypatch) == 0
     printed = capsys.readouterr().out
     assert "config_1: already finished" in printed and "differs" not in printed
@@ -105,7 +81,7 @@ def test_an_edited_normalization_never_resumes_or_keeps_a_result(
     script = importlib.import_module(SCRIPT)
     monkeypatch.setattr(script, "NORMALIZATION", ((0.4, 0.5, 0.6), (0.2, 0.2, 0.2)))
     capsys.readouterr()
-    assert run(out, pickled_data, [A, D], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, D], monkeypatch) == 0
     printed = capsys.readouterr().out
     for label in ("config_1", "config_2"):
         assert (f"{label} differs from its earlier results: the data (normalization "
@@ -125,7 +101,7 @@ def test_something_named_like_a_kit_file_is_refused_before_training(
         (out / "runs").symlink_to(tmp_path / "unmounted-scratch")
     else:
         (out / blocker).mkdir(parents=True)
-    assert run(out, pickled_data, [A, B], monkeypatch) == 2
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 2
     message = capsys.readouterr().err
     assert message.count("\n") == 1 and "epoch" not in message
     if blocker == "dangling link":
@@ -148,9 +124,9 @@ def test_an_unfinished_seed_outside_seeds_does_not_fail_the_run(pickled_data, tm
 
     with monkeypatch.context() as patch:
         patch.setattr(torch.nn.functional, "cross_entropy", out_of_memory_after_seed_0)
-        assert run(out, pickled_data, [A], patch, "--seeds", "2") == 1
+        assert run_script(SCRIPT, out, pickled_data, [A], patch, "--seeds", "2") == 1
     assert entries(out)[("config_1", 1)]["status"] == "out_of_memory"
-    assert run(out, pickled_data, [A], monkeypatch) == 0  # was 1
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0  # was 1
     assert entries(out)[("config_1", 1)]["status"] == "out_of_memory"  # still shown
 
 
@@ -161,12 +137,10 @@ def test_the_resume_hint_names_the_script_that_ran_and_quotes_paths(
     spec = importlib.util.spec_from_file_location("my_copy", copy)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    script.CONFIGS = [A]
     monkeypatch.setattr(train, "train_config", lambda *args, **kwargs: (_ for _ in ()).throw(
         KeyboardInterrupt))  # a second Ctrl-C
     out = tmp_path / "out with space"
-    assert script.main(["--data-dir", str(pickled_data), "--out", str(out), "--device",
-                        "cpu"]) == 130
+    assert run_script(script, out, pickled_data, [A], monkeypatch) == 130
     captured = capsys.readouterr()
     assert "my copy.py: 300 training and 100 test images" in captured.out
     command = captured.err.split("To resume, run the same command:\n")[1]
@@ -188,7 +162,7 @@ def killed_as_the_first_run_finishes(out, data_dir, configs):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(os, "replace", killed)
         with pytest.raises(Killed):
-            run(out, data_dir, configs, patch)
+            run_script(SCRIPT, out, data_dir, configs, patch)
     (stale,) = out.glob("runs/*/checkpoint.ckpt")
     return stale
 
@@ -199,7 +173,7 @@ def test_a_kill_as_a_config_ends_leaves_nothing_that_is_never_redone(
     stale = killed_as_the_first_run_finishes(out, pickled_data, [A])
     assert not (out / "examples.png").exists()
     capsys.readouterr()
-    assert run(out, pickled_data, [A], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
     assert "config_1: already finished" in capsys.readouterr().out
     assert "per_class_accuracy" in entries(out)[("config_1", 0)]
     assert (out / "examples.png").is_file() and (out / "config_1.pth").is_file()
@@ -214,7 +188,7 @@ def test_a_finished_runs_checkpoint_left_by_a_kill_goes_when_its_config_is_edite
     out = tmp_path / "out"
     stale = killed_as_the_first_run_finishes(out, pickled_data, [A])
     capsys.readouterr()
-    assert run(out, pickled_data, [dict(A, lr=0.05)], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [dict(A, lr=0.05)], monkeypatch) == 0
     assert "config_1 differs from its earlier results: lr 0.01 -> 0.05; it trains anew" in \
         capsys.readouterr().out
     assert (stale.parent / "weights.pth").is_file()
@@ -235,7 +209,7 @@ def test_an_unreadable_checkpoint_is_not_called_damaged(pickled_data, tmp_path, 
 
     monkeypatch.setattr(torch, "load", permission_denied)
     capsys.readouterr()
-    assert run(out, pickled_data, [D], monkeypatch) == 2
+    assert run_script(SCRIPT, out, pickled_data, [D], monkeypatch) == 2
     message = capsys.readouterr().err
     assert f"{checkpoint}: cannot be read (Permission denied)" in message
     assert "damaged" not in message and "chmod u+r" in message
@@ -254,7 +228,7 @@ def test_a_console_that_fails_never_stops_training(fault, pickled_data, tmp_path
                else Failing())
     monkeypatch.setattr(sys, "stdout", console)
     out = tmp_path / "out"
-    assert run(out, pickled_data, [A], monkeypatch, "--seeds", "2") == 0  # "±" in the summary
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch, "--seeds", "2") == 0  # "±" in the summary
     assert {entry["status"] for entry in entries(out).values()} == {"finished"}
 
 
@@ -277,10 +251,10 @@ def test_the_disk_filling_between_checkpoint_and_weights_is_one_line(
     out = tmp_path / "out"
     with monkeypatch.context() as patch:
         patch.setattr(torch, "save", full_disk_for("weights"))
-        assert run(out, pickled_data, [A], patch) == 1
+        assert run_script(SCRIPT, out, pickled_data, [A], patch) == 1
     message = capsys.readouterr().err
     assert message.startswith("error: cannot write to") and "Traceback" not in message
-    assert run(out, pickled_data, [A], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
     assert "config_1: resuming from its checkpoint after epoch 1" in capsys.readouterr().out
     assert (out / "config_1.pth").is_file() and len(finished_runs(out)) == 1
 
@@ -295,7 +269,7 @@ def test_a_full_scratch_disk_behind_runs_is_named(pickled_data, tmp_path, monkey
     try:
         with monkeypatch.context() as patch:
             patch.setattr(torch, "save", full_disk_for("checkpoint"))
-            assert run(out, pickled_data, [A], patch) == 1
+            assert run_script(SCRIPT, out, pickled_data, [A], patch) == 1
         message = capsys.readouterr().err
         assert f"error: cannot write to {out} (or to {scratch}, another disk, which " \
                f"runs/ links to)" in message
@@ -313,7 +287,7 @@ def test_a_disk_mounted_at_the_old_checkpoints_folder_is_never_removed(pickled_d
     real_is_mount = Path.is_mount
     monkeypatch.setattr(Path, "is_mount", lambda path: path == out / "checkpoints"
                         or real_is_mount(path))
-    assert run(out, pickled_data, [A], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
     assert (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir())
 
 
@@ -326,13 +300,13 @@ def test_an_unreadable_class_folder_is_named(folder_data, tmp_path, monkeypatch,
         return real_iterdir(self)
 
     monkeypatch.setattr(Path, "iterdir", denied)
-    assert run(tmp_path / "out", folder_data, [A], monkeypatch) == 2
+    assert run_script(SCRIPT, tmp_path / "out", folder_data, [A], monkeypatch) == 2
     message = capsys.readouterr().err
     assert f"{folder_data / 'train' / 'cat'}: cannot be read (Permission denied)" in message
 
 
 def test_an_over_long_out_is_refused_in_one_line(pickled_data, tmp_path, monkeypatch, capsys):
-    assert run(tmp_path / ("x" * 300) / "out", pickled_data, [A], monkeypatch) == 2
+    assert run_script(SCRIPT, tmp_path / ("x" * 300) / "out", pickled_data, [A], monkeypatch) == 2
     message = capsys.readouterr().err
     assert "File name too long" in message and message.count("\n") == 1
 
@@ -353,8 +327,8 @@ def test_a_users_odd_json_in_the_folder_is_left_alone(odd, pickled_data, tmp_pat
     previous = signal.signal(signal.SIGALRM, hung)
     signal.alarm(120)
     try:
-        assert run(out, pickled_data, [A], monkeypatch) == 0
-        assert run(out, pickled_data, [A, B], monkeypatch) == 0  # with earlier results
+        assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
+        assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0  # with earlier results
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
@@ -367,11 +341,11 @@ def test_a_users_odd_json_in_the_folder_is_left_alone(odd, pickled_data, tmp_pat
 def test_a_name_or_a_reported_figure_edited_retrains_nothing_and_is_redrawn(
         pickled_data, tmp_path, monkeypatch, capsys, rendered):
     out = tmp_path / "out"
-    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
     before, weights = finished_runs(out), (out / "config_1.pth").read_bytes()
     drawn = (out / "loss.png").read_bytes()
     capsys.readouterr()
-    assert run(out, pickled_data, [dict(A, name="first", reported_accuracy=60.0), B],
+    assert run_script(SCRIPT, out, pickled_data, [dict(A, name="first", reported_accuracy=60.0), B],
                monkeypatch) == 0
     printed = capsys.readouterr().out
     assert "config_1: name 'a' -> 'first', reported_accuracy '(unset)' -> 60.0 (a label: its " \
@@ -386,14 +360,14 @@ def test_a_name_or_a_reported_figure_edited_retrains_nothing_and_is_redrawn(
 def test_a_key_added_to_the_kit_with_a_default_keeps_finished_results(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    assert run(out, pickled_data, [A], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
     before = finished_runs(out)
     monkeypatch.setitem(config.TRAINING_KEYS, "grad_clip",
                         ("float", lambda value: value >= 0, "0 or more"))
     monkeypatch.setitem(config.DEFAULTS, "grad_clip", 0.0)
     monkeypatch.setitem(config.NEUTRAL, "grad_clip", 0.0)
     capsys.readouterr()
-    assert run(out, pickled_data, [A], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
     printed = capsys.readouterr().out
     assert "config_1: already finished" in printed and "differs" not in printed
     assert finished_runs(out) == before
@@ -403,7 +377,7 @@ def test_a_key_added_to_the_kit_with_a_default_keeps_finished_results(
 def test_a_signal_while_the_views_are_rebuilt_before_training_is_one_true_line(
         signum, status, pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    assert run(out, pickled_data, [A], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
     real_draw = plots.draw_views
 
     def signalled(*args, **kwargs):  # the PNGs redrawn before training: a signal comes
@@ -412,23 +386,23 @@ def test_a_signal_while_the_views_are_rebuilt_before_training_is_one_true_line(
 
     monkeypatch.setattr(plots, "draw_views", signalled)
     capsys.readouterr()
-    assert run(out, pickled_data, [dict(A, lr=0.05)], monkeypatch) == status
+    assert run_script(SCRIPT, out, pickled_data, [dict(A, lr=0.05)], monkeypatch) == status
     message = capsys.readouterr().err
     assert message.strip() == f"Stopped by {'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'} " \
         f"before training started; nothing was trained."
     monkeypatch.setattr(plots, "draw_views", real_draw)
-    assert run(out, pickled_data, [dict(A, lr=0.05)], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [dict(A, lr=0.05)], monkeypatch) == 0
     assert len(finished_runs(out)) == 2
 
 
 def test_weights_deleted_by_hand_are_retrained_not_called_finished(pickled_data, tmp_path,
                                                                      monkeypatch, capsys):
     out = tmp_path / "out"
-    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
     run_dir = out / entries(out)[("config_2", 0)]["run"]
     (run_dir / "weights.pth").unlink()  # the run's own (config_2.pth, a hard link, stays)
     capsys.readouterr()
-    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
     printed = capsys.readouterr().out
     assert f"config_2: its weights {run_dir / 'weights.pth'} are missing" in printed
     assert "config_2 epoch 1/1" in printed and "config_1 epoch" not in printed
@@ -440,17 +414,17 @@ def test_weights_deleted_by_hand_are_retrained_not_called_finished(pickled_data,
 def test_a_changed_config_not_selected_is_never_shown_with_the_weights_of_another(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
     before = finished_runs(out)
     capsys.readouterr()
-    assert run(out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch, "--configs", "1") == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch, "--configs", "1") == 0
     printed = capsys.readouterr().out
     assert "config_2 differs from its earlier results: lr 0.02 -> 0.05" in printed
     assert "config_2 epoch" not in printed
     shown = entries(out)
     assert ("config_2", 0) not in shown or shown[("config_2", 0)]["config"]["lr"] == 0.02
     assert finished_runs(out) == before
-    assert run(out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == 0
     assert "config_2 epoch 1/1" in capsys.readouterr().out
     assert entries(out)[("config_2", 0)]["config"]["lr"] == 0.05
 
@@ -463,10 +437,10 @@ def test_a_folder_moved_since_its_last_run_is_named_where_it_is_now(pickled_data
     out.mkdir()
     with monkeypatch.context() as patch:
         patch.chdir(out)
-        assert run(Path("."), pickled_data, [A], patch) == 0
+        assert run_script(SCRIPT, Path("."), pickled_data, [A], patch) == 0
     out.rename(moved)
     capsys.readouterr()
-    assert run(moved, pickled_data, [dict(A, lr=0.05)], monkeypatch) == 0
+    assert run_script(SCRIPT, moved, pickled_data, [dict(A, lr=0.05)], monkeypatch) == 0
     printed = capsys.readouterr().out
     assert f"(the run it replaces stays in {moved}/runs/config_1-a-" in printed
     assert str(out) not in printed.replace(str(moved), "")
@@ -477,10 +451,10 @@ def test_a_folder_moved_since_its_last_run_is_named_where_it_is_now(pickled_data
 def test_a_users_file_where_a_weights_view_goes_is_kept(pickled_data, tmp_path, monkeypatch,
                                                         capsys):
     out = tmp_path / "out"
-    assert run(out, pickled_data, [A], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
     (out / "config_2.pth").write_bytes(b"my own file")  # no run's weights
     capsys.readouterr()
-    assert run(out, pickled_data, [B, A], monkeypatch) == 0  # a's results become config_2's
+    assert run_script(SCRIPT, out, pickled_data, [B, A], monkeypatch) == 0  # a's results become config_2's
     printed = capsys.readouterr().out
     assert "config_1 is config_2 now (the same config, moved in CONFIGS)" in printed
     assert (f"{out / 'config_2.pth'} is not the weights of any run in {out / 'runs'}/ (a file "
@@ -494,7 +468,7 @@ def test_a_users_file_where_a_weights_view_goes_is_kept(pickled_data, tmp_path, 
 def test_an_edited_model_class_and_one_config_selected_is_no_traceback(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
     script = importlib.import_module(SCRIPT)
     lenet = type(script.build_model({}))  # the script's model class, whatever its name
 
@@ -505,7 +479,7 @@ def test_an_edited_model_class_and_one_config_selected_is_no_traceback(
 
     monkeypatch.setattr(script, "build_model", lambda config: Wider())
     capsys.readouterr()
-    assert run(out, pickled_data, [A, B], monkeypatch, "--configs", "1") == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch, "--configs", "1") == 0
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and "config_1 epoch 1/1" in captured.out
     assert "config_1 differs from its earlier results: the model; it trains anew" in \
@@ -516,13 +490,13 @@ def test_an_edited_model_class_and_one_config_selected_is_no_traceback(
 def test_a_garbage_checkpoint_in_a_finished_run_is_never_read(pickled_data, tmp_path,
                                                               monkeypatch, capsys):
     out = tmp_path / "out"
-    assert run(out, pickled_data, [A, B], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
     b = (out / "config_2.pth").read_bytes()
     garbage = out / entries(out)[("config_2", 0)]["run"] / "checkpoint.ckpt"
     garbage.write_bytes(b"garbage")
     before = finished_runs(out)
     capsys.readouterr()
-    assert run(out, pickled_data, [B, A], monkeypatch, "--configs", "2") == 0
+    assert run_script(SCRIPT, out, pickled_data, [B, A], monkeypatch, "--configs", "2") == 0
     captured = capsys.readouterr()
     assert captured.err == "" and " epoch 1/1" not in captured.out
     assert (out / "config_1.pth").read_bytes() == b  # b's result went with its config

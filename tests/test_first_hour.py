@@ -4,8 +4,6 @@ import importlib
 import importlib.util
 import json
 import shlex
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from PIL import Image
 import predict
 from cifarkit import data, plots, results, train
 from cifarkit import runtime as rt
-from conftest import REPO, run_script
+from conftest import REPO, run_command, run_script
 
 A = {"name": "a", "num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
 B = {"name": "b", "num_epochs": 1, "lr": 0.02, "momentum": 0.9, "batch_size": 32}
@@ -23,10 +21,6 @@ RESULTS = "training_result.json"
 quick_looks = importlib.util.module_from_spec(importlib.util.spec_from_file_location(
     "quick_looks", REPO / "benchmarks" / "quick_looks.py"))
 quick_looks.__spec__.loader.exec_module(quick_looks)
-
-
-def run(out, data_dir, configs, monkeypatch, *flags):
-    return run_script("L2_regularization", out, data_dir, configs, monkeypatch, *flags)
 
 
 def test_examples_png_follows_its_config_when_configs_are_removed(pickled_data, tmp_path,
@@ -38,9 +32,9 @@ def test_examples_png_follows_its_config_when_configs_are_removed(pickled_data, 
     hopeless = dict(A, name="hopeless", lr=1e-7)  # stays near chance: config_2 is the best
     learns = dict(B, lr=0.05)  # 17% after its one epoch (lr 0.02: 10%, a tie)
     out = tmp_path / "out"
-    assert run(out, pickled_data, [hopeless, learns], monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, [hopeless, learns], monkeypatch) == 0
     assert titles[-1].startswith("L2_regularization, config_2 b:")
-    assert run(out, pickled_data, [learns], monkeypatch) == 0  # config_1 removed: b is config_1
+    assert run_script("L2_regularization", out, pickled_data, [learns], monkeypatch) == 0  # config_1 removed: b is config_1
     assert titles[-1].startswith("L2_regularization, config_1 b:")
 
 
@@ -85,7 +79,7 @@ def test_subtitles_name_the_data_folder_not_its_whole_path():
 def test_short_epochs_get_an_estimate_and_lines_name_the_config(pickled_data, tmp_path,
                                                                 monkeypatch, capsys):
     # 300 images at batch 32: 10 steps an epoch, fewer than the 40 the estimate used to wait
-    assert run(tmp_path / "out", pickled_data, [A], monkeypatch) == 0
+    assert run_script("L2_regularization", tmp_path / "out", pickled_data, [A], monkeypatch) == 0
     printed = capsys.readouterr().out
     assert "config_1: about" in printed and "an epoch on this CPU" in printed
     assert "config_1 a: num_epochs=1" in printed  # the name, as the summary shows it
@@ -99,16 +93,14 @@ def test_predict_names_the_classes_of_pictures_as_training_saw_them(pickled_data
     """predict.py, run from another folder, on pictures saved from the test set: its classes
     are the ones the training's own test pass predicted (same model, same normalization)."""
     out = tmp_path / "out"
-    assert run(out, pickled_data, [A], monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, [A], monkeypatch) == 0
     dataset = data.load_cifar10(pickled_data)
     pictures = []
     for index in (0, 35, 99):
         path = tmp_path / f"picture {index}.png"
         Image.fromarray(dataset.test_images[index].permute(1, 2, 0).numpy()).save(path)
         pictures.append(str(path))
-    result = subprocess.run([sys.executable, str(REPO / "predict.py"), str(out / "config_1.pth"),
-                             *pictures], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300)
+    result = run_command("predict.py", out / "config_1.pth", *pictures, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     model, normalization, _ = predict.load_trained(out / "config_1.pth")
     scale, shift = data.normalizer(*normalization, device="cpu")
@@ -116,9 +108,8 @@ def test_predict_names_the_classes_of_pictures_as_training_saw_them(pickled_data
     expected = train.predict(model, dataset.test_images[[0, 35, 99]], scale, shift, cpu)
     for line, picture, label in zip(result.stdout.splitlines(), pictures, expected.tolist()):
         assert line.startswith(f"{picture}: {data.CLASSES[label]} ")
-    assert subprocess.run([sys.executable, str(REPO / "predict.py"), str(tmp_path / "nope.pth"),
-                           pictures[0]], capture_output=True, text=True,
-                          timeout=300).stderr.startswith("error: ")
+    assert run_command("predict.py", tmp_path / "nope.pth", pictures[0]).stderr.startswith(
+        "error: ")
 
 
 @pytest.mark.parametrize("script, command", quick_looks.quick_looks())

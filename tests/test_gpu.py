@@ -14,7 +14,7 @@ from torchvision.transforms import functional as TF
 
 from cifarkit import data, train
 from cifarkit import runtime as rt
-from conftest import (REPO, blanked_squares, checkpoint_of, labelled_images,
+from conftest import (REPO, blanked_squares, checkpoint_of, labelled_images, run_script,
                       windows_found)
 
 pytestmark = pytest.mark.gpu
@@ -32,10 +32,9 @@ def cuda_run(pickled_data, tmp_path_factory):
     script = importlib.import_module("Original_version_model_multiGPU")
     recipe = next(config for config in script.CONFIGS if config.get("name") == "recipe")
     with pytest.MonkeyPatch.context() as patch:  # the configs chosen by content, not position
-        patch.setattr(script, "CONFIGS", [{"num_epochs": 2, "lr": 0.001, "momentum": 0.9,
-                                           "batch_size": 32}, recipe])
-        assert script.main(["--data-dir", str(pickled_data), "--epochs", "2", "--out",
-                            str(out), "--device", "cuda"]) == 0
+        configs = [{"num_epochs": 2, "lr": 0.001, "momentum": 0.9, "batch_size": 32}, recipe]
+        assert run_script(script, out, pickled_data, configs, patch, "--epochs", "2",
+                          device="cuda") == 0
     return script, out, json.loads((out / "training_result.json").read_text())
 
 

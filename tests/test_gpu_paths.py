@@ -2,7 +2,6 @@
 asks torch what hardware there is, and DataParallel's per-replica threads are reproduced
 with a plain thread, which is what torch.nn.parallel.parallel_apply starts for each GPU."""
 import functools
-import importlib
 import signal
 import threading
 import warnings
@@ -16,6 +15,7 @@ from cifarkit import checkpoints, data, train
 from cifarkit import runtime as rt
 from cifarkit.errors import UserError
 from Original_version_model import build_model
+from conftest import run_script
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
@@ -132,8 +132,6 @@ def run_in_fp16_on_the_cpu(data_dir, out, monkeypatch):
     """The Dropout script on the CPU in fp16 with loss scaling, as on a GPU below compute
     capability 8.0. The scaler starts low and grows every 2 steps, so its scale surely
     moves (up, and down again after an overflow) within an epoch."""
-    script = importlib.import_module("Dropout_regularization")
-    monkeypatch.setattr(script, "CONFIGS", [FP16_RUN])
     real_init_runtime = rt.init_runtime
 
     def fp16_runtime(*args, **kwargs):
@@ -144,8 +142,8 @@ def run_in_fp16_on_the_cpu(data_dir, out, monkeypatch):
     monkeypatch.setattr(rt, "init_runtime", fp16_runtime)
     monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(
         torch.amp.GradScaler, init_scale=2.0**10, growth_interval=2))
-    status = script.main(["--data-dir", str(data_dir), "--out", str(out), "--device", "cpu",
-                          "--amp", "on"])
+    status = run_script("Dropout_regularization", out, data_dir, [FP16_RUN], monkeypatch,
+                        "--amp", "on")
     return status, out / "config_1.pth"
 
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from cifarkit import config, data, outputs, signals, train
-from conftest import REPO, write_image_folders, write_pickled_batches
+from conftest import REPO, run_script, write_image_folders, write_pickled_batches
 
 README = (REPO / "README.md").read_text()
 PAGES = {path: path.read_text() for path in [REPO / "README.md", *sorted(REPO.glob("docs/*.md"))]}
@@ -144,15 +144,12 @@ class Mistakes:
         self.folders = itertools.count()
 
     def run(self, script, *args, configs=None, out=None, device="cpu", expected=2):
-        module = importlib.import_module(script)
+        """run_script (conftest), its data folder among ``args``; ``expected``: the status."""
         out = out or self.tmp / f"out{next(self.folders)}"
-        argv = [*map(str, args), "--out", str(out), "--device", device]
         with pytest.MonkeyPatch.context() as own, contextlib.redirect_stdout(self.printed), \
                 contextlib.redirect_stderr(self.printed):
-            if configs is not None:
-                own.setattr(module, "CONFIGS", configs)
             try:
-                status = module.main(argv)
+                status = run_script(script, out, None, configs, own, *args, device=device)
             except SystemExit as stopped:  # argparse's refusals
                 status = stopped.code
         assert status == expected, (script, args, self.printed.getvalue()[-2000:])

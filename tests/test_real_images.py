@@ -1,18 +1,16 @@
 """One run on real CIFAR-10 images: the JPEG copy in ../shared/cifar10-jpeg."""
-import importlib
 import json
 import re
 
-from conftest import shared_jpeg_or_skip
+from conftest import run_script, shared_jpeg_or_skip
 
 
 def test_lenet_reaches_35_percent_on_real_images(tmp_path, capsys):
     """The baseline (batch 4, lr 0.001, momentum 0.9), 2 epochs on 10,000 training images."""
     jpeg_dir = shared_jpeg_or_skip()
-    script = importlib.import_module("Original_version_model")
     out = tmp_path / "out"
-    assert script.main(["--data-dir", str(jpeg_dir), "--subset", "10000", "--epochs", "2",
-                        "--out", str(out), "--device", "cpu"]) == 0
+    assert run_script("Original_version_model", out, jpeg_dir, None, None, "--subset", "10000",
+                      "--epochs", "2") == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "training_loss.json").read_text())
     entry = results["configs"][0]

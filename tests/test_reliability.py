@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, checkpoint_of, write_image_folders, write_pickled_batches
+from conftest import (REPO, checkpoint_of, run_script, write_image_folders,
+                      write_pickled_batches)
 
 LONG_RUN = REPO / "tests" / "long_run.py"  # two configs with dropout, and the test hooks
 CONFIG_2_STEPS = 75  # mini-batches an epoch of config_2 (300 images at batch 4)
@@ -125,31 +126,20 @@ def test_signal_mid_epoch_of_a_later_config_saves_and_rerun_resumes(signum, stat
     assert_same_as_reference(out, reference_run)
 
 
-def run_main(name, *args, configs=None, monkeypatch=None, device="cpu"):
-    """A script's main() in this process, on ``device`` (the CPU unless a test says)."""
-    script = importlib.import_module(name)
-    if configs is not None:
-        monkeypatch.setattr(script, "CONFIGS", configs)
-    return script.main([str(arg) for arg in args] + ["--device", device])
-
-
 def test_a_changed_config_trains_a_new_run_beside_its_earlier_one(pickled_data, tmp_path,
                                                                   monkeypatch, capsys):
     out = tmp_path / "out"
     first = [{"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}]
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=first, monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, first, monkeypatch) == 0
     earlier_weights = (out / "config_1.pth").read_bytes()
 
     # The same command again: nothing retrained, nothing new in the store.
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=first, monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, first, monkeypatch) == 0
     assert "config_1: already finished" in capsys.readouterr().out
     assert len(list(out.glob("runs/*"))) == 1
 
     changed = [dict(first[0], lr=0.02)]
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=changed, monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, changed, monkeypatch) == 0
     assert "config_1 differs from its earlier results: lr 0.01 -> 0.02" in capsys.readouterr().out
     records = sorted((json.loads(path.read_text()) for path in out.glob("runs/*/run.json")),
                      key=lambda record: record["created"])
@@ -158,8 +148,8 @@ def test_a_changed_config_trains_a_new_run_beside_its_earlier_one(pickled_data, 
     new = json.loads((out / "training_result.json").read_text())
     assert new["configs"][0]["config"]["lr"] == 0.02
 
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out, "--restart",
-                    configs=changed, monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, changed, monkeypatch,
+                      "--restart") == 0
     assert len(list(out.glob("runs/*/weights.pth"))) == 3  # --restart: a new run beside
     assert "config_1 epoch 1/1" in capsys.readouterr().out
 
@@ -169,8 +159,7 @@ def test_a_diverging_config_is_marked_and_the_next_one_runs(pickled_data, tmp_pa
     out = tmp_path / "out"
     configs = [{"num_epochs": 2, "lr": 1e6, "momentum": 0.9, "batch_size": 32},
                {"num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 32}]
-    status = run_main("Original_version_model_multiGPU", "--data-dir", pickled_data,
-                      "--out", out, configs=configs, monkeypatch=monkeypatch)
+    status = run_script("Original_version_model_multiGPU", out, pickled_data, configs, monkeypatch)
     captured = capsys.readouterr()
     assert status == 1
     results = json.loads((out / "training_result.json").read_text())
@@ -195,9 +184,8 @@ def test_out_of_memory_names_the_config_and_keeps_the_others(pickled_data, tmp_p
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", out_of_memory_on_big_batches)
     out = tmp_path / "out"
     configs = [dict(BASE, batch_size=512), dict(BASE, batch_size=32)]
-    status = run_main("Original_version_model_multiGPU", "--data-dir", pickled_data,
-                      "--configs", "2,1", "--out", out, configs=configs,
-                      monkeypatch=monkeypatch)
+    status = run_script("Original_version_model_multiGPU", out, pickled_data, configs, monkeypatch,
+                        "--configs", "2,1")
     captured = capsys.readouterr()
     assert status == 1
     assert "config_1 ran out of GPU memory at batch_size 512" in captured.err
@@ -223,8 +211,7 @@ def test_a_foreign_checkpoint_is_refused_never_run(pickled_data, tmp_path, monke
     refused by name, never unpickled."""
     out = tmp_path / "out"
     configs = [BASE]
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=configs, monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
     (record_path,) = out.glob("runs/*/run.json")
     record = json.loads(record_path.read_text())
     record_path.write_text(json.dumps(dict(record, status="running")))  # as if unfinished
@@ -232,14 +219,12 @@ def test_a_foreign_checkpoint_is_refused_never_run(pickled_data, tmp_path, monke
     marker = tmp_path / "pwned"
     checkpoint = record_path.parent / "checkpoint.ckpt"
     checkpoint.write_bytes(pickle.dumps(Payload(marker)))
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=configs, monkeypatch=monkeypatch) == 2
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 2
     assert "checkpoint.ckpt: not a checkpoint written by this kit" in capsys.readouterr().err
     assert not marker.exists()
 
     torch.save({"some": "dict"}, checkpoint)
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=configs, monkeypatch=monkeypatch) == 2
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 2
     assert "not a checkpoint written by this kit" in capsys.readouterr().err
 
 
@@ -281,8 +266,7 @@ def existing_out(tmp_path):
 def test_bad_configs_are_refused(name, configs, message, pickled_data, existing_out,
                                  monkeypatch, capsys):
     before = snapshot(existing_out)
-    assert run_main(name, "--data-dir", pickled_data, "--out", existing_out,
-                    configs=configs, monkeypatch=monkeypatch) == 2
+    assert run_script(name, existing_out, pickled_data, configs, monkeypatch) == 2
     assert message in capsys.readouterr().err
     assert snapshot(existing_out) == before
 
@@ -301,8 +285,8 @@ def test_bad_flags_are_refused(flags, message, pickled_data, existing_out, monke
                                capsys):
     before = snapshot(existing_out)
     configs = [BASE, dict(BASE, batch_size=32, name="recipe"), dict(BASE, name="speedrun")]
-    assert run_main("Original_version_model_multiGPU", "--data-dir", pickled_data,
-                    "--out", existing_out, *flags, configs=configs, monkeypatch=monkeypatch) == 2
+    assert run_script("Original_version_model_multiGPU", existing_out, pickled_data, configs,
+                      monkeypatch, *flags) == 2
     assert message in capsys.readouterr().err
     assert snapshot(existing_out) == before
 
@@ -321,8 +305,8 @@ def test_bad_flag_values_stop_argparse(flags, message, capsys):
 def test_device_cuda_without_cuda_is_refused(pickled_data, existing_out, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a GPU machine too
     before = snapshot(existing_out)
-    assert run_main("Original_version_model", "--data-dir", pickled_data,
-                    "--out", existing_out, device="cuda") == 2
+    assert run_script("Original_version_model", existing_out, pickled_data, None, None,
+                      device="cuda") == 2
     assert "--device cuda: no CUDA GPU is visible" in capsys.readouterr().err
     assert snapshot(existing_out) == before
 
@@ -330,8 +314,7 @@ def test_device_cuda_without_cuda_is_refused(pickled_data, existing_out, monkeyp
 def test_an_output_folder_that_cannot_be_written_is_refused(pickled_data, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    assert run_main("Original_version_model", "--data-dir", pickled_data,
-                    "--out", blocker / "out") == 2
+    assert run_script("Original_version_model", blocker / "out", pickled_data, None, None) == 2
     assert "cannot write there" in capsys.readouterr().err
 
 
@@ -342,8 +325,7 @@ def test_a_nearly_full_disk_is_refused_before_training(pickled_data, existing_ou
     monkeypatch.setattr(outputs.shutil, "disk_usage",
                         lambda path: SimpleNamespace(total=2**40, free=5 * 2**20))
     before = snapshot(existing_out)
-    assert run_main("Original_version_model", "--data-dir", pickled_data,
-                    "--out", existing_out) == 2
+    assert run_script("Original_version_model", existing_out, pickled_data, None, None) == 2
     assert "only 5 MiB free on that disk" in capsys.readouterr().err
     assert snapshot(existing_out) == before
 
@@ -363,8 +345,7 @@ def test_a_failed_write_exits_1_keeps_what_was_saved_and_a_rerun_carries_on(
     monkeypatch.setattr(outputs, "save_weights", disk_full_after_config_1)
     out = tmp_path / "out"
     configs = [BASE, dict(BASE, lr=0.02)]
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=configs, monkeypatch=monkeypatch) == 1
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 1
     error = capsys.readouterr().err
     assert f"error: cannot write to {out}" in error and "No space left on device" in error
     assert "Traceback" not in error
@@ -374,8 +355,7 @@ def test_a_failed_write_exits_1_keeps_what_was_saved_and_a_rerun_carries_on(
     assert (out / "config_1.pth").exists() and not (out / "config_2.pth").exists()
 
     monkeypatch.setattr(outputs, "save_weights", real_save_weights)  # room again
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=configs, monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
     assert "config_1: already finished" in capsys.readouterr().out
     results = json.loads((out / "training_result.json").read_text())["configs"]
     assert [(entry["id"], entry["status"]) for entry in results] == [
@@ -438,8 +418,8 @@ def corrupt(kind, tmp_path):
 def test_bad_data_is_refused_naming_the_file(kind, tmp_path, existing_out, capsys):
     data_dir, culprit = corrupt(kind, tmp_path)
     before = snapshot(existing_out)
-    assert run_main("Original_version_model", "--data-dir", data_dir, "--epochs", "1",
-                    "--out", existing_out) == 2
+    assert run_script("Original_version_model", existing_out, data_dir, None, None, "--epochs",
+                      "1") == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and culprit in error
     assert snapshot(existing_out) == before

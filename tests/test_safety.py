@@ -1,6 +1,5 @@
 """A user's files are never moved, nothing trained is lost, and every bad input or signal
 ends in one clear message instead of a traceback."""
-import importlib
 import json
 import os
 import pickle
@@ -17,19 +16,13 @@ import torch
 
 from cifarkit import data, store, train
 from cifarkit.results import save_json
-from conftest import REPO, checkpoint_of, finished_runs, write_image_folders, write_pickled_batches
+from conftest import (REPO, checkpoint_of, finished_runs, run_command, run_script, write_image_folders,
+                      write_pickled_batches)
 
 TINY = {"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
 
 
 pytestmark = pytest.mark.usefixtures("unrendered")
-
-
-def run_main(name, *args, configs=None, monkeypatch=None):
-    script = importlib.import_module(name)
-    if configs is not None:
-        monkeypatch.setattr(script, "CONFIGS", configs)
-    return script.main(["--device", "cpu", *[str(arg) for arg in args]])
 
 
 def tree(folder):
@@ -44,8 +37,7 @@ def test_restart_of_some_configs_trains_new_runs_and_touches_nothing_else(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     configs = [TINY, dict(TINY, lr=0.02)]
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=configs, monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
     before, first = finished_runs(out), (out / "config_1.pth").read_bytes()
     mine = {"notes.txt": b"my notes", "my_model.pth": b"not the kit's",
             "figures/plot.png": b"mine", "checkpoints/config_1_seed0.bak.ckpt": b"a backup"}
@@ -53,9 +45,8 @@ def test_restart_of_some_configs_trains_new_runs_and_touches_nothing_else(
         (out / name).parent.mkdir(exist_ok=True)
         (out / name).write_bytes(content)
     capsys.readouterr()
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    "--restart", "--configs", "2", configs=configs,
-                    monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch, "--restart",
+                      "--configs", "2") == 0
     printed = capsys.readouterr().out
     assert "config_2 epoch 1/1" in printed and "config_1 epoch" not in printed
     after = finished_runs(out)
@@ -81,8 +72,8 @@ def test_an_out_folder_that_belongs_to_something_else_is_refused(where, tmp_path
     if where == "source folder":
         (out / "train_me.py").write_text("print('mine')")
     before = tree(tmp_path)
-    assert run_main("L2_regularization", "--data-dir", data_dir, "--out", out, "--restart",
-                    "--epochs", "1") == 2
+    assert run_script("L2_regularization", out, data_dir, None, None, "--restart", "--epochs",
+                      "1") == 2
     error = capsys.readouterr().err
     assert error.startswith("error: --out ")
     assert ("inside it" in error) if "data" in where else ("did not write" in error)
@@ -92,8 +83,8 @@ def test_an_out_folder_that_belongs_to_something_else_is_refused(where, tmp_path
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_an_out_folder_on_a_virtual_file_system_is_refused_as_such(pickled_data, capsys):
     """/proc looks writable to root, and has "0 MiB free": say what it is instead."""
-    assert run_main("L2_regularization", "--data-dir", pickled_data,
-                    "--out", "/proc/cifar-kit-results", "--epochs", "1") == 2
+    assert run_script("L2_regularization", "/proc/cifar-kit-results", pickled_data, None, None,
+                      "--epochs", "1") == 2
     error = capsys.readouterr().err
     assert "not on a disk (a virtual file system such as /proc or /sys)" in error
     assert "MiB free" not in error
@@ -117,8 +108,7 @@ def test_a_process_killed_while_it_holds_the_store_leaves_no_lock_behind(
     handle = store.lock(out / "runs", blocking=False)
     assert handle is not None
     os.close(handle)
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=[TINY], monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, [TINY], monkeypatch) == 0
 
 
 # ---- numpy numbers in CONFIGS ----
@@ -128,14 +118,12 @@ def test_numpy_numbers_in_configs_train_save_and_resume(pickled_data, tmp_path, 
     configs = [{"num_epochs": np.int64(1), "lr": np.float32(0.01), "momentum": np.float64(0.9),
                 "batch_size": np.int64(32), "nesterov": np.bool_(True)}]
     out = tmp_path / "out"
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=configs, monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
     (entry,) = json.loads((out / "training_result.json").read_text())["configs"]
     assert entry["config"]["batch_size"] == 32 and entry["config"]["nesterov"] is True
     assert entry["config"]["lr"] == pytest.approx(0.01)
     capsys.readouterr()
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=configs, monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
     assert "config_1: already finished" in capsys.readouterr().out
     assert len(finished_runs(out)) == 1
 
@@ -148,8 +136,7 @@ def test_ctrl_c_while_the_images_are_decoded_is_one_line(pickled_data, tmp_path,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(data, "load_cifar10", interrupted)
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out",
-                    tmp_path / "out") == 130
+    assert run_script("L2_regularization", tmp_path / "out", pickled_data, None, None) == 130
     assert "Stopped by Ctrl-C before training started" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -165,8 +152,7 @@ def test_sigterm_while_the_images_are_decoded_is_one_line(pickled_data, tmp_path
 
     monkeypatch.setattr(data, "load_cifar10", terminated)
     before = signal.getsignal(signal.SIGTERM)
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out",
-                    tmp_path / "out") == 143
+    assert run_script("L2_regularization", tmp_path / "out", pickled_data, None, None) == 143
     assert "Stopped by SIGTERM before training started" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert signal.getsignal(signal.SIGTERM) == before  # handed back after the run
@@ -179,8 +165,7 @@ def test_ctrl_c_during_the_test_pass_loses_nothing(presses, pickled_data, tmp_pa
     press waits for it (and says so), two stop at once; the rerun ends as if uninterrupted."""
     configs = [dict(TINY, num_epochs=3, batch_size=16)]
     reference = tmp_path / "reference"
-    assert run_main("Dropout_regularization", "--data-dir", pickled_data, "--out", reference,
-                    configs=configs, monkeypatch=monkeypatch) == 0
+    assert run_script("Dropout_regularization", reference, pickled_data, configs, monkeypatch) == 0
     real_measure = train.measure  # an epoch's end: the test pass, and the training sample's
     calls = []
 
@@ -194,8 +179,7 @@ def test_ctrl_c_during_the_test_pass_loses_nothing(presses, pickled_data, tmp_pa
     monkeypatch.setattr(train, "measure", press_ctrl_c_in_epoch_2)
     out = tmp_path / "out"
     capsys.readouterr()
-    assert run_main("Dropout_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=configs, monkeypatch=monkeypatch) == 130
+    assert run_script("Dropout_regularization", out, pickled_data, configs, monkeypatch) == 130
     error = capsys.readouterr().err
     assert "waiting for the test pass of epoch 2" in error
     assert "Traceback" not in error
@@ -204,8 +188,7 @@ def test_ctrl_c_during_the_test_pass_loses_nothing(presses, pickled_data, tmp_pa
     assert progress["epoch"] == 2  # the interrupted epoch is not lost
 
     monkeypatch.setattr(train, "measure", real_measure)
-    assert run_main("Dropout_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=configs, monkeypatch=monkeypatch) == 0
+    assert run_script("Dropout_regularization", out, pickled_data, configs, monkeypatch) == 0
 
     def finished(folder):
         (entry,) = json.loads((folder / "training_result.json").read_text())["configs"]
@@ -226,7 +209,7 @@ def test_ctrl_c_during_the_test_pass_loses_nothing(presses, pickled_data, tmp_pa
 ])
 def test_seeds_out_of_numpys_range_are_refused(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
-        run_main("L2_regularization", "--out", tmp_path / "out", *flags)
+        run_script("L2_regularization", tmp_path / "out", None, None, None, *flags)
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -244,8 +227,8 @@ def test_seeds_out_of_numpys_range_are_refused(flags, message, tmp_path, capsys)
 ])
 def test_configs_that_would_mislead_are_refused(configs, message, pickled_data, tmp_path,
                                                 monkeypatch, capsys):
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", tmp_path / "out",
-                    configs=configs, monkeypatch=monkeypatch) == 2
+    assert run_script("L2_regularization", tmp_path / "out", pickled_data, configs,
+                      monkeypatch) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -262,8 +245,7 @@ def test_a_hand_edited_results_json_is_kept_aside_and_the_run_goes_on(
     edited file aside, retrains nothing and writes the view anew."""
     out = tmp_path / "out"
     configs = [TINY, dict(TINY, lr=0.02)]
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=configs, monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
     path = out / "training_result.json"
     shown = json.loads(path.read_text())["configs"]
     for edit in HAND_EDITS:
@@ -279,8 +261,8 @@ def test_a_hand_edited_results_json_is_kept_aside_and_the_run_goes_on(
         path.write_text(json.dumps(results))
         edited = path.read_bytes()
         capsys.readouterr()
-        assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                        "--configs", "2", configs=configs, monkeypatch=monkeypatch) == 0, edit
+        assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch, "--configs",
+                          "2") == 0, edit
         captured = capsys.readouterr()
         assert "config_2: already finished" in captured.out and captured.err == "", edit
         said = f"{path} could not be read (edited by hand?): kept as "
@@ -296,13 +278,11 @@ def test_a_corrupt_checkpoint_never_suggests_unpickling_it(pickled_data, tmp_pat
     with monkeypatch.context() as patch:  # a second Ctrl-C as training starts: a run, unfinished
         patch.setattr(train, "train_config", lambda *args, **kwargs: (_ for _ in ()).throw(
             KeyboardInterrupt))
-        assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                        configs=[TINY], monkeypatch=patch) == 130
+        assert run_script("L2_regularization", out, pickled_data, [TINY], patch) == 130
     checkpoint = checkpoint_of(out)
     checkpoint.write_bytes(b"PK\x03\x04 not a zip")
     capsys.readouterr()
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=[TINY], monkeypatch=monkeypatch) == 2
+    assert run_script("L2_regularization", out, pickled_data, [TINY], monkeypatch) == 2
     error = capsys.readouterr().err
     assert f"{checkpoint}: not a checkpoint written by this kit" in error
     assert "weights_only" not in error
@@ -316,8 +296,8 @@ def test_the_line_for_a_changed_config_says_what_changed(pickled_data, tmp_path,
 
     def rerun(*flags, configs=(TINY,)):
         capsys.readouterr()
-        assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out, *flags,
-                        configs=list(configs), monkeypatch=monkeypatch) == 0
+        assert run_script("L2_regularization", out, pickled_data, list(configs), monkeypatch,
+                          *flags) == 0
         return capsys.readouterr().out
 
     rerun("--subset", "100")
@@ -337,8 +317,7 @@ def test_a_change_from_the_scripts_default_value_names_the_value_it_had(pickled_
     out, config = tmp_path / "out", dict(TINY, dropout=0.5)
     for configs in ([config], [dict(config, dropout=0.3)]):
         capsys.readouterr()
-        assert run_main("Dropout_regularization", "--data-dir", pickled_data, "--out", out,
-                        configs=configs, monkeypatch=monkeypatch) == 0
+        assert run_script("Dropout_regularization", out, pickled_data, configs, monkeypatch) == 0
     assert "config_1 differs from its earlier results: dropout 0.5 -> 0.3" in \
         capsys.readouterr().out
 
@@ -348,8 +327,8 @@ def test_subset_too_large_for_one_class_names_the_number_typed_and_the_split(tmp
     root = write_image_folders(tmp_path / "data")
     for path in sorted((root / "test" / "ship").iterdir())[2:]:
         path.unlink()  # 2 test images of class ship
-    assert run_main("L2_regularization", "--data-dir", root, "--subset", "290",
-                    "--out", tmp_path / "out") == 2
+    assert run_script("L2_regularization", tmp_path / "out", root, None, None, "--subset",
+                      "290") == 2
     error = capsys.readouterr().err
     assert "--subset 290: needs 9 test images of class ship" in error
     assert "test set has only 2" in error
@@ -368,11 +347,9 @@ def test_a_damaged_download_is_called_damaged_not_missing(tmp_path):
 
 
 def test_a_failed_download_ends_with_the_command_to_run(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "L2_regularization.py"), "--epochs",
-                             "1", "--device", "cpu"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300,
-                            env=dict(os.environ, https_proxy="http://127.0.0.1:9",
-                                     http_proxy="http://127.0.0.1:9"))
+    result = run_command("L2_regularization.py", "--epochs", "1", "--device", "cpu",
+                         cwd=tmp_path, env=dict(os.environ, https_proxy="http://127.0.0.1:9",
+                                                http_proxy="http://127.0.0.1:9"))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.rstrip().splitlines()[-1] == (
@@ -418,8 +395,7 @@ def test_files_named_like_the_kits_but_not_its_results_are_never_overwritten(
     (out / "model.pth").write_bytes(b"my precious model")
     (out / "loss.png").write_bytes(b"my plot")
     (out / "notes.txt").write_text("notes")
-    assert run_main("Original_version_model", "--data-dir", pickled_data, "--out", out,
-                    "--epochs", "1") == 0
+    assert run_script("Original_version_model", out, pickled_data, None, None, "--epochs", "1") == 0
     assert (f"{out / 'model.pth'} is not the weights of any run in {out / 'runs'}/ (a file "
             f"of your own?): left as it is") in capsys.readouterr().out
     assert (out / "model.pth").read_bytes() == b"my precious model"
@@ -430,19 +406,16 @@ def test_files_named_like_the_kits_but_not_its_results_are_never_overwritten(
 def test_another_script_into_the_same_folder_keeps_the_first_ones_results(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=[TINY], monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, [TINY], monkeypatch) == 0
     l2 = {name: (out / name).read_bytes() for name in ("training_result.json", "config_1.pth")}
     before = finished_runs(out)
-    assert run_main("Original_version_model", "--data-dir", pickled_data, "--out", out,
-                    "--epochs", "1") == 0
+    assert run_script("Original_version_model", out, pickled_data, None, None, "--epochs", "1") == 0
     assert all((out / name).read_bytes() == content for name, content in l2.items())
     after = finished_runs(out)
     assert len(after) == 2 and {name: after[name] for name in before} == before
     baseline = (out / "model.pth").read_bytes()
     capsys.readouterr()
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=[TINY], monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, [TINY], monkeypatch) == 0
     assert "config_1: already finished" in capsys.readouterr().out
     assert (out / "model.pth").read_bytes() == baseline  # not a view of L2's to tidy away
 
@@ -454,13 +427,11 @@ def test_what_a_kill_left_undone_is_done_by_the_next_run(pickled_data, tmp_path,
     real_measure = train.measure
     monkeypatch.setattr(train, "measure", lambda *args, **kwargs: (
         signal.raise_signal(signal.SIGINT), real_measure(*args, **kwargs))[1])
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=configs, monkeypatch=monkeypatch) == 130
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 130
     checkpoint = checkpoint_of(out)
     saved = checkpoint.read_bytes()
     monkeypatch.setattr(train, "measure", real_measure)
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=configs, monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
     # killed after writing the run's record, before the views and the checkpoint's removal,
     # and once in the middle of writing a checkpoint:
     (out / "loss.png").unlink()
@@ -468,8 +439,7 @@ def test_what_a_kill_left_undone_is_done_by_the_next_run(pickled_data, tmp_path,
     cut = checkpoint.parent / ".checkpoint.ckpt.0123abcd.tmp"
     cut.write_bytes(b"a cut write")
     (out / ".my-notes.tmp").write_text("not the kit's")
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=configs, monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not checkpoint.exists()
     assert (out / ".my-notes.tmp").exists()
@@ -485,8 +455,7 @@ def test_something_in_the_way_of_the_kits_files_is_refused_up_front(blocker, pic
         (out / blocker).mkdir()
     else:
         (out / blocker).write_text("a file")
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    "--epochs", "1") == 2
+    assert run_script("L2_regularization", out, pickled_data, None, None, "--epochs", "1") == 2
     assert f"{out / blocker} is in the way" in capsys.readouterr().err
 
 
@@ -495,8 +464,8 @@ def test_a_symlinked_runs_folder_is_kept(pickled_data, tmp_path, monkeypatch):
     out.mkdir()
     scratch.mkdir()
     (out / "runs").symlink_to(scratch)
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    configs=[TINY, dict(TINY, lr=0.02)], monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, [TINY, dict(TINY, lr=0.02)],
+                      monkeypatch) == 0
     assert (out / "runs").is_symlink() and len(list(scratch.glob("*/weights.pth"))) == 2
     assert (out / "config_2.pth").exists()
 
@@ -511,9 +480,8 @@ def test_configs_by_their_printed_label_and_a_stop_as_a_config_ends(
         return real_measure(*args, **kwargs)
 
     monkeypatch.setattr(train, "measure", ctrl_c_in_the_last_test_pass)
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    "--configs", "config_1,config_2", configs=[TINY, dict(TINY, lr=0.02)],
-                    monkeypatch=monkeypatch) == 130
+    assert run_script("L2_regularization", out, pickled_data, [TINY, dict(TINY, lr=0.02)],
+                      monkeypatch, "--configs", "config_1,config_2") == 130
     captured = capsys.readouterr()
     assert "Stopped by SIGINT after config_1 ended; the next configs have not started" in \
         captured.err
@@ -531,33 +499,31 @@ def test_a_checkpoint_is_never_carried_on_in_other_arithmetic_and_blocks_nothing
         patch.setattr(train, "measure", lambda *args, **kwargs: (
             signal.raise_signal(signal.SIGINT), ({"test_accuracy": 10.0,
                                                   "train_accuracy_eval": 10.0}, None))[1])
-        assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                        configs=configs, monkeypatch=patch) == 130  # an fp32 checkpoint
+        assert run_script("L2_regularization", out, pickled_data, configs,
+                          patch) == 130  # an fp32 checkpoint
     checkpoint = checkpoint_of(out)
     capsys.readouterr()
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    "--amp", "on", configs=configs, monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch, "--amp",
+                      "on") == 0
     printed = capsys.readouterr().out
     assert "; bf16 autocast; output" in printed and "resuming" not in printed
     assert "config_1 epoch 1/2" in printed and "config_2 epoch 1/1" in printed
     assert checkpoint.is_file() and checkpoint_of(out) != checkpoint
-    assert run_main("L2_regularization", "--data-dir", pickled_data, "--out", out,
-                    "--configs", "1", configs=configs, monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch, "--configs",
+                      "1") == 0
     assert "config_1: resuming from its checkpoint after epoch 1" in capsys.readouterr().out
 
 
 def test_data_replaced_in_place_is_noticed(tmp_path, monkeypatch, capsys):
     data_dir = write_pickled_batches(tmp_path / "data")
     out = tmp_path / "out"
-    assert run_main("L2_regularization", "--data-dir", data_dir, "--out", out,
-                    configs=[TINY], monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, data_dir, [TINY], monkeypatch) == 0
     batch = data_dir / "cifar-10-batches-py" / "data_batch_1"
     content = pickle.loads(batch.read_bytes())
     content["data"] = 255 - content["data"]  # the same path, the same counts, other pixels
     batch.write_bytes(pickle.dumps(content))
     capsys.readouterr()
-    assert run_main("L2_regularization", "--data-dir", data_dir, "--out", out,
-                    configs=[TINY], monkeypatch=monkeypatch) == 0
+    assert run_script("L2_regularization", out, data_dir, [TINY], monkeypatch) == 0
     assert ("config_1 differs from its earlier results: the data (other images, as many); it "
             "trains anew") in capsys.readouterr().out
 
@@ -567,6 +533,5 @@ def test_an_oversized_image_is_refused_before_it_is_decoded(tmp_path, capsys):
 
     root = write_image_folders(tmp_path / "data")
     Image.new("RGB", (12000, 12000)).save(sorted((root / "train" / "cat").iterdir())[0])
-    assert run_main("L2_regularization", "--data-dir", root, "--out", tmp_path / "out",
-                    "--epochs", "1") == 2
+    assert run_script("L2_regularization", tmp_path / "out", root, None, None, "--epochs", "1") == 2
     assert "a 12000x12000 RGB image; CIFAR-10 images are 32x32 RGB" in capsys.readouterr().err

@@ -11,7 +11,9 @@ from torch import nn
 
 from cifarkit import data, train
 from cifarkit import runtime as rt
-from conftest import REPO, TEST_PER_CLASS, TRAIN_PER_CLASS, make_images, write_pickled_batches
+from conftest import (REPO, TEST_PER_CLASS, TRAIN_PER_CLASS, make_images, run_command,
+                      run_script,
+                      write_pickled_batches)
 
 CPU = ["--device", "cpu"]  # what these tests expect (fp32 LeNet, bit-identical reruns)
 # module, data layout (each layout decodes to the same images: see
@@ -60,8 +62,7 @@ def test_script_writes_every_output_and_weights_reload(name, request, tmp_path, 
     layout, results_file, weights_file, extra = SCRIPTS[name]
     data_dir = request.getfixturevalue(f"{layout}_data")
     out = tmp_path / "out"
-    status = script.main(["--data-dir", str(data_dir), "--epochs", "1", "--out", str(out)]
-                         + extra + CPU)
+    status = run_script(script, out, data_dir, None, None, "--epochs", "1", *extra)
     printed = capsys.readouterr().out
     assert status == 0
     assert "Training completed. Results summary:" in printed
@@ -145,10 +146,9 @@ def test_subset_is_class_balanced_and_chosen_by_the_seed(layout, request):
 
 
 def test_baseline_learns_on_generated_data(pickled_data, tmp_path, capsys):
-    script = importlib.import_module("Original_version_model")
     out = tmp_path / "out"
-    assert script.main(["--data-dir", str(pickled_data), "--epochs", "10",
-                        "--out", str(out)] + CPU) == 0
+    assert run_script("Original_version_model", out, pickled_data, None, None,
+                      "--epochs", "10") == 0
     results = json.loads((out / "training_loss.json").read_text())
     assert results["configs"][0]["final_test_accuracy"] > 80  # chance is 10%
     assert "config_1 epoch 10/10" in capsys.readouterr().out
@@ -158,10 +158,8 @@ def test_baseline_prints_and_records_the_loss_every_1000_mini_batches(tmp_path, 
     """The tutorial's log: 4,010 images at batch 4 are 1,003 mini-batches an epoch, so one
     "epoch E: batch 1000 loss: L" line per epoch, and the same numbers in batch_losses."""
     data_dir = write_pickled_batches(tmp_path / "data", train_per_class=401)
-    script = importlib.import_module("Original_version_model")
     out = tmp_path / "out"
-    assert script.main(["--data-dir", str(data_dir), "--epochs", "2", "--out", str(out)]
-                       + CPU) == 0
+    assert run_script("Original_version_model", out, data_dir, None, None, "--epochs", "2") == 0
     printed = capsys.readouterr().out
     (entry,) = json.loads((out / "training_loss.json").read_text())["configs"]
     assert entry["steps_per_epoch"] == 1003
@@ -179,13 +177,12 @@ DROPOUT = [dict(TINY, dropout=0.0), dict(TINY, dropout=0.5)]
 
 
 def test_same_seed_same_result_on_cpu(pickled_data, tmp_path, monkeypatch):
-    script = importlib.import_module("Dropout_regularization")  # dropout draws random numbers
-    monkeypatch.setattr(script, "CONFIGS", DROPOUT)
     runs = []
     for attempt in ("a", "b"):
         out = tmp_path / attempt
-        assert script.main(["--data-dir", str(pickled_data), "--epochs", "2", "--configs", "2",
-                            "--out", str(out)] + CPU) == 0
+        # Dropout: dropout draws random numbers
+        assert run_script("Dropout_regularization", out, pickled_data, DROPOUT, monkeypatch,
+                          "--epochs", "2", "--configs", "2") == 0
         results = json.loads((out / "training_result.json").read_text())
         runs.append((without_timings(results["configs"][0]["history"]),
                      torch.load(out / "config_2.pth", weights_only=True)))
@@ -196,13 +193,12 @@ def test_same_seed_same_result_on_cpu(pickled_data, tmp_path, monkeypatch):
 def test_a_config_trains_the_same_alone_or_after_another(pickled_data, tmp_path, monkeypatch):
     """Every config starts from the --seed's initial weights (and random numbers), whichever
     configs ran before it: --configs 2 gives config_2 of --configs 1,2, bit for bit."""
-    script = importlib.import_module("Dropout_regularization")  # dropout draws random numbers
-    monkeypatch.setattr(script, "CONFIGS", DROPOUT)
     runs = {}
     for selection in ("2", "1,2"):
         out = tmp_path / selection.replace(",", "-")
-        assert script.main(["--data-dir", str(pickled_data), "--epochs", "1",
-                            "--configs", selection, "--out", str(out)] + CPU) == 0
+        # Dropout: dropout draws random numbers
+        assert run_script("Dropout_regularization", out, pickled_data, DROPOUT, monkeypatch,
+                          "--epochs", "1", "--configs", selection) == 0
         entries = json.loads((out / "training_result.json").read_text())["configs"]
         assert [entry["id"] for entry in entries][-1] == "config_2"
         runs[selection] = (without_timings(entries[-1]["history"]),
@@ -214,11 +210,10 @@ def test_a_config_trains_the_same_alone_or_after_another(pickled_data, tmp_path,
 
 def test_configs_and_epochs_flags_pick_and_override(pickled_data, tmp_path, capsys,
                                                     monkeypatch):
-    script = importlib.import_module("Original_version_model_multiGPU")
-    monkeypatch.setattr(script, "CONFIGS", [TINY, dict(TINY, lr=0.02), dict(TINY, lr=0.005)])
     out = tmp_path / "out"
-    assert script.main(["--data-dir", str(pickled_data), "--configs", "3,1", "--epochs", "2",
-                        "--out", str(out)] + CPU) == 0
+    assert run_script("Original_version_model_multiGPU", out, pickled_data,
+                      [TINY, dict(TINY, lr=0.02), dict(TINY, lr=0.005)], monkeypatch,
+                      "--configs", "3,1", "--epochs", "2") == 0
     printed = capsys.readouterr().out
     assert printed.index("config_3 epoch 2/2") < printed.index("config_1 epoch 1/2")
     results = json.loads((out / "training_result.json").read_text())
@@ -237,18 +232,13 @@ def test_importing_a_script_trains_nothing(name, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no modelset/, no data/
 
 
-def run_script(name, *args, cwd):
-    return subprocess.run([sys.executable, str(REPO / f"{name}.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.parametrize("case", ["missing", "empty", "no-network"])
 def test_no_data_is_one_clear_message(case, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     args = {"missing": ["--data-dir", str(tmp_path / "nowhere")],
             "empty": ["--data-dir", str(empty)], "no-network": []}[case]
-    result = run_script("Resnet_model", *args, "--out", str(tmp_path / "out"), cwd=tmp_path)
+    result = run_command("Resnet_model.py", *args, "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ")
@@ -257,7 +247,7 @@ def test_no_data_is_one_clear_message(case, tmp_path):
 
 
 def test_help_lists_the_shared_flags(tmp_path):
-    result = run_script("L2_regularization", "--help", cwd=tmp_path)
+    result = run_command("L2_regularization.py", "--help", cwd=tmp_path)
     assert result.returncode == 0
     for flag in ("--epochs", "--configs", "--subset", "--data-dir", "--out", "--device",
                  "--seed"):
@@ -268,8 +258,8 @@ def test_help_lists_the_shared_flags(tmp_path):
 def test_lenet_recipe_records_accuracy_with_and_without_tta(pickled_data, tmp_path):
     script = importlib.import_module("Original_version_model_multiGPU")
     out = tmp_path / "out"
-    assert script.main(["--data-dir", str(pickled_data), "--configs", "recipe", "--epochs", "3",
-                        "--out", str(out)] + CPU) == 0
+    assert run_script(script, out, pickled_data, None, None, "--configs", "recipe",
+                      "--epochs", "3") == 0
     (entry,) = json.loads((out / "training_result.json").read_text())["configs"]
     names = [config.get("name") for config in script.CONFIGS]
     assert entry["config"]["name"] == "recipe"
@@ -287,8 +277,7 @@ def test_lenet_speedrun_runs_as_written(pickled_data, tmp_path):
     on CIFAR-10 is measured by the benchmark in benchmarks/RESULTS.md, not here."""
     script = importlib.import_module("Original_version_model_multiGPU")
     out = tmp_path / "out"
-    assert script.main(["--data-dir", str(pickled_data), "--configs", "speedrun",
-                        "--out", str(out)] + CPU) == 0
+    assert run_script(script, out, pickled_data, None, None, "--configs", "speedrun") == 0
     (entry,) = json.loads((out / "training_result.json").read_text())["configs"]
     (speedrun,) = [config for config in script.CONFIGS if config.get("name") == "speedrun"]
     assert entry["status"] == "finished" and entry["config"] == speedrun
@@ -313,8 +302,8 @@ def test_a_finished_config_passes_over_the_test_set_once_an_epoch(pickled_data, 
     monkeypatch.setattr(train, "predict", counted("predict", real_predict))
     monkeypatch.setattr(train, "measure", counted("measure", real_measure))
     out = tmp_path / "out"
-    assert script.main(["--data-dir", str(pickled_data), "--configs", "recipe", "--epochs", "2",
-                        "--out", str(out)] + CPU) == 0
+    assert run_script(script, out, pickled_data, None, None, "--configs", "recipe",
+                      "--epochs", "2") == 0
     # the epochs' own passes (each over the test set and a training sample) gave every prediction
     assert passes == ["measure", "predict", "predict"] * 2
     (entry,) = json.loads((out / "training_result.json").read_text())["configs"]
@@ -375,11 +364,10 @@ def test_resnet_recipe_keys_run_on_the_cpu_and_amp_off_records_fp32(pickled_data
     script = importlib.import_module("Resnet_model")
     recipe = dict(next(config for config in script.CONFIGS if config.get("name") == "recipe"),
                   batch_size=64, num_epochs=1)
-    monkeypatch.setattr(script, "CONFIGS", [recipe])
     monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: True)
     out = tmp_path / "out"
-    assert script.main(["--data-dir", str(pickled_data), "--subset", "130", "--amp", "off",
-                        "--out", str(out)] + CPU) == 0
+    assert run_script(script, out, pickled_data, [recipe], monkeypatch, "--subset", "130",
+                      "--amp", "off") == 0
     (entry,) = json.loads((out / "Resnet_model_result.json").read_text())["configs"]
     assert entry["status"] == "finished" and entry["precision"] == "fp32"
     for key in ("augment", "schedule", "peak_at", "label_smoothing", "tta"):
@@ -392,10 +380,9 @@ def test_resnet_recipe_keys_run_on_the_cpu_and_amp_off_records_fp32(pickled_data
 def test_compile_runs_on_the_cpu_saves_plain_weights_and_says_so(pickled_data, tmp_path,
                                                                  monkeypatch):
     script = importlib.import_module("Original_version_model_multiGPU")
-    monkeypatch.setattr(script, "CONFIGS", [dict(TINY, batch_size=32)])
     out = tmp_path / "out"
-    assert script.main(["--data-dir", str(pickled_data), "--compile", "--out", str(out)]
-                       + CPU) == 0
+    assert run_script(script, out, pickled_data, [dict(TINY, batch_size=32)], monkeypatch,
+                      "--compile") == 0
     (entry,) = json.loads((out / "training_result.json").read_text())["configs"]
     assert entry["compiled"] is True
     weights = torch.load(out / "config_1.pth", weights_only=True)

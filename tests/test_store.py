@@ -16,9 +16,8 @@ import torch
 
 import make_report
 import predict
-from cifarkit import data, train
-from cifarkit import runtime as rt
-from conftest import REPO, finished_runs, run_script
+from conftest import (REPO, assert_still_there, assert_views_are_the_runs, finished_runs,
+                      run_script, write_probe, ORIGINAL)
 
 A = {"name": "a", "num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
 B = {"name": "b", "num_epochs": 1, "lr": 0.02, "momentum": 0.9, "batch_size": 32}
@@ -33,73 +32,32 @@ def views(out, results_file=RESULTS):
                           if entry["weights"] else None) for entry in results["configs"]}
 
 
-def assert_still_there(before, out):
-    """Every finished run of ``before`` is in ``out``'s store, byte for byte."""
-    now = finished_runs(out)
-    for name, files in before.items():
-        assert now.get(name) == files, name
-
-
-def assert_views_are_the_runs(out, results_file=RESULTS):
-    """Each view's weights are its run's weights, and reload to its recorded accuracy."""
-    results = json.loads((out / results_file).read_text())
-    script = importlib.import_module(results["script"][:-3])
-    dataset = data.load_cifar10(DATA[0], None, results["seed"])
-    for entry in results["configs"]:
-        record = json.loads((out / entry["run"] / "run.json").read_text())
-        assert record["history"] == entry["history"]
-        if entry["status"] != "finished":
-            continue
-        assert (out / entry["weights"]).read_bytes() == \
-            (out / entry["run"] / "weights.pth").read_bytes()
-        model = script.build_model(entry["config"])
-        model.load_state_dict(torch.load(out / entry["weights"], weights_only=True))
-        scale, shift = data.normalizer(*script.NORMALIZATION, device="cpu")
-        predictions = train.predict(model, dataset.test_images, scale, shift,
-                                    train_runtime())
-        assert train.accuracy(predictions, dataset.test_labels) == pytest.approx(
-            entry["final_test_accuracy"]), entry["id"]
-
-
-DATA = []
-
-
-def train_runtime():
-    return rt.Runtime(torch.device("cpu"))
-
-
-@pytest.fixture(autouse=True)
-def data_dir(pickled_data):
-    DATA[:] = [pickled_data]
-    return pickled_data
-
-
-def test_edits_reorders_restarts_and_undos_never_touch_a_finished_run(data_dir, tmp_path,
+def test_edits_reorders_restarts_and_undos_never_touch_a_finished_run(pickled_data, tmp_path,
                                                                       monkeypatch, capsys):
     out = tmp_path / "out"
     steps = [([A, B], []), ([A, dict(B, lr=0.05)], []), ([dict(B, lr=0.05), A], []),
              ([dict(B, lr=0.05), A], ["--restart", "--configs", "2"]), ([A], []), ([A, B], [])]
     seen = {}
     for configs, flags in steps:
-        assert run_script(SCRIPT, out, data_dir, configs, monkeypatch, *flags) == 0
+        assert run_script(SCRIPT, out, pickled_data, configs, monkeypatch, *flags) == 0
         assert_still_there(seen, out)
         seen = finished_runs(out)
-        assert_views_are_the_runs(out)
+        assert_views_are_the_runs(out, pickled_data)
     assert len(seen) == 4  # a, b, b with lr 0.05, a again (--restart)
     printed = capsys.readouterr().out
     assert "config_2 differs from its earlier results: lr 0.02 -> 0.05; it trains anew" in printed
 
 
-def test_undoing_an_edit_trains_nothing_and_brings_back_every_view(data_dir, tmp_path,
+def test_undoing_an_edit_trains_nothing_and_brings_back_every_view(pickled_data, tmp_path,
                                                                    monkeypatch, capsys):
     out = tmp_path / "out"
-    assert run_script(SCRIPT, out, data_dir, [A, B], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
     first, results = views(out), json.loads((out / RESULTS).read_text())
-    assert run_script(SCRIPT, out, data_dir, [A, dict(B, lr=0.05)], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == 0
     assert views(out)["config_2"] != first["config_2"]
     capsys.readouterr()
     (out / "test_accuracy.png").unlink()  # a view a kill left out: rebuilt too
-    assert run_script(SCRIPT, out, data_dir, [A, B], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
     printed = capsys.readouterr().out
     assert " epoch " not in printed and "config_2: already finished" in printed
     assert "it shows its earlier run" in printed
@@ -111,67 +69,17 @@ def test_undoing_an_edit_trains_nothing_and_brings_back_every_view(data_dir, tmp
                                                    "train_accuracy.png", "examples.png"))
 
 
-PROBE_SCRIPT = '''
-"""A script whose forward reads a module-level value, as students write them."""
-import sys
-import torch
-import torch.nn.functional as F
-from torch import nn
-from cifarkit import data, train
-
-CONFIGS = [{"num_epochs": 1, "lr": 0.05, "momentum": 0.9, "batch_size": 32}]
-HIDDEN_ACT = F.relu
-MODEL_SETTINGS_LINE
-
-
-class Net(nn.Module):
-    def __init__(self, width=16):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 4, stride=4)
-        self.fc1 = nn.Linear(4 * 8 * 8, width)
-        self.fc2 = nn.Linear(width, 10)
-
-    def forward(self, x):
-        return self.fc2(HIDDEN_ACT(self.fc1(self.conv(x).relu().flatten(1))))
-
-
-def build_model(config):
-    model = Net(BUILD_ARGS)
-    INIT_LINE
-    return model
-
-
-def main(argv=None):
-    return train.run(train.Script(
-        file=__file__, description=__doc__, build_model=build_model, configs=CONFIGS,
-        out_dir="modelset/probe", results_file="probe.json",
-        normalization=data.TUTORIAL_NORMALIZATION, MODEL_SETTINGS_ARG), argv)
-'''
-ORIGINAL = {"MODEL_SETTINGS_LINE": "", "BUILD_ARGS": "", "INIT_LINE": "pass",
-            "MODEL_SETTINGS_ARG": "model_settings=None"}
-
-
-def write_probe(folder, **edits):
-    text = PROBE_SCRIPT
-    for key, value in dict(ORIGINAL, **edits).items():
-        text = text.replace(key, value)
-    (folder / "probe_script.py").write_text(text)
-    sys.modules.pop("probe_script", None)
-    importlib.invalidate_caches()
-    return importlib.import_module("probe_script")
-
-
 @pytest.mark.parametrize("edit, retrains", [
     ({"INIT_LINE": "torch.nn.init.zeros_(model.fc1.weight)"}, True),
     ({"HIDDEN_ACT = F.relu": "HIDDEN_ACT = torch.tanh"}, True),
     ({"pass": "pass  # a comment, and a blank line\n"}, False),
 ], ids=["build_model's initialisation", "a module-level activation", "a comment"])
-def test_what_the_model_computes_decides_whether_it_retrains(edit, retrains, data_dir, tmp_path,
+def test_what_the_model_computes_decides_whether_it_retrains(edit, retrains, pickled_data, tmp_path,
                                                              monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "out"
     script = write_probe(tmp_path)
-    assert script.main(["--data-dir", str(data_dir), "--out", str(out), "--device", "cpu"]) == 0
+    assert run_script(script, out, pickled_data, None, None) == 0
     edits = {key: value for key, value in edit.items() if key in ORIGINAL}
     script = write_probe(tmp_path, **edits) if edits else None
     if not edits:  # an edit of the template's text itself
@@ -181,19 +89,19 @@ def test_what_the_model_computes_decides_whether_it_retrains(edit, retrains, dat
         sys.modules.pop("probe_script", None)
         script = importlib.import_module("probe_script")
     capsys.readouterr()
-    assert script.main(["--data-dir", str(data_dir), "--out", str(out), "--device", "cpu"]) == 0
+    assert run_script(script, out, pickled_data, None, None) == 0
     printed = capsys.readouterr().out
     assert ("already finished" not in printed) == retrains, printed
     if retrains:
         assert "config_1 differs from its earlier results: the model; it trains anew" in printed
 
 
-def test_predict_refuses_a_changed_model_and_fills_a_new_model_setting(data_dir, tmp_path,
+def test_predict_refuses_a_changed_model_and_fills_a_new_model_setting(pickled_data, tmp_path,
                                                                       monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "out"
     script = write_probe(tmp_path)
-    assert script.main(["--data-dir", str(data_dir), "--out", str(out), "--device", "cpu"]) == 0
+    assert run_script(script, out, pickled_data, None, None) == 0
     picture = tmp_path / "picture.png"
     from PIL import Image
     Image.new("RGB", (40, 30), (200, 30, 30)).save(picture)
@@ -210,11 +118,11 @@ def test_predict_refuses_a_changed_model_and_fills_a_new_model_setting(data_dir,
     assert "probe_script.py's model has changed since these weights were trained" in error
 
 
-def test_the_report_shows_a_configs_earlier_curve_beside_its_current_one(data_dir, tmp_path,
+def test_the_report_shows_a_configs_earlier_curve_beside_its_current_one(pickled_data, tmp_path,
                                                                         monkeypatch):
     out = tmp_path / "modelset" / "L2_regularization_model"
-    assert run_script(SCRIPT, out, data_dir, [A, B], monkeypatch) == 0
-    assert run_script(SCRIPT, out, data_dir, [A, dict(B, lr=0.05)], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == 0
     assert make_report.main(["--modelset", str(tmp_path / "modelset")]) == 0
     report = (tmp_path / "modelset" / "REPORT.md").read_text()
     assert "**config_2, earlier runs**" in report and "lr 0.02 -> 0.05" in report
@@ -223,20 +131,20 @@ def test_the_report_shows_a_configs_earlier_curve_beside_its_current_one(data_di
     assert figure.is_file() and f"({figure.relative_to(tmp_path / 'modelset')})" in report
 
 
-def launch(data_dir, out, *flags, torchrun=False, epochs=2):
+def launch(pickled_data, out, *flags, torchrun=False, epochs=2):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc-per-node=2"] if torchrun else [sys.executable]
-    return subprocess.Popen([*launcher, f"{SCRIPT}.py", "--data-dir", str(data_dir), "--out",
+    return subprocess.Popen([*launcher, f"{SCRIPT}.py", "--data-dir", str(pickled_data), "--out",
                              str(out), "--device", "cpu", "--epochs", str(epochs), *flags], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.parametrize("torchrun", [False, True], ids=["two processes", "torchrun beside one"])
-def test_two_runs_into_one_folder_at_once_both_land(torchrun, data_dir, tmp_path):
+def test_two_runs_into_one_folder_at_once_both_land(torchrun, pickled_data, tmp_path):
     out = tmp_path / "out"
-    first = launch(data_dir, out, "--configs", "1", torchrun=torchrun)
-    second = launch(data_dir, out, "--configs", "2")
+    first = launch(pickled_data, out, "--configs", "1", torchrun=torchrun)
+    second = launch(pickled_data, out, "--configs", "2")
     outputs = [process.communicate(timeout=300)[0] for process in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs
     results = json.loads((out / RESULTS).read_text())
@@ -246,14 +154,14 @@ def test_two_runs_into_one_folder_at_once_both_land(torchrun, data_dir, tmp_path
     assert len(finished_runs(out)) == 2
 
 
-def test_a_second_run_of_the_same_config_waits_for_the_first(data_dir, tmp_path):
+def test_a_second_run_of_the_same_config_waits_for_the_first(pickled_data, tmp_path):
     out = tmp_path / "out"
-    first = launch(data_dir, out, "--configs", "1", epochs=40)
+    first = launch(pickled_data, out, "--configs", "1", epochs=40)
     for _ in range(600):  # until the first has claimed its run
         if list(out.glob("runs/*/run.json")):
             break
         time.sleep(0.05)
-    second = launch(data_dir, out, "--configs", "1", epochs=40)
+    second = launch(pickled_data, out, "--configs", "1", epochs=40)
     outputs = [process.communicate(timeout=300)[0] for process in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs
     assert "another process is training it right now" in outputs[1] \
@@ -261,7 +169,7 @@ def test_a_second_run_of_the_same_config_waits_for_the_first(data_dir, tmp_path)
     assert len(finished_runs(out)) == 1
 
 
-def test_a_folder_of_the_kit_before_the_store_is_taken_in_with_nothing_lost(data_dir, tmp_path,
+def test_a_folder_of_the_kit_before_the_store_is_taken_in_with_nothing_lost(pickled_data, tmp_path,
                                                                             monkeypatch,
                                                                             capsys):
     """The fixture was written by the ledger's last version (tests/fixtures/
@@ -293,9 +201,8 @@ def test_a_folder_of_the_kit_before_the_store_is_taken_in_with_nothing_lost(data
         sys.path.remove(str(REPO / "tests" / "fixtures"))
     C = {"name": "c", "num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 30}
     configs = [dict(tiny.CONFIGS[0], lr=0.04), dict(tiny.CONFIGS[1], lr=0.03), C]
-    monkeypatch.setattr(tiny, "CONFIGS", configs)
     capsys.readouterr()
-    assert tiny.main(["--data-dir", str(data_dir), "--out", str(out), "--device", "cpu"]) == 0
+    assert run_script(tiny, out, pickled_data, configs, monkeypatch) == 0
     printed = capsys.readouterr().out
     assert "config_2: already finished" in printed  # known again by its old fingerprint
     assert "config_3: resuming from its checkpoint after epoch 1" in printed
@@ -309,9 +216,9 @@ FILE_CALLS = ("rename", "link", "unlink", "write")  # each with its *at variants
 STRACE = shutil.which("strace")
 
 
-def driver(which, data_dir, out, strace=()):
+def driver(which, pickled_data, out, strace=()):
     return subprocess.run([*strace, sys.executable, str(REPO / "tests" / "store_driver.py"),
-                           which, "--data-dir", str(data_dir), "--out", str(out), "--device",
+                           which, "--data-dir", str(pickled_data), "--out", str(out), "--device",
                            "cpu"], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=300)
 
@@ -321,10 +228,10 @@ def calls_of(kind):
             "unlink": "unlink,unlinkat", "write": "write"}[kind]
 
 
-def count_calls(data_dir, out, tmp_path):
+def count_calls(pickled_data, out, tmp_path):
     """How many times the edited run (two configs, one of them changed) makes each call."""
     log = tmp_path / "strace.log"
-    result = driver("after", data_dir, out, [STRACE, "-f", "-qq", "-o", str(log), "-e",
+    result = driver("after", pickled_data, out, [STRACE, "-f", "-qq", "-o", str(log), "-e",
                                              "trace=" + ",".join(calls_of(kind) for kind in
                                                                  FILE_CALLS)])
     assert result.returncode == 0, result.stderr
@@ -339,10 +246,10 @@ def kill_points():
     return [("rename", 3), ("link", 1), ("unlink", 2), ("write", 40)]
 
 
-def check_after_rerun(out):
+def check_after_rerun(out, pickled_data):
     """What a user relies on after the rerun: every finished run reloads to its recorded
     accuracy, and every view is the run it names (including the PNGs)."""
-    assert_views_are_the_runs(out)
+    assert_views_are_the_runs(out, pickled_data)
     results = json.loads((out / RESULTS).read_text())
     assert [(entry["id"], entry["config"]["lr"], entry["status"]) for entry in
             results["configs"]] == [("config_1", 0.01, "finished"), ("config_2", 0.05, "finished")]
@@ -356,12 +263,12 @@ def check_after_rerun(out):
 
 
 @pytest.mark.skipif(STRACE is None, reason="needs strace (apt-get install strace)")
-def test_kill_9_at_file_operations_of_an_edited_run_then_the_same_command(data_dir, tmp_path):
+def test_kill_9_at_file_operations_of_an_edited_run_then_the_same_command(pickled_data, tmp_path):
     base = tmp_path / "base"
-    assert driver("before", data_dir, base).returncode == 0
+    assert driver("before", pickled_data, base).returncode == 0
     sweep = os.environ.get("KILL_SWEEP") == "all"
     if sweep:
-        counts = count_calls(data_dir, shutil.copytree(base, tmp_path / "count"), tmp_path)
+        counts = count_calls(pickled_data, shutil.copytree(base, tmp_path / "count"), tmp_path)
         points = [(kind, n) for kind in FILE_CALLS
                   for n in range(1, counts[kind] + 1, 1 if kind != "write" else 7)]
     else:
@@ -370,34 +277,34 @@ def test_kill_9_at_file_operations_of_an_edited_run_then_the_same_command(data_d
     for kind, n in points:
         out = shutil.copytree(base, tmp_path / f"{kind}-{n}")
         before = finished_runs(out)
-        result = driver("after", data_dir, out, [STRACE, "-f", "-qq", "-o", "/dev/null",
+        result = driver("after", pickled_data, out, [STRACE, "-f", "-qq", "-o", "/dev/null",
                                                  "-e", f"inject={calls_of(kind)}:signal=KILL:"
                                                        f"when={n}"])
         killed += result.returncode != 0
         assert_still_there(before, out)
-        rerun = driver("after", data_dir, out)
+        rerun = driver("after", pickled_data, out)
         assert rerun.returncode == 0, (kind, n, rerun.stderr[-2000:])
         assert "Traceback" not in rerun.stderr
         assert_still_there(before, out)
-        check_after_rerun(out)
+        check_after_rerun(out, pickled_data)
         shutil.rmtree(out)
     assert killed >= len(points) - 1  # each point was reached (the last write may not be)
     print(f"{len(points)} kill points, {killed} killed")
 
 
-def test_saving_over_a_weights_view_never_reaches_its_run(data_dir, tmp_path, monkeypatch,
+def test_saving_over_a_weights_view_never_reaches_its_run(pickled_data, tmp_path, monkeypatch,
                                                          capsys):
     """config_1.pth is a copy of its run's weights: torch.save over it (a student keeping a
     fine-tuned model) leaves the run as it finished; the rerun keeps the student's file and
     says so, and predict.py refuses the file as the run's weights."""
     out = tmp_path / "out"
-    assert run_script(SCRIPT, out, data_dir, [A], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
     before = finished_runs(out)
     weights = torch.load(out / "config_1.pth", weights_only=True)
     torch.save({key: value + 1 for key, value in weights.items()}, out / "config_1.pth")
     assert finished_runs(out) == before
     capsys.readouterr()
-    assert run_script(SCRIPT, out, data_dir, [A], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
     assert "config_1.pth is not the weights of any run" in capsys.readouterr().out
     assert finished_runs(out) == before
     picture = tmp_path / "picture.png"
@@ -411,10 +318,10 @@ def test_saving_over_a_weights_view_never_reaches_its_run(data_dir, tmp_path, mo
     assert "not the weights its run" in capsys.readouterr().err
 
 
-def test_a_file_a_pipe_and_a_broken_link_in_runs_are_passed_over(data_dir, tmp_path,
+def test_a_file_a_pipe_and_a_broken_link_in_runs_are_passed_over(pickled_data, tmp_path,
                                                                  monkeypatch):
     out = tmp_path / "out"
-    assert run_script(SCRIPT, out, data_dir, [A], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
     (out / "runs" / "notes.txt").write_text("mine")
     os.mkfifo(out / "runs" / "a-pipe")  # opened, it would wait for a writer for ever
     (out / "runs" / "gone").symlink_to(tmp_path / "nowhere")
@@ -422,7 +329,7 @@ def test_a_file_a_pipe_and_a_broken_link_in_runs_are_passed_over(data_dir, tmp_p
     elsewhere.mkdir()
     (elsewhere / ".notes.0123abcd.tmp").write_text("mine too")  # named like a temporary
     (out / "runs" / "linked").symlink_to(elsewhere)
-    assert run_script(SCRIPT, out, data_dir, [A, B], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
     assert make_report.main(["--modelset", str(tmp_path)]) == 0
     assert (out / "runs" / "notes.txt").read_text() == "mine"
     assert (elsewhere / ".notes.0123abcd.tmp").read_text() == "mine too"

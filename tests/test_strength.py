@@ -1,7 +1,6 @@
 """Task 2's strength curve in REPORT.md: a figure and a sentence for a folder whose configs
 differ only in weight decay (or dropout), three strengths or more; none for fewer."""
 import contextlib
-import importlib
 import io
 import json
 import re
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 
 import make_report
+from conftest import run_script
 
 BASE = {"num_epochs": 1, "lr": 0.02, "momentum": 0.9, "batch_size": 16}
 L2_SWEEP = [dict(BASE, weight_decay=strength) for strength in (0.0, 1e-3, 1e-1)]
@@ -20,14 +20,12 @@ DROPOUT_PAIR = [dict(BASE, dropout=strength) for strength in (0.0, 0.5)]
 def modelset(tmp_path_factory, pickled_data):
     """An L2 sweep of three strengths, two seeds each; a dropout folder of two strengths."""
     root = tmp_path_factory.mktemp("strength") / "modelset"
-    common = ["--data-dir", str(pickled_data), "--device", "cpu", "--seeds", "2"]
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()):
         for name, configs, folder in (("L2_regularization", L2_SWEEP, "L2_regularization_model"),
                                       ("Dropout_regularization", DROPOUT_PAIR,
                                        "Dropout_regularization_model")):
-            script = importlib.import_module(name)
-            patch.setattr(script, "CONFIGS", configs)
-            assert script.main(common + ["--out", str(root / folder)]) == 0
+            assert run_script(name, root / folder, pickled_data, configs, patch,
+                              "--seeds", "2") == 0
         assert make_report.main(["--modelset", str(root)]) == 0
     return root
 
