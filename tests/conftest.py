@@ -28,7 +28,7 @@ SHARED_JPEG = REPO.parent / "shared" / "cifar10-jpeg"
 # The slowest files first (about 190, 90, 55 and 50 s here): pytest-xdist hands files to its
 # workers in this order, and the long ones then never come last, with one worker idle.
 SLOWEST_FIRST = ("test_gpu_check.py", "test_distributed.py", "test_gpu_faults.py",
-                 "test_scripts.py")
+                 "test_run.py")
 
 
 def pytest_collection_modifyitems(config, items):
