@@ -22,6 +22,7 @@ and then checks what they left behind:
   resume         SIGTERM mid-epoch, exit 143, then the same command again: the same weights
                  as a run never interrupted (bit for bit on the CPU; within a tolerance on GPUs)
   speed-*        one ResNet-18 epoch (config "best") on 25,000 images, in bf16 and in fp32: images/s
+                 (--quick: the Task 3 LeNet, config "speedrun", on 128 images)
   resnet-best, resnet-recipe
                  the report's best ResNet-18 run (89.56%, 305.84 s on one A100) and the fast
                  recipe with 3 seeds (aim: a mean of 94% in at most 40 s on one H100/H200),
@@ -105,6 +106,10 @@ PLAN = {
     # for a steady rate; the full set cost ~25 s more, which the recipe's seeds now use);
     # epoch 2 is the figure, epoch 1 carries cudnn's autotuning (~15 s bf16, ~20 s fp32)
     "speed_subset": (25000, 128),
+    # --quick times the Task 3 LeNet (batch 128) instead: the same path (a script, its JSON,
+    # images/s), while one ResNet-18 step in bf16 emulated on a CPU without it takes minutes
+    "speed_run": (("Resnet_model.py", "best"), ("Original_version_model_multiGPU.py",
+                                                 "speedrun")),
     "speed_epochs": (2, 1),
     # resnet-best: 25 epochs (~100-140 s); resnet-recipe: 16 epochs at batch 512, three
     # seeds (the aim is a mean of 3): per seed ~40 s of training if it meets the aim (27-53 s
@@ -631,15 +636,15 @@ def same_run_within_tolerance(reference_out, resumed_out):
 
 
 def check_speed(setting, amp, folder):
-    """ResNet-18, batch 128 (the config named best), on PLAN["speed_subset"] images: images/s
-    of the last epoch."""
-    plan, script, out = setting.plan, "Resnet_model.py", folder / "run"
-    epochs = plan["speed_epochs"]
-    run_ok(script_command(script, setting, out, "--configs", "best", "--epochs", epochs,
+    """ResNet-18, batch 128 (the config named best; PLAN["speed_run"]), on
+    PLAN["speed_subset"] images: images/s of the last epoch."""
+    plan, out = setting.plan, folder / "run"
+    (script, name), epochs = plan["speed_run"], plan["speed_epochs"]
+    run_ok(script_command(script, setting, out, "--configs", name, "--epochs", epochs,
                           "--amp", amp, *subset_args(plan["speed_subset"])),
            folder / "run.log", plan["timeout_run"])
     results = read_results(out, script)
-    (entry,) = finished_entries(results, selected_ids(script, "best"))
+    (entry,) = finished_entries(results, selected_ids(script, name))
     images = results["data"]["train_images"]
     speeds = [images / record["seconds"] for record in entry["history"]]
     figure = (f"{speeds[-1]:,.0f} img/s ({entry['precision']}; epoch {epochs}: "
@@ -788,8 +793,9 @@ def all_checks(setting, with_pytest):
                             f"--epochs {plan['resume_epochs']}`: uninterrupted; SIGTERM mid-epoch "
                             f"2; the same command again", partial(check_resume, setting)))
     for amp, name in (("on", "bf16"), ("off", "fp32")):
-        found.append((f"speed-{name}", f"`Resnet_model.py --configs best --amp {amp} --epochs "
-                                       f"{plan['speed_epochs']}`{sized(plan['speed_subset'])}",
+        found.append((f"speed-{name}", f"`{plan['speed_run'][0]} --configs {plan['speed_run'][1]} "
+                                       f"--amp {amp} --epochs {plan['speed_epochs']}`"
+                                       f"{sized(plan['speed_subset'])}",
                       partial(check_speed, setting, amp)))
     epochs = plan["long_run_epochs"]
     for configs, subset, seeds in (("best", plan["best_subset"], 1),

@@ -99,17 +99,17 @@ def kit_round(model, images, labels, normalization, batch_size, steps, runtime, 
     """Images/s of cifarkit's training loop over ``steps`` batches (after a warm-up)."""
     scale, shift = data.normalizer(*normalization, device=runtime.device)
     order = data.batch_order(len(labels), batch_size, seed, 1)[:warmup + steps]
-    warmup = max(1, min(warmup, len(order) // 2))  # a small data set: half of it warms up
-    warm, timed = torch.cat(order[:warmup]), torch.cat(order[warmup:] or order)
+    warmup = min(warmup, len(order) // 2)  # a small data set: half of it warms up
+    parts = ([torch.cat(order[:warmup])] if warmup else []) + [torch.cat(order[warmup:])]
     chosen = {"lr": 0.001, "momentum": 0.9, "weight_decay": 0.0, "batch_size": batch_size,
               "num_epochs": 1}
     seconds = []
-    for part in (warm, timed):
+    for part in parts:  # the warm-up, if any, then the timed steps
         on_device = data.OnDevice(images[part], labels[part], images[:1], labels[:1], scale,
                                   shift)  # a test "set" of one image
         seconds.append(train.fit(model, chosen, on_device, runtime,
                                  seed).progress["history"][0]["seconds"])
-    return len(timed) / seconds[1]
+    return len(parts[-1]) / seconds[-1]
 
 
 def ceiling_round(model, images, labels, normalization, batch_size, steps, runtime,
