@@ -25,10 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_JPEG = REPO.parent / "shared" / "cifar10-jpeg"
 
 
-# The slowest files first (about 190, 90, 55 and 50 s here): pytest-xdist hands files to its
-# workers in this order, and the long ones then never come last, with one worker idle.
-SLOWEST_FIRST = ("test_gpu_check.py", "test_distributed.py", "test_gpu_faults.py",
-                 "test_run.py")
+# The slowest files first: pytest-xdist hands files to its workers in this order, and the
+# long ones then never come last, with one worker idle. (test_gpu.py holds gpu_check's quick
+# mode, 130 to 340 s here; test_run.py took 320 s alone on a busy machine.)
+SLOWEST_FIRST = ("test_gpu.py", "test_run.py", "test_bad_input.py", "test_distributed.py",
+                 "test_readme.py", "test_edit_configs.py", "test_resume_and_signals.py")
 
 
 def pytest_collection_modifyitems(config, items):

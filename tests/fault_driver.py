@@ -1,4 +1,4 @@
-"""The Task 3 script under torchrun with one fault injected, for tests/test_gpu_faults.py.
+"""The Task 3 script under torchrun with one fault injected, for tests/test_gpu.py.
 
     python -m torch.distributed.run --standalone --nproc-per-node=2 tests/fault_driver.py ARGS
 

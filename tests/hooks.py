@@ -9,7 +9,7 @@ Environment, read by install():
                          leaves TEST_MARKERS/killed-rank1
     TEST_MARKERS=DIR     where those files go
     DDP_TEST_KILL=N      rank 1 kills itself at its N-th stop check of any kind (inside an
-                         epoch or after one), no marker (tests/test_safety.py)
+                         epoch or after one), no marker (tests/test_distributed.py)
     DDP_TEST_DUMP=DIR    every rank saves its final weights as DIR/rank<R>.pth and its exit
                          status as DIR/exit-rank<R>
 

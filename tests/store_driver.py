@@ -1,5 +1,5 @@
 """The Task 2 L2 script with CONFIGS chosen by the command line, for the kill tests of
-tests/test_edit_configs.py (a real process, so strace can kill it at any system call).
+tests/test_resume_and_signals.py (a real process, so strace can kill it at any system call).
 
     python tests/store_driver.py before|after --data-dir D --out O --device cpu
 

@@ -1,7 +1,8 @@
-"""The engine stays readable: every function in cifarkit/ fits on a screen (at most 90
+"""The code stays readable. Every function in cifarkit/ fits on a screen (at most 90
 lines: one whole idea, such as the epoch loop with its batch loop, rather than pieces a
 reader must chase) and takes at most 7 parameters, as in the small codebases the kit takes
-as models. Counted with ast; a failure lists each function over, with its size."""
+as models; each script opens on its CONFIGS, defines its own model class and imports no
+other script. Counted with ast; a failure lists each function over, with its size."""
 import ast
 
 from conftest import REPO
@@ -29,3 +30,19 @@ def test_every_function_is_short_and_takes_few_parameters():
     too_many = [f"{where}: {count} parameters" for where, _, count in found
                 if count > MAX_PARAMETERS]
     assert not too_long + too_many, "\n".join(too_long + too_many)
+
+
+def test_each_script_defines_its_own_model_and_opens_on_its_configs():
+    for name in ("Original_version_model", "Original_version_model_multiGPU",
+                 "L2_regularization", "Dropout_regularization", "Resnet_model"):
+        tree = ast.parse((REPO / f"{name}.py").read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, (ast.Import, ast.ImportFrom))
+                    for alias in node.names} | {node.module for node in ast.walk(tree)
+                                                if isinstance(node, ast.ImportFrom)}
+        assert not imported & {"Original_version_model", "Original_version_model_multiGPU",
+                               "L2_regularization", "Dropout_regularization", "Resnet_model"}
+        first = next(node for node in tree.body
+                     if not isinstance(node, (ast.Import, ast.ImportFrom, ast.Expr)))
+        assert isinstance(first, ast.Assign) and first.targets[0].id == "CONFIGS", name
+        assert any(isinstance(node, ast.ClassDef) for node in tree.body), name

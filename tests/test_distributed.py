@@ -1,4 +1,8 @@
-"""DistributedDataParallel under torchrun, on the CPU with gloo: two processes, one machine."""
+"""torchrun: DistributedDataParallel on the CPU with gloo, two processes on one machine. One
+set of outputs, the same weights as one process with the same global batch, ranks that
+agree on a precision, and a rank killed or a SIGTERM mid-epoch that ends in a resume as exact
+as an uninterrupted run (or, without restarts, in a line that says how to resume). GPU
+faults under torchrun (out of memory on one rank, a late rank): test_gpu.py."""
 import json
 import os
 import signal
@@ -208,3 +212,19 @@ def test_batchnorm_statistics_saved_are_those_of_the_buffer_broadcast(pickled_da
                           for number in (1, 2))
     assert "norm.running_mean" in without
     assert all(torch.equal(without[key], broadcast[key]) for key in without)
+
+
+def test_a_rank_killed_without_restarts_says_how_to_resume(pickled_data, tmp_path):
+    """A rank killed (SIGKILL) under torchrun without --max-restarts: the job stops, and rank 0
+    says so and how to resume."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", DDP_TEST_DUMP=str(tmp_path / "dump"),
+               DDP_TEST_KILL="2")
+    (tmp_path / "dump").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         str(REPO / "tests" / "ddp_driver.py"), "--data-dir", str(pickled_data), "--out",
+         str(tmp_path / "out"), "--device", "cpu"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "error: rank 0 lost contact with the other ranks" in result.stderr
+    assert "To resume, run the same torchrun command again" in result.stderr

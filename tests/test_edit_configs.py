@@ -1,28 +1,41 @@
-"""The run store: every (config, seed) trains in a folder of its own under runs/, written once;
-config_N.pth, the results JSON and the PNGs are views of the runs CONFIGS selects. Edits,
-undos, reorders, --restart, kills, two writers at once and folders of the kit before the store
-never rename, move, rewrite or delete a finished run."""
+"""Editing CONFIGS (or the model, the data, the flags) between runs: only what changed trains
+again, and the line that says so names the change; what was trained is never rewritten,
+moved or lost (every (config, seed) trains in a run folder of its own under runs/, written
+once), and config_N.pth, the results JSON, the PNGs and the report's earlier curves are views
+of the runs CONFIGS selects now, rebuilt after every edit, undo, reorder or --restart. A
+folder of the kit before the run store is taken in with nothing lost."""
 import importlib
 import json
-import os
-import subprocess
+import pickle
+import signal
 import sys
-import shutil
 import tarfile
-import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 import make_report
-import predict
-from conftest import (REPO, assert_still_there, assert_views_are_the_runs, finished_runs,
-                      run_script, write_probe, ORIGINAL)
+from cifarkit import config, train
+from conftest import (REPO, ORIGINAL, assert_still_there, assert_views_are_the_runs,
+                      checkpoint_of, entries, finished_runs, run_script, with_checkpoint,
+                      write_pickled_batches, write_probe)
 
 A = {"name": "a", "num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
 B = {"name": "b", "num_epochs": 1, "lr": 0.02, "momentum": 0.9, "batch_size": 32}
+C = {"name": "c", "num_epochs": 1, "lr": 0.03, "momentum": 0.9, "batch_size": 32}
+# runs out of memory in its second epoch (with_checkpoint): its run keeps the checkpoint of
+# epoch 1
+D = {"name": "d", "num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 30}
+TINY = {"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
 SCRIPT = "L2_regularization"
 RESULTS = "training_result.json"
+# The PNGs are built, not rendered (conftest's unrendered: rendering is most of what a run
+# costs here), except in the tests that ask for rendered.
+pytestmark = pytest.mark.usefixtures("unrendered")
 
 
 def views(out, results_file=RESULTS):
@@ -32,22 +45,142 @@ def views(out, results_file=RESULTS):
                           if entry["weights"] else None) for entry in results["configs"]}
 
 
-def test_edits_reorders_restarts_and_undos_never_touch_a_finished_run(pickled_data, tmp_path,
-                                                                      monkeypatch, capsys):
+# ---- a changed value, a removed, inserted or swapped config, an undo, --restart ----
+
+@pytest.mark.usefixtures("rendered")
+def test_changing_one_value_of_one_config_trains_only_that_config(pickled_data, tmp_path,
+                                                                  monkeypatch, capsys):
     out = tmp_path / "out"
-    steps = [([A, B], []), ([A, dict(B, lr=0.05)], []), ([dict(B, lr=0.05), A], []),
-             ([dict(B, lr=0.05), A], ["--restart", "--configs", "2"]), ([A], []), ([A, B], [])]
-    seen = {}
-    for configs, flags in steps:
-        assert run_script(SCRIPT, out, pickled_data, configs, monkeypatch, *flags) == 0
-        assert_still_there(seen, out)
-        seen = finished_runs(out)
-        assert_views_are_the_runs(out, pickled_data)
-    assert len(seen) == 4  # a, b, b with lr 0.05, a again (--restart)
+    assert run_script("L2_regularization", out, pickled_data, [A, B, C], monkeypatch) == 0
+    kept = {name: (out / name).read_bytes() for name in ("config_1.pth", "config_3.pth")}
+    old_b = (out / "config_2.pth").read_bytes()
+    old_run = entries(out)[("config_2", 0)]["run"]
+    capsys.readouterr()
+    assert run_script("L2_regularization", out, pickled_data, [A, dict(B, lr=0.05), C],
+                      monkeypatch) == 0
     printed = capsys.readouterr().out
-    assert "config_2 differs from its earlier results: lr 0.02 -> 0.05; it trains anew" in printed
+    assert "config_1: already finished" in printed and "config_3: already finished" in printed
+    assert "config_2 differs from its earlier results: lr 0.02 -> 0.05" in printed
+    assert "config_2 epoch 1/1" in printed and "config_1 epoch" not in printed
+    assert {name: (out / name).read_bytes() for name in kept} == kept  # not retrained
+    assert (out / old_run / "weights.pth").read_bytes() == old_b  # the earlier run stays
+    assert json.loads((out / old_run / "run.json").read_text())["config"]["lr"] == 0.02
+    now = entries(out)
+    assert [now[label]["config"]["name"] for label in sorted(now)] == ["a", "b", "c"]
+    assert now[("config_2", 0)]["config"]["lr"] == 0.05 and now[("config_2", 0)]["run"] != old_run
 
 
+def test_the_line_for_a_changed_config_says_what_changed(pickled_data, tmp_path, monkeypatch,
+                                                         capsys):
+    out = tmp_path / "out"
+
+    def rerun(*flags, configs=(TINY,)):
+        capsys.readouterr()
+        assert run_script("L2_regularization", out, pickled_data, list(configs), monkeypatch,
+                          *flags) == 0
+        return capsys.readouterr().out
+
+    rerun("--subset", "100")
+    assert ("config_1 differs from its earlier results: the data (train_images 100 -> 200, "
+            "test_images 33 -> 67); it trains anew") in rerun("--subset", "200")
+    assert "config_1 differs from its earlier results: num_epochs 1 -> 2; it trains anew" in \
+        rerun("--subset", "200", "--epochs", "2")
+    printed = rerun("--subset", "200", "--epochs", "2", configs=[dict(TINY, lr=0.02)])
+    (line,) = [line for line in printed.splitlines() if "config_1 differs" in line]
+    assert "config_1 differs from its earlier results: lr 0.01 -> 0.02; it trains anew" in line
+    assert "num_epochs" not in line  # --epochs was typed, but only lr changed
+
+
+def test_a_change_from_the_scripts_default_value_names_the_value_it_had(pickled_data, tmp_path,
+                                                                       monkeypatch, capsys):
+    """The Dropout script's default rate, 0.5, written out in a config, then changed."""
+    out, config = tmp_path / "out", dict(TINY, dropout=0.5)
+    for configs in ([config], [dict(config, dropout=0.3)]):
+        capsys.readouterr()
+        assert run_script("Dropout_regularization", out, pickled_data, configs, monkeypatch) == 0
+    assert "config_1 differs from its earlier results: dropout 0.5 -> 0.3" in \
+        capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("rendered")
+def test_a_changed_config_trains_a_new_run_beside_its_earlier_one(pickled_data, tmp_path,
+                                                                  monkeypatch, capsys):
+    out = tmp_path / "out"
+    first = [{"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}]
+    assert run_script("L2_regularization", out, pickled_data, first, monkeypatch) == 0
+    earlier_weights = (out / "config_1.pth").read_bytes()
+
+    # The same command again: nothing retrained, nothing new in the store.
+    assert run_script("L2_regularization", out, pickled_data, first, monkeypatch) == 0
+    assert "config_1: already finished" in capsys.readouterr().out
+    assert len(list(out.glob("runs/*"))) == 1
+
+    changed = [dict(first[0], lr=0.02)]
+    assert run_script("L2_regularization", out, pickled_data, changed, monkeypatch) == 0
+    assert "config_1 differs from its earlier results: lr 0.01 -> 0.02" in capsys.readouterr().out
+    records = sorted((json.loads(path.read_text()) for path in out.glob("runs/*/run.json")),
+                     key=lambda record: record["created"])
+    assert [record["config"]["lr"] for record in records] == [0.01, 0.02]
+    assert earlier_weights in {path.read_bytes() for path in out.glob("runs/*/weights.pth")}
+    new = json.loads((out / "training_result.json").read_text())
+    assert new["configs"][0]["config"]["lr"] == 0.02
+
+    assert run_script("L2_regularization", out, pickled_data, changed, monkeypatch,
+                      "--restart") == 0
+    assert len(list(out.glob("runs/*/weights.pth"))) == 3  # --restart: a new run beside
+    assert "config_1 epoch 1/1" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("rendered")
+def test_removing_a_config_keeps_its_run(pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run_script("L2_regularization", out, pickled_data, [A, B], monkeypatch) == 0
+    weights, run_b = (out / "config_2.pth").read_bytes(), entries(out)[("config_2", 0)]["run"]
+    capsys.readouterr()
+    assert run_script("L2_regularization", out, pickled_data, [A], monkeypatch) == 0
+    assert "config_2 differs from its earlier results: it is no longer in CONFIGS (it was " \
+        "'b'); its run stays in" in capsys.readouterr().out
+    assert (out / run_b / "weights.pth").read_bytes() == weights
+    assert list(entries(out)) == [("config_1", 0)] and not (out / "config_2.pth").exists()
+
+
+@pytest.mark.usefixtures("rendered")
+def test_inserting_or_swapping_configs_retrains_nothing_and_files_follow(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run_script("L2_regularization", out, pickled_data, [A, B], monkeypatch) == 0
+    weights = {name: (out / f"{label}.pth").read_bytes()
+               for name, label in (("a", "config_1"), ("b", "config_2"))}
+    new = dict(C, name="new")
+    capsys.readouterr()
+    assert run_script("L2_regularization", out, pickled_data, [new, A, B], monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "config_1 is config_2 now (the same config, moved in CONFIGS)" in printed
+    assert "config_2: already finished" in printed and "config_3: already finished" in printed
+    assert "config_2 epoch" not in printed and "config_3 epoch" not in printed
+
+    def by_name():
+        return {entry["config"]["name"]: entry for entry in entries(out).values()}
+
+    assert {name: entry["id"] for name, entry in by_name().items()} == {
+        "new": "config_1", "a": "config_2", "b": "config_3"}
+    assert {name: entry["weights"] for name, entry in by_name().items()} == {
+        "new": "config_1.pth", "a": "config_2.pth", "b": "config_3.pth"}
+    assert (out / by_name()["a"]["weights"]).read_bytes() == weights["a"]
+    assert (out / by_name()["b"]["weights"]).read_bytes() == weights["b"]
+
+    capsys.readouterr()
+    assert run_script("L2_regularization", out, pickled_data, [B, A], monkeypatch) == 0  # swap
+    printed = capsys.readouterr().out
+    assert "epoch 1/1" not in printed  # nothing trained
+    assert "config_1 differs from its earlier results: it is no longer in CONFIGS" in printed
+    assert (out / "config_1.pth").read_bytes() == weights["b"]
+    assert (out / "config_2.pth").read_bytes() == weights["a"]
+    assert [entries(out)[(label, 0)]["config"]["name"] for label in ("config_1", "config_2")] == [
+        "b", "a"]
+
+
+@pytest.mark.usefixtures("rendered")
 def test_undoing_an_edit_trains_nothing_and_brings_back_every_view(pickled_data, tmp_path,
                                                                    monkeypatch, capsys):
     out = tmp_path / "out"
@@ -69,6 +202,279 @@ def test_undoing_an_edit_trains_nothing_and_brings_back_every_view(pickled_data,
                                                    "train_accuracy.png", "examples.png"))
 
 
+@pytest.mark.usefixtures("rendered")
+def test_edits_reorders_restarts_and_undos_never_touch_a_finished_run(pickled_data, tmp_path,
+                                                                      monkeypatch, capsys):
+    out = tmp_path / "out"
+    steps = [([A, B], []), ([A, dict(B, lr=0.05)], []), ([dict(B, lr=0.05), A], []),
+             ([dict(B, lr=0.05), A], ["--restart", "--configs", "2"]), ([A], []), ([A, B], [])]
+    seen = {}
+    for configs, flags in steps:
+        assert run_script(SCRIPT, out, pickled_data, configs, monkeypatch, *flags) == 0
+        assert_still_there(seen, out)
+        seen = finished_runs(out)
+        assert_views_are_the_runs(out, pickled_data)
+    assert len(seen) == 4  # a, b, b with lr 0.05, a again (--restart)
+    printed = capsys.readouterr().out
+    assert "config_2 differs from its earlier results: lr 0.02 -> 0.05; it trains anew" in printed
+
+
+def test_restart_of_some_configs_trains_new_runs_and_touches_nothing_else(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    configs = [TINY, dict(TINY, lr=0.02)]
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
+    before, first = finished_runs(out), (out / "config_1.pth").read_bytes()
+    mine = {"notes.txt": b"my notes", "my_model.pth": b"not the kit's",
+            "figures/plot.png": b"mine", "checkpoints/config_1_seed0.bak.ckpt": b"a backup"}
+    for name, content in mine.items():
+        (out / name).parent.mkdir(exist_ok=True)
+        (out / name).write_bytes(content)
+    capsys.readouterr()
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch, "--restart",
+                      "--configs", "2") == 0
+    printed = capsys.readouterr().out
+    assert "config_2 epoch 1/1" in printed and "config_1 epoch" not in printed
+    after = finished_runs(out)
+    assert len(after) == 3 and {name: after[name] for name in before} == before
+    assert (out / "config_1.pth").read_bytes() == first
+    (entry,) = [entry for entry in json.loads((out / "training_result.json").read_text())[
+        "configs"] if entry["id"] == "config_2"]
+    assert Path(entry["run"]).name not in before  # config_2 shows its new run
+    assert all((out / name).read_bytes() == content for name, content in mine.items())
+
+
+def test_a_changed_config_not_selected_is_never_shown_with_the_weights_of_another(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
+    before = finished_runs(out)
+    capsys.readouterr()
+    assert run_script(SCRIPT, out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch,
+                      "--configs", "1") == 0
+    printed = capsys.readouterr().out
+    assert "config_2 differs from its earlier results: lr 0.02 -> 0.05" in printed
+    assert "config_2 epoch" not in printed
+    shown = entries(out)
+    assert ("config_2", 0) not in shown or shown[("config_2", 0)]["config"]["lr"] == 0.02
+    assert finished_runs(out) == before
+    assert run_script(SCRIPT, out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == 0
+    assert "config_2 epoch 1/1" in capsys.readouterr().out
+    assert entries(out)[("config_2", 0)]["config"]["lr"] == 0.05
+
+
+def test_a_diverged_config_with_a_lower_lr_trains_again(pickled_data, tmp_path, monkeypatch,
+                                                        capsys):
+    out = tmp_path / "out"
+    assert run_script(SCRIPT, out, pickled_data, [dict(B, lr=1e30)], monkeypatch) == 1
+    assert entries(out)[("config_1", 0)]["status"] == "diverged"
+    # was "cannot write ...: rerun"
+    assert run_script(SCRIPT, out, pickled_data, [B], monkeypatch) == 0
+    assert entries(out)[("config_1", 0)]["status"] == "finished"
+    statuses = sorted(json.loads(files["run.json"])["status"]
+                      for files in finished_runs(out).values())
+    assert statuses == ["diverged", "finished"]  # the diverged run stays
+    capsys.readouterr()
+    # shown again
+    assert run_script(SCRIPT, out, pickled_data, [dict(B, lr=1e30)], monkeypatch) == 1
+    printed = capsys.readouterr().out
+    assert "config_1: already diverged in" in printed and " epoch 1/1" not in printed
+    assert run_script(SCRIPT, out, pickled_data, [dict(B, lr=1e30)], monkeypatch, "--restart") == 1
+    captured = capsys.readouterr()  # trained again, and it diverged again
+    assert "config_1: the loss became NaN or infinite" in captured.err
+    assert "cannot write" not in captured.err
+    assert len(finished_runs(out)) == 3
+
+
+@pytest.mark.usefixtures("rendered")
+def test_the_report_shows_a_configs_earlier_curve_beside_its_current_one(pickled_data, tmp_path,
+                                                                        monkeypatch):
+    out = tmp_path / "modelset" / "L2_regularization_model"
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == 0
+    assert make_report.main(["--modelset", str(tmp_path / "modelset")]) == 0
+    report = (tmp_path / "modelset" / "REPORT.md").read_text()
+    assert "**config_2, earlier runs**" in report and "lr 0.02 -> 0.05" in report
+    assert "**config_1, earlier runs**" not in report
+    figure = tmp_path / "modelset" / "figures" / "L2_regularization_model_config_2_earlier.png"
+    assert figure.is_file() and f"({figure.relative_to(tmp_path / 'modelset')})" in report
+
+
+# ---- what is not a change: a label, a reported figure, a new key's default, numpy numbers ----
+
+def test_a_name_or_a_reported_figure_edited_retrains_nothing_and_is_redrawn(
+        pickled_data, tmp_path, monkeypatch, capsys, rendered):
+    out = tmp_path / "out"
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
+    before, weights = finished_runs(out), (out / "config_1.pth").read_bytes()
+    drawn = (out / "loss.png").read_bytes()
+    capsys.readouterr()
+    assert run_script(SCRIPT, out, pickled_data, [dict(A, name="first", reported_accuracy=60.0), B],
+                      monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "config_1: name 'a' -> 'first', reported_accuracy '(unset)' -> 60.0 (a label: its " \
+           "results are kept)" in printed
+    assert "config_1: already finished" in printed and " epoch 1/1" not in printed
+    assert (out / "loss.png").read_bytes() != drawn  # its legend names config_1 first
+    assert (out / "config_1.pth").read_bytes() == weights
+    assert entries(out)[("config_1", 0)]["config"]["name"] == "first"
+    assert finished_runs(out) == before  # the runs themselves are not rewritten
+
+
+def test_a_key_added_to_the_kit_with_a_default_keeps_finished_results(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
+    before = finished_runs(out)
+    monkeypatch.setitem(config.TRAINING_KEYS, "grad_clip",
+                        ("float", lambda value: value >= 0, "0 or more"))
+    monkeypatch.setitem(config.DEFAULTS, "grad_clip", 0.0)
+    monkeypatch.setitem(config.NEUTRAL, "grad_clip", 0.0)
+    capsys.readouterr()
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "config_1: already finished" in printed and "differs" not in printed
+    assert finished_runs(out) == before
+
+
+def test_numpy_numbers_in_configs_train_save_and_resume(pickled_data, tmp_path, monkeypatch,
+                                                        capsys):
+    configs = [{"num_epochs": np.int64(1), "lr": np.float32(0.01), "momentum": np.float64(0.9),
+                "batch_size": np.int64(32), "nesterov": np.bool_(True)}]
+    out = tmp_path / "out"
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
+    (entry,) = json.loads((out / "training_result.json").read_text())["configs"]
+    assert entry["config"]["batch_size"] == 32 and entry["config"]["nesterov"] is True
+    assert entry["config"]["lr"] == pytest.approx(0.01)
+    capsys.readouterr()
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
+    assert "config_1: already finished" in capsys.readouterr().out
+    assert len(finished_runs(out)) == 1
+
+
+def test_the_same_images_under_another_path_spelling_retrain_nothing(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
+    before = finished_runs(out)
+    monkeypatch.chdir(pickled_data.parent)
+    capsys.readouterr()
+    assert run_script(SCRIPT, out, Path("..") / pickled_data.parent.name / pickled_data.name, [A],
+                      monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "config_1: already finished" in printed and "differs" not in printed
+    assert finished_runs(out) == before
+
+
+def test_a_folder_moved_since_its_last_run_is_named_where_it_is_now(pickled_data, tmp_path,
+                                                                   monkeypatch, capsys):
+    """Trained with `--out .`, the folder then moved (mv out moved): the lines name where
+    the runs are now (not the old path, nor a path relative to the first run's folder)."""
+    out, moved = tmp_path / "out", tmp_path / "moved"
+    out.mkdir()
+    with monkeypatch.context() as patch:
+        patch.chdir(out)
+        assert run_script(SCRIPT, Path("."), pickled_data, [A], patch) == 0
+    out.rename(moved)
+    capsys.readouterr()
+    assert run_script(SCRIPT, moved, pickled_data, [dict(A, lr=0.05)], monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert f"(the run it replaces stays in {moved}/runs/config_1-a-" in printed
+    assert str(out) not in printed.replace(str(moved), "")
+    for entry in entries(moved).values():
+        assert (moved / entry["run"] / "run.json").is_file()
+
+
+# ---- an edited model, normalization or data ----
+
+class WiderLeNet(nn.Module):
+    """The tutorial's LeNet with 32 channels in its second convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 32, 5)
+        self.fc1 = nn.Linear(32 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = F.relu(self.fc1(x.flatten(1)))
+        return self.fc3(F.relu(self.fc2(x)))
+
+
+class GeluLeNet(WiderLeNet):
+    """The same shapes as WiderLeNet: only its code tells them apart."""
+
+    def forward(self, x):
+        x = self.pool(F.gelu(self.conv1(x)))
+        x = self.pool(F.gelu(self.conv2(x)))
+        x = F.gelu(self.fc1(x.flatten(1)))
+        return self.fc3(F.gelu(self.fc2(x)))
+
+
+@pytest.mark.usefixtures("rendered")
+def test_a_changed_model_class_retrains_finished_and_unfinished_configs(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    script = importlib.import_module("L2_regularization")
+    out = tmp_path / "out"
+    long_b = dict(B, num_epochs=3)
+    assert run_script("L2_regularization", out, pickled_data, [A], monkeypatch) == 0
+    real_accuracy = train.accuracy
+
+    def ctrl_c_at_the_first_test_pass(*args, **kwargs):  # leaves config_2 unfinished
+        signal.raise_signal(signal.SIGINT)
+        return real_accuracy(*args, **kwargs)
+
+    monkeypatch.setattr(train, "accuracy", ctrl_c_at_the_first_test_pass)
+    assert run_script("L2_regularization", out, pickled_data, [A, long_b], monkeypatch) == 130
+    unfinished = checkpoint_of(out, "config_2")
+    assert unfinished.exists()
+    monkeypatch.setattr(train, "accuracy", real_accuracy)
+
+    monkeypatch.setattr(script, "LeNet", WiderLeNet)
+    capsys.readouterr()
+    assert run_script("L2_regularization", out, pickled_data, [A, long_b], monkeypatch) == 0
+    captured = capsys.readouterr()
+    assert "config_1 differs from its earlier results: the model; it trains anew" in captured.out
+    assert "config_2 epoch 1/3" in captured.out and "resuming" not in captured.out
+    assert "Traceback" not in captured.err and "RuntimeError" not in captured.err
+    assert unfinished.exists()  # the earlier, unfinished run keeps its checkpoint
+    weights = torch.load(out / "config_1.pth", weights_only=True)
+    assert weights["conv2.weight"].shape[0] == 32  # retrained with the new model
+
+    monkeypatch.setattr(script, "LeNet", GeluLeNet)  # same shapes, other code
+    capsys.readouterr()
+    assert run_script("L2_regularization", out, pickled_data, [A, long_b], monkeypatch) == 0
+    assert "config_1 differs from its earlier results: the model" in capsys.readouterr().out
+
+
+def test_an_edited_model_class_and_one_config_selected_is_no_traceback(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
+    script = importlib.import_module(SCRIPT)
+    lenet = type(script.build_model({}))  # the script's model class, whatever its name
+
+    class Wider(lenet):  # fc2 84 -> 80: the earlier weights no longer fit
+        def __init__(self):
+            super().__init__()
+            self.fc2, self.fc3 = torch.nn.Linear(120, 80), torch.nn.Linear(80, 10)
+
+    monkeypatch.setattr(script, "build_model", lambda config: Wider())
+    capsys.readouterr()
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch, "--configs", "1") == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "config_1 epoch 1/1" in captured.out
+    assert "config_1 differs from its earlier results: the model; it trains anew" in \
+        captured.out
+    assert "config_2 epoch" not in captured.out
+
+
+@pytest.mark.usefixtures("rendered")
 @pytest.mark.parametrize("edit, retrains", [
     ({"INIT_LINE": "torch.nn.init.zeros_(model.fc1.weight)"}, True),
     ({"HIDDEN_ACT = F.relu": "HIDDEN_ACT = torch.tanh"}, True),
@@ -96,79 +502,43 @@ def test_what_the_model_computes_decides_whether_it_retrains(edit, retrains, pic
         assert "config_1 differs from its earlier results: the model; it trains anew" in printed
 
 
-def test_predict_refuses_a_changed_model_and_fills_a_new_model_setting(pickled_data, tmp_path,
-                                                                      monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(tmp_path))
+def test_an_edited_normalization_never_resumes_or_keeps_a_result(
+        pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    script = write_probe(tmp_path)
-    assert run_script(script, out, pickled_data, None, None) == 0
-    picture = tmp_path / "picture.png"
-    from PIL import Image
-    Image.new("RGB", (40, 30), (200, 30, 30)).save(picture)
-    write_probe(tmp_path, MODEL_SETTINGS_LINE='MODEL_SETTINGS = {"width": {"kind": "int", '
-                '"min": 1, "default": 16}}', BUILD_ARGS='config["width"]',
-                MODEL_SETTINGS_ARG="model_settings=MODEL_SETTINGS")
+    with_checkpoint(out, pickled_data, [A, D])
+    checkpoint = checkpoint_of(out, "config_2")
+    assert checkpoint.is_file()
+    script = importlib.import_module(SCRIPT)
+    monkeypatch.setattr(script, "NORMALIZATION", ((0.4, 0.5, 0.6), (0.2, 0.2, 0.2)))
     capsys.readouterr()
-    assert predict.main([str(out / "config_1.pth"), str(picture)]) == 0
-    assert "picture.png: " in capsys.readouterr().out
-    write_probe(tmp_path, **{"INIT_LINE": "torch.nn.init.zeros_(model.fc1.weight)"})
-    assert predict.main([str(out / "config_1.pth"), str(picture)]) == 2
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1
-    assert "probe_script.py's model has changed since these weights were trained" in error
+    assert run_script(SCRIPT, out, pickled_data, [A, D], monkeypatch) == 0
+    printed = capsys.readouterr().out
+    for label in ("config_1", "config_2"):
+        assert (f"{label} differs from its earlier results: the data (normalization "
+                f"[[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]] -> [[0.4, 0.5, 0.6], [0.2, 0.2, 0.2]]); "
+                f"it trains anew") in printed
+    assert "resuming" not in printed and "already finished" not in printed
+    assert checkpoint.is_file()  # the other normalization's run keeps its checkpoint
+    assert checkpoint_of(out, "config_2") != checkpoint
 
 
-def test_the_report_shows_a_configs_earlier_curve_beside_its_current_one(pickled_data, tmp_path,
-                                                                        monkeypatch):
-    out = tmp_path / "modelset" / "L2_regularization_model"
-    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
-    assert run_script(SCRIPT, out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch) == 0
-    assert make_report.main(["--modelset", str(tmp_path / "modelset")]) == 0
-    report = (tmp_path / "modelset" / "REPORT.md").read_text()
-    assert "**config_2, earlier runs**" in report and "lr 0.02 -> 0.05" in report
-    assert "**config_1, earlier runs**" not in report
-    figure = tmp_path / "modelset" / "figures" / "L2_regularization_model_config_2_earlier.png"
-    assert figure.is_file() and f"({figure.relative_to(tmp_path / 'modelset')})" in report
-
-
-def launch(pickled_data, out, *flags, torchrun=False, epochs=2):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node=2"] if torchrun else [sys.executable]
-    return subprocess.Popen([*launcher, f"{SCRIPT}.py", "--data-dir", str(pickled_data), "--out",
-                             str(out), "--device", "cpu", "--epochs", str(epochs), *flags], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-@pytest.mark.parametrize("torchrun", [False, True], ids=["two processes", "torchrun beside one"])
-def test_two_runs_into_one_folder_at_once_both_land(torchrun, pickled_data, tmp_path):
+def test_data_replaced_in_place_is_noticed(tmp_path, monkeypatch, capsys):
+    data_dir = write_pickled_batches(tmp_path / "data")
     out = tmp_path / "out"
-    first = launch(pickled_data, out, "--configs", "1", torchrun=torchrun)
-    second = launch(pickled_data, out, "--configs", "2")
-    outputs = [process.communicate(timeout=300)[0] for process in (first, second)]
-    assert [first.returncode, second.returncode] == [0, 0], outputs
-    results = json.loads((out / RESULTS).read_text())
-    assert [(entry["id"], entry["status"]) for entry in results["configs"]] == \
-        [("config_1", "finished"), ("config_2", "finished")]
-    assert (out / "config_1.pth").is_file() and (out / "config_2.pth").is_file()
-    assert len(finished_runs(out)) == 2
+    assert run_script("L2_regularization", out, data_dir, [TINY], monkeypatch) == 0
+    batch = data_dir / "cifar-10-batches-py" / "data_batch_1"
+    content = pickle.loads(batch.read_bytes())
+    content["data"] = 255 - content["data"]  # the same path, the same counts, other pixels
+    batch.write_bytes(pickle.dumps(content))
+    capsys.readouterr()
+    assert run_script("L2_regularization", out, data_dir, [TINY], monkeypatch) == 0
+    assert ("config_1 differs from its earlier results: the data (other images, as many); it "
+            "trains anew") in capsys.readouterr().out
 
 
-def test_a_second_run_of_the_same_config_waits_for_the_first(pickled_data, tmp_path):
-    out = tmp_path / "out"
-    first = launch(pickled_data, out, "--configs", "1", epochs=40)
-    for _ in range(600):  # until the first has claimed its run
-        if list(out.glob("runs/*/run.json")):
-            break
-        time.sleep(0.05)
-    second = launch(pickled_data, out, "--configs", "1", epochs=40)
-    outputs = [process.communicate(timeout=300)[0] for process in (first, second)]
-    assert [first.returncode, second.returncode] == [0, 0], outputs
-    assert "another process is training it right now" in outputs[1] \
-        and "config_1: already finished" in outputs[1], outputs[1]
-    assert len(finished_runs(out)) == 1
+# ---- a folder written by the kit before the run store ----
 
-
+@pytest.mark.usefixtures("rendered")
 def test_a_folder_of_the_kit_before_the_store_is_taken_in_with_nothing_lost(pickled_data, tmp_path,
                                                                             monkeypatch,
                                                                             capsys):
@@ -208,129 +578,3 @@ def test_a_folder_of_the_kit_before_the_store_is_taken_in_with_nothing_lost(pick
     assert "config_3: resuming from its checkpoint after epoch 1" in printed
     assert "config_1 a: num_epochs=1, lr=0.04" in printed  # a new config: trained
     assert_still_there(before, out)
-
-
-# ---- kill -9 at the file operations of a run (strace's syscall injection) ----
-
-FILE_CALLS = ("rename", "link", "unlink", "write")  # each with its *at variants
-STRACE = shutil.which("strace")
-
-
-def driver(which, pickled_data, out, strace=()):
-    return subprocess.run([*strace, sys.executable, str(REPO / "tests" / "store_driver.py"),
-                           which, "--data-dir", str(pickled_data), "--out", str(out), "--device",
-                           "cpu"], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                          capture_output=True, text=True, timeout=300)
-
-
-def calls_of(kind):
-    return {"rename": "rename,renameat,renameat2", "link": "link,linkat",
-            "unlink": "unlink,unlinkat", "write": "write"}[kind]
-
-
-def count_calls(pickled_data, out, tmp_path):
-    """How many times the edited run (two configs, one of them changed) makes each call."""
-    log = tmp_path / "strace.log"
-    result = driver("after", pickled_data, out, [STRACE, "-f", "-qq", "-o", str(log), "-e",
-                                             "trace=" + ",".join(calls_of(kind) for kind in
-                                                                 FILE_CALLS)])
-    assert result.returncode == 0, result.stderr
-    lines = log.read_text().splitlines()
-    return {kind: sum(1 for line in lines if line.split(None, 1)[-1].split("(")[0]
-                      in calls_of(kind).split(",")) for kind in FILE_CALLS}
-
-
-def kill_points():
-    """(call, n): every rename, link and unlink, and some writes, with KILL_SWEEP=all;
-    a sample otherwise (the suite's time)."""
-    return [("rename", 3), ("link", 1), ("unlink", 2), ("write", 40)]
-
-
-def check_after_rerun(out, pickled_data):
-    """What a user relies on after the rerun: every finished run reloads to its recorded
-    accuracy, and every view is the run it names (including the PNGs)."""
-    assert_views_are_the_runs(out, pickled_data)
-    results = json.loads((out / RESULTS).read_text())
-    assert [(entry["id"], entry["config"]["lr"], entry["status"]) for entry in
-            results["configs"]] == [("config_1", 0.01, "finished"), ("config_2", 0.05, "finished")]
-    for record_path in out.glob("runs/*/run.json"):
-        record = json.loads(record_path.read_text())
-        if record["status"] == "finished":
-            assert not (record_path.parent / "checkpoint.ckpt").exists()
-    for name in ("loss.png", "train_accuracy.png", "test_accuracy.png", "examples.png"):
-        assert (out / name).stat().st_mtime >= (out / RESULTS).stat().st_mtime - 1
-    assert not list(out.glob(".*.tmp")) and not list(out.glob("runs/*/.*.tmp"))  # tidied
-
-
-@pytest.mark.skipif(STRACE is None, reason="needs strace (apt-get install strace)")
-def test_kill_9_at_file_operations_of_an_edited_run_then_the_same_command(pickled_data, tmp_path):
-    base = tmp_path / "base"
-    assert driver("before", pickled_data, base).returncode == 0
-    sweep = os.environ.get("KILL_SWEEP") == "all"
-    if sweep:
-        counts = count_calls(pickled_data, shutil.copytree(base, tmp_path / "count"), tmp_path)
-        points = [(kind, n) for kind in FILE_CALLS
-                  for n in range(1, counts[kind] + 1, 1 if kind != "write" else 7)]
-    else:
-        points = kill_points()
-    killed = 0
-    for kind, n in points:
-        out = shutil.copytree(base, tmp_path / f"{kind}-{n}")
-        before = finished_runs(out)
-        result = driver("after", pickled_data, out, [STRACE, "-f", "-qq", "-o", "/dev/null",
-                                                 "-e", f"inject={calls_of(kind)}:signal=KILL:"
-                                                       f"when={n}"])
-        killed += result.returncode != 0
-        assert_still_there(before, out)
-        rerun = driver("after", pickled_data, out)
-        assert rerun.returncode == 0, (kind, n, rerun.stderr[-2000:])
-        assert "Traceback" not in rerun.stderr
-        assert_still_there(before, out)
-        check_after_rerun(out, pickled_data)
-        shutil.rmtree(out)
-    assert killed >= len(points) - 1  # each point was reached (the last write may not be)
-    print(f"{len(points)} kill points, {killed} killed")
-
-
-def test_saving_over_a_weights_view_never_reaches_its_run(pickled_data, tmp_path, monkeypatch,
-                                                         capsys):
-    """config_1.pth is a copy of its run's weights: torch.save over it (a student keeping a
-    fine-tuned model) leaves the run as it finished; the rerun keeps the student's file and
-    says so, and predict.py refuses the file as the run's weights."""
-    out = tmp_path / "out"
-    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
-    before = finished_runs(out)
-    weights = torch.load(out / "config_1.pth", weights_only=True)
-    torch.save({key: value + 1 for key, value in weights.items()}, out / "config_1.pth")
-    assert finished_runs(out) == before
-    capsys.readouterr()
-    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
-    assert "config_1.pth is not the weights of any run" in capsys.readouterr().out
-    assert finished_runs(out) == before
-    picture = tmp_path / "picture.png"
-    from PIL import Image
-    Image.new("RGB", (32, 32), (10, 200, 30)).save(picture)
-    (run_dir,) = out.glob("runs/*")
-    assert predict.main([str(run_dir / "weights.pth"), str(picture)]) == 0
-    weights_file = run_dir / "weights.pth"
-    torch.save({key: value * 2 for key, value in weights.items()}, weights_file)  # by hand
-    assert predict.main([str(weights_file), str(picture)]) == 2
-    assert "not the weights its run" in capsys.readouterr().err
-
-
-def test_a_file_a_pipe_and_a_broken_link_in_runs_are_passed_over(pickled_data, tmp_path,
-                                                                 monkeypatch):
-    out = tmp_path / "out"
-    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
-    (out / "runs" / "notes.txt").write_text("mine")
-    os.mkfifo(out / "runs" / "a-pipe")  # opened, it would wait for a writer for ever
-    (out / "runs" / "gone").symlink_to(tmp_path / "nowhere")
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (elsewhere / ".notes.0123abcd.tmp").write_text("mine too")  # named like a temporary
-    (out / "runs" / "linked").symlink_to(elsewhere)
-    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
-    assert make_report.main(["--modelset", str(tmp_path)]) == 0
-    assert (out / "runs" / "notes.txt").read_text() == "mine"
-    assert (elsewhere / ".notes.0123abcd.tmp").read_text() == "mine too"
-    assert len(finished_runs(out)) == 2

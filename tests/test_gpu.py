@@ -1,23 +1,41 @@
-"""On a CUDA GPU, what only a GPU machine can show; skipped where there is none
-(tests/conftest.py). On a GPU machine: python -m pytest -m gpu"""
+"""GPUs: what only a CUDA GPU can show (the tests marked gpu, skipped where there is none: on
+a GPU machine, python -m pytest -m gpu), and every CUDA path that can be checked on the CPU:
+precision chosen from the compute capability, DataParallel's replica threads, fp16 with
+loss scaling and its resume, fewer GPUs at a resume, torchrun's device choice, out of memory
+and late ranks under torchrun (gloo), and benchmarks/gpu_check.py in its --quick mode, so
+the command a GPU user runs first cannot rot unnoticed."""
+import functools
 import importlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import warnings
+import zipfile
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torchvision.transforms import functional as TF
 
-from cifarkit import data, train
+from cifarkit import checkpoints, data, train
 from cifarkit import runtime as rt
+from cifarkit.errors import UserError
+from Original_version_model import build_model
 from conftest import (REPO, blanked_squares, checkpoint_of, labelled_images, run_script,
-                      windows_found)
+                      windows_found, write_image_folders, write_pickled_batches)
 
-pytestmark = pytest.mark.gpu
+sys.path.insert(0, str(REPO / "benchmarks"))
+import gpu_check  # noqa: E402
+
+
+# ---- on a CUDA GPU (marked gpu: skipped where there is none, see conftest.py) ----
 
 PRECISIONS = {"fp32": None, "bf16 autocast": torch.bfloat16,
               "fp16 autocast with loss scaling": torch.float16}
@@ -38,6 +56,7 @@ def cuda_run(pickled_data, tmp_path_factory):
     return script, out, json.loads((out / "training_result.json").read_text())
 
 
+@pytest.mark.gpu
 def test_the_sweep_script_trains_on_every_visible_gpu(cuda_run):
     _, _, results = cuda_run
     gpus = torch.cuda.device_count()
@@ -47,6 +66,7 @@ def test_the_sweep_script_trains_on_every_visible_gpu(cuda_run):
     assert [entry["status"] for entry in results["configs"]] == ["finished", "finished"]
 
 
+@pytest.mark.gpu
 def test_amp_auto_on_cuda_records_mixed_precision(cuda_run):
     _, _, results = cuda_run
     bf16_in_hardware = all(torch.cuda.get_device_capability(index)[0] >= 8
@@ -55,6 +75,7 @@ def test_amp_auto_on_cuda_records_mixed_precision(cuda_run):
     assert {entry["precision"] for entry in results["configs"]} == {expected}
 
 
+@pytest.mark.gpu
 def test_weights_trained_on_cuda_load_anywhere_and_rescore_to_the_recorded_accuracy(cuda_run,
                                                                                   pickled_data):
     """README's torch.load(path, weights_only=True) gives CPU tensors (so the weights load
@@ -77,6 +98,7 @@ def test_weights_trained_on_cuda_load_anywhere_and_rescore_to_the_recorded_accur
             entry["final_test_accuracy"], abs=one_image)
 
 
+@pytest.mark.gpu
 def test_page_augmentation_runs_on_cuda_uint8_as_on_the_cpu():
     """The ResNet recipe's augmentation on CUDA, where a uint8 reflect-pad kernel is not
     needed (the mirroring is in the gather indices): every crop is a window of torchvision's
@@ -117,6 +139,7 @@ def histories(out):
     return {entry["id"]: entry for entry in results["configs"]}
 
 
+@pytest.mark.gpu
 def test_resume_after_sigterm_on_cuda_ends_close_to_an_uninterrupted_run(pickled_data,
                                                                          tmp_path):
     """Stopped mid-epoch on the GPU, resumed by the same command: the CUDA random-number
@@ -156,3 +179,724 @@ def test_resume_after_sigterm_on_cuda_ends_close_to_an_uninterrupted_run(pickled
                                                          rel=2e-2)
         assert entry["final_test_accuracy"] == pytest.approx(expected["final_test_accuracy"],
                                                              abs=5)
+
+
+# ---- the CUDA paths, checked on the CPU ----
+# GPUs are faked with monkeypatch where the logic only asks torch what hardware there is, and
+# DataParallel's per-replica threads are reproduced with a plain thread, which is what
+# torch.nn.parallel.parallel_apply starts for each GPU.
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+@pytest.fixture
+def backend_flags():
+    """init_runtime sets process-wide cuDNN and matmul flags for a CUDA runtime: put them
+    back after the test, as it found them."""
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    yield
+    (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = saved
+
+
+def fake_gpus(monkeypatch, capabilities):
+    """Make torch report one GPU per (major, minor) compute capability, as on a machine that
+    has them; is_bf16_supported says yes everywhere, as it does on V100 and T4 (emulation)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+
+    def capability(device=None):
+        index = device if isinstance(device, int) else getattr(device, "index", None)
+        return capabilities[index or 0]
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    for name in TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+# DataParallel's replicas compute in the precision the results record
+
+def dtypes_in_a_replica_thread(model, inputs, device_type, dtype):
+    """The output dtypes of every conv and linear layer of ``model`` when it runs as one of
+    DataParallel's replicas: the caller is under autocast in ``dtype`` (train_epoch), and
+    parallel_apply's worker thread re-enters autocast with the caller's on/off switch only."""
+    layers = [layer for layer in rt.unwrap(model).modules()
+              if isinstance(layer, (nn.Conv2d, nn.Linear))]
+    seen = set()
+    hooks = [layer.register_forward_hook(lambda layer, args, output: seen.add(output.dtype))
+             for layer in layers]
+
+    def replica():
+        with torch.autocast(device_type, enabled=enabled):
+            model(inputs)
+
+    try:
+        with torch.autocast(device_type, dtype=dtype):
+            enabled = torch.is_autocast_enabled(device_type)
+            thread = threading.Thread(target=replica)
+            thread.start()
+            thread.join()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen, "the replica thread did not run the model"
+    return seen
+
+
+def test_dataparallel_replicas_compute_in_the_recorded_dtype(monkeypatch):
+    # On CUDA a new thread's autocast dtype defaults to fp16, and the kit records bf16; on
+    # the CPU the default is bf16, so the same fault shows when fp16 is the recorded dtype.
+    recorded = torch.float16
+    assert torch.get_autocast_dtype("cpu") != recorded
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    # no CUDA: nn.DataParallel keeps the module and calls it directly, which lets its
+    # wrapping run here; the thread below stands in for its replica threads
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    inputs = torch.randn(4, 3, 32, 32)
+
+    torch.manual_seed(0)
+    bare = build_model({})
+    # the fault itself: a replica thread does not inherit the caller's autocast dtype
+    assert dtypes_in_a_replica_thread(bare, inputs, "cpu", recorded) == {
+        torch.get_autocast_dtype("cpu")}
+
+    runtime = rt.Runtime(torch.device("cpu"), data_parallel=True, amp_dtype=recorded)
+    placed = rt.place_model(bare, runtime)
+    assert isinstance(placed, nn.DataParallel)
+    assert dtypes_in_a_replica_thread(placed, inputs, "cpu", recorded) == {recorded}
+    # what gets saved is still the bare model, without any prefix
+    assert rt.unwrap(placed) is bare
+    assert list(rt.unwrap(placed).state_dict()) == list(build_model({}).state_dict())
+
+
+# bf16 only where the GPU has it in hardware; fp16 with a GradScaler that resumes
+
+@pytest.mark.parametrize("capability, dtype, precision", [
+    ((7, 0), torch.float16, "fp16 autocast with loss scaling"),   # V100
+    ((7, 5), torch.float16, "fp16 autocast with loss scaling"),   # T4
+    ((8, 0), torch.bfloat16, "bf16 autocast"),                    # A100
+    ((9, 0), torch.bfloat16, "bf16 autocast"),                    # H100
+])
+def test_bf16_only_from_compute_capability_8(capability, dtype, precision, monkeypatch,
+                                             backend_flags):
+    fake_gpus(monkeypatch, [capability])
+    runtime = rt.init_runtime("cuda", amp="auto")
+    assert runtime.amp_dtype == dtype
+    assert rt.precision(runtime) == precision
+
+
+def test_dataparallel_over_mixed_gpus_uses_fp16(monkeypatch, backend_flags):
+    fake_gpus(monkeypatch, [(8, 0), (7, 5)])
+    runtime = rt.init_runtime("cuda", data_parallel=True, amp="auto")
+    assert runtime.data_parallel
+    assert runtime.amp_dtype == torch.float16  # the T4 has no bf16 in hardware
+
+
+FP16_RUN = {"num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 4, "dropout": 0.5}
+
+
+def run_in_fp16_on_the_cpu(data_dir, out, monkeypatch):
+    """The Dropout script on the CPU in fp16 with loss scaling, as on a GPU below compute
+    capability 8.0. The scaler starts low and grows every 2 steps, so its scale surely
+    moves (up, and down again after an overflow) within an epoch."""
+    real_init_runtime = rt.init_runtime
+
+    def fp16_runtime(*args, **kwargs):
+        runtime = real_init_runtime(*args, **kwargs)
+        runtime.amp_dtype = torch.float16
+        return runtime
+
+    monkeypatch.setattr(rt, "init_runtime", fp16_runtime)
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(
+        torch.amp.GradScaler, init_scale=2.0**10, growth_interval=2))
+    status = run_script("Dropout_regularization", out, data_dir, [FP16_RUN], monkeypatch,
+                        "--amp", "on")
+    return status, out / "config_1.pth"
+
+
+def test_fp16_run_resumes_at_the_saved_loss_scale(pickled_data, tmp_path, monkeypatch):
+    status, weights = run_in_fp16_on_the_cpu(pickled_data, tmp_path / "whole", monkeypatch)
+    assert status == 0
+    uninterrupted = torch.load(weights, weights_only=True)
+
+    real_save, real_restore = checkpoints.save_checkpoint, checkpoints.restore
+    saved, resumed = {}, {}
+
+    def save_then_interrupt(path, *args, **kwargs):  # as Ctrl-C during epoch 1's save
+        real_save(path, *args, **kwargs)
+        saved.update(torch.load(path, weights_only=True))
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_then_interrupt)
+    status, weights = run_in_fp16_on_the_cpu(pickled_data, tmp_path / "resumed", monkeypatch)
+    assert status == 130 and not weights.exists()
+    assert saved["progress"]["epoch"] == 1
+    assert saved["scaler"]["scale"] != 2.0**10  # the scale moved in epoch 1
+
+    def restore_and_look(checkpoint, training, *args, **kwargs):
+        restored = real_restore(checkpoint, training, *args, **kwargs)
+        resumed["scale"] = training.scaler.get_scale()
+        return restored
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoints, "restore", restore_and_look)
+    status, weights = run_in_fp16_on_the_cpu(pickled_data, tmp_path / "resumed", monkeypatch)
+    assert status == 0
+    assert resumed["scale"] == saved["scaler"]["scale"]
+    resumed_weights = torch.load(weights, weights_only=True)
+    assert all(torch.equal(resumed_weights[key], uninterrupted[key]) for key in uninterrupted)
+
+
+# Resuming with fewer GPUs than at the save
+
+def fake_cuda_generators(monkeypatch, count):
+    """``count`` GPUs whose CUDA generators take states by index, failing past the last one
+    as torch.cuda.default_generators[index] does; returns {index: state} as set."""
+    restored = {}
+
+    def set_rng_state(state, device="cuda"):
+        index = device if isinstance(device, int) else torch.device(device).index or 0
+        if index >= count:
+            raise IndexError("tuple index out of range")
+        restored[index] = state
+
+    def set_rng_state_all(states):
+        for index, state in enumerate(states):
+            set_rng_state(state, index)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_rng_state_all)
+    return restored
+
+
+@pytest.mark.parametrize("gpus_now", [2, 1, 0])
+def test_a_run_saved_on_4_gpus_resumes_on_fewer(gpus_now, tmp_path, monkeypatch):
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = checkpoints.rng_state()
+    state["cuda"] = [torch.full((16,), gpu, dtype=torch.uint8) for gpu in range(4)]
+    expected_draw = torch.rand(3)  # what the CPU generator gives right after the save
+    path = tmp_path / "run.ckpt"
+    training = SimpleNamespace(model=model, optimizer=optimizer, scheduler=None, scaler=None,
+                               progress={"epoch": 1})
+    checkpoints.save_checkpoint(path, {}, training, [state])
+    restored = fake_cuda_generators(monkeypatch, gpus_now)
+
+    progress, note = checkpoints.restore(checkpoints.load_checkpoint(path), training)
+    assert progress == {"epoch": 1}
+    assert sorted(restored) == list(range(gpus_now))
+    assert all(torch.equal(restored[gpu], state["cuda"][gpu]) for gpu in restored)
+    assert torch.equal(torch.rand(3), expected_draw)
+    assert "saved with 4 GPU(s) visible, resumed with" in note
+    assert "no longer guaranteed bit-identical" in note
+    assert "\n" not in note
+
+
+def test_a_resume_on_as_many_gpus_restores_all_without_a_note(tmp_path, monkeypatch):
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = checkpoints.rng_state()
+    state["cuda"] = [torch.full((16,), gpu, dtype=torch.uint8) for gpu in range(2)]
+    path = tmp_path / "run.ckpt"
+    training = SimpleNamespace(model=model, optimizer=optimizer, scheduler=None, scaler=None,
+                               progress={"epoch": 1})
+    checkpoints.save_checkpoint(path, {}, training, [state])
+    restored = fake_cuda_generators(monkeypatch, 2)
+    _, note = checkpoints.restore(checkpoints.load_checkpoint(path), training)
+    assert sorted(restored) == [0, 1] and note is None
+
+
+# torchrun --device auto with fewer GPUs than processes on the machine
+
+def test_torchrun_auto_with_fewer_gpus_than_processes_is_refused(monkeypatch):
+    fake_gpus(monkeypatch, [(8, 0), (8, 0)])
+    for name, value in zip(TORCHRUN_VARIABLES, ("0", "4", "0", "4")):
+        monkeypatch.setenv(name, value)
+
+    def no_process_group(*args, **kwargs):
+        raise AssertionError("refused only after starting a process group")
+
+    monkeypatch.setattr(torch.distributed, "TCPStore", no_process_group)
+    monkeypatch.setattr(torch.distributed, "init_process_group", no_process_group)
+    with pytest.raises(UserError) as refused:
+        rt.init_runtime("auto")
+    message = str(refused.value)
+    assert "4 processes on this machine" in message and "only 2 GPU(s)" in message
+    assert "--nproc-per-node=2" in message and "--device cpu" in message
+
+
+@pytest.mark.parametrize("requested, processes, gpus, device", [
+    ("auto", 2, 0, "cpu"),    # no GPU: CPU processes, as --device auto promises
+    ("auto", 2, 2, "cuda"),
+    ("auto", 2, 8, "cuda"),
+    ("cpu", 4, 8, "cpu"),     # CPU processes asked for on purpose
+    ("cuda", 4, 4, "cuda"),
+])
+def test_torchrun_device_choice(requested, processes, gpus, device):
+    assert rt.torchrun_device(requested, processes, gpus) == device
+
+
+# --amp off is IEEE fp32 on CUDA, and recorded as what ran
+
+def test_the_gpu_checks_switches_fix_cudnn_kernels_and_force_fp16(monkeypatch, backend_flags):
+    """gpu_check's switches (not user flags): deterministic cuDNN for its resume check, fp16
+    with loss scaling on a GPU that has bf16 for its fp16-scaler check. Unset: autotuned
+    kernels and bf16."""
+    fake_gpus(monkeypatch, [(9, 0)])
+    runtime = rt.init_runtime("cuda")
+    assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    assert rt.precision(runtime) == "bf16 autocast"
+    monkeypatch.setenv(rt.DETERMINISTIC, "1")
+    monkeypatch.setenv(rt.FORCE_FP16, "1")
+    runtime = rt.init_runtime("cuda")
+    assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+    assert rt.precision(runtime) == "fp16 autocast with loss scaling"
+
+
+def test_cuda_never_runs_tf32_so_amp_off_is_the_fp32_it_records(monkeypatch, backend_flags):
+    fake_gpus(monkeypatch, [(8, 0)])
+    # PyTorch's defaults let cuDNN convolutions run in TF32; start with matmuls on it too
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    runtime = rt.init_runtime("cuda", amp="off")
+    assert runtime.amp_dtype is None and rt.precision(runtime) == "fp32"
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    runtime = rt.init_runtime("cuda", amp="on")
+    assert rt.precision(runtime) == "bf16 autocast"
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+
+
+# --compile with DataParallel
+
+def test_compile_with_dataparallel_is_refused(monkeypatch, backend_flags):
+    fake_gpus(monkeypatch, [(8, 0), (8, 0)])
+    with pytest.raises(UserError) as refused:
+        rt.init_runtime("cuda", data_parallel=True, compile=True)
+    assert "--compile with nn.DataParallel over 2 GPUs" in str(refused.value)
+    assert "torchrun --nproc-per-node=2" in str(refused.value)
+    # each alone is fine: compile on one GPU, DataParallel uncompiled
+    assert rt.init_runtime("cuda", compile=True).compile
+    assert rt.init_runtime("cuda", data_parallel=True).data_parallel
+
+
+def test_compile_with_dataparallel_on_one_gpu_compiles(monkeypatch, backend_flags):
+    fake_gpus(monkeypatch, [(8, 0)])  # DataParallel over one GPU is not used at all
+    runtime = rt.init_runtime("cuda", data_parallel=True, compile=True)
+    assert runtime.compile and not runtime.data_parallel
+
+
+# fused SGD beside a GradScaler
+
+def test_fp16_training_survives_a_skipped_first_step():
+    """fp16 on a GPU: GradScaler skips the first step when the gradients overflow, which is
+    common at its first scale; the step after it must train as plain SGD would."""
+    torch.manual_seed(0)
+    model = nn.Linear(8, 2)
+    reference = nn.Linear(8, 2)
+    reference.load_state_dict(model.state_dict())
+    config = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
+    # the optimizer the kit makes for an fp16 CUDA run (its parameters may sit on the CPU)
+    optimizer = train.make_optimizer(
+        model, config, rt.Runtime(torch.device("cuda"), amp_dtype=torch.float16))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    inputs = torch.randn(16, 8)
+
+    scaler.scale(model(inputs).sum() * float("inf")).backward()  # overflows: skipped
+    # freed memory of the parameters' sizes, full of junk, as a long-running process has:
+    # whatever the step allocates without writing shows up as junk, not as lucky zeros
+    junk = [torch.full_like(parameter, 1e30) for parameter in model.parameters()]
+    del junk
+    scaler.step(optimizer)
+    scaler.update()
+    assert all(torch.equal(ours, theirs)
+               for ours, theirs in zip(model.parameters(), reference.parameters()))
+    # a skipped step is no step: no momentum yet, as plain SGD would have
+    assert all(optimizer.state[parameter].get("momentum_buffer") is None
+               for parameter in model.parameters())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(model(inputs).pow(2).mean()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+    plain = torch.optim.SGD(reference.parameters(), **config)
+    reference(inputs).pow(2).mean().backward()
+    plain.step()
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("saved_by, resumed_by", [
+    (torch.float16, None),   # an fp16 run's unfused SGD resumed in fp32 (the CPU): fused again
+    (None, torch.float16),   # a fused run's state resumed beside a GradScaler: stays unfused
+])
+def test_a_resumed_optimizer_keeps_the_kernel_chosen_for_this_run(saved_by, resumed_by,
+                                                                  tmp_path):
+    """optimizer.load_state_dict brings back the saved run's fused flag; the kit keeps the
+    kernel make_optimizer chose for this run's device and precision (never the fused one
+    beside a GradScaler, whose skipped steps it mishandles)."""
+    config = {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}
+    saved_model, model = nn.Linear(4, 2), nn.Linear(4, 2)
+    saved = train.make_optimizer(saved_model, config,
+                                 rt.Runtime(torch.device("cpu"), amp_dtype=saved_by))
+    saved_model(torch.randn(3, 4)).sum().backward()
+    saved.step()
+    path = tmp_path / "checkpoint.pt"
+    checkpoints.save_checkpoint(path, {}, SimpleNamespace(
+        model=saved_model, optimizer=saved, scheduler=None, scaler=None,
+        progress=train.new_progress()), [checkpoints.rng_state()])
+    optimizer = train.make_optimizer(model, config,
+                                     rt.Runtime(torch.device("cpu"), amp_dtype=resumed_by))
+    chosen = optimizer.param_groups[0]["fused"]
+    assert bool(chosen) is (resumed_by != torch.float16)
+    checkpoints.restore(checkpoints.load_checkpoint(path), SimpleNamespace(
+        model=model, optimizer=optimizer, scheduler=None, scaler=None))
+    assert optimizer.param_groups[0]["fused"] is chosen
+    assert optimizer.state[next(iter(model.parameters()))]["momentum_buffer"] is not None
+
+
+def test_a_first_step_skipped_by_the_loss_scaler_warns_nothing(monkeypatch):
+    """fp16's loss scaler skips a step whose scaled gradients overflow, as it may on the very
+    first while it finds its scale; with a one-cycle schedule, torch would then warn that
+    the schedule stepped before the optimizer. The run says nothing of it, and the schedule
+    still counts the step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    config = {"num_epochs": 1, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0,
+              "schedule": "onecycle", "batch_size": 8}
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(
+        torch.amp.GradScaler, init_scale=2.0 ** 127))
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    # inputs up to 100: gradients above 2, times the scale 2^127, overflow fp32
+    on_device = data.OnDevice(images, torch.arange(8), images[:2], torch.arange(2),
+                              *data.normalizer((0.0,) * 3, (0.01,) * 3, device="cpu"))
+    before = model[1].weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        training = train.fit(model, config, on_device,
+                             rt.Runtime(torch.device("cpu"), amp_dtype=torch.float16))
+    assert torch.equal(model[1].weight, before)  # the step was skipped
+    assert training.scheduler.last_epoch == 1
+
+
+# ---- GPU faults under torchrun, injected on the CPU (gloo) ----
+# Out of memory on one rank, a slow first download, a late rank: each ends the same way on
+# every rank, quickly, with nothing lost.
+
+DRIVER = REPO / "tests" / "fault_driver.py"
+
+
+def torchrun(fault, *script_args, cwd=REPO, **env):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node=2", str(DRIVER), "--device", "cpu", *map(str, script_args)]
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", FAULT=fault, **env))
+    return result, time.monotonic() - started
+
+
+def test_out_of_memory_on_one_rank_stops_that_config_on_both_and_the_next_trains(
+        pickled_data, tmp_path):
+    out = tmp_path / "out"
+    result, _ = torchrun("oom", "--data-dir", pickled_data, "--out", out)
+    assert result.returncode == 1, result.stderr[-3000:]  # a config ran out of memory
+    assert "config_1 ran out of GPU memory at batch_size 16" in result.stderr
+    assert "[rank0]: Traceback" not in result.stderr  # torchrun's own report of status 1
+    assert "[rank1]: Traceback" not in result.stderr  # is all the traceback there is
+    entries = {entry["id"]: entry for entry in
+               json.loads((out / "training_result.json").read_text())["configs"]}
+    assert entries["config_1"]["status"] == "out_of_memory"
+    assert entries["config_2"]["status"] == "finished"
+    assert (out / "config_2.pth").exists() and not (out / "config_1.pth").exists()
+
+
+def test_out_of_memory_inside_the_forward_of_a_batchnorm_model_stops_both_ranks_at_once(
+        pickled_data, tmp_path):
+    """DDP would broadcast BatchNorm's buffers before each forward: an out-of-memory error in
+    the forward on one rank, and its recovery step, put the ranks' collectives out of step
+    (a hang until the timeout, 20 s here, then a lost job). Both ranks stop that config and
+    train the next."""
+    out = tmp_path / "out"
+    result, _ = torchrun("oom_batchnorm", "--data-dir", pickled_data, "--out", out)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "config_1 ran out of GPU memory at batch_size 16" in result.stderr
+    entries = {entry["id"]: entry for entry in
+               json.loads((out / "training_result.json").read_text())["configs"]}
+    assert entries["config_1"]["status"] == "out_of_memory"
+    assert entries["config_2"]["status"] == "finished"
+
+
+def test_out_of_memory_inside_a_forward_with_sync_bn_ends_the_run_at_once_keeping_the_checkpoint(
+        pickled_data, tmp_path):
+    """SyncBatchNorm all-reduces inside the forward: after an out-of-memory error there, no
+    step of the failed rank can meet the collective the others wait in. That rank says so
+    and leaves at once; the others lose contact and stop; the last epoch's checkpoint stays
+    for a rerun. (Before: collectives out of step, a hang until the timeout.)"""
+    out = tmp_path / "out"
+    result, seconds = torchrun("oom_sync_bn", "--data-dir", pickled_data, "--out", out)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert ("config_1 ran out of GPU memory at batch_size 16 inside a forward with "
+            "SyncBatchNorm (sync_bn)") in result.stderr
+    assert "rank 0 lost contact with the other ranks" in result.stderr
+    assert seconds < 20  # no wait for the process group's timeout
+    (entry,) = json.loads((out / "training_result.json").read_text())["configs"]
+    assert entry["status"] == "running" and len(entry["history"]) == 1
+    assert checkpoint_of(out).exists()
+
+
+def test_a_download_slower_than_the_process_group_timeout_does_not_kill_the_job(
+        pickled_data, tmp_path):
+    """Every rank fetches (or finds) the data before the ranks wait on each other."""
+    result, seconds = torchrun("slow_download", "--epochs", "1", "--out", tmp_path / "out",
+                               cwd=tmp_path, FAULT_SOURCE=str(pickled_data), FAULT_SECONDS="6")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out" / "config_1.pth").exists()
+    assert (tmp_path / "data" / "cifar-10-batches-py").is_dir()
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+def test_the_ranks_wait_for_a_late_rank_as_long_as_the_timeout_says(pickled_data, tmp_path):
+    """Where the ranks find each other (the store, here hosted by rank 0) they wait as long
+    as the process group's timeout, not the store's own 5 minutes: a rank 0 later than that
+    timeout (its machine downloading the data) makes the others stop with one message at
+    the timeout (with the store's own, rank 1 would have waited for it, and trained)."""
+    too_late, seconds = torchrun("late_rank0", "--data-dir", pickled_data, "--out",
+                                 tmp_path / "too-late", FAULT_SECONDS="40", FAULT_TIMEOUT="6",
+                                 FAULT_PORT=free_port())
+    assert too_late.returncode != 0
+    assert "error: rank 1 waited 0:00:06 for the other ranks to start" in too_late.stderr
+    assert seconds < 40  # rank 1 gave up at its timeout; rank 0 then never started training
+
+
+# ---- benchmarks/gpu_check.py ----
+# Its --quick mode runs every GPU check on the CPU; a failing check fails the command; the
+# precision comparison catches the mismatches it is there for.
+
+# Every check --quick runs, in order: dropping or renaming one must be a decision.
+QUICK_CHECKS = ["script-baseline", "script-l2", "script-dropout", "script-multigpu",
+                "script-resnet", "weights-on-cpu", "precision-auto", "precision-on", "dp-replicas",
+                "fp16-scaler", "compile", "torchrun",
+                "resume", "speed-bf16", "speed-fp32", "resnet-best", "resnet-recipe"]
+
+
+def test_quick_mode_runs_every_check_and_each_passes(tmp_path, monkeypatch, capsys):
+    # 500 training images a class: the resume check interrupts an epoch of more than 1000
+    # mini-batches of 4 (subset 5,000), and the recipe needs one batch of 512
+    data_dir = write_pickled_batches(tmp_path / "data", train_per_class=500)
+    out = tmp_path / "out"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what --quick sets for its children
+    status = gpu_check.main(["--quick", "--data-dir", str(data_dir), "--out", str(out)])
+    printed = capsys.readouterr().out
+    report = json.loads((out / "gpu_check.json").read_text())
+    failed = {check["id"]: (check["error"], check["error_tail"][-1500:])
+              for check in report["checks"] if check["result"] != "pass"}
+    assert not failed, failed
+    assert status == 0
+    assert [check["id"] for check in report["checks"]] == QUICK_CHECKS
+    assert report["quick"] and "figures mean nothing" in report["note"]
+
+    checks = {check["id"]: check for check in report["checks"]}
+    assert "bit-identical" in checks["resume"]["figure"]
+    assert "weights differ by 0.00% of the distance" in checks["resume"]["figure"]  # GPU measure
+    assert "world_size 2, backend gloo" in checks["torchrun"]["figure"]
+    assert {layer["computed_in"] for layer in checks["precision-auto"]["layers"]} == {"fp32"}
+    assert {layer["computed_in"] for layer in checks["precision-on"]["layers"]} == {"bf16"}
+    assert checks["speed-bf16"]["images_per_s"] > 0
+    recipe = checks["resnet-recipe"]
+    assert "--seeds 1" in recipe["what"] and "mean of 1 seed:" in recipe["figure"]
+    assert [run["seed"] for run in recipe["seeds"]] == [0]
+    assert 0 <= recipe["accuracy"] <= 100
+
+    table = (out / "gpu_check.md").read_text()
+    assert "figures mean nothing" in table
+    assert "| Check | What ran | Result | Figure | Report / aim | Time |" in table
+    for check_id in QUICK_CHECKS:
+        row = f"| {check_id} | "
+        assert row in table and row in printed  # written, and printed at the end
+    assert "89.56%, 305.84 s" in table  # the report's figure beside ours
+
+
+def test_a_failing_check_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    # 300 training images: too few for the resume check's 5,000-image subset, enough for the
+    # one batch of the dp-replicas check that runs before it
+    data_dir = write_pickled_batches(tmp_path / "data")
+    out = tmp_path / "out"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what --quick sets for its children
+    status = gpu_check.main(["--quick", "--data-dir", str(data_dir), "--out", str(out),
+                             "--only", "resume,dp-replicas"])
+    assert status == 1
+    report = json.loads((out / "gpu_check.json").read_text())
+    replicas, resume = report["checks"]  # in the checks' own order
+    assert (resume["id"], resume["result"]) == ("resume", "fail")
+    assert "exit status 2" in resume["error"]
+    assert "--subset 5000: must be between 10 and the 300" in resume["error_tail"]
+    assert (replicas["id"], replicas["result"]) == ("dp-replicas", "pass")
+    table = (out / "gpu_check.md").read_text()
+    assert "| resume | " in table and "**FAIL**" in table
+    assert "**1 of 2 checks passed.**" in table
+    assert "--subset 5000: must be between 10" in table  # the failure's output tail
+
+
+def recipe_entries(*runs):
+    """Results entries of the recipe, one per (seed, accuracy %, seconds, epochs)."""
+    return [{"id": "config_5", "seed": seed, "final_test_accuracy": accuracy,
+             "train_seconds": seconds, "precision": "bf16 autocast",
+             "history": [{"test_accuracy_without_tta": accuracy - 0.3}] * epochs}
+            for seed, accuracy, seconds, epochs in runs]
+
+
+@pytest.mark.parametrize("runs, verdict", [
+    ([(0, 94.2, 38.0, 16), (1, 93.9, 39.5, 16), (2, 94.1, 40.0, 16)], "aim met"),
+    # the mean decides the accuracy, not the best seed
+    ([(0, 94.5, 38.0, 16), (1, 93.6, 38.0, 16), (2, 93.7, 38.0, 16)],
+     "aim NOT met: mean accuracy below 94%"),
+    # every seed must train within 40 s: a mean under 40 s hides a slow run
+    ([(0, 94.2, 36.0, 16), (1, 94.2, 41.5, 16), (2, 94.2, 37.0, 16)],
+     "aim NOT met: over 40 s (seed 1: 41.5 s)"),
+    ([(0, 94.2, 38.0, 26)], "aim NOT met: 26 epochs, over 25"),
+])
+def test_the_recipe_is_judged_on_the_mean_of_its_seeds(runs, verdict):
+    found = gpu_check.recipe_verdict(recipe_entries(*runs), 50_000)
+    assert verdict in found["figure"]
+    assert found["aim_met"] == (verdict == "aim met")
+    mean = sum(accuracy for _, accuracy, _, _ in runs) / len(runs)
+    assert found["accuracy"] == pytest.approx(mean)
+    assert f"mean of {len(runs)} seed" in found["figure"] and f"{mean:.2f}%" in found["figure"]
+    for seed, accuracy, seconds, _ in runs:  # and each seed beside it
+        assert f"seed {seed}: {accuracy:.2f}% in {seconds:.1f} s" in found["figure"]
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_a_recipe_below_its_aim_fails_the_check_on_a_gpu(quick, tmp_path):
+    """The aim is judged where it can be met: on a GPU. --quick's tiny CPU runs never meet
+    it, and pass on their figures alone."""
+    setting = gpu_check.Setting(tmp_path, tmp_path, {}, gpus=0 if quick else 1, quick=quick)
+    below = gpu_check.recipe_verdict(recipe_entries((0, 93.2, 38.0, 16)), 50_000)
+    met = gpu_check.recipe_verdict(recipe_entries((0, 94.2, 38.0, 16)), 50_000)
+    assert gpu_check.judged(met, setting) == met
+    if quick:
+        assert gpu_check.judged(below, setting) == below
+    else:
+        with pytest.raises(gpu_check.CheckFailed, match="aim NOT met: mean accuracy below 94%"):
+            gpu_check.judged(below, setting)
+
+
+def test_a_replica_that_loses_the_runs_precision_fails_the_replica_check(pickled_data,
+                                                                        tmp_path,
+                                                                        monkeypatch):
+    """DataParallel runs each replica in a thread of its own, where autocast's dtype is the
+    default, not the run's: without runtime.Autocast around the model the replicas compute
+    in the wrong precision, and the dp-replicas check says so."""
+    plan = {key: value[True] for key, value in gpu_check.PLAN.items()}
+    setting = gpu_check.Setting(pickled_data, tmp_path, plan, gpus=0, quick=True)
+    assert "in 2 replica threads computed in fp16" in gpu_check.check_replicas(
+        setting, tmp_path)["figure"]
+
+    class Forgetful(rt.Autocast):  # what place_model would be without the wrapper
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    monkeypatch.setattr(rt, "Autocast", Forgetful)
+    with pytest.raises(gpu_check.CheckFailed, match="recorded 'fp16 autocast with loss "
+                                                    "scaling', but layers computed in bf16"):
+        gpu_check.check_replicas(setting, tmp_path)
+
+
+def test_the_lent_machine_command_unzips_the_data_checks_and_keeps_the_record(tmp_path):
+    """benchmarks/lent_gpu.py: the data from a zip of image folders, the check run on it,
+    and under --out the JSON, the table and the logs, without weights."""
+    import lent_gpu
+
+    folders = write_image_folders(tmp_path / "images")
+    with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
+        for path in folders.rglob("*.png"):
+            archive.write(path, path.relative_to(folders))
+    out = tmp_path / "record"
+    assert lent_gpu.main(["--zip", str(tmp_path / "data.zip"), "--out", str(out), "--quick",
+                          "--only", "script-l2"]) == 0
+    (check,) = json.loads((out / "gpu_check.json").read_text())["checks"]
+    assert (check["id"], check["result"]) == ("script-l2", "pass")
+    assert "| script-l2 | " in (out / "gpu_check.md").read_text()
+    assert list(out.rglob("run.log")) and not list(out.rglob("*.pth"))
+    assert lent_gpu.main(["--zip", str(out / "gpu_check.md"), "--out", str(out)]) == 2
+
+
+def test_an_unknown_check_or_a_missing_data_dir_is_refused(tmp_path, capsys):
+    data_dir = write_pickled_batches(tmp_path / "data")
+    quick = ["--quick", "--out", str(tmp_path / "out")]
+    assert gpu_check.main([*quick, "--data-dir", str(data_dir), "--only", "resume,warp-drive"]) == 2
+    assert "no check warp-drive" in capsys.readouterr().err
+    assert gpu_check.main([*quick, "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def layers(*calls):
+    return [{"layer": f"layer{number}", "device": device, "computed_in": kind}
+            for number, (kind, device) in enumerate(calls)]
+
+
+@pytest.mark.parametrize("label, calls, devices, problem", [
+    # DataParallel replicas in fp16 while the run says bf16 (threads start in autocast's default)
+    ("bf16 autocast", [("bf16", "cuda:0"), ("fp16", "cuda:1")], ["cuda:0", "cuda:1"],
+     "recorded 'bf16 autocast', but layers computed in fp16 on cuda:1"),
+    # TF32 convolutions in a run recorded as fp32
+    ("fp32", [("tf32", "cuda:0"), ("fp32", "cuda:0")], ["cuda:0"],
+     "recorded 'fp32', but layers computed in tf32 on cuda:0"),
+    # the second GPU never computed: DataParallel not spreading the batch
+    ("bf16 autocast", [("bf16", "cuda:0")], ["cuda:0", "cuda:1"],
+     "no Conv2d or Linear ran on cuda:1"),
+    ("fp8 magic", [("fp32", "cpu")], ["cpu"], "unknown precision 'fp8 magic'"),
+    ("fp32", [], ["cpu"], "no Conv2d or Linear layer ran"),
+])
+def test_precision_mismatches_are_named(label, calls, devices, problem):
+    assert problem in "; ".join(gpu_check.precision_mismatches(label, layers(*calls), devices))
+
+
+@pytest.mark.parametrize("label, calls", [
+    ("bf16 autocast", [("bf16", "cuda:0"), ("bf16", "cuda:1")]),
+    ("tf32", [("tf32", "cuda:0"), ("fp32", "cuda:0")]),  # small layers may take fp32 kernels
+    ("fp16 autocast with loss scaling", [("fp16", "cuda:0"), ("fp16", "cuda:1")]),
+])
+def test_precision_that_matches_passes(label, calls):
+    devices = sorted({device for _, device in calls})
+    assert gpu_check.precision_mismatches(label, layers(*calls), devices) == []
+
+
+def tf32(tensor):
+    """``tensor`` with TF32's 10-bit mantissa: the 13 low bits of fp32's 23 cleared."""
+    return (tensor.view(torch.int32) & -(2 ** 13)).view(torch.float32)
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(400, 120), nn.Conv2d(6, 16, 5)])
+def test_tf32_is_told_from_fp32_by_the_rounding_error(layer):
+    torch.manual_seed(0)
+    inputs = torch.randn((32, 400) if isinstance(layer, nn.Linear) else (32, 6, 14, 14))
+    if isinstance(layer, nn.Linear):
+        reduced = F.linear(tf32(inputs), tf32(layer.weight), layer.bias)
+    else:
+        reduced = F.conv2d(tf32(inputs), tf32(layer.weight), layer.bias)
+    seen = []
+    with torch.no_grad():
+        gpu_check.record_layer(seen, "layer", layer, (inputs,), layer(inputs))
+        gpu_check.record_layer(seen, "layer", layer, (inputs,), reduced)
+        gpu_check.record_layer(seen, "layer", layer, (inputs,), layer(inputs).bfloat16())
+    assert [call["computed_in"] for call in seen] == ["fp32", "tf32", "bf16"]
+
+
+def test_pytest_counts_read_the_closing_summary():
+    output = "..F.s\nFAILED tests/x.py::t\n3 passed, 1 failed, 1 skipped, 2 deselected in 4.10s\n"
+    assert gpu_check.pytest_counts(output) == {"passed": 3, "failed": 1, "skipped": 1,
+                                               "deselected": 2}
+    assert gpu_check.pytest_counts("1 error in 0.5s") == {"error": 1}
+    assert gpu_check.pytest_counts("no tests ran in 0.01s") == {}

@@ -1,5 +1,6 @@
-"""What README.md and docs/ state about file names, messages and config keys is what the kit
-writes, prints and accepts, and every relative link in them leads to a file.
+"""What README.md and docs/ say is what the kit does: the first commands README gives run as
+written (on the tests' small data), and the file names, messages and config keys the pages
+state are what the kit writes, prints and accepts; every relative link leads to a file.
 
 The names, tables and messages are read from the pages themselves (README.md for the scripts'
 table and the config keys, docs/troubleshooting.md for the messages), so an edit on either side
@@ -9,11 +10,13 @@ import contextlib
 import dataclasses
 import importlib
 import io
+import importlib.util
 import itertools
 import json
 import os
 import pickle
 import re
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -31,6 +34,9 @@ TROUBLESHOOTING = PAGES[REPO / "docs" / "troubleshooting.md"]
 SCRIPTS = ("Original_version_model", "L2_regularization", "Dropout_regularization",
            "Original_version_model_multiGPU", "Resnet_model")
 BASE = {"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
+quick_looks = importlib.util.module_from_spec(importlib.util.spec_from_file_location(
+    "quick_looks", REPO / "benchmarks" / "quick_looks.py"))
+quick_looks.__spec__.loader.exec_module(quick_looks)
 
 
 def table(heading, text=README):
@@ -44,6 +50,23 @@ def table(heading, text=README):
             break
         rows.append([cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]])
     return rows
+
+
+# ---- the first commands README gives ----
+
+@pytest.mark.parametrize("script, command", quick_looks.quick_looks())
+def test_each_quick_look_of_readme_runs(script, command, pickled_data, tmp_path):
+    """README's first-look commands, as written but on the tests' 300 images and for one
+    epoch (their times and accuracies on CIFAR-10: benchmarks/quick_looks.py)."""
+    words = shlex.split(command)
+    assert words[:2] == ["python", script]
+    for flag, small in (("--subset", "300"), ("--epochs", "1")):
+        if flag in words:
+            words[words.index(flag) + 1] = small
+    module = importlib.import_module(script.removesuffix(".py"))
+    assert module.main(words[2:] + ["--data-dir", str(pickled_data), "--out",
+                                    str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert (tmp_path / "out" / "test_accuracy.png").is_file()
 
 
 # ---- file names ----
@@ -108,7 +131,7 @@ PLACEHOLDERS = {"config_N": r"config_\d+", "<checkpoint>": r"/\S+\.ckpt",
                 **{letter: r"\d+" for letter in "NBESKGR"}}
 PLACEHOLDER = re.compile(r"config_N|<checkpoint>|<file>|…|\bDIR\b|'[^']*'|\b[A-Z]\b")
 # Messages that only a torchrun job with a dead worker prints: looked for in the source
-# (tests/test_safety.py runs that job); every other message is produced below by running
+# (tests/test_distributed.py runs that job); every other message is produced below by running
 # the mistake or failure it explains.
 FROM_SOURCE = {"error: rank R lost contact with the other ranks"}
 SOURCE_LINES = [re.sub(r"\{[^{}]*\}", "0", line) for path in sorted(REPO.glob("cifarkit/*.py"))
