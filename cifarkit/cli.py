@@ -1,5 +1,6 @@
 """The one command line that every script shares."""
 import argparse
+import os
 
 from .errors import UserError
 
@@ -73,6 +74,9 @@ def build_parser(script, description, default_out, default_device, cpu_amp=False
 def parse_args(script, description, default_out, default_device, argv=None, cpu_amp=False):
     parser = build_parser(script, description, default_out, default_device, cpu_amp)
     args = parser.parse_args(argv)
+    # a quoted "~/res" reaches us unexpanded: the user meant the home folder, as a shell would
+    args.out = os.path.expanduser(args.out)
+    args.data_dir = args.data_dir and os.path.expanduser(args.data_dir)
     if args.seed + args.seeds - 1 > MAX_SEED:
         parser.error(f"--seed {args.seed} --seeds {args.seeds}: the last seed would pass "
                      f"{MAX_SEED}")

@@ -35,6 +35,12 @@ def check_out_dir(path, bytes_needed, data_dir, kit_names=PLOT_FILES):
         if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
             refuse(f"that is the data folder {data_dir} or inside it; results never go there")
         foreign = foreign_entries(out) if out.is_dir() else []
+        kit_folder = (out / RUNS).is_dir()  # a folder of the kit's results, with a stray file
+        if foreign and kit_folder and all(Path(name).suffix for name in foreign):
+            refuse(f"that folder of results holds files this kit did not write "
+                   f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})",
+                   f"Move {'it' if len(foreign) == 1 else 'them'} out of {path} and rerun: "
+                   f"the results there are kept.")
         if foreign:
             refuse(f"that folder holds files this kit did not write ({', '.join(foreign[:3])}"
                    f"{', ...' if len(foreign) > 3 else ''}): it looks like a project or source "

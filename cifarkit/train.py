@@ -7,6 +7,7 @@ file could not be written; 2 bad input (nothing trained, nothing written); 130 /
 stopped by SIGINT / SIGTERM after saving a checkpoint.
 """
 import contextlib
+import os
 import random
 import sys
 import time
@@ -352,19 +353,21 @@ def new_sums(device, saved=None):
 
 
 def epoch_batches(train_count, batch_size, seed, epoch, runtime):
-    """The global batches of one epoch; under torchrun a last batch smaller than the number
-    of ranks cannot be split, so it is dropped."""
+    """The global batches of one epoch. A last batch that is smaller than the number of
+    ranks cannot be split, and one of a single image cannot train BatchNorm: either is
+    dropped."""
     batches = data.batch_order(train_count, batch_size, seed, epoch)
-    if runtime.distributed and len(batches[-1]) < runtime.world_size:
+    smallest = runtime.world_size if runtime.distributed else 2
+    if len(batches) > 1 and len(batches[-1]) < min(smallest, batch_size):
         batches = batches[:-1]
     return batches
 
 
 def steps_per_epoch(train_count, batch_size, runtime):
     """len(epoch_batches(...)), without drawing them."""
-    last = train_count % batch_size
-    return train_count // batch_size + (last >= (runtime.world_size if runtime.distributed
-                                                 else 1))
+    full, last = divmod(train_count, batch_size)
+    smallest = runtime.world_size if runtime.distributed else 2
+    return full + (last > 0 and (last >= smallest or full == 0))
 
 
 def make_optimizer(model, chosen, runtime):
@@ -524,11 +527,14 @@ ESTIMATE_STEPS, ESTIMATE_SECONDS = (10, 40), 2.0
 class Estimate:
     """Says how long an epoch takes here and the whole run will take (at the first config's
     speed per image: a guess for other batch sizes), from a window of steps plus the test
-    pass's cost; an epoch that ends sooner is timed from its 10th step to its end."""
+    pass's cost; an epoch that ends sooner is timed from its 10th step to its end. A later
+    epoch that takes less than half or more than twice that corrects it, once."""
 
     def __init__(self, job, training):
         self.job, self.training = job, training
         self.started, self.steps, self.marks = time.perf_counter(), 0, []
+        self.told = self.ended = None
+        self.corrected, self.epochs = False, 0
 
     def step(self):
         self.steps += 1
@@ -550,20 +556,36 @@ class Estimate:
             self.tell(per_image * (trained + scored / 3))
 
     def epoch_end(self):
+        now, self.epochs = time.perf_counter(), self.epochs + 1
         if len(self.marks) < 2:
             first = ESTIMATE_STEPS[0]
             begun, skipped = ((self.marks[0], first) if self.marks and self.steps > first
                               else (self.started, 0))
-            self.marks[:] = [begun, time.perf_counter()]
-            self.tell((self.marks[1] - begun) * max(self.steps, 1)
-                      / max(self.steps - skipped, 1))
+            self.marks[:] = [begun, now]
+            self.tell((now - begun) * max(self.steps, 1) / max(self.steps - skipped, 1))
+        elif self.ended is not None and not self.corrected \
+                and not 0.5 <= (now - self.ended) / self.told <= 2:
+            self.corrected = True
+            self.tell(now - self.ended, corrected=True)
+        self.ended = now
 
-    def tell(self, epoch):
-        job = self.job
+    def tell(self, epoch, corrected=False):
+        job, name = self.job, self.training.name
+        runs_, epochs = job.epochs_to_train
+        in_all = f"the {runs_} run(s) to train need about {results.duration(epochs * epoch)} in all"
+        if corrected:
+            job.say(f"{name}: an epoch takes about {results.duration(epoch)} here, not "
+                    f"{results.duration(self.told)} as estimated: the rest needs about "
+                    f"{results.duration((epochs - self.epochs) * epoch)}.")
+            return
         where = ("this CPU" if job.runtime.device.type == "cpu" else
                  f"this GPU ({torch.cuda.get_device_name(job.runtime.device)})")
-        runs_, epochs = job.epochs_to_train
-        quick = " For a quick look: --subset 5000 --epochs 2." if epochs * epoch > 600 else ""
-        job.say(f"{self.training.name}: about {results.duration(epoch)} an epoch on {where}; "
-                f"the {runs_} run(s) to train need about {results.duration(epochs * epoch)} "
-                f"in all.{quick}")
+        quick = " For a quick look: --subset 5000 --epochs 2." if epochs * epoch > 600 and \
+            not any(arg.startswith("--subset") for arg in job.argv) else ""
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+        busy = (f" This machine is busy with other work (load {load:.1f} on {cores} cores): "
+                f"times here may be several times those of a quiet machine.") \
+            if load > cores else ""
+        job.say(f"{name}: about {results.duration(epoch)} an epoch on {where}; {in_all}."
+                f"{quick}{busy}")
+        self.told = epoch

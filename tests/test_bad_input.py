@@ -823,3 +823,15 @@ def test_a_console_that_fails_never_stops_training(fault, pickled_data, tmp_path
     # "±" in the summary
     assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch, "--seeds", "2") == 0
     assert {entry["status"] for entry in entries(out).values()} == {"finished"}
+
+
+def test_a_stray_notebook_in_a_results_folder_is_named_to_move_out(pickled_data, tmp_path,
+                                                                    monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run_script("L2_regularization", out, pickled_data, [BASE], monkeypatch) == 0
+    (out / "analysis.ipynb").write_text("{}")
+    capsys.readouterr()
+    assert run_script("L2_regularization", out, pickled_data, [BASE], monkeypatch) == 2
+    error = capsys.readouterr().err
+    assert "analysis.ipynb" in error and f"Move it out of {out} and rerun" in error
+    assert "--out DIR" not in error  # not another folder: that would train everything anew

@@ -842,3 +842,54 @@ def test_a_sweep_of_three_strengths_gets_its_figure_and_a_sentence_from_its_numb
 def test_two_strengths_get_no_strength_figure(modelset):
     assert not (modelset / "figures" / "task2_strength_Dropout_regularization_model.png").exists()
     assert "dropout probability against" not in (modelset / "REPORT.md").read_text()
+
+
+def test_an_estimate_taken_in_a_slow_start_is_corrected_once(pickled_data, tmp_path,
+                                                             monkeypatch, capsys):
+    """The first epoch's steps are slow (a busy machine, say), the later ones fast: the run
+    says the corrected time once, after the second epoch; and a loaded machine is named."""
+    script = importlib.import_module("L2_regularization")
+    real_build, calls = script.build_model, []
+
+    def build_model(config):  # a model that fails to be fast: 20 ms a step in epoch 1
+        model = real_build(config)
+
+        def slow_start(module, inputs):
+            calls.append(1)
+            time.sleep(0.02 if module.training and len(calls) < 80 else 0)
+
+        model.register_forward_pre_hook(slow_start)
+        return model
+
+    monkeypatch.setattr(script, "build_model", build_model)
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.5, 9.0, 8.0))
+    assert run_script(script, tmp_path / "out", pickled_data,
+                      [dict(TINY, batch_size=4, num_epochs=4)], monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "This machine is busy with other work (load 9.5 on" in printed
+    (line,) = [line for line in printed.splitlines() if "as estimated" in line]
+    assert line.startswith("config_1: an epoch takes about ")
+    assert printed.index("config_1 epoch 2/4") < printed.index(line) < printed.index(
+        "config_1 epoch 3/4")
+
+
+def test_a_quoted_tilde_in_out_means_the_home_folder(pickled_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert run_script("L2_regularization", "~/results", pickled_data, [TINY], monkeypatch) == 0
+    assert (tmp_path / "home" / "results" / "config_1.pth").exists()
+    assert not (tmp_path / "~").exists()
+
+
+def test_a_last_batch_of_one_image_is_dropped_so_batchnorm1d_trains(pickled_data, tmp_path,
+                                                                   monkeypatch):
+    """300 images at batch 13: a last batch of one image, which BatchNorm1d cannot train on
+    ("Expected more than 1 value per channel")."""
+    script = importlib.import_module("Original_version_model_multiGPU")
+    monkeypatch.setattr(script, "build_model", lambda config: nn.Sequential(
+        nn.Flatten(), nn.Linear(3 * 32 * 32, 16), nn.BatchNorm1d(16), nn.ReLU(),
+        nn.Linear(16, 10)))
+    out = tmp_path / "out"
+    assert run_script(script, out, pickled_data, [dict(TINY, batch_size=13)], monkeypatch) == 0
+    assert json.loads((out / "training_result.json").read_text())["configs"][0]["status"] == \
+        "finished"
