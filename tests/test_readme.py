@@ -308,6 +308,26 @@ def _output_folders(kit, tmp):
     kit.run("L2_regularization", *data, configs=[BASE], out=stranded)
     (edited / "training_result.json").write_text("not JSON")
     kit.run("L2_regularization", *data, configs=[BASE], out=edited, expected=0)
+    (edited / "analysis.ipynb").write_text("{}")  # a notebook saved among the results
+    kit.run("L2_regularization", *data, configs=[BASE], out=edited)
+    (edited / "analysis.ipynb").unlink()
+    with pytest.MonkeyPatch.context() as busy:  # a loaded machine, a slow first epoch
+        script, calls = importlib.import_module("L2_regularization"), []
+        real_build = script.build_model
+
+        def slow_start(module, inputs):
+            calls.append(1)
+            time.sleep(0.02 if module.training and len(calls) < 80 else 0)
+
+        def build_model(config):
+            model = real_build(config)
+            model.register_forward_pre_hook(slow_start)
+            return model
+
+        busy.setattr(script, "build_model", build_model)
+        busy.setattr(os, "getloadavg", lambda: (9.5, 9.0, 8.0))
+        kit.run("L2_regularization", *data, configs=[dict(BASE, batch_size=4, num_epochs=3)],
+                expected=0)
 
 
 def _data(kit, tmp, tmp_path_factory):
