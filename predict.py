@@ -91,12 +91,21 @@ def load_trained(weights, script_name=None):
 
 
 def read_picture(path):
-    """A picture as a (1, 3, 32, 32) uint8 tensor, shrunk as CIFAR-10's images were."""
-    from PIL import Image
+    """A picture as a (1, 3, 32, 32) uint8 tensor, shrunk as CIFAR-10's images were, the way
+    up its camera meant (EXIF orientation) and 16-bit pictures scaled to 8 bits."""
+    import numpy as np
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float grey
+                values = np.asarray(image, dtype=np.float64)
+                top = 65535 if image.mode != "F" and values.max() > 255 else max(values.max(), 1)
+                image = Image.fromarray((values * (255 / top)).round().astype(np.uint8))
             small = image.convert("RGB").resize((32, 32), Image.BICUBIC)
+    except Image.DecompressionBombError as error:
+        raise UserError(f"{path}: too large a picture to read safely ({error}).") from None
     except (OSError, ValueError) as error:
         raise UserError(f"{path}: not a picture this can read ({error}).") from None
     return torch.frombuffer(bytearray(small.tobytes()), dtype=torch.uint8).view(
@@ -122,6 +131,9 @@ def main(argv=None):
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nStopped by Ctrl-C; nothing was predicted.", file=sys.stderr)
+        return 130
     for path, row in zip(args.pictures, class_probabilities(model, normalization, pictures)):
         top = row.topk(3)
         guesses = ", ".join(f"{CLASSES[index]} {100 * value:.0f}%"

@@ -3,6 +3,7 @@ did, from another folder; it refuses weights whose script's model has changed si
 trained, fills in a model setting added since, and refuses a run's weights edited by hand
 (a user's torch.save over a weights view never reaches the run). (The report's reading of
 results: test_report.py.)"""
+import pytest
 import torch
 from PIL import Image
 
@@ -83,3 +84,52 @@ def test_saving_over_a_weights_view_never_reaches_its_run(pickled_data, tmp_path
     torch.save({key: value * 2 for key, value in weights.items()}, weights_file)  # by hand
     assert predict.main([str(weights_file), str(picture)]) == 2
     assert "not the weights its run" in capsys.readouterr().err
+
+
+def test_pictures_are_read_as_a_camera_and_a_scanner_mean_them(tmp_path):
+    """A 16-bit grey PNG keeps its shades (not a white square), a phone JPEG is turned the
+    way its EXIF orientation says, and a picture whose header claims 10^10 pixels is refused
+    in one line before it is decoded."""
+    import numpy as np
+
+    grey = tmp_path / "grey16.png"
+    Image.fromarray(np.full((40, 40), 32768, dtype=np.uint16)).save(grey)
+    assert predict.read_picture(grey).float().mean().item() == pytest.approx(128, abs=1)
+
+    upright = np.zeros((20, 40, 3), dtype=np.uint8)
+    upright[:, :20] = 255  # white on the left, black on the right
+    sideways = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    Image.fromarray(np.rot90(upright, k=1).copy()).save(sideways, exif=exif, quality=95)
+    seen = predict.read_picture(sideways)[0].float().mean(dim=0)  # 32 x 32
+    assert seen[:, :12].mean() > 200 and seen[:, -12:].mean() < 50
+
+    bomb = tmp_path / "bomb.png"
+    _png_claiming(bomb, 100000)
+    with pytest.raises(predict.UserError, match="too large a picture"):
+        predict.read_picture(bomb)
+
+
+def _png_claiming(path, side):
+    """A tiny PNG file whose header says side x side pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_ctrl_c_in_predict_says_one_line(tmp_path, monkeypatch, capsys):
+    def pressed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "load_trained", pressed)
+    assert predict.main([str(tmp_path / "config_1.pth"), str(tmp_path / "a.png")]) == 130
+    error = capsys.readouterr().err
+    assert "Stopped by Ctrl-C" in error and "Traceback" not in error
