@@ -23,10 +23,11 @@ Exit status: 0 report written; 1 a file could not be written; 2 --modelset is no
 import argparse
 import ast
 import re
+import signal
 import sys
 from pathlib import Path
 
-from cifarkit import report, results, store
+from cifarkit import report, results, signals, store
 from cifarkit.results import load_results
 from cifarkit.errors import UserError
 
@@ -59,6 +60,12 @@ def _foreign(modelset):
     """Why REPORT.md and figures/ must not be written into ``modelset``, or None: it is a
     project (a repository, source files), one script's output folder, or holds a REPORT.md
     this command did not write."""
+    data = [name for name in ("cifar-10-batches-py", "cifar-10-python.tar.gz", "data_batch_1")
+            if (modelset / name).exists()]
+    if data or ((modelset / "train" / "airplane").is_dir() and (modelset / "test").is_dir()):
+        return (f"that is a CIFAR-10 data folder ({(data or ['train/', 'test/'])[0]}), not the "
+                f"scripts' output folder: the report never goes into the data. Give the folder "
+                f"that holds their output folders (default: modelset).")
     markers = results.foreign_entries(modelset)
     if markers:
         return (f"that folder holds {', '.join(markers[:3])}: it looks like a project, not "
@@ -106,11 +113,14 @@ def _rebuild_views(modelset):
 
 def main(argv=None):
     try:
-        return _make_report(argv)
-    except KeyboardInterrupt:  # every view and run it wrote is whole (written by renames)
-        print("\nStopped by Ctrl-C; the report is not finished. Run the same command again.",
+        with signals.sigterm_as_interrupt():
+            return _make_report(argv)
+    except KeyboardInterrupt as stop:  # every view and run it wrote is whole (written by renames)
+        signum = getattr(stop, "signum", signal.SIGINT)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\nStopped by {name}; the report is not finished. Run the same command again.",
               file=sys.stderr)
-        return 130
+        return signals.EXIT[signum]
 
 
 def _make_report(argv):

@@ -46,6 +46,12 @@ def check_out_dir(path, bytes_needed, data_dir, kit_names=PLOT_FILES):
                    f"{', ...' if len(foreign) > 3 else ''}): it looks like a project or source "
                    f"folder. Results go into a folder of their own",
                    "Choose one with --out DIR.")
+        inner = sorted(child.name for child in out.iterdir() if (child / RUNS).is_dir()) \
+            if out.is_dir() else []
+        if inner and not (out / RUNS).exists():  # a modelset: make_report would refuse it
+            refuse(f"that folder holds the scripts' output folders ({inner[0]}/"
+                   f"{', ...' if len(inner) > 1 else ''}); a script's results go into a folder "
+                   f"of their own inside it", f"Choose one with --out {path}/NAME.")
         runs = out / RUNS
         if runs.is_symlink() and not runs.exists():
             refuse(f"{runs} is a link to {os.readlink(runs)}, which does not exist",

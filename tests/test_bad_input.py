@@ -835,3 +835,28 @@ def test_a_stray_notebook_in_a_results_folder_is_named_to_move_out(pickled_data,
     error = capsys.readouterr().err
     assert "analysis.ipynb" in error and f"Move it out of {out} and rerun" in error
     assert "--out DIR" not in error  # not another folder: that would train everything anew
+
+
+def test_the_report_never_goes_into_the_data_and_out_never_at_a_modelset(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    """make_report --modelset at the CIFAR-10 folder is refused (nothing written there), and
+    a script's --out at the folder that holds the scripts' folders is refused before it
+    trains, with a command that works; SIGTERM to make_report says one line."""
+    assert make_report.main(["--modelset", str(pickled_data)]) == 2
+    assert "CIFAR-10 data folder" in capsys.readouterr().err
+    assert not (pickled_data / "REPORT.md").exists() and not (pickled_data / "figures").exists()
+    modelset = tmp_path / "modelset"
+    assert run_script("L2_regularization", modelset / "l2", pickled_data, [BASE],
+                      monkeypatch) == 0
+    capsys.readouterr()
+    assert run_script("L2_regularization", modelset, pickled_data, [BASE], monkeypatch) == 2
+    error = capsys.readouterr().err
+    assert "holds the scripts' output folders (l2/)" in error
+    assert f"--out {modelset}/NAME" in error and not (modelset / "runs").exists()
+
+    def terminated(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(make_report, "read_scripts", terminated)
+    assert make_report.main(["--modelset", str(modelset)]) == 143
+    assert "Stopped by SIGTERM; the report is not finished" in capsys.readouterr().err

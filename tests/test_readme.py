@@ -404,6 +404,9 @@ def _the_report(kit, tmp):
     (mine / "REPORT.md").unlink()
     (mine / "notebook.py").write_text("print('mine')\n")
     kit.report(mine, expected=2)
+    kit.report(Path(kit.data[1]), expected=2)  # the data folder
+    (modelset / "l2" / "runs").mkdir(parents=True)  # a script's folder inside: a modelset
+    kit.run("L2_regularization", *kit.data, configs=[BASE], out=modelset)
 
 
 @pytest.mark.parametrize("fragment, opens", list(message_fragments()))
