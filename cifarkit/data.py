@@ -5,7 +5,9 @@ import hashlib
 import io
 import os
 import pickle
+import sys
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +74,39 @@ def to_device(dataset, normalization, device):
                     scale, shift)
 
 
+DOWNLOAD_WAIT = 1800  # seconds a run waits for another process's download before giving up
+
+
+def wait_for_lock(root):
+    """The download lock on ``root``; while another process holds it, say so (naming it where
+    /proc/locks tells) and wait, at most DOWNLOAD_WAIT seconds."""
+    handle, waited = lock(root, blocking=False), time.monotonic()
+    if handle is None and "RANK" not in os.environ:  # under torchrun the ranks queue quietly
+        print(f"Waiting for another process ({lock_holder(root)}) that is downloading CIFAR-10 "
+              f"into {root.absolute()}.", file=sys.stderr, flush=True)
+    while handle is None:
+        if time.monotonic() - waited > DOWNLOAD_WAIT:
+            raise DataError(f"{root.absolute()}: another process ({lock_holder(root)}) has "
+                            f"been downloading CIFAR-10 there for {DOWNLOAD_WAIT / 60:.0f} min; "
+                            f"gave up waiting. Stop it, or run with --data-dir DIR.")
+        time.sleep(min(1.0, DOWNLOAD_WAIT / 10))
+        handle = lock(root, blocking=False)
+    return handle
+
+
+def lock_holder(root):
+    """'pid N' of the process holding ``root``'s lock, as Linux's /proc/locks tells."""
+    try:
+        inode = os.stat(root).st_ino
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "FLOCK" in fields and fields[-3].endswith(f":{inode}"):
+                return f"pid {fields[-4]}"
+    except (OSError, IndexError):
+        pass
+    return "pid unknown"
+
+
 def load_cifar10(data_dir=None, subset=None, seed=0, download_root=DEFAULT_ROOT):
     """CIFAR-10 decoded once into uint8 tensors; torchvision downloads it when data_dir is None.
     ``subset=N``: N training images and a test slice in proportion, class-balanced by ``seed``."""
@@ -83,7 +118,7 @@ def load_cifar10(data_dir=None, subset=None, seed=0, download_root=DEFAULT_ROOT)
 
         try:  # one process per machine at a time: under torchrun the others find the files
             root.mkdir(parents=True, exist_ok=True)
-            handle = lock(root, blocking=True)
+            handle = wait_for_lock(root)
             try:
                 for train in (True, False):
                     torchvision.datasets.CIFAR10(root=root, train=train, download=True)

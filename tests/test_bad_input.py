@@ -860,3 +860,22 @@ def test_the_report_never_goes_into_the_data_and_out_never_at_a_modelset(
     monkeypatch.setattr(make_report, "read_scripts", terminated)
     assert make_report.main(["--modelset", str(modelset)]) == 143
     assert "Stopped by SIGTERM; the report is not finished" in capsys.readouterr().err
+
+
+def test_a_download_another_process_holds_is_waited_for_by_name_then_given_up(
+        tmp_path, monkeypatch, capsys):
+    """A run with no --data-dir whose ./data another process is downloading into: it says
+    whom it waits for, and gives up in one line after data.DOWNLOAD_WAIT seconds."""
+    from cifarkit import store
+
+    root = tmp_path / "data"
+    root.mkdir()
+    held = store.lock(root, blocking=True)  # as the other process's download holds it
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(data, "DOWNLOAD_WAIT", 0.5)
+    try:
+        with pytest.raises(data.DataError, match="gave up waiting"):
+            data.load_cifar10(None, download_root=root)
+    finally:
+        os.close(held)
+    assert f"Waiting for another process (pid {os.getpid()})" in capsys.readouterr().err

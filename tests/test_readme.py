@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cifarkit import config, data, outputs, signals, train
+from cifarkit import config, data, outputs, signals, store, train
 from conftest import REPO, run_script, write_image_folders, write_pickled_batches
 
 README = (REPO / "README.md").read_text()
@@ -339,6 +339,13 @@ def _data(kit, tmp, tmp_path_factory):
         write_pickled_batches(damaged_download / "data")  # fails torchvision's checksums
         elsewhere.chdir(damaged_download)
         kit.run("Original_version_model")
+        held = store.lock(damaged_download / "data", blocking=True)  # another download's
+        elsewhere.setattr(data, "DOWNLOAD_WAIT", 0.2)
+        elsewhere.delenv("RANK", raising=False)
+        try:
+            kit.run("Original_version_model")
+        finally:
+            os.close(held)
     damaged = write_pickled_batches(tmp / "damaged")
     (damaged / "cifar-10-batches-py" / "data_batch_3").unlink()
     kit.run("Original_version_model", "--data-dir", damaged)
