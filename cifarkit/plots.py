@@ -20,6 +20,9 @@ ACCURACY_SPAN = 5.0  # percentage points: the least y range of an accuracy or ga
 LINE_STYLES = ("-", "--", "-.", ":")
 MARKERS = "osD^v<>ph*"
 SIGNATURE = "cifarkit"  # the PNGs' Software text: how draw_views knows its own files
+MIXED_NOTE = "RUNS ON DIFFERENT NUMBERS OF IMAGES ARE SHOWN TOGETHER: compare with care"
+SWEEP_AXES = (("lr", "learning rate", True), ("momentum", "momentum", False),
+              ("batch_size", "batch size", True))  # Task 3: key, axis name, log scale
 
 
 def pyplot():
@@ -33,9 +36,12 @@ def pyplot():
 
 def color(config_id):
     """config_N gets the N-th colour (tab10, then Dark2: 18 distinct), in every figure."""
-    plt = pyplot()
-    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("Dark2").colors)
+    palette = [*pyplot().get_cmap("tab10").colors, *pyplot().get_cmap("Dark2").colors]
     return palette[(int(config_id.split("_")[1]) - 1) % len(palette)]
+
+
+def tab10(index):
+    return pyplot().get_cmap("tab10").colors[index % 10]
 
 
 def line_style(index, points):
@@ -55,12 +61,11 @@ def png_bytes(figure):
     return buffer.getvalue()
 
 
-def add_legend(axes, columns=1):
-    """The legend under the plot, long labels wrapped, so it never hides a curve."""
-    handles, labels = axes.get_legend_handles_labels()
-    if handles:
-        axes.legend(handles, [textwrap.fill(label, 90) for label in labels], fontsize=8,
-                    loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=columns)
+def save(figure, path):
+    """The figure as a PNG at ``path``, written whole or not at all; returns ``path``."""
+    content = png_bytes(figure)
+    write_atomically(path, lambda file: file.write(content))
+    return path
 
 
 def differing_keys(configs):
@@ -114,48 +119,57 @@ def mean_curve(runs, key):
                 np.nanstd(values, axis=0))
 
 
-def draw_config_curves(axes, entries, key, labels, x_key=None, style_offset=0):
-    """One line per config (the mean over its seeds), with a band of one std, labelled as
-    such, when it has several seeds. ``labels``: {id: label}."""
+def draw_mean(axes, curve, runs, label, style):
+    """A config's (x, mean, std) over its seeds' ``runs``, in a band of one std if several."""
+    x, mean, std = curve
+    seeds = f" (mean of {len(runs)} seeds)" if len(runs) > 1 else ""
+    axes.plot(x, mean, label=label + seeds, **style)
+    if len(runs) > 1:
+        axes.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.15,
+                          label=f"{runs[0]['id']}: ±1 std over {len(runs)} seeds")
+
+
+def draw_config_curves(axes, entries, key, labels):
+    """One line per config (the mean over its seeds, see draw_mean). ``labels``: {id: label}."""
     for index, (config_id, runs) in enumerate(group_runs(entries).items()):
         if not any(run["history"] for run in runs):
             continue
-        epochs, mean, std = mean_curve(runs, key)
-        x = epochs if x_key is None else mean_curve(runs, x_key)[1]
-        seeds = f" (mean of {len(runs)} seeds)" if len(runs) > 1 else ""
-        axes.plot(x, mean, color=color(config_id), label=labels[config_id] + seeds,
-                  **line_style(index + style_offset, len(x)))
+        x, mean, std = mean_curve(runs, key)
+        draw_mean(axes, (x, mean, std), runs, labels[config_id],
+                  dict(line_style(index, len(x)), color=color(config_id)))
         if len(x) == 1 and labels[config_id]:  # one epoch: a point, with its value beside it
             axes.annotate(f"{mean[0]:.3g}", (x[0], mean[0]), xytext=(6, 0),
                           textcoords="offset points", va="center", fontsize=8,
                           color=color(config_id))
-        if len(runs) > 1:
-            axes.fill_between(x, mean - std, mean + std, color=color(config_id), alpha=0.15,
-                              label=f"{config_id}: ±1 std over {len(runs)} seeds")
 
 
-def whole_epochs(axes, last_epoch):
-    """Epoch ticks at whole numbers only, and room for a run of one epoch."""
+def epoch_axis(axes, last_epoch, y_label):
+    """An epoch x axis with ticks at whole numbers only, and room for a run of one epoch."""
     from matplotlib.ticker import MaxNLocator
 
+    axes.set(xlabel="epoch", ylabel=y_label)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     low, high = axes.get_xlim()
     axes.set_xlim(min(low, 0.5), max(high, last_epoch + 0.5))
 
 
-def min_span(axes, span):
-    """The y axis at least ``span`` high, so 0.2 points of noise is not drawn as a trend."""
+def finish(axes, span=ACCURACY_SPAN):
+    """The y axis at least ``span`` high, so 0.2 points of noise is not drawn as a trend; a
+    grid; the legend under the plot, long labels wrapped, so it never hides a curve."""
     low, high = axes.get_ylim()
     if high - low < span:
         middle = (low + high) / 2
         axes.set_ylim(middle - span / 2, middle + span / 2)
+    axes.grid(alpha=0.3)
+    handles, labels = axes.get_legend_handles_labels()
+    if handles:
+        axes.legend(handles, [textwrap.fill(label, 90) for label in labels], fontsize=8,
+                    loc="upper center", bbox_to_anchor=(0.5, -0.13))
 
 
 def subtitle(run, entries):
     """'2,000 training / 400 test images · device · precision' and below it the data source,
-    each path cut to its last folder (None: no subtitle)."""
-    if not run:
-        return None
+    each path cut to its last folder."""
     data = run["data"]
     precisions = sorted({entry["precision"] for entry in entries if entry.get("precision")})
     source = re.sub(r"(?:[^\s,;()]*/)+([^/\s,;()]+)/?", r"\1", data["source"])
@@ -204,12 +218,9 @@ def history_figure(entries, key, title, y_label, span, note=None, sample=None):
         on = f" on {sample:,} fixed training images" if sample else " on fixed training images"
         y_label = ("training accuracy (%): running (older results file)" if
                    uses_running(entries) else f"training accuracy (%), eval mode{on}")
-    axes.set(xlabel="epoch", ylabel=y_label)
     titled(axes, title, note)
-    whole_epochs(axes, last_epoch(entries))
-    min_span(axes, span)
-    axes.grid(alpha=0.3)
-    add_legend(axes)
+    epoch_axis(axes, last_epoch(entries), y_label)
+    finish(axes, span)
     return figure
 
 
@@ -308,6 +319,189 @@ def draw_views(out_dir, results, examples=None):
     if examples is None:  # it showed a run no config shows now
         (out_dir / "examples.png").unlink(missing_ok=True)
     for file_name, figure in figures.items():
-        content = png_bytes(figure)
-        write_atomically(out_dir / file_name, lambda file: file.write(content))
+        save(figure, out_dir / file_name)
     return kept
+
+
+def with_derived(entries):
+    """Copies of the entries whose history also holds the gap and the elapsed seconds."""
+    return [dict(entry, history=[dict(
+        record, elapsed=float(seconds), gap=None if record.get("test_accuracy") is None
+        else values_of(record, "train_accuracy_eval") - record["test_accuracy"])
+        for record, seconds in zip(entry["history"], np.cumsum(
+            [record["seconds"] for record in entry["history"]]))]) for entry in entries]
+
+
+def time_curve(entries):
+    """(cumulative training seconds, test accuracy, its std) per epoch: means over seeds."""
+    derived = with_derived(entries)
+    _, accuracy, std = mean_curve(derived, "test_accuracy")
+    return mean_curve(derived, "elapsed")[1], accuracy, std
+
+
+def first_reach(curve, target):
+    """(epoch, cumulative seconds) where a time_curve first reaches ``target``, or None."""
+    with np.errstate(invalid="ignore"):  # an epoch without a test accuracy never reaches it
+        reached = np.flatnonzero(curve[1] >= target - 1e-9)  # 65.75 held as 65.7499999
+    return (int(reached[0]) + 1, float(curve[0][reached[0]])) if len(reached) else None
+
+
+def gap_figure(task_runs):
+    """Task 2: train − test accuracy per epoch, control beside regularised, a panel per Run."""
+    figure, panels = pyplot().subplots(
+        1, len(task_runs), figsize=(7 * len(task_runs), 5.5), squeeze=False, sharey=True,
+        layout="constrained")
+    for axes, run in zip(panels[0], task_runs):
+        entries = run.results["configs"]
+        draw_config_curves(axes, with_derived(entries), "gap", short_labels(entries))
+        axes.axhline(0, color="grey", linewidth=0.8)
+        titled(axes, f"{run.task} ({run.name})", subtitle(run.results, entries)
+               + ("; RUNNING train accuracy (older file): gap understated"
+                  if uses_running(entries) else ""))
+        epoch_axis(axes, last_epoch(entries),
+                   "generalisation gap: train − test accuracy (points)")
+        finish(axes)
+    figure.suptitle("Task 2: does regularisation shrink the gap between train and test accuracy?"
+                    "\n(train accuracy in eval mode on a fixed sample of training images, "
+                    "measured like the test accuracy)", fontsize=11)
+    return figure
+
+
+def strength_figure(run, key, points, spreads, strength):
+    """The final gap and test accuracy (``spreads``: [(mean, std)] of each per point) against
+    the strength of ``key`` that ``points`` sweep; ``strength``: report.STRENGTHS[key]."""
+    name, chosen, log = strength
+    strengths = [value for value, _ in points]
+    smallest = min([value for value in strengths if value > 0] + [chosen])
+    x = [value if value > 0 or not log else smallest / 10 for value in strengths]
+    figure, panels = pyplot().subplots(1, 2, figsize=(13, 5.5), layout="constrained")
+    for axes, spread, label in zip(panels, spreads, (
+            "final gap: train (eval mode) − test (points)", "final test accuracy (%)")):
+        axes.errorbar(x, [mean for mean, _ in spread], yerr=[std for _, std in spread],
+                      marker="o", capsize=4, label="mean ± std over seeds")
+        axes.axvline(chosen, color="grey", linestyle="--",
+                     label=f"the report's {name}: {chosen:g}")
+        axes.set_xscale("log" if log else "linear")
+        axes.set_xticks(x, [f"{value:g}" for value in strengths])
+        axes.minorticks_off()
+        axes.set(xlabel=f"{name} ({key})" + (" — 0 drawn at the far left" if log else ""),
+                 ylabel=label)
+        finish(axes)
+    figure.suptitle(f"{run.task} ({run.name}): how strong must it be?\n"
+                    f"{subtitle(run.results, points[0][1])}; seeds per strength: "
+                    f"{', '.join(map(str, sorted({len(entries) for _, entries in points})))}",
+                    fontsize=10)
+    return figure
+
+
+def sweep_figure(sweep_runs):
+    """Task 3: final test accuracy against lr, momentum and batch size, a row per run
+    (report.Run); in each panel a line joins the configs that differ only in its setting."""
+    figure, grid = pyplot().subplots(len(sweep_runs), 3, figsize=(17, 6 * len(sweep_runs)),
+                                     squeeze=False, layout="constrained")
+    for row, run in zip(grid, sweep_runs):
+        configs = [entries[0]["config"] for entries in run.groups.values()]
+        for axes, (key, name, log) in zip(row, SWEEP_AXES):
+            others = [other for other in differing_keys(configs) if other != key]
+            lines = {}
+            for entries in run.groups.values():
+                lines.setdefault(tuple((other, entries[0]["config"].get(other))
+                                       for other in others), []).append(entries)
+            for index, (line_key, members) in enumerate(lines.items()):
+                members.sort(key=lambda entries: entries[0]["config"][key])
+                finals = [[entry["final_test_accuracy"] for entry in entries]
+                          for entries in members]
+                names = [entries[0]["config"]["name"] for entries in members
+                         if "name" in entries[0]["config"]]
+                axes.errorbar([entries[0]["config"][key] for entries in members],
+                              [np.mean(values) for values in finals], capsize=3,
+                              color=tab10(index), yerr=[np.std(values) for values in finals]
+                              if max(map(len, finals)) > 1 else None,
+                              label=", ".join(names) or ", ".join(
+                                  f"{k}={v}" for k, v in line_key) or "all configs",
+                              **line_style(index, 1))
+                reported = [(entries[0]["config"][key], entries[0]["config"]["reported_accuracy"])
+                            for entries in members if "reported_accuracy" in entries[0]["config"]]
+                if reported:
+                    axes.plot(*zip(*reported), linestyle="none", marker="*", markersize=11,
+                              color=tab10(index), alpha=0.7)
+            values = sorted({config[key] for config in configs})
+            if values:
+                axes.set_xscale("log" if log else "linear")
+                axes.set_xticks(values, [f"{value:g}" for value in values])  # only values run
+                axes.minorticks_off()
+                for label in axes.get_xticklabels() if len(values) > 5 else []:
+                    label.set(rotation=45, ha="right")  # many values: tilted, not overlapping
+            axes.set(xlabel=name + (" (log scale)" if log else ""),
+                     ylabel="final test accuracy (%)")
+            axes.set_title(f"final test accuracy against {name}", fontsize=10)
+            if lines:
+                axes.plot([], [], linestyle="none", marker="*", color="grey", markersize=11,
+                          label="the report's accuracy (50,000 training images)")
+            finish(axes)
+        row[1].set_title(f"{run.name}: {subtitle(run.results, run.results['configs'])}"
+                         f"\nfinal test accuracy against {SWEEP_AXES[1][1]}", fontsize=10)
+        if not configs:  # every config diverged or is unfinished: said on the empty axes
+            row[0].text(0.5, 0.5, "no finished config", ha="center", transform=row[0].transAxes)
+    figure.suptitle(f"Task 3 ({', '.join(sorted({run.script for run in sweep_runs}))}): final "
+                    "test accuracy of each config; a line joins configs that differ only in the "
+                    "setting on its x axis; ★ the report's accuracy for that config",
+                    fontsize=11)
+    return figure
+
+
+def time_figure(curves, stars, best, title, note, corner):
+    """Test accuracy against cumulative training time, a line per (label prefix, report.Run,
+    entries of one config, style): the mean over seeds, a ±1 std band, a dot where it first
+    reaches ``best`` ((accuracy, config id), drawn level); ``stars``: (seconds, accuracy,
+    colour, label) the report measured; ``corner``: a note at the top left."""
+    figure, axes = pyplot().subplots(figsize=(11, 6.5))
+    mixed = len({run.images for _, run, _, _ in curves}) > 1
+    differing = differing_keys([entries[0]["config"] for _, _, entries, _ in curves])
+    seconds = [star[0] for star in stars]
+    for index, (prefix, run, entries, style) in enumerate(curves):
+        x, y, std = time_curve(entries)
+        style, seconds = dict(line_style(index, len(x)), **style), seconds + list(x)
+        draw_mean(axes, (x, y, std), entries, prefix + legend_label(
+            entries[0]["id"], entries[0]["config"], differing)
+            + (f" [{run.results['data']['train_images']:,} images]" if mixed else ""), style)
+        reach = first_reach((x, y, std), best[0]) if best else None
+        if reach:
+            axes.plot(reach[1], y[reach[0] - 1], marker="o", markersize=9, zorder=5,
+                      color=style["color"], markeredgecolor="black", linestyle="none")
+    for x, y, colour, label in stars:
+        axes.plot(x, y, marker="*", markersize=13, linestyle="none", color=colour, label=label)
+    if best:
+        axes.axhline(best[0], color="black", linestyle=":", linewidth=1.3,
+                     label=f"the report's best LeNet: {best[0]:g}% ({best[1]}, 50,000 "
+                           "training images); a dot: where a line first reaches it")
+        # at the left, where the curves are still low, so no curve hides it
+        axes.text(0.005, best[0], f" the report's best LeNet: {best[0]:g}%", ha="left",
+                  va="bottom", fontsize=9, transform=axes.get_yaxis_transform())
+    corner = "\n".join(line for line in (corner, MIXED_NOTE if mixed else None) if line)
+    axes.text(0.01, 0.99, corner, transform=axes.transAxes, va="top", fontsize=8,
+              color="darkred" if mixed else "black")
+    seconds = [value for value in seconds if value > 0]
+    if seconds and max(seconds) / min(seconds) > 30:  # LeNet's seconds beside hours
+        axes.set_xscale("log")
+    log = ", log scale" if axes.get_xscale() == "log" else ""
+    axes.set(xlabel=f"training time (s, cumulative{log})", ylabel="test accuracy (%)")
+    titled(axes, title, note)
+    finish(axes)
+    return figure
+
+
+def earlier_figure(title, histories):
+    """Test accuracy per epoch of ``histories`` ([(history, label)]): earlier dashed, last now."""
+    figure, axes = pyplot().subplots(figsize=(9, 5.5))
+    for index, (history, label) in enumerate(histories):
+        axes.plot([point["epoch"] for point in history],
+                  [point["test_accuracy"] for point in history],
+                  marker="o" if len(history) == 1 else None, label=label, **(
+                      dict(color="black", linewidth=2) if index == len(histories) - 1
+                      else dict(alpha=0.8, linestyle="--")))
+    axes.set_title(title)
+    epoch_axis(axes, max(len(history) for history, _ in histories), "test accuracy (%)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return figure

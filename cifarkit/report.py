@@ -16,7 +16,6 @@ from .results import (CLASSES, NAMING_KEYS, config_label, duration, group_runs, 
 
 REPORT_HEADER = "# CIFAR-10 report, regenerated from"  # how make_report knows its own file
 IGNORED = "ignored (it only names the config or quotes the report)"
-MIXED_NOTE = "RUNS ON DIFFERENT NUMBERS OF IMAGES ARE SHOWN TOGETHER: compare with care"
 RUNNING_NOTE = ("† no eval-mode training accuracy in this file (written before the kit "
                 "recorded it): the running value is shown and used for the gap; it is measured "
                 "while the weights change and with dropout on, so it understates the gap.")
@@ -28,8 +27,6 @@ DATA_HELP = ("`DIR` is the folder holding your copy of CIFAR-10 (see docs/data.m
              "it into `./data`.")
 STRENGTHS = {"weight_decay": ("weight decay", 1e-4, True),  # Task 2's regularisers: axis name,
              "dropout": ("dropout probability", 0.5, False)}  # the report's strength, log axis
-SWEEP_AXES = (("lr", "learning rate", True), ("momentum", "momentum", False),
-              ("batch_size", "batch size", True))  # Task 3: key, axis name, log scale
 
 
 def task_number(task):
@@ -93,10 +90,6 @@ def _mean(entries, key):
                           for entry in entries]))
 
 
-def _epochs(entries):
-    return max(len(entry["history"]) for entry in entries)
-
-
 def summary_table(results):
     """The 'Results summary' table of one script, a row per config (mean ± std over seeds),
     and the note on older files' training accuracy where one is needed."""
@@ -125,49 +118,6 @@ def summary_table(results):
     return "\n".join(rows + ([f"\n{RUNNING_NOTE}"] if any_running else []))
 
 
-def _save(figure, path):
-    content = plots.png_bytes(figure)
-    write_atomically(path, lambda file: file.write(content))
-    return path
-
-
-def _finish(axes):
-    plots.min_span(axes, plots.ACCURACY_SPAN)
-    axes.grid(alpha=0.3)
-    plots.add_legend(axes)
-
-
-def _with_derived(entries):
-    """Copies of the entries whose history also holds the gap and the elapsed seconds."""
-    return [dict(entry, history=[dict(
-        record, elapsed=float(seconds), gap=None if record.get("test_accuracy") is None
-        else plots.values_of(record, "train_accuracy_eval") - record["test_accuracy"])
-        for record, seconds in zip(entry["history"], np.cumsum(
-            [record["seconds"] for record in entry["history"]]))]) for entry in entries]
-
-
-def gap_figure(task_runs, path):
-    """Task 2: train − test accuracy per epoch, control beside regularised, a panel per run."""
-    figure, panels = plots.pyplot().subplots(
-        1, len(task_runs), figsize=(7 * len(task_runs), 5.5), squeeze=False, sharey=True,
-        layout="constrained")
-    for axes, run in zip(panels[0], task_runs):
-        entries = run.results["configs"]
-        plots.draw_config_curves(axes, _with_derived(entries), "gap",
-                                 plots.short_labels(entries))
-        axes.axhline(0, color="grey", linewidth=0.8)
-        axes.set(xlabel="epoch", ylabel="generalisation gap: train − test accuracy (points)")
-        plots.titled(axes, f"{run.task} ({run.name})", plots.subtitle(run.results, entries)
-                     + ("; RUNNING train accuracy (older file): gap understated"
-                        if plots.uses_running(entries) else ""))
-        plots.whole_epochs(axes, plots.last_epoch(entries))
-        _finish(axes)
-    figure.suptitle("Task 2: does regularisation shrink the gap between train and test accuracy?"
-                    "\n(train accuracy in eval mode on a fixed sample of training images, "
-                    "measured like the test accuracy)", fontsize=11)
-    return _save(figure, path)
-
-
 def strength_sweep(run):
     """(key, [(strength, [finished entries])]): the largest family of the run's configs that
     differ in one regulariser's strength alone, when it holds three strengths; else None."""
@@ -186,36 +136,17 @@ def strength_sweep(run):
 
 
 def _strength_lines(run, modelset, figures):
-    """The final gap and test accuracy against the strength a run sweeps (mean ± std over
-    seeds), and the smallest strength whose gap is below the control's (0) by more than the
-    seeds' spread (the larger std), in words."""
+    """The strength figure of a run, and the smallest strength whose gap is below the control's
+    (0) by more than the seeds' spread (the larger std), in words."""
     key, points = strength_sweep(run)
-    name, chosen, log = STRENGTHS[key]
+    name = STRENGTHS[key][0]
     strengths = [strength for strength, _ in points]
-    smallest = min([strength for strength in strengths if strength > 0] + [chosen])
-    x = [strength if strength > 0 or not log else smallest / 10 for strength in strengths]
     spreads = [[(np.mean(values), np.std(values, ddof=1) if len(values) > 1 else 0.0)
                 for values in ([measure(entry) for entry in entries] for _, entries in points)]
                for measure in (_gap, lambda entry: entry["final_test_accuracy"])]
-    figure, panels = plots.pyplot().subplots(1, 2, figsize=(13, 5.5), layout="constrained")
-    for axes, spread, label in zip(panels, spreads, (
-            "final gap: train (eval mode) − test (points)", "final test accuracy (%)")):
-        axes.errorbar(x, [mean for mean, _ in spread], yerr=[std for _, std in spread],
-                      marker="o", capsize=4, label="mean ± std over seeds")
-        axes.axvline(chosen, color="grey", linestyle="--",
-                     label=f"the report's {name}: {chosen:g}")
-        axes.set_xscale("log" if log else "linear")
-        axes.set_xticks(x, [f"{strength:g}" for strength in strengths])
-        axes.minorticks_off()
-        axes.set(xlabel=f"{name} ({key})" + (" — 0 drawn at the far left" if log else ""),
-                 ylabel=label)
-        _finish(axes)
-    figure.suptitle(f"{run.task} ({run.name}): how strong must it be?\n"
-                    f"{plots.subtitle(run.results, points[0][1])}; seeds per strength: "
-                    f"{', '.join(map(str, sorted({len(entries) for _, entries in points})))}",
-                    fontsize=10)
-    lines = _link(_save(figure, figures / f"task2_strength_{run.name}.png"), modelset,
-                  f"{name} against the gap and test accuracy")
+    lines = _link(figures / f"task2_strength_{run.name}.png", modelset,
+                  f"{name} against the gap and test accuracy",
+                  plots.strength_figure(run, key, points, spreads, STRENGTHS[key]))
     if 0.0 not in strengths:
         return lines + _claim(f"{run.script} ({run.name}): the sweep has no control ({name} 0) "
                               f"to compare with.")
@@ -232,127 +163,9 @@ def _strength_lines(run, modelset, figures):
                           f"points) by more than the seeds' spread.")
 
 
-def sweep_figure(sweep_runs, path):
-    """Task 3: final test accuracy against lr, momentum and batch size, a row per run; in each
-    panel a line joins the configs that differ only in that panel's setting."""
-    plt = plots.pyplot()
-    figure, grid = plt.subplots(len(sweep_runs), 3, figsize=(17, 6 * len(sweep_runs)),
-                                squeeze=False, layout="constrained")
-    for row, run in zip(grid, sweep_runs):
-        configs = [entries[0]["config"] for entries in run.groups.values()]
-        for axes, (key, name, log) in zip(row, SWEEP_AXES):
-            others = [other for other in plots.differing_keys(configs) if other != key]
-            lines = {}
-            for entries in run.groups.values():
-                lines.setdefault(tuple((other, entries[0]["config"].get(other))
-                                       for other in others), []).append(entries)
-            for index, (line_key, members) in enumerate(lines.items()):
-                members.sort(key=lambda entries: entries[0]["config"][key])
-                finals = [[entry["final_test_accuracy"] for entry in entries]
-                          for entries in members]
-                names = [entries[0]["config"]["name"] for entries in members
-                         if "name" in entries[0]["config"]]
-                colour = plt.get_cmap("tab10").colors[index % 10]
-                axes.errorbar([entries[0]["config"][key] for entries in members],
-                              [np.mean(values) for values in finals], capsize=3, color=colour,
-                              yerr=[np.std(values) for values in finals]
-                              if max(map(len, finals)) > 1 else None,
-                              label=", ".join(names) or ", ".join(
-                                  f"{k}={v}" for k, v in line_key) or "all configs",
-                              **plots.line_style(index, 1))
-                reported = [(entries[0]["config"][key], entries[0]["config"]["reported_accuracy"])
-                            for entries in members if "reported_accuracy" in entries[0]["config"]]
-                if reported:
-                    axes.plot(*zip(*reported), linestyle="none", marker="*", markersize=11,
-                              color=colour, alpha=0.7)
-            values = sorted({config[key] for config in configs})
-            if values:
-                axes.set_xscale("log" if log else "linear")
-                axes.set_xticks(values, [f"{value:g}" for value in values])  # only values run
-                axes.minorticks_off()
-                for label in axes.get_xticklabels() if len(values) > 5 else []:
-                    label.set(rotation=45, ha="right")  # many values: tilted, not overlapping
-            axes.set(xlabel=name + (" (log scale)" if log else ""),
-                     ylabel="final test accuracy (%)")
-            axes.set_title(f"final test accuracy against {name}", fontsize=10)
-            plots.min_span(axes, plots.ACCURACY_SPAN)
-            axes.grid(alpha=0.3)
-            if lines:
-                axes.plot([], [], linestyle="none", marker="*", color="grey", markersize=11,
-                          label="the report's accuracy (50,000 training images)")
-                axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14))
-        row[1].set_title(f"{run.name}: {plots.subtitle(run.results, run.results['configs'])}"
-                         f"\nfinal test accuracy against {SWEEP_AXES[1][1]}", fontsize=10)
-        if not configs:  # every config diverged or is unfinished: said on the empty axes
-            row[0].text(0.5, 0.5, "no finished config", ha="center", transform=row[0].transAxes)
-    figure.suptitle(f"Task 3 ({', '.join(sorted({run.script for run in sweep_runs}))}): final "
-                    "test accuracy of each config; a line joins configs that differ only in the "
-                    "setting on its x axis; ★ the report's accuracy for that config",
-                    fontsize=11)
-    return _save(figure, path)
-
-
-def _time_curve(entries):
-    """(cumulative training seconds, test accuracy, its std) per epoch: means over seeds."""
-    derived = _with_derived(entries)
-    _, accuracy, std = plots.mean_curve(derived, "test_accuracy")
-    return plots.mean_curve(derived, "elapsed")[1], accuracy, std
-
-
-def _first_reach(curve, target):
-    """(epoch, cumulative seconds) where a _time_curve first reaches ``target``, or None."""
-    with np.errstate(invalid="ignore"):  # an epoch without a test accuracy never reaches it
-        reached = np.flatnonzero(curve[1] >= target - 1e-9)  # 65.75 held as 65.7499999
-    return (int(reached[0]) + 1, float(curve[0][reached[0]])) if len(reached) else None
-
-
-def _time_figure(curves, stars, best, title, subtitle, corner):
-    """Test accuracy against cumulative training time, a line per (label prefix, run, entries
-    of one config, style): the mean over seeds, a ±1 std band, a dot where it first reaches
-    ``best`` ((accuracy, config id), drawn level); ``stars``: (seconds, accuracy, colour,
-    label) the report measured; ``corner``: a note at the top left."""
-    figure, axes = plots.pyplot().subplots(figsize=(11, 6.5))
-    mixed = len({run.images for _, run, _, _ in curves}) > 1
-    differing = plots.differing_keys([entries[0]["config"] for _, _, entries, _ in curves])
-    seconds = [star[0] for star in stars]
-    for index, (prefix, run, entries, style) in enumerate(curves):
-        (x, y, std), seeds = _time_curve(entries), len(entries)
-        style, seconds = dict(plots.line_style(index, len(x)), **style), seconds + list(x)
-        axes.plot(x, y, **style, label=prefix + plots.legend_label(
-            entries[0]["id"], entries[0]["config"], differing)
-            + (f" [{run.results['data']['train_images']:,} images]" if mixed else "")
-            + (f" (mean of {seeds} seeds)" if seeds > 1 else ""))
-        if seeds > 1:
-            axes.fill_between(x, y - std, y + std, color=style["color"], alpha=0.15,
-                              label=f"{entries[0]['id']}: ±1 std over {seeds} seeds")
-        reach = _first_reach((x, y, std), best[0]) if best else None
-        if reach:
-            axes.plot(reach[1], y[reach[0] - 1], marker="o", markersize=9, zorder=5,
-                      color=style["color"], markeredgecolor="black", linestyle="none")
-    for x, y, colour, label in stars:
-        axes.plot(x, y, marker="*", markersize=13, linestyle="none", color=colour, label=label)
-    if best:
-        axes.axhline(best[0], color="black", linestyle=":", linewidth=1.3,
-                     label=f"the report's best LeNet: {best[0]:g}% ({best[1]}, 50,000 "
-                           "training images); a dot: where a line first reaches it")
-        # at the left, where the curves are still low, so no curve hides it
-        axes.text(0.005, best[0], f" the report's best LeNet: {best[0]:g}%", ha="left",
-                  va="bottom", fontsize=9, transform=axes.get_yaxis_transform())
-    corner = "\n".join(note for note in (corner, MIXED_NOTE if mixed else None) if note)
-    axes.text(0.01, 0.99, corner, transform=axes.transAxes, va="top", fontsize=8,
-              color="darkred" if mixed else "black")
-    seconds = [value for value in seconds if value > 0]
-    if seconds and max(seconds) / min(seconds) > 30:  # LeNet's seconds beside hours
-        axes.set_xscale("log")
-    axes.set(xlabel="training time (s, cumulative" + (", log scale)" if
-                                                       axes.get_xscale() == "log" else ")"),
-             ylabel="test accuracy (%)")
-    plots.titled(axes, title, subtitle)
-    _finish(axes)
-    return figure
-
-
-def _link(path, modelset, caption):
+def _link(path, modelset, caption, figure=None):
+    if figure is not None:
+        plots.save(figure, path)
     return [f"![{caption}]({quote(path.relative_to(modelset).as_posix())})", ""]
 
 
@@ -364,14 +177,14 @@ def _mixed_warning(runs):
     """A warning line when the runs of one table or figure used different image counts, or []."""
     if len({run.images for run in runs}) < 2:
         return []
-    return [f"> **Warning: this compares runs on different numbers of images** ("
+    return ["> **Warning: this compares runs on different numbers of images** ("
             + "; ".join(f"`{run.name}`: {run.images}" for run in runs) + "). Accuracies and gaps "
             "depend on the amount of data: compare runs of one size.", ""]
 
 
 def _task1_section(task_runs, runs, modelset, figures):
     said = [f"in `{run.name}` the baseline reached {_mean(run.best, 'final_test_accuracy'):.1f}% "
-            f"test accuracy after {_epochs(run.best)} epoch(s) on {run.images}"
+            f"test accuracy after {plots.last_epoch(run.best)} epoch(s) on {run.images}"
             + (f"; the report: {run.best[0]['config']['reported_accuracy']:g}% (all 50,000 "
                f"training images)" if "reported_accuracy" in run.best[0]["config"] else "")
             for run in task_runs if run.best]
@@ -384,8 +197,8 @@ def _task2_section(task_runs, runs, modelset, figures):
     if not task_runs:
         return []
     lines = (["## Task 2: regularisation and the generalisation gap", ""]
-             + _link(gap_figure(task_runs, figures / "task2_gap.png"), modelset,
-                     "train-test gap per epoch") + _mixed_warning(task_runs)
+             + _link(figures / "task2_gap.png", modelset, "train-test gap per epoch",
+                     plots.gap_figure(task_runs)) + _mixed_warning(task_runs)
              + ["| script | folder | config | final gap, eval mode (pp) | final gap, running (pp)"
                 " | final test acc (%) | images (train / test) |",
                 "|---|---|---|---|---|---|---|"])
@@ -427,8 +240,8 @@ def _gap_sentence(run):
         parts.append(f"{what} {moved} " + (f"at a cost of {-change:.1f} points of test accuracy"
                                            if change < 0 else
                                            f"and gained {change:.1f} points of test accuracy"))
-    return (f"in `{run.name}` ({run.images}, {_epochs(control)} epochs), " + "; ".join(parts)
-            if parts else None)
+    return (f"in `{run.name}` ({run.images}, {plots.last_epoch(control)} epochs), "
+            + "; ".join(parts) if parts else None)
 
 
 def _task3_section(task_runs, runs, modelset, figures):
@@ -438,13 +251,13 @@ def _task3_section(task_runs, runs, modelset, figures):
     if not task_runs:
         return []
     lines = (["## Task 3: learning rate, momentum and batch size", ""]
-             + _link(sweep_figure(task_runs, figures / "task3_sweep.png"), modelset, "sweep"))
+             + _link(figures / "task3_sweep.png", modelset, "sweep", plots.sweep_figure(task_runs)))
     best = max(((entry["config"]["reported_accuracy"], entry["id"]) for run in task_runs
                 for entry in run.results["configs"] if "reported_accuracy" in entry["config"]),
                default=None)
     shown = [run for run in task_runs if run.groups]
     if shown:
-        figure = _time_figure(
+        figure = plots.time_figure(
             [(f"{run.name}: " if len(shown) > 1 else "", run, entries,
               {"color": plots.color(config_id)})
              for run in shown for config_id, entries in run.groups.items()], [], best,
@@ -453,8 +266,8 @@ def _task3_section(task_runs, runs, modelset, figures):
                                               for entry in entries])
             if len(shown) == 1 else f"folders {', '.join(run.name for run in shown)}; each "
             "timed on its own device(s)", None)
-        lines += _link(_save(figure, figures / "task3_accuracy_vs_time.png"), modelset,
-                       "test accuracy against training time")
+        lines += _link(figures / "task3_accuracy_vs_time.png", modelset,
+                       "test accuracy against training time", figure)
     said = []
     for run in shown:
         configs = {config_id: entries[0]["config"] for config_id, entries in run.groups.items()}
@@ -465,8 +278,8 @@ def _task3_section(task_runs, runs, modelset, figures):
         theirs = max((config_id for config_id in configs if "reported_accuracy"
                       in configs[config_id]), default=None,
                      key=lambda config_id: configs[config_id]["reported_accuracy"])
-        said.append(f"in `{run.name}` ({run.images}, {_epochs(run.best)} epochs) the best of "
-                    f"{len(configs)} finished configs is {described[ours]} at "
+        said.append(f"in `{run.name}` ({run.images}, {plots.last_epoch(run.best)} epochs) the "
+                    f"best of {len(configs)} finished configs is {described[ours]} at "
                     f"{_mean(run.best, 'final_test_accuracy'):.1f}%" + (
                         f"; the report's best of the same configs: {described[theirs]} at "
                         f"{configs[theirs]['reported_accuracy']:g}%"
@@ -480,14 +293,14 @@ def _task3_section(task_runs, runs, modelset, figures):
 def _time_sentence(run, best):
     """How soon the run's finished configs first reach ``best`` ((accuracy, config id)): the
     fastest two (the closest when none does), the report's best config, and how many do."""
-    curves = {config_id: _time_curve(entries) for config_id, entries in run.groups.items()}
-    reaches = {config_id: _first_reach(curve, best[0]) for config_id, curve in curves.items()}
+    curves = {config_id: plots.time_curve(entries) for config_id, entries in run.groups.items()}
+    reaches = {config_id: plots.first_reach(curve, best[0]) for config_id, curve in curves.items()}
     fastest = sorted((config_id for config_id in curves if reaches[config_id]),
                      key=lambda config_id: reaches[config_id][1])
     told = fastest[:2] or [max(curves, key=lambda config_id: np.nanmax(curves[config_id][1]))]
     parts, seeds = [], max(len(entries) for entries in run.groups.values())
     for config_id in told + ([best[1]] if best[1] in curves and best[1] not in told else []):
-        config, epochs = run.groups[config_id][0]["config"], _epochs(run.groups[config_id])
+        config, epochs = run.groups[config_id][0]["config"], plots.last_epoch(run.groups[config_id])
         named = (config_id + (f" ({config['name']})" if "name" in config else "")
                  + (" (the report's best config)" if config_id == best[1] else ""))
         reach = reaches[config_id]
@@ -507,25 +320,24 @@ def _task4_section(task_runs, runs, modelset, figures):
     if not task_runs:
         return []
     shown = [run for run in runs if run.best]
-    scripts, palette = list(dict.fromkeys(run.script for run in shown)), plots.pyplot().get_cmap(
-        "tab10").colors
+    scripts = list(dict.fromkeys(run.script for run in shown))
     curves = [(f"{'ResNet-18' if run in task_runs else 'LeNet'} {run.name}: ", run, run.best,
-               {"color": palette[scripts.index(run.script) % 10],
+               {"color": plots.tab10(scripts.index(run.script)),
                 "linestyle": "-" if run in task_runs else "--"}) for run in shown]
     stars = [(run.best[0]["config"]["reported_seconds"],
               run.best[0]["config"]["reported_accuracy"], style["color"],
               f"the report's {run.best[0]['id']}, on one A100 (50,000 images): other hardware, "
               f"its time not comparable with ours") for _, run, _, style in curves
              if {"reported_seconds", "reported_accuracy"} <= run.best[0]["config"].keys()]
-    figure = _time_figure(curves, stars, None, "Task 4: test accuracy against training time",
-                          None, "the best config of each folder; colour: script; solid: "
-                          "ResNet-18, dashed: LeNet")
-    lines = (["## Task 4: LeNet against ResNet-18, accuracy for time", ""] + _link(
-        _save(figure, figures / "task4_accuracy_vs_time.png"), modelset, "accuracy against time")
-        + _mixed_warning(shown))
+    figure = plots.time_figure(curves, stars, None, "Task 4: test accuracy against training time",
+                               None, "the best config of each folder; colour: script; solid: "
+                               "ResNet-18, dashed: LeNet")
+    lines = (["## Task 4: LeNet against ResNet-18, accuracy for time", ""]
+             + _link(figures / "task4_accuracy_vs_time.png", modelset, "accuracy against time",
+                     figure) + _mixed_warning(shown))
     said = [f"{model}'s best here is {run.best[0]['id']} of `{run.name}` at "
             f"{_mean(run.best, 'final_test_accuracy'):.1f}% in "
-            f"{_mean(run.best, 'train_seconds'):.0f} s ({run.images}, {_epochs(run.best)} "
+            f"{_mean(run.best, 'train_seconds'):.0f} s ({run.images}, {plots.last_epoch(run.best)} "
             f"epoch(s), {', '.join(run.results['devices'])})"
             for model, pool in (("ResNet-18", [run for run in shown if run in task_runs]),
                                 ("LeNet", [run for run in shown if run not in task_runs]))
@@ -559,8 +371,7 @@ def _earlier_section(run, modelset, figures):
                         "name" not in record["config"] and record.get("label") == entry["id"])]
         if entry["seed"] != base or current is None or not earlier:
             continue
-        figure, axes = plots.pyplot().subplots(figsize=(9, 5.5))
-        said = []
+        said, histories = [], []
         for record in [*earlier, current]:
             was, now = (store.config_identity(one["identity"].get("config") or {}, {})
                         for one in (record, current))
@@ -572,21 +383,14 @@ def _earlier_section(run, modelset, figures):
             final = (f"{last['test_accuracy']:.2f}% after {last['epoch']} epoch(s)"
                      + ("" if record["status"] == "finished" else f" ({record['status']})"))
             said.append(final if record is current else f"{change}: {final}")
-            axes.plot([point["epoch"] for point in record["history"]],
-                      [point["test_accuracy"] for point in record["history"]],
-                      marker="o" if len(record["history"]) == 1 else None, **(
-                          dict(color="black", linewidth=2, label=f"now: {entry['id']}")
-                          if record is current else
-                          dict(alpha=0.8, linestyle="--", label=f"earlier ({change})")))
-        axes.set(title=f"{Path(run.script).stem}: {entry['id']}, earlier runs and now",
-                 xlabel="epoch", ylabel="test accuracy (%)")
-        plots.whole_epochs(axes, max(len(record["history"]) for record in [*earlier, current]))
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
-        path = _save(figure, figures / f"{run.name}_{entry['id']}_earlier.png")
+            histories.append((record["history"], f"now: {entry['id']}" if record is current
+                              else f"earlier ({change})"))
+        figure = plots.earlier_figure(
+            f"{Path(run.script).stem}: {entry['id']}, earlier runs and now", histories)
         lines += [f"**{entry['id']}, earlier runs** (kept in `{folder.name}/runs/`): "
                   f"{'; '.join(said[:-1])}; now {said[-1]}.", ""]
-        lines += _link(path, modelset, f"{entry['id']}: earlier runs and now")
+        lines += _link(figures / f"{run.name}_{entry['id']}_earlier.png", modelset,
+                       f"{entry['id']}: earlier runs and now", figure)
     return lines
 
 
@@ -609,8 +413,8 @@ def _run_section(run, modelset, figures):
         per_class = best["per_class_accuracy"]
         lines += ([f"### Best config of `{run.script}` in `{run.name}`: {config_label(best)} "
                    f"(seed {best['seed']})", ""]
-                  + _link(_save(confusion, figures / f"confusion_{run.name}.png"), modelset,
-                          "confusion matrix")
+                  + _link(figures / f"confusion_{run.name}.png", modelset,
+                          "confusion matrix", confusion)
                   + ["| " + " | ".join(per_class) + " |", "|" + "---|" * len(per_class),
                      "| " + " | ".join(f"{value:.1f}" for value in per_class.values()) + " |", ""])
         examples, copy = run.path.parent / "examples.png", figures / f"examples_{run.name}.png"

@@ -553,7 +553,7 @@ def test_task3_time_figure_with_several_folders_and_one_with_nothing_finished(
         assert len([label for label in labels if label.startswith(f"{folder}: config_")]) == 3
     assert not any(label.startswith("sweep-unfinished") for label in labels)
     assert any(label.endswith("[400 images] (mean of 2 seeds)") for label in labels)
-    assert any(report.MIXED_NOTE in text.get_text() for text in axes.texts)
+    assert any(plots.MIXED_NOTE in text.get_text() for text in axes.texts)
 
     # Nothing finished anywhere: no figure, no sentence, no crash, no warnings.
     shutil.rmtree(sweep)
