@@ -22,7 +22,8 @@ from cifarkit.data import CLASSES
 TRAIN_PER_CLASS = 30
 TEST_PER_CLASS = 10
 REPO = Path(__file__).resolve().parent.parent
-SHARED_JPEG = REPO.parent / "shared" / "cifar10-jpeg"
+# the real-image test's copy of CIFAR-10 in image folders: CIFARKIT_JPEG_DIR, else ../shared/
+SHARED_JPEG = Path(os.environ.get("CIFARKIT_JPEG_DIR") or REPO.parent / "shared" / "cifar10-jpeg")
 
 
 # The slowest files first: pytest-xdist hands files to its workers in this order, and the
@@ -140,7 +141,9 @@ def shared_jpeg_or_skip():
         return SHARED_JPEG
     if os.environ.get("CI"):
         pytest.fail(f"{SHARED_JPEG} is missing, and CI must run the real-image test.")
-    pytest.skip(f"{SHARED_JPEG} not found: the real-image test needs the CIFAR-10 JPEG copy.")
+    pytest.skip(f"{SHARED_JPEG} not found: the real-image test needs a CIFAR-10 copy in image "
+                f"folders (DIR/train/<class>/, DIR/test/<class>/); run it with "
+                f"CIFARKIT_JPEG_DIR=DIR python -m pytest")
 
 
 def run_script(script, out, data_dir, configs, monkeypatch, *flags, device="cpu"):
