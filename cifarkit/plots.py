@@ -26,8 +26,14 @@ SWEEP_AXES = (("lr", "learning rate", True), ("momentum", "momentum", False),
 
 
 def pyplot():
-    import matplotlib
-
+    """pyplot drawing files with Agg, whatever MPLBACKEND says: matplotlib checks it on import,
+    and Jupyter hands `!python` its inline backend, which fails where that package is missing."""
+    backend = os.environ.pop("MPLBACKEND", None)
+    try:
+        import matplotlib
+    finally:
+        if backend is not None:
+            os.environ["MPLBACKEND"] = backend
     matplotlib.use("Agg")  # files only: no window, works without a display
     import matplotlib.pyplot as plt
 
@@ -147,7 +153,7 @@ def epoch_axis(axes, last_epoch, y_label):
     """An epoch x axis with ticks at whole numbers only, and room for a run of one epoch."""
     from matplotlib.ticker import MaxNLocator
 
-    axes.set(xlabel="epoch", ylabel=y_label)
+    axes.set(xlabel="epoch", ylabel=textwrap.fill(y_label, 45))  # longer runs off the axes
     axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     low, high = axes.get_xlim()
     axes.set_xlim(min(low, 0.5), max(high, last_epoch + 0.5))
@@ -231,9 +237,11 @@ def examples_figure(images, labels, predictions, class_names, title):
     cell_width, cell_height, top_margin = 40, 50, 16  # pixels, around each 32x32 image
     rows = -(-len(images) // columns)
     mosaic = np.full((rows * cell_height, columns * cell_width, 3), 255, dtype=np.uint8)
-    height = rows * 1.6 + 1.0  # inches: 1.0 above the grid for the four lines of the title
-    figure = pyplot().figure(figsize=(columns * 1.4, height))
-    axes = figure.add_axes((0.01, 0.01, 0.98, 1 - 1.05 / height))
+    title = "\n".join(textwrap.fill(line, 120) for line in  # a long config: no wider than
+                      f"{title}\n(true class -> predicted; red: wrong)".splitlines())  # the grid
+    top = 0.16 * (title.count("\n") + 1) + 0.2  # inches above the grid, for the title's lines
+    figure = pyplot().figure(figsize=(columns * 1.4, rows * 1.6 + top))
+    axes = figure.add_axes((0.01, 0.01, 0.98, 1 - top / (rows * 1.6 + top)))
     for index, (image, label, predicted) in enumerate(zip(images, labels, predictions)):
         row, column = divmod(index, columns)
         top, left = row * cell_height + top_margin, column * cell_width + 4
@@ -244,7 +252,7 @@ def examples_figure(images, labels, predictions, class_names, title):
     axes.imshow(mosaic, interpolation="nearest")
     axes.set_anchor("N")  # the grid right under the title
     axes.axis("off")
-    figure.suptitle(f"{title}\n(true class -> predicted; red: wrong)", fontsize=9)
+    figure.suptitle(title, fontsize=9)
     return figure
 
 
@@ -394,14 +402,29 @@ def strength_figure(run, key, points, spreads, strength):
     return figure
 
 
+def sweep_axes(run):
+    """The SWEEP_AXES on which ``run``'s finished configs hold two values or more: a panel of
+    one value would be a lone dot."""
+    configs = [entries[0]["config"] for entries in run.groups.values()]
+    return [axis for axis in SWEEP_AXES if len({config[axis[0]] for config in configs}) > 1]
+
+
 def sweep_figure(sweep_runs):
     """Task 3: final test accuracy against lr, momentum and batch size, a row per run
-    (report.Run); in each panel a line joins the configs that differ only in its setting."""
-    figure, grid = pyplot().subplots(len(sweep_runs), 3, figsize=(17, 6 * len(sweep_runs)),
+    (report.Run), a panel per setting its finished configs vary (sweep_axes; None when no run
+    varies one); in each panel a line joins the configs that differ only in its setting."""
+    rows = [(run, sweep_axes(run)) for run in sweep_runs if sweep_axes(run)]
+    if not rows:
+        return None
+    columns = max(len(axes) for _, axes in rows)
+    figure, grid = pyplot().subplots(len(rows), columns, figsize=(6 * columns + 1, 6 * len(rows)),
                                      squeeze=False, layout="constrained")
-    for row, run in zip(grid, sweep_runs):
+    starred = False
+    for row, (run, sweep) in zip(grid, rows):
         configs = [entries[0]["config"] for entries in run.groups.values()]
-        for axes, (key, name, log) in zip(row, SWEEP_AXES):
+        for axes in row[len(sweep):]:
+            axes.remove()
+        for axes, (key, name, log) in zip(row, sweep):
             others = [other for other in differing_keys(configs) if other != key]
             lines = {}
             for entries in run.groups.values():
@@ -425,28 +448,26 @@ def sweep_figure(sweep_runs):
                 if reported:
                     axes.plot(*zip(*reported), linestyle="none", marker="*", markersize=11,
                               color=tab10(index), alpha=0.7)
+            if any("reported_accuracy" in config for config in configs):  # stars drawn
+                starred = True
+                axes.plot([], [], linestyle="none", marker="*", color="grey", markersize=11,
+                          label="the report's accuracy (50,000 training images)")
             values = sorted({config[key] for config in configs})
-            if values:
-                axes.set_xscale("log" if log else "linear")
-                axes.set_xticks(values, [f"{value:g}" for value in values])  # only values run
-                axes.minorticks_off()
-                for label in axes.get_xticklabels() if len(values) > 5 else []:
-                    label.set(rotation=45, ha="right")  # many values: tilted, not overlapping
+            axes.set_xscale("log" if log else "linear")
+            axes.set_xticks(values, [f"{value:g}" for value in values])  # only values run
+            axes.minorticks_off()
+            for label in axes.get_xticklabels() if len(values) > 5 else []:
+                label.set(rotation=45, ha="right")  # many values: tilted, not overlapping
             axes.set(xlabel=name + (" (log scale)" if log else ""),
                      ylabel="final test accuracy (%)")
             axes.set_title(f"final test accuracy against {name}", fontsize=10)
-            if lines:
-                axes.plot([], [], linestyle="none", marker="*", color="grey", markersize=11,
-                          label="the report's accuracy (50,000 training images)")
             finish(axes)
-        row[1].set_title(f"{run.name}: {subtitle(run.results, run.results['configs'])}"
-                         f"\nfinal test accuracy against {SWEEP_AXES[1][1]}", fontsize=10)
-        if not configs:  # every config diverged or is unfinished: said on the empty axes
-            row[0].text(0.5, 0.5, "no finished config", ha="center", transform=row[0].transAxes)
-    figure.suptitle(f"Task 3 ({', '.join(sorted({run.script for run in sweep_runs}))}): final "
+        row[0].set_title(f"{run.name}: {subtitle(run.results, run.results['configs'])}"
+                         f"\nfinal test accuracy against {sweep[0][1]}", fontsize=10)
+    figure.suptitle(f"Task 3 ({', '.join(sorted({run.script for run, _ in rows}))}): final "
                     "test accuracy of each config; a line joins configs that differ only in the "
-                    "setting on its x axis; ★ the report's accuracy for that config",
-                    fontsize=11)
+                    "setting on its x axis" + ("; ★ the report's accuracy for that config"
+                                               if starred else ""), fontsize=11)
     return figure
 
 
