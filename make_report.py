@@ -33,9 +33,9 @@ from cifarkit.errors import UserError
 
 
 def read_scripts(folder=Path(__file__).resolve().parent):
-    """{script: (its REPORT_TASK, how many configs its CONFIGS holds now)} for the scripts in
-    ``folder``, in task order. Read as text, never imported: the report runs where torch is
-    not installed; a script that no longer parses still names its task (0 configs)."""
+    """{script: report.ScriptText (its REPORT_TASK, CONFIGS and default --out)} for the
+    scripts in ``folder``, in task order. Read as text, never imported: the report runs where
+    torch is not installed; a script that no longer parses still names its task (no configs)."""
     found = {}
     for path in sorted(folder.glob("*.py")):
         try:
@@ -51,9 +51,20 @@ def read_scripts(folder=Path(__file__).resolve().parent):
                      and any(getattr(target, "id", None) == "CONFIGS" for target in node.targets)]
         except (SyntaxError, ValueError):
             lists = []
-        found[path.name] = (task, len(lists[-1].elts) if lists and isinstance(
-            lists[-1], (ast.List, ast.Tuple)) else 0)
-    return dict(sorted(found.items(), key=lambda item: (item[1][0], item[0])))
+        elements = lists[-1].elts if lists and isinstance(lists[-1], (ast.List, ast.Tuple)) else []
+        out = re.search(r"""out_dir=["']([^"']+)["']""", text)
+        found[path.name] = report.ScriptText(task, list(map(_literal_dict, elements)),
+                                             out.group(1) if out else f"modelset/{path.stem}")
+    return dict(sorted(found.items(), key=lambda item: (item[1].task, item[0])))
+
+
+def _literal_dict(node):
+    """A config of CONFIGS as written, or {} where it is not a literal dict."""
+    try:
+        config = ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def _foreign(modelset):

@@ -2,6 +2,7 @@
 sentences, rebuilt from the results JSON the scripts wrote (read and checked by results.py)."""
 import json
 import re
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -14,6 +15,8 @@ from . import plots, store
 from .results import (CLASSES, NAMING_KEYS, config_label, duration, group_runs, mean_std,
                       read_results, settings, write_atomically)
 
+KIT = Path(__file__).resolve().parent.parent  # the scripts' folder
+
 REPORT_HEADER = "# CIFAR-10 report, regenerated from"  # how make_report knows its own file
 IGNORED = "ignored (it only names the config or quotes the report)"
 RUNNING_NOTE = ("† no eval-mode training accuracy in this file (written before the kit "
@@ -25,8 +28,18 @@ TASK2_CLAIM = ("L2 weight decay (1e-4) and dropout (0.5) reduce overfitting, i.e
 DATA_HELP = ("`DIR` is the folder holding your copy of CIFAR-10 (see docs/data.md, "
              "\"Data: downloaded, local, or offline\"); leave `--data-dir DIR` out to download "
              "it into `./data`.")
+TIME_HELP = ("Times in brackets: training alone, at the speeds measured on a 2-core CPU "
+             "(benchmarks/RESULTS.md); each run prints its own estimate once it starts.")
 STRENGTHS = {"weight_decay": ("weight decay", 1e-4, True),  # Task 2's regularisers: axis name,
              "dropout": ("dropout probability", 0.5, False)}  # the report's strength, log axis
+
+
+@dataclass
+class ScriptText:
+    """What make_report reads in a script's text (never importing it)."""
+    task: str  # its REPORT_TASK
+    configs: list  # its CONFIGS, each a dict ({} for one not written as a literal)
+    out: str  # the folder its --out defaults to, e.g. modelset/Resnet
 
 
 def task_number(task):
@@ -56,7 +69,7 @@ class Run:
 
 def load_runs(modelset, scripts):
     """([Run], [(path, why it was skipped)]) for every results JSON one folder below
-    ``modelset``, in the order of ``scripts`` ({script: (REPORT_TASK, configs)}), then folder."""
+    ``modelset``, in the order of ``scripts`` ({script: ScriptText}), then folder."""
     found, skipped = [], []
     for path in sorted(Path(modelset).glob("*/[!.]*.json")):  # not hidden ones
         results, problem, ignored = read_results(path)
@@ -70,7 +83,7 @@ def load_runs(modelset, scripts):
     folders = [path.parent for path, _, _ in found]
     runs = [Run(path, results, path.parent.name + (
         "" if folders.count(path.parent) == 1 else f"_{path.stem}"),
-        scripts[results["script"]][0], ignored) for path, results, ignored in found]
+        scripts[results["script"]].task, ignored) for path, results, ignored in found]
     return sorted(runs, key=lambda run: (list(scripts).index(run.script), run.name)), skipped
 
 
@@ -182,7 +195,26 @@ def _mixed_warning(runs):
             "depend on the amount of data: compare runs of one size.", ""]
 
 
-def _task1_section(task_runs, runs, modelset, figures):
+def reported_lenet(runs, scripts):
+    """(accuracy, config id, script, epochs or None) of the report's best LeNet: the highest
+    reported_accuracy of the LeNet scripts' (Tasks 1-3) configs, in their CONFIGS (first: they
+    hold the report's epochs) and in their results; None where none quotes one."""
+    found = [(config["reported_accuracy"], f"config_{number}", script, config.get("num_epochs"))
+             for script, text in scripts.items() if task_number(text.task) != 4
+             for number, config in enumerate(text.configs, 1)
+             if isinstance(config.get("reported_accuracy"), (int, float))]
+    found += [(entry["config"]["reported_accuracy"], entry["id"], run.script, None)
+              for run in runs if task_number(run.task) != 4
+              for entry in run.results["configs"] if "reported_accuracy" in entry["config"]]
+    return max(found, key=lambda best: best[0], default=None)
+
+
+def _named(best):
+    return (f"{best[0]:g}% ({best[1]} of {best[2]}"
+            + (f", {best[3]} epochs" if best[3] else "") + ")")
+
+
+def _task1_section(task_runs, runs, modelset, figures, scripts):
     said = [f"in `{run.name}` the baseline reached {_mean(run.best, 'final_test_accuracy'):.1f}% "
             f"test accuracy after {plots.last_epoch(run.best)} epoch(s) on {run.images}"
             + (f"; the report: {run.best[0]['config']['reported_accuracy']:g}% (all 50,000 "
@@ -191,7 +223,7 @@ def _task1_section(task_runs, runs, modelset, figures):
     return _claim("; ".join(said) + ".") if said else []
 
 
-def _task2_section(task_runs, runs, modelset, figures):
+def _task2_section(task_runs, runs, modelset, figures, scripts):
     """The gap figure and table, a sentence per run on what each regulariser did to the gap
     against its control, and the strength figure of a run that sweeps one."""
     if not task_runs:
@@ -244,17 +276,17 @@ def _gap_sentence(run):
             + "; ".join(parts) if parts else None)
 
 
-def _task3_section(task_runs, runs, modelset, figures):
-    """The sweep figure; accuracy against time with the report's best LeNet (the highest
-    reported_accuracy among the configs run); per run our best config beside the report's
-    and how soon the configs first reach that LeNet."""
+def _task3_section(task_runs, runs, modelset, figures, scripts):
+    """The sweep figure; accuracy against time with the report's best LeNet (reported_lenet);
+    per run our best config beside that LeNet, and how soon the configs first reach it."""
     if not task_runs:
         return []
-    lines = (["## Task 3: learning rate, momentum and batch size", ""]
-             + _link(figures / "task3_sweep.png", modelset, "sweep", plots.sweep_figure(task_runs)))
-    best = max(((entry["config"]["reported_accuracy"], entry["id"]) for run in task_runs
-                for entry in run.results["configs"] if "reported_accuracy" in entry["config"]),
-               default=None)
+    sweep = plots.sweep_figure(task_runs)
+    lines = ["## Task 3: learning rate, momentum and batch size", ""] + (_link(
+        figures / "task3_sweep.png", modelset, "sweep", sweep) if sweep else [
+        "No sweep figure yet: it needs two or more finished configs of one folder that differ "
+        "in learning rate, momentum or batch size.", ""])
+    best = reported_lenet(runs, scripts)
     shown = [run for run in task_runs if run.groups]
     if shown:
         figure = plots.time_figure(
@@ -270,20 +302,16 @@ def _task3_section(task_runs, runs, modelset, figures):
                        "test accuracy against training time", figure)
     said = []
     for run in shown:
-        configs = {config_id: entries[0]["config"] for config_id, entries in run.groups.items()}
-        described = {config_id: f"{config_id} (lr {config['lr']:g}, momentum "
-                                f"{config['momentum']:g}, batch {config['batch_size']})"
-                     for config_id, config in configs.items()}
-        ours = run.best[0]["id"]
-        theirs = max((config_id for config_id in configs if "reported_accuracy"
-                      in configs[config_id]), default=None,
-                     key=lambda config_id: configs[config_id]["reported_accuracy"])
+        config, accuracy = run.best[0]["config"], _mean(run.best, "final_test_accuracy")
         said.append(f"in `{run.name}` ({run.images}, {plots.last_epoch(run.best)} epochs) the "
-                    f"best of {len(configs)} finished configs is {described[ours]} at "
-                    f"{_mean(run.best, 'final_test_accuracy'):.1f}%" + (
-                        f"; the report's best of the same configs: {described[theirs]} at "
-                        f"{configs[theirs]['reported_accuracy']:g}%"
-                        + (" (the same config)" if theirs == ours else "") if theirs else ""))
+                    f"best of {len(run.groups)} finished configs is {run.best[0]['id']} (lr "
+                    f"{config['lr']:g}, momentum {config['momentum']:g}, batch "
+                    f"{config['batch_size']}) at {accuracy:.1f}%" + (
+                        f" (the report: {config['reported_accuracy']:g}%)"
+                        if "reported_accuracy" in config else "") + (
+                        f", {abs(accuracy - best[0]):.1f} points "
+                        + ("below" if accuracy < best[0] else "above")
+                        + f" the report's best LeNet, {_named(best)}" if best else ""))
     timed = [_time_sentence(run, best) for run in shown] if best else []
     return (lines + _mixed_warning(task_runs) + (_claim("; ".join(said) + ".") if said else [])
             + ([f"**Time to the report's best LeNet, {best[0]:g}% (its {best[1]}, all 50,000 "
@@ -294,15 +322,16 @@ def _time_sentence(run, best):
     """How soon the run's finished configs first reach ``best`` ((accuracy, config id)): the
     fastest two (the closest when none does), the report's best config, and how many do."""
     curves = {config_id: plots.time_curve(entries) for config_id, entries in run.groups.items()}
+    mine = best[1] if best[2] == run.script else None  # the report's best is a config here
     reaches = {config_id: plots.first_reach(curve, best[0]) for config_id, curve in curves.items()}
     fastest = sorted((config_id for config_id in curves if reaches[config_id]),
                      key=lambda config_id: reaches[config_id][1])
     told = fastest[:2] or [max(curves, key=lambda config_id: np.nanmax(curves[config_id][1]))]
     parts, seeds = [], max(len(entries) for entries in run.groups.values())
-    for config_id in told + ([best[1]] if best[1] in curves and best[1] not in told else []):
+    for config_id in told + ([mine] if mine in curves and mine not in told else []):
         config, epochs = run.groups[config_id][0]["config"], plots.last_epoch(run.groups[config_id])
         named = (config_id + (f" ({config['name']})" if "name" in config else "")
-                 + (" (the report's best config)" if config_id == best[1] else ""))
+                 + (" (the report's best config)" if config_id == mine else ""))
         reach = reaches[config_id]
         parts.append(f"{named} first reaches it after {duration(reach[1])} of training (epoch "
                      f"{reach[0]} of {epochs})" if reach else f"{named} does not reach it (its "
@@ -314,15 +343,15 @@ def _time_sentence(run, best):
             + "; ".join(parts) + ".")
 
 
-def _task4_section(task_runs, runs, modelset, figures):
+def _task4_section(task_runs, runs, modelset, figures, scripts):
     """Test accuracy against training time for the best config of every run, coloured by
     script (ResNet-18 solid, LeNet dashed), and the best of each beside the report's."""
     if not task_runs:
         return []
     shown = [run for run in runs if run.best]
-    scripts = list(dict.fromkeys(run.script for run in shown))
+    order = list(dict.fromkeys(run.script for run in shown))
     curves = [(f"{'ResNet-18' if run in task_runs else 'LeNet'} {run.name}: ", run, run.best,
-               {"color": plots.tab10(scripts.index(run.script)),
+               {"color": plots.tab10(order.index(run.script)),
                 "linestyle": "-" if run in task_runs else "--"}) for run in shown]
     stars = [(run.best[0]["config"]["reported_seconds"],
               run.best[0]["config"]["reported_accuracy"], style["color"],
@@ -344,14 +373,13 @@ def _task4_section(task_runs, runs, modelset, figures):
             for run in sorted(pool, key=lambda run: -_mean(run.best, "final_test_accuracy"))[:1]]
     reported = [run.best[0]["config"] for _, run, _, _ in curves if run in task_runs
                 and {"reported_seconds", "reported_accuracy"} <= run.best[0]["config"].keys()]
-    lenet = [entry["config"]["reported_accuracy"] for run in runs if run not in task_runs
-             for entry in run.results["configs"] if "reported_accuracy" in entry["config"]]
+    lenet = reported_lenet(runs, scripts)
     if reported:
         config = max(reported, key=lambda config: config["reported_accuracy"])
         said.append(f"the report: ResNet-18 ({config['lr']:g} lr, {config['momentum']:g} "
                     f"momentum) {config['reported_accuracy']:g}% in {config['reported_seconds']:g}"
-                    f" s on one A100" + (f", against {max(lenet):g}% for the report's best LeNet "
-                                         f"among the configs we ran" if lenet else ""))
+                    f" s on one A100" + (f", against {_named(lenet)} for its best LeNet"
+                                         if lenet else ""))
     return lines + (_claim("; ".join(said) + ".") if any(run in task_runs for run in shown)
                     else [])
 
@@ -415,13 +443,23 @@ def _run_section(run, modelset, figures):
                    f"(seed {best['seed']})", ""]
                   + _link(figures / f"confusion_{run.name}.png", modelset,
                           "confusion matrix", confusion)
-                  + ["| " + " | ".join(per_class) + " |", "|" + "---|" * len(per_class),
+                  + [f"Test accuracy per class (%) of {best['id']}: the share of each class's "
+                     "test images it named right (the confusion matrix's diagonal).", "",
+                     "| " + " | ".join(per_class) + " |", "|" + "---|" * len(per_class),
                      "| " + " | ".join(f"{value:.1f}" for value in per_class.values()) + " |", ""])
         examples, copy = run.path.parent / "examples.png", figures / f"examples_{run.name}.png"
         if examples.is_file():  # not a pipe or folder of that name: copying one hangs or fails
             lines += _link(Path(shutil.copyfile(examples, copy)), modelset,
                            "test images with predictions")
     return lines + _earlier_section(run, modelset, figures)
+
+
+def command_path(path):
+    """``path`` as REPORT.md's commands name it: from the kit's folder where make_report runs
+    there (as README's commands read), else whole, so that it is right from any folder."""
+    path = Path(path).resolve()
+    here = Path.cwd().resolve() == KIT and path.is_relative_to(KIT)
+    return shlex.quote(str(path.relative_to(KIT) if here else path))
 
 
 def rerun_command(run, numbers):
@@ -432,19 +470,62 @@ def rerun_command(run, numbers):
     flags = re.sub(r"(?<!\S)--(configs|out)(=| +)\S+|(?<!\S)--restart(?!\S)", "", flags)
     world = run.results.get("world_size", 1)
     return " ".join([f"torchrun --standalone --nproc-per-node={world}" if world > 1 else "python",
-                     run.script, *flags.split(), "--out", str(run.path.parent), "--configs",
-                     ",".join(numbers)])
+                     command_path(KIT / run.script), *flags.split(), "--out",
+                     command_path(run.path.parent), "--configs", ",".join(numbers)])
+
+
+def cpu_time(configs, images, command, resnet):
+    """' (roughly 1.2 h on a 2-core CPU)' for ``configs`` (CONFIGS entries) trained on ``images``
+    images by ``command`` (its --epochs, --seeds), at the speeds measured on one (RESULTS.md):
+    LeNet 2,000 images/s at batch 4, 8,000 at 32, 12,000 from 128; ResNet-18 100."""
+    epochs, seeds = (re.search(rf"--{flag}[= ](\d+)", command) for flag in ("epochs", "seeds"))
+    try:
+        seconds = sum((int(epochs[1]) if epochs else config["num_epochs"]) * images / (
+            100 if resnet else 2000 if config["batch_size"] < 16 else 8000
+            if config["batch_size"] < 128 else 12000) for config in configs)
+    except (KeyError, TypeError):  # a config not written as a literal
+        return ""
+    return f" (roughly {duration(seconds * (int(seeds[1]) if seeds else 1))} on a 2-core CPU)"
+
+
+def _not_run_section(runs, scripts, modelset):
+    """Each script without results and each config of its CONFIGS in none of its folders,
+    with the command that trains it where this report reads, and roughly how long it takes."""
+    missing = []
+    for script, text in scripts.items():
+        own = [run for run in runs if run.script == script]
+        done = {entry["id"] for run in own for entry in run.results["configs"]}
+        numbers = [number for number in range(1, len(text.configs) + 1)
+                   if f"config_{number}" not in done]  # in none of its folders
+        resnet = task_number(text.task) == 4
+        if not own:
+            out = command_path(Path(modelset) / Path(text.out).name)
+            command = (f"python {command_path(KIT / script)} --data-dir DIR"
+                       + ("" if out == text.out else f" --out {out}"))
+            missing.append(f"- `{script}` ({text.task}): no results; run `{command}`"
+                           f"{cpu_time(text.configs, 50000, command, resnet)}.")
+        elif numbers:
+            command = rerun_command(own[-1], [str(number) for number in numbers])
+            missing.append(f"- `{script}`: config(s) {', '.join(map(str, numbers))} of its "
+                           f"CONFIGS have no results in any folder; to add them beside the "
+                           f"results of `{own[-1].name}` (same data and flags, so nothing is "
+                           f"moved aside): `{command}`" + cpu_time(
+                               [text.configs[number - 1] for number in numbers],
+                               own[-1].results["data"]["train_images"], command, resnet) + ".")
+    return ["## Not run yet", ""] + ([DATA_HELP, "", TIME_HELP, ""] + missing if missing else [
+        "Every script and every config has results.", ""]) + [""]
 
 
 def write_report(modelset, runs, skipped, scripts):
     """Write REPORT.md and figures/ into ``modelset`` from load_runs' runs and skipped files,
-    in task order; ``scripts``: {script: (its REPORT_TASK, how many configs its CONFIGS
-    holds)}. Returns the report's path; an OSError means a file could not be written."""
+    in task order; ``scripts``: {script: ScriptText}. Returns the report's path; an OSError
+    means a file could not be written."""
     modelset = Path(modelset)
     figures = modelset / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     lines = [f"{REPORT_HEADER} `{modelset}`", "",
-             f"Written by `python make_report.py --modelset {modelset}` on "
+             f"Written by `python {command_path(KIT / 'make_report.py')} --modelset "
+             f"{command_path(modelset)}` on "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {len(runs)} results file(s)"
              f"{f' ({len(skipped)} skipped, listed below)' if skipped else ''}. "
              "Accuracies are percentages on each run's test set. The gap is the final training "
@@ -467,21 +548,8 @@ def write_report(modelset, runs, skipped, scripts):
         task_runs = [run for run in runs if task_number(run.task) == number]
         for run in task_runs:
             lines += _run_section(run, modelset, figures)
-        lines += sections[number](task_runs, runs, modelset, figures) if number in sections else []
-    missing = []
-    for script, (task, defined) in scripts.items():
-        own = [run for run in runs if run.script == script]
-        done = {entry["id"] for run in own for entry in run.results["configs"]}
-        numbers = [str(number) for number in range(1, defined + 1)
-                   if f"config_{number}" not in done]  # in none of its folders
-        if not own or numbers:
-            missing.append(f"- `{script}` ({task}): no results; run `python {script} --data-dir "
-                           f"DIR`." if not own else f"- `{script}`: config(s) {', '.join(numbers)}"
-                           f" of its CONFIGS have no results in any folder; to add them beside "
-                           f"the results of `{own[-1].name}` (same data and flags, so nothing is "
-                           f"moved aside): `{rerun_command(own[-1], numbers)}`.")
-    lines += ["## Not run yet", ""] + ([DATA_HELP, ""] + missing if missing else [
-        "Every script and every config has results.", ""]) + [""]
-    text = "\n".join(lines) + "\n"
+        lines += (sections[number](task_runs, runs, modelset, figures, scripts)
+                  if number in sections else [])
+    text = "\n".join(lines + _not_run_section(runs, scripts, modelset)) + "\n"
     write_atomically(modelset / "REPORT.md", lambda file: file.write(text.encode()))
     return modelset / "REPORT.md"

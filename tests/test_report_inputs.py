@@ -3,15 +3,19 @@ the bad file or field named in a warning, never a traceback and never a hang. Th
 built by hand (test_report's hand-made sweep), so nothing trains here."""
 import contextlib
 import copy
+import dataclasses
 import json
 import os
+import re
+import shutil
 import signal
+from pathlib import Path
 
 import pytest
 
 import make_report
 from cifarkit.results import CLASSES
-from conftest import hand_made_sweep, rewrite
+from conftest import REPO, hand_made_sweep, rewrite
 
 SWEEP = "Original_version_model_multiGPU.py"
 RESNET = "Resnet_model.py"
@@ -30,11 +34,15 @@ RESULTS = {"script": SWEEP, "command": f"python {SWEEP} --epochs 1", "devices": 
            "data": {"source": "generated", "train_images": 300, "test_images": 100}}
 
 
+READ_SCRIPTS = make_report.read_scripts  # the scripts as they are, for the quick looks
+
+
 @pytest.fixture(autouse=True)
 def twelve_configs_defined(monkeypatch):
     """Each script's CONFIGS taken to hold 12 configs, whatever the scripts hold now: the
     hand-made sweep has 1, 2, 3 and 12, so "Not run yet" proposes a rerun command."""
-    scripts = {script: (task, 12) for script, (task, _) in make_report.read_scripts().items()}
+    scripts = {script: dataclasses.replace(text, configs=[{}] * 12)
+               for script, text in READ_SCRIPTS().items()}
     monkeypatch.setattr(make_report, "read_scripts", lambda: scripts)
 
 
@@ -239,3 +247,107 @@ def test_one_config_id_in_two_folders_is_never_averaged_across_them(tmp_path, ca
     assert rows["sweep"][0].split(" | ")[3] == "50.00"  # its own result, one seed
     assert rows["sweep-edited"][0].split(" | ")[3] == "20.00"
     assert "lr=0.02" in rows["sweep"][0] and "lr=0.5" in rows["sweep-edited"][0]
+
+
+def quick_looks(root, monkeypatch):
+    """root holding what README's five quick looks write (their configs as the scripts hold
+    them, accuracies as README says), made by hand; the scripts read as they are."""
+    monkeypatch.setattr(make_report, "read_scripts", READ_SCRIPTS)
+    scripts = READ_SCRIPTS()
+    looks = [("Original_version_model.py", "--subset 10000 --epochs 2", [1], 10000, [35.0, 40.1]),
+             ("L2_regularization.py", "--subset 10000 --epochs 5", [1, 2], 10000,
+              [20.0, 27.0, 31.0, 33.5, 35.3]),
+             ("Dropout_regularization.py", "--subset 10000 --epochs 5", [1, 2], 10000,
+              [18.0, 24.0, 28.0, 30.0, 30.8]),
+             (SWEEP, "--configs speedrun", [12], 50000, [48.0, 56.0, 61.0, 65.0, 68.1]),
+             (RESNET, "--configs best --subset 5000 --epochs 3", [4], 5000, [32.1, 37.3, 45.4])]
+    for script, flags, numbers, images, accuracies in looks:
+        text = scripts[script]
+        entries = [dict(TEMPLATE, id=f"config_{number}", run=f"runs/config_{number}-s0",
+                        config=dict(text.configs[number - 1], num_epochs=len(accuracies)),
+                        history=[dict(RECORD, epoch=epoch, seconds=4.0, test_accuracy=value)
+                                 for epoch, value in enumerate(accuracies, 1)],
+                        final_test_accuracy=accuracies[-1], best_test_accuracy=accuracies[-1],
+                        train_seconds=4.0 * len(accuracies)) for number in numbers]
+        results = dict(copy.deepcopy(RESULTS), script=script, configs=entries,
+                       command=f"python {script} {flags}",
+                       data={"source": "generated", "train_images": images,
+                             "test_images": 10000})
+        folder = root / Path(text.out).name
+        folder.mkdir(parents=True)
+        name = "training_loss.json" if script == "Original_version_model.py" else (
+            "Resnet_model_result.json" if script == RESNET else "training_result.json")
+        (folder / name).write_text(json.dumps(results))
+    return root
+
+
+def test_the_quick_looks_report_names_the_reports_best_lenet_and_says_what_is_missing(
+        tmp_path, capsys, monkeypatch):
+    """README's five quick looks: Tasks 3 and 4 set our LeNet beside the report's best,
+    65.75% (config_3, as README says; only config_12 and the baseline, 60%, were run), the
+    lone sweep config draws no one-dot sweep, every per-class table says what it holds, and
+    each command not run yet says roughly how long it takes."""
+    root = quick_looks(tmp_path / "modelset", monkeypatch)
+    status, text, err = report_of(root, capsys)
+    assert status == 0, err
+    best = "65.75% (config_3 of Original_version_model_multiGPU.py, 200 epochs)"
+    task3 = text[text.index("## Task 3: learning rate"):text.index("## Task 4")]
+    assert "config_12 (lr 0.1, momentum 0.9, batch 128) at 68.1%, 2.3 points above the " \
+           f"report's best LeNet, {best}." in task3  # 68.1 - 65.75, to one decimal
+    assert "No sweep figure yet" in task3 and "task3_sweep.png" not in text
+    assert f"on one A100, against {best} for its best LeNet." in text
+    assert "60% for the report's best LeNet" not in text
+    tables = text.split("| airplane | automobile |")[:-1]
+    assert len(tables) == 5 and all(before.rstrip().splitlines()[-1].startswith(
+        "Test accuracy per class (%) of config_") for before in tables)
+    missing = text.split("## Not run yet")[1]
+    hints = re.findall(r"--configs ([\d,]+)` \(roughly ([\d.]+) (min|h) on a 2-core CPU\)",
+                       missing)
+    # configs 1-11 of the sweep: 730 epochs of 50,000 images; ResNet's four: 12 of 5,000
+    assert [configs for configs, _, _ in hints] == ["1,2,3,4,5,6,7,8,9,10,11", "1,2,3,5"]
+    sweep_minutes, resnet_minutes = (float(time) * (60 if unit == "h" else 1)
+                                     for _, time, unit in hints)
+    assert 30 < sweep_minutes < 180 and 5 < resnet_minutes < 20
+
+
+@pytest.mark.parametrize("where", ["elsewhere", "kit"])
+def test_not_run_yet_commands_write_where_the_report_reads_from_the_kits_folder_or_any(
+        tmp_path, capsys, monkeypatch, where):
+    """make_report run by its full path from another folder: each command names the script
+    by its path and the report's folders by theirs, so it writes where this report reads,
+    run from the kit's folder or any other; made in the kit's folder, they read as README's."""
+    root = quick_looks(tmp_path / "modelset", monkeypatch)
+    shutil.rmtree(root / "original_version_model")
+    monkeypatch.chdir(tmp_path if where == "elsewhere" else REPO)
+    status, text, err = report_of(root, capsys)
+    assert status == 0, err
+    commands = re.findall(r"`(python [^`]+)`", text.split("## Not run yet")[1])
+    assert [command.split()[1] for command in commands] == [
+        str(REPO / script) if where == "elsewhere" else script
+        for script in ("Original_version_model.py", SWEEP, RESNET)]
+    outs = [Path(command.split("--out ")[1].split()[0]) for command in commands]
+    assert outs == [root / "original_version_model", root / "original_version_model_multiGPU",
+                    root / "Resnet"]  # whole paths: right from any folder
+    make = REPO / "make_report.py" if where == "elsewhere" else "make_report.py"
+    assert f"Written by `python {make} --modelset {root}`" in text
+
+
+@pytest.mark.parametrize("reported", [True, False])
+def test_the_sweep_figure_has_a_panel_per_varied_setting_and_no_legend_for_stars_not_drawn(
+        tmp_path, reported):
+    from cifarkit import plots, report
+
+    results = copy.deepcopy(RESULTS)
+    hand_made_sweep(results, reported)
+    path = tmp_path / "sweep" / "training_result.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(results))
+    runs, _ = report.load_runs(tmp_path, make_report.read_scripts())
+    (axes,) = plots.sweep_figure(runs).axes  # only lr differs among the finished configs
+    stars = [line for line in axes.lines if line.get_marker() == "*" and len(line.get_xdata())]
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert bool(stars) == reported == any("the report's accuracy" in label for label in legend)
+
+    rewrite(lambda results: results.update(configs=results["configs"][:1]))(path)
+    runs, _ = report.load_runs(tmp_path, make_report.read_scripts())
+    assert plots.sweep_figure(runs) is None  # one config: a panel would be a lone dot
