@@ -128,7 +128,8 @@ def stopped_before_training(error, out):
         if rt.is_main_process() or isinstance(error, RankError):
             say(f"error: {error}", file=sys.stderr)
         elif rt.launched_by_torchrun():
-            time.sleep(3)  # torchrun stops the others once one leaves: let rank 0 say why
+            with contextlib.suppress(KeyboardInterrupt):  # torchrun's SIGTERM, as rank 0 left
+                time.sleep(3)  # torchrun stops the others once one leaves: let rank 0 say why
         return 2
     if isinstance(error, KeyboardInterrupt):
         signum = getattr(error, "signum", signal.SIGINT)

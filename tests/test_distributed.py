@@ -228,3 +228,15 @@ def test_a_rank_killed_without_restarts_says_how_to_resume(pickled_data, tmp_pat
     assert result.returncode != 0
     assert "error: rank 0 lost contact with the other ranks" in result.stderr
     assert "To resume, run the same torchrun command again" in result.stderr
+
+
+def test_a_refusal_under_torchrun_is_one_line_and_exit_2(pickled_data, tmp_path):
+    """Every rank meets the same refusal; rank 0 says it, the others wait a moment for it to
+    be said and leave quietly when torchrun stops them (no Terminated traceback)."""
+    result = torchrun(pickled_data, tmp_path / "out", tmp_path / "dump",
+                      script_args=("--configs", "nope"))
+    assert "'nope' is not a config of this script" in result.stderr
+    assert "Terminated" not in result.stderr, result.stderr[-2000:]
+    # each rank's own exit status (torchrun itself exits 1 when a worker fails)
+    statuses = {path.name: path.read_text() for path in (tmp_path / "dump").glob("exit-rank*")}
+    assert statuses == {"exit-rank0": "2", "exit-rank1": "2"}
