@@ -51,7 +51,7 @@ def build_parser(script, description, default_out, default_device, cpu_amp=False
                              f"one is visible, else the CPU)")
     parser.add_argument("--amp", default="auto", choices=("auto", "on", "off"),
                         help="mixed precision: bf16 autocast (fp16 with loss scaling on GPUs "
-                             "below compute capability 8.0: V100, T4). auto = on for CUDA; "
+                             "below compute capability 8.0: T4, RTX 20xx). auto = on for CUDA; "
                              + ("on the CPU too where it has bf16 in hardware (AVX512-BF16, "
                                 "AMX): faster for this model" if cpu_amp else
                                 "off on the CPU, where bf16 gains this model nothing")

@@ -62,6 +62,25 @@ def check_device_request(requested):
                         "Use --device cpu or auto.")
 
 
+def check_gpu_supported(index):
+    """Refuse a GPU this torch build has no kernels for (a V100 or P100 beside a build for
+    sm_75 and newer): torch only warns, then fails at the first kernel. Kernels for sm_XY run
+    on the same major version from minor Y up; PTX for compute_XY on anything from XY up."""
+    major, minor = torch.cuda.get_device_capability(index)
+    archs = torch.cuda.get_arch_list()
+    codes = {(kind, int("".join(filter(str.isdigit, arch)))) for kind, _, arch in
+             (name.partition("_") for name in archs)}  # sm_90a -> ("sm", 90)
+    if not archs or any((kind == "sm" and code // 10 == major and code % 10 <= minor)
+                        or (kind == "compute" and code <= major * 10 + minor)
+                        for kind, code in codes):
+        return
+    raise UserError(f"--device cuda: {torch.cuda.get_device_name(index)} (compute capability "
+                    f"{major}.{minor}) has no kernels in this torch build (torch "
+                    f"{torch.__version__}, CUDA {torch.version.cuda}: {', '.join(archs)}). "
+                    f"Install a torch build that supports it (pytorch.org, \"previous "
+                    f"versions\"), or run with --device cpu.")
+
+
 def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_amp=False):
     """Device, process group and speed settings for this process; refuses impossible requests
     up front. ``amp`` "auto": on for CUDA; on the CPU only when ``cpu_amp`` (the script
@@ -97,6 +116,10 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
                             f"on every machine? A first download can be started beforehand "
                             f"with one plain `python` run.") from None
         runtime = Runtime(device, rank, world_size, backend)
+    if runtime.device.type == "cuda":
+        for index in range(torch.cuda.device_count()) if runtime.data_parallel else \
+                [runtime.device.index or 0]:
+            check_gpu_supported(index)
     if compile and runtime.data_parallel:  # torch.compile cannot see into its replicas
         raise UserError(f"--compile with nn.DataParallel over {torch.cuda.device_count()} GPUs "
                         f"gains nothing: torch.compile cannot see into DataParallel's "

@@ -200,10 +200,13 @@ def backend_flags():
      torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = saved
 
 
-def fake_gpus(monkeypatch, capabilities):
+def fake_gpus(monkeypatch, capabilities, archs=("sm_70", "sm_75", "sm_80", "sm_86", "sm_90")):
     """Make torch report one GPU per (major, minor) compute capability, as on a machine that
-    has them; is_bf16_supported says yes everywhere, as it does on V100 and T4 (emulation)."""
+    has them, with a torch build that has kernels for ``archs`` (by default one that still
+    serves the V100); is_bf16_supported says yes everywhere, as it does on V100 and T4."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(archs))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
 
@@ -285,6 +288,22 @@ def test_bf16_only_from_compute_capability_8(capability, dtype, precision, monke
     runtime = rt.init_runtime("cuda", amp="auto")
     assert runtime.amp_dtype == dtype
     assert rt.precision(runtime) == precision
+
+
+def test_a_gpu_this_torch_has_no_kernels_for_is_refused_before_training(monkeypatch,
+                                                                        backend_flags):
+    """pip's torch 2.14 has kernels for sm_75 and newer: a V100 (7.0) would warn, then fail at
+    its first kernel. Refused up front, naming the GPU and the build; a 7.5 GPU (a T4), and an
+    8.6 one beside sm_80 kernels, run."""
+    build = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
+    fake_gpus(monkeypatch, [(7, 0)], archs=build)
+    with pytest.raises(UserError, match=r"Tesla V100-SXM2 \(compute capability 7\.0\) has no "
+                                        r"kernels in this torch build .*sm_75, sm_80"):
+        rt.init_runtime("cuda", amp="auto")
+    fake_gpus(monkeypatch, [(7, 5)], archs=build)
+    assert rt.init_runtime("cuda", amp="auto").amp_dtype == torch.float16
+    fake_gpus(monkeypatch, [(8, 9)], archs=["sm_80"])
+    assert rt.init_runtime("cuda", amp="auto").amp_dtype == torch.bfloat16
 
 
 def test_dataparallel_over_mixed_gpus_uses_fp16(monkeypatch, backend_flags):
