@@ -25,6 +25,7 @@ import ast
 import re
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from cifarkit import report, results, signals, store
@@ -32,8 +33,16 @@ from cifarkit.results import load_results
 from cifarkit.errors import UserError
 
 
+@dataclass
+class ScriptText:
+    """What the report reads in a script's text (never importing it)."""
+    task: str  # its REPORT_TASK
+    configs: list  # its CONFIGS, each a dict ({} for one not written as a literal)
+    out: str  # the folder its --out defaults to, e.g. modelset/Resnet
+
+
 def read_scripts(folder=Path(__file__).resolve().parent):
-    """{script: report.ScriptText (its REPORT_TASK, CONFIGS and default --out)} for the
+    """{script: ScriptText (its REPORT_TASK, CONFIGS and default --out)} for the
     scripts in ``folder``, in task order. Read as text, never imported: the report runs where
     torch is not installed; a script that no longer parses still names its task (no configs)."""
     found = {}
@@ -53,7 +62,7 @@ def read_scripts(folder=Path(__file__).resolve().parent):
             lists = []
         elements = lists[-1].elts if lists and isinstance(lists[-1], (ast.List, ast.Tuple)) else []
         out = re.search(r"""out_dir=["']([^"']+)["']""", text)
-        found[path.name] = report.ScriptText(task, list(map(_literal_dict, elements)),
+        found[path.name] = ScriptText(task, list(map(_literal_dict, elements)),
                                              out.group(1) if out else f"modelset/{path.stem}")
     return dict(sorted(found.items(), key=lambda item: (item[1].task, item[0])))
 

@@ -1,6 +1,7 @@
 """Figures readable on their own: titles, axis labels with units, legends naming the configs,
 and the same colour for a config (config_N) in every figure."""
 import io
+import json
 import os
 import re
 import textwrap
@@ -21,6 +22,8 @@ LINE_STYLES = ("-", "--", "-.", ":")
 MARKERS = "osD^v<>ph*"
 SIGNATURE = "cifarkit"  # the PNGs' Software text: how draw_views knows its own files
 MIXED_NOTE = "RUNS ON DIFFERENT NUMBERS OF IMAGES ARE SHOWN TOGETHER: compare with care"
+STRENGTHS = {"weight_decay": ("weight decay", 1e-4, True),  # Task 2's regularisers: axis name,
+             "dropout": ("dropout probability", 0.5, False)}  # the report's strength, log axis
 SWEEP_AXES = (("lr", "learning rate", True), ("momentum", "momentum", False),
               ("batch_size", "batch size", True))  # Task 3: key, axis name, log scale
 
@@ -375,9 +378,26 @@ def gap_figure(task_runs):
     return figure
 
 
+def strength_sweep(run):
+    """(key, [(strength, [finished entries])]): the largest family of the run's configs that
+    differ in one regulariser's strength alone, when it holds three strengths; else None."""
+    for key in STRENGTHS:
+        families = {}
+        for finished in run.groups.values():
+            config = finished[0]["config"]
+            rest = json.dumps({name: value for name, value in config.items()
+                               if name != key and name not in NAMING_KEYS}, sort_keys=True)
+            families.setdefault(rest, {}).setdefault(float(config.get(key, 0.0)), []).extend(
+                finished)
+        family = max(families.values(), key=len, default={})
+        if len(family) >= 3:
+            return key, sorted(family.items())
+    return None
+
+
 def strength_figure(run, key, points, spreads, strength):
     """The final gap and test accuracy (``spreads``: [(mean, std)] of each per point) against
-    the strength of ``key`` that ``points`` sweep; ``strength``: report.STRENGTHS[key]."""
+    the strength of ``key`` that ``points`` sweep; ``strength``: STRENGTHS[key]."""
     name, chosen, log = strength
     strengths = [value for value, _ in points]
     smallest = min([value for value in strengths if value > 0] + [chosen])
@@ -510,6 +530,36 @@ def time_figure(curves, stars, best, title, note, corner):
     titled(axes, title, note)
     finish(axes)
     return figure
+
+
+def task3_time_figure(shown, best):
+    """time_figure of every finished config of the Task 3 runs ``shown`` (report.Run), with
+    ``best``, the report's best LeNet (report.reported_lenet)."""
+    return time_figure(
+        [(f"{run.name}: " if len(shown) > 1 else "", run, entries, {"color": color(config_id)})
+         for run in shown for config_id, entries in run.groups.items()], [], best,
+        "Task 3: test accuracy against training time, every finished config",
+        subtitle(shown[0].results, [entry for entries in shown[0].groups.values()
+                                    for entry in entries])
+        if len(shown) == 1 else f"folders {', '.join(run.name for run in shown)}; each "
+        "timed on its own device(s)", None)
+
+
+def task4_time_figure(shown, resnet_runs):
+    """time_figure of the best config of each run ``shown`` (report.Run), coloured by script,
+    ResNet-18's (``resnet_runs``) solid, LeNet's dashed, with the report's A100 points."""
+    order = list(dict.fromkeys(run.script for run in shown))
+    curves = [(f"{'ResNet-18' if run in resnet_runs else 'LeNet'} {run.name}: ", run, run.best,
+               {"color": tab10(order.index(run.script)),
+                "linestyle": "-" if run in resnet_runs else "--"}) for run in shown]
+    stars = [(run.best[0]["config"]["reported_seconds"],
+              run.best[0]["config"]["reported_accuracy"], style["color"],
+              f"the report's {run.best[0]['id']}, on one A100 (50,000 images): other hardware, "
+              f"its time not comparable with ours") for _, run, _, style in curves
+             if {"reported_seconds", "reported_accuracy"} <= run.best[0]["config"].keys()]
+    return time_figure(curves, stars, None, "Task 4: test accuracy against training time", None,
+                       "the best config of each folder; colour: script; solid: ResNet-18, "
+                       "dashed: LeNet")
 
 
 def earlier_figure(title, histories):

@@ -1,6 +1,5 @@
 """modelset/ -> modelset/REPORT.md and modelset/figures/: the report's tables, figures and
 sentences, rebuilt from the results JSON the scripts wrote (read and checked by results.py)."""
-import json
 import re
 import shlex
 import shutil
@@ -12,7 +11,7 @@ from urllib.parse import quote
 import numpy as np
 
 from . import plots, store
-from .results import (CLASSES, NAMING_KEYS, config_label, duration, group_runs, mean_std,
+from .results import (CLASSES, config_label, duration, group_runs, mean_std,
                       read_results, settings, write_atomically)
 
 KIT = Path(__file__).resolve().parent.parent  # the scripts' folder
@@ -30,16 +29,6 @@ DATA_HELP = ("`DIR` is the folder holding your copy of CIFAR-10 (see docs/data.m
              "it into `./data`.")
 TIME_HELP = ("Times in brackets: training alone, at the speeds measured on a 2-core CPU "
              "(benchmarks/RESULTS.md); each run prints its own estimate once it starts.")
-STRENGTHS = {"weight_decay": ("weight decay", 1e-4, True),  # Task 2's regularisers: axis name,
-             "dropout": ("dropout probability", 0.5, False)}  # the report's strength, log axis
-
-
-@dataclass
-class ScriptText:
-    """What make_report reads in a script's text (never importing it)."""
-    task: str  # its REPORT_TASK
-    configs: list  # its CONFIGS, each a dict ({} for one not written as a literal)
-    out: str  # the folder its --out defaults to, e.g. modelset/Resnet
 
 
 def task_number(task):
@@ -69,7 +58,7 @@ class Run:
 
 def load_runs(modelset, scripts):
     """([Run], [(path, why it was skipped)]) for every results JSON one folder below
-    ``modelset``, in the order of ``scripts`` ({script: ScriptText}), then folder."""
+    ``modelset``, in the order of ``scripts`` ({script: make_report.ScriptText}), then folder."""
     found, skipped = [], []
     for path in sorted(Path(modelset).glob("*/[!.]*.json")):  # not hidden ones
         results, problem, ignored = read_results(path)
@@ -131,35 +120,18 @@ def summary_table(results):
     return "\n".join(rows + ([f"\n{RUNNING_NOTE}"] if any_running else []))
 
 
-def strength_sweep(run):
-    """(key, [(strength, [finished entries])]): the largest family of the run's configs that
-    differ in one regulariser's strength alone, when it holds three strengths; else None."""
-    for key in STRENGTHS:
-        families = {}
-        for finished in run.groups.values():
-            config = finished[0]["config"]
-            rest = json.dumps({name: value for name, value in config.items()
-                               if name != key and name not in NAMING_KEYS}, sort_keys=True)
-            families.setdefault(rest, {}).setdefault(float(config.get(key, 0.0)), []).extend(
-                finished)
-        family = max(families.values(), key=len, default={})
-        if len(family) >= 3:
-            return key, sorted(family.items())
-    return None
-
-
 def _strength_lines(run, modelset, figures):
     """The strength figure of a run, and the smallest strength whose gap is below the control's
     (0) by more than the seeds' spread (the larger std), in words."""
-    key, points = strength_sweep(run)
-    name = STRENGTHS[key][0]
+    key, points = plots.strength_sweep(run)
+    name = plots.STRENGTHS[key][0]
     strengths = [strength for strength, _ in points]
     spreads = [[(np.mean(values), np.std(values, ddof=1) if len(values) > 1 else 0.0)
                 for values in ([measure(entry) for entry in entries] for _, entries in points)]
                for measure in (_gap, lambda entry: entry["final_test_accuracy"])]
     lines = _link(figures / f"task2_strength_{run.name}.png", modelset,
                   f"{name} against the gap and test accuracy",
-                  plots.strength_figure(run, key, points, spreads, STRENGTHS[key]))
+                  plots.strength_figure(run, key, points, spreads, plots.STRENGTHS[key]))
     if 0.0 not in strengths:
         return lines + _claim(f"{run.script} ({run.name}): the sweep has no control ({name} 0) "
                               f"to compare with.")
@@ -249,7 +221,7 @@ def _task2_section(task_runs, runs, modelset, figures, scripts):
     said = [sentence for sentence in map(_gap_sentence, task_runs) if sentence]
     lines += (["", RUNNING_NOTE] if running else []) + [""]
     lines += _claim("; ".join(said) + f"; the report: {TASK2_CLAIM}.") if said else []
-    return lines + [line for run in task_runs if strength_sweep(run)
+    return lines + [line for run in task_runs if plots.strength_sweep(run)
                     for line in _strength_lines(run, modelset, figures)]
 
 
@@ -289,17 +261,8 @@ def _task3_section(task_runs, runs, modelset, figures, scripts):
     best = reported_lenet(runs, scripts)
     shown = [run for run in task_runs if run.groups]
     if shown:
-        figure = plots.time_figure(
-            [(f"{run.name}: " if len(shown) > 1 else "", run, entries,
-              {"color": plots.color(config_id)})
-             for run in shown for config_id, entries in run.groups.items()], [], best,
-            "Task 3: test accuracy against training time, every finished config",
-            plots.subtitle(shown[0].results, [entry for entries in shown[0].groups.values()
-                                              for entry in entries])
-            if len(shown) == 1 else f"folders {', '.join(run.name for run in shown)}; each "
-            "timed on its own device(s)", None)
         lines += _link(figures / "task3_accuracy_vs_time.png", modelset,
-                       "test accuracy against training time", figure)
+                       "test accuracy against training time", plots.task3_time_figure(shown, best))
     said = []
     for run in shown:
         config, accuracy = run.best[0]["config"], _mean(run.best, "final_test_accuracy")
@@ -349,21 +312,9 @@ def _task4_section(task_runs, runs, modelset, figures, scripts):
     if not task_runs:
         return []
     shown = [run for run in runs if run.best]
-    order = list(dict.fromkeys(run.script for run in shown))
-    curves = [(f"{'ResNet-18' if run in task_runs else 'LeNet'} {run.name}: ", run, run.best,
-               {"color": plots.tab10(order.index(run.script)),
-                "linestyle": "-" if run in task_runs else "--"}) for run in shown]
-    stars = [(run.best[0]["config"]["reported_seconds"],
-              run.best[0]["config"]["reported_accuracy"], style["color"],
-              f"the report's {run.best[0]['id']}, on one A100 (50,000 images): other hardware, "
-              f"its time not comparable with ours") for _, run, _, style in curves
-             if {"reported_seconds", "reported_accuracy"} <= run.best[0]["config"].keys()]
-    figure = plots.time_figure(curves, stars, None, "Task 4: test accuracy against training time",
-                               None, "the best config of each folder; colour: script; solid: "
-                               "ResNet-18, dashed: LeNet")
     lines = (["## Task 4: LeNet against ResNet-18, accuracy for time", ""]
              + _link(figures / "task4_accuracy_vs_time.png", modelset, "accuracy against time",
-                     figure) + _mixed_warning(shown))
+                     plots.task4_time_figure(shown, task_runs)) + _mixed_warning(shown))
     said = [f"{model}'s best here is {run.best[0]['id']} of `{run.name}` at "
             f"{_mean(run.best, 'final_test_accuracy'):.1f}% in "
             f"{_mean(run.best, 'train_seconds'):.0f} s ({run.images}, {plots.last_epoch(run.best)} "
@@ -371,7 +322,7 @@ def _task4_section(task_runs, runs, modelset, figures, scripts):
             for model, pool in (("ResNet-18", [run for run in shown if run in task_runs]),
                                 ("LeNet", [run for run in shown if run not in task_runs]))
             for run in sorted(pool, key=lambda run: -_mean(run.best, "final_test_accuracy"))[:1]]
-    reported = [run.best[0]["config"] for _, run, _, _ in curves if run in task_runs
+    reported = [run.best[0]["config"] for run in task_runs if run.best
                 and {"reported_seconds", "reported_accuracy"} <= run.best[0]["config"].keys()]
     lenet = reported_lenet(runs, scripts)
     if reported:
@@ -462,18 +413,6 @@ def command_path(path):
     return shlex.quote(str(path.relative_to(KIT) if here else path))
 
 
-def rerun_command(run, numbers):
-    """The command that trains configs ``numbers`` into ``run``'s folder with its earlier
-    flags (data as recorded, subset, epochs, seeds), so the results there stay in the views."""
-    words = run.results.get("command", "").split()
-    flags = " ".join(words[words.index(run.script) + 1:] if run.script in words else [])
-    flags = re.sub(r"(?<!\S)--(configs|out)(=| +)\S+|(?<!\S)--restart(?!\S)", "", flags)
-    world = run.results.get("world_size", 1)
-    return " ".join([f"torchrun --standalone --nproc-per-node={world}" if world > 1 else "python",
-                     command_path(KIT / run.script), *flags.split(), "--out",
-                     command_path(run.path.parent), "--configs", ",".join(numbers)])
-
-
 def cpu_time(configs, images, command, resnet):
     """' (roughly 1.2 h on a 2-core CPU)' for ``configs`` (CONFIGS entries) trained on ``images``
     images by ``command`` (its --epochs, --seeds), at the speeds measured on one (RESULTS.md):
@@ -505,7 +444,14 @@ def _not_run_section(runs, scripts, modelset):
             missing.append(f"- `{script}` ({text.task}): no results; run `{command}`"
                            f"{cpu_time(text.configs, 50000, command, resnet)}.")
         elif numbers:
-            command = rerun_command(own[-1], [str(number) for number in numbers])
+            words = own[-1].results.get("command", "").split()  # its flags, but these:
+            flags = " ".join(words[words.index(script) + 1:] if script in words else [])
+            flags = re.sub(r"(?<!\S)--(configs|out)(=| +)\S+|(?<!\S)--restart(?!\S)", "", flags)
+            world = own[-1].results.get("world_size", 1)
+            command = " ".join([f"torchrun --standalone --nproc-per-node={world}" if world > 1
+                                else "python", command_path(KIT / script), *flags.split(),
+                                "--out", command_path(own[-1].path.parent), "--configs",
+                                ",".join(map(str, numbers))])
             missing.append(f"- `{script}`: config(s) {', '.join(map(str, numbers))} of its "
                            f"CONFIGS have no results in any folder; to add them beside the "
                            f"results of `{own[-1].name}` (same data and flags, so nothing is "
@@ -518,8 +464,8 @@ def _not_run_section(runs, scripts, modelset):
 
 def write_report(modelset, runs, skipped, scripts):
     """Write REPORT.md and figures/ into ``modelset`` from load_runs' runs and skipped files,
-    in task order; ``scripts``: {script: ScriptText}. Returns the report's path; an OSError
-    means a file could not be written."""
+    in task order; ``scripts``: {script: make_report.ScriptText}. Returns the report's path;
+    an OSError means a file could not be written."""
     modelset = Path(modelset)
     figures = modelset / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -529,11 +475,10 @@ def write_report(modelset, runs, skipped, scripts):
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {len(runs)} results file(s)"
              f"{f' ({len(skipped)} skipped, listed below)' if skipped else ''}. "
              "Accuracies are percentages on each run's test set. The gap is the final training "
-             "accuracy in eval mode (on a fixed sample of up to 5,000 training images, measured "
-             "as the test accuracy is) minus the final test accuracy, in percentage points; the "
-             "running training accuracy (the mean over the last epoch, while the weights "
-             "changed and dropout was on) is shown beside it. With several seeds a cell shows "
-             "mean ± standard deviation.", ""]
+             "accuracy in eval mode (on up to 5,000 fixed training images, measured as the test "
+             "accuracy is) minus the final test accuracy, in percentage points; the running "
+             "training accuracy (the mean over the last epoch, the weights changing, dropout "
+             "on) is shown beside it. With several seeds a cell shows mean ± std.", ""]
     if skipped:
         lines += (["## Skipped results files", "", "Left out of every table and figure below; "
                    "once each is mended as said, rerun.", ""]
