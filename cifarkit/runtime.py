@@ -243,7 +243,9 @@ def place_model(model, runtime, sync_bn=False):
         if runtime.amp_dtype is not None:
             model = Autocast(model, runtime.device.type, runtime.amp_dtype)
         model = nn.DataParallel(model)
-    return torch.compile(model) if runtime.compile else model
+    # static shapes: the epoch's smaller last batch gets a graph of its own, and the full
+    # batches after it keep theirs (dynamic=None would recompile them all as dynamic)
+    return torch.compile(model, dynamic=False) if runtime.compile else model
 
 
 class Autocast(nn.Module):

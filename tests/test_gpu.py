@@ -919,3 +919,29 @@ def test_pytest_counts_read_the_closing_summary():
                                                "deselected": 2}
     assert gpu_check.pytest_counts("1 error in 0.5s") == {"error": 1}
     assert gpu_check.pytest_counts("no tests ran in 0.01s") == {}
+
+
+def test_compile_keeps_static_graphs_past_the_smaller_last_batch(monkeypatch):
+    """--compile: an epoch's smaller last batch gets a static graph of its own; the full
+    batches of the next epoch keep theirs instead of being recompiled with dynamic shapes."""
+    graphs, real_compile = [], torch.compile
+
+    def recorder(graph, example_inputs):  # a backend that notes each graph's input shapes
+        graphs.append([tuple(node.meta["example_value"].shape) for node in graph.graph.nodes
+                       if node.op == "placeholder"
+                       and isinstance(node.meta.get("example_value"), torch.Tensor)])
+        return graph.forward
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: real_compile(
+        model, backend=recorder, **kwargs))
+    torch._dynamo.reset()
+    runtime = rt.Runtime(torch.device("cpu"), compile=True)
+    model = rt.place_model(build_model({}), runtime)
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)  # batches 8, 8, 4
+    on_device = data.OnDevice(images, torch.arange(20) % 10, images[:4], torch.arange(4),
+                              *data.normalizer((0.5,) * 3, (0.5,) * 3, device="cpu"))
+    train.fit(model, {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "batch_size": 8,
+                      "num_epochs": 2}, on_device, runtime)
+    shapes = [shape for graph in graphs for shape in graph]
+    assert shapes and all(isinstance(size, int) for shape in shapes for size in shape), shapes
+    torch._dynamo.reset()
