@@ -371,16 +371,13 @@ def steps_per_epoch(train_count, batch_size, runtime):
 
 
 def make_optimizer(model, chosen, runtime):
-    """SGD, with torch's fused kernel where the device has one, but not beside fp16's
-    GradScaler: when it skips the first step, fused SGD leaves the momentum buffers it just
-    allocated uninitialised."""
-    parameters = list(model.parameters())  # read twice when the fused kernel is refused
-    options = dict(lr=chosen["lr"], momentum=chosen["momentum"],
-                   weight_decay=chosen["weight_decay"], nesterov=chosen.get("nesterov", False))
-    if runtime.amp_dtype != torch.float16:
-        with contextlib.suppress(RuntimeError):  # "fused=True requires ... supported devices"
-            return torch.optim.SGD(parameters, fused=True, **options)
-    return torch.optim.SGD(parameters, **options)
+    """SGD, with torch's fused kernel on the devices that have one (CPU, CUDA), but not beside
+    fp16's GradScaler: when it skips the first step, fused SGD leaves the momentum buffers it
+    just allocated uninitialised."""
+    fused = runtime.device.type in ("cpu", "cuda") and runtime.amp_dtype != torch.float16
+    return torch.optim.SGD(model.parameters(), lr=chosen["lr"], momentum=chosen["momentum"],
+                           weight_decay=chosen["weight_decay"],
+                           nesterov=chosen.get("nesterov", False), fused=fused)
 
 
 def make_scheduler(optimizer, chosen, steps):
@@ -511,12 +508,6 @@ def train_sample(train_count, test_count):
 
 def accuracy(predictions, labels):
     return 100.0 * (predictions == labels.cpu()).float().mean().item()
-
-
-def confusion_matrix(predictions, labels, classes=10):
-    """counts[true, predicted] as a classes x classes int64 tensor."""
-    pairs = labels.cpu() * classes + predictions.cpu()
-    return torch.bincount(pairs, minlength=classes * classes).view(classes, classes)
 
 
 # The first config trained is timed from its 10th step to its 40th, or later until 2 s have
