@@ -525,7 +525,8 @@ class Estimate:
         self.job, self.training = job, training
         self.started, self.steps, self.marks = time.perf_counter(), 0, []
         self.told = self.ended = None
-        self.corrected, self.epochs = False, 0
+        self.resumed = self.epochs = training.progress["epoch"]  # a resumed run's, trained
+        self.corrected = False
 
     def step(self):
         self.steps += 1
@@ -554,7 +555,8 @@ class Estimate:
                               else (self.started, 0))
             self.marks[:] = [begun, now]
             self.tell((now - begun) * max(self.steps, 1) / max(self.steps - skipped, 1))
-        elif self.ended is not None and not self.corrected \
+        elif self.ended is not None and not self.corrected and \
+                self.epochs < self.job.epochs_to_train[1] \
                 and not 0.5 <= (now - self.ended) / self.told <= 2:
             self.corrected = True
             self.tell(now - self.ended, corrected=True)
@@ -563,7 +565,8 @@ class Estimate:
     def tell(self, epoch, corrected=False):
         job, name = self.job, self.training.name
         runs_, epochs = job.epochs_to_train
-        in_all = f"the {runs_} run(s) to train need about {results.duration(epochs * epoch)} in all"
+        in_all = f"the {runs_} run(s) to train need about " \
+                 f"{results.duration((epochs - self.resumed) * epoch)} in all"
         if corrected:
             job.say(f"{name}: an epoch takes about {results.duration(epoch)} here, not "
                     f"{results.duration(self.told)} as estimated: the rest needs about "

@@ -223,7 +223,7 @@ def fake_gpus(monkeypatch, capabilities, archs=("sm_70", "sm_75", "sm_80", "sm_8
 
 def dtypes_in_a_replica_thread(model, inputs, device_type, dtype):
     """The output dtypes of every conv and linear layer of ``model`` when it runs as one of
-    DataParallel's replicas: the caller is under autocast in ``dtype`` (train_epoch), and
+    DataParallel's replicas: the caller is under autocast in ``dtype`` (train.train_config), and
     parallel_apply's worker thread re-enters autocast with the caller's on/off switch only."""
     layers = [layer for layer in rt.unwrap(model).modules()
               if isinstance(layer, (nn.Conv2d, nn.Linear))]

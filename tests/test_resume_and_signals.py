@@ -374,7 +374,7 @@ def test_a_finished_runs_checkpoint_left_by_a_kill_goes_when_its_config_is_edite
 
 def test_a_process_killed_while_it_holds_the_store_leaves_no_lock_behind(
         pickled_data, tmp_path, monkeypatch):
-    """Processes share a folder (tests/test_store.py); the locks are the kernel's, so a kill
+    """Processes share a folder (tests/test_run.py); the locks are the kernel's, so a kill
     -9 while one holds the store leaves nothing that blocks the next run."""
     out = tmp_path / "out"
     holder = subprocess.Popen(

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -893,3 +894,26 @@ def test_a_last_batch_of_one_image_is_dropped_so_batchnorm1d_trains(pickled_data
     assert run_script(script, out, pickled_data, [dict(TINY, batch_size=13)], monkeypatch) == 0
     assert json.loads((out / "training_result.json").read_text())["configs"][0]["status"] == \
         "finished"
+
+
+def test_the_estimate_counts_what_is_left_to_train(pickled_data, tmp_path, monkeypatch,
+                                                   capsys):
+    """A run resumed after its first of two epochs is told of one epoch, not two; a finished
+    run whose weights were deleted (it trains again) is counted."""
+    out, configs = tmp_path / "out", [dict(TINY, batch_size=4, num_epochs=2)]
+    monkeypatch.setattr(train, "ESTIMATE_SECONDS", 1e9)  # the estimate at the epoch's end
+    real_measure = train.measure
+    monkeypatch.setattr(train, "measure", lambda *args: (
+        os.kill(os.getpid(), signal.SIGINT), real_measure(*args))[1])
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 130
+    monkeypatch.setattr(train, "measure", real_measure)
+    capsys.readouterr()
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "an epoch on" in line]
+    epoch, left = re.search(r"about (.+) an epoch on .*; the 1 run\(s\) to train need about "
+                            r"(.+) in all", line).groups()
+    assert epoch == left, line
+    for weights in out.glob("runs/*/weights.pth"):
+        weights.unlink()
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
+    assert "the 1 run(s) to train" in capsys.readouterr().out
