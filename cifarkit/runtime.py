@@ -116,10 +116,6 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
                             f"on every machine? A first download can be started beforehand "
                             f"with one plain `python` run.") from None
         runtime = Runtime(device, rank, world_size, backend)
-    if runtime.device.type == "cuda":
-        for index in range(torch.cuda.device_count()) if runtime.data_parallel else \
-                [runtime.device.index or 0]:
-            check_gpu_supported(index)
     if compile and runtime.data_parallel:  # torch.compile cannot see into its replicas
         raise UserError(f"--compile with nn.DataParallel over {torch.cuda.device_count()} GPUs "
                         f"gains nothing: torch.compile cannot see into DataParallel's "
@@ -127,6 +123,9 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
                         f"{torch.cuda.device_count()} (one compiled model per GPU), or drop "
                         f"--compile.")
     if runtime.device.type == "cuda":
+        for index in range(torch.cuda.device_count()) if runtime.data_parallel else \
+                [runtime.device.index or 0]:
+            check_gpu_supported(index)
         # batch shapes repeat every epoch, so cuDNN's autotuning pays for itself
         deterministic = os.environ.get(DETERMINISTIC) == "1"
         torch.backends.cudnn.benchmark = not deterministic
