@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import RankError, UserError
+from .store import RUNS
 
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 EXIT_WRITE_FAILED = 1  # the same status as a failed config, as the README says
@@ -144,7 +145,7 @@ def stopped_before_training(error, out):
 def stopped_while_training(error, job):
     """Say why training stopped short (a damaged checkpoint, a second Ctrl-C, a file that
     could not be written); return the exit status. What was saved before stays."""
-    runs = job.out / "runs"
+    runs = job.out / RUNS
     if isinstance(error, UserError):  # found only once training began: a damaged checkpoint
         job.say(f"error: {error}", file=sys.stderr)
         return 2
@@ -161,13 +162,13 @@ def lost_contact(error, job):
     say(f"error: rank {job.runtime.rank} lost contact with the other ranks "
         f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Another worker has "
         f"probably died. Checkpoints are saved at every epoch's end in each run's folder in "
-        f"{job.out / 'runs'}/. {resume_hint(job.script.file, job.argv, True)} "
+        f"{job.out / RUNS}/. {resume_hint(job.script.file, job.argv, True)} "
         f"(torchrun --max-restarts=3 restarts the workers by itself).", file=sys.stderr)
     return EXIT_WRITE_FAILED
 
 
 def write_failed(out, error):
-    link, elsewhere = Path(out) / "runs", ""
+    link, elsewhere = Path(out) / RUNS, ""
     try:  # a scratch disk behind runs/ may be the full one, not the folder's own
         if link.is_symlink() and link.stat().st_dev != Path(out).stat().st_dev:
             elsewhere = f" (or to {link.resolve()}, another disk, which runs/ links to)"
@@ -182,7 +183,7 @@ def interrupted(job, stop, number, finished=False):
     """Say where the signal in ``stop`` stopped the run; return the exit status."""
     where = (f"after config_{number} ended; the next configs have not started" if finished
              else f"during config_{number}; its checkpoint is in its run folder in "
-             f"{job.out / 'runs'}/")
+             f"{job.out / RUNS}/")
     job.say(f"Stopped by {signal.Signals(stop.signals[0]).name} {where}. "
             f"{resume_hint(job.script.file, job.argv, job.runtime.distributed)}",
             file=sys.stderr)
