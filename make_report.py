@@ -138,7 +138,8 @@ def main(argv=None):
     except KeyboardInterrupt as stop:  # every view and run it wrote is whole (written by renames)
         signum = getattr(stop, "signum", signal.SIGINT)
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"\nStopped by {name}; the report is not finished. Run the same command again.",
+        print(f"\nStopped by {name}; REPORT.md and figures/ are whole, as they were (or new, "
+              f"if the stop came as they were swapped in). Run the same command again.",
               file=sys.stderr)
         return signals.EXIT[signum]
 

@@ -1,6 +1,8 @@
 """modelset/ -> modelset/REPORT.md and modelset/figures/: the report's tables, figures and
 sentences, rebuilt from the results JSON the scripts wrote (read and checked by results.py)."""
+import os
 import re
+import secrets
 import shlex
 import shutil
 from dataclasses import dataclass, field
@@ -10,7 +12,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from . import plots, store
+from . import plots, signals, store
 from .results import (CLASSES, config_label, duration, group_runs, mean_std,
                       read_results, settings, write_atomically)
 
@@ -151,7 +153,7 @@ def _strength_lines(run, modelset, figures):
 def _link(path, modelset, caption, figure=None):
     if figure is not None:
         plots.save(figure, path)
-    return [f"![{caption}]({quote(path.relative_to(modelset).as_posix())})", ""]
+    return [f"![{caption}](figures/{quote(path.name)})", ""]
 
 
 def _claim(said):
@@ -467,8 +469,22 @@ def write_report(modelset, runs, skipped, scripts):
     in task order; ``scripts``: {script: make_report.ScriptText}. Returns the report's path;
     an OSError means a file could not be written."""
     modelset = Path(modelset)
-    figures = modelset / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
+    held = store.lock(modelset, blocking=True)  # one report at a time is written here
+    staging = modelset / f".report-{secrets.token_hex(4)}"  # all of it, then three renames
+    try:
+        for left in [*modelset.glob(".report-*"), *modelset.glob(".figures-old-*")]:  # kill's
+            shutil.rmtree(left, ignore_errors=True)
+        (staging / "figures").mkdir(parents=True)
+        _write_report(modelset, runs, skipped, scripts, staging)
+    finally:  # what is left of the staging and the earlier figures
+        for left in (staging, modelset / f".figures-old-{staging.name}"):
+            shutil.rmtree(left, ignore_errors=True)
+        os.close(held)
+    return modelset / "REPORT.md"
+
+
+def _write_report(modelset, runs, skipped, scripts, staging):
+    figures = staging / "figures"
     lines = [f"{REPORT_HEADER} `{modelset}`", "",
              f"Written by `python {command_path(KIT / 'make_report.py')} --modelset "
              f"{command_path(modelset)}` on "
@@ -496,5 +512,10 @@ def write_report(modelset, runs, skipped, scripts):
         lines += (sections[number](task_runs, runs, modelset, figures, scripts)
                   if number in sections else [])
     text = "\n".join(lines + _not_run_section(runs, scripts, modelset)) + "\n"
-    write_atomically(modelset / "REPORT.md", lambda file: file.write(text.encode()))
-    return modelset / "REPORT.md"
+    write_atomically(staging / "REPORT.md", lambda file: file.write(text.encode()))
+    old = modelset / f".figures-old-{staging.name}"
+    with signals.deferred():  # REPORT.md and figures/ swap together, or not at all
+        if (modelset / "figures").is_dir() and not (modelset / "figures").is_symlink():
+            os.rename(modelset / "figures", old)
+        os.rename(figures, modelset / "figures")
+        os.replace(staging / "REPORT.md", modelset / "REPORT.md")

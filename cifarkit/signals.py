@@ -52,6 +52,19 @@ def sigterm_as_interrupt():
 
 
 @contextlib.contextmanager
+def deferred():
+    """SIGINT and SIGTERM wait until the block has run (a few renames that go together)."""
+    block = getattr(signal, "pthread_sigmask", None)  # not on Windows
+    if block is not None:
+        block(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        if block is not None:
+            block(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+@contextlib.contextmanager
 def stop_on_signals(say_, stop_at_once_on_repeat=True):
     """SIGINT / SIGTERM ask training to stop after the current step (or test pass); a second
     one stops now, except under torchrun, which sends its workers SIGTERM twice."""

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -633,8 +634,60 @@ def test_ctrl_c_during_make_report_is_one_line_not_a_traceback(modelset, tmp_pat
 
     monkeypatch.setattr(report, "write_report", interrupted)
     assert make_report.main(["--modelset", str(root)]) == 130
-    assert capsys.readouterr().err == ("\nStopped by Ctrl-C; the report is not finished. "
-                                       "Run the same command again.\n")
+    assert capsys.readouterr().err.startswith("\nStopped by Ctrl-C; REPORT.md and figures/ "
+                                              "are whole, as they were")
+
+
+def snapshot(root):
+    """{path: bytes} of REPORT.md and every file under figures/, and the hidden names left."""
+    files = {path.relative_to(root).as_posix(): path.read_bytes()
+             for path in [root / "REPORT.md", *sorted((root / "figures").iterdir())]}
+    return files, sorted(path.name for path in root.glob(".*"))
+
+
+def test_a_report_stopped_while_drawing_leaves_the_earlier_report_and_figures_whole(
+        modelset, tmp_path, monkeypatch, capsys):
+    """SIGTERM between two figures: REPORT.md and figures/ stay the earlier report's, byte for
+    byte, nothing half-written beside them; a stop while they are swapped in waits for the
+    swap; what a kill -9 left is cleared by the next run."""
+    root = copy_of(modelset, tmp_path)
+    (root / "figures").mkdir()
+    (root / "figures" / "from_a_report_before.png").write_bytes(b"old")
+    assert make_report.main(["--modelset", str(root)]) == 0
+    before = snapshot(root)
+    assert "figures/from_a_report_before.png" not in before[0]  # figures/ is this report's
+    assert before[1] == []
+    saved = []
+    savefig = Figure.savefig
+
+    def stopped_at_the_second(figure, *args, **kwargs):
+        saved.append(figure)
+        if len(saved) == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return savefig(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", stopped_at_the_second)
+    assert make_report.main(["--modelset", str(root)]) == 143
+    assert len(saved) == 2 and snapshot(root) == before
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    replace = os.replace
+
+    def stopped_in_the_swap(source, target, *args, **kwargs):
+        if Path(target) == root / "REPORT.md":
+            signal.raise_signal(signal.SIGTERM)  # waits until the swap is done
+        return replace(source, target, *args, **kwargs)
+
+    (root / "REPORT.md").write_text((root / "REPORT.md").read_text() + "an edit\n")
+    monkeypatch.setattr(os, "replace", stopped_in_the_swap)
+    assert make_report.main(["--modelset", str(root)]) == 143
+    assert "an edit" not in (root / "REPORT.md").read_text()  # the new one, whole
+    assert snapshot(root)[1] == [] and sorted(snapshot(root)[0]) == sorted(before[0])
+    monkeypatch.setattr(os, "replace", replace)
+    (root / ".report-0badf00d" / "figures").mkdir(parents=True)  # as a kill -9 leaves them
+    (root / ".figures-old-.report-0badf00d").mkdir()
+    capsys.readouterr()
+    assert make_report.main(["--modelset", str(root)]) == 0
+    assert snapshot(root)[1] == []
 
 
 def test_make_report_runs_where_torch_cannot_be_imported(modelset, tmp_path):
