@@ -345,7 +345,7 @@ def _earlier_section(run, modelset, figures):
     for entry in run.results["configs"]:
         shown = folder / entry["run"] if isinstance(entry.get("run"), str) else None
         name, current = entry["config"].get("name"), records.get(shown)
-        earlier = [record for run_dir, record in records.items()
+        earlier = [(run_dir, record) for run_dir, record in records.items()
                    if run_dir != shown and record["seed"] == base and record["history"]
                    and record["identity"].get("script") == run.script
                    and (record["config"].get("name") == name if name is not None else
@@ -353,13 +353,14 @@ def _earlier_section(run, modelset, figures):
         if entry["seed"] != base or current is None or not earlier:
             continue
         said, histories = [], []
-        for record in [*earlier, current]:
+        for run_dir, record in [*earlier, (shown, current)]:
             was, now = (store.config_identity(one["identity"].get("config") or {}, {})
                         for one in (record, current))
             change = store.describe_change(was, now) or (
                 "the model changed" if record["identity"].get("model")
                 != current["identity"].get("model") else "the same config, trained again "
-                "(--restart)")
+                + ("(its weights were deleted or changed)" if record["status"] == "finished"
+                   and not store.usable(run_dir, record) else "(--restart)"))
             last = record["history"][-1]
             final = (f"{last['test_accuracy']:.2f}% after {last['epoch']} epoch(s)"
                      + ("" if record["status"] == "finished" else f" ({record['status']})"))

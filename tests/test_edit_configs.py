@@ -298,6 +298,20 @@ def test_the_report_shows_a_configs_earlier_curve_beside_its_current_one(pickled
     assert "**config_1, earlier runs**" not in report
     figure = tmp_path / "modelset" / "figures" / "L2_regularization_model_config_2_earlier.png"
     assert figure.is_file() and f"({figure.relative_to(tmp_path / 'modelset')})" in report
+    # config_1 retrained because its weights were deleted; config_2 because of --restart
+    (out / entries(out)[("config_1", 0)]["run"] / "weights.pth").unlink()
+    assert run_script(SCRIPT, out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch,
+                      "--configs", "1") == 0
+    assert run_script(SCRIPT, out, pickled_data, [A, dict(B, lr=0.05)], monkeypatch,
+                      "--configs", "2", "--restart") == 0
+    assert make_report.main(["--modelset", str(tmp_path / "modelset")]) == 0
+    report = (tmp_path / "modelset" / "REPORT.md").read_text()
+    config_1, config_2 = (next(line for line in report.splitlines()
+                               if line.startswith(f"**config_{n}, earlier runs**"))
+                          for n in (1, 2))
+    assert "the same config, trained again (its weights were deleted or changed)" in config_1
+    assert "--restart" not in config_1
+    assert "the same config, trained again (--restart)" in config_2
 
 
 # ---- what is not a change: a label, a reported figure, a new key's default, numpy numbers ----
