@@ -2,8 +2,7 @@
 a GPU machine, python -m pytest -m gpu), and every CUDA path that can be checked on the CPU:
 precision chosen from the compute capability, DataParallel's replica threads, fp16 with
 loss scaling and its resume, fewer GPUs at a resume, torchrun's device choice, out of memory
-and late ranks under torchrun (gloo), and benchmarks/gpu_check.py in its --quick mode, so
-the command a GPU user runs first cannot rot unnoticed."""
+and late ranks under torchrun (gloo). benchmarks/gpu_check.py: tests/test_gpu_check.py."""
 import functools
 import importlib
 import json
@@ -15,12 +14,10 @@ import sys
 import threading
 import time
 import warnings
-import zipfile
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import functional as TF
 
@@ -29,10 +26,7 @@ from cifarkit import runtime as rt
 from cifarkit.errors import UserError
 from Original_version_model import build_model
 from conftest import (REPO, blanked_squares, checkpoint_of, labelled_images, run_script,
-                      windows_found, write_image_folders, write_pickled_batches)
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import gpu_check  # noqa: E402
+                      windows_found)
 
 
 # ---- on a CUDA GPU (marked gpu: skipped where there is none, see conftest.py) ----
@@ -695,230 +689,6 @@ def test_the_ranks_wait_for_a_late_rank_as_long_as_the_timeout_says(pickled_data
     assert too_late.returncode != 0
     assert "error: rank 1 waited 0:00:06 for the other ranks to start" in too_late.stderr
     assert seconds < 40  # rank 1 gave up at its timeout; rank 0 then never started training
-
-
-# ---- benchmarks/gpu_check.py ----
-# Its --quick mode runs every GPU check on the CPU; a failing check fails the command; the
-# precision comparison catches the mismatches it is there for.
-
-# Every check --quick runs, in order: dropping or renaming one must be a decision.
-QUICK_CHECKS = ["script-baseline", "script-l2", "script-dropout", "script-multigpu",
-                "script-resnet", "weights-on-cpu", "precision-auto", "precision-on", "dp-replicas",
-                "fp16-scaler", "compile", "torchrun",
-                "resume", "speed-bf16", "speed-fp32", "resnet-best", "resnet-recipe"]
-
-
-def test_quick_mode_runs_every_check_and_each_passes(tmp_path, monkeypatch, capsys):
-    # 500 training images a class: the resume check interrupts an epoch of more than 1000
-    # mini-batches of 4 (subset 5,000), and the recipe needs one batch of 512
-    data_dir = write_pickled_batches(tmp_path / "data", train_per_class=500)
-    out = tmp_path / "out"
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what --quick sets for its children
-    status = gpu_check.main(["--quick", "--data-dir", str(data_dir), "--out", str(out)])
-    printed = capsys.readouterr().out
-    report = json.loads((out / "gpu_check.json").read_text())
-    failed = {check["id"]: (check["error"], check["error_tail"][-1500:])
-              for check in report["checks"] if check["result"] != "pass"}
-    assert not failed, failed
-    assert status == 0
-    assert [check["id"] for check in report["checks"]] == QUICK_CHECKS
-    assert report["quick"] and "figures mean nothing" in report["note"]
-
-    checks = {check["id"]: check for check in report["checks"]}
-    assert "bit-identical" in checks["resume"]["figure"]
-    assert "weights differ by 0.00% of the distance" in checks["resume"]["figure"]  # GPU measure
-    assert "world_size 2, backend gloo" in checks["torchrun"]["figure"]
-    assert {layer["computed_in"] for layer in checks["precision-auto"]["layers"]} == {"fp32"}
-    assert {layer["computed_in"] for layer in checks["precision-on"]["layers"]} == {"bf16"}
-    assert checks["speed-bf16"]["images_per_s"] > 0
-    recipe = checks["resnet-recipe"]
-    assert "--seeds 1" in recipe["what"] and "mean of 1 seed:" in recipe["figure"]
-    assert [run["seed"] for run in recipe["seeds"]] == [0]
-    assert 0 <= recipe["accuracy"] <= 100
-
-    table = (out / "gpu_check.md").read_text()
-    assert "figures mean nothing" in table
-    assert "| Check | What ran | Result | Figure | Report / aim | Time |" in table
-    for check_id in QUICK_CHECKS:
-        row = f"| {check_id} | "
-        assert row in table and row in printed  # written, and printed at the end
-    assert "89.56%, 305.84 s" in table  # the report's figure beside ours
-
-
-def test_a_failing_check_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
-    # 300 training images: too few for the resume check's 5,000-image subset, enough for the
-    # one batch of the dp-replicas check that runs before it
-    data_dir = write_pickled_batches(tmp_path / "data")
-    out = tmp_path / "out"
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what --quick sets for its children
-    status = gpu_check.main(["--quick", "--data-dir", str(data_dir), "--out", str(out),
-                             "--only", "resume,dp-replicas"])
-    assert status == 1
-    report = json.loads((out / "gpu_check.json").read_text())
-    replicas, resume = report["checks"]  # in the checks' own order
-    assert (resume["id"], resume["result"]) == ("resume", "fail")
-    assert "exit status 2" in resume["error"]
-    assert "--subset 5000: must be between 10 and the 300" in resume["error_tail"]
-    assert (replicas["id"], replicas["result"]) == ("dp-replicas", "pass")
-    table = (out / "gpu_check.md").read_text()
-    assert "| resume | " in table and "**FAIL**" in table
-    assert "**1 of 2 checks passed.**" in table
-    assert "--subset 5000: must be between 10" in table  # the failure's output tail
-
-
-def recipe_entries(*runs):
-    """Results entries of the recipe, one per (seed, accuracy %, seconds, epochs)."""
-    return [{"id": "config_5", "seed": seed, "final_test_accuracy": accuracy,
-             "train_seconds": seconds, "precision": "bf16 autocast",
-             "history": [{"test_accuracy_without_tta": accuracy - 0.3}] * epochs}
-            for seed, accuracy, seconds, epochs in runs]
-
-
-@pytest.mark.parametrize("runs, verdict", [
-    ([(0, 94.2, 38.0, 16), (1, 93.9, 39.5, 16), (2, 94.1, 40.0, 16)], "aim met"),
-    # the mean decides the accuracy, not the best seed
-    ([(0, 94.5, 38.0, 16), (1, 93.6, 38.0, 16), (2, 93.7, 38.0, 16)],
-     "aim NOT met: mean accuracy below 94%"),
-    # every seed must train within 40 s: a mean under 40 s hides a slow run
-    ([(0, 94.2, 36.0, 16), (1, 94.2, 41.5, 16), (2, 94.2, 37.0, 16)],
-     "aim NOT met: over 40 s (seed 1: 41.5 s)"),
-    ([(0, 94.2, 38.0, 26)], "aim NOT met: 26 epochs, over 25"),
-])
-def test_the_recipe_is_judged_on_the_mean_of_its_seeds(runs, verdict):
-    found = gpu_check.recipe_verdict(recipe_entries(*runs), 50_000)
-    assert verdict in found["figure"]
-    assert found["aim_met"] == (verdict == "aim met")
-    mean = sum(accuracy for _, accuracy, _, _ in runs) / len(runs)
-    assert found["accuracy"] == pytest.approx(mean)
-    assert f"mean of {len(runs)} seed" in found["figure"] and f"{mean:.2f}%" in found["figure"]
-    for seed, accuracy, seconds, _ in runs:  # and each seed beside it
-        assert f"seed {seed}: {accuracy:.2f}% in {seconds:.1f} s" in found["figure"]
-
-
-@pytest.mark.parametrize("quick", [False, True])
-def test_a_recipe_below_its_aim_fails_the_check_on_a_gpu(quick, tmp_path):
-    """The aim is judged where it can be met: on a GPU. --quick's tiny CPU runs never meet
-    it, and pass on their figures alone."""
-    setting = gpu_check.Setting(tmp_path, tmp_path, {}, gpus=0 if quick else 1, quick=quick)
-    below = gpu_check.recipe_verdict(recipe_entries((0, 93.2, 38.0, 16)), 50_000)
-    met = gpu_check.recipe_verdict(recipe_entries((0, 94.2, 38.0, 16)), 50_000)
-    assert gpu_check.judged(met, setting) == met
-    if quick:
-        assert gpu_check.judged(below, setting) == below
-    else:
-        with pytest.raises(gpu_check.CheckFailed, match="aim NOT met: mean accuracy below 94%"):
-            gpu_check.judged(below, setting)
-
-
-def test_a_replica_that_loses_the_runs_precision_fails_the_replica_check(pickled_data,
-                                                                        tmp_path,
-                                                                        monkeypatch):
-    """DataParallel runs each replica in a thread of its own, where autocast's dtype is the
-    default, not the run's: without runtime.Autocast around the model the replicas compute
-    in the wrong precision, and the dp-replicas check says so."""
-    plan = {key: value[True] for key, value in gpu_check.PLAN.items()}
-    setting = gpu_check.Setting(pickled_data, tmp_path, plan, gpus=0, quick=True)
-    assert "in 2 replica threads computed in fp16" in gpu_check.check_replicas(
-        setting, tmp_path)["figure"]
-
-    class Forgetful(rt.Autocast):  # what place_model would be without the wrapper
-        def forward(self, *args, **kwargs):
-            return self.module(*args, **kwargs)
-
-    monkeypatch.setattr(rt, "Autocast", Forgetful)
-    with pytest.raises(gpu_check.CheckFailed, match="recorded 'fp16 autocast with loss "
-                                                    "scaling', but layers computed in bf16"):
-        gpu_check.check_replicas(setting, tmp_path)
-
-
-def test_the_lent_machine_command_unzips_the_data_checks_and_keeps_the_record(tmp_path):
-    """benchmarks/lent_gpu.py: the data from a zip of image folders, the check run on it,
-    and under --out the JSON, the table and the logs, without weights."""
-    import lent_gpu
-
-    folders = write_image_folders(tmp_path / "images")
-    with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
-        for path in folders.rglob("*.png"):
-            archive.write(path, path.relative_to(folders))
-    out = tmp_path / "record"
-    assert lent_gpu.main(["--zip", str(tmp_path / "data.zip"), "--out", str(out), "--quick",
-                          "--only", "script-l2"]) == 0
-    (check,) = json.loads((out / "gpu_check.json").read_text())["checks"]
-    assert (check["id"], check["result"]) == ("script-l2", "pass")
-    assert "| script-l2 | " in (out / "gpu_check.md").read_text()
-    assert list(out.rglob("run.log")) and not list(out.rglob("*.pth"))
-    assert lent_gpu.main(["--zip", str(out / "gpu_check.md"), "--out", str(out)]) == 2
-
-
-def test_an_unknown_check_or_a_missing_data_dir_is_refused(tmp_path, capsys):
-    data_dir = write_pickled_batches(tmp_path / "data")
-    quick = ["--quick", "--out", str(tmp_path / "out")]
-    assert gpu_check.main([*quick, "--data-dir", str(data_dir), "--only", "resume,warp-drive"]) == 2
-    assert "no check warp-drive" in capsys.readouterr().err
-    assert gpu_check.main([*quick, "--data-dir", str(tmp_path / "nowhere")]) == 2
-    assert "no such folder" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-
-
-def layers(*calls):
-    return [{"layer": f"layer{number}", "device": device, "computed_in": kind}
-            for number, (kind, device) in enumerate(calls)]
-
-
-@pytest.mark.parametrize("label, calls, devices, problem", [
-    # DataParallel replicas in fp16 while the run says bf16 (threads start in autocast's default)
-    ("bf16 autocast", [("bf16", "cuda:0"), ("fp16", "cuda:1")], ["cuda:0", "cuda:1"],
-     "recorded 'bf16 autocast', but layers computed in fp16 on cuda:1"),
-    # TF32 convolutions in a run recorded as fp32
-    ("fp32", [("tf32", "cuda:0"), ("fp32", "cuda:0")], ["cuda:0"],
-     "recorded 'fp32', but layers computed in tf32 on cuda:0"),
-    # the second GPU never computed: DataParallel not spreading the batch
-    ("bf16 autocast", [("bf16", "cuda:0")], ["cuda:0", "cuda:1"],
-     "no Conv2d or Linear ran on cuda:1"),
-    ("fp8 magic", [("fp32", "cpu")], ["cpu"], "unknown precision 'fp8 magic'"),
-    ("fp32", [], ["cpu"], "no Conv2d or Linear layer ran"),
-])
-def test_precision_mismatches_are_named(label, calls, devices, problem):
-    assert problem in "; ".join(gpu_check.precision_mismatches(label, layers(*calls), devices))
-
-
-@pytest.mark.parametrize("label, calls", [
-    ("bf16 autocast", [("bf16", "cuda:0"), ("bf16", "cuda:1")]),
-    ("tf32", [("tf32", "cuda:0"), ("fp32", "cuda:0")]),  # small layers may take fp32 kernels
-    ("fp16 autocast with loss scaling", [("fp16", "cuda:0"), ("fp16", "cuda:1")]),
-])
-def test_precision_that_matches_passes(label, calls):
-    devices = sorted({device for _, device in calls})
-    assert gpu_check.precision_mismatches(label, layers(*calls), devices) == []
-
-
-def tf32(tensor):
-    """``tensor`` with TF32's 10-bit mantissa: the 13 low bits of fp32's 23 cleared."""
-    return (tensor.view(torch.int32) & -(2 ** 13)).view(torch.float32)
-
-
-@pytest.mark.parametrize("layer", [nn.Linear(400, 120), nn.Conv2d(6, 16, 5)])
-def test_tf32_is_told_from_fp32_by_the_rounding_error(layer):
-    torch.manual_seed(0)
-    inputs = torch.randn((32, 400) if isinstance(layer, nn.Linear) else (32, 6, 14, 14))
-    if isinstance(layer, nn.Linear):
-        reduced = F.linear(tf32(inputs), tf32(layer.weight), layer.bias)
-    else:
-        reduced = F.conv2d(tf32(inputs), tf32(layer.weight), layer.bias)
-    seen = []
-    with torch.no_grad():
-        gpu_check.record_layer(seen, "layer", layer, (inputs,), layer(inputs))
-        gpu_check.record_layer(seen, "layer", layer, (inputs,), reduced)
-        gpu_check.record_layer(seen, "layer", layer, (inputs,), layer(inputs).bfloat16())
-    assert [call["computed_in"] for call in seen] == ["fp32", "tf32", "bf16"]
-
-
-def test_pytest_counts_read_the_closing_summary():
-    output = "..F.s\nFAILED tests/x.py::t\n3 passed, 1 failed, 1 skipped, 2 deselected in 4.10s\n"
-    assert gpu_check.pytest_counts(output) == {"passed": 3, "failed": 1, "skipped": 1,
-                                               "deselected": 2}
-    assert gpu_check.pytest_counts("1 error in 0.5s") == {"error": 1}
-    assert gpu_check.pytest_counts("no tests ran in 0.01s") == {}
 
 
 def test_compile_keeps_static_graphs_past_the_smaller_last_batch(monkeypatch):
