@@ -419,7 +419,8 @@ def command_path(path):
 def cpu_time(configs, images, command, resnet):
     """' (roughly 1.2 h on a 2-core CPU)' for ``configs`` (CONFIGS entries) trained on ``images``
     images by ``command`` (its --epochs, --seeds), at the speeds measured on one (RESULTS.md):
-    LeNet 2,000 images/s at batch 4, 8,000 at 32, 12,000 from 128; ResNet-18 100."""
+    LeNet 2,000 images/s at batch 4, 8,000 at 32, 12,000 from 128; ResNet-18 100 (with
+    AVX512; about 50 without)."""
     epochs, seeds = (re.search(rf"--{flag}[= ](\d+)", command) for flag in ("epochs", "seeds"))
     try:
         seconds = sum((int(epochs[1]) if epochs else config["num_epochs"]) * images / (
@@ -427,7 +428,8 @@ def cpu_time(configs, images, command, resnet):
             if config["batch_size"] < 128 else 12000) for config in configs)
     except (KeyError, TypeError):  # a config not written as a literal
         return ""
-    return f" (roughly {duration(seconds * (int(seeds[1]) if seeds else 1))} on a 2-core CPU)"
+    return (f" (roughly {duration(seconds * (int(seeds[1]) if seeds else 1))} on a 2-core CPU"
+            + (" with AVX512, twice that without)" if resnet else ")"))
 
 
 def _not_run_section(runs, scripts, modelset):
@@ -461,7 +463,8 @@ def _not_run_section(runs, scripts, modelset):
                            f"moved aside): `{command}`" + cpu_time(
                                [text.configs[number - 1] for number in numbers],
                                own[-1].results["data"]["train_images"], command, resnet) + ".")
-    return ["## Not run yet", ""] + ([DATA_HELP, "", TIME_HELP, ""] + missing if missing else [
+    data_help = [DATA_HELP, ""] if any("--data-dir DIR" in line for line in missing) else []
+    return ["## Not run yet", ""] + (data_help + [TIME_HELP, ""] + missing if missing else [
         "Every script and every config has results.", ""]) + [""]
 
 

@@ -301,12 +301,14 @@ def test_the_quick_looks_report_names_the_reports_best_lenet_and_says_what_is_mi
     assert len(tables) == 5 and all(before.rstrip().splitlines()[-1].startswith(
         "Test accuracy per class (%) of config_") for before in tables)
     missing = text.split("## Not run yet")[1]
-    hints = re.findall(r"--configs ([\d,]+)` \(roughly ([\d.]+) (min|h) on a 2-core CPU\)",
-                       missing)
+    hints = re.findall(r"--configs ([\d,]+)` \(roughly ([\d.]+) (min|h) on a 2-core CPU"
+                       r"( with AVX512, twice that without)?\)", missing)
     # configs 1-11 of the sweep: 730 epochs of 50,000 images; ResNet's four: 12 of 5,000
-    assert [configs for configs, _, _ in hints] == ["1,2,3,4,5,6,7,8,9,10,11", "1,2,3,5"]
+    assert [(configs, bool(avx)) for configs, _, _, avx in hints] == [
+        ("1,2,3,4,5,6,7,8,9,10,11", False), ("1,2,3,5", True)]  # ResNet's speed: AVX512's
     sweep_minutes, resnet_minutes = (float(time) * (60 if unit == "h" else 1)
-                                     for _, time, unit in hints)
+                                     for _, time, unit, _ in hints)
+    assert "`DIR` is the folder" not in missing  # no command here says DIR
     assert 30 < sweep_minutes < 180 and 5 < resnet_minutes < 20
 
 
