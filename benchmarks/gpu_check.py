@@ -45,12 +45,14 @@ machine lent for 5 minutes at a time runs it as two commands:
 figures mean nothing, only pass and fail do. --only ID,ID reruns some checks.
 """
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import platform
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,7 +98,7 @@ PLAN = {
     "precision_subset": (2000, 200),
     "precision_amps": (("auto", "off"), ("auto", "on")),
     # torchrun: ResNet-18 config 1, 1 epoch, one process per GPU (~20 s)
-    "torchrun_subset": (5000, 200),
+    "torchrun_subset": (5000, 128),
     "cpu_processes": (None, 2),
     # resume: the baseline (batch 4) for 2 epochs, three runs (~30 s). SIGTERM goes out when
     # epoch 2 prints its loss at mini-batch 1000: the epoch must be longer than 1000 steps.
@@ -194,6 +196,7 @@ class Setting:
     plan: dict     # PLAN's values for this mode
     gpus: int      # visible CUDA GPUs, 0 with --quick
     quick: bool
+    record: Path = None  # --record: where the record is copied after every check
 
     @property
     def device(self):
@@ -216,11 +219,33 @@ def start_logged(command, log, env=None):
 
 
 def stop_group(process):
-    try:
+    """Kill ``process``, its group, and every process below it: torchrun's agent starts each
+    worker in a session of its own, which killing the group does not reach. The group is
+    stopped first, so that no new worker starts while they are counted."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGSTOP)
+    below = descendants(process.pid)
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    for pid in below:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     process.wait()
+
+
+def descendants(pid):
+    """The processes below ``pid``, as Linux's /proc tells (none elsewhere)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
 
 
 def wait_logged(process, log, timeout):
@@ -1003,6 +1028,15 @@ def save(report, out):
     (out / "gpu_check.md").write_text(markdown(report) + ("\n" + details if details else ""))
 
 
+def copy_record(out, record):
+    """The JSON, the table and the logs of ``out`` into ``record``, in the same folders."""
+    for pattern in ("gpu_check.json", "gpu_check.md", "*.log"):
+        for path in out.rglob(pattern):
+            target = record / path.relative_to(out)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+
+
 def set_aside_earlier(out):
     """Start from empty run folders: a script finds its earlier results in its --out and
     skips the configs they hold. An earlier gpu_check's files move into earlier-<time>/."""
@@ -1042,6 +1076,9 @@ def parse_args(argv):
     parser.add_argument("--only", metavar="ID,ID", help="run only these checks (ids as listed "
                                                         "in the table)")
     parser.add_argument("--skip", metavar="ID,ID", help="run all but these checks")
+    parser.add_argument("--record", type=Path, metavar="DIR",
+                        help="after every check, copy the record (gpu_check.json, gpu_check.md, "
+                             "the logs; no weights) into DIR: a command cut off keeps it")
     for flag in ("--probe", "--results", "--device", "--amp", "--subset", "--probe-out"):
         parser.add_argument(flag, help=argparse.SUPPRESS)  # the children's own flags
     return parser.parse_args(argv)
@@ -1076,7 +1113,8 @@ def main(argv=None):
         return 2
     setting = Setting(args.data_dir.resolve(), args.out.resolve(),
                       {key: value[args.quick] for key, value in PLAN.items()},
-                      0 if args.quick else torch.cuda.device_count(), args.quick)
+                      0 if args.quick else torch.cuda.device_count(), args.quick,
+                      args.record)
     checks = all_checks(setting, args.pytest)
     known = [check_id for check_id, _, _ in checks]
     for flag, named, keep in (("--only", args.only, True), ("--skip", args.skip, False)):
@@ -1114,6 +1152,8 @@ def run_all(setting, checks, argv):
         report["checks"].append(record)
         report["total_seconds"] = round(time.perf_counter() - started, 1)
         save(report, setting.out)  # after every check: a run cut short keeps what it found
+        if setting.record is not None:
+            copy_record(setting.out, setting.record)
         if record["result"] == "pass":
             print(f"    pass ({record['seconds']:.0f} s): {record['figure']}", flush=True)
         else:

@@ -5,14 +5,14 @@
 Unzips the CIFAR-10 copy (a zip of the image-folder tree train/<class>/, test/<class>/, as
 ../shared/cifar10-jpeg.zip is) into a scratch folder, decodes it once into torchvision's batch
 files (each of the check's some 25 processes then reads them in a fraction of a second,
-instead of decoding 60,000 JPEGs), runs benchmarks/gpu_check.py on them, and puts what the
-record needs under --out: gpu_check.json, gpu_check.md and every check's log
-(no weights, no PNGs, no data). Any other flag goes to gpu_check.py (--quick, --only ID,ID,
+instead of decoding 60,000 JPEGs), runs benchmarks/gpu_check.py on them, and copies the
+record under --out after every check (gpu_check.json, gpu_check.md and every check's log; no
+weights, no PNGs, no data), so a command cut off at the machine's time limit keeps the checks
+done so far. Any other flag goes to gpu_check.py (--quick, --only ID,ID,
 --pytest). Exit status: gpu_check's (0 every check passed, 1 one failed, 2 bad input).
 """
 import argparse
 import pickle
-import shutil
 import sys
 import tempfile
 import zipfile
@@ -24,9 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_check  # noqa: E402  (it puts the repository on the path, for cifarkit)
 from cifarkit import data  # noqa: E402
-
-KEPT = ("gpu_check.json", "gpu_check.md", "*.log")  # no weights: they would not fit, nor help
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
@@ -43,8 +40,7 @@ def main(argv=None):
             archive.extractall(data_dir / "images")
         as_batch_files(data_dir / "images", data_dir)
         status = gpu_check.main(["--data-dir", str(data_dir), "--out", str(checked),
-                                 *passed_on])
-        copy_record(checked, args.out)
+                                 "--record", str(args.out), *passed_on])
     print(f"The record (JSON, table, logs): {args.out}/")
     return status
 
@@ -63,15 +59,6 @@ def as_batch_files(image_folders, root):
         batch = {"data": images.reshape(len(labels), -1).numpy(), "labels": labels.tolist()}
         (batches / name).write_bytes(pickle.dumps(batch))
     (batches / "batches.meta").write_bytes(pickle.dumps({"label_names": list(data.CLASSES)}))
-
-
-def copy_record(checked, out):
-    """The JSON, the table and the logs of ``checked`` into ``out``, in the same folders."""
-    for pattern in KEPT:
-        for path in checked.rglob(pattern):
-            target = out / path.relative_to(checked)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 GPU check on the CPU; a failing check fails the command; the precision comparison catches the
 mismatches it is there for; the lent machine's command keeps its record."""
 import json
+import os
+import signal
 import sys
+import time
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -235,3 +239,61 @@ def test_pytest_counts_read_the_closing_summary():
                                                "deselected": 2}
     assert gpu_check.pytest_counts("1 error in 0.5s") == {"error": 1}
     assert gpu_check.pytest_counts("no tests ran in 0.01s") == {}
+
+
+def test_a_lent_machine_command_cut_off_keeps_the_checks_done_so_far(tmp_path, monkeypatch):
+    """The lent machine's time limit ends the command mid-check: the record of every check
+    before it is under --out already."""
+    import lent_gpu
+
+    folders = write_image_folders(tmp_path / "images")
+    with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
+        for path in folders.rglob("*.png"):
+            archive.write(path, path.relative_to(folders))
+    run_one, calls = gpu_check.run_one, []
+
+    def cut_off_at_the_second(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as the limit's SIGTERM, or a SIGKILL, would end it
+        return run_one(*args, **kwargs)
+
+    monkeypatch.setattr(gpu_check, "run_one", cut_off_at_the_second)
+    out = tmp_path / "record"
+    with pytest.raises(KeyboardInterrupt):
+        lent_gpu.main(["--zip", str(tmp_path / "data.zip"), "--out", str(out), "--quick",
+                       "--only", "weights-on-cpu,script-l2"])
+    (check,) = json.loads((out / "gpu_check.json").read_text())["checks"]
+    assert check["id"] == calls[0] and check["result"] == "pass"
+    assert list(out.rglob("*.log")) and not list(out.rglob("*.pth"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+def test_a_stopped_check_kills_the_workers_torchrun_starts_in_sessions_of_their_own(tmp_path):
+    """torchrun's agent starts each worker with start_new_session=True: killing the agent's
+    process group leaves them running; stop_group finds them below it and kills them too."""
+    pid_file = tmp_path / "worker.pid"
+    agent = (f"import subprocess, sys, time\n"
+             f"worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'],"
+             f" start_new_session=True)\n"
+             f"open({str(pid_file)!r}, 'w').write(str(worker.pid))\n"
+             f"time.sleep(300)\n")
+    process = gpu_check.start_logged([sys.executable, "-c", agent], tmp_path / "agent.log")
+    for _ in range(200):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    assert os.getsid(worker) != os.getpgid(process.pid)  # out of the agent's group's reach
+    gpu_check.stop_group(process)
+    for _ in range(100):  # killed: gone, or a zombie until init reaps it
+        try:
+            state = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break
+        if state == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker survived stop_group")
