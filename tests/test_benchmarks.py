@@ -17,23 +17,25 @@ def test_throughput_quick_mode_with_the_gpu_mode_on_the_cpu(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--data-dir", str(data_dir),
          "--device", "cpu", "--quick", "--rounds", "1", "--gpu", "--epochs", "1",
-         "--json", str(report)], capture_output=True, text=True, timeout=600,
+         "--cases", "1,2", "--json", str(report)], capture_output=True, text=True, timeout=600,
         env=dict(os.environ, OMP_NUM_THREADS="1"))  # as every other test: one thread
     assert result.returncode == 0, result.stderr[-3000:]
     numbers = json.loads(report.read_text())
-    assert [case["case"] for case in numbers["cases"]] == [
-        "LeNet, batch 4", "LeNet, batch 64", "ResNet-18, batch 128"]
+    # case 3 (ResNet-18) is the same path with another model, and 15 s here: left out for
+    # the suite's time (--gpu below still takes a ResNet-18 step of the kit's loop)
+    assert [case["case"] for case in numbers["cases"]] == ["LeNet, batch 4", "LeNet, batch 64"]
     for case in numbers["cases"]:
         assert case["tutorial_images_per_s"] > 0 and case["kit_images_per_s"] > 0
         assert abs(case["ratio"] - case["kit_images_per_s"] / case["tutorial_images_per_s"]) < 1e-9
         assert f"b/a = {case['ratio']:5.2f}x" in result.stdout
         assert case["ceiling_images_per_s"] > 0
         assert f"c/a = {case['ceiling_ratio']:5.2f}x" in result.stdout
-    # (b) follows each script's --amp auto: LeNet in fp32 on the CPU, ResNet in bf16 where
+    # each follows its script's --amp auto: LeNet in fp32 on the CPU, ResNet in bf16 where
     # the CPU has bf16 in hardware
     bf16 = "bf16 autocast" if rt.cpu_has_native_bf16() else "fp32"
-    assert [case["kit_precision"] for case in numbers["cases"]] == ["fp32", "fp32", bf16]
+    assert [case["kit_precision"] for case in numbers["cases"]] == ["fp32", "fp32"]
     assert numbers["resnet_recipe"]["status"] == 0
+    assert numbers["resnet_recipe"]["precision"] == bf16
     assert 0 <= numbers["resnet_recipe"]["final_test_accuracy"] <= 100
     assert "ResNet recipe:" in result.stdout
 
