@@ -192,9 +192,9 @@ def train_one(job, number, chosen, seed, stop):
 def train_config(job, training, stop):
     """Carry ``training`` (a runs.Training: new, or resumed from its checkpoint) to the end
     of its config. Returns "finished", "diverged", "out_of_memory" or "interrupted"."""
-    runtime, on_device, chosen = job.runtime, job.on_device, training.config
-    model, optimizer, scaler, progress = training.model, training.optimizer, training.scaler, \
+    runtime, on_device, chosen, progress = job.runtime, job.on_device, training.config, \
         training.progress
+    model, optimizer, scaler = training.model, training.optimizer, training.scaler
     device, log_every = on_device.train_images.device, job.script.log_every
     sync_every = SYNC_EVERY["distributed" if runtime.distributed else device.type]
     estimate, job.estimate_due = Estimate(job, training) if job.estimate_due else None, False
@@ -209,7 +209,7 @@ def train_config(job, training, stop):
         with progress_bar(len(batches), done, f"epoch {epoch}/{chosen['num_epochs']}",
                           runtime.is_main) as bar:
             for index in batches[done:]:
-                done += 1
+                done, reduced = done + 1, False  # reduced: this step's all-reduce (backward) ran
                 try:
                     if not out_of_memory:
                         inputs, targets = data.prepare_batch(
@@ -223,6 +223,7 @@ def train_config(job, training, stop):
                         optimizer.zero_grad(set_to_none=True)
                         # the mean over the global batch, however the ranks split it
                         scaler.scale(loss * (runtime.world_size / len(index))).backward()
+                        reduced = True
                         scaler.step(optimizer)
                         scaler.update()
                         if training.scheduler is not None:
@@ -237,7 +238,7 @@ def train_config(job, training, stop):
                 if out_of_memory and not runtime.distributed:
                     outcome = "out_of_memory"
                     break
-                if out_of_memory:  # outside the except block, whose traceback holds memory
+                if out_of_memory and not reduced:  # outside the except: its traceback holds memory
                     keep_company(job, training)
                 elif estimate is not None:
                     estimate.step()
@@ -255,8 +256,7 @@ def train_config(job, training, stop):
                 outcome = outcome or ("stopped" if stopping else None)
                 if outcome:
                     break
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        rt.synchronize(device)  # the epoch's time includes its queued GPU work
         sums["seconds"] += time.perf_counter() - started
         sums = global_sums(sums, runtime)
         if outcome in ("diverged", "out_of_memory"):
@@ -533,8 +533,7 @@ class Estimate:
         first, last = ESTIMATE_STEPS
         if self.steps < first or len(self.marks) == 2 or self.steps % first:
             return
-        if self.job.runtime.device.type == "cuda":
-            torch.cuda.synchronize()
+        rt.synchronize(self.job.runtime.device)
         self.marks.append(time.perf_counter())
         if len(self.marks) == 2 and (self.steps < last
                                      or self.marks[1] - self.marks[0] < ESTIMATE_SECONDS):

@@ -4,6 +4,8 @@
 
 Environment: FAULT=oom            rank 1 runs out of CUDA memory (simulated) at the 3rd step
                                   of config_1 of the first attempt
+             FAULT=oom_after_backward  the same, in the optimizer's step (after the
+                                  backward's all-reduce), timeout 20 s
              FAULT=oom_batchnorm  the same, inside the forward of a model with BatchNorm
                                   (after DDP would broadcast its buffers), timeout 20 s
              FAULT=oom_sync_bn    the same, with sync_bn, in epoch 2 (BatchNormNet's
@@ -52,6 +54,18 @@ if FAULT == "oom":  # a model that fails: the forward hook of rank 1's 3rd train
         return model
 
     script.build_model = build_model
+
+if FAULT == "oom_after_backward":  # rank 1's 3rd optimizer step: its all-reduce is done
+    rt.TIMEOUTS["gloo"] = datetime.timedelta(seconds=20)  # a hang ends soon, and fails
+    real_step, stepped = torch.optim.SGD.step, []
+
+    def step(self, *args, **kwargs):
+        stepped.append(1)
+        if os.environ["RANK"] == "1" and len(stepped) == 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_step(self, *args, **kwargs)
+
+    torch.optim.SGD.step = step
 
 if FAULT == "slow_download":
     import torchvision

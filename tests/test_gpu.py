@@ -28,6 +28,10 @@ from Original_version_model import build_model
 from conftest import (REPO, blanked_squares, checkpoint_of, labelled_images, run_script,
                       windows_found)
 
+# The PNGs are built, not rendered (conftest's unrendered: rendering is most of what a run
+# costs here), except in the tests that ask for rendered.
+pytestmark = pytest.mark.usefixtures("unrendered")
+
 
 # ---- on a CUDA GPU (marked gpu: skipped where there is none, see conftest.py) ----
 
@@ -613,10 +617,14 @@ def torchrun(fault, *script_args, cwd=REPO, **env):
     return result, time.monotonic() - started
 
 
+@pytest.mark.parametrize("fault", ["oom", "oom_after_backward"])
 def test_out_of_memory_on_one_rank_stops_that_config_on_both_and_the_next_trains(
-        pickled_data, tmp_path):
+        pickled_data, tmp_path, fault):
+    """Before the forward, or after the backward (fused SGD allocates its momentum in the
+    first step): the failed rank keeps the others company until they agree to stop, with
+    as many all-reduces as they make (one too many: a hang until the timeout)."""
     out = tmp_path / "out"
-    result, _ = torchrun("oom", "--data-dir", pickled_data, "--out", out)
+    result, _ = torchrun(fault, "--data-dir", pickled_data, "--out", out)
     assert result.returncode == 1, result.stderr[-3000:]  # a config ran out of memory
     assert "config_1 ran out of GPU memory at batch_size 16" in result.stderr
     assert "[rank0]: Traceback" not in result.stderr  # torchrun's own report of status 1
