@@ -2,7 +2,10 @@
 nn.DataParallel over every GPU); under ``torchrun`` each process is one rank of DDP."""
 import inspect
 import os
+import shutil
+import sysconfig
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -122,6 +125,8 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
                         f"per-step replicas. Use torchrun --nproc-per-node="
                         f"{torch.cuda.device_count()} (one compiled model per GPU), or drop "
                         f"--compile.")
+    if compile:
+        check_compiler()
     if runtime.device.type == "cuda":
         for index in range(torch.cuda.device_count()) if runtime.data_parallel else \
                 [runtime.device.index or 0]:
@@ -142,6 +147,21 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
         runtime.devices = gather(device_names(runtime), runtime)
     runtime.compile = compile
     return runtime
+
+
+def check_compiler():
+    """torch.compile builds its kernels with a C++ compiler and Python's headers (on the CPU;
+    Triton's launcher on a GPU too): without them its first step ends in a long InductorError."""
+    compilers = [os.environ.get("CXX", "").split(" ")[0], "g++", "c++", "clang++"]
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    missing = [what for what, found in (
+        ("a C++ compiler (g++ or clang++)", any(shutil.which(name) for name in compilers if name)),
+        (f"Python's headers ({headers})", headers.is_file())) if not found]
+    if missing:
+        raise UserError(f"--compile needs {' and '.join(missing)}, to build the kernels "
+                        f"torch.compile makes; none here. Install them (Debian or Ubuntu: sudo "
+                        f"apt install g++ python3-dev; macOS: xcode-select --install), or run "
+                        f"without --compile.")
 
 
 def local_amp_dtype(runtime, amp, cpu_amp):
@@ -258,6 +278,12 @@ class Autocast(nn.Module):
     def forward(self, *args, **kwargs):
         with torch.autocast(self.device_type, dtype=self.dtype):
             return self.module(*args, **kwargs)
+
+
+def synchronize(device):
+    """Wait for the work queued on ``device`` (a GPU runs it behind Python's back)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def memory_format(batch):

@@ -879,3 +879,25 @@ def test_a_download_another_process_holds_is_waited_for_by_name_then_given_up(
     finally:
         os.close(held)
     assert f"Waiting for another process (pid {os.getpid()})" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("missing", ["compiler", "headers"])
+def test_compile_without_a_compiler_or_pythons_headers_is_one_line_before_training(
+        pickled_data, tmp_path, monkeypatch, capsys, missing):
+    """torch.compile builds C++: without a compiler (or Python.h) its first step ended in a
+    118-line InductorError. Now: one line naming what is missing, exit 2, nothing written."""
+    if missing == "compiler":
+        monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None)
+    else:
+        import sysconfig
+
+        paths = sysconfig.get_paths()
+        monkeypatch.setattr(sysconfig, "get_paths", lambda *args, **kwargs: dict(
+            paths, include=str(tmp_path / "no-headers")))
+    out = tmp_path / "out"
+    assert run_script("L2_regularization", out, pickled_data, [BASE], monkeypatch,
+                      "--compile") == 2
+    error = capsys.readouterr().err
+    assert "--compile needs " + ("a C++ compiler" if missing == "compiler" else
+                                 "Python's headers") in error
+    assert "Traceback" not in error and not out.exists()
