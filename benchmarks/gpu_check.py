@@ -1029,12 +1029,14 @@ def save(report, out):
 
 
 def copy_record(out, record):
-    """The JSON, the table and the logs of ``out`` into ``record``, in the same folders."""
+    """The JSON, the table and the logs of ``out`` into ``record``, in the same folders, each
+    file whole (copied beside its target, then renamed): a kill never leaves half of one."""
     for pattern in ("gpu_check.json", "gpu_check.md", "*.log"):
         for path in out.rglob(pattern):
             target = record / path.relative_to(out)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+            shutil.copy2(path, target.with_name(f".{target.name}.tmp"))
+            os.replace(target.with_name(f".{target.name}.tmp"), target)
 
 
 def set_aside_earlier(out):

@@ -26,22 +26,32 @@ QUICK_CHECKS = ["script-baseline", "script-l2", "script-dropout", "script-multig
                 "script-resnet", "weights-on-cpu", "precision-auto", "precision-on", "dp-replicas",
                 "fp16-scaler", "compile", "torchrun",
                 "resume", "speed-bf16", "speed-fp32", "resnet-best", "resnet-recipe"]
+# Left out of the suite's run (each the same function as one that runs, with other settings):
+SKIPPED = ["script-baseline", "script-dropout", "script-multigpu", "script-resnet",
+           "speed-fp32", "resnet-best"]
 
 
-def test_quick_mode_runs_every_check_and_each_passes(tmp_path, monkeypatch, capsys):
+def test_quick_mode_runs_each_kind_of_check_and_each_passes(tmp_path, monkeypatch, capsys):
     # 500 training images a class: the resume check interrupts an epoch of more than 1000
     # mini-batches of 4 (subset 5,000), and the recipe needs one batch of 512
     data_dir = write_pickled_batches(tmp_path / "data", train_per_class=500)
     out = tmp_path / "out"
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what --quick sets for its children
-    status = gpu_check.main(["--quick", "--data-dir", str(data_dir), "--out", str(out)])
+    setting = gpu_check.Setting(data_dir, out, {key: value[1] for key, value in
+                                                gpu_check.PLAN.items()}, 0, True)
+    assert [check_id for check_id, _, _ in gpu_check.all_checks(setting, False)] == QUICK_CHECKS
+    # one check of each kind: script-l2 of the five script-* (their configs are named in PLAN,
+    # read by torchrun and resnet-* as well), speed-bf16, resnet-recipe: 50 s of the suite
+    status = gpu_check.main(["--quick", "--data-dir", str(data_dir), "--out", str(out),
+                             "--skip", ",".join(SKIPPED)])
     printed = capsys.readouterr().out
     report = json.loads((out / "gpu_check.json").read_text())
     failed = {check["id"]: (check["error"], check["error_tail"][-1500:])
               for check in report["checks"] if check["result"] != "pass"}
     assert not failed, failed
     assert status == 0
-    assert [check["id"] for check in report["checks"]] == QUICK_CHECKS
+    assert [check["id"] for check in report["checks"]] == [
+        check for check in QUICK_CHECKS if check not in SKIPPED]
     assert report["quick"] and "figures mean nothing" in report["note"]
 
     checks = {check["id"]: check for check in report["checks"]}
@@ -59,10 +69,11 @@ def test_quick_mode_runs_every_check_and_each_passes(tmp_path, monkeypatch, caps
     table = (out / "gpu_check.md").read_text()
     assert "figures mean nothing" in table
     assert "| Check | What ran | Result | Figure | Report / aim | Time |" in table
-    for check_id in QUICK_CHECKS:
-        row = f"| {check_id} | "
+    for check_id in report["checks"]:
+        row = f"| {check_id['id']} | "
         assert row in table and row in printed  # written, and printed at the end
-    assert "89.56%, 305.84 s" in table  # the report's figure beside ours
+    assert "report: ~4,087 img/s on one A100 (25 epochs in 305.84 s" in table  # the report's
+    assert "aim: a mean of >= 94% over 3 seeds" in table  # figure, and the aim, beside ours
 
 
 def test_a_failing_check_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
@@ -241,31 +252,27 @@ def test_pytest_counts_read_the_closing_summary():
     assert gpu_check.pytest_counts("no tests ran in 0.01s") == {}
 
 
-def test_a_lent_machine_command_cut_off_keeps_the_checks_done_so_far(tmp_path, monkeypatch):
-    """The lent machine's time limit ends the command mid-check: the record of every check
-    before it is under --out already."""
-    import lent_gpu
-
+def test_a_lent_machine_command_killed_keeps_the_checks_done_so_far(tmp_path):
+    """The lent machine's time limit kills the command (kill -9) in its second check: the
+    record of the first is under --out already, whole."""
     folders = write_image_folders(tmp_path / "images")
     with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
         for path in folders.rglob("*.png"):
             archive.write(path, path.relative_to(folders))
-    run_one, calls = gpu_check.run_one, []
-
-    def cut_off_at_the_second(*args, **kwargs):
-        calls.append(args[0])
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # as the limit's SIGTERM, or a SIGKILL, would end it
-        return run_one(*args, **kwargs)
-
-    monkeypatch.setattr(gpu_check, "run_one", cut_off_at_the_second)
     out = tmp_path / "record"
-    with pytest.raises(KeyboardInterrupt):
-        lent_gpu.main(["--zip", str(tmp_path / "data.zip"), "--out", str(out), "--quick",
-                       "--only", "weights-on-cpu,script-l2"])
+    process = gpu_check.start_logged(
+        [sys.executable, REPO / "benchmarks" / "lent_gpu.py", "--zip", tmp_path / "data.zip",
+         "--out", out, "--quick", "--only", "weights-on-cpu,script-l2"], tmp_path / "lent.log")
+    deadline = time.monotonic() + 120
+    while not (out / "gpu_check.json").exists() and process.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    gpu_check.stop_group(process)  # kill -9, with every process below it
     (check,) = json.loads((out / "gpu_check.json").read_text())["checks"]
-    assert check["id"] == calls[0] and check["result"] == "pass"
+    assert (check["id"], check["result"]) == ("script-l2", "pass")  # they run in this order
+    assert "| script-l2 | " in (out / "gpu_check.md").read_text()
     assert list(out.rglob("*.log")) and not list(out.rglob("*.pth"))
+    assert not list(out.rglob(".*.tmp"))
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")

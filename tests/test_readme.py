@@ -28,6 +28,10 @@ import torch
 from cifarkit import config, data, outputs, signals, store, train
 from conftest import REPO, run_script, write_image_folders, write_pickled_batches
 
+# The PNGs are built, not rendered (conftest's unrendered: rendering is most of what a run
+# costs here), except in the tests that ask for rendered.
+pytestmark = pytest.mark.usefixtures("unrendered")
+
 README = (REPO / "README.md").read_text()
 PAGES = {path: path.read_text() for path in [REPO / "README.md", *sorted(REPO.glob("docs/*.md"))]}
 TROUBLESHOOTING = PAGES[REPO / "docs" / "troubleshooting.md"]
