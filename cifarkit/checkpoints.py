@@ -23,6 +23,7 @@ def rng_state():
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None,
         "numpy": {"keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
                   "position": int(numpy_state[2]), "has_gauss": int(numpy_state[3]),
                   "cached_gaussian": float(numpy_state[4])},
@@ -40,6 +41,8 @@ def set_rng_state(state):
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for index, cuda_state in enumerate(state["cuda"][:gpus]):
         torch.cuda.set_rng_state(cuda_state, index)
+    if state.get("mps") is not None and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
     numpy_state = state["numpy"]
     np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32),
                          numpy_state["position"], numpy_state["has_gauss"],

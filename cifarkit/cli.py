@@ -46,9 +46,10 @@ def build_parser(script, description, default_out, default_device, cpu_amp=False
                              "into ./data)")
     parser.add_argument("--out", default=default_out, metavar="DIR",
                         help=f"output folder (default: {default_out})")
-    parser.add_argument("--device", default=default_device, choices=("auto", "cpu", "cuda"),
-                        help=f"where to train (default: {default_device}; auto = a GPU when "
-                             f"one is visible, else the CPU)")
+    parser.add_argument("--device", default=default_device, choices=("auto", "cpu", "cuda",
+                                                                      "mps"),
+                        help=f"where to train (default: {default_device}; auto = a CUDA GPU "
+                             f"when one is visible, else a Mac's GPU (mps), else the CPU)")
     parser.add_argument("--amp", default="auto", choices=("auto", "on", "off"),
                         help="mixed precision: bf16 autocast (fp16 with loss scaling on GPUs "
                              "below compute capability 8.0: T4, RTX 20xx). auto = on for CUDA; "

@@ -57,8 +57,15 @@ def is_main_process():
 
 
 def check_device_request(requested):
-    if requested not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device {requested}: choose auto, cpu or cuda.")
+    if requested not in ("auto", "cpu", "cuda", "mps"):
+        raise UserError(f"--device {requested}: choose auto, cpu, cuda or mps.")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: Apple's GPU (MPS) is not available here: it needs a Mac "
+                        "with Apple silicon, macOS 12.3 or later, and a torch built with MPS "
+                        f"(this is torch {torch.__version__}). Use --device cpu or auto.")
+    if requested == "mps" and launched_by_torchrun():
+        raise UserError("--device mps under torchrun: a Mac has one GPU, which one process "
+                        "uses. Run the script with plain python.")
     if requested == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is visible to PyTorch here "
                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}). "
@@ -91,8 +98,11 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
     check_device_request(requested)
     if not launched_by_torchrun():
         use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
-        runtime = Runtime(torch.device("cuda" if use_cuda else "cpu"), data_parallel=(
-            data_parallel and use_cuda and torch.cuda.device_count() > 1))
+        use_mps = requested == "mps" or (requested == "auto" and not use_cuda
+                                         and torch.backends.mps.is_available())
+        runtime = Runtime(torch.device("cuda" if use_cuda else "mps" if use_mps else "cpu"),
+                          data_parallel=data_parallel and use_cuda
+                          and torch.cuda.device_count() > 1)
     else:
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -171,6 +181,9 @@ def local_amp_dtype(runtime, amp, cpu_amp):
     auto_on = runtime.device.type == "cuda" or (cpu_amp and cpu_has_native_bf16())
     if not (amp == "on" or (amp == "auto" and auto_on)):
         return None
+    if runtime.device.type == "mps":  # MPS's autocast covers too few layers and no scaler
+        raise UserError("--amp on with --device mps: the kit trains in fp32 on a Mac's GPU "
+                        "(mixed precision there is not supported yet). Use --amp auto or off.")
     if os.environ.get(FORCE_FP16) == "1":
         return torch.float16
     if runtime.device.type != "cuda":
@@ -231,7 +244,7 @@ def close(runtime):
 def device_names(runtime):
     """What this process computes on: ["cpu"], its GPU, or every GPU DataParallel uses."""
     if runtime.device.type != "cuda":
-        return ["cpu"]
+        return {"mps": ["mps (Apple GPU)"]}.get(runtime.device.type, ["cpu"])
     if runtime.data_parallel:
         return [f"cuda:{index} ({torch.cuda.get_device_name(index)})"
                 for index in range(torch.cuda.device_count())]
@@ -284,6 +297,8 @@ def synchronize(device):
     """Wait for the work queued on ``device`` (a GPU runs it behind Python's back)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def memory_format(batch):

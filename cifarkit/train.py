@@ -28,7 +28,7 @@ from .signals import say
 
 # Steps between looks at the loss for NaN and at a stop request: each look is a host sync
 # (and under torchrun an all-reduce), so not every step on a GPU.
-SYNC_EVERY = {"cpu": 10, "cuda": 100, "distributed": 25}
+SYNC_EVERY = {"cpu": 10, "cuda": 100, "mps": 100, "distributed": 25}
 BAR_EVERY = 50  # steps between updates of the progress bar's numbers (each is a host sync)
 TRAIN_SAMPLE = 5000  # training images scored in eval mode after each epoch (the gap)
 
@@ -343,11 +343,12 @@ def new_sums(device, saved=None):
     """An epoch's running totals, kept on the device and read once an epoch. Losses add up
     in float64, exact for float32 step losses, so a resumed run's totals do not depend on
     the order of the additions. A resumed epoch's sums are global: rank 0 carries them, the
-    other ranks start at zero."""
+    other ranks start at zero. MPS has no float64: float32 there."""
+    dtype = torch.float32 if device.type == "mps" else torch.float64
     if saved is not None:
-        return {key: value.to(device) if isinstance(value, torch.Tensor) else value
-                for key, value in saved.items()}
-    zero = torch.zeros((), dtype=torch.float64, device=device)
+        return {key: value.to(device, dtype if value.is_floating_point() else value.dtype)
+                if isinstance(value, torch.Tensor) else value for key, value in saved.items()}
+    zero = torch.zeros((), dtype=dtype, device=device)
     return {"loss": zero, "window": zero.clone(), "images": 0, "seconds": 0.0,
             "correct": torch.zeros((), dtype=torch.int64, device=device)}
 
@@ -571,8 +572,9 @@ class Estimate:
                     f"{results.duration(self.told)} as estimated: the rest needs about "
                     f"{results.duration((epochs - self.epochs) * epoch)}.")
             return
-        where = ("this CPU" if job.runtime.device.type == "cpu" else
-                 f"this GPU ({torch.cuda.get_device_name(job.runtime.device)})")
+        device = job.runtime.device
+        where = {"cpu": "this CPU", "mps": "this Mac's GPU (MPS)"}.get(device.type) or \
+            f"this GPU ({torch.cuda.get_device_name(device)})"
         quick = " For a quick look: --subset 5000 --epochs 2." if epochs * epoch > 600 and \
             not any(arg.startswith("--subset") for arg in job.argv) else ""
         load, cores = os.getloadavg()[0], os.cpu_count() or 1

@@ -723,3 +723,54 @@ def test_compile_keeps_static_graphs_past_the_smaller_last_batch(monkeypatch):
     shapes = [shape for graph in graphs for shape in graph]
     assert shapes and all(isinstance(size, int) for shape in shapes for size in shape), shapes
     torch._dynamo.reset()
+
+
+# ---- Apple silicon (MPS): not run on a Mac; its decisions, with MPS mocked available ----
+
+def test_device_mps_where_there_is_none_is_one_line(pickled_data, tmp_path, monkeypatch,
+                                                   capsys):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert run_script("Original_version_model", tmp_path / "out", pickled_data, None, None,
+                      device="mps") == 2
+    error = capsys.readouterr().err
+    assert "--device mps: Apple's GPU (MPS) is not available here" in error
+    assert "Traceback" not in error and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("requested", ["mps", "auto"])
+def test_with_mps_available_a_mac_trains_on_it_in_fp32_without_dataparallel(
+        requested, monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    runtime = rt.init_runtime(requested, data_parallel=True, amp="auto", cpu_amp=True)
+    assert (runtime.device.type, runtime.data_parallel) == ("mps", False)
+    assert runtime.amp_dtype is None and rt.precision(runtime) == "fp32"
+    assert rt.device_names(runtime) == ["mps (Apple GPU)"]
+    assert train.SYNC_EVERY[runtime.device.type] == 100
+    assert train.make_optimizer(nn.Linear(2, 2), {"lr": 0.1, "momentum": 0.9,
+                                                   "weight_decay": 0.0}, runtime).defaults[
+        "fused"] is False  # torch's fused SGD: CPU and CUDA
+    with pytest.raises(UserError, match="--amp on with --device mps: the kit trains in fp32"):
+        rt.init_runtime(requested, amp="on")
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)  # as torchrun starts its processes
+    if requested == "mps":
+        with pytest.raises(UserError, match="--device mps under torchrun"):
+            rt.init_runtime(requested)
+
+
+def test_on_mps_the_epoch_sums_are_float32_and_a_cpu_checkpoints_sums_follow(monkeypatch):
+    """MPS has no float64; a run stopped on a CPU and resumed on a Mac carries its sums over
+    in float32 there (kept on the CPU here: only the dtypes are the question)."""
+    mps = SimpleNamespace(type="mps")
+    real_zeros = torch.zeros
+    monkeypatch.setattr(torch, "zeros", lambda *args, **kwargs: real_zeros(
+        *args, **dict(kwargs, device="cpu")))
+    sums = train.new_sums(mps)
+    assert sums["loss"].dtype == torch.float32 and sums["correct"].dtype == torch.int64
+    saved = train.new_sums(torch.device("cpu"))  # float64, as a CPU checkpoint holds them
+    real_to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, device, dtype=None: real_to(
+        self, "cpu", dtype))
+    resumed = train.new_sums(mps, saved)
+    assert resumed["loss"].dtype == torch.float32 and resumed["correct"].dtype == torch.int64

@@ -17,7 +17,9 @@ import os
 import pickle
 import re
 import shlex
+import shutil
 import signal
+import sysconfig
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -266,6 +268,15 @@ def _devices(kit):
                             ("LOCAL_WORLD_SIZE", "2")):  # as torchrun sets them
             gpus.setenv(name, value)
         kit.run("Original_version_model", *kit.data, device="auto")
+    with pytest.MonkeyPatch.context() as mac:
+        mac.setattr(torch.backends.mps, "is_available", lambda: False)
+        kit.run("Original_version_model", *kit.data, device="mps")
+        mac.setattr(torch.backends.mps, "is_available", lambda: True)  # refused before MPS
+        kit.run("Original_version_model", *kit.data, "--amp", "on", device="mps")
+    with pytest.MonkeyPatch.context() as no_compiler:
+        no_compiler.setattr(shutil, "which", lambda name, *args, **kwargs: None)
+        no_compiler.setattr(sysconfig, "get_paths", lambda *args, **kwargs: {"include": "/no"})
+        kit.run("L2_regularization", *kit.data, "--compile", configs=[BASE])
 
 
 def _output_folders(kit, tmp):
