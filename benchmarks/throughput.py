@@ -135,8 +135,7 @@ def ceiling_round(model, images, labels, normalization, batch_size, steps, runti
 
 
 def _now(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    rt.synchronize(device)
     return time.perf_counter()
 
 

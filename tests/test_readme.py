@@ -27,8 +27,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cifarkit import config, data, outputs, signals, store, train
-from conftest import REPO, run_script, write_image_folders, write_pickled_batches
+from cifarkit import config, data, outputs, plots, signals, store, train
+from conftest import (REPO, UNRENDERED, run_script, write_image_folders,
+                      write_pickled_batches)
 
 # The PNGs are built, not rendered (conftest's unrendered: rendering is most of what a run
 # costs here), except in the tests that ask for rendered.
@@ -62,11 +63,12 @@ def table(heading, text=README):
 
 @pytest.mark.parametrize("script, command", quick_looks.quick_looks())
 def test_each_quick_look_of_readme_runs(script, command, pickled_data, tmp_path):
-    """README's first-look commands, as written but on the tests' 300 images and for one
-    epoch (their times and accuracies on CIFAR-10: benchmarks/quick_looks.py)."""
+    """README's first-look commands, as written but on 128 of the tests' images (one batch of
+    ResNet's) and for one epoch (their times and accuracies on CIFAR-10:
+    benchmarks/quick_looks.py)."""
     words = shlex.split(command)
     assert words[:2] == ["python", script]
-    for flag, small in (("--subset", "300"), ("--epochs", "1")):
+    for flag, small in (("--subset", "128"), ("--epochs", "1")):
         if flag in words:
             words[words.index(flag) + 1] = small
     module = importlib.import_module(script.removesuffix(".py"))
@@ -220,6 +222,8 @@ def interrupt(monkeypatch, signum, times=1, training=1):
 def kit_messages(tmp_path_factory, pickled_data):
     tmp = tmp_path_factory.mktemp("messages")
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plots, "png_bytes", lambda figure: (plots.pyplot().close(figure),
+                                                          UNRENDERED)[1])  # built, not rendered
         for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
             patch.setenv(name, "http://127.0.0.1:9")  # a download fails at once
         for name in ("no_proxy", "NO_PROXY"):

@@ -33,8 +33,8 @@ from cifarkit import data, plots, results, train
 from cifarkit import runtime as rt
 from cifarkit.results import save_json
 from Original_version_model import build_model
-from conftest import (REPO, TEST_PER_CLASS, TRAIN_PER_CLASS, blanked_squares, finished_runs,
-                      labelled_images, make_images, run_command, run_script,
+from conftest import (REPO, TEST_PER_CLASS, TRAIN_PER_CLASS, UNRENDERED, blanked_squares,
+                      finished_runs, labelled_images, make_images, run_command, run_script,
                       shared_jpeg_or_skip, windows_found, write_pickled_batches)
 
 # The PNGs are built, not rendered (conftest's unrendered: rendering is most of what a run
@@ -805,13 +805,16 @@ DROPOUT_PAIR = [dict(STRENGTH_BASE, dropout=strength) for strength in (0.0, 0.5)
 def modelset(tmp_path_factory, pickled_data):
     """An L2 sweep of three strengths, two seeds each; a dropout folder of two strengths."""
     root = tmp_path_factory.mktemp("strength") / "modelset"
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()):
-        for name, configs, folder in (("L2_regularization", L2_SWEEP, "L2_regularization_model"),
-                                      ("Dropout_regularization", DROPOUT_PAIR,
-                                       "Dropout_regularization_model")):
-            assert run_script(name, root / folder, pickled_data, configs, patch,
-                              "--seeds", "2") == 0
-        assert make_report.main(["--modelset", str(root)]) == 0
+    with contextlib.redirect_stdout(io.StringIO()):
+        with pytest.MonkeyPatch.context() as patch:  # the runs' own PNGs built, not rendered
+            patch.setattr(plots, "png_bytes", lambda figure: (plots.pyplot().close(figure),
+                                                              UNRENDERED)[1])
+            for name, configs, folder in (
+                    ("L2_regularization", L2_SWEEP, "L2_regularization_model"),
+                    ("Dropout_regularization", DROPOUT_PAIR, "Dropout_regularization_model")):
+                assert run_script(name, root / folder, pickled_data, configs, patch,
+                                  "--seeds", "2") == 0
+        assert make_report.main(["--modelset", str(root)]) == 0  # the report's, rendered
     return root
 
 
