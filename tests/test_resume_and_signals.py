@@ -453,8 +453,9 @@ def count_calls(data_dir, out, tmp_path):
 
 def kill_points():
     """(call, n): every rename, link and unlink, and some writes, with KILL_SWEEP=all;
-    a sample otherwise (the suite's time; the run's one link is not the kit's)."""
-    return [("rename", 3), ("write", 40)]
+    one otherwise, at the run record's rename as its first config finishes (the suite's
+    time: the others run with KILL_SWEEP=all)."""
+    return [("rename", 3)]
 
 
 def check_after_rerun(out, data_dir):
@@ -499,5 +500,5 @@ def test_kill_9_at_file_operations_of_an_edited_run_then_the_same_command(pickle
         assert_still_there(before, out)
         check_after_rerun(out, pickled_data)
         shutil.rmtree(out)
-    assert killed >= len(points) - 1  # each point was reached (the last write may not be)
+    assert killed >= max(1, len(points) - 1)  # each was reached (the last write may not be)
     print(f"{len(points)} kill points, {killed} killed")
