@@ -446,8 +446,10 @@ def check_precision(setting, amp, with_script, folder):
         recorded = entry["precision"]
         notes.append(data_parallel_note(results, setting))
     probe = layer_probe(setting, "precision", amp, folder)
-    label = probe["precision"]
+    label, expected = probe["precision"], expected_precision(setting, amp)
     problems = precision_mismatches(label, probe["layers"], expected_devices(setting))
+    if label != expected:  # the runtime's choice itself, not only its record, is checked
+        problems.insert(0, f"--amp {amp} gave {label!r}; here it must give {expected!r}")
     if recorded is not None and recorded != label:
         problems.insert(0, f"the results JSON records {recorded!r}, runtime.precision() "
                            f"says {label!r}")
@@ -460,6 +462,21 @@ def check_precision(setting, amp, with_script, folder):
                       f"calls computed in {', '.join(seen)} on {', '.join(where)} "
                       f"({probe['wrapper']})", "notes": notes,
             "layers": probe["layers"]}
+
+
+def expected_precision(setting, amp):
+    """What ``--amp`` must give the Task 3 LeNet here, worked out apart from runtime.py: on
+    the CPU fp32 unless on (LeNet's auto stays fp32); on GPUs fp32 for off, else bf16 where
+    every visible GPU has it in hardware (compute capability 8.0 up), fp16 with loss scaling
+    where one lacks it or where the fp16 path is forced."""
+    if amp == "off" or (setting.device == "cpu" and amp == "auto"):
+        return "fp32"
+    if setting.device == "cpu":
+        return "bf16 autocast"
+    native = all(torch.cuda.get_device_capability(index)[0] >= 8
+                 for index in range(torch.cuda.device_count()))
+    return ("bf16 autocast" if native and os.environ.get(rt.FORCE_FP16) != "1"
+            else "fp16 autocast with loss scaling")
 
 
 def layer_probe(setting, kind, amp, folder):

@@ -290,3 +290,19 @@ def test_a_stopped_check_kills_the_workers_torchrun_starts_in_sessions_of_their_
     else:
         os.kill(worker, signal.SIGKILL)
         pytest.fail("the worker survived stop_group")
+
+
+@pytest.mark.parametrize("amp", ["auto", "on"])
+def test_a_precision_the_runtime_chose_wrong_fails_the_check_though_it_is_recorded_right(
+        pickled_data, tmp_path, monkeypatch, amp):
+    """--amp off silently training in bf16 would have passed: the check compared the record
+    with the layers only. Now each --amp value must give what the machine calls for."""
+    plan = {key: value[True] for key, value in gpu_check.PLAN.items()}
+    setting = gpu_check.Setting(pickled_data, tmp_path, plan, gpus=0, quick=True)
+    assert gpu_check.check_precision(setting, amp, False, tmp_path)["figure"].startswith(
+        f"recorded {'fp32' if amp == 'auto' else 'bf16 autocast'!r}")
+    wrong = torch.float32 if amp == "on" else torch.bfloat16  # broken on purpose
+    monkeypatch.setattr(rt, "local_amp_dtype", lambda *args: None if wrong is torch.float32
+                        else wrong)
+    with pytest.raises(gpu_check.CheckFailed, match=f"--amp {amp} gave"):
+        gpu_check.check_precision(setting, amp, False, tmp_path)
