@@ -178,7 +178,8 @@ def local_amp_dtype(runtime, amp, cpu_amp):
     """The autocast dtype this process would pick alone (None: fp32). On CUDA bf16 where every
     GPU it uses has it in hardware (compute capability 8.0 up), else fp16 with loss scaling:
     not torch.cuda.is_bf16_supported(), which says yes on V100 and T4, which emulate it."""
-    auto_on = runtime.device.type == "cuda" or (cpu_amp and cpu_has_native_bf16())
+    auto_on = runtime.device.type == "cuda" or (runtime.device.type == "cpu" and cpu_amp
+                                                and cpu_has_native_bf16())
     if not (amp == "on" or (amp == "auto" and auto_on)):
         return None
     if runtime.device.type == "mps":  # MPS's autocast covers too few layers and no scaler

@@ -742,6 +742,7 @@ def test_with_mps_available_a_mac_trains_on_it_in_fp32_without_dataparallel(
         requested, monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: True)  # the CPU's; not the GPU's
     runtime = rt.init_runtime(requested, data_parallel=True, amp="auto", cpu_amp=True)
     assert (runtime.device.type, runtime.data_parallel) == ("mps", False)
     assert runtime.amp_dtype is None and rt.precision(runtime) == "fp32"
