@@ -10,6 +10,7 @@ import pickle
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +231,43 @@ REAL_PNG_BYTES = _real_png_bytes()
 
 
 # ---- helpers that several test files use ----
+
+LONG_RUN = REPO / "tests" / "long_run.py"  # two configs with dropout, and the test hooks
+
+
+def start_long_run(data_dir, out, pause_at=None, device="cpu", env=None):
+    """long_run.py on ``device`` (with ``env`` added); with ``pause_at`` (config, epoch, stop
+    check) it waits there, mid-epoch, for the test to kill or signal it (see hooks.py)."""
+    # One thread: on a shared 2-core machine, busy OpenMP threads of several processes were
+    # seen to slow a LeNet step down twenty-fold.
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    if pause_at:
+        env.update(TEST_PAUSE_AT=":".join(map(str, pause_at)), TEST_MARKERS=str(out.parent))
+    return subprocess.Popen([sys.executable, str(LONG_RUN), "--data-dir", str(data_dir),
+                             "--out", str(out), "--device", device], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until_paused(process, out, timeout=300):
+    marker = out.parent / "paused-rank0"
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run never reached its pause point"
+        time.sleep(0.05)
+
+
+def long_run_results(out):
+    """{config id: (status, history without timings, weights)} of a finished long run."""
+    results = json.loads((out / "training_result.json").read_text())
+    runs = {}
+    for entry in results["configs"]:
+        history = [{key: value for key, value in record.items() if key != "seconds"}
+                   for record in entry["history"]]
+        weights = torch.load(out / f"{entry['id']}.pth", weights_only=True)
+        runs[entry["id"]] = (entry["status"], history, weights)
+    return runs
+
 
 
 def labelled_images(count=16):

@@ -25,8 +25,8 @@ from cifarkit import checkpoints, data, train
 from cifarkit import runtime as rt
 from cifarkit.errors import UserError
 from Original_version_model import build_model
-from conftest import (REPO, blanked_squares, checkpoint_of, labelled_images, run_script,
-                      windows_found)
+from conftest import (REPO, blanked_squares, checkpoint_of, labelled_images, long_run_results,
+                      run_script, start_long_run, wait_until_paused, windows_found)
 
 # The PNGs are built, not rendered (conftest's unrendered: rendering is most of what a run
 # costs here), except in the tests that ask for rendered.
@@ -122,39 +122,25 @@ def test_page_augmentation_runs_on_cuda_uint8_as_on_the_cpu():
         assert (image == 0).sum().item() == 3 * 8 * 8
 
 
-def long_run(data_dir, out, pause_at=None):
-    env = dict(os.environ)
-    if pause_at:
-        env.update(TEST_PAUSE_AT=":".join(map(str, pause_at)), TEST_MARKERS=str(out.parent))
-    return subprocess.Popen([sys.executable, str(REPO / "tests" / "long_run.py"),
-                             "--data-dir", str(data_dir), "--out", str(out), "--device", "cuda"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-
-
-def histories(out):
-    results = json.loads((out / "training_result.json").read_text())
-    return {entry["id"]: entry for entry in results["configs"]}
-
-
 @pytest.mark.gpu
-def test_resume_after_sigterm_on_cuda_ends_close_to_an_uninterrupted_run(pickled_data,
-                                                                         tmp_path):
-    """Stopped mid-epoch on the GPU, resumed by the same command: the CUDA random-number
-    state (dropout's masks) is in the checkpoint, and the run ends within float tolerance
-    of an uninterrupted one (cuDNN's kernels are not bit-reproducible between runs)."""
-    reference = long_run(pickled_data, tmp_path / "reference" / "out")
+@pytest.mark.parametrize("precision", [{}, {rt.FORCE_FP16: "1"}], ids=["amp-auto", "fp16-scaler"])
+def test_resume_after_sigterm_on_cuda_ends_bit_for_bit_as_an_uninterrupted_run(
+        pickled_data, tmp_path, precision):
+    """Stopped mid-epoch on the GPU and resumed by the same command, in the GPU's own mixed
+    precision and in fp16 with its loss scaler: with cuDNN's deterministic kernels the run
+    ends bit for bit as one never interrupted (the Dropout script: the CUDA generator's
+    state, dropout's masks, is in the checkpoint; and the scaler's state). This is
+    tests/test_resume_and_signals.py's CPU test, on CUDA."""
+    env = dict(precision, **{rt.DETERMINISTIC: "1"})
+    reference = start_long_run(pickled_data, tmp_path / "reference" / "out", device="cuda",
+                               env=env)
     _, stderr = reference.communicate(timeout=600)
     assert reference.returncode == 0, stderr[-3000:]
 
     out = tmp_path / "resumed" / "out"
     out.parent.mkdir()
-    stopped = long_run(pickled_data, out, pause_at=(2, 2, 30))
-    deadline = time.monotonic() + 300
-    while not (out.parent / "paused-rank0").exists():
-        assert stopped.poll() is None, stopped.communicate()
-        assert time.monotonic() < deadline, "the run never reached its pause point"
-        time.sleep(0.05)
+    stopped = start_long_run(pickled_data, out, pause_at=(2, 2, 30), device="cuda", env=env)
+    wait_until_paused(stopped, out)
     stopped.send_signal(signal.SIGTERM)
     _, stderr = stopped.communicate(timeout=300)
     assert stopped.returncode == 143, stderr[-3000:]
@@ -162,21 +148,39 @@ def test_resume_after_sigterm_on_cuda_ends_close_to_an_uninterrupted_run(pickled
     assert (checkpoint["progress"]["epoch"], checkpoint["progress"]["step"]) == (1, 30)
     assert len(checkpoint["rng"][0]["cuda"]) >= 1  # the GPU's generator, for dropout
 
-    rerun = long_run(pickled_data, out)
+    rerun = start_long_run(pickled_data, out, device="cuda", env=env)
     stdout, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, stderr[-3000:]
     assert "config_2: resuming from its checkpoint after epoch 1, step 30" in stdout
-    resumed, uninterrupted = histories(out), histories(tmp_path / "reference" / "out")
+    resumed = long_run_results(out)
+    uninterrupted = long_run_results(tmp_path / "reference" / "out")
     assert resumed.keys() == uninterrupted.keys() == {"config_1", "config_2"}
-    for run_id, entry in resumed.items():
-        expected = uninterrupted[run_id]
-        assert entry["status"] == "finished"
-        assert len(entry["history"]) == len(expected["history"])
-        for record, reference_record in zip(entry["history"], expected["history"]):
-            assert record["train_loss"] == pytest.approx(reference_record["train_loss"],
-                                                         rel=2e-2)
-        assert entry["final_test_accuracy"] == pytest.approx(expected["final_test_accuracy"],
-                                                             abs=5)
+    for run_id, (status, history, weights) in resumed.items():
+        _, expected_history, expected_weights = uninterrupted[run_id]
+        assert status == "finished"
+        assert history == expected_history, run_id
+        assert all(torch.equal(weights[key], expected_weights[key]) for key in weights), run_id
+    precisions = {json.loads((out / "training_result.json").read_text())["configs"][0][
+        "precision"]}
+    assert precisions <= ({"fp16 autocast with loss scaling"} if precision else
+                          {"bf16 autocast", "fp16 autocast with loss scaling"})
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["auto", "on", "off"])
+def test_each_amp_value_gives_the_precision_this_gpu_calls_for_in_every_layer(
+        pickled_data, tmp_path, amp):
+    """--amp off is IEEE fp32 (no TF32), auto and on bf16 where every visible GPU has it in
+    hardware, else fp16 with loss scaling: what runtime.py chose, recorded and what every
+    Conv2d and Linear computed in, each against what this GPU calls for (gpu_check's probe,
+    in a fresh process)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check
+
+    plan = {key: value[False] for key, value in gpu_check.PLAN.items()}
+    setting = gpu_check.Setting(pickled_data, tmp_path, plan, torch.cuda.device_count(), False)
+    figure = gpu_check.check_precision(setting, amp, False, tmp_path)["figure"]
+    assert figure.startswith(f"recorded {gpu_check.expected_precision(setting, amp)!r}")
 
 
 # ---- the CUDA paths, checked on the CPU ----

@@ -21,7 +21,8 @@ from PIL import Image
 
 from cifarkit import data, plots, store, train
 from conftest import (REPO, Killed, assert_still_there, assert_views_are_the_runs,
-                      checkpoint_of, entries, finished_runs, run_script)
+                      checkpoint_of, entries, finished_runs, long_run_results, run_script,
+                      start_long_run, wait_until_paused)
 
 TINY = {"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
 A = {"name": "a", "num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}
@@ -34,42 +35,7 @@ pytestmark = pytest.mark.usefixtures("unrendered")
 
 # ---- kill -9 or a signal in the middle of an epoch: the rerun ends bit for bit ----
 
-LONG_RUN = REPO / "tests" / "long_run.py"  # two configs with dropout, and the test hooks
 CONFIG_2_STEPS = 75  # mini-batches an epoch of config_2 (300 images at batch 4)
-
-
-def start_long_run(data_dir, out, pause_at=None):
-    """long_run.py on the CPU; with ``pause_at`` (config, epoch, stop check) it waits there,
-    mid-epoch, for the test to kill or signal it (see hooks.py)."""
-    # One thread: on a shared 2-core machine, busy OpenMP threads of several processes were
-    # seen to slow a LeNet step down twenty-fold.
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    if pause_at:
-        env.update(TEST_PAUSE_AT=":".join(map(str, pause_at)), TEST_MARKERS=str(out.parent))
-    return subprocess.Popen([sys.executable, str(LONG_RUN), "--data-dir", str(data_dir),
-                             "--out", str(out), "--device", "cpu"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_until_paused(process, out, timeout=300):
-    marker = out.parent / "paused-rank0"
-    deadline = time.monotonic() + timeout
-    while not marker.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the run never reached its pause point"
-        time.sleep(0.05)
-
-
-def long_run_results(out):
-    """{config id: (status, history without timings, weights)} of a finished long run."""
-    results = json.loads((out / "training_result.json").read_text())
-    runs = {}
-    for entry in results["configs"]:
-        history = [{key: value for key, value in record.items() if key != "seconds"}
-                   for record in entry["history"]]
-        weights = torch.load(out / f"{entry['id']}.pth", weights_only=True)
-        runs[entry["id"]] = (entry["status"], history, weights)
-    return runs
 
 
 @pytest.fixture(scope="module")
