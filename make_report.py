@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifarkit import report, results, signals, store
+from cifarkit import plots, report, results, signals, store
 from cifarkit.results import load_results
 from cifarkit.errors import UserError
 
@@ -96,11 +96,25 @@ def _foreign(modelset):
     if own:
         return (f"that folder holds {own[0]}: it is one script's output folder. Give the "
                 f"folder that holds the output folders: --modelset {modelset.resolve().parent}")
+    if store.RUNS in modelset.resolve().parts[-2:]:
+        return (f"that is inside an output folder's run store ({store.RUNS}/), not the folder "
+                f"that holds the scripts' output folders (default: modelset).")
     existing = modelset / "REPORT.md"
     if existing.is_file() and not existing.read_text(errors="replace").startswith(
             report.REPORT_HEADER):
         return (f"{existing} was not written by make_report.py, and would be overwritten. "
                 f"Rename or move it, then run this again.")
+    figures = modelset / "figures"
+    if figures.is_symlink() or (figures.exists() and not figures.is_dir()):
+        return (f"{figures} is {'a link' if figures.is_symlink() else 'not a folder'}, where "
+                f"make_report.py writes the report's figures anew each time. Move it, then "
+                f"run this again.")
+    yours = [path for path in sorted(figures.iterdir()) if path.is_symlink()
+             or not path.is_file() or not plots.drawn_by_kit(path)] if figures.is_dir() else []
+    if yours:
+        return (f"{yours[0]} was not drawn by make_report.py, and figures/ is written anew "
+                f"with each report. Move it (and any other file of yours) out of {figures}, "
+                f"then run this again.")
     return None
 
 

@@ -315,15 +315,7 @@ def draw_views(out_dir, results, examples=None):
                 entries, key, f"{title}: {y_label.split(' (')[0]}", y_label, span, note, sample)
     out_dir, kept = Path(out_dir), []
     for path in (out_dir / name for name in ("examples.png", *figures)):
-        if not path.is_file() or path.is_symlink():
-            continue
-        try:
-            with open(path, "rb") as file:
-                head = file.read(4096)
-        except OSError:
-            head = b""
-        # the kit's PNGs from before the run store say Matplotlib
-        if not any(f"Software\x00{name}".encode() in head for name in (SIGNATURE, "Matplotlib")):
+        if path.is_file() and not path.is_symlink() and not drawn_by_kit(path):
             aside = path.with_name(f"{path.stem}.yours-{datetime.now():%Y%m%d-%H%M%S-%f}.png")
             os.replace(path, aside)
             kept.append(f"{path} was not drawn by this kit: kept as {aside.name}")
@@ -332,6 +324,17 @@ def draw_views(out_dir, results, examples=None):
     for file_name, figure in figures.items():
         save(figure, out_dir / file_name)
     return kept
+
+
+def drawn_by_kit(path):
+    """Whether the file at ``path`` is a PNG this kit drew (its Software text; before the run
+    store, Matplotlib's)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4096)
+    except OSError:
+        return False
+    return any(f"Software\x00{name}".encode() in head for name in (SIGNATURE, "Matplotlib"))
 
 
 def with_derived(entries):

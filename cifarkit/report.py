@@ -5,6 +5,7 @@ import re
 import secrets
 import shlex
 import shutil
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +20,7 @@ from .results import (CLASSES, config_label, duration, group_runs, mean_std,
 KIT = Path(__file__).resolve().parent.parent  # the scripts' folder
 
 REPORT_HEADER = "# CIFAR-10 report, regenerated from"  # how make_report knows its own file
+STAGING = re.compile(r"\.(figures-old-)?\.?report-[0-9a-f]{8}")  # write_report's own folders
 IGNORED = "ignored (it only names the config or quotes the report)"
 RUNNING_NOTE = ("† no eval-mode training accuracy in this file (written before the kit "
                 "recorded it): the running value is shown and used for the gap; it is measured "
@@ -473,11 +475,16 @@ def write_report(modelset, runs, skipped, scripts):
     in task order; ``scripts``: {script: make_report.ScriptText}. Returns the report's path;
     an OSError means a file could not be written."""
     modelset = Path(modelset)
-    held = store.lock(modelset, blocking=True)  # one report at a time is written here
+    held = store.lock(modelset, blocking=False)  # one report at a time is written here
+    if held is None:
+        print(f"Waiting for another make_report.py to finish writing into {modelset}/.",
+              file=sys.stderr, flush=True)
+        held = store.lock(modelset, blocking=True)
     staging = modelset / f".report-{secrets.token_hex(4)}"  # all of it, then three renames
     try:
-        for left in [*modelset.glob(".report-*"), *modelset.glob(".figures-old-*")]:  # kill's
-            shutil.rmtree(left, ignore_errors=True)
+        for left in modelset.iterdir():  # what a kill -9 left of an earlier one
+            if STAGING.fullmatch(left.name) and left.is_dir() and not left.is_symlink():
+                shutil.rmtree(left, ignore_errors=True)
         (staging / "figures").mkdir(parents=True)
         _write_report(modelset, runs, skipped, scripts, staging)
     finally:  # what is left of the staging and the earlier figures
@@ -517,9 +524,19 @@ def _write_report(modelset, runs, skipped, scripts, staging):
                   if number in sections else [])
     text = "\n".join(lines + _not_run_section(runs, scripts, modelset)) + "\n"
     write_atomically(staging / "REPORT.md", lambda file: file.write(text.encode()))
-    old = modelset / f".figures-old-{staging.name}"
+    old, shown = modelset / f".figures-old-{staging.name}", modelset / "figures"
     with signals.deferred():  # REPORT.md and figures/ swap together, or not at all
-        if (modelset / "figures").is_dir() and not (modelset / "figures").is_symlink():
-            os.rename(modelset / "figures", old)
-        os.rename(figures, modelset / "figures")
-        os.replace(staging / "REPORT.md", modelset / "REPORT.md")
+        earlier = shown.is_dir()  # not a file or a link: make_report refuses those
+        if earlier:
+            os.rename(shown, old)
+        try:
+            os.rename(figures, shown)
+            try:
+                os.replace(staging / "REPORT.md", modelset / "REPORT.md")
+            except OSError:
+                os.rename(shown, figures)
+                raise
+        except OSError:  # the earlier figures back beside the earlier REPORT.md
+            if earlier:
+                os.rename(old, shown)
+            raise

@@ -2,7 +2,9 @@
 nn.DataParallel over every GPU); under ``torchrun`` each process is one rank of DDP."""
 import inspect
 import os
-import shutil
+import shlex
+import subprocess
+import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,18 +162,24 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
 
 
 def check_compiler():
-    """torch.compile builds its kernels with a C++ compiler and Python's headers (on the CPU;
-    Triton's launcher on a GPU too): without them its first step ends in a long InductorError."""
-    compilers = [os.environ.get("CXX", "").split(" ")[0], "g++", "c++", "clang++"]
+    """torch.compile builds its kernels with the C++ compiler CXX names (else g++; clang++ on
+    a Mac) and Python's headers (on the CPU; Triton's launcher on a GPU too): without them
+    its first step ends in a long InductorError. The compiler is tried as torch tries it."""
+    compiler = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+    try:
+        works = subprocess.run([*shlex.split(compiler), "--version"], capture_output=True,
+                               timeout=60).returncode == 0
+    except (OSError, ValueError, subprocess.SubprocessError):
+        works = False
     headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
     missing = [what for what, found in (
-        ("a C++ compiler (g++ or clang++)", any(shutil.which(name) for name in compilers if name)),
+        (f"a C++ compiler (`{compiler} --version` fails here)", works),
         (f"Python's headers ({headers})", headers.is_file())) if not found]
     if missing:
         raise UserError(f"--compile needs {' and '.join(missing)}, to build the kernels "
-                        f"torch.compile makes; none here. Install them (Debian or Ubuntu: sudo "
-                        f"apt install g++ python3-dev; macOS: xcode-select --install), or run "
-                        f"without --compile.")
+                        f"torch.compile makes. Install them (Debian or Ubuntu: sudo apt install "
+                        f"g++ python3-dev; macOS: xcode-select --install) or set CXX to a "
+                        f"compiler that works, or run without --compile.")
 
 
 def local_amp_dtype(runtime, amp, cpu_amp):

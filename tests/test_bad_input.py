@@ -881,13 +881,14 @@ def test_a_download_another_process_holds_is_waited_for_by_name_then_given_up(
     assert f"Waiting for another process (pid {os.getpid()})" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("missing", ["compiler", "headers"])
+@pytest.mark.parametrize("missing", ["/nonexistent/g++", "/bin/false", "headers"])
 def test_compile_without_a_compiler_or_pythons_headers_is_one_line_before_training(
         pickled_data, tmp_path, monkeypatch, capsys, missing):
-    """torch.compile builds C++: without a compiler (or Python.h) its first step ended in a
-    118-line InductorError. Now: one line naming what is missing, exit 2, nothing written."""
-    if missing == "compiler":
-        monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None)
+    """torch.compile builds C++ with the compiler CXX names (else g++): without one that runs
+    (or without Python.h) its first step ended in a 118-line InductorError. Now: one line
+    naming what is missing, exit 2, nothing written."""
+    if missing != "headers":
+        monkeypatch.setenv("CXX", missing)
     else:
         import sysconfig
 
@@ -898,6 +899,6 @@ def test_compile_without_a_compiler_or_pythons_headers_is_one_line_before_traini
     assert run_script("L2_regularization", out, pickled_data, [BASE], monkeypatch,
                       "--compile") == 2
     error = capsys.readouterr().err
-    assert "--compile needs " + ("a C++ compiler" if missing == "compiler" else
-                                 "Python's headers") in error
+    assert "--compile needs " + ("Python's headers" if missing == "headers" else
+                                 f"a C++ compiler (`{missing} --version` fails here)") in error
     assert "Traceback" not in error and not out.exists()

@@ -278,7 +278,7 @@ def _devices(kit):
         mac.setattr(torch.backends.mps, "is_available", lambda: True)  # refused before MPS
         kit.run("Original_version_model", *kit.data, "--amp", "on", device="mps")
     with pytest.MonkeyPatch.context() as no_compiler:
-        no_compiler.setattr(shutil, "which", lambda name, *args, **kwargs: None)
+        no_compiler.setenv("CXX", "/nonexistent/g++")
         no_compiler.setattr(sysconfig, "get_paths", lambda *args, **kwargs: {"include": "/no"})
         kit.run("L2_regularization", *kit.data, "--compile", configs=[BASE])
 
@@ -423,6 +423,17 @@ def _the_report(kit, tmp):
     (modelset / "REPORT.md").unlink()
     (modelset / "REPORT.md").mkdir()  # a folder where the report goes
     kit.report(modelset, expected=1)
+    (modelset / "figures" / "mine.txt").write_text("mine")  # would go with figures/
+    kit.report(modelset, expected=2)
+    shutil.rmtree(modelset / "figures")
+    (modelset / "figures").symlink_to(tmp)
+    kit.report(modelset, expected=2)
+    (modelset / "figures").unlink()
+    (modelset / "figures").write_text("mine")
+    kit.report(modelset, expected=2)
+    (modelset / "figures").unlink()
+    (modelset / "stored" / "runs").mkdir(parents=True)
+    kit.report(modelset / "stored" / "runs", expected=2)
     mine = tmp / "mine"
     mine.mkdir()
     (mine / "REPORT.md").write_text("# my own notes\n")

@@ -249,17 +249,14 @@ def test_every_folder_of_a_script_gets_its_own_section_and_place_in_the_figures(
         assert (root / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
 
 
-@pytest.mark.parametrize("block", ["figures-is-a-file", "writes-refused"])
 def test_an_unwritable_modelset_is_one_error_line_and_status_1(modelset, tmp_path, monkeypatch,
-                                                               capsys, block):
+                                                               capsys):
     root = copy_of(modelset, tmp_path)
-    if block == "figures-is-a-file":
-        (root / "figures").write_text("a file where the figures folder goes")
-    else:  # what a read-only folder does for a normal user (chmod does not stop root)
-        def refuse(path, write):
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-        monkeypatch.setattr(report, "write_atomically", refuse)
+    def refuse(path, write):  # what a read-only folder does for a normal user (not for root)
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(report, "write_atomically", refuse)
     assert make_report.main(["--modelset", str(root)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot write the report into {root}/") and err.count("\n") == 1
@@ -638,6 +635,60 @@ def test_ctrl_c_during_make_report_is_one_line_not_a_traceback(modelset, tmp_pat
                                               "are whole, as they were")
 
 
+@pytest.mark.parametrize("case", ["a file of yours in figures", "figures is a file",
+                                  "figures is a link", "the run store", "a run's folder"])
+def test_what_make_report_would_remove_or_write_into_the_wrong_place_is_refused(
+        case, modelset, tmp_path, capsys):
+    """figures/ is written anew with each report: a file in it that the kit did not draw is
+    named, not deleted; figures/ as a file or a link, and --modelset inside a run store, are
+    refused in one line (exit 2), nothing written."""
+    root = copy_of(modelset, tmp_path)
+    target = root
+    if case == "a file of yours in figures":
+        (root / "figures").mkdir()
+        (root / "figures" / "my_notes.txt").write_text("mine")
+    elif case == "figures is a file":
+        (root / "figures").write_text("mine")
+    elif case == "figures is a link":
+        (tmp_path / "elsewhere").mkdir()
+        (root / "figures").symlink_to(tmp_path / "elsewhere")
+    else:
+        target = root / "L2_regularization_model" / "runs"
+        target = target if case == "the run store" else next(target.iterdir())
+    before = sorted(path.relative_to(root) for path in root.rglob("*"))
+    assert make_report.main(["--modelset", str(target)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert {"a file of yours in figures": "my_notes.txt was not drawn by make_report.py",
+            "figures is a file": "figures is not a folder",
+            "figures is a link": "figures is a link",
+            "the run store": "inside an output folder's run store",
+            "a run's folder": "inside an output folder's run store"}[case] in error
+    assert sorted(path.relative_to(root) for path in root.rglob("*")) == before
+
+
+def test_a_report_that_cannot_replace_report_md_puts_the_earlier_figures_back(
+        modelset, tmp_path, monkeypatch, capsys):
+    """The last of the three renames fails (REPORT.md made immutable, say): the earlier
+    figures go back beside the earlier REPORT.md, whose every link still works."""
+    root = copy_of(modelset, tmp_path)
+    assert make_report.main(["--modelset", str(root)]) == 0
+    earlier = root / "figures" / "task2_gap.png"  # not what this report will draw again
+    shutil.copy(root / "L2_regularization_model" / "loss.png", earlier)
+    before = snapshot(root)
+    replace = os.replace
+
+    def refused(source, target, *args, **kwargs):
+        if Path(target) == root / "REPORT.md":
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(target))
+        return replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", refused)
+    assert make_report.main(["--modelset", str(root)]) == 1
+    assert "Operation not permitted" in capsys.readouterr().err
+    assert snapshot(root) == before
+
+
 def snapshot(root):
     """{path: bytes} of REPORT.md and every file under figures/, and the hidden names left."""
     files = {path.relative_to(root).as_posix(): path.read_bytes()
@@ -651,8 +702,9 @@ def test_a_report_stopped_while_drawing_leaves_the_earlier_report_and_figures_wh
     byte, nothing half-written beside them; a stop while they are swapped in waits for the
     swap; what a kill -9 left is cleared by the next run."""
     root = copy_of(modelset, tmp_path)
-    (root / "figures").mkdir()
-    (root / "figures" / "from_a_report_before.png").write_bytes(b"old")
+    (root / "figures").mkdir()  # a figure an earlier report drew, of a folder now gone
+    shutil.copy(root / "L2_regularization_model" / "loss.png",
+                root / "figures" / "from_a_report_before.png")
     assert make_report.main(["--modelset", str(root)]) == 0
     before = snapshot(root)
     assert "figures/from_a_report_before.png" not in before[0]  # figures/ is this report's
