@@ -46,6 +46,7 @@ figures mean nothing, only pass and fail do. --only ID,ID reruns some checks.
 """
 import argparse
 import contextlib
+import ctypes
 import importlib
 import json
 import os
@@ -74,7 +75,7 @@ sys.path.insert(0, str(REPO))
 
 import Original_version_model  # noqa: E402
 import Original_version_model_multiGPU  # noqa: E402
-from cifarkit import cli, config, data, results, train  # noqa: E402
+from cifarkit import cli, config, data, results, signals, train  # noqa: E402
 from cifarkit import runtime as rt  # noqa: E402
 
 # What each check runs: (on the GPU(s), with --quick on the CPU). The comments give the
@@ -219,7 +220,14 @@ def start_logged(command, log, env=None):
         file.flush()
         return subprocess.Popen(command, cwd=REPO, stdout=file, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=die_with_parent)
+
+
+def die_with_parent():
+    """In a child, before it runs: SIGKILL when this process dies, even by kill -9 (a lent
+    machine's time limit), so no training is left holding the GPU (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def stop_group(process):
@@ -1152,7 +1160,15 @@ def main(argv=None):
             return 2
         if named:
             checks = [check for check in checks if (check[0] in named.split(",")) == keep]
-    return run_all(setting, checks, argv)
+    try:
+        with signals.sigterm_as_interrupt():
+            return run_all(setting, checks, argv)
+    except KeyboardInterrupt as stop:  # the check's own runs are stopped (wait_logged)
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"\nStopped by {'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}; the record "
+              f"of the checks done: {setting.record or setting.out}/gpu_check.json",
+              file=sys.stderr)
+        return signals.EXIT[signum]
 
 
 def run_all(setting, checks, argv):
@@ -1187,7 +1203,8 @@ def run_all(setting, checks, argv):
             print(f"    FAIL ({record['seconds']:.0f} s): {record['error']}\n"
                   f"{record['error_tail'][-1500:]}", flush=True)
     print("\n" + markdown(report))
-    print(f"Results: {setting.out / 'gpu_check.json'}, {setting.out / 'gpu_check.md'}")
+    where = setting.record or setting.out
+    print(f"Results: {where / 'gpu_check.json'}, {where / 'gpu_check.md'}")
     return 0 if all(record["result"] == "pass" for record in report["checks"]) else 1
 
 

@@ -259,10 +259,12 @@ def test_pytest_counts_read_the_closing_summary():
     assert gpu_check.pytest_counts("no tests ran in 0.01s") == {}
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
 def test_a_lent_machine_command_killed_keeps_the_checks_done_so_far(tmp_path):
     """benchmarks/lent_gpu.py unzips a CIFAR-10 image-folder zip, decodes it and runs the
     check; the machine's time limit kills it (kill -9) in its second check: the record of
-    the first (JSON, table, logs; no weights) is under --out already, whole."""
+    the first (JSON, table, logs; no weights) is under --out already, whole, and the run of
+    the second check dies with it instead of holding the GPU."""
     folders = write_image_folders(tmp_path / "images")
     with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
         for path in folders.rglob("*.png"):
@@ -270,12 +272,21 @@ def test_a_lent_machine_command_killed_keeps_the_checks_done_so_far(tmp_path):
     out = tmp_path / "record"
     process = gpu_check.start_logged(
         [sys.executable, REPO / "benchmarks" / "lent_gpu.py", "--zip", tmp_path / "data.zip",
-         "--out", out, "--quick", "--only", "weights-on-cpu,script-l2"], tmp_path / "lent.log")
+         "--out", out, "--quick", "--only", "script-l2,compile"], tmp_path / "lent.log")
     deadline = time.monotonic() + 120
     while not (out / "gpu_check.json").exists() and process.poll() is None \
             and time.monotonic() < deadline:
         time.sleep(0.1)
-    gpu_check.stop_group(process)  # kill -9, with every process below it
+    below = []  # the second check's run (--compile: several seconds), in its own session
+    while not below:
+        assert time.monotonic() < deadline, "the second check never started its run"
+        below = gpu_check.descendants(process.pid)
+    os.kill(process.pid, signal.SIGKILL)  # lent_gpu.py alone, as a time limit kills it
+    process.wait()
+    killed = time.monotonic()
+    while any(alive(pid) for pid in below):  # they die with it, long before they would end
+        assert time.monotonic() < killed + 2, f"left running: {below}"
+        time.sleep(0.05)
     (check,) = json.loads((out / "gpu_check.json").read_text())["checks"]
     assert (check["id"], check["result"]) == ("script-l2", "pass")  # they run in this order
     assert "| script-l2 | " in (out / "gpu_check.md").read_text()
@@ -284,6 +295,33 @@ def test_a_lent_machine_command_killed_keeps_the_checks_done_so_far(tmp_path):
     import lent_gpu
 
     assert lent_gpu.main(["--zip", str(out / "gpu_check.md"), "--out", str(out)]) == 2
+
+
+def alive(pid):
+    """Whether process ``pid`` still runs (a zombie, killed and not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_to_gpu_check_stops_its_run_says_so_and_keeps_the_record(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    run_one, calls = gpu_check.run_one, []
+
+    def terminated_in_the_second(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return run_one(*args, **kwargs)
+
+    monkeypatch.setattr(gpu_check, "run_one", terminated_in_the_second)
+    out = tmp_path / "out"
+    assert gpu_check.main(["--quick", "--data-dir", str(pickled_data), "--out", str(out),
+                           "--only", "precision-on,dp-replicas"]) == 143
+    assert "Stopped by SIGTERM; the record of the checks done:" in capsys.readouterr().err
+    (check,) = json.loads((out / "gpu_check.json").read_text())["checks"]
+    assert check["id"] == "precision-on"
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
