@@ -3,9 +3,9 @@
     python -m torch.distributed.run --standalone --nproc-per-node=2 tests/fault_driver.py ARGS
 
 Environment: FAULT=oom            rank 1 runs out of CUDA memory (simulated) at the 3rd step
-                                  of config_1 of the first attempt
-             FAULT=oom_after_backward  the same, in the optimizer's step (after the
-                                  backward's all-reduce), timeout 20 s
+                                  of a config of the first attempt: in the forward
+                                  (config_1), and after the backward's all-reduce, in
+                                  the optimizer's step (config_2); timeout 20 s
              FAULT=oom_batchnorm  the same, inside the forward of a model with BatchNorm
                                   (after DDP would broadcast its buffers), timeout 20 s
              FAULT=oom_sync_bn    the same, with sync_bn, in epoch 2 (BatchNormNet's
@@ -55,13 +55,15 @@ if FAULT == "oom":  # a model that fails: the forward hook of rank 1's 3rd train
 
     script.build_model = build_model
 
-if FAULT == "oom_after_backward":  # rank 1's 3rd optimizer step: its all-reduce is done
+if FAULT == "oom":  # and in a config of its own, after the backward: in the optimizer's
+    # step, rank 1's 3rd (its all-reduce is done); the last config trains
+    script.CONFIGS.insert(1, {"num_epochs": 1, "lr": 0.02, "momentum": 0.9, "batch_size": 16})
     rt.TIMEOUTS["gloo"] = datetime.timedelta(seconds=20)  # a hang ends soon, and fails
     real_step, stepped = torch.optim.SGD.step, []
 
     def step(self, *args, **kwargs):
-        stepped.append(1)
-        if os.environ["RANK"] == "1" and len(stepped) == 3:
+        stepped.append(self.defaults["lr"])  # config_2's optimizer: lr 0.02
+        if os.environ["RANK"] == "1" and stepped[-1] == 0.02 and stepped.count(0.02) == 3:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real_step(self, *args, **kwargs)
 
