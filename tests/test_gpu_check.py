@@ -272,7 +272,8 @@ def test_a_lent_machine_command_killed_keeps_the_checks_done_so_far(tmp_path):
     out = tmp_path / "record"
     process = gpu_check.start_logged(
         [sys.executable, REPO / "benchmarks" / "lent_gpu.py", "--zip", tmp_path / "data.zip",
-         "--out", out, "--quick", "--only", "script-l2,compile"], tmp_path / "lent.log")
+         "--out", out, "--quick", "--only", "script-l2,compile"], tmp_path / "lent.log",
+        env={"TMPDIR": str(tmp_path)})  # its scratch folder, which a kill -9 leaves, in here
     deadline = time.monotonic() + 120
     while not (out / "gpu_check.json").exists() and process.poll() is None \
             and time.monotonic() < deadline:
