@@ -436,7 +436,7 @@ def sweep_figure(sweep_runs):
     """Task 3: final test accuracy against lr, momentum and batch size, a row per run
     (report.Run), a panel per setting its finished configs vary (sweep_axes; None when no run
     varies one); in each panel a line joins the configs that differ only in its setting."""
-    rows = [(run, sweep_axes(run)) for run in sweep_runs if sweep_axes(run)]
+    rows = [(run, axes) for run in sweep_runs if (axes := sweep_axes(run))]
     if not rows:
         return None
     columns = max(len(axes) for _, axes in rows)

@@ -150,9 +150,8 @@ def open_store(job, selected, seeds):
         lines += refresh(job, final=True, locked=True, drawn=drawn(job, before))
     lines += changes(job, before if isinstance(before, dict) else None,
                      {f"config_{number}" for number, _ in selected})
-    done = {(entry["id"], entry["seed"]) for entry in job.results["configs"]  # a finished
-            if entry["status"] == "diverged" or (entry["status"] == "finished"  # run without
-                                                 and (out / entry["run"] / store.WEIGHTS).exists())}
+    done = {(entry["id"], entry["seed"]) for entry in job.results["configs"]  # as claim() sees
+            if store.usable(out / entry["run"], entry)}  # it: weights gone, it trains again
     epochs = [chosen["num_epochs"] for number, chosen in selected
               for seed in range(job.header["seed"], job.header["seed"] + seeds)
               if job.restart or (f"config_{number}", seed) not in done]

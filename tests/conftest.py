@@ -210,8 +210,15 @@ def unrendered(monkeypatch):
     nothing to train), and those tests are not about what the PNGs show."""
     from cifarkit import plots
 
-    monkeypatch.setattr(plots, "png_bytes", lambda figure: (
-        plots.pyplot().close(figure), UNRENDERED)[1])
+    monkeypatch.setattr(plots, "png_bytes", unrendered_png)
+
+
+def unrendered_png(figure):
+    """plots.png_bytes without the rendering: the figure is built and closed."""
+    from cifarkit import plots
+
+    plots.pyplot().close(figure)
+    return UNRENDERED
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from cifarkit import config, data, outputs, plots, signals, store, train
-from conftest import (REPO, UNRENDERED, run_script, write_image_folders,
+from conftest import (REPO, run_script, unrendered_png, write_image_folders,
                       write_pickled_batches)
 
 # The PNGs are built, not rendered (conftest's unrendered: rendering is most of what a run
@@ -222,8 +222,7 @@ def interrupt(monkeypatch, signum, times=1, training=1):
 def kit_messages(tmp_path_factory, pickled_data):
     tmp = tmp_path_factory.mktemp("messages")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(plots, "png_bytes", lambda figure: (plots.pyplot().close(figure),
-                                                          UNRENDERED)[1])  # built, not rendered
+        patch.setattr(plots, "png_bytes", unrendered_png)  # built, not rendered
         for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
             patch.setenv(name, "http://127.0.0.1:9")  # a download fails at once
         for name in ("no_proxy", "NO_PROXY"):

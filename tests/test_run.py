@@ -33,9 +33,9 @@ from cifarkit import data, plots, results, train
 from cifarkit import runtime as rt
 from cifarkit.results import save_json
 from Original_version_model import build_model
-from conftest import (REPO, TEST_PER_CLASS, TRAIN_PER_CLASS, UNRENDERED, blanked_squares,
-                      finished_runs, labelled_images, make_images, run_command, run_script,
-                      shared_jpeg_or_skip, windows_found, write_pickled_batches)
+from conftest import (REPO, TEST_PER_CLASS, TRAIN_PER_CLASS, blanked_squares, finished_runs,
+                      labelled_images, make_images, run_command, run_script,
+                      shared_jpeg_or_skip, unrendered_png, windows_found, write_pickled_batches)
 
 # The PNGs are built, not rendered (conftest's unrendered: rendering is most of what a run
 # costs here), except in the tests that ask for rendered.
@@ -808,8 +808,7 @@ def modelset(tmp_path_factory, pickled_data):
     root = tmp_path_factory.mktemp("strength") / "modelset"
     with contextlib.redirect_stdout(io.StringIO()):
         with pytest.MonkeyPatch.context() as patch:  # the runs' own PNGs built, not rendered
-            patch.setattr(plots, "png_bytes", lambda figure: (plots.pyplot().close(figure),
-                                                              UNRENDERED)[1])
+            patch.setattr(plots, "png_bytes", unrendered_png)
             for name, configs, folder in (
                     ("L2_regularization", L2_SWEEP, "L2_regularization_model"),
                     ("Dropout_regularization", DROPOUT_PAIR, "Dropout_regularization_model")):
