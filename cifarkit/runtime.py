@@ -1,11 +1,14 @@
 """Devices, processes and parallel wrapping: plain ``python`` is one process (Task 3: with
 nn.DataParallel over every GPU); under ``torchrun`` each process is one rank of DDP."""
+import contextlib
 import inspect
 import os
 import shlex
 import subprocess
 import sys
 import sysconfig
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,11 @@ from torch import nn
 from torch.distributed.constants import default_pg_nccl_timeout, default_pg_timeout
 
 from .errors import RankError, UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs on one CPU do not take turns (CpuTurns)
+    fcntl = None
 
 # How long a rank waits for the others, at start-up and in every collective: torch's defaults.
 # The store gets the same: its own 5 minutes would end a start while one machine downloads.
@@ -39,6 +47,7 @@ class Runtime:
     amp_dtype: torch.dtype = None   # autocast dtype (bf16, or fp16 on older GPUs); None: fp32
     compile: bool = False           # wrap the model in torch.compile
     devices: list = None            # under torchrun, each rank's device_names
+    turns: "CpuTurns" = None        # set by share_cpu: taking turns with other runs on the CPU
 
     @property
     def distributed(self):
@@ -246,8 +255,104 @@ def peer_lost(error):
 
 
 def close(runtime):
+    if runtime.turns is not None:
+        runtime.turns.close()
     if runtime.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+TURN_SECONDS = 0.2  # how long a run computes before a waiting run gets the CPU
+TURN_WAIT = 3.0     # a turn not passed on by then: its holder is paused (Ctrl-Z, a debugger),
+ALONE_FOR = 30.0    # and the waiting run goes on without turns for this long
+TURNS_LINE = ("Another run of this kit is training on this CPU: the two take turns at it, each "
+              "with its {} threads (each about half as fast as alone; the results are the same).")
+
+
+class CpuTurns:
+    """Runs of this kit on one machine's CPU, several threads each, take turns at it with all
+    their threads: side by side their threads fight over the cores (two runs on 2 cores: each
+    4 times slower than alone), and fewer threads each would change the results' last digits.
+    Each run locks a file of its own in the folder while it lives, and "turn" during its turn."""
+
+    def __init__(self, say, folder=None):
+        self.folder = Path(folder or tempfile.gettempdir()) / f"cifarkit-cpu-{os.getuid()}"
+        self.folder.mkdir(mode=0o700, exist_ok=True)
+        self.name = f"{os.getpid()}-{time.monotonic_ns()}"
+        self.alive = open(self.folder / f".{self.name}", "w")  # locked before the others see it
+        fcntl.flock(self.alive, fcntl.LOCK_EX)
+        (self.folder / f".{self.name}").rename(self.folder / self.name)
+        self.turn = open(self.folder / "turn", "a")
+        self.say, self.said, self.held, self.until = say, False, False, 0.0
+
+    def others(self):
+        """Whether another run is alive; clears the files of ended ones."""
+        alive = False
+        for path in self.folder.iterdir():
+            if path.name not in ("turn", self.name) and not path.name.startswith("."):
+                try:
+                    with open(path) as other:
+                        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    path.unlink(missing_ok=True)  # its run has ended
+                except BlockingIOError:
+                    alive = True
+                except OSError:
+                    pass
+        return alive
+
+    def take(self):
+        """Between steps: keep the turn TURN_SECONDS, then pass it to a waiting run and wait."""
+        now = time.monotonic()
+        if now < self.until:
+            return
+        if self.held:
+            if not self.others():
+                self.until = now + TURN_SECONDS
+                return
+            if not self.said:
+                self.said = True
+                self.say(TURNS_LINE.format(torch.get_num_threads()))
+            self.end()
+            time.sleep(0.01)  # the waiting run looks every 5 ms: it takes the turn
+        while True:
+            try:
+                fcntl.flock(self.turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.held, self.until = True, time.monotonic() + TURN_SECONDS
+                return
+            except BlockingIOError:
+                if time.monotonic() > now + TURN_WAIT:
+                    self.until = time.monotonic() + ALONE_FOR
+                    return
+                time.sleep(0.005)
+
+    def end(self):
+        """Pass the turn on (also while this run saves, records and draws)."""
+        if self.held:
+            fcntl.flock(self.turn, fcntl.LOCK_UN)
+            self.held, self.until = False, 0.0
+
+    def close(self):
+        self.alive.close()
+        self.turn.close()
+        (self.folder / self.name).unlink(missing_ok=True)
+
+
+def share_cpu(runtime, say):
+    """Turns at the CPU for a plain run on it with several threads (runs of one thread, as
+    torchrun's ranks, do not fight over the cores); none without a writable tmp folder."""
+    if fcntl and runtime.device.type == "cpu" and not runtime.distributed \
+            and torch.get_num_threads() > 1:
+        with contextlib.suppress(OSError):
+            runtime.turns = CpuTurns(say)
+
+
+def take_turn(runtime):
+    if runtime.turns is not None:
+        runtime.turns.take()
+
+
+def end_turn(runtime):
+    if runtime.turns is not None:
+        runtime.turns.end()
 
 
 def device_names(runtime):

@@ -98,6 +98,7 @@ def prepare(script, args, argv, cleanup):
     runtime = rt.init_runtime(args.device, script.data_parallel, args.amp, args.compile,
                               script.cpu_amp)
     cleanup.callback(rt.close, runtime)
+    rt.share_cpu(runtime, say)
     rt.check_configs_fit(selected, runtime)
     configs = {f"config_{number}": chosen for number, chosen in enumerate(all_configs, 1)}
     models = {label: runs.model_identity(script.build_model, chosen, label)
@@ -209,6 +210,7 @@ def train_config(job, training, stop):
         with progress_bar(len(batches), done, f"epoch {epoch}/{chosen['num_epochs']}",
                           runtime.is_main) as bar:
             for index in batches[done:]:
+                rt.take_turn(runtime)  # other runs on this CPU: one at a time
                 done, reduced = done + 1, False  # reduced: this step's all-reduce (backward) ran
                 try:
                     if not out_of_memory:
@@ -245,8 +247,7 @@ def train_config(job, training, stop):
                 show_progress(bar, done, sums)
                 if log_every and done % log_every == 0:
                     log_loss(job, progress, sums, epoch, done)
-                # The look: a loss is never negative, so one NaN keeps the sum non-finite.
-                # Under torchrun a stop counts only here, where the ranks agree on it.
+                # The look: one NaN keeps the loss sum non-finite; the ranks agree on a stop here
                 look = done % sync_every == 0 or done == len(batches)
                 stopping = (look or not runtime.distributed) and stop.requested()
                 if look:
@@ -471,6 +472,7 @@ def predict(model, images, scale, shift, runtime, tta=False, both=False):
     model = rt.unwrap(model).eval()
     plain, mirrored = [], []
     for start in range(0, len(images), 1000):
+        rt.take_turn(runtime)
         batch = rt.memory_format(torch.addcmul(shift, images[start:start + 1000].float(), scale))
         with autocast(images.device.type, runtime.amp_dtype):
             logits = model(batch).float()
@@ -479,6 +481,7 @@ def predict(model, images, scale, shift, runtime, tta=False, both=False):
                 logits += model(batch.flip(3)).float()
                 mirrored.append(logits.argmax(dim=1).cpu())
     plain, mirrored = torch.cat(plain), torch.cat(mirrored) if tta else None
+    rt.end_turn(runtime)  # the test pass ends the turn: then come files and plots
     return (plain, mirrored) if both else plain if mirrored is None else mirrored
 
 

@@ -81,3 +81,17 @@ def test_step_profile_splits_the_kit_step_into_its_parts(pickled_data):
         == "model"
     assert step_profile.part_of("aten::cross_entropy_loss") == "loss"
     assert step_profile.part_of("aten::argmax") == "sums"
+
+
+def test_side_by_side_times_two_runs_at_once_against_one_and_compares_their_results(
+        pickled_data, capsys, monkeypatch):
+    """Two runs with torch's default threads (they take turns at the CPU) beside one alone."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import side_by_side
+
+    monkeypatch.setattr(sys, "argv", ["side_by_side.py", "--data-dir", str(pickled_data),
+                                      "--configs", "1", "--epochs", "1"])
+    side_by_side.main()
+    said = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0].strip() for line in said[:3]] == ["alone", "first", "second"]
+    assert said[3] == "side by side, the same results as alone (histories and weights): yes"

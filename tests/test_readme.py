@@ -141,7 +141,8 @@ PLACEHOLDER = re.compile(r"config_N|<checkpoint>|<file>|…|\bDIR\b|'[^']*'|\b[A
 # Messages that only a torchrun job with a dead worker prints: looked for in the source
 # (tests/test_distributed.py runs that job); every other message is produced below by running
 # the mistake or failure it explains.
-FROM_SOURCE = {"error: rank R lost contact with the other ranks"}
+FROM_SOURCE = {"error: rank R lost contact with the other ranks",  # two processes each
+               "Another run of this kit is training on this CPU: the two take turns at it…"}
 SOURCE_LINES = [re.sub(r"\{[^{}]*\}", "0", line) for path in sorted(REPO.glob("cifarkit/*.py"))
                 for line in path.read_text().splitlines()]
 

@@ -927,3 +927,57 @@ def test_the_estimate_counts_what_is_left_to_train(pickled_data, tmp_path, monke
         weights.unlink()
     assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
     assert "the 1 run(s) to train" in capsys.readouterr().out
+
+
+TURNS_DRIVER = """
+import json, sys, time
+from cifarkit import runtime as rt
+turns = rt.CpuTurns(print, folder=sys.argv[1])
+started, intervals = time.monotonic(), []
+while time.monotonic() - started < float(sys.argv[2]):
+    turns.take()
+    begun = time.monotonic()
+    while time.monotonic() - begun < 0.02:  # a step's work
+        pass
+    intervals.append((begun, time.monotonic()))
+turns.end()
+turns.close()
+print(json.dumps(intervals))
+"""
+
+
+def test_runs_on_one_cpu_take_turns_at_it_and_a_paused_one_holds_the_others_up_briefly(
+        tmp_path):
+    """Two runs training on one CPU with several threads each compute in turns, never at once
+    (side by side, their threads fought over 2 cores: each 4 times slower than alone), and
+    both go forward turn by turn; each says so in one line. A run paused in its turn (Ctrl-Z,
+    a debugger) holds the others up TURN_WAIT, not for ever."""
+    def start(seconds):
+        return subprocess.Popen([sys.executable, "-c", TURNS_DRIVER, str(tmp_path), str(seconds)],
+                                cwd=REPO, stdout=subprocess.PIPE, text=True)
+
+    first, second = start(1.2), start(1.2)
+    outputs = [process.communicate(timeout=60)[0].splitlines() for process in (first, second)]
+    runs = [json.loads(lines[-1]) for lines in outputs]
+    for lines in outputs:
+        (said,) = lines[:-1]
+        assert re.fullmatch(r"Another run of this kit is training on this CPU: the two take "
+                            r"turns at it, each with its \d+ threads \(each about half as fast "
+                            r"as alone; the results are the same\)\.", said)
+    steps = sorted((begun, ended, run) for run, intervals in enumerate(runs)
+                   for begun, ended in intervals)
+    assert all(ended <= begun for (_, ended, _), (begun, _, _) in zip(steps, steps[1:]))
+    switches = sum(a[2] != b[2] for a, b in zip(steps, steps[1:]))
+    assert switches >= 3  # turns of TURN_SECONDS, not one run after the other
+
+    holder = rt.CpuTurns(print, folder=tmp_path)
+    holder.take()  # and it stops here, in its turn
+    begun = time.monotonic()
+    waiting = start(0.3)
+    (line,) = waiting.communicate(timeout=60)[0].splitlines()
+    first_step = json.loads(line)[0][0]
+    assert rt.TURN_WAIT <= first_step - begun < rt.TURN_WAIT + 10
+    holder.end()
+    holder.close()
+    assert sorted(path.name for path in (tmp_path / f"cifarkit-cpu-{os.getuid()}").iterdir()) \
+        == ["turn"]  # every run's file is gone with it
