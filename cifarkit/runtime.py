@@ -347,7 +347,12 @@ def share_cpu(runtime, say):
 
 def take_turn(runtime):
     if runtime.turns is not None:
-        runtime.turns.take()
+        try:
+            runtime.turns.take()
+        except OSError:  # its folder deleted, locks refused (a network disk): no more turns
+            turns, runtime.turns = runtime.turns, None
+            with contextlib.suppress(OSError):
+                turns.close()
 
 
 def end_turn(runtime):

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -979,5 +980,12 @@ def test_runs_on_one_cpu_take_turns_at_it_and_a_paused_one_holds_the_others_up_b
     assert rt.TURN_WAIT <= first_step - begun < rt.TURN_WAIT + 10
     holder.end()
     holder.close()
-    assert sorted(path.name for path in (tmp_path / f"cifarkit-cpu-{os.getuid()}").iterdir()) \
-        == ["turn"]  # every run's file is gone with it
+    folder = tmp_path / f"cifarkit-cpu-{os.getuid()}"
+    assert sorted(path.name for path in folder.iterdir()) == ["turn"]  # each run's file gone
+
+    runtime = rt.Runtime(torch.device("cpu"), turns=rt.CpuTurns(print, folder=tmp_path))
+    rt.take_turn(runtime)
+    shutil.rmtree(folder)  # a tmp cleaner, mid-run: the run goes on without turns
+    time.sleep(rt.TURN_SECONDS)
+    rt.take_turn(runtime)
+    assert runtime.turns is None
