@@ -95,3 +95,16 @@ def test_side_by_side_times_two_runs_at_once_against_one_and_compares_their_resu
     said = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0].strip() for line in said[:3]] == ["alone", "first", "second"]
     assert said[3] == "side by side, the same results as alone (histories and weights): yes"
+
+
+def test_speedrun_ablation_trains_each_variant_as_the_speedrun_with_its_change(pickled_data,
+                                                                              capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import speedrun_ablation
+
+    rows = speedrun_ablation.main(["--data-dir", str(pickled_data), "--variants", "3 epochs",
+                                   "3 epochs, peak 0.1, no TTA"])
+    assert list(rows) == ["3 epochs", "3 epochs, peak 0.1, no TTA"]
+    table = capsys.readouterr().out.splitlines()
+    assert table[-2].startswith("| 3 epochs | ") and len(table) == 5
+    assert all(len(seconds) == 1 and seconds[0] > 0 for seconds, _ in rows.values())
