@@ -4,6 +4,7 @@ import contextlib
 import inspect
 import os
 import shlex
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -262,67 +263,113 @@ def close(runtime):
 
 
 TURN_SECONDS = 0.2  # how long a run computes before a waiting run gets the CPU
-TURN_WAIT = 3.0     # a turn not passed on by then: its holder is paused (Ctrl-Z, a debugger),
-ALONE_FOR = 30.0    # and the waiting run goes on without turns for this long
-TURNS_LINE = ("Another run of this kit is training on this CPU: the two take turns at it, each "
-              "with its {} threads (each about half as fast as alone; the results are the same).")
+STUCK_AFTER = 60.0  # a turn held this long without a step's end: its run is in a debugger
+ALONE_FOR = 30.0    # a run that finds the holder stopped or stuck goes on alone this long
+STOPPED = ("The run whose turn it is at this CPU (pid {}) is stopped (Ctrl-Z?): this run goes "
+           "on without turns.")
+STUCK = ("The run whose turn it is at this CPU (pid {}) has not ended a step in {} s (debugger?)"
+         ": this run goes on without turns.")
+TURNS_LINE = ("Another run of this kit is training on this CPU: the runs take turns at it, each "
+              "with its {} threads (each slower than alone; the results are the same).")
 
 
 class CpuTurns:
-    """Runs of this kit on one machine's CPU, several threads each, take turns at it with all
-    their threads: side by side their threads fight over the cores (two runs on 2 cores: each
-    4 times slower than alone), and fewer threads each would change the results' last digits.
-    Each run locks a file of its own in the folder while it lives, and "turn" during its turn."""
+    """Runs of this kit on one machine's CPU, at torch's default threads, take turns at it with
+    all their threads: side by side their threads fight over the cores (two runs on 2 cores:
+    each 4 to 60 times slower than alone), and fewer threads each would change the results'
+    last digits. In its turn a run locks the file "turn" and writes its pid and the time there
+    at every step's end; a run waiting for one shares a lock on "waiting"; locks die with
+    their process."""
 
     def __init__(self, say, folder=None):
-        self.folder = Path(folder or tempfile.gettempdir()) / f"cifarkit-cpu-{os.getuid()}"
-        self.folder.mkdir(mode=0o700, exist_ok=True)
-        self.name = f"{os.getpid()}-{time.monotonic_ns()}"
-        self.alive = open(self.folder / f".{self.name}", "w")  # locked before the others see it
-        fcntl.flock(self.alive, fcntl.LOCK_EX)
-        (self.folder / f".{self.name}").rename(self.folder / self.name)
-        self.turn = open(self.folder / "turn", "a")
-        self.say, self.said, self.held, self.until = say, False, False, 0.0
+        folder = Path(folder or tempfile.gettempdir()) / f"cifarkit-cpu-{os.getuid()}"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        owner = folder.lstat()  # another user's folder in a shared /tmp could stall or hang us
+        if not stat.S_ISDIR(owner.st_mode) or owner.st_uid != os.getuid() \
+                or owner.st_mode & 0o022:
+            raise OSError(f"{folder} is not this user's own folder")
+        self.path, self.say, self.said, self.told = folder / "turn", say, False, None
+        self.held, self.until = False, 0.0
+        self.turn, self.waiting, self.waiters = (self.open(folder / name) for name in
+                                                 ("turn", "waiting", "waiting"))
 
-    def others(self):
-        """Whether another run is alive; clears the files of ended ones."""
-        alive = False
-        for path in self.folder.iterdir():
-            if path.name not in ("turn", self.name) and not path.name.startswith("."):
-                try:
-                    with open(path) as other:
-                        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    path.unlink(missing_ok=True)  # its run has ended
-                except BlockingIOError:
-                    alive = True
-                except OSError:
-                    pass
-        return alive
+    @staticmethod
+    def open(path):
+        handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            os.close(handle)
+            raise OSError(f"{path} is not a plain file")
+        return handle
+
+    def someone_waits(self):
+        try:
+            fcntl.flock(self.waiters, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self.waiters, fcntl.LOCK_UN)
+        return False
+
+    def stuck(self):
+        """What to say when the run in its turn will not pass it on soon, or None."""
+        pid, _, stamped = os.pread(self.turn, 64, 0).decode(errors="replace").partition(" ")
+        try:
+            pid, stamped = int(pid), float(stamped)
+        except ValueError:  # not written yet
+            return None
+        with contextlib.suppress(OSError):  # Linux; elsewhere STUCK_AFTER only
+            with open(f"/proc/{pid}/stat") as status:
+                if status.read().rpartition(")")[2].split()[0] in "Tt":
+                    return STOPPED.format(pid)
+        return STUCK.format(pid, int(STUCK_AFTER)) if time.time() - stamped > STUCK_AFTER \
+            else None
 
     def take(self):
         """Between steps: keep the turn TURN_SECONDS, then pass it to a waiting run and wait."""
         now = time.monotonic()
         if now < self.until:
             return
+        if self.held and not self.someone_waits() and not self.replaced():
+            return self.keep()
         if self.held:
-            if not self.others():
-                self.until = now + TURN_SECONDS
-                return
             if not self.said:
                 self.said = True
                 self.say(TURNS_LINE.format(torch.get_num_threads()))
             self.end()
             time.sleep(0.01)  # the waiting run looks every 5 ms: it takes the turn
-        while True:
-            try:
-                fcntl.flock(self.turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self.held, self.until = True, time.monotonic() + TURN_SECONDS
-                return
-            except BlockingIOError:
-                if time.monotonic() > now + TURN_WAIT:
-                    self.until = time.monotonic() + ALONE_FOR
-                    return
-                time.sleep(0.005)
+        fcntl.flock(self.waiting, fcntl.LOCK_SH)
+        try:
+            while True:
+                try:
+                    fcntl.flock(self.turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    why = self.stuck()
+                    if why:
+                        if why != self.told:
+                            self.say(why)
+                            self.told = why
+                        self.until = time.monotonic() + ALONE_FOR
+                        return
+                    time.sleep(0.005)
+                    continue
+                if self.replaced():  # deleted by hand or by a tmp cleaner: the new one counts
+                    os.close(self.turn)
+                    self.turn = self.open(self.path)
+                    continue
+                self.held = True
+                return self.keep()
+        finally:
+            fcntl.flock(self.waiting, fcntl.LOCK_UN)
+
+    def replaced(self):
+        try:
+            return os.fstat(self.turn).st_ino != os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return True
+
+    def keep(self):
+        """The turn for TURN_SECONDS more; its file says whose it is and when it last moved."""
+        self.until = time.monotonic() + TURN_SECONDS
+        os.pwrite(self.turn, f"{os.getpid()} {time.time():.1f}\n".ljust(32).encode(), 0)
 
     def end(self):
         """Pass the turn on (also while this run saves, records and draws)."""
@@ -331,16 +378,16 @@ class CpuTurns:
             self.held, self.until = False, 0.0
 
     def close(self):
-        self.alive.close()
-        self.turn.close()
-        (self.folder / self.name).unlink(missing_ok=True)
+        for handle in (self.turn, self.waiting, self.waiters):
+            os.close(handle)
 
 
 def share_cpu(runtime, say):
-    """Turns at the CPU for a plain run on it with several threads (runs of one thread, as
-    torchrun's ranks, do not fight over the cores); none without a writable tmp folder."""
+    """Turns at the CPU for a plain run on it at torch's default threads, several. Threads set
+    by hand (OMP_NUM_THREADS; torchrun sets 1 for each rank) size runs to share the cores:
+    those runs do not take part. None either without a folder of this user's in tmp."""
     if fcntl and runtime.device.type == "cpu" and not runtime.distributed \
-            and torch.get_num_threads() > 1:
+            and "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > 1:
         with contextlib.suppress(OSError):
             runtime.turns = CpuTurns(say)
 

@@ -142,7 +142,10 @@ PLACEHOLDER = re.compile(r"config_N|<checkpoint>|<file>|…|\bDIR\b|'[^']*'|\b[A
 # (tests/test_distributed.py runs that job); every other message is produced below by running
 # the mistake or failure it explains.
 FROM_SOURCE = {"error: rank R lost contact with the other ranks",  # two processes each
-               "Another run of this kit is training on this CPU: the two take turns at it…"}
+               "Another run of this kit is training on this CPU: the runs take turns at it…",
+               "The run whose turn it is at this CPU (pid P) is stopped (Ctrl-Z?)…",
+               "The run whose turn it is at this CPU (pid P) has not ended a step in N s "
+               "(debugger?)…"}
 SOURCE_LINES = [re.sub(r"\{[^{}]*\}", "0", line) for path in sorted(REPO.glob("cifarkit/*.py"))
                 for line in path.read_text().splitlines()]
 

@@ -931,7 +931,7 @@ def test_the_estimate_counts_what_is_left_to_train(pickled_data, tmp_path, monke
 
 
 TURNS_DRIVER = """
-import json, sys, time
+import json, os, sys, time
 from cifarkit import runtime as rt
 turns = rt.CpuTurns(print, folder=sys.argv[1])
 started, intervals = time.monotonic(), []
@@ -941,51 +941,91 @@ while time.monotonic() - started < float(sys.argv[2]):
     while time.monotonic() - begun < 0.02:  # a step's work
         pass
     intervals.append((begun, time.monotonic()))
+    if len(sys.argv) > 3:  # hold the turn and wait to be stopped
+        print("holding", flush=True)
+        time.sleep(600)
 turns.end()
 turns.close()
 print(json.dumps(intervals))
 """
 
 
-def test_runs_on_one_cpu_take_turns_at_it_and_a_paused_one_holds_the_others_up_briefly(
+def test_runs_on_one_cpu_take_turns_at_it_and_a_stopped_one_holds_the_others_up_briefly(
         tmp_path):
-    """Two runs training on one CPU with several threads each compute in turns, never at once
-    (side by side, their threads fought over 2 cores: each 4 times slower than alone), and
-    both go forward turn by turn; each says so in one line. A run paused in its turn (Ctrl-Z,
-    a debugger) holds the others up TURN_WAIT, not for ever."""
-    def start(seconds):
-        return subprocess.Popen([sys.executable, "-c", TURNS_DRIVER, str(tmp_path), str(seconds)],
-                                cwd=REPO, stdout=subprocess.PIPE, text=True)
+    """Two runs training on one CPU with torch's default threads compute in turns, never at
+    once (side by side, their threads fought over 2 cores: each 4 to 60 times slower than
+    alone), both going forward turn by turn; each says so in one line. A run stopped in its
+    turn (Ctrl-Z) does not hold the others up; a turn file deleted under the runs is replaced."""
+    def start(seconds, *hold):
+        return subprocess.Popen([sys.executable, "-c", TURNS_DRIVER, str(tmp_path), str(seconds),
+                                 *hold], cwd=REPO, stdout=subprocess.PIPE, text=True)
+
+    def overlapping(runs):
+        steps = sorted((begun, ended, run) for run, intervals in enumerate(runs)
+                       for begun, ended in intervals)
+        return [pair for pair in zip(steps, steps[1:]) if pair[0][1] > pair[1][0]], steps
 
     first, second = start(1.2), start(1.2)
     outputs = [process.communicate(timeout=60)[0].splitlines() for process in (first, second)]
-    runs = [json.loads(lines[-1]) for lines in outputs]
     for lines in outputs:
         (said,) = lines[:-1]
-        assert re.fullmatch(r"Another run of this kit is training on this CPU: the two take "
-                            r"turns at it, each with its \d+ threads \(each about half as fast "
-                            r"as alone; the results are the same\)\.", said)
-    steps = sorted((begun, ended, run) for run, intervals in enumerate(runs)
-                   for begun, ended in intervals)
-    assert all(ended <= begun for (_, ended, _), (begun, _, _) in zip(steps, steps[1:]))
-    switches = sum(a[2] != b[2] for a, b in zip(steps, steps[1:]))
-    assert switches >= 3  # turns of TURN_SECONDS, not one run after the other
+        assert re.fullmatch(re.escape(rt.TURNS_LINE).replace(r"\{\}", r"\d+"), said)
+    overlaps, steps = overlapping([json.loads(lines[-1]) for lines in outputs])
+    assert not overlaps
+    assert sum(a[2] != b[2] for a, b in zip(steps, steps[1:])) >= 3  # turns, not one by one
+
+    holder = start(60, "hold")
+    assert holder.stdout.readline() == "holding\n"
+    holder.send_signal(signal.SIGSTOP)
+    try:
+        begun = time.monotonic()
+        lines = start(0.3).communicate(timeout=60)[0].splitlines()
+        assert time.monotonic() - begun < 15
+        assert lines[0] == rt.STOPPED.format(holder.pid)
+    finally:
+        holder.kill()
+        holder.wait()
 
     holder = rt.CpuTurns(print, folder=tmp_path)
-    holder.take()  # and it stops here, in its turn
-    begun = time.monotonic()
-    waiting = start(0.3)
-    (line,) = waiting.communicate(timeout=60)[0].splitlines()
-    first_step = json.loads(line)[0][0]
-    assert rt.TURN_WAIT <= first_step - begun < rt.TURN_WAIT + 10
+    holder.take()
+    (tmp_path / f"cifarkit-cpu-{os.getuid()}" / "turn").unlink()  # by a tmp cleaner
+    other, mine = start(1.0), []
+    while other.poll() is None:
+        holder.take()
+        begun = time.monotonic()
+        while time.monotonic() - begun < 0.02:
+            pass
+        mine.append((begun, time.monotonic()))
     holder.end()
     holder.close()
-    folder = tmp_path / f"cifarkit-cpu-{os.getuid()}"
-    assert sorted(path.name for path in folder.iterdir()) == ["turn"]  # each run's file gone
+    theirs = json.loads(other.communicate(timeout=60)[0].splitlines()[-1])
+    later = [step for step in mine if step[0] > theirs[0][0] + 2 * rt.TURN_SECONDS]
+    assert later and not overlapping([later, theirs])[0]  # one turn later, turns again
 
-    runtime = rt.Runtime(torch.device("cpu"), turns=rt.CpuTurns(print, folder=tmp_path))
+
+def test_only_runs_at_torchs_default_threads_in_this_users_own_folder_take_turns(
+        tmp_path, monkeypatch):
+    """Threads set by hand (OMP_NUM_THREADS, as torchrun does) size runs to share the cores
+    themselves; a turns folder another user could write into could stall or hang a run; a
+    folder deleted mid-run (a tmp cleaner) leaves the run to go on without turns."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(rt.tempfile, "gettempdir", lambda: str(tmp_path))
+    runtime = rt.Runtime(torch.device("cpu"))
+    rt.share_cpu(runtime, print)
+    assert runtime.turns is not None
     rt.take_turn(runtime)
-    shutil.rmtree(folder)  # a tmp cleaner, mid-run: the run goes on without turns
+    shutil.rmtree(tmp_path / f"cifarkit-cpu-{os.getuid()}")
     time.sleep(rt.TURN_SECONDS)
     rt.take_turn(runtime)
+    assert runtime.turns is None
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    rt.share_cpu(runtime, print)
+    assert runtime.turns is None
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    folder = tmp_path / f"cifarkit-cpu-{os.getuid()}"
+    folder.mkdir(mode=0o777)
+    folder.chmod(0o777)
+    rt.share_cpu(runtime, print)
     assert runtime.turns is None
