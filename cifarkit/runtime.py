@@ -263,12 +263,14 @@ def close(runtime):
 
 
 TURN_SECONDS = 0.2  # how long a run computes before a waiting run gets the CPU
-STUCK_AFTER = 60.0  # a turn held this long without a step's end: its run is in a debugger
+STUCK_AFTER = 60.0  # a turn held this long without a step's end: a debugger, or compiling
 ALONE_FOR = 30.0    # a run that finds the holder stopped or stuck goes on alone this long
 STOPPED = ("The run whose turn it is at this CPU (pid {}) is stopped (Ctrl-Z?): this run goes "
            "on without turns.")
-STUCK = ("The run whose turn it is at this CPU (pid {}) has not ended a step in {} s (debugger?)"
-         ": this run goes on without turns.")
+STUCK = ("The run whose turn it is at this CPU (pid {}) has not ended a step in {} s: this run "
+         "goes on without turns.")
+TURNS_OFF = ("No turns at this CPU ({}): beside another run of this kit, this one "
+             "will fight it for the cores, each run several times slower.")
 TURNS_LINE = ("Another run of this kit is training on this CPU: the runs take turns at it, each "
               "with its {} threads (each slower than alone; the results are the same).")
 
@@ -328,17 +330,19 @@ class CpuTurns:
         now = time.monotonic()
         if now < self.until:
             return
-        if self.held and not self.someone_waits() and not self.replaced():
-            return self.keep()
         if self.held:
-            if not self.said:
+            waits = self.someone_waits()
+            if not waits and not self.replaced():
+                return self.keep()
+            if waits and not self.said:
                 self.said = True
                 self.say(TURNS_LINE.format(torch.get_num_threads()))
             self.end()
             time.sleep(0.01)  # the waiting run looks every 5 ms: it takes the turn
-        fcntl.flock(self.waiting, fcntl.LOCK_SH)
         try:
             while True:
+                with contextlib.suppress(BlockingIOError):  # a holder looks, for an instant
+                    fcntl.flock(self.waiting, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (it may stop)
                 try:
                     fcntl.flock(self.turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -372,7 +376,7 @@ class CpuTurns:
         os.pwrite(self.turn, f"{os.getpid()} {time.time():.1f}\n".ljust(32).encode(), 0)
 
     def end(self):
-        """Pass the turn on (also while this run saves, records and draws)."""
+        """Pass the turn on (also after the test pass, while this run records and draws)."""
         if self.held:
             fcntl.flock(self.turn, fcntl.LOCK_UN)
             self.held, self.until = False, 0.0
@@ -388,16 +392,19 @@ def share_cpu(runtime, say):
     those runs do not take part. None either without a folder of this user's in tmp."""
     if fcntl and runtime.device.type == "cpu" and not runtime.distributed \
             and "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > 1:
-        with contextlib.suppress(OSError):
+        try:
             runtime.turns = CpuTurns(say)
+        except OSError as error:
+            say(TURNS_OFF.format(error))
 
 
 def take_turn(runtime):
     if runtime.turns is not None:
         try:
             runtime.turns.take()
-        except OSError:  # its folder deleted, locks refused (a network disk): no more turns
+        except OSError as error:  # its folder deleted, locks refused (a network disk)...
             turns, runtime.turns = runtime.turns, None
+            turns.say(TURNS_OFF.format(error))
             with contextlib.suppress(OSError):
                 turns.close()
 

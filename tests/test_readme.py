@@ -143,9 +143,9 @@ PLACEHOLDER = re.compile(r"config_N|<checkpoint>|<file>|…|\bDIR\b|'[^']*'|\b[A
 # the mistake or failure it explains.
 FROM_SOURCE = {"error: rank R lost contact with the other ranks",  # two processes each
                "Another run of this kit is training on this CPU: the runs take turns at it…",
+               "No turns at this CPU (…): beside another run of this kit…",
                "The run whose turn it is at this CPU (pid P) is stopped (Ctrl-Z?)…",
-               "The run whose turn it is at this CPU (pid P) has not ended a step in N s "
-               "(debugger?)…"}
+               "The run whose turn it is at this CPU (pid P) has not ended a step in N s…"}
 SOURCE_LINES = [re.sub(r"\{[^{}]*\}", "0", line) for path in sorted(REPO.glob("cifarkit/*.py"))
                 for line in path.read_text().splitlines()]
 

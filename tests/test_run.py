@@ -9,6 +9,7 @@ Elsewhere: bad input and failures (test_bad_input.py), editing CONFIGS between r
 """
 import copy
 import contextlib
+import fcntl
 import importlib
 import io
 import json
@@ -977,12 +978,15 @@ def test_runs_on_one_cpu_take_turns_at_it_and_a_stopped_one_holds_the_others_up_
     holder = start(60, "hold")
     assert holder.stdout.readline() == "holding\n"
     holder.send_signal(signal.SIGSTOP)
+    looking = open(tmp_path / f"cifarkit-cpu-{os.getuid()}" / "waiting")
+    fcntl.flock(looking, fcntl.LOCK_EX)  # as if stopped while it looked for waiting runs
     try:
         begun = time.monotonic()
-        lines = start(0.3).communicate(timeout=60)[0].splitlines()
+        lines = start(0.3).communicate(timeout=30)[0].splitlines()
         assert time.monotonic() - begun < 15
         assert lines[0] == rt.STOPPED.format(holder.pid)
     finally:
+        looking.close()
         holder.kill()
         holder.wait()
 
@@ -1011,21 +1015,23 @@ def test_only_runs_at_torchs_default_threads_in_this_users_own_folder_take_turns
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(rt.tempfile, "gettempdir", lambda: str(tmp_path))
-    runtime = rt.Runtime(torch.device("cpu"))
-    rt.share_cpu(runtime, print)
+    runtime, said = rt.Runtime(torch.device("cpu")), []
+    rt.share_cpu(runtime, said.append)
     assert runtime.turns is not None
     rt.take_turn(runtime)
-    shutil.rmtree(tmp_path / f"cifarkit-cpu-{os.getuid()}")
+    folder = tmp_path / f"cifarkit-cpu-{os.getuid()}"
+    shutil.rmtree(folder)
     time.sleep(rt.TURN_SECONDS)
     rt.take_turn(runtime)
-    assert runtime.turns is None
+    assert runtime.turns is None and said == [rt.TURNS_OFF.format(
+        f"[Errno 2] No such file or directory: '{folder / 'turn'}'")]
 
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     rt.share_cpu(runtime, print)
     assert runtime.turns is None
     monkeypatch.delenv("OMP_NUM_THREADS")
-    folder = tmp_path / f"cifarkit-cpu-{os.getuid()}"
     folder.mkdir(mode=0o777)
-    folder.chmod(0o777)
-    rt.share_cpu(runtime, print)
-    assert runtime.turns is None
+    folder.chmod(0o777)  # another user could have made it so, and put a FIFO or lock there
+    rt.share_cpu(runtime, said.append)
+    assert runtime.turns is None and said[-1] == rt.TURNS_OFF.format(
+        f"{folder} is not this user's own folder")
