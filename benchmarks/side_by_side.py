@@ -18,14 +18,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def histories(out):
-    """[(config id, seed, epoch seconds, the history without them)] and the weights' bytes."""
-    (results,) = [path for path in out.glob("*.json")]
-    entries = json.loads(results.read_text())["configs"]
-    weights = b"".join(path.read_bytes() for path in sorted(out.glob("*.pth")))
-    return [(entry["id"], entry["seed"], [record["seconds"] for record in entry["history"]],
-             [{key: value for key, value in record.items() if key != "seconds"}
-              for record in entry["history"]]) for entry in entries], weights
+def outcome(out):
+    """(each epoch's seconds, every other number of every config's history, the weights)."""
+    (results,) = out.glob("*.json")
+    records = [record for entry in json.loads(results.read_text())["configs"]
+               for record in entry["history"]]
+    return ([record.pop("seconds") for record in records], records,
+            b"".join(path.read_bytes() for path in sorted(out.glob("*.pth"))))
 
 
 def main():
@@ -45,16 +44,14 @@ def main():
                 output = process.communicate()[0]
                 if process.returncode:
                     sys.exit(output)
-        alone, first, second = (histories(Path(folder) / name)
-                                for name in ("alone", "first", "second"))
-    mean = sum(alone[0][0][2]) / len(alone[0][0][2])
-    for name, (entries, _) in (("alone", alone), ("first", first), ("second", second)):
-        seconds = entries[0][2]
+        runs = {name: outcome(Path(folder) / name) for name in ("alone", "first", "second")}
+    alone = sum(runs["alone"][0]) / len(runs["alone"][0])
+    for name, (seconds, _, _) in runs.items():
         print(f"{name:>6}: epochs {', '.join(f'{value:.2f}' for value in seconds)} s "
-              f"({sum(seconds) / len(seconds) / mean:.2f} x alone)")
-    same = [run[0][0][3] == alone[0][0][3] and run[1] == alone[1] for run in (first, second)]
+              f"({sum(seconds) / len(seconds) / alone:.2f} x alone)")
+    same = all(runs[name][1:] == runs["alone"][1:] for name in ("first", "second"))
     print("side by side, the same results as alone (histories and weights):",
-          "yes" if all(same) else "NO")
+          "yes" if same else "NO")
 
 
 if __name__ == "__main__":
