@@ -28,7 +28,7 @@ def outcome(out):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--script", default="L2_regularization.py")
     args, flags = parser.parse_known_args()

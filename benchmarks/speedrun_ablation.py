@@ -43,10 +43,11 @@ VARIANTS = {  # name: what it changes in the speedrun config
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 (default 1)")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        metavar="NAME", help="some of: " + "; ".join(VARIANTS) + " (default: all)")
     parser.add_argument("--threads", type=int, help="torch's intra-op threads")
     parser.add_argument("--subset", type=int, help="fewer images (for the tests)")
     args = parser.parse_args(argv)
