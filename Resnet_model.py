@@ -30,7 +30,7 @@ CONFIGS = [
     # from David Page's DAWNBench schedule for ResNet-9 ("How to train your ResNet": batch 512,
     # 24 epochs, 94% in 79 s on a V100). Aim: a mean of >= 94% over 3 seeds in <= 25 epochs
     # and <= 40 s of training on one H100/H200. Not measured on a GPU yet: run
-    # benchmarks/gpu_check.py (its resnet-recipe check trains 3 seeds) before quoting it.
+    # benchmarks/gpu_check.py (its resnet-recipe step trains 3 seeds) before quoting it.
     {
         "name": "recipe",
         # Page: 24 epochs for ResNet-9. ResNet-18 costs 1.5x its multiply-adds per image (555

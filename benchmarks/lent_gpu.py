@@ -1,15 +1,14 @@
 """Everything a lent GPU machine needs, in one command:
 
-    python benchmarks/lent_gpu.py --zip gpu-data/cifar10-jpeg.zip --out "$OUT"
+    python benchmarks/lent_gpu.py --zip gpu-data/cifar10-jpeg.zip --out "$OUT" [--only ...]
 
 Unzips the CIFAR-10 copy (a zip of the image-folder tree train/<class>/, test/<class>/, as
 ../shared/cifar10-jpeg.zip is) into a scratch folder, decodes it once into torchvision's batch
-files (each of the check's some 25 processes then reads them in a fraction of a second,
-instead of decoding 60,000 JPEGs), runs benchmarks/gpu_check.py on them, and copies the
-record under --out after every check (gpu_check.json, gpu_check.md and every check's log; no
-weights, no PNGs, no data), so a command cut off at the machine's time limit keeps the checks
-done so far. Any other flag goes to gpu_check.py (--quick, --only ID,ID,
---pytest). Exit status: gpu_check's (0 every check passed, 1 one failed, 2 bad input).
+files (each step's process then reads them in a fraction of a second instead of decoding
+60,000 JPEGs), and runs benchmarks/gpu_check.py with its record (gpu_check.json, gpu_check.md,
+the logs; no weights, no data) under --out, written after every step: a command cut off at the
+machine's time limit keeps every step done. Other flags go to gpu_check.py (--only, --quick).
+Exit status: gpu_check's.
 """
 import argparse
 import pickle
@@ -35,14 +34,12 @@ def main(argv=None):
         print(f"error: --zip {args.zip}: not a zip file", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="lent-gpu-") as scratch:
-        data_dir, checked = Path(scratch) / "data", Path(scratch) / "gpu-check"
+        data_dir = Path(scratch) / "data"
         with zipfile.ZipFile(args.zip) as archive:
             archive.extractall(data_dir / "images")
         as_batch_files(data_dir / "images", data_dir)
-        status = gpu_check.main(["--data-dir", str(data_dir), "--out", str(checked),
-                                 "--record", str(args.out), *passed_on])
-    print(f"The record (JSON, table, logs): {args.out}/")
-    return status
+        return gpu_check.main(["--data-dir", str(data_dir), "--out", str(args.out),
+                               "--work", str(Path(scratch) / "work"), *passed_on])
 
 
 def as_batch_files(image_folders, root):

@@ -28,10 +28,13 @@ except ImportError:  # Windows: runs on one CPU do not take turns (CpuTurns)
 # How long a rank waits for the others, at start-up and in every collective: torch's defaults.
 # The store gets the same: its own 5 minutes would end a start while one machine downloads.
 TIMEOUTS = {"nccl": default_pg_nccl_timeout, "gloo": default_pg_timeout}
-# Not user flags: benchmarks/gpu_check.py sets these to run fp16 with loss scaling (the path of
-# GPUs without bf16) on a GPU that has bf16, and to fix cuDNN's kernels for its resume check.
+# Not user flags: the GPU tests set these to run fp16 with loss scaling (the path of GPUs
+# without bf16) on a GPU that has bf16, and to fix cuDNN's kernels for their resume checks.
 FORCE_FP16 = "CIFARKIT_FORCE_FP16"
 DETERMINISTIC = "CIFARKIT_DETERMINISTIC"
+# The GPU tests' torchrun on one GPU: its processes share the GPUs, over gloo (NCCL refuses two
+# ranks on one GPU).
+SHARE_GPU = "CIFARKIT_SHARE_GPU"
 # DDP's word for it: forward_sync_buffers from torch 2.13 on (broadcast_buffers warns there)
 NO_BUFFER_BROADCAST = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
                        inspect.signature(nn.parallel.DistributedDataParallel).parameters
@@ -119,11 +122,13 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        use_cuda = torchrun_device(requested, local_world, gpus) == "cuda"
-        device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}" if use_cuda else "cpu")
+        shared = os.environ.get(SHARE_GPU) == "1"
+        use_cuda = torchrun_device(requested, 1 if shared else local_world, gpus) == "cuda"
+        device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK']) % max(gpus, 1)}"
+                              if use_cuda else "cpu")
         if use_cuda:
             torch.cuda.set_device(device)
-        backend = "nccl" if use_cuda else "gloo"
+        backend = "nccl" if use_cuda and not shared else "gloo"
         timeout = TIMEOUTS[backend]
         try:
             store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
@@ -134,7 +139,7 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
             attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
             dist.init_process_group(backend, store=dist.PrefixStore(
                 f"cifarkit/attempt-{attempt}", store), rank=rank, world_size=world_size,
-                timeout=timeout, device_id=device if use_cuda else None)
+                timeout=timeout, device_id=device if backend == "nccl" else None)
         except dist.DistError as error:  # a rank that never came: its machine downloading?
             raise RankError(f"rank {rank} waited {timeout} for the other ranks to start, in "
                             f"vain ({str(error).splitlines()[0][:200]}). Is torchrun running "

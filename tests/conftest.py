@@ -28,10 +28,11 @@ SHARED_JPEG = Path(os.environ.get("CIFARKIT_JPEG_DIR") or REPO.parent / "shared"
 
 
 # The slowest files first: pytest-xdist hands files to its workers in this order, and the
-# long ones then never come last, with one worker idle. (test_gpu_check.py, gpu_check's quick
-# mode, took 150 to 340 s here; test_run.py took 320 s alone on a busy machine.)
-SLOWEST_FIRST = ("test_gpu_check.py", "test_gpu.py", "test_run.py", "test_bad_input.py", "test_distributed.py",
-                 "test_readme.py", "test_edit_configs.py", "test_resume_and_signals.py")
+# long ones then never come last, with one worker idle (test_run.py took 320 s alone on a busy
+# machine).
+SLOWEST_FIRST = ("test_gpu.py", "test_run.py", "test_bad_input.py", "test_distributed.py",
+                 "test_readme.py", "test_edit_configs.py", "test_resume_and_signals.py",
+                 "test_gpu_check.py")
 
 
 def pytest_collection_modifyitems(config, items):

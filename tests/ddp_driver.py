@@ -10,7 +10,8 @@ TEST_RANK_PRECISIONS=bf16,fp16: the precision each rank would pick alone, as on 
 beside a V100 (simulated on the CPU). TEST_BATCHNORM=1: a model with BatchNorm (hooks.py),
 trained twice, as config_1 and config_2 (the same values): config_2's DDP broadcasts its
 buffers before each forward (DDP's default); what each DDP was told goes to
-DDP_TEST_DUMP/broadcast-rank<R>.
+DDP_TEST_DUMP/broadcast-rank<R>. TEST_SYNC_BN=1: that model with sync_bn, one epoch (on
+GPUs: tests/test_gpu.py).
 """
 import os
 import sys
@@ -40,6 +41,10 @@ if os.environ.get("TEST_BATCHNORM"):
             super().__init__(module, **kwargs)
 
     rt.nn.parallel.DistributedDataParallel = SecondBroadcasts
+
+if os.environ.get("TEST_SYNC_BN"):  # on GPUs: SyncBatchNorm runs on CUDA only
+    script.build_model = lambda config: hooks.BatchNormNet()
+    script.CONFIGS = [dict(script.CONFIGS[0], num_epochs=1, sync_bn=True)]
 
 if os.environ.get("TEST_RANK_PRECISIONS"):
     OWN = [{"bf16": torch.bfloat16, "fp16": torch.float16}[name]

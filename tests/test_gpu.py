@@ -2,7 +2,8 @@
 a GPU machine, python -m pytest -m gpu), and every CUDA path that can be checked on the CPU:
 precision chosen from the compute capability, DataParallel's replica threads, fp16 with
 loss scaling and its resume, fewer GPUs at a resume, torchrun's device choice, out of memory
-and late ranks under torchrun (gloo). benchmarks/gpu_check.py: tests/test_gpu_check.py."""
+and late ranks under torchrun (gloo). benchmarks/gpu_check.py: tests/test_gpu_check.py;
+what the layers compute in: tests/layer_probe.py."""
 import functools
 import importlib
 import json
@@ -25,6 +26,7 @@ from cifarkit import checkpoints, data, train
 from cifarkit import runtime as rt
 from cifarkit.errors import UserError
 from Original_version_model import build_model
+import layer_probe
 from conftest import (REPO, blanked_squares, checkpoint_of, labelled_images, long_run_results,
                       run_script, start_long_run, wait_until_paused, windows_found)
 
@@ -76,11 +78,15 @@ def test_amp_auto_on_cuda_records_mixed_precision(cuda_run):
 @pytest.mark.gpu
 def test_weights_trained_on_cuda_load_anywhere_and_rescore_to_the_recorded_accuracy(cuda_run,
                                                                                   pickled_data):
+    script, out, results = cuda_run
+    assert_weights_rescore(script, out, results, pickled_data)
+
+
+def assert_weights_rescore(script, out, results, data_dir):
     """README's torch.load(path, weights_only=True) gives CPU tensors (so the weights load
     on a machine without a GPU too), and on the GPU, in the recorded precision, they score
     what the results say, with TTA where the config uses it."""
-    script, out, results = cuda_run
-    dataset = data.load_cifar10(pickled_data)
+    dataset = data.load_cifar10(data_dir)
     one_image = 100 / len(dataset.test_labels)  # cuDNN may pick other kernels for a new model
     for entry in results["configs"]:
         weights = torch.load(out / entry["weights"], weights_only=True)
@@ -123,15 +129,17 @@ def test_page_augmentation_runs_on_cuda_uint8_as_on_the_cpu():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("model", ["dropout", "batchnorm-augmented"])
 @pytest.mark.parametrize("precision", [{}, {rt.FORCE_FP16: "1"}], ids=["amp-auto", "fp16-scaler"])
 def test_resume_after_sigterm_on_cuda_ends_bit_for_bit_as_an_uninterrupted_run(
-        pickled_data, tmp_path, precision):
+        pickled_data, tmp_path, precision, model):
     """Stopped mid-epoch on the GPU and resumed by the same command, in the GPU's own mixed
     precision and in fp16 with its loss scaler: with cuDNN's deterministic kernels the run
-    ends bit for bit as one never interrupted (the Dropout script: the CUDA generator's
-    state, dropout's masks, is in the checkpoint; and the scaler's state). This is
-    tests/test_resume_and_signals.py's CPU test, on CUDA."""
-    env = dict(precision, **{rt.DETERMINISTIC: "1"})
+    ends bit for bit as one never interrupted. The Dropout script (the CUDA generator's
+    state, dropout's masks, is in the checkpoint; and the scaler's state), and a BatchNorm
+    model with augmentation (its running statistics, the crops' and cutouts' generator).
+    tests/test_resume_and_signals.py's CPU tests, on CUDA."""
+    env = dict(precision, **{rt.DETERMINISTIC: "1", "LONG_RUN_MODEL": model})
     reference = start_long_run(pickled_data, tmp_path / "reference" / "out", device="cuda",
                                env=env)
     _, stderr = reference.communicate(timeout=600)
@@ -166,21 +174,130 @@ def test_resume_after_sigterm_on_cuda_ends_bit_for_bit_as_an_uninterrupted_run(
                           {"bf16 autocast", "fp16 autocast with loss scaling"})
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("amp", ["auto", "on", "off"])
-def test_each_amp_value_gives_the_precision_this_gpu_calls_for_in_every_layer(
-        pickled_data, tmp_path, amp):
-    """--amp off is IEEE fp32 (no TF32), auto and on bf16 where every visible GPU has it in
-    hardware, else fp16 with loss scaling: what runtime.py chose, recorded and what every
-    Conv2d and Linear computed in, each against what this GPU calls for (gpu_check's probe,
-    in a fresh process)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import gpu_check
+AMPS = {"auto": {}, "on": {}, "off": {}, "fp16-forced": {rt.FORCE_FP16: "1"}}
 
-    plan = {key: value[False] for key, value in gpu_check.PLAN.items()}
-    setting = gpu_check.Setting(pickled_data, tmp_path, plan, torch.cuda.device_count(), False)
-    figure = gpu_check.check_precision(setting, amp, False, tmp_path)["figure"]
-    assert figure.startswith(f"recorded {gpu_check.expected_precision(setting, amp)!r}")
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=pytest.mark.gpu), "cpu"])
+@pytest.mark.parametrize("amp", AMPS)
+def test_each_amp_value_gives_the_precision_this_machine_calls_for_in_every_layer(
+        pickled_data, monkeypatch, backend_flags, device, amp):
+    """--amp off is IEEE fp32 (no TF32); auto and on bf16 where every visible GPU has it in
+    hardware, else fp16 with loss scaling (forced: the path of a V100 or T4). What runtime.py
+    chose, and what every Conv2d and Linear of a training step computed in, on every GPU of
+    DataParallel, each against what this machine calls for (layer_probe, apart from
+    runtime.py). On the CPU: LeNet's auto is fp32, on is bf16."""
+    for name, value in AMPS[amp].items():
+        monkeypatch.setenv(name, value)
+    runtime = rt.init_runtime(device, data_parallel=True, amp=amp.replace("fp16-forced", "on"))
+    expected = layer_probe.expected_precision(device, amp.replace("fp16-forced", "on"),
+                                              force_fp16=bool(AMPS[amp]))
+    assert rt.precision(runtime) == expected
+    gpus = [f"cuda:{index}" for index in range(torch.cuda.device_count())] \
+        if device == "cuda" else ["cpu"]
+    assert layer_probe.mismatches(expected, layer_probe.one_step(pickled_data, runtime),
+                                  gpus) == []
+
+
+@pytest.mark.parametrize("amp", ["auto", "on"])
+def test_a_precision_the_runtime_chose_wrong_fails_the_probe_though_it_is_recorded_right(
+        pickled_data, monkeypatch, amp):
+    """Broken on purpose: runtime.py picks the wrong dtype for --amp (off silently training in
+    bf16 would have passed a check of the record against the layers alone)."""
+    wrong = None if amp == "on" else torch.bfloat16
+    monkeypatch.setattr(rt, "local_amp_dtype", lambda *args: wrong)
+    runtime = rt.init_runtime("cpu", amp=amp)
+    layers = layer_probe.one_step(pickled_data, runtime)
+    assert layer_probe.mismatches(rt.precision(runtime), layers, ["cpu"]) == []  # consistent,
+    assert rt.precision(runtime) != layer_probe.expected_precision("cpu", amp)  # and wrong
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=pytest.mark.gpu), "cpu"])
+def test_dataparallel_replica_threads_compute_in_the_recorded_dtype(pickled_data, backend_flags,
+                                                                    monkeypatch, device):
+    """DataParallel runs each replica in a thread of its own, where autocast's dtype is the
+    default (fp16 on CUDA), not the run's: two replicas on one device (layer_probe), so one GPU
+    checks it. On the CPU, with fp16 recorded (the CPU's default is bf16), and without
+    runtime.Autocast around the model (broken on purpose), the replicas compute in bf16."""
+    runtime = rt.init_runtime(device, amp="on")
+    runtime.data_parallel = True  # one device: place_model wraps as over several GPUs
+    if device == "cpu":
+        runtime.amp_dtype = torch.float16
+    label = rt.precision(runtime)
+    layers = layer_probe.one_step(pickled_data, runtime, layer_probe.two_replicas)
+    assert len({layer["thread"] for layer in layers} - {"main"}) == 2
+    assert layer_probe.mismatches(label, layers, []) == []
+    if device == "cpu":
+        class Forgetful(rt.Autocast):  # what place_model would be without the wrapper
+            def forward(self, *args, **kwargs):
+                return self.module(*args, **kwargs)
+
+        monkeypatch.setattr(rt, "Autocast", Forgetful)
+        layers = layer_probe.one_step(pickled_data, runtime, layer_probe.two_replicas)
+        assert layer_probe.mismatches(label, layers, []) == [
+            "recorded 'fp16 autocast with loss scaling', but layers computed in bf16 on cpu"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_dataparallel_over_every_gpu_replicates_the_model_and_trains_in_the_recorded_dtype(
+        pickled_data, backend_flags):
+    """DataParallel's own replicate() (a broadcast to distinct GPUs), not patched: every GPU
+    computes, in a replica thread, in the recorded precision, and the step updates the one
+    model that is saved."""
+    runtime = rt.init_runtime("cuda", data_parallel=True, amp="auto")
+    layers = layer_probe.one_step(pickled_data, runtime)
+    gpus = [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    assert layer_probe.mismatches(rt.precision(runtime), layers, gpus) == []
+    assert {layer["thread"] for layer in layers} != {"main"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("launch", ["two-on-one-gpu", "nccl-one-per-gpu"])
+def test_torchrun_with_sync_bn_and_compile_ends_with_the_same_weights_on_every_rank(
+        pickled_data, tmp_path, launch):
+    """DDP with SyncBatchNorm and --compile: two processes sharing GPU 0 over gloo (NCCL
+    refuses two ranks on one GPU; rt.SHARE_GPU), and one process per GPU over NCCL (world
+    size 1 on a machine with one GPU). The run finishes, says what it ran on, and every rank
+    ends with the same weights and BatchNorm statistics."""
+    shared = launch == "two-on-one-gpu"
+    processes = 2 if shared else torch.cuda.device_count()
+    out, dump = tmp_path / "out", tmp_path / "dump"
+    dump.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone",
+         f"--nproc-per-node={processes}", str(REPO / "tests" / "ddp_driver.py"), "--data-dir",
+         str(pickled_data), "--out", str(out), "--device", "cuda", "--compile"], cwd=REPO,
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, TEST_SYNC_BN="1", DDP_TEST_DUMP=str(dump),
+                 **({rt.SHARE_GPU: "1"} if shared else {})))
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "training_result.json").read_text())
+    assert (results["world_size"], results["backend"]) == (processes,
+                                                           "gloo" if shared else "nccl")
+    (entry,) = results["configs"]
+    assert entry["status"] == "finished" and entry["compiled"] and entry["config"]["sync_bn"]
+    ranks = [torch.load(dump / f"rank{rank}.pth", weights_only=True) for rank in range(processes)]
+    assert any("running_mean" in key for key in ranks[0])
+    assert all(torch.equal(ranks[0][key], other[key]) for other in ranks[1:] for key in ranks[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("script", ["Original_version_model", "L2_regularization",
+                                    "Dropout_regularization", "Resnet_model"])
+def test_each_script_trains_on_the_gpu_and_its_weights_rescore_there(script, pickled_data,
+                                                                     tmp_path, monkeypatch):
+    """Its first config, one epoch: finished, the PNGs, and weights that load as CPU tensors
+    (README's line, so they load without a GPU) and score on the GPU what the results say.
+    The Task 3 script: cuda_run's tests above."""
+    module = importlib.import_module(script)
+    out = tmp_path / "out"
+    assert run_script(module, out, pickled_data, [dict(module.CONFIGS[0], num_epochs=1)],
+                      monkeypatch, device="cuda") == 0
+    (results_file,) = [path for path in out.glob("*.json")]
+    results = json.loads(results_file.read_text())
+    assert [entry["status"] for entry in results["configs"]] == ["finished"]
+    assert all((out / name).is_file() for name in ("loss.png", "test_accuracy.png"))
+    assert_weights_rescore(module, out, results, pickled_data)
 
 
 # ---- the CUDA paths, checked on the CPU ----
@@ -450,6 +567,31 @@ def test_torchrun_auto_with_fewer_gpus_than_processes_is_refused(monkeypatch):
     assert "--nproc-per-node=2" in message and "--device cpu" in message
 
 
+def test_the_gpu_tests_torchrun_shares_one_gpu_between_its_processes_over_gloo(monkeypatch):
+    """rt.SHARE_GPU (the GPU tests' switch): 4 processes on a machine with 2 GPUs are not
+    refused; local rank 3 takes cuda:1, and the backend is gloo (NCCL refuses two ranks on
+    one GPU), bound to no device."""
+    fake_gpus(monkeypatch, [(8, 0), (8, 0)])
+    for name, value in zip(TORCHRUN_VARIABLES, ("3", "4", "3", "4")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(rt.SHARE_GPU, "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: seen.update(device=device))
+    monkeypatch.setattr(torch.distributed, "TCPStore", lambda *args, **kwargs: None)
+    monkeypatch.setattr(torch.distributed, "PrefixStore", lambda *args, **kwargs: None)
+
+    def process_group(backend, **kwargs):
+        seen.update(backend=backend, device_id=kwargs["device_id"])
+        raise KeyboardInterrupt  # far enough
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", process_group)
+    with pytest.raises(KeyboardInterrupt):
+        rt.init_runtime("cuda")
+    assert seen == {"device": torch.device("cuda:1"), "backend": "gloo", "device_id": None}
+
+
 @pytest.mark.parametrize("requested, processes, gpus, device", [
     ("auto", 2, 0, "cpu"),    # no GPU: CPU processes, as --device auto promises
     ("auto", 2, 2, "cuda"),
@@ -463,10 +605,10 @@ def test_torchrun_device_choice(requested, processes, gpus, device):
 
 # --amp off is IEEE fp32 on CUDA, and recorded as what ran
 
-def test_the_gpu_checks_switches_fix_cudnn_kernels_and_force_fp16(monkeypatch, backend_flags):
-    """gpu_check's switches (not user flags): deterministic cuDNN for its resume check, fp16
-    with loss scaling on a GPU that has bf16 for its fp16-scaler check. Unset: autotuned
-    kernels and bf16."""
+def test_the_gpu_tests_switches_fix_cudnn_kernels_and_force_fp16(monkeypatch, backend_flags):
+    """The GPU tests' switches (not user flags): deterministic cuDNN for the resume tests, fp16
+    with loss scaling on a GPU that has bf16 (a V100's or T4's path). Unset: autotuned kernels
+    and bf16."""
     fake_gpus(monkeypatch, [(9, 0)])
     runtime = rt.init_runtime("cuda")
     assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic

@@ -107,6 +107,26 @@ def test_signal_mid_epoch_of_a_later_config_saves_and_rerun_resumes(signum, stat
     assert_same_as_reference(out, reference_run)
 
 
+def test_a_batchnorm_model_with_augmentation_resumes_bit_for_bit(pickled_data, tmp_path):
+    """BatchNorm's running statistics and the augmentation's crops, flips and cutouts (drawn
+    at every step) carry on exactly after SIGTERM mid-epoch (the GPU tests run it on CUDA)."""
+    env = {"LONG_RUN_MODEL": "batchnorm-augmented"}
+    reference = start_long_run(pickled_data, tmp_path / "reference" / "out", env=env)
+    assert reference.wait(timeout=600) == 0, reference.communicate()
+    out = tmp_path / "out"
+    process = start_long_run(pickled_data, out, pause_at=(2, 2, 30), env=env)
+    wait_until_paused(process, out)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) == 143, process.communicate()
+    rerun = start_long_run(pickled_data, out, env=env)
+    stdout, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, stderr
+    assert "config_2: resuming from its checkpoint after epoch 1, step 30" in stdout
+    runs = long_run_results(out)
+    assert any("running_mean" in key for key in runs["config_2"][2])
+    assert_same_as_reference(out, long_run_results(tmp_path / "reference" / "out"))
+
+
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_during_the_test_pass_loses_nothing(presses, pickled_data, tmp_path,
                                                    monkeypatch, capsys):
