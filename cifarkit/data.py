@@ -78,8 +78,7 @@ DOWNLOAD_WAIT = 1800  # seconds a run waits for another process's download befor
 
 
 def wait_for_lock(root):
-    """The download lock on ``root``; while another process holds it, say so (naming it where
-    /proc/locks tells) and wait, at most DOWNLOAD_WAIT seconds."""
+    """The download lock on ``root``, waiting (and saying for whom) at most DOWNLOAD_WAIT s."""
     handle, waited = lock(root, blocking=False), time.monotonic()
     if handle is None and "RANK" not in os.environ:  # under torchrun the ranks queue quietly
         print(f"Waiting for another process ({lock_holder(root)}) that is downloading CIFAR-10 "
@@ -302,8 +301,7 @@ def batch_order(count, batch_size, seed, epoch):
     return torch.randperm(count, generator=generator).split(batch_size)
 
 
-# name: (random crop's border: "zeros" or "reflect", left-right flip with probability 1/2,
-# cutout: "overhang" the edge or "inside" it). The "reflect-" ones are David Page's DAWNBench.
+# (crop border "zeros"/"reflect", flip, cutout "overhang"/"inside"); "reflect-": Page's DAWNBench
 AUGMENTATIONS = {
     "none": (None, False, None),
     "flip": (None, True, None),

@@ -29,15 +29,14 @@ SWEEP_AXES = (("lr", "learning rate", True), ("momentum", "momentum", False),
 
 
 def pyplot():
-    """pyplot drawing files with Agg, whatever MPLBACKEND says: matplotlib checks it on import,
-    and Jupyter hands `!python` its inline backend, which fails where that package is missing."""
+    """pyplot on Agg, MPLBACKEND hidden from the import: Jupyter's inline one fails in `!python`."""
     backend = os.environ.pop("MPLBACKEND", None)
     try:
         import matplotlib
     finally:
         if backend is not None:
             os.environ["MPLBACKEND"] = backend
-    matplotlib.use("Agg")  # files only: no window, works without a display
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
@@ -54,8 +53,7 @@ def tab10(index):
 
 
 def line_style(index, points):
-    """A line style and a hollow marker per curve, markers thinned out and offset from curve
-    to curve, so two curves that coincide both stay visible."""
+    """A line style and sparse hollow markers, offset per curve: coinciding curves stay visible."""
     every = max(1, points // 12)
     return {"linestyle": LINE_STYLES[index % len(LINE_STYLES)],
             "marker": MARKERS[index % len(MARKERS)], "markersize": 5,
@@ -78,8 +76,7 @@ def save(figure, path):
 
 
 def differing_keys(configs):
-    """The settings every config holds whose values are not all the same, in order of first
-    appearance. A key some lack is another script's model setting: no legend-worthy change."""
+    """Keys all configs hold with differing values (one some lack is another script's setting)."""
     keys = []
     for config in configs:
         keys += [key for key in config if key not in keys and key not in NAMING_KEYS]
@@ -103,8 +100,7 @@ def legend_label(config_id, config, differing):
 
 
 def values_of(record, key):
-    """A history value; a file without the eval-mode training accuracy gives the running one
-    (see uses_running)."""
+    """A history value; older files lacking eval-mode train accuracy give the running one."""
     if key == "train_accuracy_eval" and record.get(key) is None:
         return record.get("train_accuracy")
     return record.get(key)
@@ -163,8 +159,7 @@ def epoch_axis(axes, last_epoch, y_label):
 
 
 def finish(axes, span=ACCURACY_SPAN):
-    """The y axis at least ``span`` high, so 0.2 points of noise is not drawn as a trend; a
-    grid; the legend under the plot, long labels wrapped, so it never hides a curve."""
+    """y axis at least ``span`` high, so noise looks like noise; legend below, hiding no curve."""
     low, high = axes.get_ylim()
     if high - low < span:
         middle = (low + high) / 2
@@ -177,8 +172,7 @@ def finish(axes, span=ACCURACY_SPAN):
 
 
 def subtitle(run, entries):
-    """'2,000 training / 400 test images · device · precision' and below it the data source,
-    each path cut to its last folder."""
+    """'2,000 training / 400 test images · device · precision', then the source's last folders."""
     data = run["data"]
     precisions = sorted({entry["precision"] for entry in entries if entry.get("precision")})
     source = re.sub(r"(?:[^\s,;()]*/)+([^/\s,;()]+)/?", r"\1", data["source"])
@@ -196,9 +190,8 @@ def last_epoch(entries):
 
 
 def history_figure(entries, key, title, y_label, span, note=None, sample=None):
-    """One curve per config against the epoch; "batch_losses": the loss the logs print every
-    log_every mini-batches, per seed. The training-accuracy figure draws the eval-mode value
-    (on ``sample`` fixed training images) and, faint, the running one the logs print."""
+    """One curve per config per epoch ("batch_losses": per seed, every log_every mini-batches);
+    training accuracy: eval mode on ``sample`` fixed images, the logs' running one faint."""
     figure, axes = pyplot().subplots(figsize=(9, 5.5))
     labels = short_labels(entries)
     if key == "batch_losses":
@@ -234,8 +227,7 @@ def history_figure(entries, key, title, y_label, span, note=None, sample=None):
 
 
 def examples_figure(images, labels, predictions, class_names, title):
-    """Test images captioned with their true and predicted class, drawn as one picture in one
-    axes: an axes per image drew six times slower, and this is redrawn for every new best."""
+    """Test images captioned true -> predicted, one mosaic: fast enough to redraw per new best."""
     columns = 8
     cell_width, cell_height, top_margin = 40, 50, 16  # pixels, around each 32x32 image
     rows = -(-len(images) // columns)
@@ -288,9 +280,8 @@ def confusion_figure(matrix, class_names, title):
 
 
 def draw_views(out_dir, results, examples=None):
-    """A results JSON's PNGs: loss.png (the baseline's: the loss printed every log_every
-    mini-batches), train_accuracy.png, test_accuracy.png, and examples.png from ``examples``
-    (store.examples). A PNG of the user's own is kept aside; returns the lines that say so."""
+    """A results JSON's PLOTS, and examples.png from ``examples`` (store.examples), in ``out_dir``.
+    The user's own PNGs are moved aside; returns the lines that say so."""
     entries, log_every = results["configs"], results.get("log_every") or 0
     title = Path(results["script"]).stem
     note = subtitle(results, entries)
@@ -327,8 +318,7 @@ def draw_views(out_dir, results, examples=None):
 
 
 def drawn_by_kit(path):
-    """Whether the file at ``path`` is a PNG this kit drew (its Software text; before the run
-    store, Matplotlib's)."""
+    """Whether ``path`` is a PNG this kit drew: its Software text, or older kits' Matplotlib."""
     try:
         with open(path, "rb") as file:
             head = file.read(4096)
@@ -426,16 +416,14 @@ def strength_figure(run, key, points, spreads, strength):
 
 
 def sweep_axes(run):
-    """The SWEEP_AXES on which ``run``'s finished configs hold two values or more: a panel of
-    one value would be a lone dot."""
+    """The SWEEP_AXES on which ``run``'s configs hold two values or more (one is a lone dot)."""
     configs = [entries[0]["config"] for entries in run.groups.values()]
     return [axis for axis in SWEEP_AXES if len({config[axis[0]] for config in configs}) > 1]
 
 
 def sweep_figure(sweep_runs):
-    """Task 3: final test accuracy against lr, momentum and batch size, a row per run
-    (report.Run), a panel per setting its finished configs vary (sweep_axes; None when no run
-    varies one); in each panel a line joins the configs that differ only in its setting."""
+    """Task 3: final test accuracy, a row per report.Run, a panel per sweep_axes setting; None
+    when no run varies one. A line joins the configs that differ only in the panel's setting."""
     rows = [(run, axes) for run in sweep_runs if (axes := sweep_axes(run))]
     if not rows:
         return None
@@ -495,10 +483,9 @@ def sweep_figure(sweep_runs):
 
 
 def time_figure(curves, stars, best, title, note, corner):
-    """Test accuracy against cumulative training time, a line per (label prefix, report.Run,
-    entries of one config, style): the mean over seeds, a ±1 std band, a dot where it first
-    reaches ``best`` ((accuracy, config id), drawn level); ``stars``: (seconds, accuracy,
-    colour, label) the report measured; ``corner``: a note at the top left."""
+    """Test accuracy against cumulative seconds, a mean ± std per curve (label prefix, report.Run,
+    one config's entries, style), a dot where it first reaches ``best`` ((accuracy, config id));
+    ``stars``: the report's (seconds, accuracy, colour, label); ``corner``: a top-left note."""
     figure, axes = pyplot().subplots(figsize=(11, 6.5))
     mixed = len({run.images for _, run, _, _ in curves}) > 1
     differing = differing_keys([entries[0]["config"] for _, _, entries, _ in curves])
@@ -536,8 +523,7 @@ def time_figure(curves, stars, best, title, note, corner):
 
 
 def task3_time_figure(shown, best):
-    """time_figure of every finished config of the Task 3 runs ``shown`` (report.Run), with
-    ``best``, the report's best LeNet (report.reported_lenet)."""
+    """time_figure of every finished config of report.Runs ``shown``; ``best``: reported_lenet."""
     return time_figure(
         [(f"{run.name}: " if len(shown) > 1 else "", run, entries, {"color": color(config_id)})
          for run in shown for config_id, entries in run.groups.items()], [], best,
@@ -549,8 +535,7 @@ def task3_time_figure(shown, best):
 
 
 def task4_time_figure(shown, resnet_runs):
-    """time_figure of the best config of each run ``shown`` (report.Run), coloured by script,
-    ResNet-18's (``resnet_runs``) solid, LeNet's dashed, with the report's A100 points."""
+    """time_figure of each Run's best; colour: script; ``resnet_runs`` solid, LeNet dashed."""
     order = list(dict.fromkeys(run.script for run in shown))
     curves = [(f"{'ResNet-18' if run in resnet_runs else 'LeNet'} {run.name}: ", run, run.best,
                {"color": tab10(order.index(run.script)),

@@ -43,8 +43,7 @@ def task_number(task):
 
 @dataclass
 class Run:
-    """One usable results JSON; ``name`` (the folder's, plus the file's where a folder holds
-    two) labels its headings, legends and figure files, so that none overwrites another."""
+    """A usable results JSON; ``name`` (folder, plus file where it holds two) keeps files apart."""
     path: Path
     results: dict
     name: str
@@ -81,8 +80,7 @@ def load_runs(modelset, scripts):
 
 
 def train_eval(entry):
-    """(a finished entry's final eval-mode training accuracy, whether it is the running one
-    instead: files written before the eval-mode value was recorded)."""
+    """(final eval-mode training accuracy, True where an older file gives the running one)."""
     value = entry["history"][-1].get("train_accuracy_eval")
     return (entry["final_train_accuracy"], True) if value is None else (value, False)
 
@@ -97,8 +95,7 @@ def _mean(entries, key):
 
 
 def summary_table(results):
-    """The 'Results summary' table of one script, a row per config (mean ± std over seeds),
-    and the note on older files' training accuracy where one is needed."""
+    """One script's 'Results summary' table, a row per config, with RUNNING_NOTE where needed."""
     rows, any_running = [
         "| config | settings | seeds | final test acc (%) | best test acc (%) | final train acc, "
         "eval mode (%) | final train acc, running (%) | gap train − test (pp) | training time "
@@ -172,9 +169,8 @@ def _mixed_warning(runs):
 
 
 def reported_lenet(runs, scripts):
-    """(accuracy, config id, script, epochs or None) of the report's best LeNet: the highest
-    reported_accuracy of the LeNet scripts' (Tasks 1-3) configs, in their CONFIGS (first: they
-    hold the report's epochs) and in their results; None where none quotes one."""
+    """(accuracy, config id, script, epochs or None): the highest reported_accuracy of Tasks 1-3,
+    CONFIGS first (they hold the report's epochs), then results; None where none quotes one."""
     found = [(config["reported_accuracy"], f"config_{number}", script, config.get("num_epochs"))
              for script, text in scripts.items() if task_number(text.task) != 4
              for number, config in enumerate(text.configs, 1)
@@ -200,8 +196,7 @@ def _task1_section(task_runs, runs, modelset, figures, scripts):
 
 
 def _task2_section(task_runs, runs, modelset, figures, scripts):
-    """The gap figure and table, a sentence per run on what each regulariser did to the gap
-    against its control, and the strength figure of a run that sweeps one."""
+    """Task 2's gap figure, table and per-run sentences, and any run's strength sweep."""
     if not task_runs:
         return []
     lines = (["## Task 2: regularisation and the generalisation gap", ""]
@@ -253,8 +248,7 @@ def _gap_sentence(run):
 
 
 def _task3_section(task_runs, runs, modelset, figures, scripts):
-    """The sweep figure; accuracy against time with the report's best LeNet (reported_lenet);
-    per run our best config beside that LeNet, and how soon the configs first reach it."""
+    """Task 3's sweep and time figures, and per run our best config beside the report's LeNet."""
     if not task_runs:
         return []
     sweep = plots.sweep_figure(task_runs)
@@ -311,8 +305,7 @@ def _time_sentence(run, best):
 
 
 def _task4_section(task_runs, runs, modelset, figures, scripts):
-    """Test accuracy against training time for the best config of every run, coloured by
-    script (ResNet-18 solid, LeNet dashed), and the best of each beside the report's."""
+    """Task 4's accuracy-for-time figure of every run's best, and each model's best in words."""
     if not task_runs:
         return []
     shown = [run for run in runs if run.best]
@@ -340,8 +333,7 @@ def _task4_section(task_runs, runs, modelset, figures, scripts):
 
 
 def _earlier_section(run, modelset, figures):
-    """Each config whose folder keeps earlier runs of it not shown now (same script, base seed
-    and config name, or id when unnamed): their test accuracy beside its run now."""
+    """Each config's earlier runs kept in its folder, their test accuracy beside its run now."""
     folder, base, lines = run.path.parent, run.results["seed"], []
     records = store.runs(folder)
     for entry in run.results["configs"]:
@@ -379,8 +371,7 @@ def _earlier_section(run, modelset, figures):
 
 
 def _run_section(run, modelset, figures):
-    """A run's heading and summary table, its best config's confusion matrix, per-class
-    accuracy and example predictions, and its configs' earlier runs."""
+    """A run's heading, summary table, best config's confusion matrix and examples, earlier runs."""
     data = run.results["data"]
     lines = [f"## {run.task} (`{run.script}`), `{run.name}`", "",
              f"From `{run.path.relative_to(modelset)}`: {data['train_images']:,} training and "
@@ -411,18 +402,15 @@ def _run_section(run, modelset, figures):
 
 
 def command_path(path):
-    """``path`` as REPORT.md's commands name it: from the kit's folder where make_report runs
-    there (as README's commands read), else whole, so that it is right from any folder."""
+    """``path`` for REPORT.md: relative where make_report runs in the kit, else absolute."""
     path = Path(path).resolve()
     here = Path.cwd().resolve() == KIT and path.is_relative_to(KIT)
     return shlex.quote(str(path.relative_to(KIT) if here else path))
 
 
 def cpu_time(configs, images, command, resnet):
-    """' (roughly 1.2 h on a 2-core CPU)' for ``configs`` (CONFIGS entries) trained on ``images``
-    images by ``command`` (its --epochs, --seeds), at the speeds measured on one (RESULTS.md):
-    LeNet 2,000 images/s at batch 4, 8,000 at 32, 12,000 from 128; ResNet-18 100 (with
-    AVX512; about 50 without)."""
+    """' (roughly 1.2 h on a 2-core CPU)' for CONFIGS entries on ``images`` images by ``command``
+    (its --epochs, --seeds); images/s as benchmarks/RESULTS.md measured (ResNet-18 with AVX512)."""
     epochs, seeds = (re.search(rf"--{flag}[= ](\d+)", command) for flag in ("epochs", "seeds"))
     try:
         seconds = sum((int(epochs[1]) if epochs else config["num_epochs"]) * images / (
@@ -435,14 +423,13 @@ def cpu_time(configs, images, command, resnet):
 
 
 def _not_run_section(runs, scripts, modelset):
-    """Each script without results and each config of its CONFIGS in none of its folders,
-    with the command that trains it where this report reads, and roughly how long it takes."""
+    """Each script or config without results, the command that trains it here, and rough time."""
     missing = []
     for script, text in scripts.items():
         own = [run for run in runs if run.script == script]
         done = {entry["id"] for run in own for entry in run.results["configs"]}
         numbers = [number for number in range(1, len(text.configs) + 1)
-                   if f"config_{number}" not in done]  # in none of its folders
+                   if f"config_{number}" not in done]
         resnet = task_number(text.task) == 4
         if not own:
             out = command_path(Path(modelset) / Path(text.out).name)
@@ -471,9 +458,8 @@ def _not_run_section(runs, scripts, modelset):
 
 
 def write_report(modelset, runs, skipped, scripts):
-    """Write REPORT.md and figures/ into ``modelset`` from load_runs' runs and skipped files,
-    in task order; ``scripts``: {script: make_report.ScriptText}. Returns the report's path;
-    an OSError means a file could not be written."""
+    """Write REPORT.md and figures/ into ``modelset`` from load_runs' output; returns REPORT.md's
+    path, raises OSError where a file cannot be written."""
     modelset = Path(modelset)
     held = store.lock(modelset, blocking=False)  # one report at a time is written here
     if held is None:

@@ -1,10 +1,6 @@
-"""The results JSON and the run record (run.json): what they hold, how they are written, read,
-checked and summarised. The one reader of both for the engine, make_report.py and predict.py;
-no torch and nothing that draws, so the report reads results where neither is installed.
-
-Every file is written to a temporary name in its folder, then renamed over the target, so a
-crash mid-write never leaves a half-written file.
-"""
+"""The results JSON and run record (run.json): schema, writing, reading, checks and summaries,
+for the engine, make_report.py and predict.py. No torch, nothing that draws: the report runs
+where neither is installed. Written to a temporary name, then renamed: no half-written file."""
 import json
 import math
 import os
@@ -26,8 +22,7 @@ RECORD_FORMAT = "cifarkit-run-1"
 FOREIGN_MARKERS = (".git", ".hg", ".svn", "pyproject.toml", "setup.py")
 SOURCE_SUFFIXES = (".py", ".ipynb")
 
-# The schema: (key, kind, required) for each part of a results JSON and of a run record,
-# checked before any is used, so a damaged file is refused by name, never half-way through.
+# The schema, (key, kind, required) per part: a damaged file is refused by name before any use.
 NUMBER, NULLABLE = (int, float), (int, float, type(None))
 KINDS = {dict: "an object", list: "a list", str: "a string", NUMBER: "a number",
          int: "a whole number", NULLABLE: "a number or null"}
@@ -62,9 +57,8 @@ def wrong_field(record, fields):
 
 
 def check_results(results):
-    """(what makes ``results`` unusable, in words, or None; [naming fields of the wrong kind,
-    dropped from it, in words]). Fills in what older files lack (an entry's seed, its final
-    train accuracy), so every reader sees one shape."""
+    """(why ``results`` is unusable, or None; [naming fields of the wrong kind, dropped, in words]).
+    Fills in what older files lack (an entry's seed, final train accuracy): one shape for all."""
     if not isinstance(results, dict):
         return f"not a results file (it holds {KINDS.get(type(results), 'a value')})", []
     problem = wrong_field(results, HEADER) or wrong_field(results["data"], DATA)
@@ -197,8 +191,7 @@ def read_results(path):
 
 
 def load_results(path):
-    """The results JSON at ``path``: a dict, None when absent, "unreadable" when it cannot be
-    used (edited by hand, say)."""
+    """The results JSON at ``path``: a dict, None if absent, "unreadable" (edited by hand, say)."""
     results, problem, _ = read_results(path)
     if problem:
         return "unreadable" if Path(path).exists() else None

@@ -1,6 +1,5 @@
-"""The training side of the run store (store.py): what identifies a config's run, which run
-each (config, seed) trains in or shows, its record as training goes, and the views rebuilt
-from the runs CONFIGS selects."""
+"""The training side of the run store (store.py): a run's identity, which run each (config,
+seed) trains in or shows, its record as it trains, and the views of the runs CONFIGS selects."""
 import ast
 import contextlib
 import hashlib
@@ -18,8 +17,7 @@ from . import data, outputs, plots, runtime as rt, store
 from .errors import UserError
 from .results import PLOT_FILES, config_entry, load_results
 
-# The PNGs are redrawn after an epoch only when at least this many times their last drawing
-# time has passed since: live plots cost at most about 1/REFRESH_RATIO of the run.
+# Between epochs, the PNGs wait this many times their drawing time: at most ~1/this of a run.
 REFRESH_RATIO = 20
 
 
@@ -71,11 +69,8 @@ class Training:
 
 
 def model_identity(build_model, chosen, label):
-    """What the freshly built model of ``chosen`` computes, to know a run of it again: its
-    parameter names and shapes, the sums of its initial tensors, and its outputs on a fixed
-    probe batch in eval and in train mode. An edit to the class, build_model, the
-    initialisation or a module-level value the forward reads changes it; a comment does not.
-    Also refuses a model that does not give 10 scores an image, before anything trains."""
+    """``chosen``'s fresh model by what it computes (shapes, initial sums, probe outputs in eval
+    and train): comments don't count. Refuses, before training, one not giving 10 scores."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(chosen)
@@ -107,8 +102,7 @@ def model_identity(build_model, chosen, label):
 
 
 def legacy_fingerprint(model):
-    """The kit's model fingerprint before the store (the source of the model's own classes
-    without docstrings, names and shapes): runs taken in from then are known by it."""
+    """The pre-store kit's model fingerprint: runs taken in from then are known by it."""
     parts = [f"{name}:{tuple(tensor.shape)}" for name, tensor in model.state_dict().items()]
     classes = {type(module) for module in model.modules()
                if not type(module).__module__.startswith("torch.")}
@@ -137,8 +131,7 @@ def kit_names(script, selected, args):
 
 
 def open_store(job, selected, seeds):
-    """Rank 0: take in what an older kit left in the folder, rebuild the views from the runs
-    CONFIGS selects now, and return the lines that say what changed since the last views."""
+    """Rank 0: take in an older kit's files, rebuild the views; returns lines on what changed."""
     out, script = job.out, job.script
     with store.store_lock(out):
         lines = store.migrate(out, script.results_file) \
@@ -160,8 +153,7 @@ def open_store(job, selected, seeds):
 
 
 def changes(job, before, selected):
-    """What the views show differently from the folder's last ones: configs edited (their
-    earlier runs stay), moved in CONFIGS, back to an earlier run, renamed, or removed."""
+    """Lines on how the views differ from ``before``: configs relabelled, moved, changed, gone."""
     if before is None:
         return []
     lines, now = [], {(entry["id"], entry["seed"]): entry for entry in job.results["configs"]}
@@ -202,15 +194,13 @@ def changes(job, before, selected):
 
 
 def latest(matching, label):
-    """The run to show or carry on among ``matching`` [(folder, record)]: the latest one
-    trained as ``label`` if any (two identical configs keep their own runs), else the
-    latest."""
+    """Of ``matching`` [(folder, record)], the latest trained as ``label`` if any (two identical
+    configs keep their own runs), else the latest."""
     return max(matching, key=lambda item: (item[1].get("label") == label, item[1]["created"]))
 
 
 def shown(job, every):
-    """[(label, config, run folder, record)]: for each config of CONFIGS and each seed, the
-    run of ``every`` ({folder: record}) that shows it."""
+    """[(label, config, run folder, record)]: the run of ``every`` showing each config and seed."""
     rows = []
     for label, chosen in job.configs.items():
         by_seed = {}
@@ -227,10 +217,8 @@ def shown(job, every):
 
 
 def claim(job, label, chosen, seed, name):
-    """Rank 0: the run that (``label``, ``seed``) trains in, as (its folder, its record,
-    whether it is done already). An unfinished run is resumed; one another process trains
-    is waited for; --restart, or no matching run, makes a new one. The run's lock is held
-    (job.locks) until it ends."""
+    """Rank 0: (run folder, record, done already?) for (``label``, ``seed``): resumed, waited for,
+    or new (--restart or no match). Holds the run's lock in job.locks until it ends."""
     wanted = job.identity(label, seed)
     while True:
         busy = None
@@ -268,8 +256,7 @@ def release(job):
 
 
 def record(job, training, status, predictions=None):
-    """Rank 0: write the run's record as it stands (a finished one with its per-class
-    scores), then rebuild the views."""
+    """Rank 0: write the run's record (with per-class scores once finished), rebuild the views."""
     if not job.runtime.is_main:
         return
     entry = config_entry(training.label, training.seed, training.config, status,
@@ -340,10 +327,9 @@ def drawn(job, results=None):
 
 
 def refresh(job, final, drawn_next=False, locked=False, drawn=None):
-    """Rank 0: rebuild the views from the store: the results JSON and the weights every time,
-    the PNGs at the end of each config and between epochs when due, unless ``drawn_next``
-    (the config's end follows at once) or they show already what they would (``drawn``).
-    Returns the lines that say what could not be a view."""
+    """Rank 0: rebuild the views: results JSON and weights each time, the PNGs when ``final`` or
+    due, unless ``drawn_next`` (the config's end follows at once) or already ``drawn``. Returns
+    the lines that say what could not be a view."""
     def draw(results):
         due = not drawn_next and time.monotonic() - job.drawn_at >= REFRESH_RATIO * job.drawing
         kept = []

@@ -25,13 +25,10 @@ try:
 except ImportError:  # Windows: runs on one CPU do not take turns (CpuTurns)
     fcntl = None
 
-# How long a rank waits for the others, at start-up and in every collective: torch's defaults.
-# The store gets the same: its own 5 minutes would end a start while one machine downloads.
+# torch's defaults, the store's too: its own 5 min would end a start while one machine downloads
 TIMEOUTS = {"nccl": default_pg_nccl_timeout, "gloo": default_pg_timeout}
-# Not user flags: the GPU tests set these to run fp16 with loss scaling (the path of GPUs
-# without bf16) on a GPU that has bf16, and to fix cuDNN's kernels for their resume checks.
-FORCE_FP16 = "CIFARKIT_FORCE_FP16"
-DETERMINISTIC = "CIFARKIT_DETERMINISTIC"
+FORCE_FP16 = "CIFARKIT_FORCE_FP16"  # GPU tests only: the fp16 path of GPUs without bf16
+DETERMINISTIC = "CIFARKIT_DETERMINISTIC"  # GPU tests only: fixed cuDNN kernels, for resume checks
 # The GPU tests' torchrun on one GPU: its processes share the GPUs, over gloo (NCCL refuses two
 # ranks on one GPU).
 SHARE_GPU = "CIFARKIT_SHARE_GPU"
@@ -88,9 +85,8 @@ def check_device_request(requested):
 
 
 def check_gpu_supported(index):
-    """Refuse a GPU this torch build has no kernels for (a V100 or P100 beside a build for
-    sm_75 and newer): torch only warns, then fails at the first kernel. Kernels for sm_XY run
-    on the same major version from minor Y up; PTX for compute_XY on anything from XY up."""
+    """Refuse a GPU this torch build has no kernels for: torch only warns, then fails at the
+    first kernel. sm_XY runs on major X from minor Y up; compute_XY (PTX) on anything from XY."""
     major, minor = torch.cuda.get_device_capability(index)
     archs = torch.cuda.get_arch_list()
     codes = {(kind, int("".join(filter(str.isdigit, arch)))) for kind, _, arch in
@@ -134,8 +130,7 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
             store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
                                   world_size, timeout=timeout, is_master=rank == 0 and
                                   os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True")
-            # keys of each restart's own: workers restarted by --max-restarts would otherwise
-            # read the dead attempt's addresses and fail to connect
+            # keys per restart: else --max-restarts workers read the dead attempt's addresses
             attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
             dist.init_process_group(backend, store=dist.PrefixStore(
                 f"cifarkit/attempt-{attempt}", store), rank=rank, world_size=world_size,
@@ -165,8 +160,7 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
         # never TF32: --amp off is the IEEE fp32 the results record
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    # One dtype for all ranks (ranks in different arithmetic would update their copies
-    # differently): fp32 where any rank is, else fp16 where any rank lacks bf16, else bf16.
+    # one dtype for all ranks, else their copies drift: fp32 if any picks it, else fp16 if any does
     choices = gather(local_amp_dtype(runtime, amp, cpu_amp), runtime)
     runtime.amp_dtype = (None if None in choices
                          else torch.float16 if torch.float16 in choices else choices[0])
@@ -177,9 +171,8 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
 
 
 def check_compiler():
-    """torch.compile builds its kernels with the C++ compiler CXX names (else g++; clang++ on
-    a Mac) and Python's headers (on the CPU; Triton's launcher on a GPU too): without them
-    its first step ends in a long InductorError. The compiler is tried as torch tries it."""
+    """Refuse --compile without the C++ compiler (found as torch finds it) and Python's headers
+    that torch.compile builds kernels with: else its first step ends in a long InductorError."""
     compiler = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
     try:
         works = subprocess.run([*shlex.split(compiler), "--version"], capture_output=True,
@@ -198,9 +191,8 @@ def check_compiler():
 
 
 def local_amp_dtype(runtime, amp, cpu_amp):
-    """The autocast dtype this process would pick alone (None: fp32). On CUDA bf16 where every
-    GPU it uses has it in hardware (compute capability 8.0 up), else fp16 with loss scaling:
-    not torch.cuda.is_bf16_supported(), which says yes on V100 and T4, which emulate it."""
+    """The autocast dtype this process would pick alone (None: fp32). bf16 by capability, not
+    torch.cuda.is_bf16_supported(): that says yes on V100 and T4, which emulate it."""
     auto_on = runtime.device.type == "cuda" or (runtime.device.type == "cpu" and cpu_amp
                                                 and cpu_has_native_bf16())
     if not (amp == "on" or (amp == "auto" and auto_on)):
@@ -281,12 +273,9 @@ TURNS_LINE = ("Another run of this kit is training on this CPU: the runs take tu
 
 
 class CpuTurns:
-    """Runs of this kit on one machine's CPU, at torch's default threads, take turns at it with
-    all their threads: side by side their threads fight over the cores (two runs on 2 cores:
-    each 4 to 60 times slower than alone), and fewer threads each would change the results'
-    last digits. In its turn a run locks the file "turn" and writes its pid and the time there
-    at every step's end; a run waiting for one shares a lock on "waiting"; locks die with
-    their process."""
+    """Turns at one CPU for runs at torch's default threads: side by side they fight for the
+    cores, and fewer threads each would change the results' last digits. The holder flocks
+    "turn" and stamps its pid and time there; waiters share a flock on "waiting"."""
 
     def __init__(self, say, folder=None):
         folder = Path(folder or tempfile.gettempdir()) / f"cifarkit-cpu-{os.getuid()}"
@@ -392,9 +381,8 @@ class CpuTurns:
 
 
 def share_cpu(runtime, say):
-    """Turns at the CPU for a plain run on it at torch's default threads, several. Threads set
-    by hand (OMP_NUM_THREADS; torchrun sets 1 for each rank) size runs to share the cores:
-    those runs do not take part. None either without a folder of this user's in tmp."""
+    """CpuTurns for a plain CPU run at torch's default threads; runs with OMP_NUM_THREADS set
+    (torchrun sets 1 per rank) are already sized to share the cores."""
     if fcntl and runtime.device.type == "cpu" and not runtime.distributed \
             and "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > 1:
         try:
@@ -440,12 +428,11 @@ def place_model(model, runtime, sync_bn=False):
     """``model`` on the device, wrapped: DDP under torchrun, else DataParallel where used."""
     if runtime.distributed and sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # channels_last: what tensor cores want, and 10-19% faster a step on the CPU too
+    # channels_last: what tensor cores want, and faster on the CPU too
     model = model.to(runtime.device, memory_format=torch.channels_last)
     if runtime.distributed:
-        # No broadcast of BatchNorm's buffers before each forward: after an out-of-memory
-        # error inside a forward it would fall out of step with the gradient all-reduce, and
-        # the ranks would hang. Rank 0, the one that tests and saves, is not changed by it.
+        # no buffer broadcast: after an OOM inside a forward it falls out of step with the
+        # all-reduce and the ranks hang; rank 0's buffers (tested, saved) are the same without
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
                                                     **NO_BUFFER_BROADCAST)
@@ -453,14 +440,12 @@ def place_model(model, runtime, sync_bn=False):
         if runtime.amp_dtype is not None:
             model = Autocast(model, runtime.device.type, runtime.amp_dtype)
         model = nn.DataParallel(model)
-    # static shapes: the epoch's smaller last batch gets a graph of its own, and the full
-    # batches after it keep theirs (dynamic=None would recompile them all as dynamic)
+    # static: the smaller last batch gets its own graph (dynamic=None recompiles all as dynamic)
     return torch.compile(model, dynamic=False) if runtime.compile else model
 
 
 class Autocast(nn.Module):
-    """Runs ``module`` under autocast in ``dtype``, whatever thread calls it: DataParallel's
-    replica threads re-enter autocast with the default dtype, fp16, and no loss scaling."""
+    """Autocast in ``dtype`` in DataParallel's replica threads too (theirs: fp16, unscaled)."""
 
     def __init__(self, module, device_type, dtype):
         super().__init__()
@@ -517,8 +502,7 @@ def any_rank_each(flags, runtime):
 
 
 def from_main(produce, runtime):
-    """``produce()`` run on rank 0, its result handed to every rank; a UserError there is
-    raised on every rank, so all stop with the same message."""
+    """``produce()`` run on rank 0, its result (or its UserError) handed to every rank."""
     if not runtime.distributed:
         return produce()
     box = [None]

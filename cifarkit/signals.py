@@ -1,10 +1,6 @@
-"""How a run stops: what SIGINT (Ctrl-C) and SIGTERM do at each phase, and the line it says
-for every way of stopping.
-
-Before training a signal stops the run at once, with one line (sigterm_as_interrupt makes
-SIGTERM act as Ctrl-C). During training a first one asks the run to stop after the current
-step and save a checkpoint, a second stops it at once (stop_on_signals).
-"""
+"""How a run stops, and the line it says for each way. SIGINT or SIGTERM before training stops
+it at once; during training a first one stops it after the current step with a checkpoint, a
+second at once."""
 import contextlib
 import os
 import shlex
@@ -39,8 +35,7 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def sigterm_as_interrupt():
-    """While the data loads and the folder is prepared, SIGTERM stops the run as Ctrl-C does
-    (one line, the download's partial files removed) instead of killing it without a word."""
+    """SIGTERM acts as Ctrl-C (one line, partial downloads removed), not a silent kill."""
     def handler(signum, frame):
         raise Terminated
 
@@ -89,8 +84,7 @@ def stop_on_signals(say_, stop_at_once_on_repeat=True):
 
 
 def say(*args, file=None, **kwargs):
-    """print, for a run that must go on when nobody reads it: a closed pipe or a full device
-    under stdout silences the run's messages, never stops its training."""
+    """print that never stops training: a closed pipe or full disk under stdout silences it."""
     stream = file or sys.stdout
     try:
         print(*args, file=stream, **kwargs)
@@ -117,15 +111,14 @@ def command(script, argv):
     """The command that ran this script, as one can paste it (paths with spaces quoted)."""
     path, typed = Path(script).absolute(), sys.argv[0]
     if typed and Path(typed).absolute() == path:
-        shown = typed  # as the user typed it
+        shown = typed
     else:
         shown = min(str(path), os.path.relpath(path), key=len)
     return shlex.join(["python", shown, *argv])
 
 
 def resume_hint(script, argv, distributed):
-    """How to carry on, with the command on a line of its own so it can be copied (without
-    --restart, which would start over once more)."""
+    """How to carry on: the command, less --restart, on a line of its own to be copied."""
     kept = [arg for arg in argv if arg != "--restart"]
     if distributed:
         return "To resume, run the same torchrun command again" + (
@@ -156,8 +149,7 @@ def stopped_before_training(error, out):
 
 
 def stopped_while_training(error, job):
-    """Say why training stopped short (a damaged checkpoint, a second Ctrl-C, a file that
-    could not be written); return the exit status. What was saved before stays."""
+    """Say why training stopped short; return the exit status. What was saved before stays."""
     runs = job.out / RUNS
     if isinstance(error, UserError):  # found only once training began: a damaged checkpoint
         job.say(f"error: {error}", file=sys.stderr)
@@ -218,9 +210,8 @@ def say_failed(job, training, status):
 
 
 def leave_out_of_step(job, training):
-    """Out of GPU memory inside a forward with SyncBatchNorm: the other ranks wait in one of
-    its collectives, which this rank cannot meet, so it leaves at once; torchrun then ends
-    the others. The checkpoint of the last epoch's end stays."""
+    """Out of GPU memory in a SyncBatchNorm forward: the other ranks wait in a collective this
+    rank cannot meet, so it leaves at once and torchrun ends them."""
     say(f"error: rank {job.runtime.rank}: {training.name} ran out of GPU memory at batch_size "
         f"{training.config['batch_size']} inside a forward with SyncBatchNorm (sync_bn), whose "
         f"collectives the other ranks wait in: the ranks cannot stop this config together, so "

@@ -1,4 +1,5 @@
-"""The run store: one folder per trained (config, seed), written once, never moved.
+"""The run store: one folder per trained (config, seed), written once, never moved; once its
+record says "finished" or "diverged", nothing rewrites or deletes it.
 
     OUT/runs/config_2-l2-s0-20261206-101500-3f9a/
         run.json          the record: the config as trained, its identity, history, outcome
@@ -6,9 +7,8 @@
         predictions.npz   the final test predictions and the example images (a finished run)
         checkpoint.ckpt   while it trains: where a stopped run carries on
 
-Once its record says "finished" or "diverged", nothing moves, rewrites or deletes a run. What
-a user sees by name in OUT (config_N.pth, the results JSON, the PNGs) are views of the runs
-CONFIGS selects, rebuilt by every command. No torch: make_report.py runs without it."""
+OUT's named files (config_N.pth, the results JSON, the PNGs) are views of the runs CONFIGS
+selects, rebuilt by every command. No torch: make_report.py runs without it."""
 import contextlib
 import hashlib
 import json
@@ -41,8 +41,7 @@ TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # write_atomically's, cut sho
 
 
 def config_identity(config, neutral):
-    """What a config makes the training compute: no naming keys, and no key at its
-    ``neutral`` value (so a key the kit adds later, trained as before, changes nothing)."""
+    """What a config trains: no naming keys, none at ``neutral`` (so new keys change nothing)."""
     return {key: value for key, value in sorted(config.items())
             if key not in NAMING_KEYS and not (key in neutral and neutral[key] == value)}
 
@@ -60,8 +59,7 @@ def identity(script, config, neutral, seed, data, precision, model):
 
 
 def same_model(recorded, model):
-    """Whether a recorded model identity is the model built now (shapes, initial values, the
-    probe's outputs); a run from before the store has only a source fingerprint."""
+    """Whether ``recorded`` is the model built now; a pre-store run has only a fingerprint."""
     if not isinstance(recorded, dict) or not isinstance(model, dict):
         return False
     if "fingerprint" in recorded:
@@ -144,8 +142,7 @@ def store_lock(out):
 
 
 def read_record(run_dir):
-    """A run's record, or None (no record yet: a kill between creating its folder and
-    writing the record; or one damaged by hand)."""
+    """A run's record, or None (a kill before the first record was written, or damaged by hand)."""
     try:
         record = json.loads((Path(run_dir) / RECORD).read_text())
     except (OSError, ValueError, RecursionError):
@@ -176,8 +173,7 @@ def usable(run_dir, record):
 
 
 def remove_temporaries(out):
-    """Delete what writes cut short by a kill left, in OUT (under the caller's store lock) and
-    in each run folder no process holds."""
+    """Delete killed writes' temporaries in OUT (under store_lock) and in run folders none holds."""
     for folder in [Path(out)] + sorted((Path(out) / RUNS).glob("[!.]*")):
         if folder.is_symlink() or not folder.is_dir():  # never outside OUT, never a pipe
             continue
@@ -354,8 +350,7 @@ def examples(out, results):
         return None
 
 
-# Folders the kit wrote before the store: a results JSON whose entries name no run,
-# earlier-*/ folders, the journal of a move a kill cut short, checkpoints/.
+# Pre-store kit: entries naming no run, earlier-*/, a killed move's journal, checkpoints/.
 JOURNAL, JOURNAL_COPY = ".ledger.json", ".ledger.copy.json"
 EARLIER = "earlier-"
 
@@ -370,8 +365,7 @@ def legacy_folder(out, results_file):
 
 
 def _link(source, target):
-    """``source`` at ``target`` by a rename, never half there: a hard link where the file
-    system allows one, else a copy."""
+    """``source`` at ``target`` by a rename, never half there: a hard link, else a copy."""
     temporary = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
     try:
         os.link(source, temporary)
@@ -394,8 +388,7 @@ def _remove_if_empty(folder):
 
 
 def _complete_move(out):
-    """Finish a move that the kit before the store began and a kill cut short: its journal
-    names each file's source, hidden name and target, and the JSONs to write."""
+    """Finish, from its journal, a move that the kit before the store began and a kill cut short."""
     journal = None
     for name in (JOURNAL, JOURNAL_COPY):
         with contextlib.suppress(OSError, ValueError, RecursionError):
@@ -423,9 +416,8 @@ def _complete_move(out):
 
 
 def migrate(out, results_file):
-    """Every entry of a folder written before the store (its results JSON, each earlier-*/)
-    becomes a run with its weights (or checkpoint), built under a hidden name and renamed,
-    named by where it came from: the next command completes what a kill cut short."""
+    """Make each entry of a pre-store folder (results JSON, earlier-*/) a run, built hidden then
+    renamed, named by its origin: the next command completes what a kill cut short."""
     out = Path(out)
     _complete_move(out)
     for staging in (out / RUNS).glob(".*"):  # a run being taken in when a kill came
