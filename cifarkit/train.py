@@ -1,11 +1,6 @@
-"""Training, top to bottom: a script's main() calls run(), which checks the configs, loads the
-data, prepares the output folder and trains each selected config with each seed;
-train_config() is the epoch loop with the batch loop inside it.
-
-Exit status: 0 every selected config finished; 1 a config diverged, ran out of memory or a
-file could not be written; 2 bad input (nothing trained, nothing written); 130 / 143
-stopped by SIGINT / SIGTERM after saving a checkpoint.
-"""
+"""Training, top to bottom: a script's main() calls run(); train_config() is the epoch loop
+with the batch loop inside it. Exit status: 0 all finished; 1 a config diverged, ran out of
+memory or a file could not be written; 2 bad input; 130 / 143 SIGINT / SIGTERM (saved)."""
 import contextlib
 import os
 import random
@@ -26,8 +21,7 @@ from .errors import UserError
 from .results import settings, summary
 from .signals import say
 
-# Steps between looks at the loss for NaN and at a stop request: each look is a host sync
-# (and under torchrun an all-reduce), so not every step on a GPU.
+# Steps between looks at the loss for NaN and at a stop request (each a host sync).
 SYNC_EVERY = {"cpu": 10, "cuda": 100, "mps": 100, "distributed": 25}
 BAR_EVERY = 50  # steps between updates of the progress bar's numbers (each is a host sync)
 TRAIN_SAMPLE = 5000  # training images scored in eval mode after each epoch (the gap)
@@ -52,8 +46,7 @@ class Script:
 
 
 def run(script, argv=None):
-    """Run a report script with the flags ``argv`` (sys.argv[1:] when None); returns its exit
-    status."""
+    """Run a report script with the flags ``argv`` (default sys.argv[1:]); its exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     signals.plain_console()
     args = cli.parse_args(Path(script.file).name, script.description, script.out_dir,
@@ -78,8 +71,7 @@ def run(script, argv=None):
 
 
 def prepare(script, args, argv, cleanup):
-    """Everything before training: the checks, the data, the runtime, the output folder and
-    its store. Returns (the runs.Job, the selected [(number, config)])."""
+    """The checks, the data, the runtime, the output folder: (runs.Job, [(number, config)])."""
     all_configs = config.check_configs(script.configs, script.model_settings)
     if args.epochs:
         all_configs = [dict(chosen, num_epochs=args.epochs) for chosen in all_configs]
@@ -126,8 +118,7 @@ def prepare(script, args, argv, cleanup):
 
 
 def train_selected(job, selected, args):
-    """Train each selected config with each seed of --seed/--seeds, in turn; say how they
-    ended; return the exit status."""
+    """Train each selected config with each seed in turn; the exit status."""
     runtime, seeds = job.runtime, range(args.seed, args.seed + args.seeds)
     statuses = []
     with signals.stop_on_signals(job.say, stop_at_once_on_repeat=not runtime.distributed) as stop:
@@ -309,9 +300,8 @@ def test_pass(job, training, stop, estimate):
 
 
 def fit(model, chosen, on_device, runtime, seed=0):
-    """Train ``model`` (placed) with the checked config ``chosen`` on ``on_device``
-    (data.OnDevice) by train_config, with no run folder: nothing is saved or said. What the
-    benchmarks time. Returns the runs.Training, whose progress holds the history."""
+    """train_config without a run folder (nothing saved or said), as the benchmarks time it;
+    the runs.Training, whose progress holds the history."""
     job = runs.Job(runtime=runtime, out=None, script=Script(None, None, None, None, None, None,
                                                             None),
                    argv=[], configs={}, models={}, neutral={}, header={}, restart=False,
@@ -341,10 +331,8 @@ def new_progress():
 
 
 def new_sums(device, saved=None):
-    """An epoch's running totals, kept on the device and read once an epoch. Losses add up
-    in float64, exact for float32 step losses, so a resumed run's totals do not depend on
-    the order of the additions. A resumed epoch's sums are global: rank 0 carries them, the
-    other ranks start at zero. MPS has no float64: float32 there."""
+    """An epoch's totals on the device, in float64 (exact for float32 losses, whatever the
+    order; MPS has none); a resumed epoch's are global, carried by rank 0."""
     dtype = torch.float32 if device.type == "mps" else torch.float64
     if saved is not None:
         return {key: value.to(device, dtype if value.is_floating_point() else value.dtype)
@@ -355,9 +343,8 @@ def new_sums(device, saved=None):
 
 
 def epoch_batches(train_count, batch_size, seed, epoch, runtime):
-    """The global batches of one epoch. A last batch that is smaller than the number of
-    ranks cannot be split, and one of a single image cannot train BatchNorm: either is
-    dropped."""
+    """One epoch's global batches, less a last one too small to split over the ranks or to
+    train BatchNorm (one image)."""
     batches = data.batch_order(train_count, batch_size, seed, epoch)
     smallest = runtime.world_size if runtime.distributed else 2
     if len(batches) > 1 and len(batches[-1]) < min(smallest, batch_size):
@@ -373,9 +360,8 @@ def steps_per_epoch(train_count, batch_size, runtime):
 
 
 def make_optimizer(model, chosen, runtime):
-    """SGD, with torch's fused kernel on the devices that have one (CPU, CUDA), but not beside
-    fp16's GradScaler: when it skips the first step, fused SGD leaves the momentum buffers it
-    just allocated uninitialised."""
+    """SGD, fused on CPU and CUDA, but not beside fp16's scaler (a skipped first step leaves
+    fused SGD's momentum uninitialised)."""
     fused = runtime.device.type in ("cpu", "cuda") and runtime.amp_dtype != torch.float16
     return torch.optim.SGD(model.parameters(), lr=chosen["lr"], momentum=chosen["momentum"],
                            weight_decay=chosen["weight_decay"],
@@ -394,8 +380,7 @@ def make_scheduler(optimizer, chosen, steps):
 
 
 def step_schedule(scheduler):
-    """Step the schedule; fp16's scaler may skip the very first optimizer step, which makes
-    torch warn that the schedule stepped first: true, harmless, not the user's to fix."""
+    """Step the schedule, silencing torch's warning when fp16's scaler skipped the first step."""
     if scheduler.last_epoch > 0:  # the warning concerns the first step only
         return scheduler.step()
     with warnings.catch_warnings():
@@ -404,8 +389,7 @@ def step_schedule(scheduler):
 
 
 def autocast(device_type, dtype):
-    """Mixed precision in ``dtype``, or nothing when it is None (a disabled autocast still
-    costs microseconds a step)."""
+    """Autocast in ``dtype``; nothing for None (a disabled autocast still costs time)."""
     return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
 
 
@@ -427,10 +411,8 @@ def show_progress(bar, done, sums):
 
 
 def keep_company(job, training):
-    """After running out of memory under torchrun, until the ranks next agree to stop: a
-    zero-loss forward and backward, so that DDP's gradient all-reduce, which the other ranks
-    wait in, gets this rank's (zero) part; the weights are not stepped. SyncBatchNorm's
-    others wait inside a forward instead, which no step here can meet: leave."""
+    """Out of memory under torchrun: a zero-loss step, so that DDP's all-reduce the others wait
+    in gets this rank's part, until they agree to stop (SyncBatchNorm's cannot be met: leave)."""
     torch.cuda.empty_cache()
     if training.config.get("sync_bn"):
         signals.leave_out_of_step(job, training)
@@ -486,9 +468,8 @@ def predict(model, images, scale, shift, runtime, tta=False, both=False):
 
 
 def measure(model, data_, runtime, tta):
-    """An epoch's end, in eval mode: the test accuracy (with and without TTA when ``tta``) and
-    "train_accuracy_eval", the same on a fixed sample of training images, so that their
-    difference is the generalisation gap. Returns (that record, the test predictions)."""
+    """An epoch's end, in eval mode: (the test accuracy, with and without TTA, and the same on
+    a fixed sample of training images, for the gap; the test predictions)."""
     plain, mirrored = predict(model, data_.test_images, data_.scale, data_.shift, runtime, tta,
                               both=True)
     record = {"test_accuracy": accuracy(plain if mirrored is None else mirrored,
@@ -504,8 +485,8 @@ def measure(model, data_, runtime, tta):
 
 
 def train_sample(train_count, test_count):
-    """The training images scored in eval mode after every epoch: the same ones every epoch
-    and run, as many as the test set up to TRAIN_SAMPLE."""
+    """The fixed training images scored after every epoch: as many as the test set, up to
+    TRAIN_SAMPLE."""
     order = torch.randperm(train_count, generator=torch.Generator().manual_seed(0))
     return order[:min(train_count, test_count, TRAIN_SAMPLE)].sort().values
 
@@ -514,16 +495,13 @@ def accuracy(predictions, labels):
     return 100.0 * (predictions == labels.cpu()).float().mean().item()
 
 
-# The first config trained is timed from its 10th step to its 40th, or later until 2 s have
-# passed: a short window on a busy machine misleads.
+# The first config is timed from its 10th step to its 40th, or until 2 s have passed.
 ESTIMATE_STEPS, ESTIMATE_SECONDS = (10, 40), 2.0
 
 
 class Estimate:
-    """Says how long an epoch takes here and the whole run will take (at the first config's
-    speed per image: a guess for other batch sizes), from a window of steps plus the test
-    pass's cost; an epoch that ends sooner is timed from its 10th step to its end. A later
-    epoch that takes less than half or more than twice that corrects it, once."""
+    """How long an epoch and the whole run take here, at the first config's speed per image;
+    corrected once by a later epoch under half or over twice that."""
 
     def __init__(self, job, training):
         self.job, self.training = job, training
