@@ -50,7 +50,7 @@ BEST_FLOOR = 88.0
 RECIPE_AIM = (94.0, 40.0, 25)  # mean test accuracy %, seconds per seed, epochs
 # step: (on a GPU, --quick on the CPU): script, flags, time limit (s)
 STEPS = {
-    "pytest-gpu": (["-m", "pytest", "-m", "gpu", "-q", "-o", "addopts=-ra"], 1800),
+    "pytest-gpu": (["-m", "pytest", "-m", "gpu", "-q", "-o", "addopts=-ra"], 540),
     "speed-bf16": ((["Resnet_model.py", "--configs", "best", "--epochs", "2", "--subset",
                      "25000", "--amp", "on"], 300),
                    (["Original_version_model_multiGPU.py", "--configs", "speedrun", "--epochs",

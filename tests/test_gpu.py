@@ -222,6 +222,7 @@ def test_dataparallel_replica_threads_compute_in_the_recorded_dtype(pickled_data
     runtime.data_parallel = True  # one device: place_model wraps as over several GPUs
     if device == "cpu":
         runtime.amp_dtype = torch.float16
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a GPU machine too
     label = rt.precision(runtime)
     layers = layer_probe.one_step(pickled_data, runtime, layer_probe.two_replicas)
     assert len({layer["thread"] for layer in layers} - {"main"}) == 2
