@@ -17,14 +17,15 @@ Each step runs a command as a user would, in a process of its own with a time li
 
 After every step OUT/gpu_check.json (every figure) and OUT/gpu_check.md (a table) are written
 whole, and OUT/logs/<step>.log holds its output as it runs: a command cut off keeps every step
-done. The runs' own folders go to --work (default OUT/work). A step that fails does not stop
-the others. --quick: the same steps on the CPU, the Task 3 LeNet instead of ResNet-18, a few
+done. A later command into the same OUT adds its steps to the record (one at a time: OUT is
+locked). Each step runs under guard.py, so that all of it dies with this command, even by
+kill -9. The runs' own folders go to --work (default OUT/work). A step that fails does not
+stop the others. --quick: the same steps on the CPU, the Task 3 LeNet instead of ResNet-18, a few
 images, floors not judged (the tests run it). Exit status: 0 all passed, 1 a step failed, 2
 bad input, 130/143 stopped by Ctrl-C/SIGTERM.
 """
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import platform
@@ -40,9 +41,10 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
-from cifarkit import results, signals  # noqa: E402
+from cifarkit import results, signals, store  # noqa: E402
+from guard import descendants  # noqa: E402  (this file's folder)
 
 REPORT_BEST = (89.56, 305.84)  # the report's best ResNet-18: test accuracy %, s on one A100
 REPORT_IMAGES_PER_S = 25 * 50_000 / REPORT_BEST[1]  # that run's average speed: 4,087/s
@@ -69,21 +71,17 @@ STEPS = {
 
 
 def start_logged(command, log, env=None):
-    """``command`` from the repository's root, its output into ``log``, in a process group of
-    its own, killed with this process even by kill -9 (Linux's parent-death signal)."""
+    """``command`` from the repository's root, its output into ``log``, in a session of its
+    own, under guard.py: all of it dies with this process, even by kill -9."""
     command = [str(part) for part in command]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as file:
         file.write(f"$ {shlex.join(command)}\n")
         file.flush()
-        return subprocess.Popen(command, cwd=REPO, stdout=file, stderr=subprocess.STDOUT,
+        return subprocess.Popen([sys.executable, Path(__file__).with_name("guard.py"), *command],
+                                cwd=REPO, stdout=file, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
-                                start_new_session=True, preexec_fn=die_with_parent)
-
-
-def die_with_parent():
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+                                start_new_session=True)
 
 
 def stop_group(process):
@@ -99,21 +97,6 @@ def stop_group(process):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     process.wait()
-
-
-def descendants(pid):
-    """The processes below ``pid``, as Linux's /proc tells (none elsewhere)."""
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        below = children.get(todo.pop(), [])
-        found += below
-        todo += below
-    return found
 
 
 def run(command, log, timeout):
@@ -197,8 +180,10 @@ def run_step(step, setting):
 def save(report, out):
     """gpu_check.json and gpu_check.md, each written whole."""
     passed = sum(not step["misses"] for step in report["steps"])
-    table = [f"# GPU check: {report['machine']}", "", f"`{report['command']}`, "
-             f"{report['started']}", "", f"**{passed} of {len(report['steps'])} steps passed.**"
+    table = [f"# GPU check: {report['machine']}", "", "; ".join(f"`{command}`" for command in
+                                                             report["commands"]),
+             f"last started {report['started']}", "",
+             f"**{passed} of {len(report['steps'])} steps passed.**"
              + (" Quick mode, on the CPU: the figures mean nothing." if report["quick"] else ""),
              "", "| step | result | figures | time |", "|---|---|---|---|"]
     for step in report["steps"]:
@@ -210,9 +195,9 @@ def save(report, out):
         results.write_atomically(out / name, lambda file: file.write((text + "\n").encode()))
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(description=__doc__,
+def parse(argv, data_ready=True):
+    """The checked flags, with .steps; SystemExit(2) after one line for bad input."""
+    parser = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, type=Path, help="a CIFAR-10 copy, as the "
                         "scripts read it (e.g. the image folders)")
@@ -221,41 +206,76 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="the CPU, tiny: for the tests")
     parser.add_argument("--only", metavar="STEP,STEP", help=f"of {', '.join(STEPS)}")
     setting = parser.parse_args(argv)
-    steps = setting.only.split(",") if setting.only else list(STEPS)
-    unknown = [step for step in steps if step not in STEPS]
-    if unknown or not setting.data_dir.is_dir():
-        print(f"error: no step {', '.join(unknown)}; the steps: {', '.join(STEPS)}" if unknown
-              else f"error: --data-dir {setting.data_dir}: no such folder", file=sys.stderr)
+    named = [step.strip() for step in (setting.only or "").split(",") if step.strip()]
+    setting.steps = list(dict.fromkeys(named)) if setting.only is not None else list(STEPS)
+    setting.out = setting.out.expanduser().absolute()
+    setting.data_dir = setting.data_dir.expanduser().absolute()
+    setting.work = (setting.work or setting.out / "work").expanduser().absolute()
+    unknown = [step for step in setting.steps if step not in STEPS]
+    inside = [flag for flag, path in (("--out", setting.out), ("--work", setting.work))
+              if path == setting.data_dir or setting.data_dir in path.parents]
+    problem = (f"--only: no step {', '.join(unknown)}; the steps: {', '.join(STEPS)}" if unknown
+               else "--only: name at least one step" if not setting.steps
+               else f"--data-dir {setting.data_dir}: no such folder"
+               if data_ready and not setting.data_dir.is_dir()
+               else f"{inside[0]} is inside --data-dir: the data set is never written to"
+               if inside else f"--out {setting.out}: not a folder" if setting.out.exists()
+               and not setting.out.is_dir() else None)
+    if problem is None and not setting.quick and not torch.cuda.is_available():
+        problem = (f"no CUDA GPU is visible to PyTorch here (torch {torch.__version__}). Run "
+                   f"on a GPU machine, or add --quick to run the steps on the CPU.")
+    if problem:
+        parser.exit(2, f"error: {problem}\n")
+    return setting
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        setting = parse(argv)
+    except SystemExit as refused:  # the line is printed: its status
+        return refused.code
+    try:
+        setting.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"error: --out {setting.out}: {error.strerror or error}", file=sys.stderr)
         return 2
-    if not setting.quick and not torch.cuda.is_available():
-        print(f"error: no CUDA GPU is visible to PyTorch here (torch {torch.__version__}). Run "
-              f"on a GPU machine, or add --quick to run the steps on the CPU.", file=sys.stderr)
+    held = store.lock(setting.out, blocking=False)
+    if held is None:
+        print(f"error: --out {setting.out}: another gpu_check is writing there; wait for it, "
+              f"or choose another folder.", file=sys.stderr)
         return 2
-    setting.data_dir, setting.out = setting.data_dir.resolve(), setting.out.resolve()
-    setting.work = (setting.work or setting.out / "work").resolve()
-    setting.out.mkdir(parents=True, exist_ok=True)
+    earlier = results.read_json(setting.out / "gpu_check.json")[0]
+    earlier = earlier if isinstance(earlier, dict) and isinstance(earlier.get("steps"), list) \
+        else {}
     gpus = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
-    report = {"command": shlex.join(["python", "benchmarks/gpu_check.py", *argv]),
+    report = {"commands": [*earlier.get("commands", []),
+                           shlex.join(["python", "benchmarks/gpu_check.py", *argv])],
               "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "quick": setting.quick, "steps": [],
+              "quick": setting.quick, "steps": [step for step in earlier.get("steps", [])
+                                                if step.get("step") not in setting.steps],
               "machine": f"{', '.join(gpus) or 'no GPU'}; {os.cpu_count()} CPU cores; torch "
                          f"{torch.__version__}, CUDA {torch.version.cuda}; Python "
                          f"{platform.python_version()}"}
     try:
         with signals.sigterm_as_interrupt():
-            for number, step in enumerate(steps, 1):
-                print(f"[{number}/{len(steps)}] {step} ...", flush=True)
+            for number, step in enumerate(setting.steps, 1):
+                signals.say(f"[{number}/{len(setting.steps)}] {step} ...", flush=True)
                 report["steps"].append(run_step(step, setting))
                 save(report, setting.out)  # after every step: a command cut off keeps it
                 done = report["steps"][-1]
-                print(f"    {'FAIL: ' + '; '.join(done['misses']) if done['misses'] else 'pass'}"
-                      f" {done.get('figures', '')}", flush=True)
+                verdict = "FAIL: " + "; ".join(done["misses"]) if done["misses"] else "pass"
+                signals.say(f"    {verdict} {done.get('figures', '')}", flush=True)
     except KeyboardInterrupt as stop:  # the step's run is stopped (run())
         signum = getattr(stop, "signum", signal.SIGINT)
-        print(f"\nStopped by {'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}; the record "
-              f"of the steps done: {setting.out / 'gpu_check.json'}", file=sys.stderr)
+        record = f"the record: {setting.out / 'gpu_check.md'}" if report["steps"] else \
+            "no step had finished"
+        signals.say(f"\nStopped by {'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}; "
+                    f"{record}", file=sys.stderr)
         return signals.EXIT[signum]
-    print(f"Record: {setting.out / 'gpu_check.md'}, {setting.out / 'gpu_check.json'}")
+    finally:
+        os.close(held)
+    signals.say(f"Record: {setting.out / 'gpu_check.md'}, {setting.out / 'gpu_check.json'}")
     return 0 if not any(step["misses"] for step in report["steps"]) else 1
 
 

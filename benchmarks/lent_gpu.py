@@ -12,6 +12,7 @@ Exit status: gpu_check's.
 """
 import argparse
 import pickle
+import signal
 import sys
 import tempfile
 import zipfile
@@ -22,24 +23,42 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_check  # noqa: E402  (it puts the repository on the path, for cifarkit)
-from cifarkit import data  # noqa: E402
+from cifarkit import data, signals  # noqa: E402
+
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(prog="lent_gpu.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zip", required=True, type=Path, help="the CIFAR-10 image-folder zip")
     parser.add_argument("--out", required=True, type=Path, help="where the record goes")
     args, passed_on = parser.parse_known_args(argv)
+    flags = ["--out", str(args.out), *passed_on]
+    try:  # the flags, before the minutes of unzipping
+        gpu_check.parse(["--data-dir", str(args.zip), *flags], data_ready=False)
+    except SystemExit as refused:
+        return refused.code
     if not zipfile.is_zipfile(args.zip):
         print(f"error: --zip {args.zip}: not a zip file", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="lent-gpu-") as scratch:
-        data_dir = Path(scratch) / "data"
-        with zipfile.ZipFile(args.zip) as archive:
-            archive.extractall(data_dir / "images")
-        as_batch_files(data_dir / "images", data_dir)
-        return gpu_check.main(["--data-dir", str(data_dir), "--out", str(args.out),
-                               "--work", str(Path(scratch) / "work"), *passed_on])
+    try:
+        with signals.sigterm_as_interrupt(), \
+                tempfile.TemporaryDirectory(prefix="lent-gpu-") as scratch:
+            data_dir = Path(scratch) / "data"
+            try:
+                with zipfile.ZipFile(args.zip) as archive:
+                    archive.extractall(data_dir / "images")
+                as_batch_files(data_dir / "images", data_dir)
+            except (zipfile.BadZipFile, data.DataError, OSError) as error:
+                print(f"error: --zip {args.zip}: " + str(error).replace(
+                    str(data_dir / "images"), "the zip"), file=sys.stderr)
+                return 2
+            return gpu_check.main(["--data-dir", str(data_dir), "--work",
+                                   str(Path(scratch) / "work"), *flags])
+    except KeyboardInterrupt as stop:  # the scratch folder is gone with the with-block
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"\nStopped by {'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'} before the "
+              f"check began.", file=sys.stderr)
+        return signals.EXIT[signum]
 
 
 def as_batch_files(image_folders, root):

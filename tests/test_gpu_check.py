@@ -4,6 +4,7 @@ command and the others still run; the record survives Ctrl-C, SIGTERM and kill -
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import zipfile
@@ -91,15 +92,75 @@ def test_pytest_counts_read_the_closing_summary():
     assert gpu_check.pytest_counts("no tests ran in 0.01s") == {}
 
 
-def test_an_unknown_step_or_a_missing_data_dir_is_refused(pickled_data, tmp_path, capsys):
-    quick = ["--quick", "--out", str(tmp_path / "out")]
-    assert gpu_check.main([*quick, "--data-dir", str(pickled_data), "--only", "warp-drive"]) == 2
-    assert "no step warp-drive; the steps: pytest-gpu, speed-bf16" in capsys.readouterr().err
-    assert gpu_check.main([*quick, "--data-dir", str(tmp_path / "nowhere")]) == 2
-    assert "no such folder" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-    assert lent_gpu.main(["--zip", str(pickled_data / "cifar-10-batches-py" / "test_batch"),
-                          "--out", str(tmp_path / "out")]) == 2
+def test_bad_input_is_one_line_before_anything_runs(pickled_data, tmp_path, capsys):
+    quick = ["--quick", "--data-dir", str(pickled_data)]
+    (tmp_path / "a-file").write_text("mine")
+    for flags, line in [
+            (["--only", "warp-drive"], "--only: no step warp-drive; the steps: pytest-gpu,"),
+            (["--only", ""], "--only: name at least one step"),
+            (["--data-dir", str(tmp_path / "nowhere")], "no such folder"),
+            (["--out", str(tmp_path / "a-file")], "not a folder"),
+            (["--out", str(pickled_data / "record")], "--out is inside --data-dir"),
+            (["--work", str(pickled_data / "runs")], "--work is inside --data-dir")]:
+        argv = quick + (["--out", str(tmp_path / "out")] if "--out" not in flags else []) + flags
+        assert gpu_check.main(argv) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and line in error and error.count("\n") == 1
+    assert not (tmp_path / "out").exists() and not list(pickled_data.glob("r*"))
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_commands_into_one_out_add_to_its_record_and_two_at_once_are_refused(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    """docs/gpu-check.md splits the check into commands for a lent machine's limit: each adds
+    its steps to the record (a step run again replaces its row); a second command writing into
+    the same --out meanwhile is refused."""
+    monkeypatch.setattr(gpu_check, "run_step", lambda step, setting: {
+        "step": step, "command": "...", "seconds": 1.0, "figures": {"runs": len(calls)},
+        "misses": []} if calls.append(step) is None else None)
+    calls, out = [], tmp_path / "out"
+    quick = ["--quick", "--data-dir", str(pickled_data), "--out", str(out)]
+    assert gpu_check.main([*quick, "--only", " speed-fp32 , speed-bf16,speed-fp32"]) == 0
+    assert calls == ["speed-fp32", "speed-bf16"]  # spaces and a repeat, as --configs takes them
+    assert gpu_check.main([*quick, "--only", "resnet-best,speed-fp32"]) == 0
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert [(step["step"], step["figures"]["runs"]) for step in report["steps"]] == [
+        ("speed-bf16", 2), ("resnet-best", 3), ("speed-fp32", 4)]
+    assert len(report["commands"]) == 2
+    assert "**3 of 3 steps passed.**" in (out / "gpu_check.md").read_text()
+    held = gpu_check.store.lock(out, blocking=False)
+    try:
+        assert gpu_check.main([*quick, "--only", "resnet-best"]) == 2
+    finally:
+        os.close(held)
+    assert "another gpu_check is writing there" in capsys.readouterr().err
+
+
+def test_lent_gpu_checks_its_flags_before_unzipping_and_refuses_a_zip_that_is_not_cifar10(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    with zipfile.ZipFile(tmp_path / "photos.zip", "w") as archive:
+        archive.writestr("holiday/beach.txt", "not an image")
+    zipped = ["--zip", str(tmp_path / "photos.zip"), "--out", str(tmp_path / "out"), "--quick"]
+    assert lent_gpu.main([*zipped, "--only", "warp-drive"]) == 2
+    assert "no step warp-drive" in capsys.readouterr().err
+    assert lent_gpu.main(zipped) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: --zip {tmp_path / 'photos.zip'}: ") and "Traceback" not in error
+    assert lent_gpu.main(["--zip", str(tmp_path / "out"), "--out", str(tmp_path / "o")]) == 2
+    assert not list(tmp_path.glob("lent-gpu-*"))  # no scratch folder left
+
+    def terminated(*args):  # SIGTERM while the images are decoded
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(lent_gpu, "as_batch_files", terminated)
+    write_image_folders(tmp_path / "images")
+    with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
+        archive.write(tmp_path / "images" / "train", "train")
+    assert lent_gpu.main(["--zip", str(tmp_path / "data.zip"), "--out", str(tmp_path / "out"),
+                          "--quick"]) == 143
+    assert "Stopped by SIGTERM before the check began." in capsys.readouterr().err
+    assert not list(tmp_path.glob("lent-gpu-*"))
 
 
 def alive(pid):
@@ -121,10 +182,12 @@ def test_a_lent_machine_command_killed_keeps_the_steps_done_so_far(tmp_path):
         for path in folders.rglob("*.png"):
             archive.write(path, path.relative_to(folders))
     out = tmp_path / "record"
-    process = gpu_check.start_logged(
-        [sys.executable, REPO / "benchmarks" / "lent_gpu.py", "--zip", tmp_path / "data.zip",
-         "--out", out, "--quick", "--only", "speed-fp32,resnet-recipe"], tmp_path / "lent.log",
-        env={"TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"})  # its scratch folder in here
+    with open(tmp_path / "lent.log", "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, REPO / "benchmarks" / "lent_gpu.py", "--zip", tmp_path / "data.zip",
+             "--out", out, "--quick", "--only", "speed-fp32,resnet-recipe"], stdout=log,
+            stderr=subprocess.STDOUT, env=dict(os.environ, TMPDIR=str(tmp_path),  # its scratch
+                                               OMP_NUM_THREADS="1"))  # folder in here
     deadline = time.monotonic() + 120
     while not (out / "gpu_check.json").exists():
         assert process.poll() is None and time.monotonic() < deadline, \
@@ -162,9 +225,41 @@ def test_sigterm_to_gpu_check_stops_its_run_says_so_and_keeps_the_record(
     out = tmp_path / "out"
     assert gpu_check.main(["--quick", "--data-dir", str(pickled_data), "--out", str(out),
                            "--only", "speed-fp32,resnet-best"]) == 143
-    assert "Stopped by SIGTERM; the record of the steps done:" in capsys.readouterr().err
+    assert "Stopped by SIGTERM; the record: " in capsys.readouterr().err
     (step,) = json.loads((out / "gpu_check.json").read_text())["steps"]
     assert step["step"] == "speed-fp32"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+def test_a_check_killed_with_kill_9_takes_every_process_below_its_step_with_it(tmp_path):
+    """The parent-death signal reaches a direct child only: the step's run is guarded (a
+    subreaper that kills all below it), so a child its run started (as pytest starts a
+    script) and a worker in a session of its own (as torchrun starts one) die too."""
+    pids = tmp_path / "pids"
+    agent = ("import subprocess, sys, time\n"
+             "sleep = [sys.executable, '-c', 'import time; time.sleep(300)']\n"
+             "child = subprocess.Popen(sleep)\n"
+             "worker = subprocess.Popen(sleep, start_new_session=True)\n"
+             f"open({str(pids)!r}, 'w').write(f'{{child.pid}} {{worker.pid}}')\n"
+             "time.sleep(300)\n")
+    check = (f"import sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import gpu_check; "
+             f"gpu_check.run([sys.executable, '-c', {agent!r}], "
+             f"gpu_check.Path({str(tmp_path / 'step.log')!r}), 300)")
+    parent = subprocess.Popen([sys.executable, "-c", check])
+    deadline = time.monotonic() + 60
+    while not (pids.exists() and pids.read_text()):
+        assert parent.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    below = [int(pid) for pid in pids.read_text().split()]
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    killed = time.monotonic()
+    while any(alive(pid) for pid in below):
+        if time.monotonic() > killed + 3:
+            for pid in below:
+                os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"left running: {below}")
+        time.sleep(0.05)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
