@@ -12,12 +12,13 @@ import torch
 
 from .data import data_fingerprint
 from .errors import UserError
-from .results import PLOT_FILES, foreign_entries, write_atomically
-from .store import RUNS
+from .results import PLOT_FILES, foreign_entries, read_json, write_atomically
+from .store import RECORD, RUNS
 from .runtime import precision, recorded_devices
 
 
-def check_out_dir(path, bytes_needed, data_dir, kit_names=PLOT_FILES):
+def check_out_dir(path, bytes_needed, data_dir, kit_names=PLOT_FILES, script=None,
+                  results_file=None):
     """Refuse an output folder that cannot be created or written, that belongs to something
     else (the data set, a repository, source code), or where something stands in the way of
     a file the kit writes there (``kit_names``, relative to it), without touching it: each
@@ -52,6 +53,16 @@ def check_out_dir(path, bytes_needed, data_dir, kit_names=PLOT_FILES):
             refuse(f"that folder holds the scripts' output folders ({inner[0]}/"
                    f"{', ...' if len(inner) > 1 else ''}); a script's results go into a folder "
                    f"of their own inside it", f"Choose one with --out {path}/NAME.")
+        store_above = next((folder for folder in [out, *out.parents] if folder.name == RUNS
+                            and any((run / RECORD).is_file() for run in folder.iterdir())), None)
+        if store_above or (out / RECORD).is_file():
+            refuse(f"that is inside the run store {store_above or out.parent}/, whose runs are "
+                   f"written once and never share a folder with views")
+        other = read_json(out / results_file)[0] if results_file else None
+        if isinstance(other, dict) and other.get("script") not in (script, None):
+            refuse(f"that folder holds the results of {other['script']} in {results_file}, "
+                   f"which this script would replace; each script's results go into a folder "
+                   f"of their own")
         runs = out / RUNS
         if runs.is_symlink() and not runs.exists():
             refuse(f"{runs} is a link to {os.readlink(runs)}, which does not exist",

@@ -94,6 +94,8 @@ def model_identity(build_model, chosen, label):
                         f"nn.Linear(84, 10)).")
     shapes = "\n".join(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}"
                        for name, tensor in state.items())
+    frozen = [name for name, parameter in model.named_parameters() if not parameter.requires_grad]
+    shapes += f"\nfrozen:{','.join(frozen)}" if frozen else ""  # trains differently, same probe
     init = [value for tensor in state.values() if tensor.is_floating_point()
             for value in (float(tensor.double().sum()), float(tensor.double().square().sum()))]
     return {"shapes": hashlib.sha256(shapes.encode()).hexdigest()[:16], "init": init,

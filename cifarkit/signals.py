@@ -22,6 +22,7 @@ class StopRequest:
     """The signals received so far, and what a first one waits for before the run stops."""
     signals: list = field(default_factory=list)
     doing: str = "the current step"
+    paused: float = 0.0  # seconds stopped by Ctrl-Z (SIGTSTP): not training time
 
     def requested(self):
         """Whether training should stop (asked after every step, or at each look)."""
@@ -75,7 +76,17 @@ def stop_on_signals(say_, stop_at_once_on_repeat=True):
         say_(f"\n{signal.Signals(signum).name}: waiting for {stop.doing} to end, then saving "
              f"a checkpoint and stopping{again}.", file=sys.stderr, flush=True)
 
-    previous = {signum: signal.signal(signum, handler) for signum in EXIT}
+    def pause(signum, frame):  # Ctrl-Z: stop at once, and count the time stopped
+        started = time.perf_counter()
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # returns once continued (fg, SIGCONT)
+        stop.paused += time.perf_counter() - started
+        signal.signal(signal.SIGTSTP, pause)
+
+    handlers = {signum: handler for signum in EXIT}
+    if hasattr(signal, "SIGTSTP"):  # not on Windows
+        handlers[signal.SIGTSTP] = pause
+    previous = {signum: signal.signal(signum, new) for signum, new in handlers.items()}
     try:
         yield stop
     finally:

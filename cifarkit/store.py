@@ -328,7 +328,12 @@ def rebuild_views(out, results_file):
                          f"be read (deleted or edited by hand?): left out of the views until "
                          f"the script trains it again")
             continue
-        shown.append((shown_entry["id"], shown_entry["config"], out / run, record))
+        config = shown_entry["config"]
+        if config_identity(config, {}) != config_identity(record["config"], {}):
+            lines.append(f"{shown_entry['id']}: its config in {results_file} is not the one its "
+                         f"run {run} trained (edited by hand?): shown as trained")
+            config = record["config"]
+        shown.append((shown_entry["id"], config, out / run, record))
     header = {key: value for key, value in results.items() if key != "configs"}
     lines += write_views(out, results_file, results["weights_file"], header, shown,
                          lambda new: draw_views(out, new, examples(out, new)), runs(out))

@@ -100,7 +100,8 @@ def prepare(script, args, argv, cleanup):
     # room for the weights and a checkpoint while its next version is written beside it
     rt.from_main(lambda: outputs.check_out_dir(
         args.out, 5 * weights + 20 * 2**20, args.data_dir or data.DEFAULT_ROOT,
-        runs.kit_names(script, selected, args)), runtime)
+        runs.kit_names(script, selected, args), Path(script.file).name, script.results_file),
+        runtime)
     header = outputs.new_results(script, dataset, runtime, args.seed, argv)
     job = runs.Job(runtime=runtime, out=Path(args.out), script=script, argv=argv,
                    configs=configs, models=models,
@@ -197,7 +198,7 @@ def train_config(job, training, stop):
         sums = new_sums(device, progress["sums"] if runtime.is_main else None)
         done, outcome, out_of_memory = progress["step"], None, False
         model.train()
-        started = time.perf_counter()
+        started, paused = time.perf_counter(), stop.paused
         with progress_bar(len(batches), done, f"epoch {epoch}/{chosen['num_epochs']}",
                           runtime.is_main) as bar:
             for index in batches[done:]:
@@ -249,7 +250,7 @@ def train_config(job, training, stop):
                 if outcome:
                     break
         rt.synchronize(device)  # the epoch's time includes its queued GPU work
-        sums["seconds"] += time.perf_counter() - started
+        sums["seconds"] += time.perf_counter() - started - (stop.paused - paused)
         sums = global_sums(sums, runtime)
         if outcome in ("diverged", "out_of_memory"):
             if outcome == "diverged":

@@ -368,6 +368,30 @@ def test_an_out_folder_that_belongs_to_something_else_is_refused(where, tmp_path
     assert tree(tmp_path) == before
 
 
+def test_another_scripts_folder_or_a_run_store_as_out_is_refused(pickled_data, tmp_path,
+                                                                  capsys):
+    """The Dropout script into the L2 script's folder would replace its results JSON and
+    weights views (the baseline's, of other names, may share it: test_run.py); an --out inside
+    a run store would put views among runs written once."""
+    out = tmp_path / "l2"
+    tiny = [{"num_epochs": 1, "lr": 0.01, "momentum": 0.9, "batch_size": 32}]
+    with pytest.MonkeyPatch.context() as patch:
+        assert run_script("L2_regularization", out, pickled_data, tiny, patch) == 0
+        (run,) = (out / "runs").iterdir()
+        before = tree(tmp_path)
+        capsys.readouterr()
+        for script, where, said in [
+                ("Dropout_regularization", out, "holds the results of L2_regularization.py in "
+                                                "training_result.json, which this script would "
+                                                "replace"),
+                ("L2_regularization", out / "runs", "inside the run store"),
+                ("L2_regularization", run, "inside the run store")]:
+            assert run_script(script, where, pickled_data, tiny, patch) == 2
+            error = capsys.readouterr().err
+            assert error.startswith(f"error: --out {where}: ") and said in error
+    assert tree(tmp_path) == before
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_an_out_folder_on_a_virtual_file_system_is_refused_as_such(pickled_data, capsys):
     """/proc looks writable to root, and has "0 MiB free": say what it is instead."""

@@ -493,7 +493,9 @@ def test_an_edited_model_class_and_one_config_selected_is_no_traceback(
     ({"INIT_LINE": "torch.nn.init.zeros_(model.fc1.weight)"}, True),
     ({"HIDDEN_ACT = F.relu": "HIDDEN_ACT = torch.tanh"}, True),
     ({"pass": "pass  # a comment, and a blank line\n"}, False),
-], ids=["build_model's initialisation", "a module-level activation", "a comment"])
+    ({"INIT_LINE": "model.conv.requires_grad_(False)"}, True),  # same outputs, trains apart
+], ids=["build_model's initialisation", "a module-level activation", "a comment",
+        "a layer frozen in build_model"])
 def test_what_the_model_computes_decides_whether_it_retrains(edit, retrains, pickled_data, tmp_path,
                                                              monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -410,6 +410,41 @@ def test_report_sections_follow_the_tasks_in_order(modelset, tmp_path):
         assert text[start:end].count("**Our runs against the report:**") == 1
 
 
+def test_task1_sets_the_baseline_beside_the_report_not_the_best_config(modelset, tmp_path):
+    """The config that quotes the report's 60% is the baseline, though another did better."""
+    root = copy_of(modelset, tmp_path)
+    shutil.copytree(root / "L2_regularization_model", root / "Baseline")
+
+    def as_task1(results):
+        results["script"] = "Original_version_model.py"
+        for entry in results["configs"]:
+            baseline = entry["id"] == "config_1"
+            entry["final_test_accuracy"] = 11.5 if baseline else 24.5
+            if baseline:
+                entry["config"]["reported_accuracy"] = 60.0
+    rewrite(as_task1)(root / "Baseline" / "training_result.json")
+    assert make_report.main(["--modelset", str(root)]) == 0
+    task1 = (root / "REPORT.md").read_text().split("## Task 2")[0]
+    assert "in `Baseline` the baseline reached 11.5% test accuracy" in task1
+    assert "the report: 60% (all 50,000 training images)" in task1
+
+
+def test_a_config_edited_by_hand_in_the_results_json_is_shown_as_its_run_trained_it(
+        modelset, tmp_path, capsys):
+    root = copy_of(modelset, tmp_path)
+    path = root / "L2_regularization_model" / "training_result.json"
+    results = json.loads(path.read_text())
+    for entry in results["configs"]:
+        entry["config"]["lr"] = 0.05 if entry["id"] == "config_1" else entry["config"]["lr"]
+    path.write_text(json.dumps(results))  # weights_file kept: make_report rebuilds the views
+    assert make_report.main(["--modelset", str(root)]) == 0
+    assert "config_1: its config in training_result.json is not the one its run" in \
+        capsys.readouterr().out
+    shown = json.loads(path.read_text())["configs"]
+    assert {entry["config"]["lr"] for entry in shown} == {0.01}
+    assert "lr=0.05" not in (root / "REPORT.md").read_text()
+
+
 def test_not_run_yet_commands_work_offline_and_keep_the_earlier_results(modelset, tmp_path,
                                                                         capsys):
     root = copy_of(modelset, tmp_path)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cifarkit import data, plots, store, train
+from cifarkit import data, plots, signals, store, train
 from conftest import (REPO, Killed, assert_still_there, assert_views_are_the_runs,
                       checkpoint_of, entries, finished_runs, long_run_results, run_script,
                       start_long_run, wait_until_paused)
@@ -125,6 +125,26 @@ def test_a_batchnorm_model_with_augmentation_resumes_bit_for_bit(pickled_data, t
     runs = long_run_results(out)
     assert any("running_mean" in key for key in runs["config_2"][2])
     assert_same_as_reference(out, long_run_results(tmp_path / "reference" / "out"))
+
+
+def test_time_stopped_by_ctrl_z_is_not_training_time(pickled_data, tmp_path, monkeypatch):
+    """Ctrl-Z (SIGTSTP) mid-epoch, fg 2 s later: the epoch's seconds, the training time the
+    results and the report show, leave the 2 s out (they counted them)."""
+    real, checks = signals.StopRequest.requested, []
+
+    def stopped_at_the_third_step(stop):
+        checks.append(stop)
+        if len(checks) == 3:
+            subprocess.Popen(["sh", "-c", f"sleep 2; kill -CONT {os.getpid()}"])
+            os.kill(os.getpid(), signal.SIGTSTP)
+        return real(stop)
+
+    monkeypatch.setattr(signals.StopRequest, "requested", stopped_at_the_third_step)
+    started = time.monotonic()
+    assert run_script(SCRIPT, tmp_path / "out", pickled_data, [TINY], monkeypatch) == 0
+    assert time.monotonic() - started > 2  # it did stop
+    (entry,) = entries(tmp_path / "out").values()
+    assert entry["history"][0]["seconds"] < 1.5
 
 
 @pytest.mark.parametrize("presses", [1, 2])
