@@ -146,7 +146,8 @@ def test_lent_gpu_checks_its_flags_before_unzipping_and_refuses_a_zip_that_is_no
     assert "no step warp-drive" in capsys.readouterr().err
     assert lent_gpu.main(zipped) == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"error: --zip {tmp_path / 'photos.zip'}: ") and "Traceback" not in error
+    assert error.startswith(f"error: --zip {tmp_path / 'photos.zip'}: ")
+    assert "Traceback" not in error
     assert lent_gpu.main(["--zip", str(tmp_path / "out"), "--out", str(tmp_path / "o")]) == 2
     assert not list(tmp_path.glob("lent-gpu-*"))  # no scratch folder left
 
