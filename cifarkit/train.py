@@ -1,6 +1,7 @@
 """Training, top to bottom: a script's main() calls run(); train_config() is the epoch loop
 with the batch loop inside it. Exit status: 0 all finished; 1 a config diverged, ran out of
 memory or a file could not be written; 2 bad input; 130 / 143 SIGINT / SIGTERM (saved)."""
+import atexit
 import contextlib
 import os
 import random
@@ -60,14 +61,16 @@ def run(script, argv=None):
         try:
             status = train_selected(job, selected, args)
         except (UserError, KeyboardInterrupt, OSError) as error:
-            return signals.stopped_while_training(error, job)
+            status = signals.stopped_while_training(error, job)
         except RuntimeError as error:  # dist.DistError is one; gloo raises plain ones
             if not (job.runtime.distributed and rt.peer_lost(error)):
                 raise
-            return signals.lost_contact(error, job)
-        # Every rank leaves together: torchrun stops the others as soon as one has left.
-        rt.barrier(job.runtime)
-        return status
+            status = signals.lost_contact(error, job)
+        else:  # every rank leaves together: torchrun stops the others once one has left
+            rt.barrier(job.runtime)
+    if job.runtime.distributed:  # DDP keeps gloo's threads alive past destroy_process_group;
+        atexit.register(rt.leave, status)  # the interpreter's teardown can abort on them
+    return status
 
 
 def prepare(script, args, argv, cleanup):
