@@ -13,7 +13,7 @@ import torch
 from .data import data_fingerprint
 from .errors import UserError
 from .results import PLOT_FILES, foreign_entries, read_json, write_atomically
-from .store import RECORD, RUNS
+from .store import RUNS, read_record
 from .runtime import precision, recorded_devices
 
 
@@ -53,9 +53,9 @@ def check_out_dir(path, bytes_needed, data_dir, kit_names=PLOT_FILES, script=Non
             refuse(f"that folder holds the scripts' output folders ({inner[0]}/"
                    f"{', ...' if len(inner) > 1 else ''}); a script's results go into a folder "
                    f"of their own inside it", f"Choose one with --out {path}/NAME.")
-        store_above = next((folder for folder in [out, *out.parents] if folder.name == RUNS
-                            and any((run / RECORD).is_file() for run in folder.iterdir())), None)
-        if store_above or (out / RECORD).is_file():
+        store_above = next((folder for folder in [out, *out.parents]
+                            if folder.name == RUNS and holds_runs(folder)), None)
+        if store_above or (out.is_dir() and read_record(out) is not None):
             refuse(f"that is inside the run store {store_above or out.parent}/, whose runs are "
                    f"written once and never share a folder with views")
         other = read_json(out / results_file)[0] if results_file else None
@@ -87,6 +87,14 @@ def check_out_dir(path, bytes_needed, data_dir, kit_names=PLOT_FILES, script=Non
                    "Free some space or choose another folder with --out DIR.")
     except OSError as error:  # a name too long, a loop of links, a folder we may not list
         refuse(error.strerror or error)
+
+
+def holds_runs(folder):
+    """Whether ``folder`` is a run store: a listable folder with a run of this kit in it."""
+    try:
+        return any(read_record(run) is not None for run in folder.iterdir() if run.is_dir())
+    except OSError:  # not there yet, or not ours to list
+        return False
 
 
 def to_cpu(value):

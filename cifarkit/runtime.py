@@ -253,10 +253,12 @@ def peer_lost(error):
 
 
 def leave(status):
-    """End the process now with ``status``, skipping the interpreter's teardown."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+    """End the process now with ``status`` (1 after an uncaught error), skipping the
+    interpreter's teardown."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(1 if getattr(sys, "last_value", None) is not None else status)
 
 
 def close(runtime):

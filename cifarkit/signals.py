@@ -79,13 +79,15 @@ def stop_on_signals(say_, stop_at_once_on_repeat=True):
     def pause(signum, frame):  # Ctrl-Z: stop at once, and count the time stopped
         started = time.perf_counter()
         signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTSTP)  # returns once continued (fg, SIGCONT)
-        stop.paused += time.perf_counter() - started
-        signal.signal(signal.SIGTSTP, pause)
+        try:
+            os.kill(os.getpid(), signal.SIGTSTP)  # returns once continued (fg, SIGCONT)
+        finally:
+            stop.paused += time.perf_counter() - started
+            signal.signal(signal.SIGTSTP, pause)
 
     handlers = {signum: handler for signum in EXIT}
-    if hasattr(signal, "SIGTSTP"):  # not on Windows
-        handlers[signal.SIGTSTP] = pause
+    if getattr(signal, "SIGTSTP", None) and signal.getsignal(signal.SIGTSTP) is signal.SIG_DFL:
+        handlers[signal.SIGTSTP] = pause  # not on Windows, nor where the parent ignores it
     previous = {signum: signal.signal(signum, new) for signum, new in handlers.items()}
     try:
         yield stop

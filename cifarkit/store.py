@@ -328,11 +328,12 @@ def rebuild_views(out, results_file):
                          f"be read (deleted or edited by hand?): left out of the views until "
                          f"the script trains it again")
             continue
-        config = shown_entry["config"]
-        if config_identity(config, {}) != config_identity(record["config"], {}):
+        config, trained = shown_entry["config"], config_identity(record["config"], {})
+        if any(config.get(key, "(absent)") != value for key, value in trained.items()):
             lines.append(f"{shown_entry['id']}: its config in {results_file} is not the one its "
                          f"run {run} trained (edited by hand?): shown as trained")
-            config = record["config"]
+            config = dict(trained, **{key: value for key, value in config.items()
+                                      if key in NAMING_KEYS})
         shown.append((shown_entry["id"], config, out / run, record))
     header = {key: value for key, value in results.items() if key != "configs"}
     lines += write_views(out, results_file, results["weights_file"], header, shown,

@@ -389,7 +389,12 @@ def test_another_scripts_folder_or_a_run_store_as_out_is_refused(pickled_data, t
             assert run_script(script, where, pickled_data, tiny, patch) == 2
             error = capsys.readouterr().err
             assert error.startswith(f"error: --out {where}: ") and said in error
-    assert tree(tmp_path) == before
+        assert tree(tmp_path) == before
+        mine = tmp_path / "runs" / "1"  # a folder of the user's named runs, another tool's
+        mine.mkdir(parents=True)
+        (mine / "run.json").write_text("{}")
+        for where in (tmp_path / "runs" / "lenet", tmp_path / "new" / "runs" / "lenet"):
+            assert run_script("L2_regularization", where, pickled_data, tiny, patch) == 0
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")

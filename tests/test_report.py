@@ -436,12 +436,16 @@ def test_a_config_edited_by_hand_in_the_results_json_is_shown_as_its_run_trained
     results = json.loads(path.read_text())
     for entry in results["configs"]:
         entry["config"]["lr"] = 0.05 if entry["id"] == "config_1" else entry["config"]["lr"]
+        if entry["id"] == "config_2":  # a key at its neutral value, as CONFIGS may gain one
+            entry["config"]["nesterov"] = False
     path.write_text(json.dumps(results))  # weights_file kept: make_report rebuilds the views
     assert make_report.main(["--modelset", str(root)]) == 0
-    assert "config_1: its config in training_result.json is not the one its run" in \
-        capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "config_1: its config in training_result.json is not the one its run" in printed
+    assert "config_2: its config" not in printed
     shown = json.loads(path.read_text())["configs"]
     assert {entry["config"]["lr"] for entry in shown} == {0.01}
+    assert [entry["config"]["name"] for entry in shown] == ["control", "control", "l2"]
     assert "lr=0.05" not in (root / "REPORT.md").read_text()
 
 
