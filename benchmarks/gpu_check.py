@@ -52,7 +52,7 @@ BEST_FLOOR = 88.0
 RECIPE_AIM = (94.0, 40.0, 25)  # mean test accuracy %, seconds per seed, epochs
 # step: (on a GPU, --quick on the CPU): script, flags, time limit (s)
 STEPS = {
-    "pytest-gpu": (["-m", "pytest", "-m", "gpu", "-q", "-o", "addopts=-ra"], 540),
+    "pytest-gpu": ((["-m", "pytest", "-m", "gpu", "-q", "-o", "addopts=-ra"], 540),) * 2,
     "speed-bf16": ((["Resnet_model.py", "--configs", "best", "--epochs", "2", "--subset",
                      "25000", "--amp", "on"], 300),
                    (["Original_version_model_multiGPU.py", "--configs", "speedrun", "--epochs",
@@ -149,7 +149,7 @@ def judge(step, entries, train_images, quick):
 def run_step(step, setting):
     """One step's record: its command, its figures, and pass or fail (with why)."""
     plan, quick = STEPS[step], setting.quick
-    arguments, timeout = plan if step == "pytest-gpu" else plan[quick]
+    arguments, timeout = plan[quick]
     out, log = setting.work / step, setting.out / "logs" / f"{step}.log"
     command = [sys.executable, *arguments] if step == "pytest-gpu" else [
         sys.executable, REPO / arguments[0], *arguments[1:], "--data-dir", setting.data_dir,
@@ -167,8 +167,7 @@ def run_step(step, setting):
     if status != 0:
         lines = [line for line in output.splitlines() if line.strip()]
         return dict(record, misses=[f"exit status {status}: {lines[-1][:300] if lines else ''}"])
-    found = results.load_results(out / ("Resnet_model_result.json" if "Resnet" in arguments[0]
-                                        else "training_result.json"))
+    found = next((results.load_results(path) for path in out.glob("[!.]*.json")), None)
     entries = [entry for entry in found["configs"] if entry["status"] == "finished"] \
         if isinstance(found, dict) else []
     if not entries:
