@@ -119,23 +119,23 @@ def _foreign(modelset):
 
 
 def _rebuild_views(modelset):
-    """Each output folder's views, rebuilt from its runs: a folder of the kit before the
-    store is taken into it first; then the results JSON, the weights files and the PNGs show
-    the runs it names as they are now (a kill may have left a view stale)."""
+    """Each output folder's views, rebuilt from its runs: the results JSON, the weights files
+    and the PNGs show the runs it names as they are now (a kill may have left a view stale)."""
     for folder in sorted(path for path in modelset.iterdir() if path.is_dir()):
         found = sorted(folder.glob("[!.]*.json"))
         if not found and (folder / store.RUNS).is_dir():
             print(f"warning: {folder} holds runs but no results JSON (deleted?): run its "
                   f"script once (nothing trains again) to rebuild it.", file=sys.stderr)
         for path in found:
-            results = load_results(path)
-            if not isinstance(results, dict) and not (folder / store.JOURNAL).exists():
+            if not isinstance(load_results(path), dict):
+                continue
+            older = store.pre_store(folder, path.name)
+            if older:
+                print(f"warning: {folder}: {older}: reported as it is, its views not rebuilt.",
+                      file=sys.stderr)
                 continue
             try:
                 with store.store_lock(folder):
-                    if store.legacy_folder(folder, path.name):
-                        for line in store.migrate(folder, path.name):
-                            print(line)
                     store.remove_temporaries(folder)
                     for line in store.rebuild_views(folder, path.name):
                         print(f"{folder}: {line}")

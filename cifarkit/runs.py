@@ -1,11 +1,8 @@
 """The training side of the run store (store.py): a run's identity, which run each (config,
 seed) trains in or shows, its record as it trains, and the views of the runs CONFIGS selects."""
-import ast
 import contextlib
 import hashlib
-import inspect
 import os
-import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,28 +96,7 @@ def model_identity(build_model, chosen, label):
     init = [value for tensor in state.values() if tensor.is_floating_point()
             for value in (float(tensor.double().sum()), float(tensor.double().square().sum()))]
     return {"shapes": hashlib.sha256(shapes.encode()).hexdigest()[:16], "init": init,
-            "probe": torch.cat(scores).flatten().double().tolist(),
-            "legacy": legacy_fingerprint(model)}
-
-
-def legacy_fingerprint(model):
-    """The pre-store kit's model fingerprint: runs taken in from then are known by it."""
-    parts = [f"{name}:{tuple(tensor.shape)}" for name, tensor in model.state_dict().items()]
-    classes = {type(module) for module in model.modules()
-               if not type(module).__module__.startswith("torch.")}
-    for cls in sorted(classes, key=lambda cls: cls.__qualname__):
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-        except (OSError, TypeError, SyntaxError):  # no source (defined in a notebook, say)
-            continue
-        for node in ast.walk(tree):
-            body = getattr(node, "body", None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                    and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                    and isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]
-        parts.append(ast.unparse(tree))
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+            "probe": torch.cat(scores).flatten().double().tolist()}
 
 
 def kit_names(script, selected, args):
@@ -133,16 +109,18 @@ def kit_names(script, selected, args):
 
 
 def open_store(job, selected, seeds):
-    """Rank 0: take in an older kit's files, rebuild the views; returns lines on what changed."""
+    """Rank 0: tidy the store, rebuild the views; returns lines on what changed."""
     out, script = job.out, job.script
     with store.store_lock(out):
-        lines = store.migrate(out, script.results_file) \
-            if store.legacy_folder(out, script.results_file) else []
+        older = store.pre_store(out, script.results_file)
+        if older:
+            raise UserError(f"--out {out}: {older}. Its files are left as they are: move the "
+                            f"folder aside to keep them, or choose another folder with --out DIR.")
         store.remove_temporaries(out)
         for run_dir, record in store.runs(out).items():
             store.tidy(run_dir, record)
         before = load_results(out / script.results_file)
-        lines += refresh(job, final=True, locked=True, drawn=drawn(job, before))
+        lines = refresh(job, final=True, locked=True, drawn=drawn(job, before))
     lines += changes(job, before if isinstance(before, dict) else None,
                      {f"config_{number}" for number, _ in selected})
     done = {(entry["id"], entry["seed"]) for entry in job.results["configs"]  # as claim() sees

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .results import (NAMING_KEYS, PLOT_FILES, RECORD_FORMAT, check_record, load_results,
+from .results import (NAMING_KEYS, RECORD_FORMAT, check_record, load_results,
                       save_json, write_atomically)
 
 try:
@@ -59,11 +59,7 @@ def identity(script, config, neutral, seed, data, precision, model):
 
 
 def same_model(recorded, model):
-    """Whether ``recorded`` is the model built now; a pre-store run has only a fingerprint."""
-    if not isinstance(recorded, dict) or not isinstance(model, dict):
-        return False
-    if "fingerprint" in recorded:
-        return recorded["fingerprint"] == model.get("legacy")
+    """Whether ``recorded`` is the model built now."""
     try:
         return (recorded["shapes"] == model["shapes"]
                 and all(len(recorded[key]) == len(model[key])
@@ -356,163 +352,14 @@ def examples(out, results):
         return None
 
 
-# Pre-store kit: entries naming no run, earlier-*/, a killed move's journal, checkpoints/.
-JOURNAL, JOURNAL_COPY = ".ledger.json", ".ledger.copy.json"
-EARLIER = "earlier-"
-
-
-def legacy_folder(out, results_file):
+def pre_store(out, results_file):
+    """Why ``out`` holds a kit's results from before the run store, or None: they are not read."""
     out = Path(out)
     results = load_results(out / results_file)
-    return (any((out / name).exists() for name in (JOURNAL, JOURNAL_COPY, "checkpoints"))
-            or any(out.glob(EARLIER + "*")) or any(out.glob(".ledger-*"))
-            or (isinstance(results, dict)
-                and any("run" not in entry for entry in results["configs"])))
-
-
-def _link(source, target):
-    """``source`` at ``target`` by a rename, never half there: a hard link, else a copy."""
-    temporary = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        os.link(source, temporary)
-    except OSError:
-        with open(source, "rb") as original:
-            write_atomically(temporary, lambda file: file.write(original.read()))
-    try:
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _remove_if_empty(folder):
-    """A folder once empty; a link to a scratch disk, or a disk mounted there, stays."""
-    with contextlib.suppress(OSError):
-        if folder.is_dir() and not folder.is_symlink() and not folder.is_mount() \
-                and not any(folder.iterdir()):
-            folder.rmdir()
-
-
-def _complete_move(out):
-    """Finish, from its journal, a move that the kit before the store began and a kill cut short."""
-    journal = None
-    for name in (JOURNAL, JOURNAL_COPY):
-        with contextlib.suppress(OSError, ValueError, RecursionError):
-            journal = journal or json.loads((out / name).read_text())
-    if not isinstance(journal, dict) or not {"moves", "writes"} <= set(journal):
-        if any(out.glob(".ledger-*")) or any(out.glob("checkpoints/.ledger-*")):
-            raise UserError(f"{out}: files of a move interrupted by an earlier version of the "
-                            f"kit wait under hidden names (.ledger-*), and its record "
-                            f"({JOURNAL}) is gone or unreadable. Put the record back if you "
-                            f"can, or move those files out of the folder, then rerun.")
-        return
-    for source, target, staged in journal["moves"]:
-        where = next((out / path for path in (staged, source) if os.path.lexists(out / path)),
-                     None)
-        if where is not None and not os.path.lexists(out / target):
-            (out / target).parent.mkdir(parents=True, exist_ok=True)
-            _link(where, out / target)
-        if where is not None and os.path.lexists(out / target):
-            where.unlink()
-    for name, content in journal["writes"].items():
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        save_json(content, out / name)
-    for name in (JOURNAL, JOURNAL_COPY):
-        (out / name).unlink(missing_ok=True)
-
-
-def migrate(out, results_file):
-    """Make each entry of a pre-store folder (results JSON, earlier-*/) a run, built hidden then
-    renamed, named by its origin: the next command completes what a kill cut short."""
-    out = Path(out)
-    _complete_move(out)
-    for staging in (out / RUNS).glob(".*"):  # a run being taken in when a kill came
-        if staging.is_dir():
-            for path in staging.iterdir():
-                path.unlink()
-            staging.rmdir()
-    lines, sources = [], [out / results_file] + sorted(
-        path for folder in sorted(out.glob(EARLIER + "*")) if folder.is_dir()
-        for path in folder.glob("[!.]*.json"))
-    taken, done = [], []
-    for path in sources:
-        results = load_results(path)
-        if not isinstance(results, dict):  # left where it is, with whatever it names
-            if path.exists():
-                lines.append(f"{path} cannot be read, so the results it holds were not taken "
-                             f"into the store; it is left where it is")
-            continue
-        for legacy in results["configs"]:
-            if "run" in legacy:
-                continue
-            key = f"{path.relative_to(out)}|{legacy['id']}|{legacy['seed']}|{results['started']}"
-            name = f"{legacy['id']}-s{legacy['seed']}-before-the-store-" + \
-                hashlib.sha256(key.encode()).hexdigest()[:8]
-            if not (out / RUNS / name).exists():
-                taken.append(_take_in(path.parent, results, legacy, out / RUNS / name))
-            legacy["run"] = f"{RUNS}/{name}"
-        done.append((path, results))
-        if path == out / results_file:  # the view of the runs it now names
-            model = any(str(entry.get("weights")).startswith("model") for entry in
-                        results["configs"])
-            results.setdefault("weights_file", "model.pth" if model else "config_{number}.pth")
-            save_json(results, path)
-    for path, results in done:  # each file below is in the store now (linked or copied)
-        folder = path.parent
-        for legacy in results["configs"]:
-            checkpoint = folder / "checkpoints" / f"{legacy['id']}_seed{legacy['seed']}.ckpt"
-            if checkpoint.is_file():
-                checkpoint.unlink()
-            weights = legacy.get("weights")
-            if folder != out and isinstance(weights, str) and Path(weights).name == weights:
-                (folder / weights).unlink(missing_ok=True)
-        for stale in [*(folder / "checkpoints").glob(".*.tmp"), *folder.glob(".*.tmp")]:
-            if TEMPORARY.fullmatch(stale.name):  # a copy a kill cut short
-                stale.unlink()
-        _remove_if_empty(folder / "checkpoints")
-        if folder != out:
-            for name in PLOT_FILES:
-                (folder / name).unlink(missing_ok=True)
-            path.unlink()
-            _remove_if_empty(folder)
-    if taken:
-        missing = taken.count(False)
-        lines.append(f"{out}: {len(taken)} result(s) written by an earlier version of the kit "
-                     f"(earlier-*/ folders included) are now runs in {out / RUNS}/"
-                     + (f"; {missing} finished one(s) without weights (missing when taken in)"
-                        if missing else ", each with its weights"))
-    return lines
-
-
-def _take_in(folder, results, legacy, target):
-    """One legacy entry as a run at ``target``; False for a finished one without weights."""
-    staging = target.parent / f".{target.name}.{secrets.token_hex(4)}"
-    staging.mkdir(parents=True)
-    weights = legacy.get("weights")
-    has_weights = (legacy["status"] == "finished" and isinstance(weights, str)
-                   and Path(weights).name == weights and (folder / weights).is_file())
-    if has_weights:
-        _link(folder / weights, staging / WEIGHTS)
-    checkpoint = folder / "checkpoints" / f"{legacy['id']}_seed{legacy['seed']}.ckpt"
-    if legacy["status"] not in ENDED and checkpoint.is_file():
-        _link(checkpoint, staging / CHECKPOINT)
-    try:
-        created = datetime.fromisoformat(results.get("started")).timestamp()
-    except (TypeError, ValueError):
-        created = 0.0
-    precision = legacy.get("precision") or results.get("precision")
-    record = {key: results[key] for key in HEADER_KEYS if key in results}
-    record.update((key, value) for key, value in legacy.items() if key != "id")
-    record.update(format=RECORD_FORMAT, created=created, label=legacy["id"],
-                  precision=precision, weights=WEIGHTS if has_weights else None,
-                  identity={"script": results["script"], "config": legacy["config"],
-                            "seed": legacy["seed"], "data": data_identity(results["data"]),
-                            "precision": precision,
-                            "model": {"fingerprint": legacy.get("model")}})
-    if has_weights:
-        record["weights_sha256"] = sha256(staging / WEIGHTS)
-    if legacy["status"] == "finished" and not has_weights:
-        record["note"] = f"its weights {weights} were missing when the store took it in"
-    write_record(staging, record)
-    os.rename(staging, target)
-    return has_weights or legacy["status"] != "finished"
+    found = [path.name for path in sorted(out.glob(".ledger*"))]  # a move's journal and files
+    if isinstance(results, dict) and any("run" not in entry for entry in results["configs"]):
+        found.insert(0, f"{results_file} naming no runs")
+    if not found:
+        return None
+    return (f"written by a version of the kit before the run store ({', '.join(found[:3])}), "
+            f"which this version does not read")

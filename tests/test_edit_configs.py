@@ -3,13 +3,12 @@ again, and the line that says so names the change; what was trained is never rew
 moved or lost (every (config, seed) trains in a run folder of its own under runs/, written
 once), and config_N.pth, the results JSON, the PNGs and the report's earlier curves are views
 of the runs CONFIGS selects now, rebuilt after every edit, undo, reorder or --restart. A
-folder of the kit before the run store is taken in with nothing lost."""
+folder of the kit before the run store is refused and left as it is."""
 import importlib
 import json
 import pickle
 import signal
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from torch import nn
 
 import make_report
 from cifarkit import config, train
-from conftest import (REPO, ORIGINAL, assert_still_there, assert_views_are_the_runs,
+from conftest import (ORIGINAL, assert_still_there, assert_views_are_the_runs,
                       checkpoint_of, entries, finished_runs, run_script, with_checkpoint,
                       write_pickled_batches, write_probe)
 
@@ -554,43 +553,25 @@ def test_data_replaced_in_place_is_noticed(tmp_path, monkeypatch, capsys):
 
 # ---- a folder written by the kit before the run store ----
 
-@pytest.mark.usefixtures("rendered")
-def test_a_folder_of_the_kit_before_the_store_is_taken_in_with_nothing_lost(pickled_data, tmp_path,
-                                                                            monkeypatch,
-                                                                            capsys):
-    """The fixture was written by the ledger's last version (tests/fixtures/
-    make_legacy_folder.py): config_2 finished, config_3 stopped by out-of-memory with its
-    checkpoint, an earlier-*/ holding config_2's first run, and a move of config_1 into a
-    second earlier-*/ cut by a kill (journal and hidden file left)."""
-    with tarfile.open(REPO / "tests" / "fixtures" / "legacy-f2187f3.tar.gz") as archive:
-        archive.extractall(tmp_path / "modelset", filter="data")
-    out = tmp_path / "modelset" / "tiny"
-    weights = {path.read_bytes() for path in out.rglob("*") if path.is_file()
-               and (path.suffix == ".pth" or path.name.startswith(".ledger-"))}
-    assert len(weights) == 3
-    assert make_report.main(["--modelset", str(tmp_path / "modelset")]) == 0
-    assert "4 result(s) written by an earlier version of the kit" in capsys.readouterr().out
-    records = {path.parent.name: json.loads(path.read_text())
-               for path in out.glob("runs/*/run.json")}
-    assert sorted((record["label"], record["status"], record["config"]["lr"])
-                  for record in records.values()) == [
-        ("config_1", "finished", 0.05), ("config_2", "finished", 0.02),
-        ("config_2", "finished", 0.03), ("config_3", "out_of_memory", 0.01)]
-    assert {path.read_bytes() for path in out.glob("runs/*/weights.pth")} == weights
-    assert len(list(out.glob("runs/*/checkpoint.ckpt"))) == 1
-    assert not list(out.glob(".ledger*")) and not list(out.glob("earlier-*"))
-    before = finished_runs(out)
-    sys.path.insert(0, str(REPO / "tests" / "fixtures"))
-    try:
-        tiny = importlib.import_module("tiny_script")
-    finally:
-        sys.path.remove(str(REPO / "tests" / "fixtures"))
-    C = {"name": "c", "num_epochs": 2, "lr": 0.01, "momentum": 0.9, "batch_size": 30}
-    configs = [dict(tiny.CONFIGS[0], lr=0.04), dict(tiny.CONFIGS[1], lr=0.03), C]
+def test_a_folder_of_the_kit_before_the_store_is_refused_and_left_as_it_is(pickled_data, tmp_path,
+                                                                           monkeypatch, capsys):
+    """Its results JSON names no runs: the script refuses it, make_report reports it as it is
+    without rebuilding its views; neither changes a byte of it."""
+    out = tmp_path / "modelset" / "L2_regularization_model"
+    assert run_script(SCRIPT, out, pickled_data, [TINY], monkeypatch) == 0
+    results = json.loads((out / RESULTS).read_text())
+    for entry in results["configs"]:
+        del entry["run"]  # as the kit wrote it before the run store
+    (out / RESULTS).write_text(json.dumps(results))
+    (out / ".ledger-0123abcd-0").write_bytes(b"weights on their way")
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
     capsys.readouterr()
-    assert run_script(tiny, out, pickled_data, configs, monkeypatch) == 0
-    printed = capsys.readouterr().out
-    assert "config_2: already finished" in printed  # known again by its old fingerprint
-    assert "config_3: resuming from its checkpoint after epoch 1" in printed
-    assert "config_1 a: num_epochs=1, lr=0.04" in printed  # a new config: trained
-    assert_still_there(before, out)
+    assert run_script(SCRIPT, out, pickled_data, [TINY, B], monkeypatch) == 2
+    said = capsys.readouterr().err
+    assert (f"--out {out}: written by a version of the kit before the run store ({RESULTS} "
+            f"naming no runs, .ledger-0123abcd-0)") in said
+    assert make_report.main(["--modelset", str(tmp_path / "modelset")]) == 0
+    said = capsys.readouterr().err
+    assert "reported as it is, its views not rebuilt" in said
+    assert "config_1" in (tmp_path / "modelset" / "REPORT.md").read_text()
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
