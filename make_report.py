@@ -127,13 +127,8 @@ def _rebuild_views(modelset):
             print(f"warning: {folder} holds runs but no results JSON (deleted?): run its "
                   f"script once (nothing trains again) to rebuild it.", file=sys.stderr)
         for path in found:
-            if not isinstance(load_results(path), dict):
-                continue
-            older = store.pre_store(folder, path.name)
-            if older:
-                print(f"warning: {folder}: {older}: reported as it is, its views not rebuilt.",
-                      file=sys.stderr)
-                continue
+            if not isinstance(load_results(path), dict) or store.pre_store(folder, path.name):
+                continue  # reported as skipped, with why
             try:
                 with store.store_lock(folder):
                     store.remove_temporaries(folder)

@@ -99,26 +99,14 @@ def legend_label(config_id, config, differing):
     return config_id + name + (f": {shown}" if shown else "")
 
 
-def values_of(record, key):
-    """A history value; older files lacking eval-mode train accuracy give the running one."""
-    if key == "train_accuracy_eval" and record.get(key) is None:
-        return record.get("train_accuracy")
-    return record.get(key)
-
-
-def uses_running(entries):
-    return any(record.get("train_accuracy_eval") is None
-               for entry in entries for record in entry["history"])
-
-
 def mean_curve(runs, key):
     """(epochs, mean, std) of ``key`` over the runs of one config, epoch by epoch."""
     length = max(len(run["history"]) for run in runs)
     values = np.full((len(runs), length), np.nan)
     for row, run in enumerate(runs):
         for column, record in enumerate(run["history"]):
-            if values_of(record, key) is not None:
-                values[row, column] = values_of(record, key)
+            if record.get(key) is not None:
+                values[row, column] = record[key]
     with np.errstate(all="ignore"):
         return (np.arange(1, length + 1), np.nanmean(values, axis=0),
                 np.nanstd(values, axis=0))
@@ -218,8 +206,7 @@ def history_figure(entries, key, title, y_label, span, note=None, sample=None):
         axes.plot([], [], color="grey", alpha=0.35, label="faint, same colour: the running "
                   f"mean during each epoch (weights changing{dropout}), as the logs print it")
         on = f" on {sample:,} fixed training images" if sample else " on fixed training images"
-        y_label = ("training accuracy (%): running (older results file)" if
-                   uses_running(entries) else f"training accuracy (%), eval mode{on}")
+        y_label = f"training accuracy (%), eval mode{on}"
     titled(axes, title, note)
     epoch_axis(axes, last_epoch(entries), y_label)
     finish(axes, span)
@@ -331,7 +318,7 @@ def with_derived(entries):
     """Copies of the entries whose history also holds the gap and the elapsed seconds."""
     return [dict(entry, history=[dict(
         record, elapsed=float(seconds), gap=None if record.get("test_accuracy") is None
-        else values_of(record, "train_accuracy_eval") - record["test_accuracy"])
+        else record["train_accuracy_eval"] - record["test_accuracy"])
         for record, seconds in zip(entry["history"], np.cumsum(
             [record["seconds"] for record in entry["history"]]))]) for entry in entries]
 
@@ -359,9 +346,7 @@ def gap_figure(task_runs):
         entries = run.results["configs"]
         draw_config_curves(axes, with_derived(entries), "gap", short_labels(entries))
         axes.axhline(0, color="grey", linewidth=0.8)
-        titled(axes, f"{run.task} ({run.name})", subtitle(run.results, entries)
-               + ("; RUNNING train accuracy (older file): gap understated"
-                  if uses_running(entries) else ""))
+        titled(axes, f"{run.task} ({run.name})", subtitle(run.results, entries))
         epoch_axis(axes, last_epoch(entries),
                    "generalisation gap: train − test accuracy (points)")
         finish(axes)

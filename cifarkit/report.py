@@ -22,9 +22,6 @@ KIT = Path(__file__).resolve().parent.parent  # the scripts' folder
 REPORT_HEADER = "# CIFAR-10 report, regenerated from"  # how make_report knows its own file
 STAGING = re.compile(r"\.(figures-old-)?\.?report-[0-9a-f]{8}")  # write_report's own folders
 IGNORED = "ignored (it only names the config or quotes the report)"
-RUNNING_NOTE = ("† no eval-mode training accuracy in this file (written before the kit "
-                "recorded it): the running value is shown and used for the gap; it is measured "
-                "while the weights change and with dropout on, so it understates the gap.")
 # The report gives no numbers for Task 2; the other tasks quote the configs' reported_* keys.
 TASK2_CLAIM = ("L2 weight decay (1e-4) and dropout (0.5) reduce overfitting, i.e. shrink the "
                "gap between training and test accuracy")
@@ -65,6 +62,7 @@ def load_runs(modelset, scripts):
     found, skipped = [], []
     for path in sorted(Path(modelset).glob("*/[!.]*.json")):  # not hidden ones
         results, problem, ignored = read_results(path)
+        problem = problem and (store.pre_store(path.parent, path.name) or problem)
         if problem is None and results["script"] not in scripts:
             problem = (f"not a results file of the kit's scripts ('script' is "
                        f"{results['script']!r})")
@@ -79,14 +77,8 @@ def load_runs(modelset, scripts):
     return sorted(runs, key=lambda run: (list(scripts).index(run.script), run.name)), skipped
 
 
-def train_eval(entry):
-    """(final eval-mode training accuracy, True where an older file gives the running one)."""
-    value = entry["history"][-1].get("train_accuracy_eval")
-    return (entry["final_train_accuracy"], True) if value is None else (value, False)
-
-
 def _gap(entry):
-    return train_eval(entry)[0] - entry["final_test_accuracy"]
+    return entry["history"][-1]["train_accuracy_eval"] - entry["final_test_accuracy"]
 
 
 def _mean(entries, key):
@@ -95,22 +87,19 @@ def _mean(entries, key):
 
 
 def summary_table(results):
-    """One script's 'Results summary' table, a row per config, with RUNNING_NOTE where needed."""
-    rows, any_running = [
+    """One script's 'Results summary' table, a row per config."""
+    rows = [
         "| config | settings | seeds | final test acc (%) | best test acc (%) | final train acc, "
         "eval mode (%) | final train acc, running (%) | gap train − test (pp) | training time "
         "(s) | device(s), precision | status |", "|---|---|---|---|---|---|---|---|---|---|---|"
-    ], False
+    ]
     for config_id, runs in group_runs(results["configs"]).items():
         finished = [run for run in runs if run["status"] == "finished"]
-        running = any(train_eval(run)[1] for run in finished)
-        any_running = any_running or running
         measures = (lambda run: run["final_test_accuracy"], lambda run: run["best_test_accuracy"],
-                    lambda run: train_eval(run)[0], lambda run: run["final_train_accuracy"], _gap,
+                    lambda run: run["history"][-1]["train_accuracy_eval"], lambda run: run["final_train_accuracy"], _gap,
                     lambda run: run["train_seconds"])
         cells = [mean_std(list(map(measure, finished))) if finished else "—"
                  for measure in measures]
-        cells[2], cells[4] = ("—", cells[4] + " †") if running else (cells[2], cells[4])
         where = "; ".join([", ".join(results["devices"])]
                           + sorted({run["precision"] for run in runs if "precision" in run}))
         marks = ", ".join("**DIVERGED**" if status == "diverged" else status
@@ -118,7 +107,7 @@ def summary_table(results):
         name = f" ({runs[0]['config']['name']})" if "name" in runs[0]["config"] else ""
         rows.append(" | ".join([f"| {config_id}{name}", settings(runs[0]["config"]),
                                 str(len(runs))] + cells + [where, f"{marks} |"]))
-    return "\n".join(rows + ([f"\n{RUNNING_NOTE}"] if any_running else []))
+    return "\n".join(rows)
 
 
 def _strength_lines(run, modelset, figures):
@@ -212,20 +201,17 @@ def _task2_section(task_runs, runs, modelset, figures, scripts):
              + ["| script | folder | config | final gap, eval mode (pp) | final gap, running (pp)"
                 " | final test acc (%) | images (train / test) |",
                 "|---|---|---|---|---|---|---|"])
-    running = False
     for run in task_runs:
         for entries in run.groups.values():
-            old = any(train_eval(entry)[1] for entry in entries)
-            running = running or old
             lines.append(" | ".join([
                 f"| {run.script}", run.name, config_label(entries[0]),
-                "— †" if old else mean_std([_gap(entry) for entry in entries]),
+                mean_std([_gap(entry) for entry in entries]),
                 mean_std([e["final_train_accuracy"] - e["final_test_accuracy"] for e in entries]),
                 mean_std([entry["final_test_accuracy"] for entry in entries]),
                 f"{run.results['data']['train_images']:,} / "
                 f"{run.results['data']['test_images']:,} |"]))
     said = [sentence for sentence in map(_gap_sentence, task_runs) if sentence]
-    lines += (["", RUNNING_NOTE] if running else []) + [""]
+    lines.append("")
     lines += _claim("; ".join(said) + f"; the report: {TASK2_CLAIM}.") if said else []
     return lines + [line for run in task_runs if plots.strength_sweep(run)
                     for line in _strength_lines(run, modelset, figures)]

@@ -23,20 +23,20 @@ FOREIGN_MARKERS = (".git", ".hg", ".svn", "pyproject.toml", "setup.py")
 SOURCE_SUFFIXES = (".py", ".ipynb")
 
 # The schema, (key, kind, required) per part: a damaged file is refused by name before any use.
-NUMBER, NULLABLE = (int, float), (int, float, type(None))
+NUMBER, NULLABLE, ABSENT = (int, float), (int, float, type(None)), object()
 KINDS = {dict: "an object", list: "a list", str: "a string", NUMBER: "a number",
          int: "a whole number", NULLABLE: "a number or null"}
 HEADER = (("script", str, True), ("started", str, True), ("seed", int, True),
           ("configs", list, True), ("devices", list, True), ("data", dict, True),
           ("world_size", int, False), ("command", str, False))
 DATA = (("source", str, True), ("train_images", int, True), ("test_images", int, True))
-ENTRY = (("id", str, True), ("seed", int, False), ("config", dict, True), ("status", str, True),
-         ("history", list, True), ("precision", str, False))
+ENTRY = (("id", str, True), ("seed", int, True), ("config", dict, True), ("status", str, True),
+         ("history", list, True), ("run", str, True), ("precision", str, False))
 CONFIG = (("lr", NUMBER, True), ("momentum", NUMBER, True), ("batch_size", NUMBER, True))
 NAMING = (("name", str, False), ("reported_accuracy", NUMBER, False),
           ("reported_seconds", NUMBER, False))
 EPOCH = (("seconds", NUMBER, True), ("train_accuracy", NUMBER, True),
-         ("test_accuracy", NULLABLE, False), ("train_accuracy_eval", NULLABLE, False))
+         ("test_accuracy", NULLABLE, False), ("train_accuracy_eval", NULLABLE, True))
 DIVERGED = (("diverged_at", dict, True),)
 WHERE = (("epoch", int, True), ("step", int, True))
 FINISHED = tuple((key, NUMBER, True) for key in ("final_test_accuracy", "best_test_accuracy",
@@ -50,15 +50,14 @@ def wrong_field(record, fields):
     """The first of ``fields`` that ``record`` lacks (if required) or holds as another kind, in
     words, or None. true and false are not numbers here, though Python counts them as ints."""
     for key, kind, required in fields:
-        value = record.get(key)
+        value = record.get(key, ABSENT)
         if (required or key in record) and (not isinstance(value, kind) or isinstance(value, bool)):
             return f"'{key}' is {'missing or not' if required else 'not'} {KINDS[kind]}"
     return None
 
 
 def check_results(results):
-    """(why ``results`` is unusable, or None; [naming fields of the wrong kind, dropped, in words]).
-    Fills in what older files lack (an entry's seed, final train accuracy): one shape for all."""
+    """(why ``results`` is unusable, or None; [naming fields of the wrong kind, dropped, in words])."""
     if not isinstance(results, dict):
         return f"not a results file (it holds {KINDS.get(type(results), 'a value')})", []
     problem = wrong_field(results, HEADER) or wrong_field(results["data"], DATA)
@@ -68,7 +67,7 @@ def check_results(results):
         return "'world_size' is less than 1", []
     dropped = []
     for number, entry in enumerate(results["configs"], start=1):
-        problem = _entry_problem(entry, results["seed"])
+        problem = _entry_problem(entry)
         if problem:
             return f"configs entry {number}: {problem}", []
         for key, kind, required in NAMING:  # a label of the wrong kind is dropped, not fatal
@@ -79,7 +78,7 @@ def check_results(results):
     return _grouping_problem(results["configs"]), dropped
 
 
-def _entry_problem(entry, seed):
+def _entry_problem(entry):
     if not isinstance(entry, dict):
         return "not an object"
     problem = wrong_field(entry, ENTRY)
@@ -97,9 +96,6 @@ def _entry_problem(entry, seed):
         problem = wrong_field(record, EPOCH) if isinstance(record, dict) else "not an object"
         if problem:
             return f"history record {epoch}: {problem}"
-    entry.setdefault("seed", seed)
-    entry.setdefault("final_train_accuracy",
-                     entry["history"][-1]["train_accuracy"] if entry["history"] else None)
     if entry["status"] == "diverged":
         return wrong_field(entry, DIVERGED) or wrong_field(entry["diverged_at"], WHERE)
     if entry["status"] != "finished":
@@ -109,9 +105,9 @@ def _entry_problem(entry, seed):
     problem = wrong_field(entry, FINISHED) or next(
         (f"'{key}' is not a finite number" for key, _, _ in FINISHED
          if not math.isfinite(entry[key])), None)
-    if problem or "confusion_matrix" not in entry:  # older files have no confusion matrix
+    if problem:
         return problem
-    size, matrix = len(CLASSES), entry["confusion_matrix"]
+    size, matrix = len(CLASSES), entry.get("confusion_matrix")
     if not (isinstance(matrix, list) and len(matrix) == size and all(
             isinstance(row, list) and len(row) == size
             and all(isinstance(count, NUMBER) for count in row) for row in matrix)):

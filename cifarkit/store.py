@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .results import (NAMING_KEYS, RECORD_FORMAT, check_record, load_results,
+from .results import (NAMING_KEYS, RECORD_FORMAT, check_record, load_results, read_json,
                       save_json, write_atomically)
 
 try:
@@ -355,9 +355,10 @@ def examples(out, results):
 def pre_store(out, results_file):
     """Why ``out`` holds a kit's results from before the run store, or None: they are not read."""
     out = Path(out)
-    results = load_results(out / results_file)
+    results, _ = read_json(out / results_file)
     found = [path.name for path in sorted(out.glob(".ledger*"))]  # a move's journal and files
-    if isinstance(results, dict) and any("run" not in entry for entry in results["configs"]):
+    if isinstance(results, dict) and isinstance(results.get("configs"), list) and any(
+            isinstance(entry, dict) and "run" not in entry for entry in results["configs"]):
         found.insert(0, f"{results_file} naming no runs")
     if not found:
         return None

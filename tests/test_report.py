@@ -330,21 +330,6 @@ def test_the_gap_is_measured_with_the_eval_mode_train_accuracy(modelset, tmp_pat
                                       for record in l2["history"]])
 
 
-def test_an_older_file_without_eval_mode_accuracy_says_it_shows_the_running_one(
-        modelset, tmp_path):
-    root = copy_of(modelset, tmp_path)
-
-    def drop_eval(results):
-        for entry in results["configs"]:
-            for record in entry["history"]:
-                record.pop("train_accuracy_eval", None)
-    rewrite(drop_eval)(root / "L2_regularization_model" / "training_result.json")
-    assert make_report.main(["--modelset", str(root)]) == 0
-    text = (root / "REPORT.md").read_text()
-    (row,) = [line for line in text.splitlines() if line.startswith("| config_2 (l2) |")]
-    assert " † |" in row and report.RUNNING_NOTE in text
-
-
 def test_legends_name_each_config_with_only_the_settings_that_differ(modelset, tmp_path,
                                                                       monkeypatch):
     results = json.loads((modelset / "L2_regularization_model" / "training_result.json")

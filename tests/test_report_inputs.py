@@ -118,7 +118,11 @@ def skipped_when_damaged(tmp_path, capsys, damage, why):
      "configs entry 1: 'precision' is not a string"),
     (rewrite(lambda results: results["configs"][0]["history"][0].update(
         train_accuracy_eval="x")),
-     "configs entry 1: history record 1: 'train_accuracy_eval' is not a number or null"),
+     "configs entry 1: history record 1: 'train_accuracy_eval' is missing or not a number or "
+     "null"),
+    (rewrite(lambda results: results["configs"][0].pop("run")),  # the kit before the store
+     "written by a version of the kit before the run store (training_result.json naming no "
+     "runs), which this version does not read"),
     (_in_entry(1, lr=True), "configs entry 1: its config: 'lr' is missing or not a number"),
     (_in_entry(1, augment=["flip"]),
      "configs entry 1: its config: 'augment' is a list, not a single value"),
@@ -127,7 +131,7 @@ def skipped_when_damaged(tmp_path, capsys, damage, why):
     (rewrite(lambda results: results.update(script=[SWEEP])),
      "'script' is missing or not a string"),
 ], ids=["world_size-null", "world_size-0", "command-null", "seed-a-string", "devices-null",
-        "train_images-a-string", "precision-a-number", "train_accuracy_eval-a-string",
+        "train_images-a-string", "precision-a-number", "train_accuracy_eval-a-string", "no-run",
         "lr-true", "config-value-a-list", "finished-without-history", "script-a-list"])
 def test_a_field_of_the_wrong_kind_skips_its_file_by_name(tmp_path, capsys, damage, why):
     skipped_when_damaged(tmp_path, capsys, damage, why)
