@@ -27,7 +27,7 @@ def whole_number(low, high=None):
 positive_int = whole_number(1)
 
 
-def build_parser(script, description, default_out, default_device, cpu_amp=False):
+def parse_args(script, description, default_out, default_device, argv=None, cpu_amp=False):
     parser = argparse.ArgumentParser(
         prog=script, description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,11 +69,6 @@ def build_parser(script, description, default_out, default_device, cpu_amp=False
     parser.add_argument("--restart", action="store_true",
                         help="start over: train each selected config in a new run instead "
                              "of resuming (the old run stays in OUT/runs/)")
-    return parser
-
-
-def parse_args(script, description, default_out, default_device, argv=None, cpu_amp=False):
-    parser = build_parser(script, description, default_out, default_device, cpu_amp)
     args = parser.parse_args(argv)
     # a quoted "~/res" reaches us unexpanded: the user meant the home folder, as a shell would
     args.out = os.path.expanduser(args.out)

@@ -42,30 +42,30 @@ NEUTRAL = dict(DEFAULTS, sync_bn=False, augment="none", schedule="constant", pea
 FLOAT32_MAX = 3.4e38
 KIND_NAMES = {"int": "a whole number", "float": "a number", "str": "a string",
               "bool": "True or False"}
+KIND_TYPES = {"int": (numbers.Integral, int), "float": (numbers.Real, float), "str": (str, str),
+              "bool": ((bool, np.bool_), bool)}  # (what a value must be, its plain form)
 
 
 class ConfigError(UserError):
     pass
 
 
-def _plain(kind, value):
-    """``value`` as the plain Python value of ``kind``, or None when it is not one. numpy
-    numbers (people compute sweeps with numpy) become the ints, floats and bools they are,
-    so that they print, compare and write to JSON and checkpoints like any other."""
-    if kind == "str":
-        return str(value) if isinstance(value, str) else None
-    if kind == "bool":
-        return bool(value) if isinstance(value, (bool, np.bool_)) else None
-    if isinstance(value, (bool, np.bool_)):  # True is an int to Python, never to a config
-        return None
-    if kind == "int":
-        return int(value) if isinstance(value, numbers.Integral) else None
+def _plain(kind, value, where):
+    """``value`` as the plain Python value of ``kind``; ConfigError naming ``where`` if it is
+    not one. numpy numbers (people compute sweeps with numpy) become the ints, floats and bools
+    they are, so that they print, compare and write to JSON and checkpoints like any other."""
+    types, convert = KIND_TYPES[kind]
+    # True is an int to Python, never to a config
+    if not isinstance(value, types) or kind != "bool" and isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{where} must be {KIND_NAMES[kind]}, got {value!r} "
+                          f"({type(value).__name__}).")
     try:
-        number = float(value) if isinstance(value, numbers.Real) else None
+        plain = convert(value)
     except OverflowError:  # an int too large for any float
-        return None
-    # beyond float32's range: the optimizer's arithmetic would overflow
-    return number if number is not None and abs(number) < FLOAT32_MAX else None
+        plain = float("inf")
+    if kind == "float" and not abs(plain) < FLOAT32_MAX:  # NaN, or the optimizer would overflow
+        raise ConfigError(f"{where} must be a finite number below {FLOAT32_MAX:g}, got {value!r}.")
+    return plain
 
 
 def _check_name(name, label):
@@ -80,9 +80,6 @@ def _check_name(name, label):
                           f"'run{name.split('_')[-1]}'.")
 
 
-SETTING_FIELDS = {"kind", "min", "max", "below", "default"}
-
-
 def model_rules(model_settings):
     """(rules, defaults) for the keys a script's model reads, from the script's own
     MODEL_SETTINGS declaration: {key: {"kind": "float", "min": 0.0, "below": 1.0,
@@ -94,7 +91,7 @@ def model_rules(model_settings):
             raise ConfigError(f"{where}: {key!r} is a training key already; give the model "
                               f"setting another name.")
         if not isinstance(setting, dict) or setting.get("kind") not in KIND_NAMES \
-                or set(setting) - SETTING_FIELDS:
+                or set(setting) - {"kind", "min", "max", "below", "default"}:
             raise ConfigError(f"{where}: must be a dict with 'kind' (one of "
                               f"{', '.join(KIND_NAMES)}) and optionally 'min', 'max', "
                               f"'below', 'default'; got {setting!r}.")
@@ -111,10 +108,8 @@ def model_rules(model_settings):
 def _range_text(low, high, below):
     """"in [0, 1)", "at least 1", ... for the bounds that are set."""
     upper = f"{high:g}]" if high is not None else f"{below:g})" if below is not None else None
-    if low is not None and upper:
-        return f"in [{low:g}, {upper}"
     if low is not None:
-        return f"at least {low:g}"
+        return f"in [{low:g}, {upper}" if upper else f"at least {low:g}"
     return upper and (f"at most {high:g}" if high is not None else f"below {below:g}")
 
 
@@ -141,17 +136,9 @@ def check_config(config, label, model_settings=None):
     checked = {}
     for key, value in config.items():
         kind, test, demand = rules[key]
-        plain = _plain(kind, value)
-        if plain is None and kind == "float" and isinstance(value, numbers.Real) \
-                and not isinstance(value, (bool, np.bool_)):
-            raise ConfigError(f"{label}: '{key}' must be a finite number below "
-                              f"{FLOAT32_MAX:g}, got {value!r}.")
-        if plain is None:
-            raise ConfigError(f"{label}: '{key}' must be {KIND_NAMES[kind]}, "
-                              f"got {value!r} ({type(value).__name__}).")
+        checked[key] = plain = _plain(kind, value, f"{label}: '{key}'")
         if not test(plain):
             raise ConfigError(f"{label}: '{key}' must be {demand}, got {value!r}.")
-        checked[key] = plain
     missing = [key for key in REQUIRED if key not in checked]
     if missing:
         raise ConfigError(f"{label}: missing {', '.join(repr(key) for key in missing)}.")
