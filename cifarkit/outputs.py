@@ -12,13 +12,12 @@ import torch
 
 from .data import data_fingerprint
 from .errors import UserError
-from .results import PLOT_FILES, foreign_entries, read_json, write_atomically
+from .results import foreign_entries, read_json, write_atomically
 from .store import RUNS, read_record
 from .runtime import precision, recorded_devices
 
 
-def check_out_dir(path, bytes_needed, data_dir, kit_names=PLOT_FILES, script=None,
-                  results_file=None):
+def check_out_dir(path, bytes_needed, data_dir, kit_names, script, results_file):
     """Refuse an output folder that cannot be created or written, that belongs to something
     else (the data set, a repository, source code), or where something stands in the way of
     a file the kit writes there (``kit_names``, relative to it), without touching it: each
@@ -28,6 +27,7 @@ def check_out_dir(path, bytes_needed, data_dir, kit_names=PLOT_FILES, script=Non
 
     try:
         out, data = Path(path).absolute(), Path(data_dir).absolute()
+        runs = out / RUNS
         special = {Path(out.anchor): "the root of the file system",
                    Path.home().resolve(): "your home folder"}
         if out.resolve() in special:
@@ -36,20 +36,18 @@ def check_out_dir(path, bytes_needed, data_dir, kit_names=PLOT_FILES, script=Non
         if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
             refuse(f"that is the data folder {data_dir} or inside it; results never go there")
         foreign = foreign_entries(out) if out.is_dir() else []
-        kit_folder = (out / RUNS).is_dir()  # a folder of the kit's results, with a stray file
-        if foreign and kit_folder and all(Path(name).suffix for name in foreign):
-            refuse(f"that folder of results holds files this kit did not write "
-                   f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})",
+        listed = f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})"
+        if foreign and runs.is_dir() and all(Path(name).suffix for name in foreign):
+            refuse(f"that folder of results holds files this kit did not write {listed}",
                    f"Move {'it' if len(foreign) == 1 else 'them'} out of {path} and rerun: "
                    f"the results there are kept.")
         if foreign:
-            refuse(f"that folder holds files this kit did not write ({', '.join(foreign[:3])}"
-                   f"{', ...' if len(foreign) > 3 else ''}): it looks like a project or source "
-                   f"folder. Results go into a folder of their own",
+            refuse(f"that folder holds files this kit did not write {listed}: it looks like a "
+                   f"project or source folder. Results go into a folder of their own",
                    "Choose one with --out DIR.")
         inner = sorted(child.name for child in out.iterdir() if (child / RUNS).is_dir()) \
             if out.is_dir() else []
-        if inner and not (out / RUNS).exists():  # a modelset: make_report would refuse it
+        if inner and not runs.exists():  # a modelset: make_report would refuse it
             refuse(f"that folder holds the scripts' output folders ({inner[0]}/"
                    f"{', ...' if len(inner) > 1 else ''}); a script's results go into a folder "
                    f"of their own inside it", f"Choose one with --out {path}/NAME.")
@@ -58,12 +56,11 @@ def check_out_dir(path, bytes_needed, data_dir, kit_names=PLOT_FILES, script=Non
         if store_above or (out.is_dir() and read_record(out) is not None):
             refuse(f"that is inside the run store {store_above or out.parent}/, whose runs are "
                    f"written once and never share a folder with views")
-        other = read_json(out / results_file)[0] if results_file else None
+        other = read_json(out / results_file)[0]
         if isinstance(other, dict) and other.get("script") not in (script, None):
             refuse(f"that folder holds the results of {other['script']} in {results_file}, "
                    f"which this script would replace; each script's results go into a folder "
                    f"of their own")
-        runs = out / RUNS
         if runs.is_symlink() and not runs.exists():
             refuse(f"{runs} is a link to {os.readlink(runs)}, which does not exist",
                    "Create that folder (a scratch disk not mounted?), or remove the link.")
@@ -73,9 +70,7 @@ def check_out_dir(path, bytes_needed, data_dir, kit_names=PLOT_FILES, script=Non
         if blocked:
             refuse(f"{blocked[0]} is in the way of a file or folder the kit writes there",
                    "Move it, or choose another folder with --out DIR.")
-        existing = out
-        while not existing.exists():
-            existing = existing.parent
+        existing = next(folder for folder in [out, *out.parents] if folder.exists())
         if existing.is_dir() and shutil.disk_usage(existing).total == 0:  # /proc, /sys
             refuse(f"{existing} is not on a disk (a virtual file system such as /proc or /sys)")
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -118,21 +113,15 @@ def save_weights(model, path):
         raise OSError(f"{path}: {str(error).splitlines()[0]}") from None
 
 
-def environment():
-    # torchvision's version from its package record: importing it costs 2 s (torch._dynamo)
-    try:
-        torchvision = importlib.metadata.version("torchvision")
-    except importlib.metadata.PackageNotFoundError:
-        torchvision = "not installed"
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision, "platform": platform.platform()}
-
-
 def new_results(script, dataset, runtime, seed, argv):
     """The run-level half of a results JSON (the header of every run record, too), for
     ``script`` (train.Script)."""
     normalization, name = script.normalization, Path(script.file).name
     launcher = "torchrun ..." if runtime.distributed else "python"
+    try:  # torchvision's version from its package record: importing it costs 2 s (torch._dynamo)
+        torchvision = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        torchvision = "not installed"
     return {
         "script": name,
         "command": " ".join([launcher, name] + list(argv)),
@@ -147,7 +136,8 @@ def new_results(script, dataset, runtime, seed, argv):
                  "normalization": [list(map(float, values)) for values in normalization]},
         "seed": seed,
         "precision": precision(runtime),
-        "versions": environment(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "torchvision": torchvision, "platform": platform.platform()},
         "accuracy_unit": "percent",
         "log_every": script.log_every,
         "weights_file": script.weights_file,

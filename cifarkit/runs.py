@@ -101,19 +101,16 @@ def model_identity(build_model, chosen, label):
 
 def kit_names(script, selected, args):
     """The files this run may write in its folder (to find what is in the way first)."""
-    written = [script.results_file, *PLOT_FILES]
-    for number, _ in selected:
-        for seed in range(args.seed, args.seed + args.seeds):
-            written.append(store.weights_name(script.weights_file, number, seed, args.seed))
-    return written
+    return [script.results_file, *PLOT_FILES] + [
+        store.weights_name(script.weights_file, number, seed, args.seed)
+        for number, _ in selected for seed in range(args.seed, args.seed + args.seeds)]
 
 
 def open_store(job, selected, seeds):
     """Rank 0: tidy the store, rebuild the views; returns lines on what changed."""
     out, script = job.out, job.script
     with store.store_lock(out):
-        older = store.pre_store(out, script.results_file)
-        if older:
+        if older := store.pre_store(out, script.results_file):
             raise UserError(f"--out {out}: {older}. Its files are left as they are: move the "
                             f"folder aside to keep them, or choose another folder with --out DIR.")
         store.remove_temporaries(out)
@@ -121,8 +118,7 @@ def open_store(job, selected, seeds):
             store.tidy(run_dir, record)
         before = load_results(out / script.results_file)
         lines = refresh(job, final=True, locked=True, drawn=drawn(job, before))
-    lines += changes(job, before if isinstance(before, dict) else None,
-                     {f"config_{number}" for number, _ in selected})
+    lines += changes(job, before, {f"config_{number}" for number, _ in selected})
     done = {(entry["id"], entry["seed"]) for entry in job.results["configs"]  # as claim() sees
             if store.usable(out / entry["run"], entry)}  # it: weights gone, it trains again
     epochs = [chosen["num_epochs"] for number, chosen in selected
@@ -134,7 +130,7 @@ def open_store(job, selected, seeds):
 
 def changes(job, before, selected):
     """Lines on how the views differ from ``before``: configs relabelled, moved, changed, gone."""
-    if before is None:
+    if not isinstance(before, dict):  # none, or unreadable
         return []
     lines, now = [], {(entry["id"], entry["seed"]): entry for entry in job.results["configs"]}
     where = {entry["run"]: label for (label, _), entry in now.items()}
@@ -283,12 +279,9 @@ def finish(job, training, status):
         store.save_predictions(training.run_dir, predictions.cpu().numpy(), labels.numpy(),
                                pick.numpy(), on_device.test_images[pick].cpu().numpy())
     record(job, training, status, predictions)  # after the weights: "finished" follows them
-    if runtime.is_main:
-        if status in store.ENDED:
-            (training.run_dir / store.CHECKPOINT).unlink(missing_ok=True)
-        lock = job.locks.pop(training.run_dir, None)
-        if lock is not None:
-            os.close(lock)
+    if runtime.is_main:  # its checkpoint dropped if it ended (tidy), its lock let go
+        store.tidy(training.run_dir, training.record)
+        os.close(job.locks.pop(training.run_dir))
 
 
 def drawn(job, results=None):
@@ -296,13 +289,11 @@ def drawn(job, results=None):
     a kill cut no drawing short): its configs and what they ran on; else None."""
     path = job.out / job.script.results_file
     results = load_results(path) if results is None else results
-    try:
+    with contextlib.suppress(OSError):
         written = path.stat().st_mtime
         if isinstance(results, dict) and all((job.out / name).stat().st_mtime >= written
                                              for name in PLOT_FILES[:3]):
             return [results[key] for key in ("configs", "devices", "data")]
-    except OSError:
-        pass
     return None
 
 

@@ -40,24 +40,20 @@ def sigterm_as_interrupt():
     def handler(signum, frame):
         raise Terminated
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
+    with contextlib.ExitStack() as restore:
+        restore.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, handler))
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
 def deferred():
     """SIGINT and SIGTERM wait until the block has run (a few renames that go together)."""
-    block = getattr(signal, "pthread_sigmask", None)  # not on Windows
-    if block is not None:
-        block(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
+    both = {signal.SIGINT, signal.SIGTERM}
+    with contextlib.ExitStack() as unblock:
+        if hasattr(signal, "pthread_sigmask"):  # not on Windows
+            signal.pthread_sigmask(signal.SIG_BLOCK, both)
+            unblock.callback(signal.pthread_sigmask, signal.SIG_UNBLOCK, both)
         yield
-    finally:
-        if block is not None:
-            block(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 @contextlib.contextmanager
@@ -88,12 +84,10 @@ def stop_on_signals(say_, stop_at_once_on_repeat=True):
     handlers = {signum: handler for signum in EXIT}
     if getattr(signal, "SIGTSTP", None) and signal.getsignal(signal.SIGTSTP) is signal.SIG_DFL:
         handlers[signal.SIGTSTP] = pause  # not on Windows, nor where the parent ignores it
-    previous = {signum: signal.signal(signum, new) for signum, new in handlers.items()}
-    try:
+    with contextlib.ExitStack() as restore:
+        for signum, new in handlers.items():
+            restore.callback(signal.signal, signum, signal.signal(signum, new))
         yield stop
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
 
 
 def say(*args, file=None, **kwargs):
@@ -103,10 +97,7 @@ def say(*args, file=None, **kwargs):
         print(*args, file=stream, **kwargs)
     except OSError:
         null = open(os.devnull, "w")  # noqa: SIM115 (for the rest of the process)
-        if stream is sys.stderr:
-            sys.stderr = null
-        else:
-            sys.stdout = null
+        setattr(sys, "stderr" if stream is sys.stderr else "stdout", null)
 
 
 def silent(*args, **kwargs):
@@ -130,14 +121,14 @@ def command(script, argv):
     return shlex.join(["python", shown, *argv])
 
 
-def resume_hint(script, argv, distributed):
+def resume_hint(job):
     """How to carry on: the command, less --restart, on a line of its own to be copied."""
-    kept = [arg for arg in argv if arg != "--restart"]
-    if distributed:
+    kept = [arg for arg in job.argv if arg != "--restart"]
+    if job.runtime.distributed:
         return "To resume, run the same torchrun command again" + (
-            " without --restart" if kept != argv else "")
-    return (f"To resume, run {'the same command' if kept == argv else 'this'}:\n  "
-            + command(script, kept))
+            " without --restart" if kept != job.argv else "")
+    return (f"To resume, run {'the same command' if kept == job.argv else 'this'}:\n  "
+            + command(job.script.file, kept))
 
 
 def stopped_before_training(error, out):
@@ -170,8 +161,7 @@ def stopped_while_training(error, job):
     if isinstance(error, KeyboardInterrupt):  # a second Ctrl-C: stop at once
         job.say(f"\nStopped at once. What was saved stays: finished configs in {runs}/, the "
                 f"unfinished one's checkpoint (from its last epoch's end) in its run folder "
-                f"there.\n{resume_hint(job.script.file, job.argv, job.runtime.distributed)}",
-                file=sys.stderr)
+                f"there.\n{resume_hint(job)}", file=sys.stderr)
         return EXIT[signal.SIGINT]
     return write_failed(job.out, error)  # no barrier: the other ranks cannot know of it
 
@@ -180,18 +170,16 @@ def lost_contact(error, job):
     say(f"error: rank {job.runtime.rank} lost contact with the other ranks "
         f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). Another worker has "
         f"probably died. Checkpoints are saved at every epoch's end in each run's folder in "
-        f"{job.out / RUNS}/. {resume_hint(job.script.file, job.argv, True)} "
+        f"{job.out / RUNS}/. {resume_hint(job)} "
         f"(torchrun --max-restarts=3 restarts the workers by itself).", file=sys.stderr)
     return EXIT_WRITE_FAILED
 
 
 def write_failed(out, error):
     link, elsewhere = Path(out) / RUNS, ""
-    try:  # a scratch disk behind runs/ may be the full one, not the folder's own
+    with contextlib.suppress(OSError):  # a scratch disk behind runs/ may be the full one
         if link.is_symlink() and link.stat().st_dev != Path(out).stat().st_dev:
             elsewhere = f" (or to {link.resolve()}, another disk, which runs/ links to)"
-    except OSError:
-        pass
     say(f"error: cannot write to {out}{elsewhere}: {error}. Results saved so far are kept; "
         f"once that is fixed, rerun the same command to carry on.", file=sys.stderr)
     return EXIT_WRITE_FAILED
@@ -202,8 +190,7 @@ def interrupted(job, stop, number, finished=False):
     where = (f"after config_{number} ended; the next configs have not started" if finished
              else f"during config_{number}; its checkpoint is in its run folder in "
              f"{job.out / RUNS}/")
-    job.say(f"Stopped by {signal.Signals(stop.signals[0]).name} {where}. "
-            f"{resume_hint(job.script.file, job.argv, job.runtime.distributed)}",
+    job.say(f"Stopped by {signal.Signals(stop.signals[0]).name} {where}. {resume_hint(job)}",
             file=sys.stderr)
     return EXIT[stop.signals[0]]
 
