@@ -102,14 +102,10 @@ def legend_label(config_id, config, differing):
 def mean_curve(runs, key):
     """(epochs, mean, std) of ``key`` over the runs of one config, epoch by epoch."""
     length = max(len(run["history"]) for run in runs)
-    values = np.full((len(runs), length), np.nan)
-    for row, run in enumerate(runs):
-        for column, record in enumerate(run["history"]):
-            if record.get(key) is not None:
-                values[row, column] = record[key]
+    values = np.array([[record.get(key) for record in run["history"]]  # None: NaN, as a gap
+                       + [None] * (length - len(run["history"])) for run in runs], dtype=float)
     with np.errstate(all="ignore"):
-        return (np.arange(1, length + 1), np.nanmean(values, axis=0),
-                np.nanstd(values, axis=0))
+        return np.arange(1, length + 1), np.nanmean(values, axis=0), np.nanstd(values, axis=0)
 
 
 def draw_mean(axes, curve, runs, label, style):
@@ -185,8 +181,7 @@ def history_figure(entries, key, title, y_label, span, note=None, sample=None):
     if key == "batch_losses":
         for index, entry in enumerate(entries):
             points = entry.get("batch_losses", [])
-            x = [point["epoch"] - 1 + point["batch"] / entry["steps_per_epoch"]
-                 for point in points]
+            x = [point["epoch"] - 1 + point["batch"] / entry["steps_per_epoch"] for point in points]
             seed = f" (seed {entry['seed']})" if len(entries) > 1 else ""
             axes.plot(x, [point["loss"] for point in points], color=color(entry["id"]),
                       label=labels[entry["id"]] + seed, **line_style(index, len(x)))
@@ -282,15 +277,13 @@ def draw_views(out_dir, results, examples=None):
             images, [int(label) for label in labels], [int(p) for p in predictions], CLASSES,
             f"{title}, {config_label(best)}\n{correct} of these {len(labels)} right; "
             f"{best['final_test_accuracy']:.1f}% of all {data['test_images']:,} test images")
-    for file_name, key, y_label, span in PLOTS:
-        if file_name == "loss.png" and log_every and any(
-                entry.get("batch_losses") for entry in entries):
-            figures[file_name] = history_figure(
-                entries, "batch_losses", f"{title}: loss every {log_every} mini-batches",
-                f"training loss (mean of {log_every} mini-batches)", 0.2, note)
-        else:
-            figures[file_name] = history_figure(
-                entries, key, f"{title}: {y_label.split(' (')[0]}", y_label, span, note, sample)
+    batches = log_every and any(entry.get("batch_losses") for entry in entries)
+    for file_name, key, y_label, span in PLOTS:  # sample: used by train_accuracy_eval alone
+        shown = (key, f"{title}: {y_label.split(' (')[0]}", y_label)
+        if file_name == "loss.png" and batches:
+            shown = ("batch_losses", f"{title}: loss every {log_every} mini-batches",
+                     f"training loss (mean of {log_every} mini-batches)")
+        figures[file_name] = history_figure(entries, *shown, span, note, sample)
     out_dir, kept = Path(out_dir), []
     for path in (out_dir / name for name in ("examples.png", *figures)):
         if path.is_file() and not path.is_symlink() and not drawn_by_kit(path):
@@ -347,8 +340,7 @@ def gap_figure(task_runs):
         draw_config_curves(axes, with_derived(entries), "gap", short_labels(entries))
         axes.axhline(0, color="grey", linewidth=0.8)
         titled(axes, f"{run.task} ({run.name})", subtitle(run.results, entries))
-        epoch_axis(axes, last_epoch(entries),
-                   "generalisation gap: train − test accuracy (points)")
+        epoch_axis(axes, last_epoch(entries), "generalisation gap: train − test accuracy (points)")
         finish(axes)
     figure.suptitle("Task 2: does regularisation shrink the gap between train and test accuracy?"
                     "\n(train accuracy in eval mode on a fixed sample of training images, "
@@ -385,8 +377,7 @@ def strength_figure(run, key, points, spreads, strength):
             "final gap: train (eval mode) − test (points)", "final test accuracy (%)")):
         axes.errorbar(x, [mean for mean, _ in spread], yerr=[std for _, std in spread],
                       marker="o", capsize=4, label="mean ± std over seeds")
-        axes.axvline(chosen, color="grey", linestyle="--",
-                     label=f"the report's {name}: {chosen:g}")
+        axes.axvline(chosen, color="grey", linestyle="--", label=f"the report's {name}: {chosen:g}")
         axes.set_xscale("log" if log else "linear")
         axes.set_xticks(x, [f"{value:g}" for value in strengths])
         axes.minorticks_off()
@@ -422,25 +413,23 @@ def sweep_figure(sweep_runs):
             axes.remove()
         for axes, (key, name, log) in zip(row, sweep):
             others = [other for other in differing_keys(configs) if other != key]
-            lines = {}
+            lines = {}  # {other settings: [(config, its seeds' final test accuracies)]}
             for entries in run.groups.values():
-                lines.setdefault(tuple((other, entries[0]["config"].get(other))
-                                       for other in others), []).append(entries)
+                config = entries[0]["config"]
+                lines.setdefault(tuple((other, config.get(other)) for other in others), []).append(
+                    (config, [entry["final_test_accuracy"] for entry in entries]))
             for index, (line_key, members) in enumerate(lines.items()):
-                members.sort(key=lambda entries: entries[0]["config"][key])
-                finals = [[entry["final_test_accuracy"] for entry in entries]
-                          for entries in members]
-                names = [entries[0]["config"]["name"] for entries in members
-                         if "name" in entries[0]["config"]]
-                axes.errorbar([entries[0]["config"][key] for entries in members],
+                members, finals = zip(*sorted(members, key=lambda member: member[0][key]))
+                names = [config["name"] for config in members if "name" in config]
+                axes.errorbar([config[key] for config in members],
                               [np.mean(values) for values in finals], capsize=3,
                               color=tab10(index), yerr=[np.std(values) for values in finals]
                               if max(map(len, finals)) > 1 else None,
                               label=", ".join(names) or ", ".join(
                                   f"{k}={v}" for k, v in line_key) or "all configs",
                               **line_style(index, 1))
-                reported = [(entries[0]["config"][key], entries[0]["config"]["reported_accuracy"])
-                            for entries in members if "reported_accuracy" in entries[0]["config"]]
+                reported = [(config[key], config["reported_accuracy"]) for config in members
+                            if "reported_accuracy" in config]
                 if reported:
                     axes.plot(*zip(*reported), linestyle="none", marker="*", markersize=11,
                               color=tab10(index), alpha=0.7)

@@ -82,22 +82,20 @@ def _gap(entry):
 
 
 def _mean(entries, key):
-    return float(np.mean([entry[key] if isinstance(key, str) else key(entry)
-                          for entry in entries]))
+    return float(np.mean([entry[key] if isinstance(key, str) else key(entry) for entry in entries]))
 
 
 def summary_table(results):
     """One script's 'Results summary' table, a row per config."""
-    rows = [
-        "| config | settings | seeds | final test acc (%) | best test acc (%) | final train acc, "
-        "eval mode (%) | final train acc, running (%) | gap train − test (pp) | training time "
-        "(s) | device(s), precision | status |", "|---|---|---|---|---|---|---|---|---|---|---|"
-    ]
+    rows = ["| config | settings | seeds | final test acc (%) | best test acc (%) | final train "
+            "acc, eval mode (%) | final train acc, running (%) | gap train − test (pp) | "
+            "training time (s) | device(s), precision | status |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for config_id, runs in group_runs(results["configs"]).items():
         finished = [run for run in runs if run["status"] == "finished"]
         measures = (lambda run: run["final_test_accuracy"], lambda run: run["best_test_accuracy"],
-                    lambda run: run["history"][-1]["train_accuracy_eval"], lambda run: run["final_train_accuracy"], _gap,
-                    lambda run: run["train_seconds"])
+                    lambda run: run["history"][-1]["train_accuracy_eval"],
+                    lambda run: run["final_train_accuracy"], _gap, lambda run: run["train_seconds"])
         cells = [mean_std(list(map(measure, finished))) if finished else "—"
                  for measure in measures]
         where = "; ".join([", ".join(results["devices"])]
@@ -110,7 +108,7 @@ def summary_table(results):
     return "\n".join(rows)
 
 
-def _strength_lines(run, modelset, figures):
+def _strength_lines(run, figures):
     """The strength figure of a run, and the smallest strength whose gap is below the control's
     (0) by more than the seeds' spread (the larger std), in words."""
     key, points = plots.strength_sweep(run)
@@ -119,7 +117,7 @@ def _strength_lines(run, modelset, figures):
     spreads = [[(np.mean(values), np.std(values, ddof=1) if len(values) > 1 else 0.0)
                 for values in ([measure(entry) for entry in entries] for _, entries in points)]
                for measure in (_gap, lambda entry: entry["final_test_accuracy"])]
-    lines = _link(figures / f"task2_strength_{run.name}.png", modelset,
+    lines = _link(figures / f"task2_strength_{run.name}.png",
                   f"{name} against the gap and test accuracy",
                   plots.strength_figure(run, key, points, spreads, plots.STRENGTHS[key]))
     if 0.0 not in strengths:
@@ -138,7 +136,7 @@ def _strength_lines(run, modelset, figures):
                           f"points) by more than the seeds' spread.")
 
 
-def _link(path, modelset, caption, figure=None):
+def _link(path, caption, figure=None):
     if figure is not None:
         plots.save(figure, path)
     return [f"![{caption}](figures/{quote(path.name)})", ""]
@@ -150,11 +148,10 @@ def _claim(said):
 
 def _mixed_warning(runs):
     """A warning line when the runs of one table or figure used different image counts, or []."""
-    if len({run.images for run in runs}) < 2:
-        return []
+    mixed = len({run.images for run in runs}) > 1
     return ["> **Warning: this compares runs on different numbers of images** ("
             + "; ".join(f"`{run.name}`: {run.images}" for run in runs) + "). Accuracies and gaps "
-            "depend on the amount of data: compare runs of one size.", ""]
+            "depend on the amount of data: compare runs of one size.", ""] if mixed else []
 
 
 def reported_lenet(runs, scripts):
@@ -175,7 +172,7 @@ def _named(best):
             + (f", {best[3]} epochs" if best[3] else "") + ")")
 
 
-def _task1_section(task_runs, runs, modelset, figures, scripts):
+def _task1_section(task_runs, runs, figures, scripts):
     """The baseline (the config that quotes the report), else the best config, against it."""
     said = []
     for run in (run for run in task_runs if run.best):
@@ -191,20 +188,17 @@ def _task1_section(task_runs, runs, modelset, figures, scripts):
     return _claim("; ".join(said) + ".") if said else []
 
 
-def _task2_section(task_runs, runs, modelset, figures, scripts):
+def _task2_section(task_runs, runs, figures, scripts):
     """Task 2's gap figure, table and per-run sentences, and any run's strength sweep."""
-    if not task_runs:
-        return []
     lines = (["## Task 2: regularisation and the generalisation gap", ""]
-             + _link(figures / "task2_gap.png", modelset, "train-test gap per epoch",
+             + _link(figures / "task2_gap.png", "train-test gap per epoch",
                      plots.gap_figure(task_runs)) + _mixed_warning(task_runs)
              + ["| script | folder | config | final gap, eval mode (pp) | final gap, running (pp)"
                 " | final test acc (%) | images (train / test) |",
                 "|---|---|---|---|---|---|---|"])
     for run in task_runs:
         for entries in run.groups.values():
-            lines.append(" | ".join([
-                f"| {run.script}", run.name, config_label(entries[0]),
+            lines.append(" | ".join([f"| {run.script}", run.name, config_label(entries[0]),
                 mean_std([_gap(entry) for entry in entries]),
                 mean_std([e["final_train_accuracy"] - e["final_test_accuracy"] for e in entries]),
                 mean_std([entry["final_test_accuracy"] for entry in entries]),
@@ -214,7 +208,7 @@ def _task2_section(task_runs, runs, modelset, figures, scripts):
     lines.append("")
     lines += _claim("; ".join(said) + f"; the report: {TASK2_CLAIM}.") if said else []
     return lines + [line for run in task_runs if plots.strength_sweep(run)
-                    for line in _strength_lines(run, modelset, figures)]
+                    for line in _strength_lines(run, figures)]
 
 
 def _gap_sentence(run):
@@ -240,19 +234,17 @@ def _gap_sentence(run):
             + "; ".join(parts) if parts else None)
 
 
-def _task3_section(task_runs, runs, modelset, figures, scripts):
+def _task3_section(task_runs, runs, figures, scripts):
     """Task 3's sweep and time figures, and per run our best config beside the report's LeNet."""
-    if not task_runs:
-        return []
     sweep = plots.sweep_figure(task_runs)
     lines = ["## Task 3: learning rate, momentum and batch size", ""] + (_link(
-        figures / "task3_sweep.png", modelset, "sweep", sweep) if sweep else [
+        figures / "task3_sweep.png", "sweep", sweep) if sweep else [
         "No sweep figure yet: it needs two or more finished configs of one folder that differ "
         "in learning rate, momentum or batch size.", ""])
     best = reported_lenet(runs, scripts)
     shown = [run for run in task_runs if run.groups]
     if shown:
-        lines += _link(figures / "task3_accuracy_vs_time.png", modelset,
+        lines += _link(figures / "task3_accuracy_vs_time.png",
                        "test accuracy against training time", plots.task3_time_figure(shown, best))
     said = []
     for run in shown:
@@ -278,8 +270,7 @@ def _time_sentence(run, best):
     curves = {config_id: plots.time_curve(entries) for config_id, entries in run.groups.items()}
     mine = best[1] if best[2] == run.script else None  # the report's best is a config here
     reaches = {config_id: plots.first_reach(curve, best[0]) for config_id, curve in curves.items()}
-    fastest = sorted((config_id for config_id in curves if reaches[config_id]),
-                     key=lambda config_id: reaches[config_id][1])
+    fastest = sorted(filter(reaches.get, curves), key=lambda config_id: reaches[config_id][1])
     told = fastest[:2] or [max(curves, key=lambda config_id: np.nanmax(curves[config_id][1]))]
     parts, seeds = [], max(len(entries) for entries in run.groups.values())
     for config_id in told + ([mine] if mine in curves and mine not in told else []):
@@ -297,13 +288,11 @@ def _time_sentence(run, best):
             + "; ".join(parts) + ".")
 
 
-def _task4_section(task_runs, runs, modelset, figures, scripts):
+def _task4_section(task_runs, runs, figures, scripts):
     """Task 4's accuracy-for-time figure of every run's best, and each model's best in words."""
-    if not task_runs:
-        return []
     shown = [run for run in runs if run.best]
     lines = (["## Task 4: LeNet against ResNet-18, accuracy for time", ""]
-             + _link(figures / "task4_accuracy_vs_time.png", modelset, "accuracy against time",
+             + _link(figures / "task4_accuracy_vs_time.png", "accuracy against time",
                      plots.task4_time_figure(shown, task_runs)) + _mixed_warning(shown))
     said = [f"{model}'s best here is {run.best[0]['id']} of `{run.name}` at "
             f"{_mean(run.best, 'final_test_accuracy'):.1f}% in "
@@ -321,11 +310,10 @@ def _task4_section(task_runs, runs, modelset, figures, scripts):
                     f"momentum) {config['reported_accuracy']:g}% in {config['reported_seconds']:g}"
                     f" s on one A100" + (f", against {_named(lenet)} for its best LeNet"
                                          if lenet else ""))
-    return lines + (_claim("; ".join(said) + ".") if any(run in task_runs for run in shown)
-                    else [])
+    return lines + (_claim("; ".join(said) + ".") if any(run in task_runs for run in shown) else [])
 
 
-def _earlier_section(run, modelset, figures):
+def _earlier_section(run, figures):
     """Each config's earlier runs kept in its folder, their test accuracy beside its run now."""
     folder, base, lines = run.path.parent, run.results["seed"], []
     records = store.runs(folder)
@@ -358,7 +346,7 @@ def _earlier_section(run, modelset, figures):
             f"{Path(run.script).stem}: {entry['id']}, earlier runs and now", histories)
         lines += [f"**{entry['id']}, earlier runs** (kept in `{folder.name}/runs/`): "
                   f"{'; '.join(said[:-1])}; now {said[-1]}.", ""]
-        lines += _link(figures / f"{run.name}_{entry['id']}_earlier.png", modelset,
+        lines += _link(figures / f"{run.name}_{entry['id']}_earlier.png",
                        f"{entry['id']}: earlier runs and now", figure)
     return lines
 
@@ -369,11 +357,9 @@ def _run_section(run, modelset, figures):
     lines = [f"## {run.task} (`{run.script}`), `{run.name}`", "",
              f"From `{run.path.relative_to(modelset)}`: {data['train_images']:,} training and "
              f"{data['test_images']:,} test images ({data['source']}); devices: "
-             f"{', '.join(run.results['devices'])}; world size "
-             f"{run.results.get('world_size', 1)}; seed {run.results['seed']}.", "",
-             summary_table(run.results), ""]
-    best = max((entry for entries in run.groups.values() for entry in entries
-                if "confusion_matrix" in entry),
+             f"{', '.join(run.results['devices'])}; world size {run.results.get('world_size', 1)}"
+             f"; seed {run.results['seed']}.", "", summary_table(run.results), ""]
+    best = max((entry for entries in run.groups.values() for entry in entries),  # all finished
                key=lambda entry: entry["final_test_accuracy"], default=None)
     if best is not None:
         confusion = plots.confusion_figure(best["confusion_matrix"], CLASSES,
@@ -381,17 +367,15 @@ def _run_section(run, modelset, figures):
         per_class = best["per_class_accuracy"]
         lines += ([f"### Best config of `{run.script}` in `{run.name}`: {config_label(best)} "
                    f"(seed {best['seed']})", ""]
-                  + _link(figures / f"confusion_{run.name}.png", modelset,
-                          "confusion matrix", confusion)
+                  + _link(figures / f"confusion_{run.name}.png", "confusion matrix", confusion)
                   + [f"Test accuracy per class (%) of {best['id']}: the share of each class's "
                      "test images it named right (the confusion matrix's diagonal).", "",
                      "| " + " | ".join(per_class) + " |", "|" + "---|" * len(per_class),
                      "| " + " | ".join(f"{value:.1f}" for value in per_class.values()) + " |", ""])
         examples, copy = run.path.parent / "examples.png", figures / f"examples_{run.name}.png"
         if examples.is_file():  # not a pipe or folder of that name: copying one hangs or fails
-            lines += _link(Path(shutil.copyfile(examples, copy)), modelset,
-                           "test images with predictions")
-    return lines + _earlier_section(run, modelset, figures)
+            lines += _link(Path(shutil.copyfile(examples, copy)), "test images with predictions")
+    return lines + _earlier_section(run, figures)
 
 
 def command_path(path):
@@ -495,27 +479,22 @@ def _write_report(modelset, runs, skipped, scripts, staging):
         lines += ["## Ignored fields", "", "Their results are reported without them; fix or "
                   "remove the fields and rerun to see them.", ""] + ignored + [""]
     sections = {1: _task1_section, 2: _task2_section, 3: _task3_section, 4: _task4_section}
-    for number in sorted(set(sections) | {task_number(run.task) for run in runs}):
+    for number in sorted({task_number(run.task) for run in runs}):  # read_scripts: all numbered
         task_runs = [run for run in runs if task_number(run.task) == number]
         for run in task_runs:
             lines += _run_section(run, modelset, figures)
-        lines += (sections[number](task_runs, runs, modelset, figures, scripts)
-                  if number in sections else [])
+        lines += sections.get(number, lambda *_: [])(task_runs, runs, figures, scripts)
     text = "\n".join(lines + _not_run_section(runs, scripts, modelset)) + "\n"
     write_atomically(staging / "REPORT.md", lambda file: file.write(text.encode()))
     old, shown = modelset / f".figures-old-{staging.name}", modelset / "figures"
     with signals.deferred():  # REPORT.md and figures/ swap together, or not at all
-        earlier = shown.is_dir()  # not a file or a link: make_report refuses those
-        if earlier:
-            os.rename(shown, old)
-        try:
-            os.rename(figures, shown)
-            try:
-                os.replace(staging / "REPORT.md", modelset / "REPORT.md")
-            except OSError:
-                os.rename(shown, figures)
-                raise
+        done = []  # the renames made, undone last first where a later one fails
+        try:  # an earlier figures/ (not a file or a link: make_report refuses those) aside
+            for source, target in ([(shown, old)] if shown.is_dir() else []) + [
+                    (figures, shown), (staging / "REPORT.md", modelset / "REPORT.md")]:
+                os.replace(source, target)
+                done.insert(0, (target, source))
         except OSError:  # the earlier figures back beside the earlier REPORT.md
-            if earlier:
-                os.rename(old, shown)
+            for source, target in done:
+                os.replace(source, target)
             raise

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 # CIFAR-10's classes in label order (0..9), as the results name them.
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-           "truck")
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PLOT_FILES = ("loss.png", "train_accuracy.png", "test_accuracy.png", "examples.png")
 NAMING_KEYS = ("name", "reported_accuracy", "reported_seconds")  # label a config: train nothing
 STATUSES = ("finished", "diverged", "out_of_memory", "running")
@@ -57,7 +56,7 @@ def wrong_field(record, fields):
 
 
 def check_results(results):
-    """(why ``results`` is unusable, or None; [naming fields of the wrong kind, dropped, in words])."""
+    """(why ``results`` is unusable or None, [naming fields of the wrong kind, dropped])."""
     if not isinstance(results, dict):
         return f"not a results file (it holds {KINDS.get(type(results), 'a value')})", []
     problem = wrong_field(results, HEADER) or wrong_field(results["data"], DATA)
@@ -152,9 +151,8 @@ def check_record(record):
     problem = wrong_field(record, RECORD)
     if problem or record["format"] != RECORD_FORMAT:
         return problem or f"'format' is {record['format']!r}, not {RECORD_FORMAT!r}"
-    if record["status"] not in STATUSES:
-        return f"'status' is {record['status']!r}, not one of {', '.join(STATUSES)}"
-    return None
+    return (None if record["status"] in STATUSES
+            else f"'status' is {record['status']!r}, not one of {', '.join(STATUSES)}")
 
 
 def read_json(path):
@@ -180,18 +178,14 @@ def read_json(path):
 def read_results(path):
     """(results, None, [naming fields dropped, in words]) or (None, why it is unusable, [])."""
     results, problem = read_json(path)
-    dropped = []
-    if problem is None:
-        problem, dropped = check_results(results)
+    problem, dropped = (problem, []) if problem else check_results(results)
     return (None, problem, []) if problem else (results, None, dropped)
 
 
 def load_results(path):
     """The results JSON at ``path``: a dict, None if absent, "unreadable" (edited by hand, say)."""
     results, problem, _ = read_results(path)
-    if problem:
-        return "unreadable" if Path(path).exists() else None
-    return results
+    return ("unreadable" if Path(path).exists() else None) if problem else results
 
 
 def foreign_entries(folder):
@@ -234,16 +228,12 @@ def config_entry(label, seed, config, status, progress, weights_name):
              "best_epoch": best["epoch"] if best else None,
              "train_seconds": sum(record["seconds"] for record in history),
              "weights": weights_name if status == "finished" else None}
-    if progress["diverged_at"]:
-        entry["diverged_at"] = progress["diverged_at"]
-    if progress["batch_losses"]:
-        entry["batch_losses"] = progress["batch_losses"]
+    entry.update({key: progress[key] for key in ("diverged_at", "batch_losses") if progress[key]})
     return entry
 
 
 def settings(config):
-    return ", ".join(f"{key}={value}" for key, value in config.items()
-                     if key not in NAMING_KEYS)
+    return ", ".join(f"{key}={value}" for key, value in config.items() if key not in NAMING_KEYS)
 
 
 def config_label(entry):
