@@ -68,10 +68,9 @@ def data_fingerprint(dataset):
 
 
 def to_device(dataset, normalization, device):
-    scale, shift = normalizer(*normalization, device=device)
     return OnDevice(dataset.train_images.to(device), dataset.train_labels.to(device),
                     dataset.test_images.to(device), dataset.test_labels.to(device),
-                    scale, shift)
+                    *normalizer(*normalization, device=device))
 
 
 DOWNLOAD_WAIT = 1800  # seconds a run waits for another process's download before giving up
@@ -187,10 +186,9 @@ def _load_batches(path):
         except (tarfile.TarError, OSError, EOFError) as error:
             raise DataError(f"{path}: not a readable .tar.gz archive ({error}).") from None
     missing = [name for name in names if name not in contents]
-    if missing and path.is_dir():
-        raise DataError(f"{path / missing[0]}: batch file missing from the CIFAR-10 folder {path}.")
     if missing:
-        raise DataError(f"{path}: the archive has no {missing[0]}.")
+        raise DataError(f"{path / missing[0]}: batch file missing from the CIFAR-10 folder {path}."
+                        if path.is_dir() else f"{path}: the archive has no {missing[0]}.")
     arrays = []
     for name in names:
         try:
@@ -205,10 +203,9 @@ def _load_batches(path):
         if len(labels) and (labels.min() < 0 or labels.max() > 9):
             raise DataError(f"{name}: labels outside 0-9 (found {labels.min()}..{labels.max()}).")
         arrays.append((images, labels))
-    train, (test_images, test_labels) = arrays[:-1], arrays[-1]
-    return Dataset(torch.from_numpy(np.concatenate([images for images, _ in train])),
-                   torch.from_numpy(np.concatenate([labels for _, labels in train])),
-                   torch.from_numpy(test_images), torch.from_numpy(test_labels),
+    images, labels = zip(*arrays)  # the five training batches, then the test batch
+    return Dataset(*(torch.from_numpy(np.concatenate(part))
+                     for part in (images[:-1], labels[:-1], images[-1:], labels[-1:])),
                    f"pickled batches in {path}" if path.is_dir() else f"archive {path}")
 
 
@@ -290,8 +287,8 @@ def subset_indices(train_labels, test_labels, subset, seed):
 
 def normalizer(mean, std, device):
     """(scale, shift) so that ``uint8 * scale + shift`` is ``(x / 255 - mean) / std``."""
-    mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+                 for v in (mean, std))
     return 1.0 / (255.0 * std), -mean / std
 
 
@@ -320,12 +317,10 @@ def random_crop(batch, padding=4, border="zeros"):
     left = torch.randint(0, 2 * padding + 1, (count, 1, 1), device=batch.device)
     rows = top + torch.arange(height, device=batch.device).view(1, -1, 1)       # (count, h, 1)
     columns = left + torch.arange(width, device=batch.device).view(1, 1, -1)    # (count, 1, w)
+    source = batch if border == "reflect" else torch.nn.functional.pad(batch, (padding,) * 4)
     if border == "reflect":  # -1 -> 1, size -> size - 2: mirrored without repeating the edge
-        source = batch
         rows = (height - 1) - ((height - 1) - (rows - padding).abs()).abs()
         columns = (width - 1) - ((width - 1) - (columns - padding).abs()).abs()
-    else:
-        source = torch.nn.functional.pad(batch, (padding,) * 4)
     flat = (rows * source.shape[3] + columns).flatten(1)        # (count, height * width)
     pixels = source.flatten(2).gather(2, flat.unsqueeze(1).expand(-1, batch.shape[1], -1))
     return pixels.view_as(batch)

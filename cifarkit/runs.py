@@ -12,7 +12,7 @@ import torch
 
 from . import data, outputs, plots, runtime as rt, store
 from .errors import UserError
-from .results import PLOT_FILES, config_entry, load_results
+from .results import PLOT_FILES, config_entry, load_results, save_json
 
 # Between epochs, the PNGs wait this many times their drawing time: at most ~1/this of a run.
 REFRESH_RATIO = 20
@@ -251,7 +251,7 @@ def record(job, training, status, predictions=None):
                        weights_sha256=store.sha256(training.run_dir / store.WEIGHTS))
     if status in store.ENDED:
         written["ended"] = time.time()
-    store.write_record(training.run_dir, written)
+    save_json(written, training.run_dir / store.RECORD)
     training.record = written
     last_epoch = training.progress["epoch"] >= training.config["num_epochs"]
     for line in refresh(job, final=status != "running",

@@ -11,7 +11,6 @@ OUT's named files (config_N.pth, the results JSON, the PNGs) are views of the ru
 selects, rebuilt by every command. No torch: make_report.py runs without it."""
 import contextlib
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -46,16 +45,12 @@ def config_identity(config, neutral):
             if key not in NAMING_KEYS and not (key in neutral and neutral[key] == value)}
 
 
-def data_identity(data):
-    """The inputs by their content, not the path they were read from."""
-    return {key: data.get(key) for key in ("fingerprint", "train_images", "test_images",
-                                           "normalization")}
-
-
 def identity(script, config, neutral, seed, data, precision, model):
     """What must match for a run to count as ``config`` trained with ``seed`` now."""
     return {"script": script, "config": config_identity(config, neutral), "seed": seed,
-            "data": data_identity(data), "precision": precision, "model": model}
+            "data": {key: data.get(key) for key in ("fingerprint", "train_images",  # not the path
+                                                    "test_images", "normalization")},
+            "precision": precision, "model": model}
 
 
 def same_model(recorded, model):
@@ -94,10 +89,9 @@ def what_differs(earlier, now, neutral=None):
     """Why run record ``earlier`` is not the run of identity ``now``, in words."""
     was = earlier.get("identity") or {}
     parts = [describe_change(config_identity(was.get("config") or {}, neutral or {}),
-                             now["config"], neutral)]
-    for key in ("seed", "precision"):
-        if was.get(key) != now[key]:
-            parts.append(f"{key} {was.get(key)!r} -> {now[key]!r}")
+                             now["config"], neutral),
+             describe_change(*({key: ids.get(key) for key in ("seed", "precision")}
+                               for ids in (was, now)))]
     if was.get("data") != now["data"]:
         sizes = [{key: data[key] for key in data if key != "fingerprint"}
                  for data in (was.get("data") or {}, now["data"])]
@@ -139,24 +133,16 @@ def store_lock(out):
 
 def read_record(run_dir):
     """A run's record, or None (a kill before the first record was written, or damaged by hand)."""
-    try:
-        record = json.loads((Path(run_dir) / RECORD).read_text())
-    except (OSError, ValueError, RecursionError):
-        return None
+    record, _ = read_json(Path(run_dir) / RECORD)  # (None, why) when it cannot be read
     return record if check_record(record) is None else None
 
 
 def runs(out):
     """{run folder: record} of every readable run in ``out``'s store, oldest first."""
     folder = Path(out) / RUNS
-    found = {}
-    if folder.is_dir():
-        for run_dir in folder.iterdir():
-            if run_dir.name.startswith(".") or not run_dir.is_dir():
-                continue
-            record = read_record(run_dir)
-            if record is not None:
-                found[run_dir] = record
+    found = {run_dir: record for run_dir in (folder.iterdir() if folder.is_dir() else ())
+             if not run_dir.name.startswith(".") and run_dir.is_dir()
+             and (record := read_record(run_dir)) is not None}
     return dict(sorted(found.items(), key=lambda item: (item[1]["created"], item[0].name)))
 
 
@@ -198,14 +184,10 @@ def new_run(out, label, config, seed, header, wanted):
     run_dir = Path(out) / RUNS / "-".join(
         part for part in (label, name, f"s{seed}", stamp, secrets.token_hex(2)) if part)
     run_dir.mkdir()
-    write_record(run_dir, dict(header, format=RECORD_FORMAT, created=time.time(), label=label,
-                               identity=wanted, config=config, seed=seed, status="running",
-                               history=[], weights=None))
+    save_json(dict(header, format=RECORD_FORMAT, created=time.time(), label=label,
+                   identity=wanted, config=config, seed=seed, status="running", history=[],
+                   weights=None), run_dir / RECORD)
     return run_dir
-
-
-def write_record(run_dir, record):
-    save_json(record, Path(run_dir) / RECORD)
 
 
 _DIGESTS = {}  # (path, inode, size, mtime) -> sha256: views are compared every epoch
@@ -225,11 +207,10 @@ def sha256(path):
 
 def save_predictions(run_dir, predictions, test_labels, pick, images):
     """The final test predictions, the labels, and the example images examples.png shows."""
-    def write(file):
-        np.savez(file, predictions=np.asarray(predictions, dtype=np.int16),
-                 labels=np.asarray(test_labels, dtype=np.int16), pick=np.asarray(pick),
-                 images=np.asarray(images, dtype=np.uint8))
-    write_atomically(Path(run_dir) / PREDICTIONS, write)
+    write_atomically(Path(run_dir) / PREDICTIONS, lambda file: np.savez(
+        file, predictions=np.asarray(predictions, dtype=np.int16),
+        labels=np.asarray(test_labels, dtype=np.int16), pick=np.asarray(pick),
+        images=np.asarray(images, dtype=np.uint8)))
 
 
 def weights_name(pattern, number, seed, base_seed):
@@ -278,14 +259,12 @@ def write_views(out, results_file, weights_file, header, shown, draw, every):
         entries.append(dict(entry, id=label, config=config, run=str(run_dir.relative_to(out)),
                             weights=view if record["status"] == "finished" else None))
     for name, source in wanted.items():
-        try:
-            copied = not os.path.samefile(source, out / name) and sha256(out / name) == sha256(
-                source)
-        except OSError:
-            copied = False
-        if not copied:  # a copy, never a link: saving over config_N.pth must not reach a run
-            with open(source, "rb") as original:
-                write_atomically(out / name, lambda file: file.write(original.read()))
+        with contextlib.suppress(OSError):  # none there, or unreadable: written anew
+            if not os.path.samefile(source, out / name) and sha256(out / name) == sha256(source):
+                continue
+        # a copy, never a link: saving over config_N.pth must not reach a run
+        with open(source, "rb") as original:
+            write_atomically(out / name, lambda file: file.write(original.read()))
     stem = re.escape(weights_file[:-len(".pth")])
     stem = (stem.replace(re.escape("{number}"), r"\d+") if "{number}" in weights_file
             else stem + r"(_config_\d+)?")
