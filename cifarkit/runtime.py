@@ -158,8 +158,7 @@ def init_runtime(requested, data_parallel=False, amp="auto", compile=False, cpu_
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cudnn.deterministic = deterministic
         # never TF32: --amp off is the IEEE fp32 the results record
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     # one dtype for all ranks, else their copies drift: fp32 if any picks it, else fp16 if any does
     choices = gather(local_amp_dtype(runtime, amp, cpu_amp), runtime)
     runtime.amp_dtype = (None if None in choices
@@ -330,8 +329,7 @@ class CpuTurns:
 
     def take(self):
         """Between steps: keep the turn TURN_SECONDS, then pass it to a waiting run and wait."""
-        now = time.monotonic()
-        if now < self.until:
+        if time.monotonic() < self.until:
             return
         if self.held:
             waits = self.someone_waits()
@@ -353,8 +351,7 @@ class CpuTurns:
                     if why:
                         if why != self.told:
                             self.say(why)
-                            self.told = why
-                        self.until = time.monotonic() + ALONE_FOR
+                        self.told, self.until = why, time.monotonic() + ALONE_FOR
                         return
                     time.sleep(0.005)
                     continue
@@ -517,14 +514,13 @@ def from_main(produce, runtime):
     box = [None]
     if runtime.is_main:
         try:
-            box[0] = ("ok", produce())
+            box[0] = produce()
         except UserError as error:
-            box[0] = ("error", str(error))
+            box[0] = UserError(str(error))
     dist.broadcast_object_list(box, src=0)
-    status, value = box[0]
-    if status == "error":
-        raise UserError(value)
-    return value
+    if isinstance(box[0], UserError):
+        raise box[0]
+    return box[0]
 
 
 def gather(value, runtime):

@@ -158,14 +158,8 @@ def train_one(job, number, chosen, seed, stop):
     model = rt.place_model(job.script.build_model(chosen), runtime, chosen.get("sync_bn", False))
     if runtime.rank:
         torch.manual_seed(seed + runtime.rank)  # each rank its own dropout masks
-    optimizer = make_optimizer(model, chosen, runtime)
-    steps = steps_per_epoch(len(job.on_device.train_labels), chosen["batch_size"], runtime)
-    training = runs.Training(
-        label=label, name=name, seed=seed, config=chosen, model=model, optimizer=optimizer,
-        scheduler=make_scheduler(optimizer, chosen, steps),
-        scaler=torch.amp.GradScaler(runtime.device.type,  # fp16 needs loss scaling
-                                    enabled=runtime.amp_dtype == torch.float16),
-        progress=new_progress(), steps_per_epoch=steps, run_dir=Path(run_dir), record=record)
+    training = new_training(job, model, chosen, seed, label=label, name=name,
+                            run_dir=Path(run_dir), record=record)
     checkpoint = rt.from_main(lambda: checkpoints.load_checkpoint(
         training.run_dir / store.CHECKPOINT), runtime)
     if checkpoint:
@@ -306,20 +300,24 @@ def test_pass(job, training, stop, estimate):
 def fit(model, chosen, on_device, runtime, seed=0):
     """train_config without a run folder (nothing saved or said), as the benchmarks time it;
     the runs.Training, whose progress holds the history."""
-    job = runs.Job(runtime=runtime, out=None, script=Script(None, None, None, None, None, None,
-                                                            None),
-                   argv=[], configs={}, models={}, neutral={}, header={}, restart=False,
-                   say=signals.silent, on_device=on_device, estimate_due=False)
-    optimizer = make_optimizer(model, chosen, runtime)
-    steps = steps_per_epoch(len(on_device.train_labels), chosen["batch_size"], runtime)
-    training = runs.Training(
-        label="config_1", name="config_1", seed=seed, config=chosen, model=model,
-        optimizer=optimizer, scheduler=make_scheduler(optimizer, chosen, steps),
-        scaler=torch.amp.GradScaler(runtime.device.type,
-                                    enabled=runtime.amp_dtype == torch.float16),
-        progress=new_progress(), steps_per_epoch=steps, run_dir=None, record={})
+    job = runs.Job(runtime=runtime, out=None, script=Script(*[None] * 7), argv=[], configs={},
+                   models={}, neutral={}, header={}, restart=False, say=signals.silent,
+                   on_device=on_device, estimate_due=False)
+    training = new_training(job, model, chosen, seed, label="config_1", name="config_1",
+                            run_dir=None, record={})
     train_config(job, training, signals.StopRequest())
     return training
+
+
+def new_training(job, model, chosen, seed, **run):
+    """``model`` at its first step, as a runs.Training; ``run``: label, name, run_dir, record."""
+    runtime, optimizer = job.runtime, make_optimizer(model, chosen, job.runtime)
+    steps = steps_per_epoch(len(job.on_device.train_labels), chosen["batch_size"], runtime)
+    return runs.Training(seed=seed, config=chosen, model=model, optimizer=optimizer,
+                         scheduler=make_scheduler(optimizer, chosen, steps),
+                         scaler=torch.amp.GradScaler(runtime.device.type,  # fp16: loss scaling
+                                                     enabled=runtime.amp_dtype == torch.float16),
+                         progress=new_progress(), steps_per_epoch=steps, **run)
 
 
 def seed_everything(seed):
@@ -347,17 +345,14 @@ def new_sums(device, saved=None):
 
 
 def epoch_batches(train_count, batch_size, seed, epoch, runtime):
-    """One epoch's global batches, less a last one too small to split over the ranks or to
-    train BatchNorm (one image)."""
-    batches = data.batch_order(train_count, batch_size, seed, epoch)
-    smallest = runtime.world_size if runtime.distributed else 2
-    if len(batches) > 1 and len(batches[-1]) < min(smallest, batch_size):
-        batches = batches[:-1]
-    return batches
+    """One epoch's global batches: the first steps_per_epoch of data.batch_order's."""
+    steps = steps_per_epoch(train_count, batch_size, runtime)
+    return data.batch_order(train_count, batch_size, seed, epoch)[:steps]
 
 
 def steps_per_epoch(train_count, batch_size, runtime):
-    """len(epoch_batches(...)), without drawing them."""
+    """An epoch's batches: all, less a last one too small to split over the ranks or to train
+    BatchNorm (one image)."""
     full, last = divmod(train_count, batch_size)
     smallest = runtime.world_size if runtime.distributed else 2
     return full + (last > 0 and (last >= smallest or full == 0))
@@ -510,9 +505,8 @@ class Estimate:
     def __init__(self, job, training):
         self.job, self.training = job, training
         self.started, self.steps, self.marks = time.perf_counter(), 0, []
-        self.told = self.ended = None
+        self.told, self.ended, self.corrected = None, None, False
         self.resumed = self.epochs = training.progress["epoch"]  # a resumed run's, trained
-        self.corrected = False
 
     def step(self):
         self.steps += 1
@@ -543,20 +537,16 @@ class Estimate:
         elif self.ended is not None and not self.corrected and \
                 self.epochs < self.job.epochs_to_train[1] \
                 and not 0.5 <= (now - self.ended) / self.told <= 2:
-            self.corrected = True
-            self.tell(now - self.ended, corrected=True)
+            self.corrected, epoch = True, now - self.ended
+            rest = (self.job.epochs_to_train[1] - self.epochs) * epoch
+            self.job.say(f"{self.training.name}: an epoch takes about {results.duration(epoch)} "
+                         f"here, not {results.duration(self.told)} as estimated: the rest needs "
+                         f"about {results.duration(rest)}.")
         self.ended = now
 
-    def tell(self, epoch, corrected=False):
+    def tell(self, epoch):
         job, name = self.job, self.training.name
         runs_, epochs = job.epochs_to_train
-        in_all = f"the {runs_} run(s) to train need about " \
-                 f"{results.duration((epochs - self.resumed) * epoch)} in all"
-        if corrected:
-            job.say(f"{name}: an epoch takes about {results.duration(epoch)} here, not "
-                    f"{results.duration(self.told)} as estimated: the rest needs about "
-                    f"{results.duration((epochs - self.epochs) * epoch)}.")
-            return
         device = job.runtime.device
         where = {"cpu": "this CPU", "mps": "this Mac's GPU (MPS)"}.get(device.type) or \
             f"this GPU ({torch.cuda.get_device_name(device)})"
@@ -566,6 +556,7 @@ class Estimate:
         busy = (f" This machine is busy with other work (load {load:.1f} on {cores} cores): "
                 f"times here may be several times those of a quiet machine.") \
             if load > cores else ""
-        job.say(f"{name}: about {results.duration(epoch)} an epoch on {where}; {in_all}."
+        job.say(f"{name}: about {results.duration(epoch)} an epoch on {where}; the {runs_} run(s) "
+                f"to train need about {results.duration((epochs - self.resumed) * epoch)} in all."
                 f"{quick}{busy}")
         self.told = epoch
