@@ -27,13 +27,15 @@ from cifarkit.results import load_results  # noqa: E402
 
 
 def trained_with(weights):
-    """(what made ``weights``: a run record, or for a folder of the kit before the store its
-    results JSON with the entry's fields; the run's folder or None)."""
+    """(what made ``weights``: a run record, or where its run.json cannot be read the results
+    JSON with the entry's fields; the run's folder or None)."""
     weights = Path(weights)
     record = store.read_record(weights.parent) if weights.name == store.WEIGHTS else None
     if record is not None:
         return record, weights.parent
     for path in sorted(weights.parent.glob("*.json")):
+        if older := store.pre_store(weights.parent, path.name):
+            raise UserError(f"{weights}: its folder was {older}.")
         results = load_results(path)
         for entry in results["configs"] if isinstance(results, dict) else []:
             if entry.get("weights") == weights.name:

@@ -310,7 +310,8 @@ def drawn_by_kit(path):
 def with_derived(entries):
     """Copies of the entries whose history also holds the gap and the elapsed seconds."""
     return [dict(entry, history=[dict(
-        record, elapsed=float(seconds), gap=None if record.get("test_accuracy") is None
+        record, elapsed=float(seconds), gap=None if None in (
+            record.get("test_accuracy"), record["train_accuracy_eval"])
         else record["train_accuracy_eval"] - record["test_accuracy"])
         for record, seconds in zip(entry["history"], np.cumsum(
             [record["seconds"] for record in entry["history"]]))]) for entry in entries]

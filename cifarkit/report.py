@@ -62,7 +62,7 @@ def load_runs(modelset, scripts):
     found, skipped = [], []
     for path in sorted(Path(modelset).glob("*/[!.]*.json")):  # not hidden ones
         results, problem, ignored = read_results(path)
-        problem = problem and (store.pre_store(path.parent, path.name) or problem)
+        problem = store.pre_store(path.parent, path.name) or problem
         if problem is None and results["script"] not in scripts:
             problem = (f"not a results file of the kit's scripts ('script' is "
                        f"{results['script']!r})")

@@ -83,6 +83,8 @@ def _entry_problem(entry):
     problem = wrong_field(entry, ENTRY)
     if problem or not re.fullmatch(r"config_\d+", entry["id"]):  # figures colour by N
         return problem or f"'id' is {entry['id']!r}, not config_N"
+    if not re.fullmatch(r"runs/[^/]+", entry["run"]) or entry["run"] in ("runs/.", "runs/.."):
+        return f"'run' is {entry['run']!r}, not runs/<a run's folder>"
     if entry["status"] not in STATUSES:
         return f"'status' is {entry['status']!r}, not one of {', '.join(STATUSES)}"
     problem = wrong_field(entry["config"], CONFIG) or next(
@@ -103,7 +105,8 @@ def _entry_problem(entry):
         return "finished, but its 'history' holds no epoch"
     problem = wrong_field(entry, FINISHED) or next(
         (f"'{key}' is not a finite number" for key, _, _ in FINISHED
-         if not math.isfinite(entry[key])), None)
+         if not math.isfinite(entry[key])), None) or wrong_field(  # the gap's
+        entry["history"][-1], [("train_accuracy_eval", NUMBER, True)])
     if problem:
         return problem
     size, matrix = len(CLASSES), entry.get("confusion_matrix")
@@ -145,14 +148,14 @@ def _grouping_problem(entries):
 
 
 def check_record(record):
-    """What makes a run record (run.json) unusable, in words, or None."""
+    """What makes a run record (run.json) unusable, in words, or None: what its results entry
+    (its view) could not be, too."""
     if not isinstance(record, dict):
         return "not a run record"
     problem = wrong_field(record, RECORD)
     if problem or record["format"] != RECORD_FORMAT:
         return problem or f"'format' is {record['format']!r}, not {RECORD_FORMAT!r}"
-    return (None if record["status"] in STATUSES
-            else f"'status' is {record['status']!r}, not one of {', '.join(STATUSES)}")
+    return _entry_problem(dict(record, id=record.get("label"), run="runs/its-folder"))
 
 
 def read_json(path):

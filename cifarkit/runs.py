@@ -109,10 +109,10 @@ def kit_names(script, selected, args):
 def open_store(job, selected, seeds):
     """Rank 0: tidy the store, rebuild the views; returns lines on what changed."""
     out, script = job.out, job.script
+    if older := store.pre_store(out, script.results_file):  # before store_lock makes runs/
+        raise UserError(f"--out {out}: {older}. Its files are left as they are: move the "
+                        f"folder aside to keep them, or choose another folder with --out DIR.")
     with store.store_lock(out):
-        if older := store.pre_store(out, script.results_file):
-            raise UserError(f"--out {out}: {older}. Its files are left as they are: move the "
-                            f"folder aside to keep them, or choose another folder with --out DIR.")
         store.remove_temporaries(out)
         for run_dir, record in store.runs(out).items():
             store.tidy(run_dir, record)

@@ -336,8 +336,9 @@ def pre_store(out, results_file):
     out = Path(out)
     results, _ = read_json(out / results_file)
     found = [path.name for path in sorted(out.glob(".ledger*"))]  # a move's journal and files
-    if isinstance(results, dict) and isinstance(results.get("configs"), list) and any(
-            isinstance(entry, dict) and "run" not in entry for entry in results["configs"]):
+    if not (out / RUNS).is_dir() and isinstance(results, dict) and isinstance(
+            results.get("configs"), list) and any(isinstance(entry, dict) and "run" not in entry
+                                                  for entry in results["configs"]):
         found.insert(0, f"{results_file} naming no runs")
     if not found:
         return None

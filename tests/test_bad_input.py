@@ -560,9 +560,9 @@ def test_a_file_a_pipe_and_a_broken_link_in_runs_are_passed_over(pickled_data, t
     assert len(finished_runs(out)) == 2
 
 
-HAND_EDITS = ["entry without status", "configs not a list", "a list",
+HAND_EDITS = ["entry without status", "entry without run", "configs not a list", "a list",
               ("final_test_accuracy", None), ("train_seconds", "abc"), ("status", "diverged"),
-              ("status", "whatever")]
+              ("status", "whatever"), ("run", "/elsewhere/runs/x"), ("run", "runs/../../x")]
 
 
 def test_a_hand_edited_results_json_is_kept_aside_and_the_run_goes_on(
@@ -577,8 +577,8 @@ def test_a_hand_edited_results_json_is_kept_aside_and_the_run_goes_on(
     shown = json.loads(path.read_text())["configs"]
     for edit in HAND_EDITS:
         results = json.loads(path.read_text())
-        if edit == "entry without status":
-            del results["configs"][0]["status"]
+        if edit.startswith("entry without") if isinstance(edit, str) else False:
+            del results["configs"][0][edit.split()[-1]]
         elif edit == "configs not a list":
             results["configs"] = {"config_1": results["configs"][0]}
         elif edit == "a list":
@@ -597,6 +597,36 @@ def test_a_hand_edited_results_json_is_kept_aside_and_the_run_goes_on(
         kept = captured.out.split(said)[1].split(",")[0]
         assert (out / kept).read_bytes() == edited, edit
         assert json.loads(path.read_text())["configs"] == shown, edit
+
+
+def test_a_run_record_edited_by_hand_is_passed_over_and_its_config_trains_anew(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    """A finished run's run.json made unusable by hand (the gap's accuracy gone, null or not a
+    number, no final accuracy) is not shown: its config trains anew once, the record stays as
+    it was, no view is kept aside as unreadable, and make_report reports the new run."""
+    out = tmp_path / "out"
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
+    edited = {}
+    for key, value in [("train_accuracy_eval", None), ("train_accuracy_eval", "abc"),
+                       ("train_accuracy_eval", "absent"), ("final_test_accuracy", None)]:
+        (path,) = [path for path in out.glob("runs/*/run.json") if path not in edited]
+        record = json.loads(path.read_text())
+        target = record["history"][-1] if key == "train_accuracy_eval" else record
+        if value == "absent":
+            del target[key]
+        else:
+            target[key] = value
+        path.write_text(json.dumps(record))
+        edited[path] = path.read_bytes()
+        capsys.readouterr()
+        for _ in range(2):
+            assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
+        printed = capsys.readouterr().out
+        assert printed.count("config_1 epoch 1/1") == 1 and "could not be read" not in printed
+    assert {path: path.read_bytes() for path in edited} == edited
+    assert not list(out.glob("*.unreadable-*"))
+    assert make_report.main(["--modelset", str(tmp_path)]) == 0
+    assert "skipped" not in capsys.readouterr().err
 
 
 def test_weights_deleted_by_hand_are_retrained_not_called_finished(pickled_data, tmp_path,

@@ -7,6 +7,7 @@ folder of the kit before the run store is refused and left as it is."""
 import importlib
 import json
 import pickle
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -18,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import make_report
+import predict
 from cifarkit import config, train
+from cifarkit.errors import UserError
 from conftest import (ORIGINAL, assert_still_there, assert_views_are_the_runs,
                       checkpoint_of, entries, finished_runs, run_script, with_checkpoint,
                       write_pickled_batches, write_probe)
@@ -555,22 +558,31 @@ def test_data_replaced_in_place_is_noticed(tmp_path, monkeypatch, capsys):
 
 def test_a_folder_of_the_kit_before_the_store_is_refused_and_left_as_it_is(pickled_data, tmp_path,
                                                                            monkeypatch, capsys):
-    """Its results JSON names no runs: the script refuses it, make_report names it as skipped;
-    neither changes a byte of it."""
-    out = tmp_path / "modelset" / "L2_regularization_model"
-    assert run_script(SCRIPT, out, pickled_data, [TINY], monkeypatch) == 0
-    results = json.loads((out / RESULTS).read_text())
+    """No runs/ and a results JSON naming no runs, or an old kit's .ledger files: the script
+    refuses it and make_report names it as skipped; neither changes a byte of it."""
+    modelset = tmp_path / "modelset"
+    old, cut_short = modelset / "L2_regularization_model", modelset / "a-move-cut-short"
+    for out in (old, cut_short):
+        assert run_script(SCRIPT, out, pickled_data, [TINY], monkeypatch) == 0
+    results = json.loads((old / RESULTS).read_text())
     for entry in results["configs"]:
         del entry["run"]  # as the kit wrote it before the run store
-    (out / RESULTS).write_text(json.dumps(results))
-    (out / ".ledger-0123abcd-0").write_bytes(b"weights on their way")
-    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    (old / RESULTS).write_text(json.dumps(results))
+    shutil.rmtree(old / "runs")
+    (cut_short / ".ledger.json").write_text("{}")  # an old kit's move, with runs/ and run fields
+    def files():
+        return {path: path.read_bytes() for out in (old, cut_short) for path in out.rglob("*")
+                if path.is_file()}
+    before = files()
     capsys.readouterr()
-    assert run_script(SCRIPT, out, pickled_data, [TINY, B], monkeypatch) == 2
+    for out, why in ((old, f"{RESULTS} naming no runs"), (cut_short, ".ledger.json")):
+        assert run_script(SCRIPT, out, pickled_data, [TINY, B], monkeypatch) == 2
+        assert (f"--out {out}: written by a version of the kit before the run store ({why})"
+                in capsys.readouterr().err)
+    assert make_report.main(["--modelset", str(modelset)]) == 0
     said = capsys.readouterr().err
-    assert (f"--out {out}: written by a version of the kit before the run store ({RESULTS} "
-            f"naming no runs, .ledger-0123abcd-0)") in said
-    assert make_report.main(["--modelset", str(tmp_path / "modelset")]) == 0
-    assert (f"{out / RESULTS}: written by a version of the kit before the run store"
-            in capsys.readouterr().err)
-    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    for out in (old, cut_short):
+        assert f"{out / RESULTS}: written by a version of the kit before the run store" in said
+    with pytest.raises(UserError, match="its folder was written by a version of the kit before"):
+        predict.load_trained(old / "config_1.pth")
+    assert files() == before and not (old / "runs").exists()
