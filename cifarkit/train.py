@@ -533,7 +533,8 @@ class Estimate:
             begun, skipped = ((self.marks[0], first) if self.marks and self.steps > first
                               else (self.started, 0))
             self.marks[:] = [begun, now]
-            self.tell((now - begun) * max(self.steps, 1) / max(self.steps - skipped, 1))
+            # a whole epoch's steps: a run resumed mid-epoch has trained only its last ones
+            self.tell((now - begun) * self.training.steps_per_epoch / max(self.steps - skipped, 1))
         elif self.ended is not None and not self.corrected and \
                 self.epochs < self.job.epochs_to_train[1] \
                 and not 0.5 <= (now - self.ended) / self.told <= 2:

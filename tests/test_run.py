@@ -21,6 +21,7 @@ import stat
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import PIL.Image
@@ -929,6 +930,25 @@ def test_the_estimate_counts_what_is_left_to_train(pickled_data, tmp_path, monke
         weights.unlink()
     assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
     assert "the 1 run(s) to train" in capsys.readouterr().out
+
+
+def test_an_estimate_after_a_resume_mid_epoch_is_of_a_whole_epoch(monkeypatch):
+    """Resumed at step 90 of 100, a step a second: the epoch's end has timed 10 steps, and
+    tells of 100 s an epoch (10 s was a tenth of one)."""
+    clock, said = [0.0], []
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    job = types.SimpleNamespace(
+        runtime=rt.Runtime(torch.device("cpu")), epochs_to_train=(1, 2), argv=["--subset", "1"],
+        say=said.append, on_device=types.SimpleNamespace(train_labels=range(1000),
+                                                         test_labels=range(100)))
+    training = types.SimpleNamespace(name="config_1", steps_per_epoch=100, config={
+        "batch_size": 10}, progress={"epoch": 0, "step": 90})
+    estimate = train.Estimate(job, training)
+    for _ in range(10):
+        clock[0] += 1.0
+        estimate.step()
+    estimate.epoch_end()
+    assert said and said[0].startswith("config_1: about 100 s an epoch on this CPU"), said
 
 
 TURNS_DRIVER = """
