@@ -51,22 +51,18 @@ REPORT_IMAGES_PER_S = 25 * 50_000 / REPORT_BEST[1]  # that run's average speed: 
 BEST_FLOOR = 88.0
 RECIPE_AIM = (94.0, 40.0, 25)  # mean test accuracy %, seconds per seed, epochs
 # step: (on a GPU, --quick on the CPU): script, flags, time limit (s)
+SPEED = ["Resnet_model.py", "--configs", "best", "--epochs", "2", "--subset", "25000"]
+TINY = ["Original_version_model_multiGPU.py", "--epochs", "1", "--subset", "128"]  # --quick
 STEPS = {
     "pytest-gpu": ((["-m", "pytest", "-m", "gpu", "-q", "-o", "addopts=-ra"], 540),) * 2,
-    "speed-bf16": ((["Resnet_model.py", "--configs", "best", "--epochs", "2", "--subset",
-                     "25000", "--amp", "on"], 300),
-                   (["Original_version_model_multiGPU.py", "--configs", "speedrun", "--epochs",
-                     "1", "--subset", "128", "--amp", "on"], 300)),
-    "speed-fp32": ((["Resnet_model.py", "--configs", "best", "--epochs", "2", "--subset",
-                     "25000", "--amp", "off"], 300),
-                   (["Original_version_model_multiGPU.py", "--configs", "speedrun", "--epochs",
-                     "1", "--subset", "128", "--amp", "off"], 300)),
+    "speed-bf16": ((SPEED + ["--amp", "on"], 300),
+                   (TINY + ["--configs", "speedrun", "--amp", "on"], 300)),
+    "speed-fp32": ((SPEED + ["--amp", "off"], 300),
+                   (TINY + ["--configs", "speedrun", "--amp", "off"], 300)),
     "resnet-best": ((["Resnet_model.py", "--configs", "best"], 600),
-                    (["Original_version_model_multiGPU.py", "--configs", "speedrun",
-                      "--epochs", "1", "--subset", "128"], 300)),
+                    (TINY + ["--configs", "speedrun"], 300)),
     "resnet-recipe": ((["Resnet_model.py", "--configs", "recipe", "--seeds", "3"], 600),
-                      (["Original_version_model_multiGPU.py", "--configs", "recipe", "--epochs",
-                        "1", "--subset", "128"], 300)),
+                      (TINY + ["--configs", "recipe"], 300)),
 }
 
 
@@ -115,15 +111,14 @@ def run(command, log, timeout):
 
 def pytest_counts(output):
     """{"passed": 3, "failed": 1, ...} from pytest's closing summary line."""
-    lines = [line for line in output.splitlines() if re.search(
-        r"\d+ (passed|failed|errors?|skipped|deselected)", line)]
-    found = re.findall(r"(\d+) (passed|failed|errors?|skipped|deselected|xfailed|xpassed)",
-                       lines[-1]) if lines else []
+    count = r"(\d+) (passed|failed|errors?|skipped|deselected|xfailed|xpassed)"
+    lines = [line for line in output.splitlines() if re.search(count, line)]
+    found = re.findall(count, lines[-1]) if lines else []
     return {kind.rstrip("s") if kind.startswith("error") else kind: int(number)
             for number, kind in found}
 
 
-def judge(step, entries, train_images, quick):
+def judge(step, entries, train_images):
     """(figures, what misses the floor) of a script's finished ``entries``."""
     entry = entries[0]
     if step.startswith("speed"):
@@ -172,7 +167,7 @@ def run_step(step, setting):
         if isinstance(found, dict) else []
     if not entries:
         return dict(record, misses=["no finished run in its results JSON"])
-    figures, misses = judge(step, entries, found["data"]["train_images"], quick)
+    figures, misses = judge(step, entries, found["data"]["train_images"])
     return dict(record, figures=figures, misses=[] if quick else misses)
 
 

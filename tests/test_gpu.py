@@ -188,9 +188,9 @@ def test_each_amp_value_gives_the_precision_this_machine_calls_for_in_every_laye
     runtime.py). On the CPU: LeNet's auto is fp32, on is bf16."""
     for name, value in AMPS[amp].items():
         monkeypatch.setenv(name, value)
-    runtime = rt.init_runtime(device, data_parallel=True, amp=amp.replace("fp16-forced", "on"))
-    expected = layer_probe.expected_precision(device, amp.replace("fp16-forced", "on"),
-                                              force_fp16=bool(AMPS[amp]))
+    flag = amp.replace("fp16-forced", "on")
+    runtime = rt.init_runtime(device, data_parallel=True, amp=flag)
+    expected = layer_probe.expected_precision(device, flag, force_fp16=bool(AMPS[amp]))
     assert rt.precision(runtime) == expected
     gpus = [f"cuda:{index}" for index in range(torch.cuda.device_count())] \
         if device == "cuda" else ["cpu"]
@@ -294,7 +294,7 @@ def test_each_script_trains_on_the_gpu_and_its_weights_rescore_there(script, pic
     out = tmp_path / "out"
     assert run_script(module, out, pickled_data, [dict(module.CONFIGS[0], num_epochs=1)],
                       monkeypatch, device="cuda") == 0
-    (results_file,) = [path for path in out.glob("*.json")]
+    (results_file,) = out.glob("*.json")
     results = json.loads(results_file.read_text())
     assert [entry["status"] for entry in results["configs"]] == ["finished"]
     assert all((out / name).is_file() for name in ("loss.png", "test_accuracy.png"))

@@ -309,14 +309,13 @@ def _output_folders(kit, tmp):
     in_the_way = tmp / "in-the-way"
     (in_the_way / "loss.png").mkdir(parents=True)
     kit.run("Original_version_model", *data, out=in_the_way)
-    shared = kit.run("L2_regularization", *data, configs=[BASE], expected=0)
-    kit.run("Dropout_regularization", *data, configs=[BASE], out=shared)  # its results JSON
-    kit.run("L2_regularization", *data, configs=[BASE], out=shared / "runs")  # a run store
     unmounted = tmp / "unmounted"
     unmounted.mkdir()
     (unmounted / "runs").symlink_to(tmp / "no-such-scratch-disk")
     kit.run("Original_version_model", *data, out=unmounted)
     edited = kit.run("L2_regularization", *data, configs=[BASE], expected=0)
+    kit.run("Dropout_regularization", *data, configs=[BASE], out=edited)  # its results JSON
+    kit.run("L2_regularization", *data, configs=[BASE], out=edited / "runs")  # a run store
     kit.run("L2_regularization", *data, configs=[dict(BASE, lr=0.02)], out=edited, expected=0)
     kit.run("L2_regularization", *data, configs=[BASE], out=edited, expected=0)  # undone
     kit.run("L2_regularization", *data, configs=[BASE, dict(BASE, lr=0.02)], out=edited,

@@ -130,18 +130,19 @@ def test_a_batchnorm_model_with_augmentation_resumes_bit_for_bit(pickled_data, t
 def test_time_stopped_by_ctrl_z_is_not_training_time(pickled_data, tmp_path, monkeypatch):
     """Ctrl-Z (SIGTSTP) mid-epoch, fg 2 s later: the epoch's seconds, the training time the
     results and the report show, leave the 2 s out (they counted them)."""
-    real, checks = signals.StopRequest.requested, []
+    real, checks, wakers = signals.StopRequest.requested, [], []
 
     def stopped_at_the_third_step(stop):
         checks.append(stop)
         if len(checks) == 3:
-            subprocess.Popen(["sh", "-c", f"sleep 2; kill -CONT {os.getpid()}"])
+            wakers.append(subprocess.Popen(["sh", "-c", f"sleep 2; kill -CONT {os.getpid()}"]))
             os.kill(os.getpid(), signal.SIGTSTP)
         return real(stop)
 
     monkeypatch.setattr(signals.StopRequest, "requested", stopped_at_the_third_step)
     started = time.monotonic()
     assert run_script(SCRIPT, tmp_path / "out", pickled_data, [TINY], monkeypatch) == 0
+    wakers[0].wait()
     assert time.monotonic() - started > 2  # it did stop
     (entry,) = entries(tmp_path / "out").values()
     assert entry["history"][0]["seconds"] < 1.5
