@@ -5,6 +5,7 @@ import json
 import os
 import re
 import textwrap
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def pyplot():
         if backend is not None:
             os.environ["MPLBACKEND"] = backend
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # a "$" in a name or path is text, not TeX
     import matplotlib.pyplot as plt
 
     return plt
@@ -104,7 +106,8 @@ def mean_curve(runs, key):
     length = max(len(run["history"]) for run in runs)
     values = np.array([[record.get(key) for record in run["history"]]  # None: NaN, as a gap
                        + [None] * (length - len(run["history"])) for run in runs], dtype=float)
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # an epoch no run has measured yet: NaN, said by the gap
+        warnings.simplefilter("ignore", RuntimeWarning)
         return np.arange(1, length + 1), np.nanmean(values, axis=0), np.nanstd(values, axis=0)
 
 

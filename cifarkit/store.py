@@ -155,7 +155,8 @@ def usable(run_dir, record):
 
 
 def remove_temporaries(out):
-    """Delete killed writes' temporaries in OUT (under store_lock) and in run folders none holds."""
+    """Delete killed writes' temporaries in OUT (under store_lock) and in run folders none holds,
+    and a run folder left empty (a kill between its creation and its first record)."""
     for folder in [Path(out)] + sorted((Path(out) / RUNS).glob("[!.]*")):
         if folder.is_symlink() or not folder.is_dir():  # never outside OUT, never a pipe
             continue
@@ -166,6 +167,9 @@ def remove_temporaries(out):
             for path in folder.iterdir():
                 if TEMPORARY.fullmatch(path.name) and path.is_file():
                     path.unlink()
+            if held is not None:
+                with contextlib.suppress(OSError):  # only an empty folder goes
+                    folder.rmdir()
         finally:
             if held is not None:
                 os.close(held)

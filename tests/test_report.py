@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
+import matplotlib.text
 import pytest
 from matplotlib.figure import Figure
 from PIL import Image
@@ -287,6 +288,20 @@ def test_a_sweep_whose_every_config_diverged_is_reported_without_warnings(models
     diverged = [line for line in (root / "REPORT.md").read_text().splitlines()
                 if line.startswith("| config_2 |")]
     assert len(diverged) == 1 and "**DIVERGED**" in diverged[0]
+
+
+def test_a_config_still_running_in_its_test_pass_is_drawn_without_warnings(modelset, tmp_path,
+                                                                           recwarn):
+    root = copy_of(modelset, tmp_path)
+
+    def in_its_test_pass(results):  # every seed of config_1: its last epoch not yet tested
+        for entry in results["configs"][:2]:
+            entry.update(status="running")
+            entry["history"][-1]["test_accuracy"] = None
+    rewrite(in_its_test_pass)(root / "L2_regularization_model" / "training_result.json")
+    assert make_report.main(["--modelset", str(root)]) == 0
+    assert [str(warning.message) for warning in recwarn
+            if issubclass(warning.category, RuntimeWarning)] == []
 
 
 def record_pngs(monkeypatch, module):
@@ -868,6 +883,27 @@ def test_the_training_accuracy_y_label_stays_beside_its_axes():
     assert "5,000" in axes.get_ylabel()
     label, box = drawn_extent(figure, axes.yaxis.label), drawn_extent(figure, axes)
     assert box.y0 - 1 <= label.y0 and label.y1 <= box.y1 + 1  # not off the top
+
+
+@pytest.mark.usefixtures("rendered")
+def test_a_dollar_sign_in_a_name_or_path_is_drawn_as_text_not_read_as_tex(modelset, tmp_path,
+                                                                          monkeypatch):
+    """matplotlib reads $...$ as TeX and fails on "x$_{$y": a config's name, a data path and a
+    folder name are the user's text, drawn as written."""
+    root = copy_of(modelset, tmp_path)
+    shutil.rmtree(root / "original_version_model_multiGPU")
+    folder = (root / "L2_regularization_model").rename(root / "L2_$5_and_$6")
+
+    def dollars(results):
+        results["data"]["source"] = "/data/cifar_$1_$2"
+        for entry in results["configs"]:
+            entry["config"]["name"] = "x$_{$y"
+    rewrite(dollars)(folder / "training_result.json")
+    drawn = record_figures(monkeypatch)
+    assert make_report.main(["--modelset", str(root)]) == 0
+    texts = {text.get_text() for figure in drawn for text in figure.findobj(
+        matplotlib.text.Text)}
+    assert any("x$_{$y" in text for text in texts) and any("$1_$2" in text for text in texts)
 
 
 @pytest.mark.usefixtures("rendered")

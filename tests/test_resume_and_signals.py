@@ -325,7 +325,12 @@ def test_what_a_kill_left_undone_is_done_by_the_next_run(pickled_data, tmp_path,
     cut = checkpoint.parent / ".checkpoint.ckpt.0123abcd.tmp"
     cut.write_bytes(b"a cut write")
     (out / ".my-notes.tmp").write_text("not the kit's")
+    # killed between a new run's folder and its first record, before and while writing it:
+    (out / "runs" / "config_1-s0-20261206-101500-0a0a").mkdir()
+    (out / "runs" / "config_1-s0-20261206-101501-0b0b").mkdir()
+    (out / "runs" / "config_1-s0-20261206-101501-0b0b" / ".run.json.0123abcd.tmp").write_text("{")
     assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
+    assert len(list((out / "runs").iterdir())) == 1  # its one run; no empty folder stays
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not checkpoint.exists()
     assert (out / ".my-notes.tmp").exists()
