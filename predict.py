@@ -73,6 +73,10 @@ def load_trained(weights, script_name=None):
         raise UserError(f"{weights}: not the weights its run {run_dir.name} finished with (the "
                         f"file was changed since); rerun {script_name}.py to rebuild the views, "
                         f"or use {run_dir / store.WEIGHTS}.")
+    if run_dir is None and "run" in record:  # config_N.pth and its JSON copied alone
+        print(f"note: {weights}: its run ({record['run']}) is not beside it, so whether "
+              f"{script_name}.py's model has changed since these weights were trained is not "
+              f"checked.", file=sys.stderr)
     recorded = (record.get("identity") or {}).get("model")
     if run_dir is not None and isinstance(recorded, dict):
         now = runs.model_identity(script.build_model, chosen,
@@ -98,6 +102,8 @@ def read_picture(path):
     import numpy as np
     from PIL import Image, ImageOps
 
+    if Path(path).exists() and not Path(path).is_file():  # a named pipe would wait for ever
+        raise UserError(f"{path}: not a picture this can read (not a regular file).")
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)

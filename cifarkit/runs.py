@@ -3,11 +3,13 @@ seed) trains in or shows, its record as it trains, and the views of the runs CON
 import contextlib
 import hashlib
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from . import data, outputs, plots, runtime as rt, store
@@ -67,28 +69,51 @@ class Training:
 
 def model_identity(build_model, chosen, label):
     """``chosen``'s fresh model by what it computes (shapes, initial sums, probe outputs in eval
-    and train): comments don't count. Refuses, before training, one not giving 10 scores."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_model(chosen)
-        if not isinstance(model, torch.nn.Module):
-            raise UserError(f"{label}: build_model(config) must return a torch.nn.Module; "
-                            f"it returned {type(model).__name__}.")
-        state = model.state_dict()
-        probe = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-        try:
-            with torch.no_grad():
-                scores = [model.eval()(probe)]
-                torch.manual_seed(1)
-                scores.append(model.train()(probe))
-        except Exception as error:  # noqa: BLE001 (the student's model: any error is theirs)
-            raise UserError(f"{label}: the model fails on a batch of two 3x32x32 images "
-                            f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
-    if any(tuple(output.shape) != (2, 10) for output in scores):
+    and train): comments don't count. Refuses, before training, a model that cannot train: one
+    not giving 10 scores, with nothing to train, with lazy layers, failing on a batch."""
+    rng = random.getstate(), np.random.get_state()  # built from seed 0 of every generator
+    try:
+        with torch.random.fork_rng(devices=[]):
+            random.seed(0)
+            np.random.seed(0)
+            torch.manual_seed(0)
+            model = build_model(chosen)
+            if not isinstance(model, torch.nn.Module):
+                raise UserError(f"{label}: build_model(config) must return a torch.nn.Module; "
+                                f"it returned {type(model).__name__}.")
+            state = model.state_dict()
+            lazy = [name for name, tensor in state.items()
+                    if isinstance(tensor, torch.nn.parameter.UninitializedTensorMixin)]
+            if lazy or not any(parameter.requires_grad for parameter in model.parameters()):
+                raise UserError(f"{label}: the model " + (
+                    f"has lazy layers ({lazy[0]}), whose sizes are known only after a first "
+                    f"batch; give them (nn.Linear(400, 120), not nn.LazyLinear(120))." if lazy
+                    else "has no parameters to train: SGD would have nothing to change."))
+            # laid out as training lays it out (runtime.place_model): a view() fails here
+            model.to(memory_format=torch.channels_last)
+            probe = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+            probe = probe.contiguous(memory_format=torch.channels_last)
+            try:
+                with torch.no_grad():
+                    scores = [model.eval()(probe)]
+                    torch.manual_seed(1)
+                    scores.append(model.train()(probe))
+            except Exception as error:  # noqa: BLE001 (the student's model: any error is theirs)
+                raise UserError(f"{label}: the model fails on a batch of two 3x32x32 images "
+                                f"({type(error).__name__}: {str(error).splitlines()[0]})"
+                                ) from None
+    finally:
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+    wrong = next((output for output in scores if not isinstance(output, torch.Tensor)
+                  or tuple(output.shape) != (2, 10) or not output.is_floating_point()), None)
+    if wrong is not None:
         raise UserError(f"{label}: the model must give 10 scores per image (one per CIFAR-10 "
-                        f"class); for a batch of 2 images it gives a tensor of shape "
-                        f"{tuple(scores[0].shape)}. Check the last layer (e.g. "
-                        f"nn.Linear(84, 10)).")
+                        f"class); for a batch of 2 images it gives " + (
+                            f"a tensor of shape {tuple(wrong.shape)} ({wrong.dtype})"
+                            if isinstance(wrong, torch.Tensor) else f"a {type(wrong).__name__}")
+                        + ". Check the last layer (e.g. nn.Linear(84, 10)) and what forward "
+                        "returns.")
     shapes = "\n".join(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}"
                        for name, tensor in state.items())
     frozen = [name for name, parameter in model.named_parameters() if not parameter.requires_grad]

@@ -148,6 +148,39 @@ def test_a_model_setting_is_declared_by_its_script(pickled_data, tmp_path, monke
     assert not (tmp_path / "out").exists()
 
 
+class Returns(torch.nn.Module):
+    """A LeNet-sized model whose forward gives ``returned(scores, features)``."""
+
+    def __init__(self, returned, last=None, view=False):
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 4, 4, stride=4), last or torch.nn.Linear(256, 10)
+        self.returned, self.view = returned, view
+
+    def forward(self, x):
+        x = self.conv(x)
+        x = x.view(-1, 256) if self.view else x.flatten(1)
+        return self.returned(self.fc(x), x)
+
+
+@pytest.mark.parametrize("model, message", [
+    (Returns(lambda scores, x: (scores, x)), "it gives a tuple. Check the last layer"),
+    (Returns(lambda scores, x: scores.long()), "it gives a tensor of shape (2, 10) (torch.int64)"),
+    (Returns(lambda scores, x: scores, last=torch.nn.LazyLinear(10)), "has lazy layers (fc.weight)"),
+    (Returns(lambda scores, x: scores).requires_grad_(False), "has no parameters to train"),
+    (Returns(lambda scores, x: scores, view=True), "fails on a batch of two 3x32x32 images "
+                                                   "(RuntimeError: view size is not compatible"),
+], ids=["a tuple", "whole numbers", "a lazy layer", "nothing to train", "view"])
+def test_a_model_that_cannot_train_is_refused_before_anything_is_written(
+        model, message, pickled_data, tmp_path, monkeypatch, capsys):
+    script = importlib.import_module("L2_regularization")
+    monkeypatch.setattr(script, "build_model", lambda config: model)
+    assert run_script(script, tmp_path / "out", pickled_data, [A], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: config_1: the model ") and message in err and \
+        err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
 # ---- flags ----
 
 BAD_FLAGS = [

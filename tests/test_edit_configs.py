@@ -520,6 +520,17 @@ def test_what_the_model_computes_decides_whether_it_retrains(edit, retrains, pic
         assert "config_1 differs from its earlier results: the model; it trains anew" in printed
 
 
+def test_a_model_built_with_numpys_and_pythons_random_numbers_is_the_same_model_on_a_rerun(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    script = write_probe(tmp_path, INIT_LINE="torch.nn.init.constant_(model.fc2.bias, float("
+                         "__import__('numpy').random.rand()) + __import__('random').random())")
+    assert run_script(script, tmp_path / "out", pickled_data, None, None) == 0
+    capsys.readouterr()
+    assert run_script(script, tmp_path / "out", pickled_data, None, None) == 0
+    assert "config_1: already finished" in capsys.readouterr().out
+
+
 def test_an_edited_normalization_never_resumes_or_keeps_a_result(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"

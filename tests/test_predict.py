@@ -3,6 +3,8 @@ did, from another folder; it refuses weights whose script's model has changed si
 trained, fills in a model setting added since, and refuses a run's weights edited by hand
 (a user's torch.save over a weights view never reaches the run). (The report's reading of
 results: test_report.py.)"""
+import os
+
 import pytest
 import torch
 from PIL import Image
@@ -38,6 +40,14 @@ def test_predict_names_the_classes_of_pictures_as_training_saw_them(pickled_data
         assert line.startswith(f"{picture}: {data.CLASSES[label]} ")
     assert run_command("predict.py", tmp_path / "nope.pth", pictures[0]).stderr.startswith(
         "error: ")
+    copied = tmp_path / "copied"  # the weights view and its JSON, without runs/
+    copied.mkdir()
+    for name in ("config_1.pth", "training_result.json"):
+        (copied / name).write_bytes((out / name).read_bytes())
+    capsys.readouterr()
+    assert predict.load_trained(copied / "config_1.pth")[2] == "L2_regularization"
+    assert "is not beside it, so whether L2_regularization.py's model has changed since these " \
+           "weights were trained is not checked" in capsys.readouterr().err
 
 
 def test_predict_refuses_a_changed_model_and_fills_a_new_model_setting(pickled_data, tmp_path,
@@ -104,6 +114,11 @@ def test_pictures_are_read_as_a_camera_and_a_scanner_mean_them(tmp_path):
     Image.fromarray(np.rot90(upright, k=1).copy()).save(sideways, exif=exif, quality=95)
     seen = predict.read_picture(sideways)[0].float().mean(dim=0)  # 32 x 32
     assert seen[:, :12].mean() > 200 and seen[:, -12:].mean() < 50
+
+    pipe = tmp_path / "pipe.png"  # opened, it would wait for a writer
+    os.mkfifo(pipe)
+    with pytest.raises(predict.UserError, match="not a regular file"):
+        predict.read_picture(pipe)
 
     bomb = tmp_path / "bomb.png"
     _png_claiming(bomb, 100000)
