@@ -27,17 +27,19 @@ KINDS = {dict: "an object", list: "a list", str: "a string", NUMBER: "a number",
          int: "a whole number", NULLABLE: "a number or null"}
 HEADER = (("script", str, True), ("started", str, True), ("seed", int, True),
           ("configs", list, True), ("devices", list, True), ("data", dict, True),
-          ("world_size", int, False), ("command", str, False))
+          ("world_size", int, False), ("command", str, False), ("weights_file", str, False))
 DATA = (("source", str, True), ("train_images", int, True), ("test_images", int, True))
 ENTRY = (("id", str, True), ("seed", int, True), ("config", dict, True), ("status", str, True),
          ("history", list, True), ("run", str, True), ("precision", str, False))
 CONFIG = (("lr", NUMBER, True), ("momentum", NUMBER, True), ("batch_size", NUMBER, True))
 NAMING = (("name", str, False), ("reported_accuracy", NUMBER, False),
           ("reported_seconds", NUMBER, False))
-EPOCH = (("seconds", NUMBER, True), ("train_accuracy", NUMBER, True),
+EPOCH = (("epoch", int, True), ("seconds", NUMBER, True), ("train_loss", NUMBER, True),
+         ("train_accuracy", NUMBER, True),
          ("test_accuracy", NULLABLE, False), ("train_accuracy_eval", NULLABLE, True))
 DIVERGED = (("diverged_at", dict, True),)
 WHERE = (("epoch", int, True), ("step", int, True))
+BATCH = WHERE[:1] + (("batch", int, True), ("loss", NUMBER, True))  # a log_every point
 FINISHED = tuple((key, NUMBER, True) for key in ("final_test_accuracy", "best_test_accuracy",
                                                  "final_train_accuracy", "train_seconds"))
 RECORD = (("format", str, True), ("identity", dict, True), ("config", dict, True),
@@ -64,6 +66,9 @@ def check_results(results):
         return problem or "'devices' is not a list of names", []
     if results.get("world_size", 1) < 1:
         return "'world_size' is less than 1", []
+    if not re.fullmatch(r"[\w+-]*(\{number\})?[\w+-]*\.pth", results.get("weights_file", ".pth")):
+        return (f"'weights_file' is {results['weights_file']!r}, not a name like "
+                f"config_{{number}}.pth"), []
     dropped = []
     for number, entry in enumerate(results["configs"], start=1):
         problem = _entry_problem(entry)
@@ -97,6 +102,11 @@ def _entry_problem(entry):
         problem = wrong_field(record, EPOCH) if isinstance(record, dict) else "not an object"
         if problem:
             return f"history record {epoch}: {problem}"
+    batches = entry.get("batch_losses", [])
+    if not (isinstance(batches, list) and all(isinstance(point, dict) and not wrong_field(
+            point, BATCH) for point in batches)) or batches and (wrong_field(
+            entry, [("steps_per_epoch", int, True)]) or entry["steps_per_epoch"] < 1):
+        return "'batch_losses' is not a list of {epoch, batch, loss} with 'steps_per_epoch'"
     if entry["status"] == "diverged":
         return wrong_field(entry, DIVERGED) or wrong_field(entry["diverged_at"], WHERE)
     if entry["status"] != "finished":
@@ -268,6 +278,11 @@ def mean_std(values):
 
 
 def outcome(entry):
+    batches = entry.get("batch_losses", [])
+    if not (isinstance(batches, list) and all(isinstance(point, dict) and not wrong_field(
+            point, BATCH) for point in batches)) or batches and (wrong_field(
+            entry, [("steps_per_epoch", int, True)]) or entry["steps_per_epoch"] < 1):
+        return "'batch_losses' is not a list of {epoch, batch, loss} with 'steps_per_epoch'"
     if entry["status"] == "diverged":
         where = entry["diverged_at"]
         return f"DIVERGED at epoch {where['epoch']}, step {where['step']}"

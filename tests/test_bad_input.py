@@ -165,7 +165,8 @@ class Returns(torch.nn.Module):
 @pytest.mark.parametrize("model, message", [
     (Returns(lambda scores, x: (scores, x)), "it gives a tuple. Check the last layer"),
     (Returns(lambda scores, x: scores.long()), "it gives a tensor of shape (2, 10) (torch.int64)"),
-    (Returns(lambda scores, x: scores, last=torch.nn.LazyLinear(10)), "has lazy layers (fc.weight)"),
+    (Returns(lambda scores, x: scores, last=torch.nn.LazyLinear(10)),
+     "has lazy layers (fc.weight)"),
     (Returns(lambda scores, x: scores).requires_grad_(False), "has no parameters to train"),
     (Returns(lambda scores, x: scores, view=True), "fails on a batch of two 3x32x32 images "
                                                    "(RuntimeError: view size is not compatible"),

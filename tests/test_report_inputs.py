@@ -87,6 +87,15 @@ def assert_skipped(root, bad, status, text, err, why):
     assert "), `good`\n" in text
 
 
+def _as_written(change):
+    """A damage as rewrite's, its "weights_file" kept: make_report rebuilds the file's views."""
+    def damage(path):
+        results = json.loads(path.read_text())
+        change(results)
+        path.write_text(json.dumps(results))
+    return damage
+
+
 def _in_entry(number, **change):
     """A damage: ``change`` in the config of configs entry ``number`` (from 1)."""
     return rewrite(lambda results: results["configs"][number - 1]["config"].update(change))
@@ -130,9 +139,17 @@ def skipped_when_damaged(tmp_path, capsys, damage, why):
      "configs entry 1: finished, but its 'history' holds no epoch"),
     (rewrite(lambda results: results.update(script=[SWEEP])),
      "'script' is missing or not a string"),
+    (rewrite(lambda results: results["configs"][0]["history"][0].update(train_loss="x")),
+     "configs entry 1: history record 1: 'train_loss' is missing or not a number"),
+    (rewrite(lambda results: results["configs"][0].update(batch_losses=[{"epoch": 1}])),
+     "configs entry 1: 'batch_losses' is not a list of {epoch, batch, loss} with "
+     "'steps_per_epoch'"),
+    (_as_written(lambda results: results.update(weights_file="../../escaped_{number}.pth")),
+     "'weights_file' is '../../escaped_{number}.pth', not a name like config_{number}.pth"),
 ], ids=["world_size-null", "world_size-0", "command-null", "seed-a-string", "devices-null",
         "train_images-a-string", "precision-a-number", "train_accuracy_eval-a-string", "no-run",
-        "lr-true", "config-value-a-list", "finished-without-history", "script-a-list"])
+        "lr-true", "config-value-a-list", "finished-without-history", "script-a-list",
+        "train_loss-a-string", "batch_losses-without-loss", "weights_file-outside"])
 def test_a_field_of_the_wrong_kind_skips_its_file_by_name(tmp_path, capsys, damage, why):
     skipped_when_damaged(tmp_path, capsys, damage, why)
 
