@@ -66,7 +66,6 @@ def save_checkpoint(path, identity, training, rng_states):
                   "scheduler": scheduler.state_dict() if scheduler is not None else None,
                   "scaler": scaler.state_dict() if scaler is not None else None,
                   "progress": to_cpu(training.progress)}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
         write_atomically(path, lambda file: torch.save(checkpoint, file))
     except RuntimeError as error:  # torch.save's way of saying the disk is full

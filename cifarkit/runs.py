@@ -137,7 +137,7 @@ def open_store(job, selected, seeds):
     if older := store.pre_store(out, script.results_file):  # before store_lock makes runs/
         raise UserError(f"--out {out}: {older}. Its files are left as they are: move the "
                         f"folder aside to keep them, or choose another folder with --out DIR.")
-    with store.store_lock(out):
+    with store.store_lock(out, create=True):
         store.remove_temporaries(out)
         for run_dir, record in store.runs(out).items():
             store.tidy(run_dir, record)

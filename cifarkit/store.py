@@ -116,15 +116,17 @@ def lock(folder, blocking):
 
 
 @contextlib.contextmanager
-def store_lock(out):
-    """Held while runs are chosen or created and views rebuilt: moments, not a training."""
+def store_lock(out, create=False):
+    """Held while runs are chosen or created and views rebuilt: moments, not a training.
+    ``create`` (at a run's start): make the folder; later, one moved away is not made again."""
     folder = Path(out) / RUNS
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"--out {out}: cannot write there ({error.strerror or error}). "
                         f"Choose another folder with --out DIR.") from None
-    handle = lock(folder, blocking=True)
+    handle = lock(folder, blocking=True)  # FileNotFoundError where the folder has gone
     try:
         yield
     finally:

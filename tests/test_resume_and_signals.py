@@ -337,6 +337,27 @@ def test_what_a_kill_left_undone_is_done_by_the_next_run(pickled_data, tmp_path,
     assert not cut.exists()  # a checkpoint's size, in a run that nothing would clean again
 
 
+def test_an_output_folder_moved_while_it_trains_is_not_made_again(pickled_data, tmp_path,
+                                                                 monkeypatch, capsys):
+    """Moved in the middle of an epoch: the run stops at its next write, saying it cannot write
+    there, instead of rebuilding the old path; the same command with the new --out carries on."""
+    out, moved = tmp_path / "out", tmp_path / "moved"
+    real_take_turn = train.rt.take_turn
+
+    def move_once(runtime):
+        if out.exists():
+            out.rename(moved)
+        real_take_turn(runtime)
+    monkeypatch.setattr(train.rt, "take_turn", move_once)
+    assert run_script("L2_regularization", out, pickled_data, [TINY], monkeypatch) == 1
+    assert "error: cannot write to " in capsys.readouterr().err
+    assert not out.exists()
+    monkeypatch.setattr(train.rt, "take_turn", real_take_turn)
+    assert run_script("L2_regularization", moved, pickled_data, [TINY], monkeypatch) == 0
+    assert [entry["status"] for entry in entries(moved).values()] == ["finished"]
+    assert len(list((moved / "runs").iterdir())) == 1  # the moved run, carried on
+
+
 def killed_as_the_first_run_finishes(out, data_dir, configs):
     """Run ``configs``, killed right after the first run's record says finished (its views,
     and its checkpoint's removal, still to come)."""
@@ -391,7 +412,7 @@ def test_a_process_killed_while_it_holds_the_store_leaves_no_lock_behind(
     out = tmp_path / "out"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from cifarkit import store\n"
-         "with store.store_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(600)",
+         "with store.store_lock(sys.argv[1], create=True):\n    print('locked', flush=True); time.sleep(600)",
          str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     assert store.lock(out / "runs", blocking=False) is None  # held
