@@ -173,6 +173,9 @@ def changes(job, before, selected):
         elif run in where:
             lines.append(f"{label} is {where[run]} now (the same config, moved in CONFIGS): "
                          f"its results are kept")
+        elif shown and shown["history"] == entry.get("history") and not (job.out / run).exists():
+            lines.append(f"{label}: its run {run} is {shown['run']} now (its folder renamed): "
+                         f"its results are kept")
         elif label in job.configs and job.configs[label].get("name") == \
                 entry["config"].get("name"):
             record = store.read_record(job.out / run)

@@ -300,10 +300,14 @@ def rebuild_views(out, results_file):
     results = load_results(out / results_file)
     if not isinstance(results, dict) or "weights_file" not in results:
         return []
-    shown, lines = [], []
+    shown, lines, every = [], [], runs(out)
     for shown_entry in results["configs"]:
-        run = shown_entry.get("run")
-        record = read_record(out / run) if isinstance(run, str) else None
+        run = shown_entry["run"]
+        record = read_record(out / run)
+        renamed = next((folder for folder, found in every.items() if record is None and found[
+            "seed"] == shown_entry["seed"] and found["history"] == shown_entry["history"]), None)
+        if renamed is not None:  # its folder renamed by hand: the run of its seed and history
+            record, run = every[renamed], str(renamed.relative_to(out))
         if record is None:
             lines.append(f"{shown_entry['id']}: its run {run} is gone or its run.json cannot "
                          f"be read (deleted or edited by hand?): left out of the views until "
@@ -318,7 +322,7 @@ def rebuild_views(out, results_file):
         shown.append((shown_entry["id"], config, out / run, record))
     header = {key: value for key, value in results.items() if key != "configs"}
     lines += write_views(out, results_file, results["weights_file"], header, shown,
-                         lambda new: draw_views(out, new, examples(out, new)), runs(out))
+                         lambda new: draw_views(out, new, examples(out, new)), every)
     return lines
 
 

@@ -316,6 +316,24 @@ def test_the_report_shows_a_configs_earlier_curve_beside_its_current_one(pickled
     assert "the same config, trained again (--restart)" in config_2
 
 
+def test_a_run_folder_renamed_by_hand_keeps_its_views_and_is_not_trained_again(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
+    was = entries(out)[("config_1", 0)]["run"]
+    (out / was).rename(out / "runs" / "mine")
+    capsys.readouterr()
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert f"config_1: its run {was} is runs/mine now (its folder renamed): its results are " \
+           f"kept" in printed
+    assert "config_1: already finished in " in printed and "differs" not in printed
+    (out / "runs" / "mine").rename(out / "runs" / "my_best_run")  # and make_report sees it
+    assert make_report.main(["--modelset", str(tmp_path)]) == 0
+    assert entries(out)[("config_1", 0)]["run"] == "runs/my_best_run"
+    assert_views_are_the_runs(out, pickled_data)  # config_1.pth kept: the renamed run's
+
+
 # ---- what is not a change: a label, a reported figure, a new key's default, numpy numbers ----
 
 def test_a_name_or_a_reported_figure_edited_retrains_nothing_and_is_redrawn(
