@@ -141,6 +141,12 @@ def open_store(job, selected, seeds):
         store.remove_temporaries(out)
         for run_dir, record in store.runs(out).items():
             store.tidy(run_dir, record)
+        for number, chosen in selected if job.restart else []:  # all new now, so that a rerun
+            for seed in range(job.header["seed"], job.header["seed"] + seeds):  # without
+                label = f"config_{number}"  # --restart carries on with the ones not reached
+                run_dir = store.new_run(out, label, chosen, seed, job.header,
+                                        job.identity(label, seed))
+                job.locks[run_dir] = store.lock(run_dir, blocking=False)
         before = load_results(out / script.results_file)
         lines = refresh(job, final=True, locked=True, drawn=drawn(job, before))
     lines += changes(job, before, {f"config_{number}" for number, _ in selected})
@@ -148,7 +154,7 @@ def open_store(job, selected, seeds):
             if store.usable(out / entry["run"], entry)}  # it: weights gone, it trains again
     epochs = [chosen["num_epochs"] for number, chosen in selected
               for seed in range(job.header["seed"], job.header["seed"] + seeds)
-              if job.restart or (f"config_{number}", seed) not in done]
+              if (f"config_{number}", seed) not in done]
     job.epochs_to_train = (len(epochs), sum(epochs))
     return lines
 
@@ -221,15 +227,15 @@ def shown(job, every):
 
 
 def claim(job, label, chosen, seed, name):
-    """Rank 0: (run folder, record, done already?) for (``label``, ``seed``): resumed, waited for,
-    or new (--restart or no match). Holds the run's lock in job.locks until it ends."""
+    """Rank 0: (run folder, record, done already?) for (``label``, ``seed``): resumed (or made
+    by --restart), waited for, or new. Holds the run's lock in job.locks until it ends."""
     wanted = job.identity(label, seed)
     while True:
         busy = None
         with store.store_lock(job.out):
             matching = [(run_dir, record) for run_dir, record in store.runs(job.out).items()
                         if store.matches(record, wanted, job.neutral)]
-            if matching and not job.restart:
+            if matching:
                 run_dir, record = latest(matching, label)
                 store.tidy(run_dir, record)
                 if store.usable(run_dir, record):
@@ -239,7 +245,7 @@ def claim(job, label, chosen, seed, name):
                             f"not those it finished with (deleted or overwritten by hand?), "
                             f"so it trains again in a new run")
                 else:
-                    lock = store.lock(run_dir, blocking=False)
+                    lock = job.locks.get(run_dir) or store.lock(run_dir, blocking=False)
                     if lock is not None:
                         job.locks[run_dir] = lock
                         return run_dir, store.read_record(run_dir) or record, False

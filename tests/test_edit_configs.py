@@ -246,6 +246,27 @@ def test_restart_of_some_configs_trains_new_runs_and_touches_nothing_else(
     assert all((out / name).read_bytes() == content for name, content in mine.items())
 
 
+def test_a_restart_stopped_carries_on_without_restart_with_the_configs_it_had_not_reached(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    configs = [TINY, dict(TINY, lr=0.02)]
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
+    before = finished_runs(out)
+    real_measure = train.measure
+    monkeypatch.setattr(train, "measure", lambda *args, **kwargs: (
+        signal.raise_signal(signal.SIGINT), real_measure(*args, **kwargs))[1])
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch,
+                      "--restart") == 130  # during config_1's last test pass
+    monkeypatch.setattr(train, "measure", real_measure)
+    capsys.readouterr()
+    assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "config_1: already finished" in printed and "config_2 epoch 1/1" in printed
+    after = finished_runs(out)
+    assert len(after) == 4 and {name: after[name] for name in before} == before
+    assert not set(before) & {Path(entry["run"]).name for entry in entries(out).values()}
+
+
 def test_a_changed_config_not_selected_is_never_shown_with_the_weights_of_another(
         pickled_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
