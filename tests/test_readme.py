@@ -251,9 +251,11 @@ def _configs_and_flags(kit):
     kit.run("L2_regularization", *data, configs=[dict(BASE, name="a,b")])
     kit.run("L2_regularization", *data, configs=[dict(BASE, lr=float("inf"))])
     with pytest.MonkeyPatch.context() as not_a_model:
-        not_a_model.setattr(importlib.import_module("L2_regularization"), "build_model",
-                            lambda config: None)
-        kit.run("L2_regularization", *data, configs=[BASE])
+        script = importlib.import_module("L2_regularization")
+        for model in (None, torch.nn.Linear(3, 10), torch.nn.LazyLinear(10), torch.nn.Flatten(),
+                      torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 5))):
+            not_a_model.setattr(script, "build_model", lambda config, model=model: model)
+            kit.run("L2_regularization", *data, configs=[BASE])
     three = [BASE, dict(BASE, batch_size=32), dict(BASE, name="recipe")]
     kit.run("Original_version_model_multiGPU", *data, "--configs", "13", configs=three)
     kit.run("Original_version_model_multiGPU", *data, "--subset", "100000", configs=three)
