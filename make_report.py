@@ -130,7 +130,7 @@ def _rebuild_views(modelset):
             if not isinstance(load_results(path), dict) or store.pre_store(folder, path.name):
                 continue  # reported as skipped, with why
             try:
-                with store.store_lock(folder):
+                with store.store_lock(folder, create=True):
                     store.remove_temporaries(folder)
                     for line in store.rebuild_views(folder, path.name):
                         print(f"{folder}: {line}")
