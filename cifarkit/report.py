@@ -327,11 +327,11 @@ def _earlier_section(run, figures):
                         "name" not in record["config"] and record.get("label") == entry["id"])]
         if entry["seed"] != base or current is None or not earlier:
             continue
-        said, histories = [], []
+        said, histories, neutral = [], [], current["identity"].get("neutral") or {}
         for run_dir, record in [*earlier, (shown, current)]:
-            was, now = (store.config_identity(one["identity"].get("config") or {}, {})
+            was, now = (store.config_identity(store.trained_config(one["identity"]), neutral)
                         for one in (record, current))
-            change = store.describe_change(was, now) or (
+            change = store.describe_change(was, now, neutral) or (
                 "the model changed" if record["identity"].get("model")
                 != current["identity"].get("model") else "the same config, trained again "
                 + ("(its weights were deleted or changed)" if record["status"] == "finished"

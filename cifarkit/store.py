@@ -46,11 +46,17 @@ def config_identity(config, neutral):
 
 
 def identity(script, config, neutral, seed, data, precision, model):
-    """What must match for a run to count as ``config`` trained with ``seed`` now."""
+    """What must match for a run to count as ``config`` trained with ``seed`` now (``neutral``
+    kept: the values its absent keys stood for, should a script change a default later)."""
     return {"script": script, "config": config_identity(config, neutral), "seed": seed,
             "data": {key: data.get(key) for key in ("fingerprint", "train_images",  # not the path
                                                     "test_images", "normalization")},
-            "precision": precision, "model": model}
+            "precision": precision, "model": model, "neutral": neutral}
+
+
+def trained_config(recorded):
+    """The config an identity says its run trained, its absent keys at their values then."""
+    return dict(recorded.get("neutral") or {}, **(recorded.get("config") or {}))
 
 
 def same_model(recorded, model):
@@ -69,7 +75,7 @@ def matches(record, wanted, neutral):
     recorded = record.get("identity")
     if not isinstance(recorded, dict) or not isinstance(recorded.get("config"), dict):
         return False
-    return (config_identity(recorded["config"], neutral) == wanted["config"]
+    return (config_identity(trained_config(recorded), neutral) == wanted["config"]
             and all(recorded.get(key) == wanted[key]
                     for key in ("script", "seed", "data", "precision"))
             and same_model(recorded.get("model"), wanted["model"]))
@@ -88,7 +94,7 @@ def describe_change(before, after, neutral=None):
 def what_differs(earlier, now, neutral=None):
     """Why run record ``earlier`` is not the run of identity ``now``, in words."""
     was = earlier.get("identity") or {}
-    parts = [describe_change(config_identity(was.get("config") or {}, neutral or {}),
+    parts = [describe_change(config_identity(trained_config(was), neutral or {}),
                              now["config"], neutral),
              describe_change(*({key: ids.get(key) for key in ("seed", "precision")}
                                for ids in (was, now)))]

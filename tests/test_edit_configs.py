@@ -104,6 +104,23 @@ def test_a_change_from_the_scripts_default_value_names_the_value_it_had(pickled_
         capsys.readouterr().out
 
 
+def test_a_changed_default_retrains_the_configs_that_left_it_out_and_only_them(
+        pickled_data, tmp_path, monkeypatch, capsys):
+    """The Dropout script's default rate changed from 0.5 to 0.3: the config that wrote 0.5
+    out trains as before; the one that left it out now trains at 0.3, and says so."""
+    out, configs = tmp_path / "out", [dict(TINY, dropout=0.5), dict(TINY, lr=0.02)]
+    assert run_script("Dropout_regularization", out, pickled_data, configs, monkeypatch) == 0
+    script = importlib.import_module("Dropout_regularization")
+    monkeypatch.setitem(script.MODEL_SETTINGS, "dropout",
+                        dict(script.MODEL_SETTINGS["dropout"], default=0.3))
+    capsys.readouterr()
+    assert run_script("Dropout_regularization", out, pickled_data, configs, monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "config_1: already finished" in printed
+    assert "config_2 differs from its earlier results: dropout 0.5 -> 0.3, the model; it trains" in \
+        printed
+
+
 @pytest.mark.usefixtures("rendered")
 def test_a_changed_config_trains_a_new_run_beside_its_earlier_one(pickled_data, tmp_path,
                                                                   monkeypatch, capsys):
