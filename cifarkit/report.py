@@ -325,7 +325,7 @@ def _earlier_section(run, figures):
                    and record["identity"].get("script") == run.script
                    and (record["config"].get("name") == name if name is not None else
                         "name" not in record["config"] and record.get("label") == entry["id"])]
-        if entry["seed"] != base or current is None or not earlier:
+        if entry["seed"] != base or current is None or not earlier or not current["history"]:
             continue
         said, histories, neutral = [], [], current["identity"].get("neutral") or {}
         for run_dir, record in [*earlier, (shown, current)]:

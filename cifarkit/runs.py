@@ -154,7 +154,7 @@ def open_store(job, selected, seeds):
             if store.usable(out / entry["run"], entry)}  # it: weights gone, it trains again
     epochs = [chosen["num_epochs"] for number, chosen in selected
               for seed in range(job.header["seed"], job.header["seed"] + seeds)
-              if (f"config_{number}", seed) not in done]
+              if job.restart or (f"config_{number}", seed) not in done]
     job.epochs_to_train = (len(epochs), sum(epochs))
     return lines
 
@@ -165,6 +165,7 @@ def changes(job, before, selected):
         return []
     lines, now = [], {(entry["id"], entry["seed"]): entry for entry in job.results["configs"]}
     where = {entry["run"]: label for (label, _), entry in now.items()}
+    showed = {(entry["id"], entry["run"]) for entry in before["configs"]}
     for entry in before["configs"]:
         label, seed, run = entry.get("id"), entry.get("seed"), entry.get("run")
         if seed != job.header["seed"] or not isinstance(run, str):
@@ -176,10 +177,11 @@ def changes(job, before, selected):
             if was != new:
                 lines.append(f"{label}: {store.describe_change(was, new)} (a label: its "
                              f"results are kept)")
-        elif run in where:
+        elif run in where and (where[run], run) not in showed:  # not a twin's shared run
             lines.append(f"{label} is {where[run]} now (the same config, moved in CONFIGS): "
                          f"its results are kept")
-        elif shown and shown["history"] == entry.get("history") and not (job.out / run).exists():
+        elif shown and entry["history"] and shown["history"] == entry["history"] \
+                and not (job.out / run).exists():
             lines.append(f"{label}: its run {run} is {shown['run']} now (its folder renamed): "
                          f"its results are kept")
         elif label in job.configs and job.configs[label].get("name") == \
@@ -219,8 +221,10 @@ def shown(job, every):
             if isinstance(seed, int) and store.matches(record, job.identity(label, seed),
                                                        job.neutral):
                 by_seed.setdefault(seed, []).append((run_dir, record))
-        for seed in sorted(by_seed):
-            run_dir, record = latest(by_seed[seed], label)
+        for seed in sorted(by_seed):  # not one --restart made but has not begun, if another
+            begun = [(run_dir, record) for run_dir, record in by_seed[seed]
+                     if record["history"] or record["status"] != "running"]
+            run_dir, record = latest(begun or by_seed[seed], label)
             store.tidy(run_dir, record)
             rows.append((label, chosen, run_dir, record))
     return rows
@@ -235,8 +239,9 @@ def claim(job, label, chosen, seed, name):
         with store.store_lock(job.out):
             matching = [(run_dir, record) for run_dir, record in store.runs(job.out).items()
                         if store.matches(record, wanted, job.neutral)]
-            if matching:
-                run_dir, record = latest(matching, label)
+            if matching:  # the one --restart made for this process first
+                run_dir, record = latest([item for item in matching if item[0] in job.locks]
+                                         or matching, label)
                 store.tidy(run_dir, record)
                 if store.usable(run_dir, record):
                     return run_dir, record, True

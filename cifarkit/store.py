@@ -310,8 +310,9 @@ def rebuild_views(out, results_file):
     for shown_entry in results["configs"]:
         run = shown_entry["run"]
         record = read_record(out / run)
-        renamed = next((folder for folder, found in every.items() if record is None and found[
-            "seed"] == shown_entry["seed"] and found["history"] == shown_entry["history"]), None)
+        renamed = next((folder for folder, found in every.items() if shown_entry["history"] and (
+            record is None or record.get("label") != shown_entry["id"]) and found["seed"] ==
+            shown_entry["seed"] and found["history"] == shown_entry["history"]), None)
         if renamed is not None:  # its folder renamed by hand: the run of its seed and history
             record, run = every[renamed], str(renamed.relative_to(out))
         if record is None:

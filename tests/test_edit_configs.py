@@ -104,6 +104,34 @@ def test_a_change_from_the_scripts_default_value_names_the_value_it_had(pickled_
         capsys.readouterr().out
 
 
+def test_make_report_during_a_changed_configs_first_epoch(pickled_data, tmp_path, monkeypatch):
+    """Its run, made by --restart and without an epoch yet, beside the earlier run of the same
+    name: reported, no crash."""
+    out = tmp_path / "out"
+    assert run_script(SCRIPT, out, pickled_data, [A], monkeypatch) == 0
+    real_take_turn = train.rt.take_turn
+    monkeypatch.setattr(train.rt, "take_turn", lambda runtime: (
+        signal.raise_signal(signal.SIGINT), real_take_turn(runtime))[1])
+    assert run_script(SCRIPT, out, pickled_data, [dict(A, lr=0.02)], monkeypatch,
+                      "--restart") == 130
+    assert entries(out)[("config_1", 0)]["history"] == []
+    assert make_report.main(["--modelset", str(tmp_path)]) == 0
+
+
+def test_a_config_changed_away_from_its_twin_is_not_called_moved(pickled_data, tmp_path,
+                                                                monkeypatch, capsys):
+    """Two configs the same but for their names share one run; the second changed then trains
+    anew, and says what changed (not "config_2 is config_1 now")."""
+    out = tmp_path / "out"
+    assert run_script(SCRIPT, out, pickled_data, [A, dict(A, name="twin")], monkeypatch) == 0
+    capsys.readouterr()
+    assert run_script(SCRIPT, out, pickled_data, [A, dict(A, name="twin", lr=0.02)],
+                      monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert "config_2 differs from its earlier results: lr 0.01 -> 0.02; it trains anew" in printed
+    assert "now (the same config" not in printed
+
+
 def test_a_changed_default_retrains_the_configs_that_left_it_out_and_only_them(
         pickled_data, tmp_path, monkeypatch, capsys):
     """The Dropout script's default rate changed from 0.5 to 0.3: the config that wrote 0.5
@@ -272,9 +300,12 @@ def test_a_restart_stopped_carries_on_without_restart_with_the_configs_it_had_no
     real_measure = train.measure
     monkeypatch.setattr(train, "measure", lambda *args, **kwargs: (
         signal.raise_signal(signal.SIGINT), real_measure(*args, **kwargs))[1])
+    second = (out / "config_2.pth").read_bytes()
     assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch,
                       "--restart") == 130  # during config_1's last test pass
     monkeypatch.setattr(train, "measure", real_measure)
+    assert (out / "config_2.pth").read_bytes() == second  # shown until its new run begins
+    assert make_report.main(["--modelset", str(tmp_path)]) == 0
     capsys.readouterr()
     assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
     printed = capsys.readouterr().out
@@ -370,6 +401,14 @@ def test_a_run_folder_renamed_by_hand_keeps_its_views_and_is_not_trained_again(
     assert make_report.main(["--modelset", str(tmp_path)]) == 0
     assert entries(out)[("config_1", 0)]["run"] == "runs/my_best_run"
     assert_views_are_the_runs(out, pickled_data)  # config_1.pth kept: the renamed run's
+    second = out / entries(out)[("config_2", 0)]["run"]  # two runs' names swapped
+    (out / "runs" / "my_best_run").rename(out / "runs" / "swap")
+    second.rename(out / "runs" / "my_best_run")
+    (out / "runs" / "swap").rename(second)
+    assert make_report.main(["--modelset", str(tmp_path)]) == 0
+    assert [entries(out)[(label, 0)]["config"]["lr"] for label in ("config_1", "config_2")] == \
+        [A["lr"], B["lr"]]
+    assert_views_are_the_runs(out, pickled_data)
 
 
 # ---- what is not a change: a label, a reported figure, a new key's default, numpy numbers ----
