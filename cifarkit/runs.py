@@ -149,14 +149,15 @@ def open_store(job, selected, seeds):
                 job.locks[run_dir] = store.lock(run_dir, blocking=False)
         before = load_results(out / script.results_file)
         lines = refresh(job, final=True, locked=True, drawn=drawn(job, before))
-    lines += changes(job, before, {f"config_{number}" for number, _ in selected})
-    done = {(entry["id"], entry["seed"]) for entry in job.results["configs"]  # as claim() sees
-            if store.usable(out / entry["run"], entry)}  # it: weights gone, it trains again
-    epochs = [chosen["num_epochs"] for number, chosen in selected
-              for seed in range(job.header["seed"], job.header["seed"] + seeds)
-              if job.restart or (f"config_{number}", seed) not in done]
-    job.epochs_to_train = (len(epochs), sum(epochs))
-    return lines
+        every, todo = store.runs(out), {}  # what claim() will train: twins once
+        for number, chosen in selected:
+            for seed in range(job.header["seed"], job.header["seed"] + seeds):
+                found = run_for(job, every, f"config_{number}", seed)
+                if found is None or not store.usable(*found):
+                    todo[number if job.restart else repr(job.identity(f"config_{number}", seed)),
+                         seed] = chosen["num_epochs"]
+        job.epochs_to_train = (len(todo), sum(todo.values()))
+    return lines + changes(job, before, {f"config_{number}" for number, _ in selected})
 
 
 def changes(job, before, selected):
@@ -205,6 +206,16 @@ def changes(job, before, selected):
     return lines
 
 
+def run_for(job, every, label, seed):
+    """Of ``every``'s runs, the one (``label``, ``seed``) trains in or is done by, or None: one
+    this process's --restart made, else the latest matching."""
+    wanted = job.identity(label, seed)
+    matching = [(run_dir, record) for run_dir, record in every.items()
+                if store.matches(record, wanted, job.neutral)]
+    own = [item for item in matching if item[0] in job.locks]
+    return latest(own or matching, label) if matching else None
+
+
 def latest(matching, label):
     """Of ``matching`` [(folder, record)], the latest trained as ``label`` if any (two identical
     configs keep their own runs), else the latest."""
@@ -233,15 +244,12 @@ def shown(job, every):
 def claim(job, label, chosen, seed, name):
     """Rank 0: (run folder, record, done already?) for (``label``, ``seed``): resumed (or made
     by --restart), waited for, or new. Holds the run's lock in job.locks until it ends."""
-    wanted = job.identity(label, seed)
     while True:
         busy = None
         with store.store_lock(job.out):
-            matching = [(run_dir, record) for run_dir, record in store.runs(job.out).items()
-                        if store.matches(record, wanted, job.neutral)]
-            if matching:  # the one --restart made for this process first
-                run_dir, record = latest([item for item in matching if item[0] in job.locks]
-                                         or matching, label)
+            found = run_for(job, store.runs(job.out), label, seed)
+            if found:
+                run_dir, record = found
                 store.tidy(run_dir, record)
                 if store.usable(run_dir, record):
                     return run_dir, record, True
@@ -256,7 +264,8 @@ def claim(job, label, chosen, seed, name):
                         return run_dir, store.read_record(run_dir) or record, False
                     busy = run_dir
             if busy is None:
-                run_dir = store.new_run(job.out, label, chosen, seed, job.header, wanted)
+                run_dir = store.new_run(job.out, label, chosen, seed, job.header,
+                                        job.identity(label, seed))
                 job.locks[run_dir] = store.lock(run_dir, blocking=False)
                 return run_dir, store.read_record(run_dir), False
         job.say(f"{name}: another process is training it right now (in {busy}); waiting "

@@ -124,7 +124,7 @@ def test_a_config_changed_away_from_its_twin_is_not_called_moved(pickled_data, t
     anew, and says what changed (not "config_2 is config_1 now")."""
     out = tmp_path / "out"
     assert run_script(SCRIPT, out, pickled_data, [A, dict(A, name="twin")], monkeypatch) == 0
-    capsys.readouterr()
+    assert "the 1 run(s) to train need" in capsys.readouterr().out  # the twin trains once
     assert run_script(SCRIPT, out, pickled_data, [A, dict(A, name="twin", lr=0.02)],
                       monkeypatch) == 0
     printed = capsys.readouterr().out
@@ -310,6 +310,7 @@ def test_a_restart_stopped_carries_on_without_restart_with_the_configs_it_had_no
     assert run_script("L2_regularization", out, pickled_data, configs, monkeypatch) == 0
     printed = capsys.readouterr().out
     assert "config_1: already finished" in printed and "config_2 epoch 1/1" in printed
+    assert "the 1 run(s) to train need" in printed  # the estimate counts what will train
     after = finished_runs(out)
     assert len(after) == 4 and {name: after[name] for name in before} == before
     assert not set(before) & {Path(entry["run"]).name for entry in entries(out).values()}
