@@ -178,12 +178,11 @@ def changes(job, before, selected):
             if was != new:
                 lines.append(f"{label}: {store.describe_change(was, new)} (a label: its "
                              f"results are kept)")
+        elif shown and entry["history"] and shown["history"] == entry["history"]:
+            lines.append(f"{label}: its run {run} is {shown['run']} now (its folder renamed or "
+                         f"copied): its results are kept")
         elif run in where and (where[run], run) not in showed:  # not a twin's shared run
             lines.append(f"{label} is {where[run]} now (the same config, moved in CONFIGS): "
-                         f"its results are kept")
-        elif shown and entry["history"] and shown["history"] == entry["history"] \
-                and not (job.out / run).exists():
-            lines.append(f"{label}: its run {run} is {shown['run']} now (its folder renamed): "
                          f"its results are kept")
         elif label in job.configs and job.configs[label].get("name") == \
                 entry["config"].get("name"):

@@ -395,8 +395,8 @@ def test_a_run_folder_renamed_by_hand_keeps_its_views_and_is_not_trained_again(
     capsys.readouterr()
     assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
     printed = capsys.readouterr().out
-    assert f"config_1: its run {was} is runs/mine now (its folder renamed): its results are " \
-           f"kept" in printed
+    assert f"config_1: its run {was} is runs/mine now (its folder renamed or copied): its " \
+           f"results are kept" in printed
     assert "config_1: already finished in " in printed and "differs" not in printed
     (out / "runs" / "mine").rename(out / "runs" / "my_best_run")  # and make_report sees it
     assert make_report.main(["--modelset", str(tmp_path)]) == 0
@@ -410,6 +410,14 @@ def test_a_run_folder_renamed_by_hand_keeps_its_views_and_is_not_trained_again(
     assert [entries(out)[(label, 0)]["config"]["lr"] for label in ("config_1", "config_2")] == \
         [A["lr"], B["lr"]]
     assert_views_are_the_runs(out, pickled_data)
+    first, second = (out / entries(out)[(label, 0)]["run"] for label in ("config_1", "config_2"))
+    first.rename(out / "runs" / "swap")  # swapped again, and the script run
+    second.rename(first)
+    (out / "runs" / "swap").rename(second)
+    capsys.readouterr()
+    assert run_script(SCRIPT, out, pickled_data, [A, B], monkeypatch) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("(its folder renamed or copied)") == 2 and "moved" not in printed
 
 
 # ---- what is not a change: a label, a reported figure, a new key's default, numpy numbers ----
