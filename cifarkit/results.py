@@ -278,11 +278,6 @@ def mean_std(values):
 
 
 def outcome(entry):
-    batches = entry.get("batch_losses", [])
-    if not (isinstance(batches, list) and all(isinstance(point, dict) and not wrong_field(
-            point, BATCH) for point in batches)) or batches and (wrong_field(
-            entry, [("steps_per_epoch", int, True)]) or entry["steps_per_epoch"] < 1):
-        return "'batch_losses' is not a list of {epoch, batch, loss} with 'steps_per_epoch'"
     if entry["status"] == "diverged":
         where = entry["diverged_at"]
         return f"DIVERGED at epoch {where['epoch']}, step {where['step']}"

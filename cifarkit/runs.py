@@ -139,24 +139,23 @@ def open_store(job, selected, seeds):
                         f"folder aside to keep them, or choose another folder with --out DIR.")
     with store.store_lock(out, create=True):
         store.remove_temporaries(out)
-        for run_dir, record in store.runs(out).items():
+        every, todo = store.runs(out), {}  # todo: what claim() will train, twins once
+        for run_dir, record in every.items():
             store.tidy(run_dir, record)
-        for number, chosen in selected if job.restart else []:  # all new now, so that a rerun
-            for seed in range(job.header["seed"], job.header["seed"] + seeds):  # without
-                label = f"config_{number}"  # --restart carries on with the ones not reached
-                run_dir = store.new_run(out, label, chosen, seed, job.header,
-                                        job.identity(label, seed))
-                job.locks[run_dir] = store.lock(run_dir, blocking=False)
-        before = load_results(out / script.results_file)
-        lines = refresh(job, final=True, locked=True, drawn=drawn(job, before))
-        every, todo = store.runs(out), {}  # what claim() will train: twins once
         for number, chosen in selected:
             for seed in range(job.header["seed"], job.header["seed"] + seeds):
-                found = run_for(job, every, f"config_{number}", seed)
-                if found is None or not store.usable(*found):
-                    todo[number if job.restart else repr(job.identity(f"config_{number}", seed)),
-                         seed] = chosen["num_epochs"]
+                label = f"config_{number}"
+                if job.restart:  # all new now: a rerun without it carries on with any not reached
+                    run_dir = store.new_run(out, label, chosen, seed, job.header,
+                                            job.identity(label, seed))
+                    job.locks[run_dir] = store.lock(run_dir, blocking=False)
+                    todo[label, seed] = chosen["num_epochs"]
+                elif (found := run_for(job, every, label, seed)) is None or \
+                        not store.usable(*found):
+                    todo[repr(job.identity(label, seed)), seed] = chosen["num_epochs"]
         job.epochs_to_train = (len(todo), sum(todo.values()))
+        before = load_results(out / script.results_file)
+        lines = refresh(job, final=True, locked=True, drawn=drawn(job, before))
     return lines + changes(job, before, {f"config_{number}" for number, _ in selected})
 
 

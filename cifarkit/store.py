@@ -310,11 +310,12 @@ def rebuild_views(out, results_file):
     for shown_entry in results["configs"]:
         run = shown_entry["run"]
         record = read_record(out / run)
-        renamed = next((folder for folder, found in every.items() if shown_entry["history"] and (
-            record is None or record.get("label") != shown_entry["id"]) and found["seed"] ==
-            shown_entry["seed"] and found["history"] == shown_entry["history"]), None)
-        if renamed is not None:  # its folder renamed by hand: the run of its seed and history
-            record, run = every[renamed], str(renamed.relative_to(out))
+        if shown_entry["history"] and (record is None or record["label"] != shown_entry["id"]):
+            for folder, found in every.items():  # its folder renamed by hand: the run of its
+                if (found["seed"], found["history"]) == (shown_entry["seed"],  # seed and history
+                                                         shown_entry["history"]):
+                    record, run = found, str(folder.relative_to(out))
+                    break
         if record is None:
             lines.append(f"{shown_entry['id']}: its run {run} is gone or its run.json cannot "
                          f"be read (deleted or edited by hand?): left out of the views until "
